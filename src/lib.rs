@@ -1,4 +1,12 @@
 //! box-upload-gateway: streams plain HTTP uploads into Box upload sessions.
 //!
 //! `pipeline` and `box_api` are free of HTTP-server types; `routes` are thin actix-web handlers.
+pub mod box_api;
+pub mod config;
 pub mod emulator;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,434 @@
+//! One method per Box upload endpoint, over one `reqwest::Client` built at start.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::{header, Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::auth::{Secret, TokenProvider};
+use super::error::{parse_retry_after, BoxError, BoxErrorKind};
+use super::retry::RetryPolicy;
+use super::types::*;
+use crate::metrics::GatewayMetrics;
+
+/// Where Box lives; all three are configurable so the emulator can stand in.
+#[derive(Debug, Clone)]
+pub struct BoxUrls {
+    /// e.g. `https://api.box.com/2.0`
+    pub api: String,
+    /// e.g. `https://upload.box.com/api/2.0`
+    pub upload: String,
+    /// e.g. `https://api.box.com/oauth2/token`
+    pub token: String,
+}
+
+/// What an upload creates: a new file in a folder, or a new version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    NewFile { folder_id: String, name: String },
+    NewVersion { file_id: String, name: Option<String> },
+}
+
+/// What Box needs to know before the first byte.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    pub target: Target,
+    pub size: u64,
+    pub content_created_at: Option<String>,
+    pub content_modified_at: Option<String>,
+}
+
+impl NewUpload {
+    /// The optional `attributes` of a commit or direct upload.
+    fn timestamps(&self) -> serde_json::Map<String, Value> {
+        let mut map = serde_json::Map::new();
+        if let Some(t) = &self.content_created_at {
+            map.insert("content_created_at".into(), json!(t));
+        }
+        if let Some(t) = &self.content_modified_at {
+            map.insert("content_modified_at".into(), json!(t));
+        }
+        map
+    }
+}
+
+#[derive(Debug)]
+pub enum CommitAnswer {
+    Committed(FileObject),
+    /// 202: parts are still being processed; commit again after the delay.
+    Pending(Option<Duration>),
+}
+
+#[derive(Clone)]
+pub struct BoxClient {
+    http: reqwest::Client,
+    urls: Arc<BoxUrls>,
+    auth: Arc<dyn TokenProvider>,
+    retry: RetryPolicy,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl BoxClient {
+    pub fn new(
+        http: reqwest::Client,
+        urls: BoxUrls,
+        auth: Arc<dyn TokenProvider>,
+        retry: RetryPolicy,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
+        Self { http, urls: Arc::new(urls), auth, retry, metrics }
+    }
+
+    /// The same client acting with other credentials (e.g. a caller's own token).
+    pub fn with_auth(&self, auth: Arc<dyn TokenProvider>) -> Self {
+        Self { auth, ..self.clone() }
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// `POST {upload}/files/upload_sessions` or `POST {upload}/files/{id}/upload_sessions`.
+    pub async fn create_session(&self, upload: &NewUpload) -> Result<UploadSession, BoxError> {
+        let (url, body) = match &upload.target {
+            Target::NewFile { folder_id, name } => (
+                format!("{}/files/upload_sessions", self.urls.upload),
+                json!({"folder_id": folder_id, "file_size": upload.size, "file_name": name}),
+            ),
+            Target::NewVersion { file_id, name } => {
+                let mut body = json!({"file_size": upload.size});
+                if let Some(name) = name {
+                    body["file_name"] = json!(name);
+                }
+                (format!("{}/files/{file_id}/upload_sessions", self.urls.upload), body)
+            }
+        };
+        let session: UploadSession = self
+            .retried("create_session", |t| self.http.post(&url).bearer_auth(t.expose()).json(&body))
+            .await?;
+        if session.part_size == 0 {
+            return Err(BoxError::protocol("create_session", "part_size 0"));
+        }
+        Ok(session)
+    }
+
+    /// `PUT {session.upload_part}` with the part's bytes, retried. After an error that may have stored
+    /// the part (a 5xx or a dropped connection), the parts are listed before re-sending (box-api.md):
+    /// parts are immutable, so re-sending a stored part would only earn a 416.
+    pub async fn upload_part(
+        &self,
+        session: &UploadSession,
+        file_size: u64,
+        offset: u64,
+        chunks: &[Bytes],
+        sha1: &[u8; 20],
+    ) -> Result<UploadPart, BoxError> {
+        let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let expected = UploadPart { part_id: String::new(), offset, size, sha1: Some(hex::encode(sha1)) };
+        let digest = format!("sha={}", b64(sha1));
+        let range = format!("bytes {}-{}/{}", offset, offset + size - 1, file_size);
+        // Set when an attempt failed in a way that may still have stored the part.
+        let maybe_stored = std::sync::atomic::AtomicBool::new(false);
+        let maybe_stored = &maybe_stored;
+        let (digest, range, expected) = (&digest, &range, &expected);
+        self.retry
+            .run(&self.metrics, |_attempt| async move {
+                if maybe_stored.swap(false, Ordering::Relaxed) {
+                    if let Some(part) = self.find_part(session, offset).await? {
+                        return check_echo(&part, expected);
+                    }
+                }
+                let result = self
+                    .call("upload_part", |t| {
+                        self.http
+                            .put(&session.session_endpoints.upload_part)
+                            .bearer_auth(t.expose())
+                            .header(header::CONTENT_TYPE, "application/octet-stream")
+                            .header(header::CONTENT_LENGTH, size)
+                            .header(header::CONTENT_RANGE, range.as_str())
+                            .header("Digest", digest.as_str())
+                            .body(stream_body(chunks.to_vec()))
+                    })
+                    .await;
+                match result {
+                    Ok(PartEcho { part }) => check_echo(&part, expected),
+                    Err(err) => {
+                        maybe_stored.store(err.may_have_landed(), Ordering::Relaxed);
+                        Err(err)
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn find_part(&self, session: &UploadSession, offset: u64) -> Result<Option<UploadPart>, BoxError> {
+        Ok(self.list_parts(session).await?.into_iter().find(|p| p.offset == offset))
+    }
+
+    /// `GET {session.list_parts}`, every page (`offset` counts parts, at most 1000 a page).
+    pub async fn list_parts(&self, session: &UploadSession) -> Result<Vec<UploadPart>, BoxError> {
+        const LIMIT: usize = 1000;
+        let mut parts = Vec::new();
+        loop {
+            let query = [("offset", parts.len()), ("limit", LIMIT)];
+            let page: PartsPage = self
+                .retried("list_parts", |t| {
+                    self.http.get(&session.session_endpoints.list_parts).query(&query).bearer_auth(t.expose())
+                })
+                .await?;
+            let got = page.entries.len();
+            parts.extend(page.entries);
+            let total = page.total_count.unwrap_or(0) as usize;
+            if got == 0 || got < LIMIT && parts.len() >= total || parts.len() >= total && total > 0 {
+                return Ok(parts);
+            }
+        }
+    }
+
+    /// `POST {session.commit}`, one attempt: the caller loops on `Pending` within its time budget.
+    pub async fn commit(
+        &self,
+        session: &UploadSession,
+        upload: &NewUpload,
+        sha1: &[u8; 20],
+        parts: &[UploadPart],
+    ) -> Result<CommitAnswer, BoxError> {
+        let mut body = json!({"parts": parts});
+        let attributes = upload.timestamps();
+        if !attributes.is_empty() {
+            body["attributes"] = Value::Object(attributes);
+        }
+        let digest = format!("sha={}", b64(sha1));
+        let response = self
+            .send("commit", |t| {
+                self.http
+                    .post(&session.session_endpoints.commit)
+                    .bearer_auth(t.expose())
+                    .header("Digest", digest.as_str())
+                    .json(&body)
+            })
+            .await?;
+        if response.status() == StatusCode::ACCEPTED {
+            return Ok(CommitAnswer::Pending(parse_retry_after(response.headers())));
+        }
+        let files: FileCollection = decode("commit", response).await?;
+        first_file("commit", files).map(CommitAnswer::Committed)
+    }
+
+    /// `DELETE {session.abort}`: the parts are discarded.
+    pub async fn abort(&self, session: &UploadSession) -> Result<(), BoxError> {
+        self.retry
+            .run(&self.metrics, |_| async {
+                self.send("abort", |t| {
+                    self.http.delete(&session.session_endpoints.abort).bearer_auth(t.expose())
+                })
+                .await
+                .map(drop)
+            })
+            .await
+    }
+
+    /// `OPTIONS {api}/files/content` (or `/files/{id}/content`): the name, permission and quota checks
+    /// of an upload, without its bytes.
+    pub async fn preflight(&self, upload: &NewUpload) -> Result<(), BoxError> {
+        let (url, body) = match &upload.target {
+            Target::NewFile { folder_id, name } => (
+                format!("{}/files/content", self.urls.api),
+                json!({"name": name, "size": upload.size, "parent": {"id": folder_id}}),
+            ),
+            Target::NewVersion { file_id, name } => {
+                let mut body = json!({"size": upload.size});
+                if let Some(name) = name {
+                    body["name"] = json!(name);
+                }
+                (format!("{}/files/{file_id}/content", self.urls.api), body)
+            }
+        };
+        let _: serde::de::IgnoredAny = self
+            .retried("preflight", |t| {
+                self.http.request(Method::OPTIONS, &url).bearer_auth(t.expose()).json(&body)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `POST {upload}/files/content` (or `/files/{id}/content`): a small file in one request, with its
+    /// SHA-1 in `Content-MD5` (Box's name for it, hex) so Box refuses corrupted bytes.
+    pub async fn upload_direct(
+        &self,
+        upload: &NewUpload,
+        content: Vec<Bytes>,
+        sha1: &[u8; 20],
+    ) -> Result<FileObject, BoxError> {
+        let mut attributes = upload.timestamps();
+        let url = match &upload.target {
+            Target::NewFile { folder_id, name } => {
+                attributes.insert("name".into(), json!(name));
+                attributes.insert("parent".into(), json!({"id": folder_id}));
+                format!("{}/files/content", self.urls.upload)
+            }
+            Target::NewVersion { file_id, name } => {
+                if let Some(name) = name {
+                    attributes.insert("name".into(), json!(name));
+                }
+                format!("{}/files/{file_id}/content", self.urls.upload)
+            }
+        };
+        // Box wants `attributes` before `file` (400 metadata_after_file_contents otherwise); the body
+        // is built by hand so the file's bytes are not copied.
+        let boundary = format!("box-upload-gateway-{}", uuid::Uuid::new_v4().simple());
+        let head = Bytes::from(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"attributes\"\r\n\r\n{}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n",
+            Value::Object(attributes)
+        ));
+        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        let length = head.len() + content.iter().map(Bytes::len).sum::<usize>() + tail.len();
+        let sha1_hex = hex::encode(sha1);
+        let mut parts = Vec::with_capacity(content.len() + 2);
+        parts.push(head);
+        parts.extend(content);
+        parts.push(tail);
+        let files: FileCollection = self
+            .retried("direct_upload", |t| {
+                self.http
+                    .post(&url)
+                    .bearer_auth(t.expose())
+                    .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+                    .header(header::CONTENT_LENGTH, length)
+                    .header("Content-MD5", sha1_hex.as_str())
+                    .body(stream_body(parts.clone()))
+            })
+            .await?;
+        first_file("direct_upload", files)
+    }
+
+    /// A call with the retry policy around it, decoding a JSON answer.
+    async fn retried<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        build: impl Fn(&Secret) -> RequestBuilder,
+    ) -> Result<T, BoxError> {
+        self.retry.run(&self.metrics, |_| self.call(endpoint, &build)).await
+    }
+
+    /// One call decoding a JSON answer.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        build: impl Fn(&Secret) -> RequestBuilder,
+    ) -> Result<T, BoxError> {
+        decode(endpoint, self.send(endpoint, build).await?).await
+    }
+
+    /// One call: authorise, send, count, and turn any non-2xx answer into a typed error.
+    /// A 401 is tried once more with a fresh token when the provider can mint one.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        build: impl Fn(&Secret) -> RequestBuilder,
+    ) -> Result<Response, BoxError> {
+        let mut refreshed = false;
+        loop {
+            let token = self.auth.token().await?;
+            let request = build(&token);
+            let started = Instant::now();
+            let result = request.send().await;
+            let label = match &result {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".into(),
+                Err(_) => "connection".into(),
+            };
+            self.metrics.box_calls.with_label_values(&[endpoint, &label]).inc();
+            self.metrics.box_call_duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+            let response = result.map_err(|e| BoxError::transport(endpoint, e))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED && !refreshed && self.auth.invalidate(&token) {
+                refreshed = true;
+                continue;
+            }
+            return Err(error_from(endpoint, response).await);
+        }
+    }
+}
+
+async fn error_from(endpoint: &'static str, response: Response) -> BoxError {
+    let status = response.status().as_u16();
+    let retry_after = parse_retry_after(response.headers());
+    let request_id = response
+        .headers()
+        .get("box-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = response.text().await.unwrap_or_default();
+    let mut body: BoxErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    if body.request_id.is_none() {
+        body.request_id = request_id;
+    }
+    if body.code.is_none() && status == 401 {
+        body.code = Some("unauthorized".into());
+    }
+    BoxError::new(endpoint, BoxErrorKind::Status { status, body, retry_after })
+}
+
+async fn decode<T: DeserializeOwned>(endpoint: &'static str, response: Response) -> Result<T, BoxError> {
+    let bytes = response.bytes().await.map_err(|e| BoxError::transport(endpoint, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
+}
+
+fn first_file(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {
+    files
+        .entries
+        .into_iter()
+        .next()
+        .map(FileObject)
+        .ok_or_else(|| BoxError::protocol(endpoint, "no file in the answer"))
+}
+
+/// A careful client checks the echo of each part (offset, size, sha1) against what it sent.
+fn check_echo(echo: &UploadPart, sent: &UploadPart) -> Result<UploadPart, BoxError> {
+    let sha_ok = echo.sha1.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(sent.sha1.as_deref().unwrap_or("")));
+    if echo.offset != sent.offset || echo.size != sent.size || !sha_ok {
+        return Err(BoxError::protocol(
+            "upload_part",
+            format!(
+                "part echo differs: sent offset {} size {} sha1 {:?}, Box has offset {} size {} sha1 {:?}",
+                sent.offset, sent.size, sent.sha1, echo.offset, echo.size, echo.sha1
+            ),
+        ));
+    }
+    Ok(UploadPart { sha1: sent.sha1.clone(), ..echo.clone() })
+}
+
+/// A body of shared chunks: sent without copying them, and re-sent on a retry for the price of a clone.
+fn stream_body(chunks: Vec<Bytes>) -> reqwest::Body {
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>)))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_must_match_what_was_sent() {
+        let sent = UploadPart { part_id: String::new(), offset: 8, size: 8, sha1: Some("ab".into()) };
+        let echo = UploadPart { part_id: "P1".into(), offset: 8, size: 8, sha1: Some("AB".into()) };
+        assert_eq!(check_echo(&echo, &sent).unwrap().part_id, "P1");
+        let wrong = UploadPart { size: 7, ..echo.clone() };
+        assert!(check_echo(&wrong, &sent).is_err());
+        let bad_sha = UploadPart { sha1: Some("cd".into()), ..echo };
+        assert!(check_echo(&bad_sha, &sent).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! The Box client: wire types, one method per Box endpoint, retries and token providers.
+//!
+//! Nothing here knows about multipart or the HTTP server: it takes bytes and answers typed values.
+mod auth;
+mod client;
+mod error;
+mod retry;
+mod types;
+
+pub use auth::{Secret, StaticToken, TokenProvider};
+pub use client::{BoxClient, BoxUrls, CommitAnswer, NewUpload, Target};
+pub use error::{BoxError, BoxErrorKind};
+pub use retry::RetryPolicy;
+pub use types::{BoxErrorBody, Conflict, FileObject, SessionEndpoints, UploadPart, UploadSession};

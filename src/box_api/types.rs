@@ -1,0 +1,129 @@
+//! Box's wire types, only the fields the gateway relies on (box-api.md).
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadSession {
+    pub id: String,
+    pub part_size: u64,
+    pub total_parts: u64,
+    pub session_endpoints: SessionEndpoints,
+    #[serde(default)]
+    pub session_expires_at: Option<String>,
+}
+
+/// Session URLs are always taken from here, never built by hand: Box may answer on another host.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionEndpoints {
+    pub upload_part: String,
+    pub commit: String,
+    pub abort: String,
+    pub list_parts: String,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadPart {
+    pub part_id: String,
+    pub offset: u64,
+    pub size: u64,
+    /// Hex, although the part went up with a base64 digest.
+    #[serde(default)]
+    pub sha1: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PartEcho {
+    pub part: UploadPart,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PartsPage {
+    #[serde(default)]
+    pub total_count: Option<u64>,
+    #[serde(default)]
+    pub entries: Vec<UploadPart>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FileCollection {
+    pub entries: Vec<Value>,
+}
+
+/// A Box file object, kept as Box sent it (the gateway answers it verbatim), with typed accessors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileObject(pub Value);
+
+impl FileObject {
+    pub fn id(&self) -> Option<&str> {
+        self.0.get("id").and_then(Value::as_str)
+    }
+    pub fn sha1(&self) -> Option<&str> {
+        self.0.get("sha1").and_then(Value::as_str)
+    }
+    pub fn size(&self) -> Option<u64> {
+        self.0.get("size").and_then(Value::as_u64)
+    }
+}
+
+/// Box's error body. Every field is optional: a proxy in front of Box may answer anything.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BoxErrorBody {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub context_info: Option<Value>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// The existing item named by a 409 `item_name_in_use`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub id: String,
+    pub kind: String,
+}
+
+impl BoxErrorBody {
+    /// `context_info.conflicts` is documented as an array, but Box's own web uploader
+    /// (box-ui-elements MultiputUpload.js) reads it as one object: accept both.
+    pub fn conflict(&self) -> Option<Conflict> {
+        let conflicts = self.context_info.as_ref()?.get("conflicts")?;
+        let item = match conflicts {
+            Value::Array(items) => items.first()?,
+            other => other,
+        };
+        Some(Conflict {
+            id: item.get("id")?.as_str()?.to_owned(),
+            kind: item.get("type").and_then(Value::as_str).unwrap_or("file").to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conflict_is_read_as_object_or_array() {
+        let object: BoxErrorBody = serde_json::from_value(json!({
+            "code": "item_name_in_use",
+            "context_info": {"conflicts": {"type": "file", "id": "12", "name": "a"}}
+        }))
+        .unwrap();
+        let array: BoxErrorBody = serde_json::from_value(json!({
+            "code": "item_name_in_use",
+            "context_info": {"conflicts": [{"type": "folder", "id": "34", "name": "a"}]}
+        }))
+        .unwrap();
+        assert_eq!(object.conflict(), Some(Conflict { id: "12".into(), kind: "file".into() }));
+        assert_eq!(array.conflict(), Some(Conflict { id: "34".into(), kind: "folder".into() }));
+        assert_eq!(BoxErrorBody::default().conflict(), None);
+    }
+}

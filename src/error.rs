@@ -1,0 +1,208 @@
+//! The gateway's one error type at the HTTP edge: a stable snake_case code, its HTTP status, and one
+//! JSON rendering used everywhere (handlers, extractors, multipart, unknown routes).
+//!
+//! `{"error": {"code", "message", "box": {"status", "code", "request_id"}?, "existing_file_id"?}}`.
+//! 5xx messages stay generic; the full cause chain goes to the log.
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use std::fmt;
+
+use crate::box_api::{BoxError, BoxErrorKind};
+use crate::pipeline::UploadError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub box_info: Option<BoxInfo>,
+    pub existing_file_id: Option<String>,
+    /// Seconds a client should wait before trying again (429/503 passed on from Box).
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BoxInfo {
+    pub status: u16,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), box_info: None, existing_file_id: None, retry_after_secs: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The metrics label of the outcome this error stands for.
+    pub fn outcome(&self) -> &'static str {
+        match self.status.as_u16() {
+            409 => "conflict",
+            400..=499 => "client_error",
+            500 => "internal_error",
+            _ => "box_error",
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.message)
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
+    box_info: Option<&'a BoxInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    existing_file_id: Option<&'a str>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs {
+            response.insert_header(("Retry-After", secs.to_string()));
+        }
+        response.json(Envelope {
+            error: Body {
+                code: self.code,
+                message: &self.message,
+                box_info: self.box_info.as_ref(),
+                existing_file_id: self.existing_file_id.as_deref(),
+            },
+        })
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(err: UploadError) -> Self {
+        use StatusCode as S;
+        match err {
+            UploadError::Box(err) => from_box(err),
+            UploadError::Conflict { existing_id, kind } => Self {
+                existing_file_id: Some(existing_id.clone()),
+                ..Self::new(S::CONFLICT, "name_conflict", format!("a {kind} with this name already exists (id {existing_id}); pass on_conflict=version or on_conflict=rename"))
+            },
+            UploadError::NoFreeName(name) => {
+                Self::new(S::CONFLICT, "name_conflict", format!("no free name found for {name:?}"))
+            }
+            UploadError::SizeMismatch { declared, received, derived } => {
+                let hint = if derived {
+                    " (the size was derived from Content-Length, which holds only when the file is the last part of the body: send a `size` field or query parameter)"
+                } else {
+                    ""
+                };
+                Self::bad_request(
+                    "size_mismatch",
+                    format!("the file has {received} bytes but {declared} were expected{hint}; nothing was stored"),
+                )
+            }
+            UploadError::DigestMismatch { expected, actual } => Self::bad_request(
+                "digest_mismatch",
+                format!("the file's SHA-1 is {actual} but the request said {expected}; nothing was stored"),
+            ),
+            UploadError::Body(message) => {
+                Self::bad_request("body_read_failed", format!("reading the request body failed: {message}"))
+            }
+            UploadError::TooLarge { limit, what } => Self::new(
+                S::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!("the file is larger than the gateway accepts ({what} = {limit} bytes)"),
+            ),
+            UploadError::CommitTimedOut(budget) => Self::new(
+                S::GATEWAY_TIMEOUT,
+                "box_timeout",
+                format!("Box did not finish processing the upload within {}s", budget.as_secs()),
+            ),
+            UploadError::Integrity(_) => {
+                Self::new(S::BAD_GATEWAY, "box_integrity_error", "Box stored a file that differs from the one sent")
+            }
+            UploadError::OverBudget(_) | UploadError::Internal(_) => {
+                Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")
+            }
+        }
+    }
+}
+
+/// Box's answers, turned into what the gateway's client can act on (documented in openapi.yaml).
+fn from_box(err: BoxError) -> ApiError {
+    use StatusCode as S;
+    let box_info = err.status().map(|status| BoxInfo {
+        status,
+        code: err.code().map(str::to_owned),
+        request_id: err.request_id().map(str::to_owned),
+    });
+    let retry_after_secs = err.retry_after().map(|d| d.as_secs().max(1));
+    let code = err.code().unwrap_or_default();
+    let (status, ours, message) = match (&err.kind, err.status().unwrap_or(0), code) {
+        (BoxErrorKind::Timeout(_), ..) => (S::GATEWAY_TIMEOUT, "box_timeout", "Box did not answer in time".into()),
+        (BoxErrorKind::Connection(_), ..) => (S::SERVICE_UNAVAILABLE, "box_unavailable", "Box could not be reached".into()),
+        (BoxErrorKind::Protocol(_), ..) => (S::BAD_GATEWAY, "box_protocol_error", "Box answered something the gateway does not understand".into()),
+        (_, 401, _) => (S::BAD_GATEWAY, "box_auth_failed", "Box refused the gateway's credentials".into()),
+        (_, 403, "storage_limit_exceeded") | (_, 507, _) => (S::INSUFFICIENT_STORAGE, "box_storage_full", "the Box account is out of space".into()),
+        (_, 403, "file_size_limit_exceeded") | (_, 413, _) => (S::PAYLOAD_TOO_LARGE, "file_too_large", "the file is larger than the Box account allows".into()),
+        (_, 403, _) => (S::FORBIDDEN, "box_access_denied", "the gateway's Box user may not write there".into()),
+        (_, 404, _) | (_, 400, "invalid_folder_id") => (S::NOT_FOUND, "not_found", "the folder or file does not exist in Box, or the gateway's Box user cannot see it".into()),
+        (_, 400, "item_name_invalid" | "item_name_too_long") => (S::BAD_REQUEST, "invalid_name", format!("Box refused the name ({code})")),
+        (_, 409, "item_name_in_use") => (S::CONFLICT, "name_conflict", "a file with this name already exists".into()),
+        (_, 409, _) => (S::CONFLICT, "conflict", format!("Box reported a conflict ({code})")),
+        (_, 412, _) => (S::PRECONDITION_FAILED, "precondition_failed", "the file changed in Box meanwhile".into()),
+        (_, 429, _) => (S::SERVICE_UNAVAILABLE, "box_rate_limited", "Box kept answering that the rate limit is reached".into()),
+        (_, 500..=599, _) => (S::SERVICE_UNAVAILABLE, "box_unavailable", "Box kept failing; try again later".into()),
+        _ => (S::BAD_GATEWAY, "box_rejected_request", format!("Box refused the upload ({code})")),
+    };
+    let existing_file_id = err.body().and_then(|b| b.conflict()).map(|c| c.id);
+    ApiError { status, code: ours, message, box_info, existing_file_id, retry_after_secs }
+}
+
+/// Errors of actix's own extractors (query, path, JSON) as the gateway's JSON.
+pub fn extractor_error(err: impl fmt::Display) -> actix_web::Error {
+    ApiError::bad_request("invalid_request", err.to_string()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::box_api::BoxErrorBody;
+
+    fn box_err(status: u16, code: &str) -> ApiError {
+        let body = BoxErrorBody { code: Some(code.into()), request_id: Some("r1".into()), ..Default::default() };
+        from_box(BoxError::new("create_session", BoxErrorKind::Status { status, body, retry_after: None }))
+    }
+
+    #[test]
+    fn box_codes_map_to_documented_statuses() {
+        let cases = [
+            (401, "unauthorized", 502, "box_auth_failed"),
+            (403, "storage_limit_exceeded", 507, "box_storage_full"),
+            (404, "invalid_parameter", 404, "not_found"),
+            (400, "invalid_folder_id", 404, "not_found"),
+            (400, "item_name_invalid", 400, "invalid_name"),
+            (400, "missing_destination", 502, "box_rejected_request"),
+            (409, "item_name_in_use", 409, "name_conflict"),
+            (503, "unavailable", 503, "box_unavailable"),
+        ];
+        for (status, code, want_status, want_code) in cases {
+            let e = box_err(status, code);
+            assert_eq!((e.status.as_u16(), e.code), (want_status, want_code), "{status} {code}");
+            assert_eq!(e.box_info.unwrap().request_id.as_deref(), Some("r1"));
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Every metric of the gateway, its name and its help text, in one catalog.
+//!
+//! Built once at start into a registry that is passed in (no global statics), so each test gets its
+//! own registry and can assert on it. Labels never carry file names, ids or secrets.
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+pub struct GatewayMetrics {
+    /// Uploads finished, by `method` (direct|chunked) and `outcome` (success|client_error|box_error|...).
+    pub uploads: IntCounterVec,
+    /// File bytes received from clients, by `method`.
+    pub upload_bytes: IntCounterVec,
+    pub upload_duration: HistogramVec,
+    /// Chunked-upload parts, by `outcome` (uploaded|failed).
+    pub parts: IntCounterVec,
+    pub part_duration: Histogram,
+    /// Retries of Box calls, by `endpoint` and `reason` (rate_limited|server_error|timeout|connection|
+    /// commit_pending|parts_mismatch).
+    pub box_retries: IntCounterVec,
+    /// Box calls, by `endpoint` and `status` (HTTP status, or timeout|connection).
+    pub box_calls: IntCounterVec,
+    pub box_call_duration: HistogramVec,
+    pub uploads_in_flight: IntGauge,
+    /// Bytes of file content held in memory, against `memory_budget_bytes`.
+    pub buffered_bytes: IntGauge,
+    /// The most bytes ever held at once since start: never above the budget.
+    pub buffered_bytes_peak: IntGauge,
+    pub memory_budget_bytes: IntGauge,
+    /// Sessions aborted, by `reason`.
+    pub sessions_aborted: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let upload_buckets = exponential_buckets(0.01, 2.5, 14)?; // 10 ms .. ~6 h
+        let call_buckets = exponential_buckets(0.005, 2.5, 12)?; // 5 ms .. ~20 min
+        let m = Self {
+            uploads: IntCounterVec::new(
+                Opts::new("gateway_uploads_total", "Uploads finished, by method and outcome."),
+                &["method", "outcome"],
+            )?,
+            upload_bytes: IntCounterVec::new(
+                Opts::new("gateway_upload_bytes_total", "File bytes received from clients, by method."),
+                &["method"],
+            )?,
+            upload_duration: HistogramVec::new(
+                HistogramOpts::new("gateway_upload_duration_seconds", "Time from request to answer, by method.")
+                    .buckets(upload_buckets),
+                &["method"],
+            )?,
+            parts: IntCounterVec::new(
+                Opts::new("gateway_parts_total", "Chunked-upload parts, by outcome."),
+                &["outcome"],
+            )?,
+            part_duration: Histogram::with_opts(
+                HistogramOpts::new("gateway_part_duration_seconds", "Time to upload one part, retries included.")
+                    .buckets(call_buckets.clone()),
+            )?,
+            box_retries: IntCounterVec::new(
+                Opts::new("gateway_box_retries_total", "Retried Box calls, by endpoint and reason."),
+                &["endpoint", "reason"],
+            )?,
+            box_calls: IntCounterVec::new(
+                Opts::new("gateway_box_calls_total", "Box calls, by endpoint and HTTP status (or timeout|connection)."),
+                &["endpoint", "status"],
+            )?,
+            box_call_duration: HistogramVec::new(
+                HistogramOpts::new("gateway_box_call_duration_seconds", "Duration of one Box call, by endpoint.")
+                    .buckets(call_buckets),
+                &["endpoint"],
+            )?,
+            uploads_in_flight: IntGauge::new("gateway_uploads_in_flight", "Uploads being received now.")?,
+            buffered_bytes: IntGauge::new(
+                "gateway_buffered_bytes",
+                "File bytes held in memory now, taken from the memory budget.",
+            )?,
+            buffered_bytes_peak: IntGauge::new(
+                "gateway_buffered_bytes_peak",
+                "The most file bytes ever held in memory at once since start.",
+            )?,
+            memory_budget_bytes: IntGauge::new("gateway_memory_budget_bytes", "The configured memory budget.")?,
+            sessions_aborted: IntCounterVec::new(
+                Opts::new("gateway_sessions_aborted_total", "Box upload sessions aborted, by reason."),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(m.uploads.clone()))?;
+        registry.register(Box::new(m.upload_bytes.clone()))?;
+        registry.register(Box::new(m.upload_duration.clone()))?;
+        registry.register(Box::new(m.parts.clone()))?;
+        registry.register(Box::new(m.part_duration.clone()))?;
+        registry.register(Box::new(m.box_retries.clone()))?;
+        registry.register(Box::new(m.box_calls.clone()))?;
+        registry.register(Box::new(m.box_call_duration.clone()))?;
+        registry.register(Box::new(m.uploads_in_flight.clone()))?;
+        registry.register(Box::new(m.buffered_bytes.clone()))?;
+        registry.register(Box::new(m.buffered_bytes_peak.clone()))?;
+        registry.register(Box::new(m.memory_budget_bytes.clone()))?;
+        registry.register(Box::new(m.sessions_aborted.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,472 @@
+//! The framework-free core: takes a typed upload request and a byte stream, and lands the file in
+//! Box whole (direct upload, or a chunked session re-chunked into exact parts) or not at all.
+//!
+//! Nothing here imports actix: the body is any `Stream<Item = Result<Bytes, E>>`, polled in the
+//! caller's task (actix's payload is `!Send`); Box calls run on the process's multi-threaded runtime
+//! (`rt`), so part digests and uploads use the other cores while the caller's thread reads the body
+//! and keeps the whole-file digest.
+mod budget;
+mod chunker;
+mod guard;
+mod names;
+mod spool;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use sha1::{Digest, Sha1};
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
+
+pub use budget::{BudgetPermit, MemoryBudget, OverBudget};
+pub use chunker::{Part, Rechunker};
+pub use guard::SessionGuard;
+pub use names::numbered_name;
+pub use spool::{spool, Spooled};
+
+use crate::box_api::{BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Target, UploadPart, UploadSession};
+use crate::metrics::GatewayMetrics;
+
+/// What to do when the name is taken in the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    #[default]
+    Error,
+    Version,
+    Rename,
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    pub upload: NewUpload,
+    pub on_conflict: OnConflict,
+    /// SHA-1 the client says the file has; the upload fails (and nothing lands) if it differs.
+    pub expected_sha1: Option<[u8; 20]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadMethod {
+    Direct,
+    Chunked,
+}
+
+impl UploadMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Chunked => "chunked",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct UploadOutcome {
+    pub file: FileObject,
+    pub method: UploadMethod,
+    pub size: u64,
+    pub sha1_hex: String,
+    pub part_size: Option<u64>,
+    pub parts: Option<u64>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Box(#[from] BoxError),
+    #[error("a file named like this already exists (id {existing_id})")]
+    Conflict { existing_id: String, kind: String },
+    #[error("no free name found for {0:?}")]
+    NoFreeName(String),
+    #[error("the body held {received} bytes but the upload was declared as {declared} bytes")]
+    SizeMismatch { declared: u64, received: u64, derived: bool },
+    #[error("the file's SHA-1 is {actual}, the client said {expected}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+    #[error("the file is larger than {what} ({limit} bytes)")]
+    TooLarge { limit: u64, what: &'static str },
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    #[error("Box did not finish the commit within {0:?}")]
+    CommitTimedOut(Duration),
+    #[error("Box answered a file that differs from what was sent: {0}")]
+    Integrity(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub part_concurrency: usize,
+    /// Files at least this big go through a chunked session; smaller ones through a direct upload.
+    pub chunked_threshold_bytes: u64,
+    /// How long a commit may keep answering 202 or a transient `parts_mismatch`.
+    pub commit_timeout: Duration,
+    pub max_file_size_bytes: Option<u64>,
+}
+
+/// One per process: the Box client, the memory budget and the settings, shared by every upload.
+#[derive(Clone)]
+pub struct Pipeline {
+    client: BoxClient,
+    budget: MemoryBudget,
+    settings: Arc<PipelineSettings>,
+    metrics: Arc<GatewayMetrics>,
+    rt: Handle,
+}
+
+/// An upload whose destination Box has accepted (conflicts resolved), waiting for its bytes.
+pub struct Prepared {
+    upload: NewUpload,
+    expected_sha1: Option<[u8; 20]>,
+    route: Route,
+}
+
+enum Route {
+    Direct,
+    Chunked(SessionGuard),
+}
+
+impl Prepared {
+    pub fn method(&self) -> UploadMethod {
+        match self.route {
+            Route::Direct => UploadMethod::Direct,
+            Route::Chunked(_) => UploadMethod::Chunked,
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        client: BoxClient,
+        budget: MemoryBudget,
+        settings: PipelineSettings,
+        metrics: Arc<GatewayMetrics>,
+        rt: Handle,
+    ) -> Self {
+        Self { client, budget, settings: Arc::new(settings), metrics, rt }
+    }
+
+    pub fn settings(&self) -> &PipelineSettings {
+        &self.settings
+    }
+
+    /// Asks Box for the destination before any byte is read: a chunked session (whose creation runs
+    /// Box's name, permission and quota checks) or a direct-upload preflight. Name conflicts are
+    /// resolved here, by `on_conflict`.
+    pub async fn prepare(&self, request: UploadRequest) -> Result<Prepared, UploadError> {
+        let UploadRequest { mut upload, on_conflict, expected_sha1 } = request;
+        if let Some(limit) = self.settings.max_file_size_bytes.filter(|l| upload.size > *l) {
+            return Err(UploadError::TooLarge { limit, what: "max_file_size_bytes" });
+        }
+        let original = upload.target.clone();
+        let mut chunked = upload.size >= self.settings.chunked_threshold_bytes;
+        for attempt in 1u32.. {
+            let answer = if chunked {
+                let client = self.client.clone();
+                let u = upload.clone();
+                self.on_rt(async move { client.create_session(&u).await }).await?.map(Some)
+            } else {
+                let client = self.client.clone();
+                let u = upload.clone();
+                self.on_rt(async move { client.preflight(&u).await }).await?.map(|()| None)
+            };
+            let err = match answer {
+                Ok(Some(session)) => {
+                    let guard = SessionGuard::new(self.client.clone(), session, self.rt.clone(), self.metrics.clone());
+                    return Ok(Prepared { upload, expected_sha1, route: Route::Chunked(guard) });
+                }
+                Ok(None) => return Ok(Prepared { upload, expected_sha1, route: Route::Direct }),
+                Err(err) => err,
+            };
+            // Box's minimum for chunked uploads is its own (20,000,000 bytes today): when it refuses
+            // a session for being too small, the direct upload is the way.
+            if chunked && err.code() == Some("file_size_too_small") {
+                tracing::warn!(size = upload.size, "Box refused a session as too small; using a direct upload");
+                chunked = false;
+                continue;
+            }
+            let Some(conflict) = err.body().filter(|_| err.status() == Some(409)).and_then(|b| b.conflict()) else {
+                return Err(err.into());
+            };
+            match (on_conflict, &original) {
+                (OnConflict::Version, Target::NewFile { .. }) if conflict.kind == "file" && attempt == 1 => {
+                    upload.target = Target::NewVersion { file_id: conflict.id, name: None };
+                }
+                (OnConflict::Rename, Target::NewFile { folder_id, name }) if attempt <= MAX_RENAMES => {
+                    upload.target = Target::NewFile { folder_id: folder_id.clone(), name: numbered_name(name, attempt) };
+                }
+                (OnConflict::Rename, Target::NewFile { name, .. }) => return Err(UploadError::NoFreeName(name.clone())),
+                _ => return Err(UploadError::Conflict { existing_id: conflict.id, kind: conflict.kind }),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Streams the body into Box. The body must hold exactly `upload.size` bytes; otherwise the
+    /// session is aborted and nothing lands.
+    pub async fn send<S, E>(&self, prepared: Prepared, body: S) -> Result<UploadOutcome, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let Prepared { upload, expected_sha1, route } = prepared;
+        let mut body = Rechunker::new(body);
+        match route {
+            Route::Direct => self.send_direct(&upload, expected_sha1, &mut body).await,
+            Route::Chunked(guard) => {
+                let mut parts = JoinSet::new();
+                let result = self.send_chunked(&upload, expected_sha1, guard.session(), &mut body, &mut parts).await;
+                match result {
+                    Ok(outcome) => {
+                        guard.disarm();
+                        Ok(outcome)
+                    }
+                    Err(err) => {
+                        parts.shutdown().await;
+                        guard.abort("error").await;
+                        Err(err)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_direct<S, E>(
+        &self,
+        upload: &NewUpload,
+        expected_sha1: Option<[u8; 20]>,
+        body: &mut Rechunker<S>,
+    ) -> Result<UploadOutcome, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        // The whole file is held so its SHA-1 can go in the request's header (and be re-sent on a
+        // retry); it is small (below the chunked threshold, at most 50 MB) and counted in the budget.
+        let _permit = self.budget.acquire(upload.size).await?;
+        let part = read_exact(body, upload.size).await?;
+        let mut hasher = Sha1::new();
+        part.chunks.iter().for_each(|c| hasher.update(c));
+        let sha1: [u8; 20] = hasher.finalize().into();
+        check_expected(expected_sha1, &sha1)?;
+        let client = self.client.clone();
+        let u = upload.clone();
+        let file = self.on_rt(async move { client.upload_direct(&u, part.chunks, &sha1).await }).await??;
+        verify_file(&file, upload.size, &sha1)?;
+        Ok(UploadOutcome {
+            file,
+            method: UploadMethod::Direct,
+            size: upload.size,
+            sha1_hex: hex::encode(sha1),
+            part_size: None,
+            parts: None,
+            session_id: None,
+        })
+    }
+
+    async fn send_chunked<S, E>(
+        &self,
+        upload: &NewUpload,
+        expected_sha1: Option<[u8; 20]>,
+        session: &UploadSession,
+        body: &mut Rechunker<S>,
+        in_flight: &mut JoinSet<Result<UploadPart, UploadError>>,
+    ) -> Result<UploadOutcome, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let size = upload.size;
+        let part_size = session.part_size;
+        let concurrency = self.settings.part_concurrency.max(1);
+        let mut whole = Sha1::new();
+        let mut parts = Vec::with_capacity(size.div_ceil(part_size) as usize);
+        let mut offset = 0;
+        while offset < size {
+            // Per upload at most `part_concurrency` parts exist at once (filling or in flight), and each
+            // holds its bytes of the budget from before it is filled until Box has answered it.
+            while in_flight.len() >= concurrency {
+                parts.push(join(in_flight.join_next().await)?);
+            }
+            let len = part_size.min(size - offset);
+            let permit = self.budget.acquire(len).await?;
+            let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
+            part.chunks.iter().for_each(|c| whole.update(c));
+            in_flight.spawn_on(self.upload_part(session.clone(), size, offset, part, permit), &self.rt);
+            offset += len;
+            while let Some(done) = in_flight.try_join_next() {
+                parts.push(join(Some(done))?);
+            }
+        }
+        expect_end(body, size).await?;
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(join(Some(done))?);
+        }
+        parts.sort_by_key(|p| p.offset);
+        let sha1: [u8; 20] = whole.finalize().into();
+        check_expected(expected_sha1, &sha1)?;
+        let file = self.commit(session, upload, &sha1, parts).await?;
+        verify_file(&file, size, &sha1)?;
+        Ok(UploadOutcome {
+            file,
+            method: UploadMethod::Chunked,
+            size,
+            sha1_hex: hex::encode(sha1),
+            part_size: Some(part_size),
+            parts: Some(size.div_ceil(part_size)),
+            session_id: Some(session.id.clone()),
+        })
+    }
+
+    /// One part, on the shared runtime: its digest (on another core than the body's reader), then the
+    /// upload with its retries. The budget permit is released when Box has answered.
+    fn upload_part(
+        &self,
+        session: UploadSession,
+        file_size: u64,
+        offset: u64,
+        part: Part,
+        permit: BudgetPermit,
+    ) -> impl std::future::Future<Output = Result<UploadPart, UploadError>> + Send + 'static {
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let _permit = permit;
+            let started = Instant::now();
+            let mut hasher = Sha1::new();
+            part.chunks.iter().for_each(|c| hasher.update(c));
+            let sha1: [u8; 20] = hasher.finalize().into();
+            let result = client.upload_part(&session, file_size, offset, &part.chunks, &sha1).await;
+            metrics.part_duration.observe(started.elapsed().as_secs_f64());
+            let outcome = if result.is_ok() { "uploaded" } else { "failed" };
+            metrics.parts.with_label_values(&[outcome]).inc();
+            Ok(result?)
+        }
+    }
+
+    /// Commits, retrying a 202 (parts still being processed) and a transient `parts_mismatch` within
+    /// `commit_timeout`: Box can answer 202 fifteen times and more, so a small try count is not enough.
+    async fn commit(
+        &self,
+        session: &UploadSession,
+        upload: &NewUpload,
+        sha1: &[u8; 20],
+        parts: Vec<UploadPart>,
+    ) -> Result<FileObject, UploadError> {
+        let client = self.client.clone();
+        let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
+        let budget = self.settings.commit_timeout;
+        self.on_rt(async move {
+            let deadline = Instant::now() + budget;
+            let policy = client.retry_policy().clone();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (reason, delay) = match client.commit(&session, &upload, &sha1, &parts).await {
+                    Ok(CommitAnswer::Committed(file)) => return Ok(file),
+                    Ok(CommitAnswer::Pending(retry_after)) => {
+                        ("commit_pending", retry_after.unwrap_or(Duration::from_secs(1)))
+                    }
+                    Err(err) if err.code() == Some("parts_mismatch") => ("parts_mismatch", policy.delay(attempt, None)),
+                    Err(err) if err.retry_reason().is_some() && attempt < policy.max_attempts => {
+                        (err.retry_reason().unwrap_or_default(), policy.delay(attempt, err.retry_after()))
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                if Instant::now() + delay > deadline {
+                    return Err(UploadError::CommitTimedOut(budget));
+                }
+                metrics.box_retries.with_label_values(&["commit", reason]).inc();
+                tokio::time::sleep(delay).await;
+            }
+        })
+        .await?
+    }
+
+    /// Runs a Box call on the shared multi-threaded runtime.
+    async fn on_rt<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, UploadError> {
+        self.rt.spawn(fut).await.map_err(|e| UploadError::Internal(format!("Box call task failed: {e}")))
+    }
+}
+
+const MAX_RENAMES: u32 = 100;
+
+fn join(done: Option<Result<Result<UploadPart, UploadError>, tokio::task::JoinError>>) -> Result<UploadPart, UploadError> {
+    match done {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(UploadError::Internal(format!("part task failed: {e}"))),
+        None => Err(UploadError::Internal("no part in flight".into())),
+    }
+}
+
+impl UploadError {
+    /// A short body seen while filling the part at `offset`.
+    fn with_offset(self, offset: u64) -> Self {
+        match self {
+            Self::SizeMismatch { declared, received, derived } => {
+                Self::SizeMismatch { declared, received: offset + received, derived }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Exactly `len` bytes from the body, or `SizeMismatch` (with `received` counted within this read).
+async fn read_exact<S, E>(body: &mut Rechunker<S>, len: u64) -> Result<Part, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let part = body.next_part(len as usize).await.map_err(|e| UploadError::Body(e.to_string()))?;
+    if (part.len as u64) < len {
+        return Err(UploadError::SizeMismatch { declared: len, received: part.len as u64, derived: false });
+    }
+    Ok(part)
+}
+
+/// The body must end where the declared size does.
+async fn expect_end<S, E>(body: &mut Rechunker<S>, size: u64) -> Result<(), UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let extra = body.drain().await.map_err(|e| UploadError::Body(e.to_string()))?;
+    if extra > 0 {
+        return Err(UploadError::SizeMismatch { declared: size, received: size + extra, derived: false });
+    }
+    Ok(())
+}
+
+fn check_expected(expected: Option<[u8; 20]>, actual: &[u8; 20]) -> Result<(), UploadError> {
+    match expected {
+        Some(expected) if expected != *actual => Err(UploadError::DigestMismatch {
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// After a commit or direct upload, the file Box answers must be the one sent.
+fn verify_file(file: &FileObject, size: u64, sha1: &[u8; 20]) -> Result<(), UploadError> {
+    let want = hex::encode(sha1);
+    let sha_ok = file.sha1().is_some_and(|s| s.eq_ignore_ascii_case(&want));
+    let size_ok = file.size() == Some(size);
+    if !sha_ok || !size_ok {
+        return Err(UploadError::Integrity(format!(
+            "sent {size} bytes with SHA-1 {want}; Box has {:?} bytes with SHA-1 {:?}",
+            file.size(),
+            file.sha1()
+        )));
+    }
+    Ok(())
+}

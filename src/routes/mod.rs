@@ -1,0 +1,22 @@
+//! Thin handlers: parse the request into a typed upload, hand its body to the pipeline, shape the
+//! answer. Every route is registered in `startup.rs`.
+pub mod health;
+mod multipart_scan;
+mod params;
+pub mod upload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::metrics::GatewayMetrics;
+use crate::pipeline::Pipeline;
+
+/// What every handler shares, built once in `startup.rs`.
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub metrics: Arc<GatewayMetrics>,
+    pub registry: prometheus::Registry,
+    pub spool_dir: PathBuf,
+    /// 0: spooling is off.
+    pub spool_max_bytes: u64,
+}

@@ -1,0 +1,357 @@
+//! The upload endpoints:
+//! - `POST /v1/folders/{folder_id}/files`     multipart, a new file
+//! - `PUT  /v1/folders/{folder_id}/files/{name}` raw body, a new file
+//! - `POST /v1/files/{file_id}/versions`      multipart, a new version
+//! - `PUT  /v1/files/{file_id}/content`       raw body, a new version
+use std::time::Instant;
+
+use actix_multipart::{Field, Multipart};
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, LocalBoxStream};
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::json;
+
+use super::multipart_scan::{file_data_offset, suffix_len, Scan};
+use super::params::{validate_id, validate_name, UploadParams};
+use super::AppState;
+use crate::box_api::{NewUpload, Target};
+use crate::error::ApiError;
+use crate::pipeline::{spool, UploadError, UploadOutcome, UploadRequest};
+
+/// Text fields before the file are small; a bigger one is not a parameter.
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+const MAX_FIELDS: usize = 100;
+/// How much of a multipart body is looked at to find where the file starts.
+const MAX_SCAN_BYTES: usize = 64 * 1024;
+
+type Body = LocalBoxStream<'static, Result<Bytes, String>>;
+
+/// Where the size of the file comes from; Box needs it before the first byte.
+enum Size {
+    /// From `size` or `Upload-Length`, or a raw body's `Content-Length`.
+    Declared(u64),
+    /// From a multipart body's `Content-Length`, assuming the file is its last part.
+    Derived(u64),
+    Unknown,
+}
+
+pub async fn multipart_to_folder(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<UploadParams>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let folder_id = validate_id(&path, "folder")?;
+    let tracker = Tracker::start(&state);
+    let result = multipart(&req, query.into_inner(), payload, &state, |name| {
+        Ok(Target::NewFile { folder_id: folder_id.clone(), name: validate_name(&name.unwrap_or_default())? })
+    })
+    .await;
+    tracker.answer(result)
+}
+
+pub async fn multipart_new_version(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<UploadParams>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let file_id = validate_id(&path, "file")?;
+    let tracker = Tracker::start(&state);
+    let explicit_name = query.name.clone();
+    let result = multipart(&req, query.into_inner(), payload, &state, |_filename| {
+        // A new version keeps its name unless `name` asks for another; the part's filename does not.
+        Ok(Target::NewVersion { file_id: file_id.clone(), name: explicit_name.as_deref().map(validate_name).transpose()? })
+    })
+    .await;
+    tracker.answer(result)
+}
+
+pub async fn raw_to_folder(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<UploadParams>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (folder_id, name) = path.into_inner();
+    let target = Target::NewFile { folder_id: validate_id(&folder_id, "folder")?, name: validate_name(&name)? };
+    let tracker = Tracker::start(&state);
+    tracker.answer(raw(&req, query.into_inner(), payload, &state, target).await)
+}
+
+pub async fn raw_new_version(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<UploadParams>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = query.name.as_deref().map(validate_name).transpose()?;
+    let target = Target::NewVersion { file_id: validate_id(&path, "file")?, name };
+    let tracker = Tracker::start(&state);
+    tracker.answer(raw(&req, query.into_inner(), payload, &state, target).await)
+}
+
+async fn raw(
+    req: &HttpRequest,
+    params: UploadParams,
+    payload: web::Payload,
+    state: &AppState,
+    target: Target,
+) -> Result<UploadOutcome, ApiError> {
+    let size = match (params.declared_size(req.headers())?, content_length(req.headers())?) {
+        (Some(n), _) | (None, Some(n)) => Size::Declared(n),
+        (None, None) => Size::Unknown,
+    };
+    let body = payload.map_err(|e| e.to_string()).boxed_local();
+    upload(state, req.headers(), params, target, size, body).await
+}
+
+/// Reads the text fields up to the first part with a filename, then streams that part to Box.
+/// Fields after the file are never read as file bytes: the file part ends at its boundary.
+async fn multipart(
+    req: &HttpRequest,
+    mut params: UploadParams,
+    mut payload: web::Payload,
+    state: &AppState,
+    target: impl FnOnce(Option<String>) -> Result<Target, ApiError>,
+) -> Result<UploadOutcome, ApiError> {
+    let boundary = boundary(req.headers())?;
+    let content_length = content_length(req.headers())?;
+    let early_size = params.declared_size(req.headers())?;
+    // Only when no size is declared: look for where the file starts, to derive its size.
+    let (seen, data_offset) = match (early_size, content_length) {
+        (None, Some(_)) => scan(&mut payload, &boundary).await?,
+        _ => (Vec::new(), None),
+    };
+    let replay = stream::iter(seen.into_iter().map(Ok)).chain(payload);
+    let mut form = Multipart::new(req.headers(), replay);
+    let mut fields = 0;
+    let (field, filename) = loop {
+        let field = form
+            .next()
+            .await
+            .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no part with a filename"))?
+            .map_err(multipart_error)?;
+        if let Some(filename) = filename_of(&field) {
+            break (field, filename);
+        }
+        fields += 1;
+        if fields > MAX_FIELDS {
+            return Err(ApiError::bad_request("invalid_multipart", "too many fields before the file"));
+        }
+        let key = field.name().unwrap_or_default().to_owned();
+        let value = read_text(field).await?;
+        params.set(&key, value);
+    };
+    let name = params.name.clone().or(Some(filename));
+    let target = target(name)?;
+    let size = match (params.declared_size(req.headers())?, content_length, data_offset) {
+        (Some(n), ..) => Size::Declared(n),
+        (None, Some(len), Some(offset)) => {
+            let overhead = offset as u64 + suffix_len(&boundary);
+            if len < overhead {
+                return Err(ApiError::bad_request("invalid_multipart", "Content-Length is shorter than the form"));
+            }
+            Size::Derived(len - overhead)
+        }
+        _ => Size::Unknown,
+    };
+    let body = field.map_err(|e| e.to_string()).boxed_local();
+    upload(state, req.headers(), params, target, size, body).await
+}
+
+/// The pipeline's part: size (spooling a body of unknown size), Box destination, bytes.
+async fn upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: UploadParams,
+    target: Target,
+    size: Size,
+    body: Body,
+) -> Result<UploadOutcome, ApiError> {
+    let on_conflict = params.on_conflict()?;
+    let expected_sha1 = params.expected_sha1(headers)?;
+    let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
+    let content_modified_at = UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
+    let (size, derived, body, _spooled) = match size {
+        Size::Declared(n) => (n, false, body, None),
+        Size::Derived(n) => (n, true, body, None),
+        Size::Unknown if state.spool_max_bytes == 0 => {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "the file's size is unknown: send a `size` field or query parameter, an Upload-Length header, or a Content-Length",
+            ))
+        }
+        Size::Unknown => {
+            let spooled = spool(body, &state.spool_dir, state.spool_max_bytes).await.map_err(fail)?;
+            let body = spooled.stream().await.map_err(fail)?.map_err(|e| e.to_string()).boxed_local();
+            (spooled.size, false, body, Some(spooled))
+        }
+    };
+    let upload = NewUpload { target, size, content_created_at, content_modified_at };
+    let request = UploadRequest { upload, on_conflict, expected_sha1 };
+    let prepared = state.pipeline.prepare(request).await.map_err(fail)?;
+    state.pipeline.send(prepared, body).await.map_err(|mut err| {
+        if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
+            *d = derived;
+        }
+        fail(err)
+    })
+}
+
+/// Logs a failed upload with its whole cause chain (the client gets the short, stable form).
+fn fail(err: UploadError) -> ApiError {
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let api = ApiError::from(err);
+    if api.status.is_server_error() {
+        tracing::error!(code = api.code, error = %chain, "upload failed");
+    } else {
+        tracing::info!(code = api.code, error = %chain, "upload refused");
+    }
+    api
+}
+
+/// Reads raw body chunks until the file part's headers are seen (at most `MAX_SCAN_BYTES`), returning
+/// the chunks to replay and where the file's data starts.
+async fn scan(payload: &mut web::Payload, boundary: &str) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
+    let mut seen = Vec::new();
+    let mut buf = BytesMut::new();
+    loop {
+        match file_data_offset(&buf, boundary) {
+            Scan::Found(offset) => return Ok((seen, Some(offset))),
+            Scan::NoFile => return Ok((seen, None)),
+            Scan::NeedMore if buf.len() > MAX_SCAN_BYTES => return Ok((seen, None)),
+            Scan::NeedMore => {}
+        }
+        match payload.next().await {
+            Some(Ok(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                seen.push(chunk);
+            }
+            Some(Err(e)) => return Err(ApiError::bad_request("body_read_failed", format!("reading the request body failed: {e}"))),
+            None => return Ok((seen, None)),
+        }
+    }
+}
+
+fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
+    let invalid = || ApiError::bad_request("invalid_multipart", "Content-Type must be multipart/form-data with a boundary");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).ok_or_else(invalid)?;
+    let mime: mime::Mime = content_type.parse().map_err(|_| invalid())?;
+    if mime.essence_str() != "multipart/form-data" {
+        return Err(invalid());
+    }
+    mime.get_param(mime::BOUNDARY).map(|b| b.as_str().to_owned()).ok_or_else(invalid)
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "Content-Length is not a number")),
+    }
+}
+
+/// The part's filename: RFC 5987 `filename*` (UTF-8) first, else plain `filename`.
+fn filename_of(field: &Field) -> Option<String> {
+    let cd = field.content_disposition()?;
+    if let Some(ext) = cd.get_filename_ext() {
+        let decoded = match &ext.charset {
+            header::Charset::Iso_8859_1 => Some(ext.value.iter().map(|&b| b as char).collect()),
+            _ => String::from_utf8(ext.value.clone()).ok(),
+        };
+        if decoded.is_some() {
+            return decoded;
+        }
+    }
+    cd.get_filename().map(str::to_owned)
+}
+
+async fn read_text(mut field: Field) -> Result<String, ApiError> {
+    let key = field.name().unwrap_or_default().to_owned();
+    let mut value = Vec::new();
+    while let Some(chunk) = field.next().await {
+        value.extend_from_slice(&chunk.map_err(multipart_error)?);
+        if value.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::bad_request("invalid_multipart", format!("field {key:?} is larger than 64 KiB")));
+        }
+    }
+    String::from_utf8(value).map_err(|_| ApiError::bad_request("invalid_multipart", format!("field {key:?} is not UTF-8")))
+}
+
+fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {
+    ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {err}"))
+}
+
+/// Counts an upload in flight, and its outcome when it ends (`cancelled` if the client left first).
+struct Tracker<'a> {
+    state: &'a AppState,
+    started: Instant,
+    finished: bool,
+}
+
+impl<'a> Tracker<'a> {
+    fn start(state: &'a AppState) -> Self {
+        state.metrics.uploads_in_flight.inc();
+        Self { state, started: Instant::now(), finished: false }
+    }
+
+    fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {
+        self.finished = true;
+        let m = &self.state.metrics;
+        let elapsed = self.started.elapsed();
+        match result {
+            Ok(outcome) => {
+                let method = outcome.method.as_str();
+                m.uploads.with_label_values(&[method, "success"]).inc();
+                m.upload_bytes.with_label_values(&[method]).inc_by(outcome.size);
+                m.upload_duration.with_label_values(&[method]).observe(elapsed.as_secs_f64());
+                tracing::info!(method, file_id = outcome.file.id(), size = outcome.size, sha1 = %outcome.sha1_hex,
+                    session_id = outcome.session_id, duration_ms = elapsed.as_millis() as u64, "upload landed in Box");
+                Ok(HttpResponse::Created().json(json!({
+                    "file": outcome.file.0,
+                    "upload": {
+                        "method": outcome.method,
+                        "size": outcome.size,
+                        "sha1": outcome.sha1_hex,
+                        "part_size": outcome.part_size,
+                        "parts": outcome.parts,
+                        "session_id": outcome.session_id,
+                        "duration_ms": elapsed.as_millis() as u64,
+                    }
+                })))
+            }
+            Err(err) => {
+                m.uploads.with_label_values(&["unknown", err.outcome()]).inc();
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        self.state.metrics.uploads_in_flight.dec();
+        if !self.finished {
+            self.state.metrics.uploads.with_label_values(&["unknown", "cancelled"]).inc();
+            tracing::warn!(elapsed_ms = self.started.elapsed().as_millis() as u64, "client left before the upload finished");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Builds the application from validated settings: the Box client, the pipeline, the metrics, and
+//! every route in one block. Binds before it runs, so tests can ask for port 0 and read the port.
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use prometheus::Registry;
+
+use crate::box_api::{BoxClient, StaticToken};
+use crate::config::ValidSettings;
+use crate::error::{extractor_error, ApiError};
+use crate::metrics::GatewayMetrics;
+use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
+use crate::routes::{health, upload, AppState};
+
+pub struct Application {
+    server: Server,
+    port: u16,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Application {
+    /// Must run inside the process's multi-threaded tokio runtime: Box calls are spawned on it.
+    pub fn build(settings: &ValidSettings) -> std::io::Result<Self> {
+        let registry = Registry::new();
+        let metrics = Arc::new(GatewayMetrics::new(&registry).map_err(std::io::Error::other)?);
+        metrics.memory_budget_bytes.set(settings.memory_budget_bytes as i64);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.box_connect_timeout)
+            .timeout(settings.box_request_timeout)
+            .user_agent(concat!("box-upload-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let auth = Arc::new(StaticToken::new(settings.box_token.clone()));
+        let client = BoxClient::new(http, settings.box_urls.clone(), auth, settings.retry.clone(), metrics.clone());
+        let budget = MemoryBudget::new(
+            settings.memory_budget_bytes,
+            metrics.buffered_bytes.clone(),
+            metrics.buffered_bytes_peak.clone(),
+        );
+        let pipeline = Pipeline::new(
+            client,
+            budget,
+            PipelineSettings {
+                part_concurrency: settings.part_concurrency,
+                chunked_threshold_bytes: settings.chunked_threshold_bytes,
+                commit_timeout: settings.commit_timeout,
+                max_file_size_bytes: settings.max_file_size_bytes,
+            },
+            metrics.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let state = web::Data::new(AppState {
+            pipeline,
+            metrics: metrics.clone(),
+            registry,
+            spool_dir: settings.spool_dir.clone(),
+            spool_max_bytes: settings.spool_max_bytes,
+        });
+        let listener = TcpListener::bind(settings.listen)?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error(e)))
+                .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e)))
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/metrics", web::get().to(health::metrics))
+                .service(
+                    web::scope("/v1")
+                        .route("/folders/{folder_id}/files", web::post().to(upload::multipart_to_folder))
+                        .route("/folders/{folder_id}/files/{name}", web::put().to(upload::raw_to_folder))
+                        .route("/files/{file_id}/versions", web::post().to(upload::multipart_new_version))
+                        .route("/files/{file_id}/content", web::put().to(upload::raw_new_version)),
+                )
+                .default_service(web::to(not_found))
+        })
+        .workers(settings.workers)
+        .listen(listener)?
+        .run();
+        Ok(Self { server, port, metrics })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn metrics(&self) -> Arc<GatewayMetrics> {
+        self.metrics.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint; see openapi.yaml"))
+}
