@@ -93,9 +93,11 @@ impl Settings {
             Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
             _ => Vec::new(),
         };
-        let is_known = move |key: &str| known.iter().any(|k| k == key);
-        let is_known2 = is_known.clone();
-        let mut figment = Figment::from(Serialized::defaults(Settings { box_developer_token: None, ..Default::default() }));
+        let known2 = known.clone();
+        let mut figment = Figment::from(Serialized::defaults(Settings {
+            box_developer_token: None,
+            ..Default::default()
+        }));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(format!("config file {} does not exist", path.display()));
@@ -103,18 +105,32 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment
-            .merge(Env::prefixed("BOX_").map(|k| format!("box_{k}").into()).filter(move |k| is_known(k.as_str())))
-            .merge(Env::prefixed("GATEWAY_").filter(move |k| is_known2(k.as_str())));
-        figment.extract().map_err(|e| format!("invalid configuration: {e}"))
+            .merge(Env::prefixed("BOX_").filter_map(move |k| {
+                let key = format!("box_{}", k.as_str().to_ascii_lowercase());
+                known.contains(&key).then(|| key.into())
+            }))
+            .merge(Env::prefixed("GATEWAY_").filter_map(move |k| {
+                let key = k.as_str().to_ascii_lowercase();
+                known2.contains(&key).then(|| key.into())
+            }));
+        figment
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))
     }
 
     /// Every problem at once, each saying which key and why.
     pub fn validate(&self) -> Result<ValidSettings, Vec<String>> {
         let mut problems = Vec::new();
-        let listen = self.listen.parse::<SocketAddr>().map_err(|e| problems.push(format!("listen: {:?} is not host:port ({e})", self.listen))).ok();
+        let listen = self
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("listen: {:?} is not host:port ({e})", self.listen)))
+            .ok();
         let mut url = |key: &str, value: &str| -> String {
             match reqwest::Url::parse(value) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => value.trim_end_matches('/').to_owned(),
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                    value.trim_end_matches('/').to_owned()
+                }
                 _ => {
                     problems.push(format!("{key}: {value:?} is not an http(s) URL"));
                     String::new()
@@ -124,13 +140,21 @@ impl Settings {
         let api = url("box_api_url", &self.box_api_url);
         let upload = url("box_upload_url", &self.box_upload_url);
         let token = url("box_token_url", &self.box_token_url);
-        if self.box_developer_token.as_ref().is_none_or(|t| t.expose().trim().is_empty()) {
+        if self
+            .box_developer_token
+            .as_ref()
+            .is_none_or(|t| t.expose().trim().is_empty())
+        {
             problems.push("box_developer_token: no Box credentials; set BOX_DEVELOPER_TOKEN (or run `serve --emulator`)".into());
         }
         if !(1..=64).contains(&self.part_concurrency) {
-            problems.push(format!("part_concurrency: {} is not within 1..=64", self.part_concurrency));
+            problems.push(format!(
+                "part_concurrency: {} is not within 1..=64",
+                self.part_concurrency
+            ));
         }
-        if self.chunked_threshold_bytes == 0 || self.chunked_threshold_bytes > MAX_CHUNKED_THRESHOLD {
+        if self.chunked_threshold_bytes == 0 || self.chunked_threshold_bytes > MAX_CHUNKED_THRESHOLD
+        {
             problems.push(format!(
                 "chunked_threshold_bytes: {} is not within 1..={MAX_CHUNKED_THRESHOLD} (Box advises direct uploads only up to about 50 MB)",
                 self.chunked_threshold_bytes
@@ -154,22 +178,40 @@ impl Settings {
             }
         }
         if !matches!(self.log_format.as_str(), "json" | "pretty" | "auto") {
-            problems.push(format!("log_format: {:?} is not json, pretty or auto", self.log_format));
+            problems.push(format!(
+                "log_format: {:?} is not json, pretty or auto",
+                self.log_format
+            ));
         }
-        let spool_dir = if self.spool_dir.is_empty() { std::env::temp_dir() } else { PathBuf::from(&self.spool_dir) };
+        let spool_dir = if self.spool_dir.is_empty() {
+            std::env::temp_dir()
+        } else {
+            PathBuf::from(&self.spool_dir)
+        };
         if self.spool_max_bytes > 0 && !spool_dir.is_dir() {
-            problems.push(format!("spool_dir: {} is not a directory", spool_dir.display()));
+            problems.push(format!(
+                "spool_dir: {} is not a directory",
+                spool_dir.display()
+            ));
         }
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ValidSettings {
                 listen,
-                workers: if self.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { self.workers },
+                workers: if self.workers == 0 {
+                    std::thread::available_parallelism().map_or(2, |n| n.get())
+                } else {
+                    self.workers
+                },
                 box_urls: crate::box_api::BoxUrls { api, upload, token },
-                box_token: self.box_developer_token.clone().unwrap_or_else(|| Secret::new("")),
+                box_token: self
+                    .box_developer_token
+                    .clone()
+                    .unwrap_or_else(|| Secret::new("")),
                 part_concurrency: self.part_concurrency,
                 memory_budget_bytes: self.memory_budget_bytes,
                 chunked_threshold_bytes: self.chunked_threshold_bytes,
-                max_file_size_bytes: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
+                max_file_size_bytes: (self.max_file_size_bytes > 0)
+                    .then_some(self.max_file_size_bytes),
                 spool_dir,
                 spool_max_bytes: self.spool_max_bytes,
                 box_connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
@@ -177,7 +219,10 @@ impl Settings {
                 retry: crate::box_api::RetryPolicy {
                     max_attempts: self.box_retry_max_attempts,
                     base_delay: Duration::from_millis(self.box_retry_base_delay_ms),
-                    max_delay: Duration::from_millis(self.box_retry_max_delay_ms.max(self.box_retry_base_delay_ms)),
+                    max_delay: Duration::from_millis(
+                        self.box_retry_max_delay_ms
+                            .max(self.box_retry_base_delay_ms),
+                    ),
                 },
                 commit_timeout: Duration::from_secs(self.commit_timeout_secs),
                 log_format: self.log_format.clone(),
@@ -217,8 +262,14 @@ mod tests {
         let problems = Settings::default().validate().unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].starts_with("box_developer_token"));
-        let ok = Settings { box_developer_token: Some(Secret::new("t")), ..Default::default() };
-        assert_eq!(ok.validate().unwrap().box_urls.upload, "https://upload.box.com/api/2.0");
+        let ok = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            ..Default::default()
+        };
+        assert_eq!(
+            ok.validate().unwrap().box_urls.upload,
+            "https://upload.box.com/api/2.0"
+        );
     }
 
     #[test]
@@ -233,7 +284,13 @@ mod tests {
             ..Default::default()
         };
         let problems = bad.validate().unwrap_err().join("\n");
-        for key in ["listen", "box_api_url", "part_concurrency", "chunked_threshold_bytes", "log_format"] {
+        for key in [
+            "listen",
+            "box_api_url",
+            "part_concurrency",
+            "chunked_threshold_bytes",
+            "log_format",
+        ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
         }
     }
@@ -241,7 +298,10 @@ mod tests {
     #[test]
     fn file_then_environment() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("g.toml", "part_concurrency = 3\nbox_api_url = \"http://file/2.0\"")?;
+            jail.create_file(
+                "g.toml",
+                "part_concurrency = 3\nbox_api_url = \"http://file/2.0\"",
+            )?;
             jail.set_env("BOX_API_URL", "http://env/2.0");
             jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9");
             jail.set_env("BOX_DEVELOPER_TOKEN", "secret-token");

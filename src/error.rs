@@ -31,7 +31,14 @@ pub struct BoxInfo {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), box_info: None, existing_file_id: None, retry_after_secs: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            box_info: None,
+            existing_file_id: None,
+            retry_after_secs: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -51,7 +58,13 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code,
+            self.status.as_u16(),
+            self.message
+        )
     }
 }
 
@@ -152,24 +165,92 @@ fn from_box(err: BoxError) -> ApiError {
     let retry_after_secs = err.retry_after().map(|d| d.as_secs().max(1));
     let code = err.code().unwrap_or_default();
     let (status, ours, message) = match (&err.kind, err.status().unwrap_or(0), code) {
-        (BoxErrorKind::Timeout(_), ..) => (S::GATEWAY_TIMEOUT, "box_timeout", "Box did not answer in time".into()),
-        (BoxErrorKind::Connection(_), ..) => (S::SERVICE_UNAVAILABLE, "box_unavailable", "Box could not be reached".into()),
-        (BoxErrorKind::Protocol(_), ..) => (S::BAD_GATEWAY, "box_protocol_error", "Box answered something the gateway does not understand".into()),
-        (_, 401, _) => (S::BAD_GATEWAY, "box_auth_failed", "Box refused the gateway's credentials".into()),
-        (_, 403, "storage_limit_exceeded") | (_, 507, _) => (S::INSUFFICIENT_STORAGE, "box_storage_full", "the Box account is out of space".into()),
-        (_, 403, "file_size_limit_exceeded") | (_, 413, _) => (S::PAYLOAD_TOO_LARGE, "file_too_large", "the file is larger than the Box account allows".into()),
-        (_, 403, _) => (S::FORBIDDEN, "box_access_denied", "the gateway's Box user may not write there".into()),
-        (_, 404, _) | (_, 400, "invalid_folder_id") => (S::NOT_FOUND, "not_found", "the folder or file does not exist in Box, or the gateway's Box user cannot see it".into()),
-        (_, 400, "item_name_invalid" | "item_name_too_long") => (S::BAD_REQUEST, "invalid_name", format!("Box refused the name ({code})")),
-        (_, 409, "item_name_in_use") => (S::CONFLICT, "name_conflict", "a file with this name already exists".into()),
-        (_, 409, _) => (S::CONFLICT, "conflict", format!("Box reported a conflict ({code})")),
-        (_, 412, _) => (S::PRECONDITION_FAILED, "precondition_failed", "the file changed in Box meanwhile".into()),
-        (_, 429, _) => (S::SERVICE_UNAVAILABLE, "box_rate_limited", "Box kept answering that the rate limit is reached".into()),
-        (_, 500..=599, _) => (S::SERVICE_UNAVAILABLE, "box_unavailable", "Box kept failing; try again later".into()),
-        _ => (S::BAD_GATEWAY, "box_rejected_request", format!("Box refused the upload ({code})")),
+        (BoxErrorKind::Timeout(_), ..) => (
+            S::GATEWAY_TIMEOUT,
+            "box_timeout",
+            "Box did not answer in time".into(),
+        ),
+        (BoxErrorKind::Connection(_), ..) => (
+            S::SERVICE_UNAVAILABLE,
+            "box_unavailable",
+            "Box could not be reached".into(),
+        ),
+        (BoxErrorKind::Protocol(_), ..) => (
+            S::BAD_GATEWAY,
+            "box_protocol_error",
+            "Box answered something the gateway does not understand".into(),
+        ),
+        (_, 401, _) => (
+            S::BAD_GATEWAY,
+            "box_auth_failed",
+            "Box refused the gateway's credentials".into(),
+        ),
+        (_, 403, "storage_limit_exceeded") | (_, 507, _) => (
+            S::INSUFFICIENT_STORAGE,
+            "box_storage_full",
+            "the Box account is out of space".into(),
+        ),
+        (_, 403, "file_size_limit_exceeded") | (_, 413, _) => (
+            S::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+            "the file is larger than the Box account allows".into(),
+        ),
+        (_, 403, _) => (
+            S::FORBIDDEN,
+            "box_access_denied",
+            "the gateway's Box user may not write there".into(),
+        ),
+        (_, 404, _) | (_, 400, "invalid_folder_id") => (
+            S::NOT_FOUND,
+            "not_found",
+            "the folder or file does not exist in Box, or the gateway's Box user cannot see it"
+                .into(),
+        ),
+        (_, 400, "item_name_invalid" | "item_name_too_long") => (
+            S::BAD_REQUEST,
+            "invalid_name",
+            format!("Box refused the name ({code})"),
+        ),
+        (_, 409, "item_name_in_use") => (
+            S::CONFLICT,
+            "name_conflict",
+            "a file with this name already exists".into(),
+        ),
+        (_, 409, _) => (
+            S::CONFLICT,
+            "conflict",
+            format!("Box reported a conflict ({code})"),
+        ),
+        (_, 412, _) => (
+            S::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the file changed in Box meanwhile".into(),
+        ),
+        (_, 429, _) => (
+            S::SERVICE_UNAVAILABLE,
+            "box_rate_limited",
+            "Box kept answering that the rate limit is reached".into(),
+        ),
+        (_, 500..=599, _) => (
+            S::SERVICE_UNAVAILABLE,
+            "box_unavailable",
+            "Box kept failing; try again later".into(),
+        ),
+        _ => (
+            S::BAD_GATEWAY,
+            "box_rejected_request",
+            format!("Box refused the upload ({code})"),
+        ),
     };
     let existing_file_id = err.body().and_then(|b| b.conflict()).map(|c| c.id);
-    ApiError { status, code: ours, message, box_info, existing_file_id, retry_after_secs }
+    ApiError {
+        status,
+        code: ours,
+        message,
+        box_info,
+        existing_file_id,
+        retry_after_secs,
+    }
 }
 
 /// Errors of actix's own extractors (query, path, JSON) as the gateway's JSON.
@@ -183,8 +264,19 @@ mod tests {
     use crate::box_api::BoxErrorBody;
 
     fn box_err(status: u16, code: &str) -> ApiError {
-        let body = BoxErrorBody { code: Some(code.into()), request_id: Some("r1".into()), ..Default::default() };
-        from_box(BoxError::new("create_session", BoxErrorKind::Status { status, body, retry_after: None }))
+        let body = BoxErrorBody {
+            code: Some(code.into()),
+            request_id: Some("r1".into()),
+            ..Default::default()
+        };
+        from_box(BoxError::new(
+            "create_session",
+            BoxErrorKind::Status {
+                status,
+                body,
+                retry_after: None,
+            },
+        ))
     }
 
     #[test]
@@ -201,7 +293,11 @@ mod tests {
         ];
         for (status, code, want_status, want_code) in cases {
             let e = box_err(status, code);
-            assert_eq!((e.status.as_u16(), e.code), (want_status, want_code), "{status} {code}");
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (want_status, want_code),
+                "{status} {code}"
+            );
             assert_eq!(e.box_info.unwrap().request_id.as_deref(), Some("r1"));
         }
     }

@@ -3,7 +3,8 @@
 //! Built once at start into a registry that is passed in (no global statics), so each test gets its
 //! own registry and can assert on it. Labels never carry file names, ids or secrets.
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 pub struct GatewayMetrics {
@@ -37,16 +38,25 @@ impl GatewayMetrics {
         let call_buckets = exponential_buckets(0.005, 2.5, 12)?; // 5 ms .. ~20 min
         let m = Self {
             uploads: IntCounterVec::new(
-                Opts::new("gateway_uploads_total", "Uploads finished, by method and outcome."),
+                Opts::new(
+                    "gateway_uploads_total",
+                    "Uploads finished, by method and outcome.",
+                ),
                 &["method", "outcome"],
             )?,
             upload_bytes: IntCounterVec::new(
-                Opts::new("gateway_upload_bytes_total", "File bytes received from clients, by method."),
+                Opts::new(
+                    "gateway_upload_bytes_total",
+                    "File bytes received from clients, by method.",
+                ),
                 &["method"],
             )?,
             upload_duration: HistogramVec::new(
-                HistogramOpts::new("gateway_upload_duration_seconds", "Time from request to answer, by method.")
-                    .buckets(upload_buckets),
+                HistogramOpts::new(
+                    "gateway_upload_duration_seconds",
+                    "Time from request to answer, by method.",
+                )
+                .buckets(upload_buckets),
                 &["method"],
             )?,
             parts: IntCounterVec::new(
@@ -54,23 +64,38 @@ impl GatewayMetrics {
                 &["outcome"],
             )?,
             part_duration: Histogram::with_opts(
-                HistogramOpts::new("gateway_part_duration_seconds", "Time to upload one part, retries included.")
-                    .buckets(call_buckets.clone()),
+                HistogramOpts::new(
+                    "gateway_part_duration_seconds",
+                    "Time to upload one part, retries included.",
+                )
+                .buckets(call_buckets.clone()),
             )?,
             box_retries: IntCounterVec::new(
-                Opts::new("gateway_box_retries_total", "Retried Box calls, by endpoint and reason."),
+                Opts::new(
+                    "gateway_box_retries_total",
+                    "Retried Box calls, by endpoint and reason.",
+                ),
                 &["endpoint", "reason"],
             )?,
             box_calls: IntCounterVec::new(
-                Opts::new("gateway_box_calls_total", "Box calls, by endpoint and HTTP status (or timeout|connection)."),
+                Opts::new(
+                    "gateway_box_calls_total",
+                    "Box calls, by endpoint and HTTP status (or timeout|connection).",
+                ),
                 &["endpoint", "status"],
             )?,
             box_call_duration: HistogramVec::new(
-                HistogramOpts::new("gateway_box_call_duration_seconds", "Duration of one Box call, by endpoint.")
-                    .buckets(call_buckets),
+                HistogramOpts::new(
+                    "gateway_box_call_duration_seconds",
+                    "Duration of one Box call, by endpoint.",
+                )
+                .buckets(call_buckets),
                 &["endpoint"],
             )?,
-            uploads_in_flight: IntGauge::new("gateway_uploads_in_flight", "Uploads being received now.")?,
+            uploads_in_flight: IntGauge::new(
+                "gateway_uploads_in_flight",
+                "Uploads being received now.",
+            )?,
             buffered_bytes: IntGauge::new(
                 "gateway_buffered_bytes",
                 "File bytes held in memory now, taken from the memory budget.",
@@ -79,9 +104,15 @@ impl GatewayMetrics {
                 "gateway_buffered_bytes_peak",
                 "The most file bytes ever held in memory at once since start.",
             )?,
-            memory_budget_bytes: IntGauge::new("gateway_memory_budget_bytes", "The configured memory budget.")?,
+            memory_budget_bytes: IntGauge::new(
+                "gateway_memory_budget_bytes",
+                "The configured memory budget.",
+            )?,
             sessions_aborted: IntCounterVec::new(
-                Opts::new("gateway_sessions_aborted_total", "Box upload sessions aborted, by reason."),
+                Opts::new(
+                    "gateway_sessions_aborted_total",
+                    "Box upload sessions aborted, by reason.",
+                ),
                 &["reason"],
             )?,
         };

@@ -25,7 +25,9 @@ impl Application {
     pub fn build(settings: &ValidSettings) -> std::io::Result<Self> {
         let registry = Registry::new();
         let metrics = Arc::new(GatewayMetrics::new(&registry).map_err(std::io::Error::other)?);
-        metrics.memory_budget_bytes.set(settings.memory_budget_bytes as i64);
+        metrics
+            .memory_budget_bytes
+            .set(settings.memory_budget_bytes as i64);
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(settings.box_connect_timeout)
@@ -34,7 +36,13 @@ impl Application {
             .build()
             .map_err(std::io::Error::other)?;
         let auth = Arc::new(StaticToken::new(settings.box_token.clone()));
-        let client = BoxClient::new(http, settings.box_urls.clone(), auth, settings.retry.clone(), metrics.clone());
+        let client = BoxClient::new(
+            http,
+            settings.box_urls.clone(),
+            auth,
+            settings.retry.clone(),
+            metrics.clone(),
+        );
         let budget = MemoryBudget::new(
             settings.memory_budget_bytes,
             metrics.buffered_bytes.clone(),
@@ -70,17 +78,33 @@ impl Application {
                 .route("/metrics", web::get().to(health::metrics))
                 .service(
                     web::scope("/v1")
-                        .route("/folders/{folder_id}/files", web::post().to(upload::multipart_to_folder))
-                        .route("/folders/{folder_id}/files/{name}", web::put().to(upload::raw_to_folder))
-                        .route("/files/{file_id}/versions", web::post().to(upload::multipart_new_version))
-                        .route("/files/{file_id}/content", web::put().to(upload::raw_new_version)),
+                        .route(
+                            "/folders/{folder_id}/files",
+                            web::post().to(upload::multipart_to_folder),
+                        )
+                        .route(
+                            "/folders/{folder_id}/files/{name}",
+                            web::put().to(upload::raw_to_folder),
+                        )
+                        .route(
+                            "/files/{file_id}/versions",
+                            web::post().to(upload::multipart_new_version),
+                        )
+                        .route(
+                            "/files/{file_id}/content",
+                            web::put().to(upload::raw_new_version),
+                        ),
                 )
                 .default_service(web::to(not_found))
         })
         .workers(settings.workers)
         .listen(listener)?
         .run();
-        Ok(Self { server, port, metrics })
+        Ok(Self {
+            server,
+            port,
+            metrics,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -97,5 +121,9 @@ impl Application {
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint; see openapi.yaml"))
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see openapi.yaml",
+    ))
 }

@@ -28,8 +28,14 @@ pub struct BoxUrls {
 /// What an upload creates: a new file in a folder, or a new version of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    NewFile { folder_id: String, name: String },
-    NewVersion { file_id: String, name: Option<String> },
+    NewFile {
+        folder_id: String,
+        name: String,
+    },
+    NewVersion {
+        file_id: String,
+        name: Option<String>,
+    },
 }
 
 /// What Box needs to know before the first byte.
@@ -79,12 +85,21 @@ impl BoxClient {
         retry: RetryPolicy,
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
-        Self { http, urls: Arc::new(urls), auth, retry, metrics }
+        Self {
+            http,
+            urls: Arc::new(urls),
+            auth,
+            retry,
+            metrics,
+        }
     }
 
     /// The same client acting with other credentials (e.g. a caller's own token).
     pub fn with_auth(&self, auth: Arc<dyn TokenProvider>) -> Self {
-        Self { auth, ..self.clone() }
+        Self {
+            auth,
+            ..self.clone()
+        }
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
@@ -103,11 +118,16 @@ impl BoxClient {
                 if let Some(name) = name {
                     body["file_name"] = json!(name);
                 }
-                (format!("{}/files/{file_id}/upload_sessions", self.urls.upload), body)
+                (
+                    format!("{}/files/{file_id}/upload_sessions", self.urls.upload),
+                    body,
+                )
             }
         };
         let session: UploadSession = self
-            .retried("create_session", |t| self.http.post(&url).bearer_auth(t.expose()).json(&body))
+            .retried("create_session", |t| {
+                self.http.post(&url).bearer_auth(t.expose()).json(&body)
+            })
             .await?;
         if session.part_size == 0 {
             return Err(BoxError::protocol("create_session", "part_size 0"));
@@ -127,7 +147,12 @@ impl BoxClient {
         sha1: &[u8; 20],
     ) -> Result<UploadPart, BoxError> {
         let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let expected = UploadPart { part_id: String::new(), offset, size, sha1: Some(hex::encode(sha1)) };
+        let expected = UploadPart {
+            part_id: String::new(),
+            offset,
+            size,
+            sha1: Some(hex::encode(sha1)),
+        };
         let digest = format!("sha={}", b64(sha1));
         let range = format!("bytes {}-{}/{}", offset, offset + size - 1, file_size);
         // Set when an attempt failed in a way that may still have stored the part.
@@ -164,8 +189,16 @@ impl BoxClient {
             .await
     }
 
-    async fn find_part(&self, session: &UploadSession, offset: u64) -> Result<Option<UploadPart>, BoxError> {
-        Ok(self.list_parts(session).await?.into_iter().find(|p| p.offset == offset))
+    async fn find_part(
+        &self,
+        session: &UploadSession,
+        offset: u64,
+    ) -> Result<Option<UploadPart>, BoxError> {
+        Ok(self
+            .list_parts(session)
+            .await?
+            .into_iter()
+            .find(|p| p.offset == offset))
     }
 
     /// `GET {session.list_parts}`, every page (`offset` counts parts, at most 1000 a page).
@@ -176,13 +209,17 @@ impl BoxClient {
             let query = [("offset", parts.len()), ("limit", LIMIT)];
             let page: PartsPage = self
                 .retried("list_parts", |t| {
-                    self.http.get(&session.session_endpoints.list_parts).query(&query).bearer_auth(t.expose())
+                    self.http
+                        .get(&session.session_endpoints.list_parts)
+                        .query(&query)
+                        .bearer_auth(t.expose())
                 })
                 .await?;
             let got = page.entries.len();
             parts.extend(page.entries);
             let total = page.total_count.unwrap_or(0) as usize;
-            if got == 0 || got < LIMIT && parts.len() >= total || parts.len() >= total && total > 0 {
+            if got == 0 || got < LIMIT && parts.len() >= total || parts.len() >= total && total > 0
+            {
                 return Ok(parts);
             }
         }
@@ -223,7 +260,9 @@ impl BoxClient {
         self.retry
             .run(&self.metrics, |_| async {
                 self.send("abort", |t| {
-                    self.http.delete(&session.session_endpoints.abort).bearer_auth(t.expose())
+                    self.http
+                        .delete(&session.session_endpoints.abort)
+                        .bearer_auth(t.expose())
                 })
                 .await
                 .map(drop)
@@ -249,7 +288,10 @@ impl BoxClient {
         };
         let _: serde::de::IgnoredAny = self
             .retried("preflight", |t| {
-                self.http.request(Method::OPTIONS, &url).bearer_auth(t.expose()).json(&body)
+                self.http
+                    .request(Method::OPTIONS, &url)
+                    .bearer_auth(t.expose())
+                    .json(&body)
             })
             .await?;
         Ok(())
@@ -298,7 +340,10 @@ impl BoxClient {
                 self.http
                     .post(&url)
                     .bearer_auth(t.expose())
-                    .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+                    .header(
+                        header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
                     .header(header::CONTENT_LENGTH, length)
                     .header("Content-MD5", sha1_hex.as_str())
                     .body(stream_body(parts.clone()))
@@ -313,7 +358,9 @@ impl BoxClient {
         endpoint: &'static str,
         build: impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<T, BoxError> {
-        self.retry.run(&self.metrics, |_| self.call(endpoint, &build)).await
+        self.retry
+            .run(&self.metrics, |_| self.call(endpoint, &build))
+            .await
     }
 
     /// One call decoding a JSON answer.
@@ -343,8 +390,14 @@ impl BoxClient {
                 Err(e) if e.is_timeout() => "timeout".into(),
                 Err(_) => "connection".into(),
             };
-            self.metrics.box_calls.with_label_values(&[endpoint, &label]).inc();
-            self.metrics.box_call_duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .box_calls
+                .with_label_values(&[endpoint, &label])
+                .inc();
+            self.metrics
+                .box_call_duration
+                .with_label_values(&[endpoint])
+                .observe(started.elapsed().as_secs_f64());
             let response = result.map_err(|e| BoxError::transport(endpoint, e))?;
             let status = response.status();
             if status.is_success() {
@@ -375,12 +428,26 @@ async fn error_from(endpoint: &'static str, response: Response) -> BoxError {
     if body.code.is_none() && status == 401 {
         body.code = Some("unauthorized".into());
     }
-    BoxError::new(endpoint, BoxErrorKind::Status { status, body, retry_after })
+    BoxError::new(
+        endpoint,
+        BoxErrorKind::Status {
+            status,
+            body,
+            retry_after,
+        },
+    )
 }
 
-async fn decode<T: DeserializeOwned>(endpoint: &'static str, response: Response) -> Result<T, BoxError> {
-    let bytes = response.bytes().await.map_err(|e| BoxError::transport(endpoint, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
+async fn decode<T: DeserializeOwned>(
+    endpoint: &'static str,
+    response: Response,
+) -> Result<T, BoxError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| BoxError::transport(endpoint, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
 }
 
 fn first_file(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {
@@ -394,7 +461,10 @@ fn first_file(endpoint: &'static str, files: FileCollection) -> Result<FileObjec
 
 /// A careful client checks the echo of each part (offset, size, sha1) against what it sent.
 fn check_echo(echo: &UploadPart, sent: &UploadPart) -> Result<UploadPart, BoxError> {
-    let sha_ok = echo.sha1.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(sent.sha1.as_deref().unwrap_or("")));
+    let sha_ok = echo
+        .sha1
+        .as_deref()
+        .is_none_or(|s| s.eq_ignore_ascii_case(sent.sha1.as_deref().unwrap_or("")));
     if echo.offset != sent.offset || echo.size != sent.size || !sha_ok {
         return Err(BoxError::protocol(
             "upload_part",
@@ -404,12 +474,17 @@ fn check_echo(echo: &UploadPart, sent: &UploadPart) -> Result<UploadPart, BoxErr
             ),
         ));
     }
-    Ok(UploadPart { sha1: sent.sha1.clone(), ..echo.clone() })
+    Ok(UploadPart {
+        sha1: sent.sha1.clone(),
+        ..echo.clone()
+    })
 }
 
 /// A body of shared chunks: sent without copying them, and re-sent on a retry for the price of a clone.
 fn stream_body(chunks: Vec<Bytes>) -> reqwest::Body {
-    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>)))
+    reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::io::Error>),
+    ))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -423,12 +498,28 @@ mod tests {
 
     #[test]
     fn echo_must_match_what_was_sent() {
-        let sent = UploadPart { part_id: String::new(), offset: 8, size: 8, sha1: Some("ab".into()) };
-        let echo = UploadPart { part_id: "P1".into(), offset: 8, size: 8, sha1: Some("AB".into()) };
+        let sent = UploadPart {
+            part_id: String::new(),
+            offset: 8,
+            size: 8,
+            sha1: Some("ab".into()),
+        };
+        let echo = UploadPart {
+            part_id: "P1".into(),
+            offset: 8,
+            size: 8,
+            sha1: Some("AB".into()),
+        };
         assert_eq!(check_echo(&echo, &sent).unwrap().part_id, "P1");
-        let wrong = UploadPart { size: 7, ..echo.clone() };
+        let wrong = UploadPart {
+            size: 7,
+            ..echo.clone()
+        };
         assert!(check_echo(&wrong, &sent).is_err());
-        let bad_sha = UploadPart { sha1: Some("cd".into()), ..echo };
+        let bad_sha = UploadPart {
+            sha1: Some("cd".into()),
+            ..echo
+        };
         assert!(check_echo(&bad_sha, &sent).is_err());
     }
 }

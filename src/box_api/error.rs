@@ -80,7 +80,10 @@ impl BoxError {
     pub fn retry_reason(&self) -> Option<&'static str> {
         match &self.kind {
             BoxErrorKind::Status { status: 429, .. } => Some("rate_limited"),
-            BoxErrorKind::Status { status: 500 | 502 | 503 | 504, .. } => Some("server_error"),
+            BoxErrorKind::Status {
+                status: 500 | 502 | 503 | 504,
+                ..
+            } => Some("server_error"),
             BoxErrorKind::Status { .. } | BoxErrorKind::Protocol(_) => None,
             BoxErrorKind::Timeout(_) => Some("timeout"),
             BoxErrorKind::Connection(_) => Some("connection"),
@@ -96,5 +99,10 @@ impl BoxError {
 /// `Retry-After` in seconds (Box never sends the HTTP-date form).
 pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }

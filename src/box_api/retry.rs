@@ -18,7 +18,9 @@ impl RetryPolicy {
     /// Delay before attempt `attempt + 1` (attempt counts from 1): full jitter over a capped
     /// exponential, but never shorter than what Box asked for with `Retry-After`.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let capped = exp.min(self.max_delay);
         let jittered = capped.mul_f64(fastrand::f64());
         retry_after.map_or(jittered, |asked| asked.max(jittered))
@@ -37,12 +39,17 @@ impl RetryPolicy {
             match call(attempt).await {
                 Ok(value) => return Ok(value),
                 Err(err) => {
-                    let Some(reason) = err.retry_reason() else { return Err(err) };
+                    let Some(reason) = err.retry_reason() else {
+                        return Err(err);
+                    };
                     if attempt >= self.max_attempts {
                         return Err(err);
                     }
                     let delay = self.delay(attempt, err.retry_after());
-                    metrics.box_retries.with_label_values(&[err.endpoint, reason]).inc();
+                    metrics
+                        .box_retries
+                        .with_label_values(&[err.endpoint, reason])
+                        .inc();
                     tracing::warn!(endpoint = err.endpoint, attempt, ?delay, elapsed = ?started.elapsed(), error = %err, "retrying Box call");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -57,7 +64,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(2) }
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        }
     }
 
     #[test]

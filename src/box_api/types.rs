@@ -100,7 +100,11 @@ impl BoxErrorBody {
         };
         Some(Conflict {
             id: item.get("id")?.as_str()?.to_owned(),
-            kind: item.get("type").and_then(Value::as_str).unwrap_or("file").to_owned(),
+            kind: item
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("file")
+                .to_owned(),
         })
     }
 }
@@ -122,8 +126,20 @@ mod tests {
             "context_info": {"conflicts": [{"type": "folder", "id": "34", "name": "a"}]}
         }))
         .unwrap();
-        assert_eq!(object.conflict(), Some(Conflict { id: "12".into(), kind: "file".into() }));
-        assert_eq!(array.conflict(), Some(Conflict { id: "34".into(), kind: "folder".into() }));
+        assert_eq!(
+            object.conflict(),
+            Some(Conflict {
+                id: "12".into(),
+                kind: "file".into()
+            })
+        );
+        assert_eq!(
+            array.conflict(),
+            Some(Conflict {
+                id: "34".into(),
+                kind: "folder".into()
+            })
+        );
         assert_eq!(BoxErrorBody::default().conflict(), None);
     }
 }

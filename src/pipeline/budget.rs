@@ -37,7 +37,13 @@ impl MemoryBudget {
     /// `total` is capped at what a semaphore can count (far beyond any real budget).
     pub fn new(total: u64, gauge: IntGauge, peak: IntGauge) -> Self {
         let total = total.min(Semaphore::MAX_PERMITS as u64);
-        Self { semaphore: Arc::new(Semaphore::new(total as usize)), total, gauge, held: Arc::default(), peak }
+        Self {
+            semaphore: Arc::new(Semaphore::new(total as usize)),
+            total,
+            gauge,
+            held: Arc::default(),
+            peak,
+        }
     }
 
     pub fn total(&self) -> u64 {
@@ -46,26 +52,41 @@ impl MemoryBudget {
 
     /// Waits until `bytes` are free. Fails only when they could never be.
     pub async fn acquire(&self, bytes: u64) -> Result<BudgetPermit, OverBudget> {
-        let over = || OverBudget { wanted: bytes, total: self.total };
+        let over = || OverBudget {
+            wanted: bytes,
+            total: self.total,
+        };
         if bytes > self.total || bytes > u32::MAX as u64 {
             return Err(over());
         }
         let permit = match bytes {
             0 => None,
-            n => Some(self.semaphore.clone().acquire_many_owned(n as u32).await.map_err(|_| over())?),
+            n => Some(
+                self.semaphore
+                    .clone()
+                    .acquire_many_owned(n as u32)
+                    .await
+                    .map_err(|_| over())?,
+            ),
         };
         let now = self.held.fetch_add(bytes as i64, Ordering::SeqCst) + bytes as i64;
         self.gauge.add(bytes as i64);
         if now > self.peak.get() {
             self.peak.set(now);
         }
-        Ok(BudgetPermit { _permit: permit, bytes, budget: self.clone() })
+        Ok(BudgetPermit {
+            _permit: permit,
+            bytes,
+            budget: self.clone(),
+        })
     }
 }
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes as i64, Ordering::SeqCst);
+        self.budget
+            .held
+            .fetch_sub(self.bytes as i64, Ordering::SeqCst);
         self.budget.gauge.sub(self.bytes as i64);
     }
 }
@@ -76,7 +97,11 @@ mod tests {
     use std::time::Duration;
 
     fn budget(total: u64) -> MemoryBudget {
-        MemoryBudget::new(total, IntGauge::new("g", "g").unwrap(), IntGauge::new("p", "p").unwrap())
+        MemoryBudget::new(
+            total,
+            IntGauge::new("g", "g").unwrap(),
+            IntGauge::new("p", "p").unwrap(),
+        )
     }
 
     #[tokio::test]

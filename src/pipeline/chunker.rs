@@ -21,14 +21,20 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
     pub fn new(stream: S) -> Self {
-        Self { stream, leftover: None, ended: false }
+        Self {
+            stream,
+            leftover: None,
+            ended: false,
+        }
     }
 
     /// The next `len` bytes; shorter only when the stream ends first.
     pub async fn next_part(&mut self, len: usize) -> Result<Part, E> {
         let mut part = Part::default();
         while part.len < len {
-            let Some(mut chunk) = self.next_chunk().await? else { break };
+            let Some(mut chunk) = self.next_chunk().await? else {
+                break;
+            };
             let want = len - part.len;
             if chunk.len() > want {
                 self.leftover = Some(chunk.split_off(want));
@@ -87,7 +93,11 @@ mod tests {
         let mut rest = data;
         let mut i = 0;
         while !rest.is_empty() {
-            let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1).clamp(1, rest.len());
+            let n = sizes
+                .get(i % sizes.len().max(1))
+                .copied()
+                .unwrap_or(1)
+                .clamp(1, rest.len());
             out.push(Ok(Bytes::copy_from_slice(&rest[..n])));
             rest = &rest[n..];
             i += 1;
@@ -110,14 +120,20 @@ mod tests {
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
     fn one_byte_pieces() {
         let data: Vec<u8> = (0..=255).collect();
         let parts = run(cut(split(&data, &[1]), 100));
-        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 56]);
+        assert_eq!(
+            parts.iter().map(Vec::len).collect::<Vec<_>>(),
+            [100, 100, 56]
+        );
         assert_eq!(parts.concat(), data);
     }
 
@@ -158,7 +174,11 @@ mod tests {
 
     #[test]
     fn errors_pass_through() {
-        let input = vec![Ok(Bytes::from_static(b"ab")), Err("cut"), Ok(Bytes::from_static(b"c"))];
+        let input = vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err("cut"),
+            Ok(Bytes::from_static(b"c")),
+        ];
         let mut r = Rechunker::new(stream::iter(input));
         assert_eq!(run(r.next_part(5)).unwrap_err(), "cut");
     }

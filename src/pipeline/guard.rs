@@ -15,12 +15,25 @@ pub struct SessionGuard {
 }
 
 impl SessionGuard {
-    pub fn new(client: BoxClient, session: UploadSession, rt: Handle, metrics: Arc<GatewayMetrics>) -> Self {
-        Self { armed: Some((client, session)), rt, metrics }
+    pub fn new(
+        client: BoxClient,
+        session: UploadSession,
+        rt: Handle,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
+        Self {
+            armed: Some((client, session)),
+            rt,
+            metrics,
+        }
     }
 
     pub fn session(&self) -> &UploadSession {
-        &self.armed.as_ref().expect("guard used after it was spent").1
+        &self
+            .armed
+            .as_ref()
+            .expect("guard used after it was spent")
+            .1
     }
 
     /// The commit succeeded: nothing to undo.
@@ -37,10 +50,15 @@ impl SessionGuard {
 
     fn spawn_abort(&mut self, reason: &'static str) -> Option<tokio::task::JoinHandle<()>> {
         let (client, session) = self.armed.take()?;
-        self.metrics.sessions_aborted.with_label_values(&[reason]).inc();
+        self.metrics
+            .sessions_aborted
+            .with_label_values(&[reason])
+            .inc();
         Some(self.rt.spawn(async move {
             match client.abort(&session).await {
-                Ok(()) => tracing::info!(session_id = %session.id, reason, "aborted Box upload session"),
+                Ok(()) => {
+                    tracing::info!(session_id = %session.id, reason, "aborted Box upload session")
+                }
                 Err(err) => tracing::error!(session_id = %session.id, reason, error = %err,
                     "could not abort Box upload session; Box discards it when it expires"),
             }
@@ -50,7 +68,11 @@ impl SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let reason = if std::thread::panicking() { "panic" } else { "cancelled" };
+        let reason = if std::thread::panicking() {
+            "panic"
+        } else {
+            "cancelled"
+        };
         self.spawn_abort(reason);
     }
 }

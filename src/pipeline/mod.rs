@@ -26,7 +26,9 @@ pub use guard::SessionGuard;
 pub use names::numbered_name;
 pub use spool::{spool, Spooled};
 
-use crate::box_api::{BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Target, UploadPart, UploadSession};
+use crate::box_api::{
+    BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Target, UploadPart, UploadSession,
+};
 use crate::metrics::GatewayMetrics;
 
 /// What to do when the name is taken in the folder.
@@ -83,7 +85,11 @@ pub enum UploadError {
     #[error("no free name found for {0:?}")]
     NoFreeName(String),
     #[error("the body held {received} bytes but the upload was declared as {declared} bytes")]
-    SizeMismatch { declared: u64, received: u64, derived: bool },
+    SizeMismatch {
+        declared: u64,
+        received: u64,
+        derived: bool,
+    },
     #[error("the file's SHA-1 is {actual}, the client said {expected}")]
     DigestMismatch { expected: String, actual: String },
     #[error("reading the request body failed: {0}")]
@@ -149,7 +155,13 @@ impl Pipeline {
         metrics: Arc<GatewayMetrics>,
         rt: Handle,
     ) -> Self {
-        Self { client, budget, settings: Arc::new(settings), metrics, rt }
+        Self {
+            client,
+            budget,
+            settings: Arc::new(settings),
+            metrics,
+            rt,
+        }
     }
 
     pub fn settings(&self) -> &PipelineSettings {
@@ -160,9 +172,20 @@ impl Pipeline {
     /// Box's name, permission and quota checks) or a direct-upload preflight. Name conflicts are
     /// resolved here, by `on_conflict`.
     pub async fn prepare(&self, request: UploadRequest) -> Result<Prepared, UploadError> {
-        let UploadRequest { mut upload, on_conflict, expected_sha1 } = request;
-        if let Some(limit) = self.settings.max_file_size_bytes.filter(|l| upload.size > *l) {
-            return Err(UploadError::TooLarge { limit, what: "max_file_size_bytes" });
+        let UploadRequest {
+            mut upload,
+            on_conflict,
+            expected_sha1,
+        } = request;
+        if let Some(limit) = self
+            .settings
+            .max_file_size_bytes
+            .filter(|l| upload.size > *l)
+        {
+            return Err(UploadError::TooLarge {
+                limit,
+                what: "max_file_size_bytes",
+            });
         }
         let original = upload.target.clone();
         let mut chunked = upload.size >= self.settings.chunked_threshold_bytes;
@@ -170,39 +193,82 @@ impl Pipeline {
             let answer = if chunked {
                 let client = self.client.clone();
                 let u = upload.clone();
-                self.on_rt(async move { client.create_session(&u).await }).await?.map(Some)
+                self.on_rt(async move { client.create_session(&u).await })
+                    .await?
+                    .map(Some)
             } else {
                 let client = self.client.clone();
                 let u = upload.clone();
-                self.on_rt(async move { client.preflight(&u).await }).await?.map(|()| None)
+                self.on_rt(async move { client.preflight(&u).await })
+                    .await?
+                    .map(|()| None)
             };
             let err = match answer {
                 Ok(Some(session)) => {
-                    let guard = SessionGuard::new(self.client.clone(), session, self.rt.clone(), self.metrics.clone());
-                    return Ok(Prepared { upload, expected_sha1, route: Route::Chunked(guard) });
+                    let guard = SessionGuard::new(
+                        self.client.clone(),
+                        session,
+                        self.rt.clone(),
+                        self.metrics.clone(),
+                    );
+                    return Ok(Prepared {
+                        upload,
+                        expected_sha1,
+                        route: Route::Chunked(guard),
+                    });
                 }
-                Ok(None) => return Ok(Prepared { upload, expected_sha1, route: Route::Direct }),
+                Ok(None) => {
+                    return Ok(Prepared {
+                        upload,
+                        expected_sha1,
+                        route: Route::Direct,
+                    })
+                }
                 Err(err) => err,
             };
             // Box's minimum for chunked uploads is its own (20,000,000 bytes today): when it refuses
             // a session for being too small, the direct upload is the way.
             if chunked && err.code() == Some("file_size_too_small") {
-                tracing::warn!(size = upload.size, "Box refused a session as too small; using a direct upload");
+                tracing::warn!(
+                    size = upload.size,
+                    "Box refused a session as too small; using a direct upload"
+                );
                 chunked = false;
                 continue;
             }
-            let Some(conflict) = err.body().filter(|_| err.status() == Some(409)).and_then(|b| b.conflict()) else {
+            let Some(conflict) = err
+                .body()
+                .filter(|_| err.status() == Some(409))
+                .and_then(|b| b.conflict())
+            else {
                 return Err(err.into());
             };
             match (on_conflict, &original) {
-                (OnConflict::Version, Target::NewFile { .. }) if conflict.kind == "file" && attempt == 1 => {
-                    upload.target = Target::NewVersion { file_id: conflict.id, name: None };
+                (OnConflict::Version, Target::NewFile { .. })
+                    if conflict.kind == "file" && attempt == 1 =>
+                {
+                    upload.target = Target::NewVersion {
+                        file_id: conflict.id,
+                        name: None,
+                    };
                 }
-                (OnConflict::Rename, Target::NewFile { folder_id, name }) if attempt <= MAX_RENAMES => {
-                    upload.target = Target::NewFile { folder_id: folder_id.clone(), name: numbered_name(name, attempt) };
+                (OnConflict::Rename, Target::NewFile { folder_id, name })
+                    if attempt <= MAX_RENAMES =>
+                {
+                    upload.target = Target::NewFile {
+                        folder_id: folder_id.clone(),
+                        name: numbered_name(name, attempt),
+                    };
                 }
-                (OnConflict::Rename, Target::NewFile { name, .. }) => return Err(UploadError::NoFreeName(name.clone())),
-                _ => return Err(UploadError::Conflict { existing_id: conflict.id, kind: conflict.kind }),
+                (OnConflict::Rename, Target::NewFile { name, .. }) => {
+                    return Err(UploadError::NoFreeName(name.clone()))
+                }
+                _ => {
+                    return Err(UploadError::Conflict {
+                        existing_id: conflict.id,
+                        kind: conflict.kind,
+                    })
+                }
             }
         }
         unreachable!("the loop returns")
@@ -210,18 +276,34 @@ impl Pipeline {
 
     /// Streams the body into Box. The body must hold exactly `upload.size` bytes; otherwise the
     /// session is aborted and nothing lands.
-    pub async fn send<S, E>(&self, prepared: Prepared, body: S) -> Result<UploadOutcome, UploadError>
+    pub async fn send<S, E>(
+        &self,
+        prepared: Prepared,
+        body: S,
+    ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let Prepared { upload, expected_sha1, route } = prepared;
+        let Prepared {
+            upload,
+            expected_sha1,
+            route,
+        } = prepared;
         let mut body = Rechunker::new(body);
         match route {
             Route::Direct => self.send_direct(&upload, expected_sha1, &mut body).await,
             Route::Chunked(guard) => {
                 let mut parts = JoinSet::new();
-                let result = self.send_chunked(&upload, expected_sha1, guard.session(), &mut body, &mut parts).await;
+                let result = self
+                    .send_chunked(
+                        &upload,
+                        expected_sha1,
+                        guard.session(),
+                        &mut body,
+                        &mut parts,
+                    )
+                    .await;
                 match result {
                     Ok(outcome) => {
                         guard.disarm();
@@ -257,7 +339,9 @@ impl Pipeline {
         check_expected(expected_sha1, &sha1)?;
         let client = self.client.clone();
         let u = upload.clone();
-        let file = self.on_rt(async move { client.upload_direct(&u, part.chunks, &sha1).await }).await??;
+        let file = self
+            .on_rt(async move { client.upload_direct(&u, part.chunks, &sha1).await })
+            .await??;
         verify_file(&file, upload.size, &sha1)?;
         Ok(UploadOutcome {
             file,
@@ -296,9 +380,14 @@ impl Pipeline {
             }
             let len = part_size.min(size - offset);
             let permit = self.budget.acquire(len).await?;
-            let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
+            let part = read_exact(body, len)
+                .await
+                .map_err(|e| e.with_offset(offset))?;
             part.chunks.iter().for_each(|c| whole.update(c));
-            in_flight.spawn_on(self.upload_part(session.clone(), size, offset, part, permit), &self.rt);
+            in_flight.spawn_on(
+                self.upload_part(session.clone(), size, offset, part, permit),
+                &self.rt,
+            );
             offset += len;
             while let Some(done) = in_flight.try_join_next() {
                 parts.push(join(Some(done))?);
@@ -342,8 +431,12 @@ impl Pipeline {
             let mut hasher = Sha1::new();
             part.chunks.iter().for_each(|c| hasher.update(c));
             let sha1: [u8; 20] = hasher.finalize().into();
-            let result = client.upload_part(&session, file_size, offset, &part.chunks, &sha1).await;
-            metrics.part_duration.observe(started.elapsed().as_secs_f64());
+            let result = client
+                .upload_part(&session, file_size, offset, &part.chunks, &sha1)
+                .await;
+            metrics
+                .part_duration
+                .observe(started.elapsed().as_secs_f64());
             let outcome = if result.is_ok() { "uploaded" } else { "failed" };
             metrics.parts.with_label_values(&[outcome]).inc();
             Ok(result?)
@@ -360,7 +453,8 @@ impl Pipeline {
         parts: Vec<UploadPart>,
     ) -> Result<FileObject, UploadError> {
         let client = self.client.clone();
-        let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
+        let (session, upload, sha1, metrics) =
+            (session.clone(), upload.clone(), *sha1, self.metrics.clone());
         let budget = self.settings.commit_timeout;
         self.on_rt(async move {
             let deadline = Instant::now() + budget;
@@ -370,19 +464,26 @@ impl Pipeline {
                 attempt += 1;
                 let (reason, delay) = match client.commit(&session, &upload, &sha1, &parts).await {
                     Ok(CommitAnswer::Committed(file)) => return Ok(file),
-                    Ok(CommitAnswer::Pending(retry_after)) => {
-                        ("commit_pending", retry_after.unwrap_or(Duration::from_secs(1)))
+                    Ok(CommitAnswer::Pending(retry_after)) => (
+                        "commit_pending",
+                        retry_after.unwrap_or(Duration::from_secs(1)),
+                    ),
+                    Err(err) if err.code() == Some("parts_mismatch") => {
+                        ("parts_mismatch", policy.delay(attempt, None))
                     }
-                    Err(err) if err.code() == Some("parts_mismatch") => ("parts_mismatch", policy.delay(attempt, None)),
-                    Err(err) if err.retry_reason().is_some() && attempt < policy.max_attempts => {
-                        (err.retry_reason().unwrap_or_default(), policy.delay(attempt, err.retry_after()))
-                    }
+                    Err(err) if err.retry_reason().is_some() && attempt < policy.max_attempts => (
+                        err.retry_reason().unwrap_or_default(),
+                        policy.delay(attempt, err.retry_after()),
+                    ),
                     Err(err) => return Err(err.into()),
                 };
                 if Instant::now() + delay > deadline {
                     return Err(UploadError::CommitTimedOut(budget));
                 }
-                metrics.box_retries.with_label_values(&["commit", reason]).inc();
+                metrics
+                    .box_retries
+                    .with_label_values(&["commit", reason])
+                    .inc();
                 tokio::time::sleep(delay).await;
             }
         })
@@ -394,13 +495,18 @@ impl Pipeline {
         &self,
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, UploadError> {
-        self.rt.spawn(fut).await.map_err(|e| UploadError::Internal(format!("Box call task failed: {e}")))
+        self.rt
+            .spawn(fut)
+            .await
+            .map_err(|e| UploadError::Internal(format!("Box call task failed: {e}")))
     }
 }
 
 const MAX_RENAMES: u32 = 100;
 
-fn join(done: Option<Result<Result<UploadPart, UploadError>, tokio::task::JoinError>>) -> Result<UploadPart, UploadError> {
+fn join(
+    done: Option<Result<Result<UploadPart, UploadError>, tokio::task::JoinError>>,
+) -> Result<UploadPart, UploadError> {
     match done {
         Some(Ok(result)) => result,
         Some(Err(e)) => Err(UploadError::Internal(format!("part task failed: {e}"))),
@@ -412,9 +518,15 @@ impl UploadError {
     /// A short body seen while filling the part at `offset`.
     fn with_offset(self, offset: u64) -> Self {
         match self {
-            Self::SizeMismatch { declared, received, derived } => {
-                Self::SizeMismatch { declared, received: offset + received, derived }
-            }
+            Self::SizeMismatch {
+                declared,
+                received,
+                derived,
+            } => Self::SizeMismatch {
+                declared,
+                received: offset + received,
+                derived,
+            },
             other => other,
         }
     }
@@ -426,9 +538,16 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let part = body.next_part(len as usize).await.map_err(|e| UploadError::Body(e.to_string()))?;
+    let part = body
+        .next_part(len as usize)
+        .await
+        .map_err(|e| UploadError::Body(e.to_string()))?;
     if (part.len as u64) < len {
-        return Err(UploadError::SizeMismatch { declared: len, received: part.len as u64, derived: false });
+        return Err(UploadError::SizeMismatch {
+            declared: len,
+            received: part.len as u64,
+            derived: false,
+        });
     }
     Ok(part)
 }
@@ -439,9 +558,16 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let extra = body.drain().await.map_err(|e| UploadError::Body(e.to_string()))?;
+    let extra = body
+        .drain()
+        .await
+        .map_err(|e| UploadError::Body(e.to_string()))?;
     if extra > 0 {
-        return Err(UploadError::SizeMismatch { declared: size, received: size + extra, derived: false });
+        return Err(UploadError::SizeMismatch {
+            declared: size,
+            received: size + extra,
+            derived: false,
+        });
     }
     Ok(())
 }

@@ -22,28 +22,50 @@ where
     let file = tempfile::Builder::new()
         .prefix("upload-")
         .tempfile_in(dir)
-        .map_err(|e| UploadError::Internal(format!("cannot create a spool file in {}: {e}", dir.display())))?;
-    let mut writer = tokio::fs::File::from_std(file.reopen().map_err(|e| UploadError::Internal(e.to_string()))?);
+        .map_err(|e| {
+            UploadError::Internal(format!(
+                "cannot create a spool file in {}: {e}",
+                dir.display()
+            ))
+        })?;
+    let mut writer = tokio::fs::File::from_std(
+        file.reopen()
+            .map_err(|e| UploadError::Internal(e.to_string()))?,
+    );
     let mut size = 0u64;
     let mut body = body;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
         size += chunk.len() as u64;
         if size > max_bytes {
-            return Err(UploadError::TooLarge { limit: max_bytes, what: "spool_max_bytes" });
+            return Err(UploadError::TooLarge {
+                limit: max_bytes,
+                what: "spool_max_bytes",
+            });
         }
-        writer.write_all(&chunk).await.map_err(|e| UploadError::Internal(format!("spool write: {e}")))?;
+        writer
+            .write_all(&chunk)
+            .await
+            .map_err(|e| UploadError::Internal(format!("spool write: {e}")))?;
     }
-    writer.flush().await.map_err(|e| UploadError::Internal(format!("spool write: {e}")))?;
+    writer
+        .flush()
+        .await
+        .map_err(|e| UploadError::Internal(format!("spool write: {e}")))?;
     Ok(Spooled { file, size })
 }
 
 impl Spooled {
     /// The spooled bytes, read back in 256 KiB chunks.
-    pub async fn stream(&self) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin, UploadError> {
+    pub async fn stream(
+        &self,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin, UploadError> {
         let file = tokio::fs::File::open(self.file.path())
             .await
             .map_err(|e| UploadError::Internal(format!("spool read: {e}")))?;
-        Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_err(std::io::Error::other))
+        Ok(
+            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                .map_err(std::io::Error::other),
+        )
     }
 }

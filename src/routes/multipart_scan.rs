@@ -23,7 +23,9 @@ pub fn file_data_offset(body: &[u8], boundary: &str) -> Scan {
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
     // The first delimiter may follow a preamble; later ones follow a CRLF.
-    let Some(mut at) = find(body, delimiter, 0) else { return Scan::NeedMore };
+    let Some(mut at) = find(body, delimiter, 0) else {
+        return Scan::NeedMore;
+    };
     loop {
         let after = at + delimiter.len();
         if body.len() < after + 2 {
@@ -32,7 +34,9 @@ pub fn file_data_offset(body: &[u8], boundary: &str) -> Scan {
         if &body[after..after + 2] == b"--" {
             return Scan::NoFile;
         }
-        let Some(head_end) = find(body, b"\r\n\r\n", after) else { return Scan::NeedMore };
+        let Some(head_end) = find(body, b"\r\n\r\n", after) else {
+            return Scan::NeedMore;
+        };
         if has_filename(&body[after..head_end]) {
             return Scan::Found(head_end + 4);
         }
@@ -49,16 +53,22 @@ pub fn file_data_offset(body: &[u8], boundary: &str) -> Scan {
 /// (a field merely *named* "filename" does not count).
 fn has_filename(headers: &[u8]) -> bool {
     let text = String::from_utf8_lossy(headers).to_ascii_lowercase();
-    text.split("\r\n").filter(|line| line.trim_start().starts_with("content-disposition:")).any(|line| {
-        line.split(';').skip(1).any(|param| {
-            let key = param.split('=').next().unwrap_or("").trim();
-            key == "filename" || key == "filename*"
+    text.split("\r\n")
+        .filter(|line| line.trim_start().starts_with("content-disposition:"))
+        .any(|line| {
+            line.split(';').skip(1).any(|param| {
+                let key = param.split('=').next().unwrap_or("").trim();
+                key == "filename" || key == "filename*"
+            })
         })
-    })
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
 }
 
 #[cfg(test)]
@@ -83,7 +93,9 @@ mod tests {
             ("Content-Disposition: form-data; name=\"size\"", "5"),
             ("Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain", "hello"),
         ]);
-        let Scan::Found(offset) = file_data_offset(&b, B) else { panic!() };
+        let Scan::Found(offset) = file_data_offset(&b, B) else {
+            panic!()
+        };
         assert_eq!(&b[offset..offset + 5], b"hello");
         assert_eq!(b.len() as u64 - offset as u64 - suffix_len(B), 5);
     }
@@ -91,17 +103,28 @@ mod tests {
     #[test]
     fn extended_filename_and_preamble() {
         let mut b = b"preamble\r\n".to_vec();
-        b.extend(body(&[("content-disposition: form-data; name=\"f\"; filename*=UTF-8''%E5%A0%B1.txt", "x")]));
-        let Scan::Found(offset) = file_data_offset(&b, B) else { panic!() };
+        b.extend(body(&[(
+            "content-disposition: form-data; name=\"f\"; filename*=UTF-8''%E5%A0%B1.txt",
+            "x",
+        )]));
+        let Scan::Found(offset) = file_data_offset(&b, B) else {
+            panic!()
+        };
         assert_eq!(b[offset], b'x');
     }
 
     #[test]
     fn partial_and_fileless_bodies() {
-        let b = body(&[("Content-Disposition: form-data; name=\"f\"; filename=\"a\"", "data")]);
+        let b = body(&[(
+            "Content-Disposition: form-data; name=\"f\"; filename=\"a\"",
+            "data",
+        )]);
         for cut in 0..b.len() {
             let scan = file_data_offset(&b[..cut], B);
-            assert!(matches!(scan, Scan::NeedMore | Scan::Found(_)), "{cut}: {scan:?}");
+            assert!(
+                matches!(scan, Scan::NeedMore | Scan::Found(_)),
+                "{cut}: {scan:?}"
+            );
         }
         let fields_only = body(&[("Content-Disposition: form-data; name=\"a\"", "1")]);
         assert_eq!(file_data_offset(&fields_only, B), Scan::NoFile);

@@ -36,11 +36,16 @@ impl UploadParams {
 
     /// The declared size: `size`, else the `Upload-Length` header.
     pub fn declared_size(&self, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-        let header = headers.get("upload-length").map(|v| v.to_str().unwrap_or("?").to_owned());
+        let header = headers
+            .get("upload-length")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
         match self.size.as_ref().or(header.as_ref()) {
             None => Ok(None),
             Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
-                ApiError::bad_request("invalid_size", format!("size {v:?} is not a whole number of bytes"))
+                ApiError::bad_request(
+                    "invalid_size",
+                    format!("size {v:?} is not a whole number of bytes"),
+                )
             }),
         }
     }
@@ -61,24 +66,34 @@ impl UploadParams {
     pub fn timestamp(value: &Option<String>, key: &str) -> Result<Option<String>, ApiError> {
         match value {
             None => Ok(None),
-            Some(v) => chrono::DateTime::parse_from_rfc3339(v.trim()).map(|_| Some(v.trim().to_owned())).map_err(|_| {
-                ApiError::bad_request("invalid_timestamp", format!("{key} {v:?} is not an RFC 3339 date-time"))
-            }),
+            Some(v) => chrono::DateTime::parse_from_rfc3339(v.trim())
+                .map(|_| Some(v.trim().to_owned()))
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_timestamp",
+                        format!("{key} {v:?} is not an RFC 3339 date-time"),
+                    )
+                }),
         }
     }
 
     /// The client's SHA-1: `sha1` (hex), else `Digest: sha=<base64>` (RFC 3230).
     pub fn expected_sha1(&self, headers: &HeaderMap) -> Result<Option<[u8; 20]>, ApiError> {
-        let invalid = |v: &str| ApiError::bad_request("invalid_sha1", format!("{v:?} is not a SHA-1 digest"));
+        let invalid =
+            |v: &str| ApiError::bad_request("invalid_sha1", format!("{v:?} is not a SHA-1 digest"));
         if let Some(v) = &self.sha1 {
             let bytes = hex::decode(v.trim()).map_err(|_| invalid(v))?;
             return bytes.try_into().map(Some).map_err(|_| invalid(v));
         }
-        let Some(digest) = headers.get("digest").and_then(|v| v.to_str().ok()) else { return Ok(None) };
+        let Some(digest) = headers.get("digest").and_then(|v| v.to_str().ok()) else {
+            return Ok(None);
+        };
         for item in digest.split(',') {
             if let Some((alg, value)) = item.trim().split_once('=') {
                 if alg.eq_ignore_ascii_case("sha") {
-                    let bytes = base64::engine::general_purpose::STANDARD.decode(value.trim()).map_err(|_| invalid(value))?;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(value.trim())
+                        .map_err(|_| invalid(value))?;
                     return bytes.try_into().map(Some).map_err(|_| invalid(value));
                 }
             }
@@ -89,7 +104,8 @@ impl UploadParams {
 
 /// Box's name rules (box-api.md), checked before Box is asked so the client hears of them at once.
 pub fn validate_name(name: &str) -> Result<String, ApiError> {
-    let invalid = |why: &str| ApiError::bad_request("invalid_name", format!("the name {name:?} {why}"));
+    let invalid =
+        |why: &str| ApiError::bad_request("invalid_name", format!("the name {name:?} {why}"));
     if name.is_empty() {
         return Err(invalid("is empty"));
     }
@@ -130,30 +146,73 @@ mod tests {
     #[test]
     fn names_follow_box_rules() {
         assert!(validate_name("報告書 2026.pdf").is_ok());
-        for bad in ["", " a", "a ", "a/b", "a\\b", ".", "..", "a\u{7}b", &"x".repeat(256)] {
-            assert_eq!(validate_name(bad).unwrap_err().code, "invalid_name", "{bad:?}");
+        for bad in [
+            "",
+            " a",
+            "a ",
+            "a/b",
+            "a\\b",
+            ".",
+            "..",
+            "a\u{7}b",
+            &"x".repeat(256),
+        ] {
+            assert_eq!(
+                validate_name(bad).unwrap_err().code,
+                "invalid_name",
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn digests_from_field_or_header() {
         let mut headers = HeaderMap::new();
-        let p = UploadParams { sha1: Some("da39a3ee5e6b4b0d3255bfef95601890afd80709".into()), ..Default::default() };
+        let p = UploadParams {
+            sha1: Some("da39a3ee5e6b4b0d3255bfef95601890afd80709".into()),
+            ..Default::default()
+        };
         assert_eq!(p.expected_sha1(&headers).unwrap().unwrap()[0], 0xda);
-        headers.insert("digest".parse().unwrap(), "SHA=2jmj7l5rSw0yVb/vlWAYkK/YBwk=".parse().unwrap());
-        assert_eq!(UploadParams::default().expected_sha1(&headers).unwrap().unwrap()[0], 0xda);
-        let bad = UploadParams { sha1: Some("abc".into()), ..Default::default() };
-        assert_eq!(bad.expected_sha1(&headers).unwrap_err().code, "invalid_sha1");
+        headers.insert(
+            "digest".parse().unwrap(),
+            "SHA=2jmj7l5rSw0yVb/vlWAYkK/YBwk=".parse().unwrap(),
+        );
+        assert_eq!(
+            UploadParams::default()
+                .expected_sha1(&headers)
+                .unwrap()
+                .unwrap()[0],
+            0xda
+        );
+        let bad = UploadParams {
+            sha1: Some("abc".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.expected_sha1(&headers).unwrap_err().code,
+            "invalid_sha1"
+        );
     }
 
     #[test]
     fn sizes_and_policies() {
         let headers = HeaderMap::new();
-        let p = UploadParams { size: Some("12".into()), on_conflict: Some("rename".into()), ..Default::default() };
+        let p = UploadParams {
+            size: Some("12".into()),
+            on_conflict: Some("rename".into()),
+            ..Default::default()
+        };
         assert_eq!(p.declared_size(&headers).unwrap(), Some(12));
         assert_eq!(p.on_conflict().unwrap(), OnConflict::Rename);
-        let bad = UploadParams { size: Some("-1".into()), on_conflict: Some("x".into()), ..Default::default() };
-        assert_eq!(bad.declared_size(&headers).unwrap_err().code, "invalid_size");
+        let bad = UploadParams {
+            size: Some("-1".into()),
+            on_conflict: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.declared_size(&headers).unwrap_err().code,
+            "invalid_size"
+        );
         assert_eq!(bad.on_conflict().unwrap_err().code, "invalid_on_conflict");
     }
 }

@@ -47,7 +47,10 @@ pub async fn multipart_to_folder(
     let folder_id = validate_id(&path, "folder")?;
     let tracker = Tracker::start(&state);
     let result = multipart(&req, query.into_inner(), payload, &state, |name| {
-        Ok(Target::NewFile { folder_id: folder_id.clone(), name: validate_name(&name.unwrap_or_default())? })
+        Ok(Target::NewFile {
+            folder_id: folder_id.clone(),
+            name: validate_name(&name.unwrap_or_default())?,
+        })
     })
     .await;
     tracker.answer(result)
@@ -65,7 +68,10 @@ pub async fn multipart_new_version(
     let explicit_name = query.name.clone();
     let result = multipart(&req, query.into_inner(), payload, &state, |_filename| {
         // A new version keeps its name unless `name` asks for another; the part's filename does not.
-        Ok(Target::NewVersion { file_id: file_id.clone(), name: explicit_name.as_deref().map(validate_name).transpose()? })
+        Ok(Target::NewVersion {
+            file_id: file_id.clone(),
+            name: explicit_name.as_deref().map(validate_name).transpose()?,
+        })
     })
     .await;
     tracker.answer(result)
@@ -79,7 +85,10 @@ pub async fn raw_to_folder(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (folder_id, name) = path.into_inner();
-    let target = Target::NewFile { folder_id: validate_id(&folder_id, "folder")?, name: validate_name(&name)? };
+    let target = Target::NewFile {
+        folder_id: validate_id(&folder_id, "folder")?,
+        name: validate_name(&name)?,
+    };
     let tracker = Tracker::start(&state);
     tracker.answer(raw(&req, query.into_inner(), payload, &state, target).await)
 }
@@ -92,7 +101,10 @@ pub async fn raw_new_version(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = query.name.as_deref().map(validate_name).transpose()?;
-    let target = Target::NewVersion { file_id: validate_id(&path, "file")?, name };
+    let target = Target::NewVersion {
+        file_id: validate_id(&path, "file")?,
+        name,
+    };
     let tracker = Tracker::start(&state);
     tracker.answer(raw(&req, query.into_inner(), payload, &state, target).await)
 }
@@ -104,7 +116,10 @@ async fn raw(
     state: &AppState,
     target: Target,
 ) -> Result<UploadOutcome, ApiError> {
-    let size = match (params.declared_size(req.headers())?, content_length(req.headers())?) {
+    let size = match (
+        params.declared_size(req.headers())?,
+        content_length(req.headers())?,
+    ) {
         (Some(n), _) | (None, Some(n)) => Size::Declared(n),
         (None, None) => Size::Unknown,
     };
@@ -136,14 +151,19 @@ async fn multipart(
         let field = form
             .next()
             .await
-            .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no part with a filename"))?
+            .ok_or_else(|| {
+                ApiError::bad_request("missing_file", "the form has no part with a filename")
+            })?
             .map_err(multipart_error)?;
         if let Some(filename) = filename_of(&field) {
             break (field, filename);
         }
         fields += 1;
         if fields > MAX_FIELDS {
-            return Err(ApiError::bad_request("invalid_multipart", "too many fields before the file"));
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                "too many fields before the file",
+            ));
         }
         let key = field.name().unwrap_or_default().to_owned();
         let value = read_text(field).await?;
@@ -151,12 +171,19 @@ async fn multipart(
     };
     let name = params.name.clone().or(Some(filename));
     let target = target(name)?;
-    let size = match (params.declared_size(req.headers())?, content_length, data_offset) {
+    let size = match (
+        params.declared_size(req.headers())?,
+        content_length,
+        data_offset,
+    ) {
         (Some(n), ..) => Size::Declared(n),
         (None, Some(len), Some(offset)) => {
             let overhead = offset as u64 + suffix_len(&boundary);
             if len < overhead {
-                return Err(ApiError::bad_request("invalid_multipart", "Content-Length is shorter than the form"));
+                return Err(ApiError::bad_request(
+                    "invalid_multipart",
+                    "Content-Length is shorter than the form",
+                ));
             }
             Size::Derived(len - overhead)
         }
@@ -177,8 +204,10 @@ async fn upload(
 ) -> Result<UploadOutcome, ApiError> {
     let on_conflict = params.on_conflict()?;
     let expected_sha1 = params.expected_sha1(headers)?;
-    let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
-    let content_modified_at = UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
+    let content_created_at =
+        UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
+    let content_modified_at =
+        UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
     let (size, derived, body, _spooled) = match size {
         Size::Declared(n) => (n, false, body, None),
         Size::Derived(n) => (n, true, body, None),
@@ -195,15 +224,28 @@ async fn upload(
             (spooled.size, false, body, Some(spooled))
         }
     };
-    let upload = NewUpload { target, size, content_created_at, content_modified_at };
-    let request = UploadRequest { upload, on_conflict, expected_sha1 };
+    let upload = NewUpload {
+        target,
+        size,
+        content_created_at,
+        content_modified_at,
+    };
+    let request = UploadRequest {
+        upload,
+        on_conflict,
+        expected_sha1,
+    };
     let prepared = state.pipeline.prepare(request).await.map_err(fail)?;
-    state.pipeline.send(prepared, body).await.map_err(|mut err| {
-        if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
-            *d = derived;
-        }
-        fail(err)
-    })
+    state
+        .pipeline
+        .send(prepared, body)
+        .await
+        .map_err(|mut err| {
+            if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
+                *d = derived;
+            }
+            fail(err)
+        })
 }
 
 /// Logs a failed upload with its whole cause chain (the client gets the short, stable form).
@@ -226,7 +268,10 @@ fn fail(err: UploadError) -> ApiError {
 
 /// Reads raw body chunks until the file part's headers are seen (at most `MAX_SCAN_BYTES`), returning
 /// the chunks to replay and where the file's data starts.
-async fn scan(payload: &mut web::Payload, boundary: &str) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
+async fn scan(
+    payload: &mut web::Payload,
+    boundary: &str,
+) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
     let mut seen = Vec::new();
     let mut buf = BytesMut::new();
     loop {
@@ -241,20 +286,35 @@ async fn scan(payload: &mut web::Payload, boundary: &str) -> Result<(Vec<Bytes>,
                 buf.extend_from_slice(&chunk);
                 seen.push(chunk);
             }
-            Some(Err(e)) => return Err(ApiError::bad_request("body_read_failed", format!("reading the request body failed: {e}"))),
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(
+                    "body_read_failed",
+                    format!("reading the request body failed: {e}"),
+                ))
+            }
             None => return Ok((seen, None)),
         }
     }
 }
 
 fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
-    let invalid = || ApiError::bad_request("invalid_multipart", "Content-Type must be multipart/form-data with a boundary");
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).ok_or_else(invalid)?;
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_multipart",
+            "Content-Type must be multipart/form-data with a boundary",
+        )
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(invalid)?;
     let mime: mime::Mime = content_type.parse().map_err(|_| invalid())?;
     if mime.essence_str() != "multipart/form-data" {
         return Err(invalid());
     }
-    mime.get_param(mime::BOUNDARY).map(|b| b.as_str().to_owned()).ok_or_else(invalid)
+    mime.get_param(mime::BOUNDARY)
+        .map(|b| b.as_str().to_owned())
+        .ok_or_else(invalid)
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -265,7 +325,9 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .map(Some)
-            .ok_or_else(|| ApiError::bad_request("invalid_request", "Content-Length is not a number")),
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "Content-Length is not a number")
+            }),
     }
 }
 
@@ -290,14 +352,22 @@ async fn read_text(mut field: Field) -> Result<String, ApiError> {
     while let Some(chunk) = field.next().await {
         value.extend_from_slice(&chunk.map_err(multipart_error)?);
         if value.len() > MAX_FIELD_BYTES {
-            return Err(ApiError::bad_request("invalid_multipart", format!("field {key:?} is larger than 64 KiB")));
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                format!("field {key:?} is larger than 64 KiB"),
+            ));
         }
     }
-    String::from_utf8(value).map_err(|_| ApiError::bad_request("invalid_multipart", format!("field {key:?} is not UTF-8")))
+    String::from_utf8(value).map_err(|_| {
+        ApiError::bad_request("invalid_multipart", format!("field {key:?} is not UTF-8"))
+    })
 }
 
 fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {
-    ApiError::bad_request("invalid_multipart", format!("the multipart body is malformed: {err}"))
+    ApiError::bad_request(
+        "invalid_multipart",
+        format!("the multipart body is malformed: {err}"),
+    )
 }
 
 /// Counts an upload in flight, and its outcome when it ends (`cancelled` if the client left first).
@@ -310,7 +380,11 @@ struct Tracker<'a> {
 impl<'a> Tracker<'a> {
     fn start(state: &'a AppState) -> Self {
         state.metrics.uploads_in_flight.inc();
-        Self { state, started: Instant::now(), finished: false }
+        Self {
+            state,
+            started: Instant::now(),
+            finished: false,
+        }
     }
 
     fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {
@@ -321,8 +395,12 @@ impl<'a> Tracker<'a> {
             Ok(outcome) => {
                 let method = outcome.method.as_str();
                 m.uploads.with_label_values(&[method, "success"]).inc();
-                m.upload_bytes.with_label_values(&[method]).inc_by(outcome.size);
-                m.upload_duration.with_label_values(&[method]).observe(elapsed.as_secs_f64());
+                m.upload_bytes
+                    .with_label_values(&[method])
+                    .inc_by(outcome.size);
+                m.upload_duration
+                    .with_label_values(&[method])
+                    .observe(elapsed.as_secs_f64());
                 tracing::info!(method, file_id = outcome.file.id(), size = outcome.size, sha1 = %outcome.sha1_hex,
                     session_id = outcome.session_id, duration_ms = elapsed.as_millis() as u64, "upload landed in Box");
                 Ok(HttpResponse::Created().json(json!({
@@ -339,7 +417,9 @@ impl<'a> Tracker<'a> {
                 })))
             }
             Err(err) => {
-                m.uploads.with_label_values(&["unknown", err.outcome()]).inc();
+                m.uploads
+                    .with_label_values(&["unknown", err.outcome()])
+                    .inc();
                 Err(err)
             }
         }
@@ -350,8 +430,15 @@ impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         self.state.metrics.uploads_in_flight.dec();
         if !self.finished {
-            self.state.metrics.uploads.with_label_values(&["unknown", "cancelled"]).inc();
-            tracing::warn!(elapsed_ms = self.started.elapsed().as_millis() as u64, "client left before the upload finished");
+            self.state
+                .metrics
+                .uploads
+                .with_label_values(&["unknown", "cancelled"])
+                .inc();
+            tracing::warn!(
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "client left before the upload finished"
+            );
         }
     }
 }
