@@ -333,6 +333,7 @@ impl Pipeline {
         // retry); it is small (below the chunked threshold, at most 50 MB) and counted in the budget.
         let _permit = self.budget.acquire(upload.size).await?;
         let part = read_exact(body, upload.size).await?;
+        expect_end(body, upload.size).await?;
         let mut hasher = Sha1::new();
         part.chunks.iter().for_each(|c| hasher.update(c));
         let sha1: [u8; 20] = hasher.finalize().into();

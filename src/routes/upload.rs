@@ -46,12 +46,18 @@ pub async fn multipart_to_folder(
 ) -> Result<HttpResponse, ApiError> {
     let folder_id = validate_id(&path, "folder")?;
     let tracker = Tracker::start(&state);
-    let result = multipart(&req, query.into_inner(), payload, &state, |name| {
-        Ok(Target::NewFile {
-            folder_id: folder_id.clone(),
-            name: validate_name(&name.unwrap_or_default())?,
-        })
-    })
+    let result = multipart(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        |name, filename| {
+            Ok(Target::NewFile {
+                folder_id: folder_id.clone(),
+                name: validate_name(&name.unwrap_or(filename))?,
+            })
+        },
+    )
     .await;
     tracker.answer(result)
 }
@@ -65,14 +71,19 @@ pub async fn multipart_new_version(
 ) -> Result<HttpResponse, ApiError> {
     let file_id = validate_id(&path, "file")?;
     let tracker = Tracker::start(&state);
-    let explicit_name = query.name.clone();
-    let result = multipart(&req, query.into_inner(), payload, &state, |_filename| {
-        // A new version keeps its name unless `name` asks for another; the part's filename does not.
-        Ok(Target::NewVersion {
-            file_id: file_id.clone(),
-            name: explicit_name.as_deref().map(validate_name).transpose()?,
-        })
-    })
+    let result = multipart(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        |name, _filename| {
+            // A new version keeps its name unless `name` asks for another; the part's filename does not.
+            Ok(Target::NewVersion {
+                file_id: file_id.clone(),
+                name: name.as_deref().map(validate_name).transpose()?,
+            })
+        },
+    )
     .await;
     tracker.answer(result)
 }
@@ -134,7 +145,8 @@ async fn multipart(
     mut params: UploadParams,
     mut payload: web::Payload,
     state: &AppState,
-    target: impl FnOnce(Option<String>) -> Result<Target, ApiError>,
+    // Builds the target from the explicit `name` (if any) and the file part's filename.
+    target: impl FnOnce(Option<String>, String) -> Result<Target, ApiError>,
 ) -> Result<UploadOutcome, ApiError> {
     let boundary = boundary(req.headers())?;
     let content_length = content_length(req.headers())?;
@@ -169,8 +181,7 @@ async fn multipart(
         let value = read_text(field).await?;
         params.set(&key, value);
     };
-    let name = params.name.clone().or(Some(filename));
-    let target = target(name)?;
+    let target = target(params.name.clone(), filename)?;
     let size = match (
         params.declared_size(req.headers())?,
         content_length,

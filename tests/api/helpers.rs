@@ -1,0 +1,198 @@
+//! One fresh gateway and one fresh emulator per test, both on loopback port 0.
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use box_upload_gateway::box_api::Secret;
+use box_upload_gateway::config::Settings;
+use box_upload_gateway::emulator::{Emulator, EmulatorConfig, EmulatorHandle, FaultPlan, DEV_TOKEN};
+use box_upload_gateway::metrics::GatewayMetrics;
+use box_upload_gateway::startup::Application;
+use serde_json::Value;
+use sha1::{Digest, Sha1};
+
+/// Small sizes keep the tests fast while exercising every boundary.
+pub const PART: u64 = 256 * 1024;
+pub const THRESHOLD: u64 = 1024 * 1024;
+
+pub struct TestApp {
+    pub address: String,
+    pub emulator: EmulatorHandle,
+    pub metrics: Arc<GatewayMetrics>,
+    pub http: reqwest::Client,
+}
+
+pub struct Options {
+    pub part_size: u64,
+    pub threshold: u64,
+    pub part_concurrency: usize,
+    pub memory_budget_bytes: u64,
+    pub spool_max_bytes: u64,
+    pub faults: FaultPlan,
+    pub conflicts_as_array: bool,
+    pub storage_limit_bytes: Option<u64>,
+    pub commit_timeout_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            part_size: PART,
+            threshold: THRESHOLD,
+            part_concurrency: 3,
+            memory_budget_bytes: 16 * 1024 * 1024,
+            spool_max_bytes: 64 * 1024 * 1024,
+            faults: FaultPlan::default(),
+            conflicts_as_array: false,
+            storage_limit_bytes: None,
+            commit_timeout_secs: 30,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(o: Options) -> TestApp {
+    box_upload_gateway::telemetry::init("pretty");
+    let emulator = Emulator::spawn(EmulatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        part_size: Some(o.part_size),
+        min_chunked_size: o.threshold,
+        conflicts_as_array: o.conflicts_as_array,
+        storage_limit_bytes: o.storage_limit_bytes,
+        faults: o.faults,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("emulator starts");
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        workers: 1,
+        box_api_url: emulator.api_url(),
+        box_upload_url: emulator.upload_url(),
+        box_token_url: emulator.token_url(),
+        box_developer_token: Some(Secret::new(DEV_TOKEN)),
+        part_concurrency: o.part_concurrency,
+        memory_budget_bytes: o.memory_budget_bytes,
+        chunked_threshold_bytes: o.threshold,
+        spool_max_bytes: o.spool_max_bytes,
+        box_retry_base_delay_ms: 10,
+        box_retry_max_delay_ms: 200,
+        commit_timeout_secs: o.commit_timeout_secs,
+        ..Settings::default()
+    };
+    let valid = settings.validate().expect("test settings are valid");
+    let app = Application::build(&valid).expect("gateway starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics = app.metrics();
+    tokio::spawn(app.run_until_stopped());
+    TestApp { address, emulator, metrics, http: reqwest::Client::new() }
+}
+
+/// A file of `size` pseudo-random bytes and its SHA-1 (hex).
+pub fn make_file(size: u64) -> (tempfile::NamedTempFile, String) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let mut hasher = Sha1::new();
+    let mut state = size.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut left = size;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        for b in buf[..n].chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b.copy_from_slice(&state.to_le_bytes()[..b.len()]);
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.flush().unwrap();
+    (file, hex::encode(hasher.finalize()))
+}
+
+pub fn sha1_of_path(path: &Path) -> String {
+    let mut hasher = Sha1::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut f, &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// The status and JSON answer of a `curl` run (`-w` appends the status on the last line).
+pub async fn curl(args: &[&str]) -> (u16, Value) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status.trim().parse().unwrap_or(0), json)
+}
+
+impl TestApp {
+    pub fn folder_url(&self, folder_id: &str) -> String {
+        format!("{}/v1/folders/{folder_id}/files", self.address)
+    }
+
+    /// `curl -F file=@path;filename=name` plus extra fields, to folder 0 unless `url` says otherwise.
+    pub async fn curl_upload(&self, url: &str, path: &Path, filename: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+        let mut args: Vec<String> = Vec::new();
+        for (k, v) in fields {
+            args.push("-F".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push("-F".into());
+        args.push(format!("file=@{};filename={filename}", path.display()));
+        args.push(url.into());
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    }
+
+    /// Asserts what Box holds for the answered upload: the bytes, byte for byte, by SHA-1.
+    pub fn assert_stored(&self, answer: &Value, sha1: &str, size: u64) {
+        let id = answer["file"]["id"].as_str().unwrap_or_else(|| panic!("no file id in {answer}"));
+        assert_eq!(answer["upload"]["sha1"], sha1, "{answer}");
+        assert_eq!(answer["upload"]["size"], size, "{answer}");
+        assert_eq!(answer["file"]["sha1"], sha1, "{answer}");
+        let path = self.emulator.file_path(id).expect("the emulator has the file");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        assert_eq!(sha1_of_path(&path), sha1);
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.address)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits (bounded) until no session is left open in the emulator.
+    pub async fn assert_no_open_session(&self) {
+        for _ in 0..100 {
+            if open_sessions(&self.emulator) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sessions left open: {:#?}", serde_json::to_value(self.emulator.inspect()).unwrap()["sessions"]);
+    }
+}
+
+pub fn inspect(emulator: &EmulatorHandle) -> Value {
+    serde_json::to_value(emulator.inspect()).unwrap()
+}
+
+pub fn sessions(emulator: &EmulatorHandle) -> Vec<Value> {
+    inspect(emulator)["sessions"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn open_sessions(emulator: &EmulatorHandle) -> usize {
+    sessions(emulator).iter().filter(|s| s["state"] == "open").count()
+}
