@@ -206,6 +206,12 @@ fn from_box(err: BoxError) -> ApiError {
             "the folder or file does not exist in Box, or the gateway's Box user cannot see it"
                 .into(),
         ),
+        // Box computed another digest than the gateway sent: bytes changed on the way.
+        (_, 400, "bad_digest" | "digest_mismatch") => (
+            S::BAD_GATEWAY,
+            "box_integrity_error",
+            "Box received bytes that differ from the ones sent; nothing was stored".into(),
+        ),
         (_, 400, "item_name_invalid" | "item_name_too_long") => (
             S::BAD_REQUEST,
             "invalid_name",

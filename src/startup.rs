@@ -14,6 +14,9 @@ use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
 use crate::routes::{health, upload, AppState};
 
+/// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
+const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
+
 pub struct Application {
     server: Server,
     port: u16,
@@ -23,6 +26,14 @@ pub struct Application {
 impl Application {
     /// Must run inside the process's multi-threaded tokio runtime: Box calls are spawned on it.
     pub fn build(settings: &ValidSettings) -> std::io::Result<Self> {
+        if settings.memory_budget_bytes < LARGEST_BOX_PART * settings.part_concurrency as u64 {
+            tracing::warn!(
+                memory_budget_bytes = settings.memory_budget_bytes,
+                "the memory budget holds fewer than part_concurrency parts of {LARGEST_BOX_PART} bytes \
+                 (Box's largest part size seen): large files will go up with fewer parts in flight, \
+                 and fail if Box picks a part larger than the budget"
+            );
+        }
         let registry = Registry::new();
         let metrics = Arc::new(GatewayMetrics::new(&registry).map_err(std::io::Error::other)?);
         metrics

@@ -77,15 +77,20 @@ impl UploadParams {
         }
     }
 
-    /// The client's SHA-1: `sha1` (hex), else `Digest: sha=<base64>` (RFC 3230).
-    pub fn expected_sha1(&self, headers: &HeaderMap) -> Result<Option<[u8; 20]>, ApiError> {
+    /// The client's SHA-1: `sha1` (hex), else `Digest: sha=<base64>` (RFC 3230). The header is the
+    /// digest of the whole body, so it speaks of the file only for a raw body (`headers` is `None`
+    /// for multipart).
+    pub fn expected_sha1(&self, headers: Option<&HeaderMap>) -> Result<Option<[u8; 20]>, ApiError> {
         let invalid =
             |v: &str| ApiError::bad_request("invalid_sha1", format!("{v:?} is not a SHA-1 digest"));
         if let Some(v) = &self.sha1 {
             let bytes = hex::decode(v.trim()).map_err(|_| invalid(v))?;
             return bytes.try_into().map(Some).map_err(|_| invalid(v));
         }
-        let Some(digest) = headers.get("digest").and_then(|v| v.to_str().ok()) else {
+        let Some(digest) = headers
+            .and_then(|h| h.get("digest"))
+            .and_then(|v| v.to_str().ok())
+        else {
             return Ok(None);
         };
         for item in digest.split(',') {
@@ -172,7 +177,7 @@ mod tests {
             sha1: Some("da39a3ee5e6b4b0d3255bfef95601890afd80709".into()),
             ..Default::default()
         };
-        assert_eq!(p.expected_sha1(&headers).unwrap().unwrap()[0], 0xda);
+        assert_eq!(p.expected_sha1(Some(&headers)).unwrap().unwrap()[0], 0xda);
         headers.insert(
             "digest".parse().unwrap(),
             "SHA=2jmj7l5rSw0yVb/vlWAYkK/YBwk=".parse().unwrap(),
@@ -189,7 +194,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            bad.expected_sha1(&headers).unwrap_err().code,
+            bad.expected_sha1(Some(&headers)).unwrap_err().code,
             "invalid_sha1"
         );
     }

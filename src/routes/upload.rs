@@ -135,7 +135,8 @@ async fn raw(
         (None, None) => Size::Unknown,
     };
     let body = payload.map_err(|e| e.to_string()).boxed_local();
-    upload(state, req.headers(), params, target, size, body).await
+    let expected_sha1 = params.expected_sha1(Some(req.headers()))?;
+    upload(state, params, expected_sha1, target, size, body).await
 }
 
 /// Reads the text fields up to the first part with a filename, then streams that part to Box.
@@ -201,20 +202,20 @@ async fn multipart(
         _ => Size::Unknown,
     };
     let body = field.map_err(|e| e.to_string()).boxed_local();
-    upload(state, req.headers(), params, target, size, body).await
+    let expected_sha1 = params.expected_sha1(None)?;
+    upload(state, params, expected_sha1, target, size, body).await
 }
 
 /// The pipeline's part: size (spooling a body of unknown size), Box destination, bytes.
 async fn upload(
     state: &AppState,
-    headers: &HeaderMap,
     params: UploadParams,
+    expected_sha1: Option<[u8; 20]>,
     target: Target,
     size: Size,
     body: Body,
 ) -> Result<UploadOutcome, ApiError> {
     let on_conflict = params.on_conflict()?;
-    let expected_sha1 = params.expected_sha1(headers)?;
     let content_created_at =
         UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
     let content_modified_at =
