@@ -335,8 +335,8 @@ impl BoxClient {
         parts.push(head);
         parts.extend(content);
         parts.push(tail);
-        let files: FileCollection = self
-            .retried("direct_upload", |t| {
+        let (build, sha1_hex) = (
+            &|t: &Secret| {
                 self.http
                     .post(&url)
                     .bearer_auth(t.expose())
@@ -347,9 +347,37 @@ impl BoxClient {
                     .header(header::CONTENT_LENGTH, length)
                     .header("Content-MD5", sha1_hex.as_str())
                     .body(stream_body(parts.clone()))
+            },
+            &sha1_hex,
+        );
+        let files: FileCollection = self
+            .retry
+            .run(&self.metrics, |attempt| async move {
+                match self.call("direct_upload", build).await {
+                    // An earlier attempt may have landed although its answer was lost: Box then
+                    // names our own file, same SHA-1, as the conflict. That is success.
+                    Err(err) if attempt > 1 => match err.body().and_then(|b| b.conflict()) {
+                        Some(c) if c.sha1.as_deref() == Some(sha1_hex.as_str()) => {
+                            tracing::info!(file_id = %c.id, "a retried direct upload had landed");
+                            Ok(FileCollection {
+                                entries: vec![self.get_file(&c.id).await?.0],
+                            })
+                        }
+                        _ => Err(err),
+                    },
+                    other => other,
+                }
             })
             .await?;
         first_file("direct_upload", files)
+    }
+
+    /// `GET {api}/files/{id}`.
+    pub async fn get_file(&self, file_id: &str) -> Result<FileObject, BoxError> {
+        let url = format!("{}/files/{file_id}", self.urls.api);
+        self.retried("get_file", |t| self.http.get(&url).bearer_auth(t.expose()))
+            .await
+            .map(FileObject)
     }
 
     /// A call with the retry policy around it, decoding a JSON answer.

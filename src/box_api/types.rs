@@ -87,6 +87,7 @@ pub struct BoxErrorBody {
 pub struct Conflict {
     pub id: String,
     pub kind: String,
+    pub sha1: Option<String>,
 }
 
 impl BoxErrorBody {
@@ -105,6 +106,10 @@ impl BoxErrorBody {
                 .and_then(Value::as_str)
                 .unwrap_or("file")
                 .to_owned(),
+            sha1: item
+                .get("sha1")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase),
         })
     }
 }
@@ -118,7 +123,7 @@ mod tests {
     fn conflict_is_read_as_object_or_array() {
         let object: BoxErrorBody = serde_json::from_value(json!({
             "code": "item_name_in_use",
-            "context_info": {"conflicts": {"type": "file", "id": "12", "name": "a"}}
+            "context_info": {"conflicts": {"type": "file", "id": "12", "name": "a", "sha1": "AB"}}
         }))
         .unwrap();
         let array: BoxErrorBody = serde_json::from_value(json!({
