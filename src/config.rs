@@ -128,9 +128,7 @@ impl Settings {
             .ok();
         let mut url = |key: &str, value: &str| -> String {
             match reqwest::Url::parse(value) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {
-                    value.trim_end_matches('/').to_owned()
-                }
+                Ok(u) if matches!(u.scheme(), "http" | "https") => value.trim_end_matches('/').to_owned(),
                 _ => {
                     problems.push(format!("{key}: {value:?} is not an http(s) URL"));
                     String::new()
@@ -153,8 +151,7 @@ impl Settings {
                 self.part_concurrency
             ));
         }
-        if self.chunked_threshold_bytes == 0 || self.chunked_threshold_bytes > MAX_CHUNKED_THRESHOLD
-        {
+        if self.chunked_threshold_bytes == 0 || self.chunked_threshold_bytes > MAX_CHUNKED_THRESHOLD {
             problems.push(format!(
                 "chunked_threshold_bytes: {} is not within 1..={MAX_CHUNKED_THRESHOLD} (Box advises direct uploads only up to about 50 MB)",
                 self.chunked_threshold_bytes
@@ -189,10 +186,7 @@ impl Settings {
             PathBuf::from(&self.spool_dir)
         };
         if self.spool_max_bytes > 0 && !spool_dir.is_dir() {
-            problems.push(format!(
-                "spool_dir: {} is not a directory",
-                spool_dir.display()
-            ));
+            problems.push(format!("spool_dir: {} is not a directory", spool_dir.display()));
         }
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(ValidSettings {
@@ -210,8 +204,7 @@ impl Settings {
                 part_concurrency: self.part_concurrency,
                 memory_budget_bytes: self.memory_budget_bytes,
                 chunked_threshold_bytes: self.chunked_threshold_bytes,
-                max_file_size_bytes: (self.max_file_size_bytes > 0)
-                    .then_some(self.max_file_size_bytes),
+                max_file_size_bytes: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
                 spool_dir,
                 spool_max_bytes: self.spool_max_bytes,
                 box_connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
@@ -220,8 +213,7 @@ impl Settings {
                     max_attempts: self.box_retry_max_attempts,
                     base_delay: Duration::from_millis(self.box_retry_base_delay_ms),
                     max_delay: Duration::from_millis(
-                        self.box_retry_max_delay_ms
-                            .max(self.box_retry_base_delay_ms),
+                        self.box_retry_max_delay_ms.max(self.box_retry_base_delay_ms),
                     ),
                 },
                 commit_timeout: Duration::from_secs(self.commit_timeout_secs),

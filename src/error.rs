@@ -58,13 +58,7 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.code,
-            self.status.as_u16(),
-            self.message
-        )
+        write!(f, "{} ({}): {}", self.code, self.status.as_u16(), self.message)
     }
 }
 
@@ -203,8 +197,7 @@ fn from_box(err: BoxError) -> ApiError {
         (_, 404, _) | (_, 400, "invalid_folder_id") => (
             S::NOT_FOUND,
             "not_found",
-            "the folder or file does not exist in Box, or the gateway's Box user cannot see it"
-                .into(),
+            "the folder or file does not exist in Box, or the gateway's Box user cannot see it".into(),
         ),
         // Box computed another digest than the gateway sent: bytes changed on the way.
         (_, 400, "bad_digest" | "digest_mismatch") => (

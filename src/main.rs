@@ -49,8 +49,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .validate()
         .map_err(|problems| format!("invalid configuration:\n  {}", problems.join("\n  ")))?;
     telemetry::init(&valid.log_format);
-    let app =
-        Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
+    let app = Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
     tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api,
         box_upload = %valid.box_urls.upload, settings = ?settings, "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())

@@ -3,8 +3,7 @@
 //! Built once at start into a registry that is passed in (no global statics), so each test gets its
 //! own registry and can assert on it. Labels never carry file names, ids or secrets.
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 pub struct GatewayMetrics {
@@ -92,10 +91,7 @@ impl GatewayMetrics {
                 .buckets(call_buckets),
                 &["endpoint"],
             )?,
-            uploads_in_flight: IntGauge::new(
-                "gateway_uploads_in_flight",
-                "Uploads being received now.",
-            )?,
+            uploads_in_flight: IntGauge::new("gateway_uploads_in_flight", "Uploads being received now.")?,
             buffered_bytes: IntGauge::new(
                 "gateway_buffered_bytes",
                 "File bytes held in memory now, taken from the memory budget.",

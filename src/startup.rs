@@ -101,10 +101,7 @@ impl Application {
                             "/files/{file_id}/versions",
                             web::post().to(upload::multipart_new_version),
                         )
-                        .route(
-                            "/files/{file_id}/content",
-                            web::put().to(upload::raw_new_version),
-                        ),
+                        .route("/files/{file_id}/content", web::put().to(upload::raw_new_version)),
                 )
                 .default_service(web::to(not_found))
         })

@@ -28,14 +28,8 @@ pub struct BoxUrls {
 /// What an upload creates: a new file in a folder, or a new version of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    NewFile {
-        folder_id: String,
-        name: String,
-    },
-    NewVersion {
-        file_id: String,
-        name: Option<String>,
-    },
+    NewFile { folder_id: String, name: String },
+    NewVersion { file_id: String, name: Option<String> },
 }
 
 /// What Box needs to know before the first byte.
@@ -96,10 +90,7 @@ impl BoxClient {
 
     /// The same client acting with other credentials (e.g. a caller's own token).
     pub fn with_auth(&self, auth: Arc<dyn TokenProvider>) -> Self {
-        Self {
-            auth,
-            ..self.clone()
-        }
+        Self { auth, ..self.clone() }
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
@@ -189,11 +180,7 @@ impl BoxClient {
             .await
     }
 
-    async fn find_part(
-        &self,
-        session: &UploadSession,
-        offset: u64,
-    ) -> Result<Option<UploadPart>, BoxError> {
+    async fn find_part(&self, session: &UploadSession, offset: u64) -> Result<Option<UploadPart>, BoxError> {
         Ok(self
             .list_parts(session)
             .await?
@@ -218,8 +205,7 @@ impl BoxClient {
             let got = page.entries.len();
             parts.extend(page.entries);
             let total = page.total_count.unwrap_or(0) as usize;
-            if got == 0 || got < LIMIT && parts.len() >= total || parts.len() >= total && total > 0
-            {
+            if got == 0 || got < LIMIT && parts.len() >= total || parts.len() >= total && total > 0 {
                 return Ok(parts);
             }
         }
@@ -466,16 +452,12 @@ async fn error_from(endpoint: &'static str, response: Response) -> BoxError {
     )
 }
 
-async fn decode<T: DeserializeOwned>(
-    endpoint: &'static str,
-    response: Response,
-) -> Result<T, BoxError> {
+async fn decode<T: DeserializeOwned>(endpoint: &'static str, response: Response) -> Result<T, BoxError> {
     let bytes = response
         .bytes()
         .await
         .map_err(|e| BoxError::transport(endpoint, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
 }
 
 fn first_file(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {

@@ -135,14 +135,16 @@ mod tests {
             object.conflict(),
             Some(Conflict {
                 id: "12".into(),
-                kind: "file".into()
+                kind: "file".into(),
+                sha1: Some("ab".into())
             })
         );
         assert_eq!(
             array.conflict(),
             Some(Conflict {
                 id: "34".into(),
-                kind: "folder".into()
+                kind: "folder".into(),
+                sha1: None
             })
         );
         assert_eq!(BoxErrorBody::default().conflict(), None);

@@ -84,9 +84,7 @@ impl MemoryBudget {
 
 impl Drop for BudgetPermit {
     fn drop(&mut self) {
-        self.budget
-            .held
-            .fetch_sub(self.bytes as i64, Ordering::SeqCst);
+        self.budget.held.fetch_sub(self.bytes as i64, Ordering::SeqCst);
         self.budget.gauge.sub(self.bytes as i64);
     }
 }

@@ -130,10 +130,7 @@ mod tests {
     fn one_byte_pieces() {
         let data: Vec<u8> = (0..=255).collect();
         let parts = run(cut(split(&data, &[1]), 100));
-        assert_eq!(
-            parts.iter().map(Vec::len).collect::<Vec<_>>(),
-            [100, 100, 56]
-        );
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 56]);
         assert_eq!(parts.concat(), data);
     }
 

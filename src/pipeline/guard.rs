@@ -15,12 +15,7 @@ pub struct SessionGuard {
 }
 
 impl SessionGuard {
-    pub fn new(
-        client: BoxClient,
-        session: UploadSession,
-        rt: Handle,
-        metrics: Arc<GatewayMetrics>,
-    ) -> Self {
+    pub fn new(client: BoxClient, session: UploadSession, rt: Handle, metrics: Arc<GatewayMetrics>) -> Self {
         Self {
             armed: Some((client, session)),
             rt,
@@ -29,11 +24,7 @@ impl SessionGuard {
     }
 
     pub fn session(&self) -> &UploadSession {
-        &self
-            .armed
-            .as_ref()
-            .expect("guard used after it was spent")
-            .1
+        &self.armed.as_ref().expect("guard used after it was spent").1
     }
 
     /// The commit succeeded: nothing to undo.
@@ -50,10 +41,7 @@ impl SessionGuard {
 
     fn spawn_abort(&mut self, reason: &'static str) -> Option<tokio::task::JoinHandle<()>> {
         let (client, session) = self.armed.take()?;
-        self.metrics
-            .sessions_aborted
-            .with_label_values(&[reason])
-            .inc();
+        self.metrics.sessions_aborted.with_label_values(&[reason]).inc();
         Some(self.rt.spawn(async move {
             match client.abort(&session).await {
                 Ok(()) => {

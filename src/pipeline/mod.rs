@@ -177,11 +177,7 @@ impl Pipeline {
             on_conflict,
             expected_sha1,
         } = request;
-        if let Some(limit) = self
-            .settings
-            .max_file_size_bytes
-            .filter(|l| upload.size > *l)
-        {
+        if let Some(limit) = self.settings.max_file_size_bytes.filter(|l| upload.size > *l) {
             return Err(UploadError::TooLarge {
                 limit,
                 what: "max_file_size_bytes",
@@ -244,17 +240,13 @@ impl Pipeline {
                 return Err(err.into());
             };
             match (on_conflict, &original) {
-                (OnConflict::Version, Target::NewFile { .. })
-                    if conflict.kind == "file" && attempt == 1 =>
-                {
+                (OnConflict::Version, Target::NewFile { .. }) if conflict.kind == "file" && attempt == 1 => {
                     upload.target = Target::NewVersion {
                         file_id: conflict.id,
                         name: None,
                     };
                 }
-                (OnConflict::Rename, Target::NewFile { folder_id, name })
-                    if attempt <= MAX_RENAMES =>
-                {
+                (OnConflict::Rename, Target::NewFile { folder_id, name }) if attempt <= MAX_RENAMES => {
                     upload.target = Target::NewFile {
                         folder_id: folder_id.clone(),
                         name: numbered_name(name, attempt),
@@ -276,11 +268,7 @@ impl Pipeline {
 
     /// Streams the body into Box. The body must hold exactly `upload.size` bytes; otherwise the
     /// session is aborted and nothing lands.
-    pub async fn send<S, E>(
-        &self,
-        prepared: Prepared,
-        body: S,
-    ) -> Result<UploadOutcome, UploadError>
+    pub async fn send<S, E>(&self, prepared: Prepared, body: S) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -296,13 +284,7 @@ impl Pipeline {
             Route::Chunked(guard) => {
                 let mut parts = JoinSet::new();
                 let result = self
-                    .send_chunked(
-                        &upload,
-                        expected_sha1,
-                        guard.session(),
-                        &mut body,
-                        &mut parts,
-                    )
+                    .send_chunked(&upload, expected_sha1, guard.session(), &mut body, &mut parts)
                     .await;
                 match result {
                     Ok(outcome) => {
@@ -381,9 +363,7 @@ impl Pipeline {
             }
             let len = part_size.min(size - offset);
             let permit = self.budget.acquire(len).await?;
-            let part = read_exact(body, len)
-                .await
-                .map_err(|e| e.with_offset(offset))?;
+            let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
             part.chunks.iter().for_each(|c| whole.update(c));
             in_flight.spawn_on(
                 self.upload_part(session.clone(), size, offset, part, permit),
@@ -435,9 +415,7 @@ impl Pipeline {
             let result = client
                 .upload_part(&session, file_size, offset, &part.chunks, &sha1)
                 .await;
-            metrics
-                .part_duration
-                .observe(started.elapsed().as_secs_f64());
+            metrics.part_duration.observe(started.elapsed().as_secs_f64());
             let outcome = if result.is_ok() { "uploaded" } else { "failed" };
             metrics.parts.with_label_values(&[outcome]).inc();
             Ok(result?)
@@ -454,8 +432,7 @@ impl Pipeline {
         parts: Vec<UploadPart>,
     ) -> Result<FileObject, UploadError> {
         let client = self.client.clone();
-        let (session, upload, sha1, metrics) =
-            (session.clone(), upload.clone(), *sha1, self.metrics.clone());
+        let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
         let budget = self.settings.commit_timeout;
         self.on_rt(async move {
             let deadline = Instant::now() + budget;
@@ -465,10 +442,9 @@ impl Pipeline {
                 attempt += 1;
                 let (reason, delay) = match client.commit(&session, &upload, &sha1, &parts).await {
                     Ok(CommitAnswer::Committed(file)) => return Ok(file),
-                    Ok(CommitAnswer::Pending(retry_after)) => (
-                        "commit_pending",
-                        retry_after.unwrap_or(Duration::from_secs(1)),
-                    ),
+                    Ok(CommitAnswer::Pending(retry_after)) => {
+                        ("commit_pending", retry_after.unwrap_or(Duration::from_secs(1)))
+                    }
                     Err(err) if err.code() == Some("parts_mismatch") => {
                         ("parts_mismatch", policy.delay(attempt, None))
                     }
@@ -481,10 +457,7 @@ impl Pipeline {
                 if Instant::now() + delay > deadline {
                     return Err(UploadError::CommitTimedOut(budget));
                 }
-                metrics
-                    .box_retries
-                    .with_label_values(&["commit", reason])
-                    .inc();
+                metrics.box_retries.with_label_values(&["commit", reason]).inc();
                 tokio::time::sleep(delay).await;
             }
         })
@@ -559,10 +532,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let extra = body
-        .drain()
-        .await
-        .map_err(|e| UploadError::Body(e.to_string()))?;
+    let extra = body.drain().await.map_err(|e| UploadError::Body(e.to_string()))?;
     if extra > 0 {
         return Err(UploadError::SizeMismatch {
             declared: size,

@@ -23,15 +23,10 @@ where
         .prefix("upload-")
         .tempfile_in(dir)
         .map_err(|e| {
-            UploadError::Internal(format!(
-                "cannot create a spool file in {}: {e}",
-                dir.display()
-            ))
+            UploadError::Internal(format!("cannot create a spool file in {}: {e}", dir.display()))
         })?;
-    let mut writer = tokio::fs::File::from_std(
-        file.reopen()
-            .map_err(|e| UploadError::Internal(e.to_string()))?,
-    );
+    let mut writer =
+        tokio::fs::File::from_std(file.reopen().map_err(|e| UploadError::Internal(e.to_string()))?);
     let mut size = 0u64;
     let mut body = body;
     while let Some(chunk) = body.next().await {
@@ -63,9 +58,6 @@ impl Spooled {
         let file = tokio::fs::File::open(self.file.path())
             .await
             .map_err(|e| UploadError::Internal(format!("spool read: {e}")))?;
-        Ok(
-            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                .map_err(std::io::Error::other),
-        )
+        Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_err(std::io::Error::other))
     }
 }

@@ -11,9 +11,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut out = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut out) {
-        Ok(()) => HttpResponse::Ok()
-            .content_type(prometheus::TEXT_FORMAT)
-            .body(out),
+        Ok(()) => HttpResponse::Ok().content_type(prometheus::TEXT_FORMAT).body(out),
         Err(err) => {
             tracing::error!(error = %err, "cannot encode metrics");
             HttpResponse::InternalServerError().finish()

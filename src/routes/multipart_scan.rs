@@ -91,7 +91,10 @@ mod tests {
         let b = body(&[
             ("Content-Disposition: form-data; name=\"filename\"", "not a file"),
             ("Content-Disposition: form-data; name=\"size\"", "5"),
-            ("Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain", "hello"),
+            (
+                "Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain",
+                "hello",
+            ),
         ]);
         let Scan::Found(offset) = file_data_offset(&b, B) else {
             panic!()
@@ -121,10 +124,7 @@ mod tests {
         )]);
         for cut in 0..b.len() {
             let scan = file_data_offset(&b[..cut], B);
-            assert!(
-                matches!(scan, Scan::NeedMore | Scan::Found(_)),
-                "{cut}: {scan:?}"
-            );
+            assert!(matches!(scan, Scan::NeedMore | Scan::Found(_)), "{cut}: {scan:?}");
         }
         let fields_only = body(&[("Content-Disposition: form-data; name=\"a\"", "1")]);
         assert_eq!(file_data_offset(&fields_only, B), Scan::NoFile);

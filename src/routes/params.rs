@@ -81,8 +81,7 @@ impl UploadParams {
     /// digest of the whole body, so it speaks of the file only for a raw body (`headers` is `None`
     /// for multipart).
     pub fn expected_sha1(&self, headers: Option<&HeaderMap>) -> Result<Option<[u8; 20]>, ApiError> {
-        let invalid =
-            |v: &str| ApiError::bad_request("invalid_sha1", format!("{v:?} is not a SHA-1 digest"));
+        let invalid = |v: &str| ApiError::bad_request("invalid_sha1", format!("{v:?} is not a SHA-1 digest"));
         if let Some(v) = &self.sha1 {
             let bytes = hex::decode(v.trim()).map_err(|_| invalid(v))?;
             return bytes.try_into().map(Some).map_err(|_| invalid(v));
@@ -109,8 +108,7 @@ impl UploadParams {
 
 /// Box's name rules (box-api.md), checked before Box is asked so the client hears of them at once.
 pub fn validate_name(name: &str) -> Result<String, ApiError> {
-    let invalid =
-        |why: &str| ApiError::bad_request("invalid_name", format!("the name {name:?} {why}"));
+    let invalid = |why: &str| ApiError::bad_request("invalid_name", format!("the name {name:?} {why}"));
     if name.is_empty() {
         return Err(invalid("is empty"));
     }
@@ -162,11 +160,7 @@ mod tests {
             "a\u{7}b",
             &"x".repeat(256),
         ] {
-            assert_eq!(
-                validate_name(bad).unwrap_err().code,
-                "invalid_name",
-                "{bad:?}"
-            );
+            assert_eq!(validate_name(bad).unwrap_err().code, "invalid_name", "{bad:?}");
         }
     }
 
@@ -184,7 +178,7 @@ mod tests {
         );
         assert_eq!(
             UploadParams::default()
-                .expected_sha1(&headers)
+                .expected_sha1(Some(&headers))
                 .unwrap()
                 .unwrap()[0],
             0xda
@@ -214,10 +208,7 @@ mod tests {
             on_conflict: Some("x".into()),
             ..Default::default()
         };
-        assert_eq!(
-            bad.declared_size(&headers).unwrap_err().code,
-            "invalid_size"
-        );
+        assert_eq!(bad.declared_size(&headers).unwrap_err().code, "invalid_size");
         assert_eq!(bad.on_conflict().unwrap_err().code, "invalid_on_conflict");
     }
 }

@@ -46,18 +46,12 @@ pub async fn multipart_to_folder(
 ) -> Result<HttpResponse, ApiError> {
     let folder_id = validate_id(&path, "folder")?;
     let tracker = Tracker::start(&state);
-    let result = multipart(
-        &req,
-        query.into_inner(),
-        payload,
-        &state,
-        |name, filename| {
-            Ok(Target::NewFile {
-                folder_id: folder_id.clone(),
-                name: validate_name(&name.unwrap_or(filename))?,
-            })
-        },
-    )
+    let result = multipart(&req, query.into_inner(), payload, &state, |name, filename| {
+        Ok(Target::NewFile {
+            folder_id: folder_id.clone(),
+            name: validate_name(&name.unwrap_or(filename))?,
+        })
+    })
     .await;
     tracker.answer(result)
 }
@@ -71,19 +65,13 @@ pub async fn multipart_new_version(
 ) -> Result<HttpResponse, ApiError> {
     let file_id = validate_id(&path, "file")?;
     let tracker = Tracker::start(&state);
-    let result = multipart(
-        &req,
-        query.into_inner(),
-        payload,
-        &state,
-        |name, _filename| {
-            // A new version keeps its name unless `name` asks for another; the part's filename does not.
-            Ok(Target::NewVersion {
-                file_id: file_id.clone(),
-                name: name.as_deref().map(validate_name).transpose()?,
-            })
-        },
-    )
+    let result = multipart(&req, query.into_inner(), payload, &state, |name, _filename| {
+        // A new version keeps its name unless `name` asks for another; the part's filename does not.
+        Ok(Target::NewVersion {
+            file_id: file_id.clone(),
+            name: name.as_deref().map(validate_name).transpose()?,
+        })
+    })
     .await;
     tracker.answer(result)
 }
@@ -164,9 +152,7 @@ async fn multipart(
         let field = form
             .next()
             .await
-            .ok_or_else(|| {
-                ApiError::bad_request("missing_file", "the form has no part with a filename")
-            })?
+            .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no part with a filename"))?
             .map_err(multipart_error)?;
         if let Some(filename) = filename_of(&field) {
             break (field, filename);
@@ -183,11 +169,7 @@ async fn multipart(
         params.set(&key, value);
     };
     let target = target(params.name.clone(), filename)?;
-    let size = match (
-        params.declared_size(req.headers())?,
-        content_length,
-        data_offset,
-    ) {
+    let size = match (params.declared_size(req.headers())?, content_length, data_offset) {
         (Some(n), ..) => Size::Declared(n),
         (None, Some(len), Some(offset)) => {
             let overhead = offset as u64 + suffix_len(&boundary);
@@ -216,10 +198,8 @@ async fn upload(
     body: Body,
 ) -> Result<UploadOutcome, ApiError> {
     let on_conflict = params.on_conflict()?;
-    let content_created_at =
-        UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
-    let content_modified_at =
-        UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
+    let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
+    let content_modified_at = UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
     let (size, derived, body, _spooled) = match size {
         Size::Declared(n) => (n, false, body, None),
         Size::Derived(n) => (n, true, body, None),
@@ -248,16 +228,12 @@ async fn upload(
         expected_sha1,
     };
     let prepared = state.pipeline.prepare(request).await.map_err(fail)?;
-    state
-        .pipeline
-        .send(prepared, body)
-        .await
-        .map_err(|mut err| {
-            if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
-                *d = derived;
-            }
-            fail(err)
-        })
+    state.pipeline.send(prepared, body).await.map_err(|mut err| {
+        if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
+            *d = derived;
+        }
+        fail(err)
+    })
 }
 
 /// Logs a failed upload with its whole cause chain (the client gets the short, stable form).
@@ -280,10 +256,7 @@ fn fail(err: UploadError) -> ApiError {
 
 /// Reads raw body chunks until the file part's headers are seen (at most `MAX_SCAN_BYTES`), returning
 /// the chunks to replay and where the file's data starts.
-async fn scan(
-    payload: &mut web::Payload,
-    boundary: &str,
-) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
+async fn scan(payload: &mut web::Payload, boundary: &str) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
     let mut seen = Vec::new();
     let mut buf = BytesMut::new();
     loop {
@@ -337,9 +310,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_request", "Content-Length is not a number")
-            }),
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "Content-Length is not a number")),
     }
 }
 
@@ -370,9 +341,8 @@ async fn read_text(mut field: Field) -> Result<String, ApiError> {
             ));
         }
     }
-    String::from_utf8(value).map_err(|_| {
-        ApiError::bad_request("invalid_multipart", format!("field {key:?} is not UTF-8"))
-    })
+    String::from_utf8(value)
+        .map_err(|_| ApiError::bad_request("invalid_multipart", format!("field {key:?} is not UTF-8")))
 }
 
 fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {
@@ -407,9 +377,7 @@ impl<'a> Tracker<'a> {
             Ok(outcome) => {
                 let method = outcome.method.as_str();
                 m.uploads.with_label_values(&[method, "success"]).inc();
-                m.upload_bytes
-                    .with_label_values(&[method])
-                    .inc_by(outcome.size);
+                m.upload_bytes.with_label_values(&[method]).inc_by(outcome.size);
                 m.upload_duration
                     .with_label_values(&[method])
                     .observe(elapsed.as_secs_f64());
@@ -429,9 +397,7 @@ impl<'a> Tracker<'a> {
                 })))
             }
             Err(err) => {
-                m.uploads
-                    .with_label_values(&["unknown", err.outcome()])
-                    .inc();
+                m.uploads.with_label_values(&["unknown", err.outcome()]).inc();
                 Err(err)
             }
         }
