@@ -1,0 +1,6 @@
+//! The emulator, driven over real HTTP: every rule of shared/box-api.md, the fault plan, the SDK.
+pub mod helpers;
+mod rules_commit;
+mod rules_items;
+mod rules_parts;
+mod rules_sessions;
