@@ -1,6 +1,8 @@
 //! The emulator, driven over real HTTP: every rule of shared/box-api.md, the fault plan, the SDK.
 pub mod helpers;
 mod rules_commit;
+mod rules_direct;
 mod rules_items;
 mod rules_parts;
 mod rules_sessions;
+mod rules_token;
