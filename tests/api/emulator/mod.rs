@@ -1,4 +1,5 @@
 //! The emulator, driven over real HTTP: every rule of shared/box-api.md, the fault plan, the SDK.
+mod faults;
 pub mod helpers;
 mod rules_commit;
 mod rules_direct;
