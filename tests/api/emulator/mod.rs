@@ -7,3 +7,4 @@ mod rules_items;
 mod rules_parts;
 mod rules_sessions;
 mod rules_token;
+mod sdk;
