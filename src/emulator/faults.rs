@@ -74,7 +74,7 @@ pub enum FaultAction {
     },
     /// commit: a transient 400 `parts_mismatch`.
     PartsMismatch,
-    /// Reset the TCP connection after this many request-body bytes.
+    /// upload_part and direct_upload: reset the TCP connection after this many request-body bytes.
     CutConnection { after_bytes: u64 },
 }
 

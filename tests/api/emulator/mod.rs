@@ -8,3 +8,4 @@ mod rules_parts;
 mod rules_sessions;
 mod rules_token;
 mod sdk;
+mod throughput;
