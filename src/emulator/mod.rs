@@ -1,14 +1,206 @@
-//! A strict Box-compatible emulator (placeholder, filled by the emulator work).
-use std::net::SocketAddr;
+//! A strict Box-compatible emulator: the upload API, the file and folder reads the gateway needs, the
+//! token endpoint, and a control API (`/_emulator/...`) for inspection and fault injection.
+//!
+//! Served from one address: API under `/2.0`, uploads under `/api/2.0`, tokens at `/oauth2/token`.
+mod cli;
+mod errors;
+mod faults;
+mod routes;
+mod state;
+mod storage;
 
-/// `box-upload-gateway emulator ...`
-#[derive(Debug, clap::Args)]
-pub struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:9000")]
+pub use cli::{run, EmulatorArgs};
+pub use errors::BoxApiError;
+pub use faults::{Endpoint, FaultAction, FaultPlan, FaultRule, FiredFault};
+pub use state::{
+    Counters, FileView, FolderView, Inspection, PartView, SessionState, SessionView, ROOT_FOLDER_ID,
+};
+
+use actix_web::dev::ServerHandle;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Accepted as a bearer token when `EmulatorConfig::tokens` is empty.
+pub const DEV_TOKEN: &str = "emulator-dev-token";
+/// Accepted by `/oauth2/token` when `EmulatorConfig::clients` is empty.
+pub const DEV_CLIENT_ID: &str = "emulator-client-id";
+pub const DEV_CLIENT_SECRET: &str = "emulator-client-secret";
+
+/// Box's documented minimum for chunked uploads (decimal bytes).
+pub const BOX_MIN_CHUNKED_SIZE: u64 = 20_000_000;
+
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
     pub listen: SocketAddr,
+    /// None: a temporary directory removed when the handle drops.
+    pub data_dir: Option<PathBuf>,
+    /// Bearer tokens accepted besides issued ones; empty: `DEV_TOKEN`.
+    pub tokens: Vec<String>,
+    /// None: Box-like tiers, see `part_size_for`.
+    pub part_size: Option<u64>,
+    pub min_chunked_size: u64,
+    /// 403 `storage_limit_exceeded` when the current versions would pass it.
+    pub storage_limit_bytes: Option<u64>,
+    /// 409 `context_info.conflicts` as an array (documented) instead of an object (what Box sends).
+    pub conflicts_as_array: bool,
+    pub session_ttl: Duration,
+    /// `expires_in` of issued tokens.
+    pub token_ttl: Duration,
+    /// (kid, PEM public key): JWT assertions with that kid get their signature checked.
+    pub jwt_public_keys: Vec<(String, String)>,
+    /// (client_id, client_secret) pairs the token endpoint accepts; empty: the DEV_ pair.
+    pub clients: Vec<(String, String)>,
+    pub faults: FaultPlan,
 }
 
-pub async fn run(_args: EmulatorArgs) -> std::io::Result<()> {
-    Ok(())
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: None,
+            tokens: Vec::new(),
+            part_size: None,
+            min_chunked_size: BOX_MIN_CHUNKED_SIZE,
+            storage_limit_bytes: None,
+            conflicts_as_array: false,
+            session_ttl: Duration::from_secs(7 * 24 * 3600),
+            token_ttl: Duration::from_secs(3600),
+            jwt_public_keys: Vec::new(),
+            clients: Vec::new(),
+            faults: FaultPlan::default(),
+        }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Box picks the part size; 8 MiB is what it gives most files and 32/64 MiB have been seen for large
+/// ones. The 64 MiB tier keeps a 500 GB file under 10,000 parts (list-parts' offset limit).
+pub fn part_size_for(file_size: u64) -> u64 {
+    match file_size {
+        s if s < GIB => 8 * MIB,
+        s if s < 32 * GIB => 32 * MIB,
+        _ => 64 * MIB,
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub config: EmulatorConfig,
+    pub state: Mutex<state::State>,
+    pub storage: storage::Storage,
+    pub faults: Mutex<faults::FaultEngine>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, state::State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, faults::FaultEngine> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn part_size(&self, file_size: u64) -> u64 {
+        self.config
+            .part_size
+            .unwrap_or_else(|| part_size_for(file_size))
+    }
+}
+
+pub struct Emulator;
+
+impl Emulator {
+    pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+        let (root, temp) = match &config.data_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("box-emulator").tempdir()?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        let shared = Arc::new(Shared {
+            storage: storage::Storage::open(&root)?,
+            state: Mutex::new(state::State::new()),
+            faults: Mutex::new(faults::FaultEngine::new(config.faults.clone())),
+            config,
+        });
+        let listener = std::net::TcpListener::bind(shared.config.listen)?;
+        let addr = listener.local_addr()?;
+        let server = routes::server(shared.clone(), listener)?;
+        let server_handle = server.handle();
+        let task = tokio::spawn(server);
+        Ok(EmulatorHandle {
+            shared,
+            addr,
+            server: server_handle,
+            task,
+            _temp: temp,
+        })
+    }
+}
+
+pub struct EmulatorHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl EmulatorHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("{}/2.0", self.base_url())
+    }
+
+    pub fn upload_url(&self) -> String {
+        format!("{}/api/2.0", self.base_url())
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth2/token", self.base_url())
+    }
+
+    pub fn inspect(&self) -> Inspection {
+        self.shared.lock().inspect()
+    }
+
+    /// Replaces the plan and restarts its request counts.
+    pub fn set_faults(&self, plan: FaultPlan) {
+        *self.shared.faults() = faults::FaultEngine::new(plan);
+    }
+
+    pub fn file_path(&self, file_id: &str) -> Option<PathBuf> {
+        let state = self.shared.lock();
+        state.files.get(file_id).map(|f| f.current().path.clone())
+    }
+
+    pub fn create_folder(&self, parent_id: &str, name: &str) -> String {
+        self.shared.lock().create_folder(parent_id, name)
+    }
+
+    /// Every issued token answers 401 from now on (configured tokens are not issued ones).
+    pub fn expire_issued_tokens(&self) {
+        routes::control::expire_issued(&self.shared);
+    }
+
+    pub fn reset_max_parts_in_flight(&self) {
+        routes::control::reset_max_in_flight(&self.shared);
+    }
+
+    pub async fn stop(self) {
+        self.server.stop(false).await;
+        let _ = self.task.await;
+    }
 }

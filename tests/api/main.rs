@@ -1,1 +1,9 @@
-
+//! One integration binary: every test talks HTTP to servers spawned on port 0.
+mod emulator;
+mod gateway_clients;
+mod gateway_conflicts;
+mod gateway_edge;
+mod gateway_faults;
+mod gateway_sizes;
+pub mod helpers;
+pub mod python;

@@ -1,0 +1,126 @@
+//! `box-upload-gateway emulator ...`
+use super::{Emulator, EmulatorConfig, FaultPlan, BOX_MIN_CHUNKED_SIZE};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Run the strict Box-compatible emulator.
+#[derive(Debug, clap::Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Where uploaded bytes go (a temporary directory when absent).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token to accept (repeatable); none: `emulator-dev-token`.
+    #[arg(long = "token")]
+    pub tokens: Vec<String>,
+    /// Fixed part size in bytes (default: Box-like tiers by file size).
+    #[arg(long)]
+    pub part_size: Option<u64>,
+    /// Smallest file_size a chunked session accepts.
+    #[arg(long, default_value_t = BOX_MIN_CHUNKED_SIZE)]
+    pub min_chunked_size: u64,
+    /// Answer 403 storage_limit_exceeded past this many stored bytes.
+    #[arg(long)]
+    pub storage_limit_bytes: Option<u64>,
+    /// Send 409 context_info.conflicts as an array instead of an object.
+    #[arg(long)]
+    pub conflicts_as_array: bool,
+    /// Upload session lifetime in seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+    /// expires_in of issued tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl_secs: u64,
+    /// JWT public key to verify assertions signed with that key id: KID=PEM_FILE (repeatable).
+    #[arg(long = "jwt-public-key", value_parser = parse_key_arg)]
+    pub jwt_public_keys: Vec<(String, PathBuf)>,
+    /// Client id and secret the token endpoint accepts: ID:SECRET (repeatable); none: the dev pair.
+    #[arg(long = "client", value_parser = parse_client_arg)]
+    pub clients: Vec<(String, String)>,
+    /// Fault plan as JSON, or @FILE to read it from a file (see README, "The Box emulator").
+    #[arg(long)]
+    pub faults: Option<String>,
+    /// Delay every request by this many milliseconds.
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
+    /// Cap request-body reads at this many bytes per second per connection.
+    #[arg(long)]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
+    let (kid, file) = s.split_once('=').ok_or("expected KID=PEM_FILE")?;
+    Ok((kid.to_owned(), PathBuf::from(file)))
+}
+
+fn parse_client_arg(s: &str) -> Result<(String, String), String> {
+    let (id, secret) = s.split_once(':').ok_or("expected ID:SECRET")?;
+    Ok((id.to_owned(), secret.to_owned()))
+}
+
+impl EmulatorArgs {
+    pub fn into_config(self) -> std::io::Result<EmulatorConfig> {
+        let mut faults = match &self.faults {
+            Some(spec) => parse_plan(spec)?,
+            None => FaultPlan::default(),
+        };
+        faults.delay_ms = self.delay_ms.unwrap_or(faults.delay_ms);
+        faults.bandwidth_bytes_per_sec = self
+            .bandwidth_bytes_per_sec
+            .or(faults.bandwidth_bytes_per_sec);
+        let jwt_public_keys = self
+            .jwt_public_keys
+            .iter()
+            .map(|(kid, file)| Ok((kid.clone(), std::fs::read_to_string(file)?)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(EmulatorConfig {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            tokens: self.tokens,
+            part_size: self.part_size,
+            min_chunked_size: self.min_chunked_size,
+            storage_limit_bytes: self.storage_limit_bytes,
+            conflicts_as_array: self.conflicts_as_array,
+            session_ttl: Duration::from_secs(self.session_ttl_secs),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            jwt_public_keys,
+            clients: self.clients,
+            faults,
+        })
+    }
+}
+
+fn parse_plan(spec: &str) -> std::io::Result<FaultPlan> {
+    let text = match spec.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)?,
+        None => spec.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--faults: {e}"))
+    })
+}
+
+/// Runs until Ctrl-C.
+pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
+    let config = args.into_config()?;
+    let handle = Emulator::spawn(config).await?;
+    tracing::info!(
+        api = %handle.api_url(),
+        upload = %handle.upload_url(),
+        token = %handle.token_url(),
+        control = %format!("{}/_emulator/state", handle.base_url()),
+        "Box emulator listening"
+    );
+    println!(
+        "Box emulator: api {} upload {} token {}",
+        handle.api_url(),
+        handle.upload_url(),
+        handle.token_url()
+    );
+    tokio::signal::ctrl_c().await?;
+    handle.stop().await;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The HTTP face: one file per endpoint group, every route registered in `configure`.
+pub mod body;
+pub mod commit;
+pub mod control;
+pub mod direct;
+pub mod files;
+pub mod folders;
+pub mod items;
+pub mod parts;
+pub mod sessions;
+pub mod token;
+
+use super::errors::{BoxApiError, BOX_REQUEST_ID};
+use super::faults::{Endpoint, FaultAction};
+use super::{Shared, DEV_TOKEN};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Extensions, Server, Service, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, App, HttpRequest, HttpServer};
+use std::any::Any;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn server(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::Result<Server> {
+    let data = web::Data::from(shared);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            // Commit bodies list up to ~10,000 parts.
+            .app_data(web::PayloadConfig::new(16 << 20))
+            .wrap_fn(|req, srv| {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let fut = srv.call(req);
+                async move { fut.await.map(|res| with_request_id(res, &id)) }
+            })
+            .configure(configure)
+    })
+    .on_connect(keep_socket)
+    .workers(2)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+fn configure(cfg: &mut web::ServiceConfig) {
+    let session = "/api/2.0/files/upload_sessions/{session_id}";
+    cfg.route(
+        "/api/2.0/files/upload_sessions",
+        web::post().to(sessions::create),
+    )
+    .service(
+        web::resource(session)
+            .route(web::put().to(parts::upload))
+            .route(web::get().to(sessions::get))
+            .route(web::delete().to(sessions::abort)),
+    )
+    .route(&format!("{session}/parts"), web::get().to(parts::list))
+    .route(&format!("{session}/commit"), web::post().to(commit::commit))
+    .route("/api/2.0/files/content", web::post().to(direct::upload_new))
+    .route(
+        "/api/2.0/files/{file_id}/upload_sessions",
+        web::post().to(sessions::create_version),
+    )
+    .route(
+        "/api/2.0/files/{file_id}/content",
+        web::post().to(direct::upload_version),
+    )
+    .route(
+        "/2.0/files/content",
+        web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_new),
+    )
+    .service(
+        web::resource("/2.0/files/{file_id}/content")
+            .route(web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_version))
+            .route(web::get().to(files::download)),
+    )
+    .route("/2.0/files/{file_id}", web::get().to(files::get))
+    .route("/2.0/folders", web::post().to(folders::create))
+    .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
+    .route("/oauth2/token", web::post().to(token::token))
+    .configure(control::configure)
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, BoxApiError> {
+    Err(BoxApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Stamps `BOX-REQUEST-ID` and renders a `BoxApiError` with the same id in its body.
+fn with_request_id<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+    id: &str,
+) -> ServiceResponse<actix_web::body::BoxBody> {
+    let rendered = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<BoxApiError>())
+        .map(|e| e.render(id));
+    let mut res = match rendered {
+        Some(r) => res.into_response(r),
+        None => res.map_into_boxed_body(),
+    };
+    if let Ok(v) = HeaderValue::from_str(id) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static(BOX_REQUEST_ID), v);
+    }
+    res
+}
+
+/// A duplicate of the connection's socket, so a `cut_connection` fault can reset it.
+pub struct ConnSocket(pub OwnedFd);
+
+fn keep_socket(conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+            ext.insert(ConnSocket(fd));
+        }
+    }
+}
+
+/// What the fault plan decided for one request that passed the gate.
+pub struct Gate {
+    pub action: Option<FaultAction>,
+    pub bandwidth: Option<u64>,
+}
+
+/// Every handler starts here: plan-wide delay, bearer auth, `As-User`, then the fault rules.
+pub async fn gate(
+    shared: &Shared,
+    req: &HttpRequest,
+    endpoint: Option<Endpoint>,
+    auth: bool,
+) -> Result<Gate, BoxApiError> {
+    let (delay_ms, bandwidth, expire_all) = {
+        let f = shared.faults();
+        let p = f.plan();
+        (p.delay_ms, p.bandwidth_bytes_per_sec, p.expire_tokens)
+    };
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    if auth {
+        check_auth(shared, req, expire_all)?;
+        record_as_user(shared, req);
+    }
+    let fired = shared.faults().pick(endpoint);
+    let action = fired.map(|f| {
+        let mut state = shared.lock();
+        state.counters.faults_fired += 1;
+        state.faults_fired.push(f.fired);
+        f.action
+    });
+    if let Some(FaultAction::Status {
+        status,
+        code,
+        message,
+        retry_after,
+    }) = &action
+    {
+        return Err(status_fault(
+            *status,
+            code.as_deref(),
+            message.as_deref(),
+            *retry_after,
+        ));
+    }
+    Ok(Gate { action, bandwidth })
+}
+
+fn status_fault(
+    status: u16,
+    code: Option<&str>,
+    message: Option<&str>,
+    retry: Option<u64>,
+) -> BoxApiError {
+    let default_code = match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        412 => "precondition_failed",
+        429 => "rate_limit_exceeded",
+        502 => "bad_gateway",
+        503 => "unavailable",
+        _ => "internal_server_error",
+    };
+    let code = code.unwrap_or(default_code);
+    BoxApiError::new(
+        status,
+        code,
+        message.unwrap_or("injected by the emulator's fault plan"),
+    )
+    .with_retry_after(retry)
+}
+
+fn check_auth(shared: &Shared, req: &HttpRequest, expire_all: bool) -> Result<(), BoxApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(BoxApiError::unauthorized("The access token is missing"));
+    };
+    if expire_all {
+        return Err(BoxApiError::unauthorized(
+            "The access token provided has expired",
+        ));
+    }
+    let tokens = &shared.config.tokens;
+    if tokens.iter().any(|t| t == token) || (tokens.is_empty() && token == DEV_TOKEN) {
+        return Ok(());
+    }
+    let state = shared.lock();
+    match state.tokens.get(token) {
+        Some(t) if !t.revoked && t.expires_at > Instant::now() => Ok(()),
+        Some(_) => Err(BoxApiError::unauthorized(
+            "The access token provided has expired",
+        )),
+        None => Err(BoxApiError::unauthorized(
+            "The access token provided is invalid",
+        )),
+    }
+}
+
+fn record_as_user(shared: &Shared, req: &HttpRequest) {
+    if let Some(user) = req.headers().get("as-user").and_then(|v| v.to_str().ok()) {
+        shared.lock().as_user.push(user.to_owned());
+    }
+}
+
+/// Absolute URL on the host the client used, as Box builds `session_endpoints`.
+pub fn absolute(req: &HttpRequest, path: &str) -> String {
+    let info = req.connection_info();
+    format!("{}://{}{}", info.scheme(), info.host(), path)
+}
+
+pub fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}

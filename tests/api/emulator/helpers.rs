@@ -1,0 +1,245 @@
+//! Spawning an emulator and speaking its protocol with reqwest, plus Box error-body assertions.
+use base64::Engine;
+use box_upload_gateway::emulator::{
+    Emulator, EmulatorConfig, EmulatorHandle, Inspection, DEV_TOKEN,
+};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+
+pub const MIB: u64 = 1 << 20;
+
+pub struct TestEmulator {
+    pub handle: EmulatorHandle,
+    pub client: reqwest::Client,
+}
+
+pub fn client() -> reqwest::Client {
+    // The crate builds reqwest without a rustls provider; ring is the one it ships for TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().expect("reqwest client")
+}
+
+/// Small parts keep the tests fast: 1 MiB parts, 2,500,000-byte minimum.
+pub fn small_config() -> EmulatorConfig {
+    EmulatorConfig {
+        part_size: Some(MIB),
+        min_chunked_size: 2_500_000,
+        ..EmulatorConfig::default()
+    }
+}
+
+pub async fn spawn() -> TestEmulator {
+    spawn_with(small_config()).await
+}
+
+pub async fn spawn_with(config: EmulatorConfig) -> TestEmulator {
+    let handle = Emulator::spawn(config).await.expect("emulator starts");
+    TestEmulator {
+        handle,
+        client: client(),
+    }
+}
+
+/// Deterministic bytes that differ at every offset.
+pub fn bytes(n: u64, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.u8(..)).collect()
+}
+
+pub fn sha1_raw(data: &[u8]) -> [u8; 20] {
+    Sha1::digest(data).into()
+}
+
+pub fn sha1_hex(data: &[u8]) -> String {
+    hex::encode(sha1_raw(data))
+}
+
+pub fn sha1_b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(sha1_raw(data))
+}
+
+impl TestEmulator {
+    pub fn inspect(&self) -> Inspection {
+        self.handle.inspect()
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.api_url())
+    }
+
+    pub fn upload(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.upload_url())
+    }
+
+    pub fn post(&self, url: &str) -> RequestBuilder {
+        self.client.post(url).bearer_auth(DEV_TOKEN)
+    }
+
+    pub fn get(&self, url: &str) -> RequestBuilder {
+        self.client.get(url).bearer_auth(DEV_TOKEN)
+    }
+
+    pub async fn create_session_raw(&self, body: Value) -> Response {
+        self.post(&self.upload("/files/upload_sessions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A session for a new file in folder 0; panics unless Box would answer 201.
+    pub async fn create_session(&self, name: &str, size: u64) -> Value {
+        let res = self
+            .create_session_raw(json!({"folder_id": "0", "file_name": name, "file_size": size}))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+        res.json().await.unwrap()
+    }
+
+    pub async fn put_part_with(
+        &self,
+        session: &Value,
+        content_range: &str,
+        digest: &str,
+        body: Vec<u8>,
+    ) -> Response {
+        let url = session["session_endpoints"]["upload_part"]
+            .as_str()
+            .unwrap();
+        self.client
+            .put(url)
+            .bearer_auth(DEV_TOKEN)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", content_range)
+            .header("digest", digest)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads `data[offset..offset+len]` as one part of a `data.len()`-byte file.
+    pub async fn put_part(&self, session: &Value, data: &[u8], offset: u64, len: u64) -> Response {
+        let part = &data[offset as usize..(offset + len) as usize];
+        let range = format!("bytes {}-{}/{}", offset, offset + len - 1, data.len());
+        self.put_part_with(
+            session,
+            &range,
+            &format!("sha={}", sha1_b64(part)),
+            part.to_vec(),
+        )
+        .await
+    }
+
+    /// Uploads every part of `data` in order and returns the parts' echoes.
+    pub async fn put_all_parts(&self, session: &Value, data: &[u8]) -> Vec<Value> {
+        let part_size = session["part_size"].as_u64().unwrap();
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        while offset < data.len() as u64 {
+            let len = part_size.min(data.len() as u64 - offset);
+            let res = self.put_part(session, data, offset, len).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            parts.push(res.json::<Value>().await.unwrap()["part"].clone());
+            offset += len;
+        }
+        parts
+    }
+
+    pub async fn commit_with(&self, session: &Value, digest: &str, body: Value) -> Response {
+        let url = session["session_endpoints"]["commit"].as_str().unwrap();
+        self.post(url)
+            .header("digest", digest)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn commit(&self, session: &Value, data: &[u8], parts: &[Value]) -> Response {
+        self.commit_with(
+            session,
+            &format!("sha={}", sha1_b64(data)),
+            json!({ "parts": parts }),
+        )
+        .await
+    }
+
+    /// Creates a session, uploads `data` and commits it; returns the file object.
+    pub async fn chunked_upload(&self, name: &str, data: &[u8]) -> Value {
+        let session = self.create_session(name, data.len() as u64).await;
+        let parts = self.put_all_parts(&session, data).await;
+        let res = self.commit(&session, data, &parts).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json::<Value>().await.unwrap()["entries"][0].clone()
+    }
+
+    /// `multipart/form-data` by hand, so tests control the field order.
+    pub async fn direct_upload(
+        &self,
+        url: &str,
+        fields: &[(&str, &[u8])],
+        content_md5: Option<&str>,
+    ) -> Response {
+        let boundary = "emulator-test-boundary-7MA4YWxkTrZu0gW";
+        let mut body = Vec::new();
+        for (name, value) in fields {
+            let disposition = match *name {
+                "file" => "form-data; name=\"file\"; filename=\"blob\"\r\nContent-Type: application/octet-stream".to_owned(),
+                _ => format!("form-data; name=\"{name}\""),
+            };
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(value);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut req = self
+            .post(url)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body);
+        if let Some(md5) = content_md5 {
+            req = req.header("content-md5", md5);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn direct_new(&self, folder_id: &str, name: &str, data: &[u8]) -> Response {
+        let attributes = json!({"name": name, "parent": {"id": folder_id}}).to_string();
+        self.direct_upload(
+            &self.upload("/files/content"),
+            &[("attributes", attributes.as_bytes()), ("file", data)],
+            None,
+        )
+        .await
+    }
+}
+
+/// Asserts Box's error body and its `request_id` matching the `BOX-REQUEST-ID` header; returns it.
+pub async fn assert_box_error(res: Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let header_id = res
+        .headers()
+        .get("box-request-id")
+        .expect("BOX-REQUEST-ID header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = res.json().await.expect("a JSON error body");
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["help_url"].is_string(), "{body}");
+    assert!(body.get("context_info").is_some(), "{body}");
+    assert_eq!(body["request_id"], header_id, "{body}");
+    body
+}

@@ -1,0 +1,196 @@
+//! Commit rules: whole-file digest, the parts list, optional sha1/attributes, preconditions, conflicts.
+use super::helpers::*;
+use box_upload_gateway::emulator::SessionState;
+use serde_json::{json, Value};
+
+const SIZE: u64 = 2_600_000;
+
+async fn uploaded() -> (TestEmulator, Value, Vec<u8>, Vec<Value>) {
+    let emu = spawn().await;
+    let data = bytes(SIZE, 20);
+    let s = emu.create_session("c.bin", SIZE).await;
+    let parts = emu.put_all_parts(&s, &data).await;
+    (emu, s, data, parts)
+}
+
+#[tokio::test]
+async fn commit_creates_the_file_from_the_stored_bytes() {
+    let (emu, s, data, parts) = uploaded().await;
+
+    let res = emu.commit(&s, &data, &parts).await;
+
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["total_count"], 1);
+    let file = &body["entries"][0];
+    assert_eq!(file["type"], "file");
+    assert_eq!(file["name"], "c.bin");
+    assert_eq!(file["size"], SIZE);
+    assert_eq!(file["sha1"], sha1_hex(&data));
+    assert_eq!(file["file_version"]["sha1"], sha1_hex(&data));
+    assert_eq!(file["parent"]["id"], "0");
+    let id = file["id"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(),
+        data
+    );
+    let seen = emu.inspect();
+    assert_eq!(seen.sessions[0].state, SessionState::Committed);
+    assert_eq!(seen.file(id).unwrap().version_count, 1);
+    assert_eq!(seen.counters.commits_created, 1);
+}
+
+#[tokio::test]
+async fn a_wrong_whole_file_digest_is_digest_mismatch_with_both_digests() {
+    let (emu, s, data, parts) = uploaded().await;
+
+    let res = emu
+        .commit_with(
+            &s,
+            &format!("sha={}", sha1_b64(b"nope")),
+            json!({"parts": parts}),
+        )
+        .await;
+
+    let body = assert_box_error(res, 400, "digest_mismatch").await;
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("Actual: {}", sha1_b64(&data))),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("Expected: {}", sha1_b64(b"nope"))),
+        "{msg}"
+    );
+    let seen = emu.inspect();
+    assert!(seen.files.is_empty());
+    assert_eq!(seen.counters.commits_rejected, 1);
+}
+
+#[tokio::test]
+async fn the_parts_list_must_match_the_stored_parts() {
+    let (emu, s, data, parts) = uploaded().await;
+    let mut wrong_id = parts.clone();
+    wrong_id[1]["part_id"] = json!("DEADBEEF");
+    let mut wrong_sha = parts.clone();
+    wrong_sha[0]["sha1"] = json!(sha1_hex(b"x"));
+
+    for listed in [wrong_id, wrong_sha, parts[..2].to_vec()] {
+        let res = emu.commit(&s, &data, &listed).await;
+        let body = assert_box_error(res, 400, "parts_mismatch").await;
+        assert!(body["message"].is_string());
+    }
+    let res = emu
+        .commit_with(&s, &format!("sha={}", sha1_b64(&data)), json!({"nope": 1}))
+        .await;
+    assert_box_error(res, 400, "bad_request").await;
+    let res = emu
+        .post(s["session_endpoints"]["commit"].as_str().unwrap())
+        .json(&json!({"parts": parts}))
+        .send()
+        .await
+        .unwrap();
+    assert_box_error(res, 400, "bad_request").await;
+    assert!(emu.inspect().files.is_empty());
+}
+
+#[tokio::test]
+async fn commit_needs_every_part_uploaded() {
+    let emu = spawn().await;
+    let data = bytes(SIZE, 21);
+    let s = emu.create_session("c.bin", SIZE).await;
+    let first: Value = emu.put_part(&s, &data, 0, MIB).await.json().await.unwrap();
+
+    let res = emu.commit(&s, &data, &[first["part"].clone()]).await;
+
+    assert_box_error(res, 400, "parts_mismatch").await;
+    assert_eq!(emu.inspect().sessions[0].state, SessionState::Open);
+}
+
+#[tokio::test]
+async fn part_sha1_may_be_null_or_absent_and_attributes_apply() {
+    let (emu, s, data, parts) = uploaded().await;
+    let mut listed = parts.clone();
+    listed[0]["sha1"] = Value::Null;
+    listed[1].as_object_mut().unwrap().remove("sha1");
+    let attributes = json!({"content_modified_at": "2024-01-02T03:04:05-08:00"});
+
+    let res = emu
+        .commit_with(
+            &s,
+            &format!("sha={}", sha1_b64(&data)),
+            json!({"parts": listed, "attributes": attributes}),
+        )
+        .await;
+
+    assert_eq!(res.status(), 201);
+    let file = res.json::<Value>().await.unwrap()["entries"][0].clone();
+    assert_eq!(file["content_modified_at"], "2024-01-02T03:04:05-08:00");
+}
+
+#[tokio::test]
+async fn if_match_and_if_none_match_are_412_when_they_fail() {
+    let emu = spawn().await;
+    let first = emu.chunked_upload("v.bin", &bytes(SIZE, 22)).await;
+    let id = first["id"].as_str().unwrap();
+    let data = bytes(SIZE, 23);
+    let s: Value = emu
+        .post(&emu.upload(&format!("/files/{id}/upload_sessions")))
+        .json(&json!({"file_size": SIZE}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let parts = emu.put_all_parts(&s, &data).await;
+    let commit = |h: &'static str, v: &'static str| {
+        emu.post(s["session_endpoints"]["commit"].as_str().unwrap())
+            .header("digest", format!("sha={}", sha1_b64(&data)))
+            .header(h, v)
+            .json(&json!({"parts": parts}))
+            .send()
+    };
+
+    assert_box_error(
+        commit("if-match", "7").await.unwrap(),
+        412,
+        "precondition_failed",
+    )
+    .await;
+    assert_box_error(
+        commit("if-none-match", "*").await.unwrap(),
+        412,
+        "precondition_failed",
+    )
+    .await;
+    assert_eq!(emu.inspect().file(id).unwrap().version_count, 1);
+
+    assert_eq!(commit("if-match", "0").await.unwrap().status(), 201);
+    assert_eq!(emu.inspect().file(id).unwrap().version_count, 2);
+}
+
+#[tokio::test]
+async fn a_name_taken_since_the_session_opened_is_409_at_commit() {
+    let (emu, s, data, parts) = uploaded().await;
+    assert_eq!(emu.direct_new("0", "c.bin", b"small").await.status(), 201);
+
+    let res = emu.commit(&s, &data, &parts).await;
+
+    let body = assert_box_error(res, 409, "item_name_in_use").await;
+    assert_eq!(body["context_info"]["conflicts"]["name"], "c.bin");
+    assert_eq!(emu.inspect().sessions[0].state, SessionState::Open);
+}
+
+#[tokio::test]
+async fn a_repeated_commit_answers_the_same_file() {
+    let (emu, s, data, parts) = uploaded().await;
+    let first: Value = emu.commit(&s, &data, &parts).await.json().await.unwrap();
+
+    let again = emu.commit(&s, &data, &parts).await;
+
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["entries"][0]["id"], first["entries"][0]["id"]);
+    assert_eq!(emu.inspect().files.len(), 1);
+}
