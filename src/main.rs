@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use box_upload_gateway::box_api::Secret;
 use box_upload_gateway::config::Settings;
 use box_upload_gateway::startup::Application;
 use box_upload_gateway::{emulator, telemetry};
@@ -25,6 +26,12 @@ struct ServeArgs {
     /// A TOML settings file; the environment overrides it.
     #[arg(long, env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
+    /// Also start the Box emulator in-process on a loopback port and send every upload there.
+    #[arg(long)]
+    emulator: bool,
+    /// With --emulator: where the emulator keeps the uploaded files.
+    #[arg(long, default_value = "./emulator-data", requires = "emulator")]
+    emulator_data_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -44,7 +51,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let settings = Settings::load(args.config.as_deref())?;
+    let mut settings = Settings::load(args.config.as_deref())?;
+    // Kept alive for as long as the gateway runs.
+    let _emulator = match args.emulator {
+        true => Some(start_emulator(&mut settings, args.emulator_data_dir).await?),
+        false => None,
+    };
     let valid = settings
         .validate()
         .map_err(|problems| format!("invalid configuration:\n  {}", problems.join("\n  ")))?;
@@ -53,4 +65,33 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api,
         box_upload = %valid.box_urls.upload, settings = ?settings, "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+/// Starts the emulator on a loopback port and points the gateway's Box URLs and token at it.
+async fn start_emulator(
+    settings: &mut Settings,
+    data_dir: PathBuf,
+) -> Result<emulator::EmulatorHandle, String> {
+    telemetry::init(&settings.log_format);
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let config = emulator::EmulatorConfig {
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    };
+    let handle = emulator::Emulator::spawn(config)
+        .await
+        .map_err(|e| format!("cannot start the emulator: {e}"))?;
+    settings.box_api_url = handle.api_url();
+    settings.box_upload_url = handle.upload_url();
+    settings.box_token_url = handle.token_url();
+    // The emulator's development token is public (documented), not a secret.
+    settings.box_developer_token = Some(Secret::new(emulator::DEV_TOKEN));
+    tracing::info!(
+        emulator = %handle.base_url(),
+        data_dir = %data_dir.display(),
+        download = %format!("curl -H 'Authorization: Bearer {}' {}/files/FILE_ID/content -o FILE", emulator::DEV_TOKEN, handle.api_url()),
+        inspect = %format!("{}/_emulator/state", handle.base_url()),
+        "Box emulator started: uploads land in data_dir; download one back with the `download` command"
+    );
+    Ok(handle)
 }

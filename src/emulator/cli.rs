@@ -68,9 +68,7 @@ impl EmulatorArgs {
             None => FaultPlan::default(),
         };
         faults.delay_ms = self.delay_ms.unwrap_or(faults.delay_ms);
-        faults.bandwidth_bytes_per_sec = self
-            .bandwidth_bytes_per_sec
-            .or(faults.bandwidth_bytes_per_sec);
+        faults.bandwidth_bytes_per_sec = self.bandwidth_bytes_per_sec.or(faults.bandwidth_bytes_per_sec);
         let jwt_public_keys = self
             .jwt_public_keys
             .iter()
@@ -98,9 +96,8 @@ fn parse_plan(spec: &str) -> std::io::Result<FaultPlan> {
         Some(file) => std::fs::read_to_string(file)?,
         None => spec.to_owned(),
     };
-    serde_json::from_str(&text).map_err(|e| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--faults: {e}"))
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--faults: {e}")))
 }
 
 /// Runs until Ctrl-C.

@@ -178,11 +178,10 @@ fn bump(counts: &mut HashMap<Endpoint, u64>, endpoint: Endpoint) -> u64 {
 
 impl RuleState {
     fn hits(&mut self, number: u64) -> bool {
-        let limit = self.rule.times.unwrap_or(if self.rule.fraction.is_some() {
-            u64::MAX
-        } else {
-            1
-        });
+        let limit = self
+            .rule
+            .times
+            .unwrap_or(if self.rule.fraction.is_some() { u64::MAX } else { 1 });
         if self.fired >= limit || number < self.rule.nth.unwrap_or(1) {
             return false;
         }
@@ -229,11 +228,7 @@ mod tests {
         assert!(engine.pick(Some(Endpoint::UploadPart)).is_none());
         assert!(engine.pick(Some(Endpoint::Commit)).is_none());
         assert_eq!(
-            engine
-                .pick(Some(Endpoint::Commit))
-                .unwrap()
-                .fired
-                .request_number,
+            engine.pick(Some(Endpoint::Commit)).unwrap().fired.request_number,
             2
         );
     }

@@ -105,9 +105,7 @@ impl Shared {
     }
 
     pub fn part_size(&self, file_size: u64) -> u64 {
-        self.config
-            .part_size
-            .unwrap_or_else(|| part_size_for(file_size))
+        self.config.part_size.unwrap_or_else(|| part_size_for(file_size))
     }
 }
 

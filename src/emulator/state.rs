@@ -80,9 +80,7 @@ pub struct FileRec {
 
 impl FileRec {
     pub fn current(&self) -> &Version {
-        self.versions
-            .last()
-            .expect("a file has at least one version")
+        self.versions.last().expect("a file has at least one version")
     }
 
     /// Box's etag counts versions from 0.

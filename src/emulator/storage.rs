@@ -48,12 +48,7 @@ impl Storage {
     }
 
     /// Moves a finished upload into the file store (same filesystem: a rename).
-    pub fn keep_version(
-        &self,
-        from: &Path,
-        file_id: &str,
-        version_id: &str,
-    ) -> io::Result<PathBuf> {
+    pub fn keep_version(&self, from: &Path, file_id: &str, version_id: &str) -> io::Result<PathBuf> {
         let dir = self.files.join(file_id);
         std::fs::create_dir_all(&dir)?;
         let to = dir.join(version_id);

@@ -4,9 +4,18 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-async fn python_requests(mode: &str, url: &str, path: &std::path::Path, filename: &str, fields: &[&str]) -> (u16, Value) {
+async fn python_requests(
+    mode: &str,
+    url: &str,
+    path: &std::path::Path,
+    filename: &str,
+    fields: &[&str],
+) -> (u16, Value) {
     let out = tokio::process::Command::new(crate::python::python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requests_upload.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/requests_upload.py"
+        ))
         .args([mode, url, path.to_str().unwrap(), filename])
         .args(fields)
         .output()
@@ -32,7 +41,8 @@ async fn python_requests_chunked_body_without_content_length_is_spooled() {
     let app = spawn_app().await;
     let size = THRESHOLD * 2 + 5;
     let (file, sha1) = make_file(size);
-    let (status, out) = python_requests("chunked", &app.folder_url("0"), file.path(), "chunked.bin", &[]).await;
+    let (status, out) =
+        python_requests("chunked", &app.folder_url("0"), file.path(), "chunked.bin", &[]).await;
     assert_eq!(out["request_headers"]["Transfer-Encoding"], "chunked", "{out}");
     assert!(out["request_headers"].get("Content-Length").is_none());
     assert_eq!(status, 201, "{out}");
@@ -42,18 +52,33 @@ async fn python_requests_chunked_body_without_content_length_is_spooled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_with_declared_size_streams_without_spooling() {
-    let app = spawn_app_with(Options { spool_max_bytes: 0, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        spool_max_bytes: 0,
+        ..Options::default()
+    })
+    .await;
     let size = THRESHOLD + 1;
     let (file, sha1) = make_file(size);
     let size_field = format!("size={size}");
-    let (status, out) = python_requests("chunked", &app.folder_url("0"), file.path(), "declared.bin", &[&size_field]).await;
+    let (status, out) = python_requests(
+        "chunked",
+        &app.folder_url("0"),
+        file.path(),
+        "declared.bin",
+        &[&size_field],
+    )
+    .await;
     assert_eq!(status, 201, "{out}");
     app.assert_stored(&out["body"], &sha1, size);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_length_with_spooling_off_is_411() {
-    let app = spawn_app_with(Options { spool_max_bytes: 0, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        spool_max_bytes: 0,
+        ..Options::default()
+    })
+    .await;
     let (file, _) = make_file(1000);
     let (status, out) = python_requests("chunked", &app.folder_url("0"), file.path(), "x.bin", &[]).await;
     assert_eq!(status, 411, "{out}");
@@ -81,18 +106,37 @@ async fn field_after_the_file_is_never_file_bytes() {
     let (file, sha1) = make_file(size);
     // With the size declared before the file, the trailing field is ignored.
     let url = format!("{}?size={size}", app.folder_url("0"));
-    let args = ["-F", &format!("file=@{};filename=a.bin", file.path().display()), "-F", "name=trailing.bin", &url];
+    let args = [
+        "-F",
+        &format!("file=@{};filename=a.bin", file.path().display()),
+        "-F",
+        "name=trailing.bin",
+        &url,
+    ];
     let (status, answer) = curl(&args).await;
     assert_eq!(status, 201, "{answer}");
-    assert_eq!(answer["file"]["name"], "a.bin", "a field after the file changes nothing");
+    assert_eq!(
+        answer["file"]["name"], "a.bin",
+        "a field after the file changes nothing"
+    );
     app.assert_stored(&answer, &sha1, size);
     // With the size derived from Content-Length, the trailing field breaks the derivation: refused.
-    let args = ["-F", &format!("file=@{};filename=b.bin", file.path().display()), "-F", "note=after", &app.folder_url("0")];
+    let args = [
+        "-F",
+        &format!("file=@{};filename=b.bin", file.path().display()),
+        "-F",
+        "note=after",
+        &app.folder_url("0"),
+    ];
     let (status, answer) = curl(&args).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["code"], "size_mismatch");
     app.assert_no_open_session().await;
-    assert_eq!(inspect(&app.emulator)["files"].as_array().unwrap().len(), 1, "nothing else landed");
+    assert_eq!(
+        inspect(&app.emulator)["files"].as_array().unwrap().len(),
+        1,
+        "nothing else landed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,14 +145,23 @@ async fn wrong_declared_size_aborts_and_stores_nothing() {
     let size = THRESHOLD + PART;
     let (file, _) = make_file(size);
     for declared in [size + 1, size - 1, 10] {
-        let (status, answer) =
-            app.curl_upload(&app.folder_url("0"), file.path(), "wrong.bin", &[("size", &declared.to_string())]).await;
+        let (status, answer) = app
+            .curl_upload(
+                &app.folder_url("0"),
+                file.path(),
+                "wrong.bin",
+                &[("size", &declared.to_string())],
+            )
+            .await;
         assert_eq!(status, 400, "declared {declared}: {answer}");
         assert_eq!(answer["error"]["code"], "size_mismatch");
     }
     app.assert_no_open_session().await;
     assert!(inspect(&app.emulator)["files"].as_array().unwrap().is_empty());
-    let aborted = sessions(&app.emulator).iter().filter(|s| s["state"] == "aborted").count();
+    let aborted = sessions(&app.emulator)
+        .iter()
+        .filter(|s| s["state"] == "aborted")
+        .count();
     assert_eq!(aborted, 2, "both chunked attempts were aborted");
 }
 
@@ -116,12 +169,21 @@ async fn wrong_declared_size_aborts_and_stores_nothing() {
 async fn japanese_file_names_plain_and_rfc5987() {
     let app = spawn_app().await;
     let (file, sha1) = make_file(THRESHOLD + 1);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "報告書.pdf", &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "報告書.pdf", &[])
+        .await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["file"]["name"], "報告書.pdf");
     app.assert_stored(&answer, &sha1, THRESHOLD + 1);
     // Python requests encodes non-ASCII names as filename*=utf-8''...
-    let (status, out) = python_requests("multipart", &app.folder_url("0"), file.path(), "議事録 2026.txt", &[]).await;
+    let (status, out) = python_requests(
+        "multipart",
+        &app.folder_url("0"),
+        file.path(),
+        "議事録 2026.txt",
+        &[],
+    )
+    .await;
     assert_eq!(status, 201, "{out}");
     assert_eq!(out["body"]["file"]["name"], "議事録 2026.txt");
 }
@@ -130,12 +192,16 @@ async fn japanese_file_names_plain_and_rfc5987() {
 async fn client_digest_is_checked_before_anything_lands() {
     let app = spawn_app().await;
     let (file, sha1) = make_file(THRESHOLD + 1);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "ok.bin", &[("sha1", &sha1)]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "ok.bin", &[("sha1", &sha1)])
+        .await;
     assert_eq!(status, 201, "{answer}");
     let wrong = "0".repeat(40);
     for size in [THRESHOLD + 1, 100] {
         let (file, _) = make_file(size);
-        let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "bad.bin", &[("sha1", &wrong)]).await;
+        let (status, answer) = app
+            .curl_upload(&app.folder_url("0"), file.path(), "bad.bin", &[("sha1", &wrong)])
+            .await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["code"], "digest_mismatch");
     }
@@ -147,14 +213,19 @@ async fn client_digest_is_checked_before_anything_lands() {
 async fn new_versions_by_multipart_and_raw_put() {
     let app = spawn_app().await;
     let (first, _) = make_file(100);
-    let (_, answer) = app.curl_upload(&app.folder_url("0"), first.path(), "doc.bin", &[]).await;
+    let (_, answer) = app
+        .curl_upload(&app.folder_url("0"), first.path(), "doc.bin", &[])
+        .await;
     let id = answer["file"]["id"].as_str().unwrap().to_owned();
     let (big, big_sha1) = make_file(THRESHOLD + 5);
     let url = format!("{}/v1/files/{id}/versions", app.address);
     let (status, answer) = app.curl_upload(&url, big.path(), "ignored-name.bin", &[]).await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["file"]["id"], id.as_str());
-    assert_eq!(answer["file"]["name"], "doc.bin", "a version keeps its name unless asked");
+    assert_eq!(
+        answer["file"]["name"], "doc.bin",
+        "a version keeps its name unless asked"
+    );
     app.assert_stored(&answer, &big_sha1, THRESHOLD + 5);
     let (small, small_sha1) = make_file(50);
     let url = format!("{}/v1/files/{id}/content?name=renamed.bin", app.address);

@@ -3,7 +3,11 @@
 use crate::helpers::*;
 
 async fn conflicts(conflicts_as_array: bool, size: u64) {
-    let app = spawn_app_with(Options { conflicts_as_array, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        conflicts_as_array,
+        ..Options::default()
+    })
+    .await;
     let (file, sha1) = make_file(size);
     let url = app.folder_url("0");
     let (status, first) = app.curl_upload(&url, file.path(), "report.pdf", &[]).await;
@@ -17,14 +21,18 @@ async fn conflicts(conflicts_as_array: bool, size: u64) {
     assert_eq!(answer["error"]["existing_file_id"], id.as_str());
 
     // version: a new version of the same file.
-    let (status, answer) = app.curl_upload(&url, file.path(), "report.pdf", &[("on_conflict", "version")]).await;
+    let (status, answer) = app
+        .curl_upload(&url, file.path(), "report.pdf", &[("on_conflict", "version")])
+        .await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["file"]["id"], id.as_str());
     app.assert_stored(&answer, &sha1, size);
 
     // rename: the next free name, twice.
     for n in 1..=2 {
-        let (status, answer) = app.curl_upload(&url, file.path(), "report.pdf", &[("on_conflict", "rename")]).await;
+        let (status, answer) = app
+            .curl_upload(&url, file.path(), "report.pdf", &[("on_conflict", "rename")])
+            .await;
         assert_eq!(status, 201, "{answer}");
         assert_eq!(answer["file"]["name"], format!("report ({n}).pdf"));
         assert_ne!(answer["file"]["id"], id.as_str());
@@ -53,7 +61,14 @@ async fn conflicts_reported_as_an_array() {
 async fn bad_policy_is_refused() {
     let app = spawn_app().await;
     let (file, _) = make_file(10);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "x", &[("on_conflict", "overwrite")]).await;
+    let (status, answer) = app
+        .curl_upload(
+            &app.folder_url("0"),
+            file.path(),
+            "x",
+            &[("on_conflict", "overwrite")],
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(answer["error"]["code"], "invalid_on_conflict");
 }

@@ -4,12 +4,27 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {
     let app = spawn_app().await;
-    let health = app.http.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let (file, _) = make_file(THRESHOLD);
-    let (status, _) = app.curl_upload(&app.folder_url("0"), file.path(), "m.bin", &[]).await;
+    let (status, _) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "m.bin", &[])
+        .await;
     assert_eq!(status, 201);
-    let text = app.http.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "gateway_uploads_total{method=\"chunked\",outcome=\"success\"} 1",
         "gateway_upload_bytes_total{method=\"chunked\"} 1048576",
@@ -24,14 +39,21 @@ async fn health_and_metrics() {
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
-    assert!(!text.contains(box_upload_gateway::emulator::DEV_TOKEN), "no secret in metrics");
+    assert!(
+        !text.contains(box_upload_gateway::emulator::DEV_TOKEN),
+        "no secret in metrics"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests() {
     let app = spawn_app().await;
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (app.http.post(app.folder_url("0")).body("plain"), 400, "invalid_multipart"),
+        (
+            app.http.post(app.folder_url("0")).body("plain"),
+            400,
+            "invalid_multipart",
+        ),
         (
             app.http
                 .post(app.folder_url("0"))
@@ -40,16 +62,49 @@ async fn malformed_requests() {
             400,
             "missing_file",
         ),
-        (app.http.put(format!("{}/v1/folders/0/files/%20bad", app.address)).body("x"), 400, "invalid_name"),
-        (app.http.put(format!("{}/v1/folders/abc/files/a.txt", app.address)).body("x"), 404, "not_found"),
-        (app.http.put(format!("{}/v1/folders/0/files/a.txt?size=x", app.address)).body("x"), 400, "invalid_size"),
         (
-            app.http.put(format!("{}/v1/folders/0/files/a.txt?content_modified_at=yesterday", app.address)).body("x"),
+            app.http
+                .put(format!("{}/v1/folders/0/files/%20bad", app.address))
+                .body("x"),
+            400,
+            "invalid_name",
+        ),
+        (
+            app.http
+                .put(format!("{}/v1/folders/abc/files/a.txt", app.address))
+                .body("x"),
+            404,
+            "not_found",
+        ),
+        (
+            app.http
+                .put(format!("{}/v1/folders/0/files/a.txt?size=x", app.address))
+                .body("x"),
+            400,
+            "invalid_size",
+        ),
+        (
+            app.http
+                .put(format!(
+                    "{}/v1/folders/0/files/a.txt?content_modified_at=yesterday",
+                    app.address
+                ))
+                .body("x"),
             400,
             "invalid_timestamp",
         ),
-        (app.http.get(format!("{}/v2/nothing", app.address)), 404, "not_found"),
-        (app.http.put(format!("{}/v1/folders/999999/files/a.txt", app.address)).body("x"), 404, "not_found"),
+        (
+            app.http.get(format!("{}/v2/nothing", app.address)),
+            404,
+            "not_found",
+        ),
+        (
+            app.http
+                .put(format!("{}/v1/folders/999999/files/a.txt", app.address))
+                .body("x"),
+            404,
+            "not_found",
+        ),
     ];
     for (request, status, code) in cases {
         let response = request.send().await.unwrap();
@@ -65,7 +120,9 @@ async fn malformed_requests() {
 async fn box_side_folder_missing_carries_box_details() {
     let app = spawn_app().await;
     let (file, _) = make_file(THRESHOLD);
-    let (status, answer) = app.curl_upload(&app.folder_url("424242"), file.path(), "x.bin", &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("424242"), file.path(), "x.bin", &[])
+        .await;
     assert_eq!(status, 404, "{answer}");
     assert_eq!(answer["error"]["code"], "not_found");
     assert_eq!(answer["error"]["box"]["status"], 404);
@@ -74,10 +131,16 @@ async fn box_side_folder_missing_carries_box_details() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_limit_is_507() {
-    let app = spawn_app_with(Options { storage_limit_bytes: Some(THRESHOLD), ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        storage_limit_bytes: Some(THRESHOLD),
+        ..Options::default()
+    })
+    .await;
     for size in [THRESHOLD * 2, THRESHOLD + 1] {
         let (file, _) = make_file(size);
-        let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "big.bin", &[]).await;
+        let (status, answer) = app
+            .curl_upload(&app.folder_url("0"), file.path(), "big.bin", &[])
+            .await;
         assert_eq!(status, 507, "{answer}");
         assert_eq!(answer["error"]["code"], "box_storage_full");
         assert_eq!(answer["error"]["box"]["code"], "storage_limit_exceeded");

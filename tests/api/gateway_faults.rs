@@ -13,10 +13,16 @@ fn plan(v: Value) -> FaultPlan {
 
 /// Uploads a chunked file through a fresh app with `faults`; returns the app and the answer.
 async fn chunked_upload_with(faults: Value) -> (TestApp, u16, Value, String) {
-    let app = spawn_app_with(Options { faults: plan(faults), ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        faults: plan(faults),
+        ..Options::default()
+    })
+    .await;
     let size = PART * 6 + 11;
     let (file, sha1) = make_file(size);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "faulty.bin", &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "faulty.bin", &[])
+        .await;
     (app, status, answer, sha1)
 }
 
@@ -25,9 +31,12 @@ async fn survives(faults: Value, retry_reason: &str) -> TestApp {
     assert_eq!(status, 201, "{answer}");
     app.assert_stored(&answer, &sha1, PART * 6 + 11);
     app.assert_no_open_session().await;
-    let fired = inspect(&app.emulator)["faults_fired"].as_array().map_or(0, Vec::len);
+    let fired = inspect(&app.emulator)["faults_fired"]
+        .as_array()
+        .map_or(0, Vec::len);
     assert!(fired > 0, "the fault fired: {}", inspect(&app.emulator));
-    let retries = app.metric(&format!("gateway_box_retries_total{{endpoint")).await;
+    let reason = format!("reason=\"{retry_reason}\"");
+    let retries = app.metric_with("gateway_box_retries_total", &[&reason]).await;
     assert!(retries >= 1.0, "a retry ({retry_reason}) was counted");
     app
 }
@@ -60,9 +69,21 @@ async fn a_fraction_of_parts_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn part_stored_then_500_is_listed_not_resent() {
-    let app = survives(json!({"rules": [{"endpoint": "upload_part", "nth": 2, "action": {"type": "store_then_fail"}}]}), "server_error").await;
-    // The stored part was found by listing; re-sending it would have been refused as an overlap.
-    assert_eq!(inspect(&app.emulator)["counters"]["part_uploads_rejected"], 0, "{}", inspect(&app.emulator));
+    let app = survives(
+        json!({"rules": [{"endpoint": "upload_part", "nth": 2, "action": {"type": "store_then_fail"}}]}),
+        "server_error",
+    )
+    .await;
+    // The stored part was found by listing; re-sending it would have been refused as an overlap
+    // (a second rejection besides the fault's own 500).
+    let counters = &inspect(&app.emulator)["counters"];
+    assert_eq!(counters["part_uploads_accepted"], 7, "{counters}");
+    assert_eq!(counters["part_uploads_rejected"], 1, "{counters}");
+    assert!(
+        app.metric("gateway_box_calls_total{endpoint=\"list_parts\"")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,14 +113,17 @@ async fn session_creation_and_direct_upload_retried() {
     )
     .await;
     let (file, sha1) = make_file(1000);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "small.bin", &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "small.bin", &[])
+        .await;
     assert_eq!(status, 201, "{answer}");
     app.assert_stored(&answer, &sha1, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_and_bandwidth_cap_only_slow_things_down() {
-    let (app, status, answer, sha1) = chunked_upload_with(json!({"delay_ms": 20, "bandwidth_bytes_per_sec": 8_000_000})).await;
+    let (app, status, answer, sha1) =
+        chunked_upload_with(json!({"delay_ms": 20, "bandwidth_bytes_per_sec": 8_000_000})).await;
     assert_eq!(status, 201, "{answer}");
     app.assert_stored(&answer, &sha1, PART * 6 + 11);
 }
@@ -125,7 +149,9 @@ async fn commit_pending_past_the_budget_is_504_and_aborted() {
     })
     .await;
     let (file, _) = make_file(THRESHOLD);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "slow.bin", &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "slow.bin", &[])
+        .await;
     assert_eq!(status, 504, "{answer}");
     assert_eq!(answer["error"]["code"], "box_timeout");
     app.assert_no_open_session().await;
@@ -136,7 +162,9 @@ async fn expired_token_is_502_and_nothing_is_opened() {
     let (app, status, answer, _) = chunked_upload_with(json!({"expire_tokens": true})).await;
     assert_eq!(status, 502, "{answer}");
     assert_eq!(answer["error"]["code"], "box_auth_failed");
-    assert!(!answer.to_string().contains(box_upload_gateway::emulator::DEV_TOKEN));
+    assert!(!answer
+        .to_string()
+        .contains(box_upload_gateway::emulator::DEV_TOKEN));
     assert!(sessions(&app.emulator).is_empty());
 }
 
@@ -152,22 +180,37 @@ async fn box_seed_errors_map_to_documented_errors() {
         (400, "missing_file_name", 502, "box_rejected_request"),
         (403, "storage_limit_exceeded", 507, "box_storage_full"),
         (404, "invalid_parameter", 404, "not_found"),
-        (403, "access_denied_insufficient_permissions", 403, "box_access_denied"),
+        (
+            403,
+            "access_denied_insufficient_permissions",
+            403,
+            "box_access_denied",
+        ),
         (413, "request_entity_too_large", 413, "file_too_large"),
     ];
     let app = spawn_app().await;
     let (file, _) = make_file(THRESHOLD);
     for (box_status, box_code, status, code) in cases {
-        app.emulator.set_faults(plan(json!({"rules": [{"endpoint": "create_session", "nth": 1,
+        app.emulator
+            .set_faults(plan(json!({"rules": [{"endpoint": "create_session", "nth": 1,
             "action": {"type": "status", "status": box_status, "code": box_code}}]})));
-        let (got, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "seed.bin", &[]).await;
-        assert_eq!((got, answer["error"]["code"].as_str().unwrap_or("")), (status, code), "{box_code}: {answer}");
+        let (got, answer) = app
+            .curl_upload(&app.folder_url("0"), file.path(), "seed.bin", &[])
+            .await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{box_code}: {answer}"
+        );
         assert_eq!(answer["error"]["box"]["code"], box_code);
     }
     // file_size_too_small: Box's own minimum is above ours, so the file goes up directly instead.
-    app.emulator.set_faults(plan(json!({"rules": [{"endpoint": "create_session", "nth": 1,
+    app.emulator
+        .set_faults(plan(json!({"rules": [{"endpoint": "create_session", "nth": 1,
         "action": {"type": "status", "status": 400, "code": "file_size_too_small"}}]})));
-    let (got, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "seed.bin", &[]).await;
+    let (got, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "seed.bin", &[])
+        .await;
     assert_eq!(got, 201, "{answer}");
     assert_eq!(answer["upload"]["method"], "direct");
     assert!(sessions(&app.emulator).is_empty());
@@ -178,14 +221,23 @@ async fn box_seed_errors_map_to_documented_errors() {
 async fn client_disconnect_aborts_the_session() {
     let app = spawn_app().await;
     let port = app.address.rsplit(':').next().unwrap();
-    let mut socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
     let size = THRESHOLD * 4;
-    let head = format!("PUT /v1/folders/0/files/left.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+    let head =
+        format!("PUT /v1/folders/0/files/left.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
     socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(&vec![7u8; (PART * 3 + 100) as usize]).await.unwrap();
+    socket
+        .write_all(&vec![7u8; (PART * 3 + 100) as usize])
+        .await
+        .unwrap();
     // Wait (bounded) until Box has some parts, then vanish.
     for _ in 0..100 {
-        if sessions(&app.emulator).first().is_some_and(|s| !s["parts"].as_array().unwrap().is_empty()) {
+        if sessions(&app.emulator)
+            .first()
+            .is_some_and(|s| !s["parts"].as_array().unwrap().is_empty())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -200,12 +252,28 @@ async fn client_disconnect_aborts_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_uploads_within_a_small_budget() {
     let budget = THRESHOLD; // room for 4 parts in the whole process
-    let app = spawn_app_with(Options { memory_budget_bytes: budget, part_concurrency: 4, ..Options::default() }).await;
-    let files: Vec<_> = (0..10u64).map(|i| make_file(if i % 3 == 0 { 5000 + i } else { THRESHOLD * 2 + i * 1000 })).collect();
+    let app = spawn_app_with(Options {
+        memory_budget_bytes: budget,
+        part_concurrency: 4,
+        ..Options::default()
+    })
+    .await;
+    let files: Vec<_> = (0..10u64)
+        .map(|i| {
+            make_file(if i % 3 == 0 {
+                5000 + i
+            } else {
+                THRESHOLD * 2 + i * 1000
+            })
+        })
+        .collect();
     let uploads = files.iter().enumerate().map(|(i, (file, _))| {
         let url = app.folder_url("0");
         let app = &app;
-        async move { app.curl_upload(&url, file.path(), &format!("c{i}.bin"), &[]).await }
+        async move {
+            app.curl_upload(&url, file.path(), &format!("c{i}.bin"), &[])
+                .await
+        }
     });
     let answers = futures_util::future::join_all(uploads).await;
     for ((status, answer), (_, sha1)) in answers.iter().zip(&files) {
@@ -214,8 +282,17 @@ async fn many_concurrent_uploads_within_a_small_budget() {
         app.assert_stored(answer, sha1, size);
     }
     let peak = app.metric("gateway_buffered_bytes_peak").await;
-    assert!(peak > 0.0 && peak <= budget as f64, "peak {peak} within budget {budget}");
-    let in_flight = inspect(&app.emulator)["counters"]["max_parts_in_flight"].as_u64().unwrap();
-    assert!(in_flight <= budget / PART, "at most {} parts in flight, saw {in_flight}", budget / PART);
+    assert!(
+        peak > 0.0 && peak <= budget as f64,
+        "peak {peak} within budget {budget}"
+    );
+    let in_flight = inspect(&app.emulator)["counters"]["max_parts_in_flight"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        in_flight <= budget / PART,
+        "at most {} parts in flight, saw {in_flight}",
+        budget / PART
+    );
     assert_eq!(app.metric("gateway_buffered_bytes ").await, 0.0);
 }

@@ -6,19 +6,28 @@ async fn upload_and_check(size: u64, expect_method: &str) {
     let app = spawn_app().await;
     let (file, sha1) = make_file(size);
     // Act
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), &format!("f{size}.bin"), &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), &format!("f{size}.bin"), &[])
+        .await;
     // Assert
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["upload"]["method"], expect_method, "{answer}");
     app.assert_stored(&answer, &sha1, size);
     if expect_method == "chunked" {
-        let session = sessions(&app.emulator).into_iter().find(|s| s["state"] == "committed").expect("a committed session");
+        let session = sessions(&app.emulator)
+            .into_iter()
+            .find(|s| s["state"] == "committed")
+            .expect("a committed session");
         let parts = session["parts"].as_array().unwrap();
         assert_eq!(parts.len() as u64, size.div_ceil(PART));
         for part in parts {
             let offset = part["offset"].as_u64().unwrap();
             assert_eq!(offset % PART, 0);
-            assert_eq!(part["size"].as_u64().unwrap(), PART.min(size - offset), "every part is exactly the part size but the last");
+            assert_eq!(
+                part["size"].as_u64().unwrap(),
+                PART.min(size - offset),
+                "every part is exactly the part size but the last"
+            );
         }
         assert_eq!(answer["upload"]["part_size"], PART);
         assert_eq!(answer["upload"]["parts"], size.div_ceil(PART));
@@ -70,7 +79,9 @@ async fn three_hundred_megabytes_through_curl() {
     .await;
     let size = 300 * 1024 * 1024 + 12_345;
     let (file, sha1) = make_file(size);
-    let (status, answer) = app.curl_upload(&app.folder_url("0"), file.path(), "big.bin", &[]).await;
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "big.bin", &[])
+        .await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["upload"]["method"], "chunked");
     assert_eq!(answer["upload"]["parts"], size.div_ceil(part));

@@ -56,7 +56,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(o: Options) -> TestApp {
-    box_upload_gateway::telemetry::init("pretty");
+    // Logs go through the test harness's capture: shown only for failing tests.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(filter)
+        .try_init();
     let emulator = Emulator::spawn(EmulatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         part_size: Some(o.part_size),
@@ -89,7 +94,12 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let metrics = app.metrics();
     tokio::spawn(app.run_until_stopped());
-    TestApp { address, emulator, metrics, http: reqwest::Client::new() }
+    TestApp {
+        address,
+        emulator,
+        metrics,
+        http: reqwest::Client::new(),
+    }
 }
 
 /// A file of `size` pseudo-random bytes and its SHA-1 (hex).
@@ -142,7 +152,13 @@ impl TestApp {
     }
 
     /// `curl -F file=@path;filename=name` plus extra fields, to folder 0 unless `url` says otherwise.
-    pub async fn curl_upload(&self, url: &str, path: &Path, filename: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn curl_upload(
+        &self,
+        url: &str,
+        path: &Path,
+        filename: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut args: Vec<String> = Vec::new();
         for (k, v) in fields {
             args.push("-F".into());
@@ -156,7 +172,9 @@ impl TestApp {
 
     /// Asserts what Box holds for the answered upload: the bytes, byte for byte, by SHA-1.
     pub fn assert_stored(&self, answer: &Value, sha1: &str, size: u64) {
-        let id = answer["file"]["id"].as_str().unwrap_or_else(|| panic!("no file id in {answer}"));
+        let id = answer["file"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no file id in {answer}"));
         assert_eq!(answer["upload"]["sha1"], sha1, "{answer}");
         assert_eq!(answer["upload"]["size"], size, "{answer}");
         assert_eq!(answer["file"]["sha1"], sha1, "{answer}");
@@ -165,10 +183,24 @@ impl TestApp {
         assert_eq!(sha1_of_path(&path), sha1);
     }
 
+    /// The sum of the samples whose line starts with `name`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(format!("{}/metrics", self.address)).send().await.unwrap().text().await.unwrap();
+        self.metric_with(name, &[]).await
+    }
+
+    /// The sum of the samples whose line starts with `name` and holds every one of `labels`.
+    pub async fn metric_with(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -181,7 +213,10 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("sessions left open: {:#?}", serde_json::to_value(self.emulator.inspect()).unwrap()["sessions"]);
+        panic!(
+            "sessions left open: {:#?}",
+            serde_json::to_value(self.emulator.inspect()).unwrap()["sessions"]
+        );
     }
 }
 
@@ -190,7 +225,10 @@ pub fn inspect(emulator: &EmulatorHandle) -> Value {
 }
 
 pub fn sessions(emulator: &EmulatorHandle) -> Vec<Value> {
-    inspect(emulator)["sessions"].as_array().cloned().unwrap_or_default()
+    inspect(emulator)["sessions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 pub fn open_sessions(emulator: &EmulatorHandle) -> usize {

@@ -20,10 +20,7 @@ pub struct Shaping {
 
 impl Shaping {
     pub fn new(req: &HttpRequest, bandwidth: Option<u64>, cut_after: Option<u64>) -> Self {
-        let socket = cut_after.and_then(|_| {
-            req.conn_data::<ConnSocket>()
-                .and_then(|s| s.0.try_clone().ok())
-        });
+        let socket = cut_after.and_then(|_| req.conn_data::<ConnSocket>().and_then(|s| s.0.try_clone().ok()));
         Shaping {
             bandwidth: bandwidth.filter(|b| *b > 0),
             cut_after,

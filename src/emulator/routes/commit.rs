@@ -62,21 +62,14 @@ struct Attributes {
     content_modified_at: Option<String>,
 }
 
-async fn finish(
-    req: &HttpRequest,
-    shared: &web::Data<Shared>,
-    session_id: &str,
-    body: &[u8],
-) -> Reply {
+async fn finish(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str, body: &[u8]) -> Reply {
     let expected = whole_file_digest(req)?;
     let fields = json_object(body)?;
     let listed: Vec<ListedPart> = fields
         .get("parts")
         .and_then(|p| serde_json::from_value(p.clone()).ok())
         .ok_or_else(|| {
-            BoxApiError::bad_request(
-                "Body must carry a parts array of {part_id, offset, size, sha1}",
-            )
+            BoxApiError::bad_request("Body must carry a parts array of {part_id, offset, size, sha1}")
         })?;
     // Optional: missing from the OpenAPI schema but sent by most SDKs.
     let attributes: Option<Attributes> = fields
@@ -196,13 +189,7 @@ fn check_target(shared: &Shared, state: &State, s: &Session) -> Result<(), BoxAp
             return Err(BoxApiError::not_found(format!("File {id} not found")));
         }
     }
-    check_conflict(
-        shared,
-        state,
-        &s.folder_id,
-        &s.file_name,
-        s.file_id.as_deref(),
-    )?;
+    check_conflict(shared, state, &s.folder_id, &s.file_name, s.file_id.as_deref())?;
     let replacing = s
         .file_id
         .as_ref()
@@ -271,12 +258,7 @@ async fn fold_parts(shared: &Shared, session_id: &str) -> std::io::Result<u64> {
     }
 }
 
-fn create_file(
-    shared: &Shared,
-    session_id: &str,
-    sha1: String,
-    attributes: Option<Attributes>,
-) -> Reply {
+fn create_file(shared: &Shared, session_id: &str, sha1: String, attributes: Option<Attributes>) -> Reply {
     let mut state = shared.lock();
     let version_id = state.next_id();
     let s = open_session_mut(&mut state, session_id)?;
@@ -314,8 +296,7 @@ fn create_file(
     let s = state.sessions.get_mut(session_id).expect("checked above");
     s.state = SessionState::Committed;
     s.committed_file_id = Some(file_id.clone());
-    let body: Value =
-        json!({"total_count": 1, "entries": [file_json(&state, &state.files[&file_id])]});
+    let body: Value = json!({"total_count": 1, "entries": [file_json(&state, &state.files[&file_id])]});
     Ok(HttpResponse::Created().json(body))
 }
 
@@ -328,19 +309,16 @@ pub fn add_version<'a>(
     version: Version,
 ) -> &'a mut FileRec {
     let now = Utc::now();
-    let f = state
-        .files
-        .entry(file_id.to_owned())
-        .or_insert_with(|| FileRec {
-            id: file_id.to_owned(),
-            name: name.to_owned(),
-            parent_id: folder_id.to_owned(),
-            versions: Vec::new(),
-            created_at: now,
-            modified_at: now,
-            content_created_at: None,
-            content_modified_at: None,
-        });
+    let f = state.files.entry(file_id.to_owned()).or_insert_with(|| FileRec {
+        id: file_id.to_owned(),
+        name: name.to_owned(),
+        parent_id: folder_id.to_owned(),
+        versions: Vec::new(),
+        created_at: now,
+        modified_at: now,
+        content_created_at: None,
+        content_modified_at: None,
+    });
     f.name = name.to_owned();
     f.modified_at = now;
     f.versions.push(version);

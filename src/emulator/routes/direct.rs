@@ -5,9 +5,7 @@ use super::super::state::Version;
 use super::super::Shared;
 use super::body::{drain, shaped, Shaping, SharedBody};
 use super::commit::add_version;
-use super::items::{
-    check_conflict, check_quota, file_json, folder_exists, missing_parent, validate_name,
-};
+use super::items::{check_conflict, check_quota, file_json, folder_exists, missing_parent, validate_name};
 use super::sessions::json_object;
 use super::{absolute, gate, header_str};
 use actix_multipart::{Field, Multipart};
@@ -27,11 +25,7 @@ struct Target {
     name: String,
 }
 
-pub async fn upload_new(
-    req: HttpRequest,
-    payload: web::Payload,
-    shared: web::Data<Shared>,
-) -> Reply {
+pub async fn upload_new(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> Reply {
     upload(req, payload, shared, None).await
 }
 
@@ -70,12 +64,7 @@ async fn upload(
     result
 }
 
-async fn receive(
-    req: &HttpRequest,
-    shared: &Shared,
-    body: SharedBody,
-    file_id: Option<String>,
-) -> Reply {
+async fn receive(req: &HttpRequest, shared: &Shared, body: SharedBody, file_id: Option<String>) -> Reply {
     let mut form = Multipart::new(req.headers(), body);
     let attributes = next_field(&mut form)
         .await?
@@ -118,9 +107,7 @@ async fn next_field(form: &mut Multipart) -> Result<Option<Field>, BoxApiError> 
     match form.next().await {
         None => Ok(None),
         Some(Ok(f)) => Ok(Some(f)),
-        Some(Err(e)) => Err(BoxApiError::bad_request(format!(
-            "Malformed multipart body: {e}"
-        ))),
+        Some(Err(e)) => Err(BoxApiError::bad_request(format!("Malformed multipart body: {e}"))),
     }
 }
 
@@ -140,10 +127,7 @@ fn resolve(
     fields: &Map<String, Value>,
     file_id: Option<String>,
 ) -> Result<Target, BoxApiError> {
-    let name = fields
-        .get("name")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let name = fields.get("name").and_then(Value::as_str).map(str::to_owned);
     let state = shared.lock();
     let target = match file_id {
         Some(id) => {
@@ -163,15 +147,10 @@ fn resolve(
                 .and_then(|p| p.get("id"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| {
-                    BoxApiError::new(
-                        400,
-                        "missing_destination",
-                        "attributes.parent.id is required",
-                    )
+                    BoxApiError::new(400, "missing_destination", "attributes.parent.id is required")
                 })?;
-            let name = name.ok_or_else(|| {
-                BoxApiError::new(400, "missing_file_name", "attributes.name is required")
-            })?;
+            let name = name
+                .ok_or_else(|| BoxApiError::new(400, "missing_file_name", "attributes.name is required"))?;
             Target {
                 file_id: None,
                 folder_id: folder_id.to_owned(),
@@ -201,14 +180,12 @@ async fn store(
     target: &Target,
     fields: &Map<String, Value>,
 ) -> Reply {
-    let mut out =
-        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).map_err(internal)?);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).map_err(internal)?);
     let mut sha1 = Sha1::new();
     let mut size = 0u64;
     // Direct uploads are small (Box advises them up to ~50 MB): plain buffered writes are fine here.
     while let Some(chunk) = field.next().await {
-        let chunk =
-            chunk.map_err(|e| BoxApiError::bad_request(format!("Reading the file failed: {e}")))?;
+        let chunk = chunk.map_err(|e| BoxApiError::bad_request(format!("Reading the file failed: {e}")))?;
         sha1.update(&chunk);
         size += chunk.len() as u64;
         out.write_all(&chunk).map_err(internal)?;

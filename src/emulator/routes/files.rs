@@ -8,19 +8,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 pub async fn get(req: HttpRequest, path: web::Path<String>, shared: web::Data<Shared>) -> Reply {
     gate(&shared, &req, None, true).await?;
     let state = shared.lock();
-    let f = state
-        .files
-        .get(path.as_str())
-        .ok_or_else(|| not_found(&path))?;
+    let f = state.files.get(path.as_str()).ok_or_else(|| not_found(&path))?;
     Ok(HttpResponse::Ok().json(file_json(&state, f)))
 }
 
 /// Box redirects to a download host; answering 200 with the bytes is what its clients end up with.
-pub async fn download(
-    req: HttpRequest,
-    path: web::Path<String>,
-    shared: web::Data<Shared>,
-) -> Reply {
+pub async fn download(req: HttpRequest, path: web::Path<String>, shared: web::Data<Shared>) -> Reply {
     gate(&shared, &req, None, true).await?;
     let file_path = {
         let state = shared.lock();

@@ -3,9 +3,7 @@ use super::super::errors::{BoxApiError, Reply};
 use super::super::state::{FolderRec, State};
 use super::super::Shared;
 use super::gate;
-use super::items::{
-    check_conflict, file_mini, folder_exists, folder_mini, missing_parent, validate_name,
-};
+use super::items::{check_conflict, file_mini, folder_exists, folder_mini, missing_parent, validate_name};
 use super::sessions::json_object;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};

@@ -18,11 +18,7 @@ pub fn validate_name(name: &str) -> Result<(), BoxApiError> {
         return invalid("empty");
     }
     if name.chars().count() > 255 {
-        return Err(BoxApiError::new(
-            400,
-            "item_name_too_long",
-            "Item name too long",
-        ));
+        return Err(BoxApiError::new(400, "item_name_too_long", "Item name too long"));
     }
     if name.contains(['/', '\\']) {
         return invalid("contains a slash");
@@ -83,11 +79,7 @@ pub fn folder_exists(state: &State, id: &str) -> bool {
 
 /// 404 `invalid_parameter` is what Box answers for a parent folder that is missing or hidden.
 pub fn missing_parent(id: &str) -> BoxApiError {
-    BoxApiError::new(
-        404,
-        "invalid_parameter",
-        format!("Parent folder {id} not found"),
-    )
+    BoxApiError::new(404, "invalid_parameter", format!("Parent folder {id} not found"))
 }
 
 /// 409 `item_name_in_use` naming the existing item; Box's web uploader reads `conflicts` as one
@@ -109,21 +101,14 @@ pub fn check_conflict(
     } else {
         conflict
     };
-    Err(BoxApiError::new(
-        409,
-        "item_name_in_use",
-        "Item with the same name already exists",
+    Err(
+        BoxApiError::new(409, "item_name_in_use", "Item with the same name already exists")
+            .with_context(json!({ "conflicts": conflicts })),
     )
-    .with_context(json!({ "conflicts": conflicts })))
 }
 
 /// `replacing`: bytes of the version about to be replaced, which stop counting.
-pub fn check_quota(
-    shared: &Shared,
-    state: &State,
-    adding: u64,
-    replacing: u64,
-) -> Result<(), BoxApiError> {
+pub fn check_quota(shared: &Shared, state: &State, adding: u64, replacing: u64) -> Result<(), BoxApiError> {
     let Some(limit) = shared.config.storage_limit_bytes else {
         return Ok(());
     };

@@ -45,42 +45,39 @@ pub fn server(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::
 
 fn configure(cfg: &mut web::ServiceConfig) {
     let session = "/api/2.0/files/upload_sessions/{session_id}";
-    cfg.route(
-        "/api/2.0/files/upload_sessions",
-        web::post().to(sessions::create),
-    )
-    .service(
-        web::resource(session)
-            .route(web::put().to(parts::upload))
-            .route(web::get().to(sessions::get))
-            .route(web::delete().to(sessions::abort)),
-    )
-    .route(&format!("{session}/parts"), web::get().to(parts::list))
-    .route(&format!("{session}/commit"), web::post().to(commit::commit))
-    .route("/api/2.0/files/content", web::post().to(direct::upload_new))
-    .route(
-        "/api/2.0/files/{file_id}/upload_sessions",
-        web::post().to(sessions::create_version),
-    )
-    .route(
-        "/api/2.0/files/{file_id}/content",
-        web::post().to(direct::upload_version),
-    )
-    .route(
-        "/2.0/files/content",
-        web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_new),
-    )
-    .service(
-        web::resource("/2.0/files/{file_id}/content")
-            .route(web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_version))
-            .route(web::get().to(files::download)),
-    )
-    .route("/2.0/files/{file_id}", web::get().to(files::get))
-    .route("/2.0/folders", web::post().to(folders::create))
-    .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
-    .route("/oauth2/token", web::post().to(token::token))
-    .configure(control::configure)
-    .default_service(web::to(not_found));
+    cfg.route("/api/2.0/files/upload_sessions", web::post().to(sessions::create))
+        .service(
+            web::resource(session)
+                .route(web::put().to(parts::upload))
+                .route(web::get().to(sessions::get))
+                .route(web::delete().to(sessions::abort)),
+        )
+        .route(&format!("{session}/parts"), web::get().to(parts::list))
+        .route(&format!("{session}/commit"), web::post().to(commit::commit))
+        .route("/api/2.0/files/content", web::post().to(direct::upload_new))
+        .route(
+            "/api/2.0/files/{file_id}/upload_sessions",
+            web::post().to(sessions::create_version),
+        )
+        .route(
+            "/api/2.0/files/{file_id}/content",
+            web::post().to(direct::upload_version),
+        )
+        .route(
+            "/2.0/files/content",
+            web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_new),
+        )
+        .service(
+            web::resource("/2.0/files/{file_id}/content")
+                .route(web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_version))
+                .route(web::get().to(files::download)),
+        )
+        .route("/2.0/files/{file_id}", web::get().to(files::get))
+        .route("/2.0/folders", web::post().to(folders::create))
+        .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
+        .route("/oauth2/token", web::post().to(token::token))
+        .configure(control::configure)
+        .default_service(web::to(not_found));
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, BoxApiError> {
@@ -172,12 +169,7 @@ pub async fn gate(
     Ok(Gate { action, bandwidth })
 }
 
-fn status_fault(
-    status: u16,
-    code: Option<&str>,
-    message: Option<&str>,
-    retry: Option<u64>,
-) -> BoxApiError {
+fn status_fault(status: u16, code: Option<&str>, message: Option<&str>, retry: Option<u64>) -> BoxApiError {
     let default_code = match status {
         400 => "bad_request",
         401 => "unauthorized",
@@ -214,9 +206,7 @@ fn check_auth(shared: &Shared, req: &HttpRequest, expire_all: bool) -> Result<()
         return Err(BoxApiError::unauthorized("The access token is missing"));
     };
     if expire_all {
-        return Err(BoxApiError::unauthorized(
-            "The access token provided has expired",
-        ));
+        return Err(BoxApiError::unauthorized("The access token provided has expired"));
     }
     let tokens = &shared.config.tokens;
     if tokens.iter().any(|t| t == token) || (tokens.is_empty() && token == DEV_TOKEN) {
@@ -225,12 +215,8 @@ fn check_auth(shared: &Shared, req: &HttpRequest, expire_all: bool) -> Result<()
     let state = shared.lock();
     match state.tokens.get(token) {
         Some(t) if !t.revoked && t.expires_at > Instant::now() => Ok(()),
-        Some(_) => Err(BoxApiError::unauthorized(
-            "The access token provided has expired",
-        )),
-        None => Err(BoxApiError::unauthorized(
-            "The access token provided is invalid",
-        )),
+        Some(_) => Err(BoxApiError::unauthorized("The access token provided has expired")),
+        None => Err(BoxApiError::unauthorized("The access token provided is invalid")),
     }
 }
 

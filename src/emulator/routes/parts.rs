@@ -132,12 +132,7 @@ fn range_error(message: String) -> BoxApiError {
     BoxApiError::new(416, "requested_range_not_satisfiable", message)
 }
 
-async fn receive(
-    req: &HttpRequest,
-    shared: &web::Data<Shared>,
-    session_id: &str,
-    body: &mut Body,
-) -> Reply {
+async fn receive(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str, body: &mut Body) -> Reply {
     let range = header_str(req, "content-range")
         .and_then(ContentRange::parse)
         .ok_or_else(|| {
@@ -148,13 +143,8 @@ async fn receive(
         .sha1
         .ok_or_else(|| BoxApiError::bad_request("Missing Digest header with sha="))?;
     let reservation = Reservation::take(shared, session_id, range)?;
-    let (got_sha1, got_sha256) = stream_part(
-        body,
-        reservation.file.clone(),
-        range,
-        digest.sha256.is_some(),
-    )
-    .await?;
+    let (got_sha1, got_sha256) =
+        stream_part(body, reservation.file.clone(), range, digest.sha256.is_some()).await?;
     if got_sha1 != sha1 || digest.sha256.is_some_and(|d| Some(d) != got_sha256) {
         return Err(BoxApiError::new(
             400,
@@ -176,11 +166,7 @@ struct Reservation {
 }
 
 impl Reservation {
-    fn take(
-        shared: &web::Data<Shared>,
-        session_id: &str,
-        range: ContentRange,
-    ) -> Result<Self, BoxApiError> {
+    fn take(shared: &web::Data<Shared>, session_id: &str, range: ContentRange) -> Result<Self, BoxApiError> {
         let mut state = shared.lock();
         let s = open_session_mut(&mut state, session_id)?;
         check_range(s, range)?;
@@ -275,13 +261,10 @@ async fn stream_part(
     let mut sha256 = want_sha256.then(Sha256::new);
     let mut received = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| BoxApiError::bad_request(format!("Reading the body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| BoxApiError::bad_request(format!("Reading the body failed: {e}")))?;
         received += chunk.len() as u64;
         if received > range.size() {
-            return Err(BoxApiError::bad_request(
-                "Body is longer than its Content-Range",
-            ));
+            return Err(BoxApiError::bad_request("Body is longer than its Content-Range"));
         }
         sha1.update(&chunk);
         if let Some(h) = sha256.as_mut() {
@@ -353,20 +336,17 @@ mod tests {
             (r.first, r.last, r.total, r.size()),
             (8388608, 16777215, 445856194, 8388608)
         );
-        for bad in [
-            "bytes 5-4/10",
-            "bytes=0-1/2",
-            "bytes 0-1",
-            "bytes a-1/2",
-            "",
-        ] {
+        for bad in ["bytes 5-4/10", "bytes=0-1/2", "bytes 0-1", "bytes a-1/2", ""] {
             assert_eq!(ContentRange::parse(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn digest_takes_sha_in_any_case_and_sha256() {
-        let d = PartDigest::parse("SHA=2jmj7l5rSw0yVb/vlWAYkK/YBwk=, sha-256=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").unwrap();
+        let d = PartDigest::parse(
+            "SHA=2jmj7l5rSw0yVb/vlWAYkK/YBwk=, sha-256=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+        )
+        .unwrap();
         assert_eq!(
             hex::encode(d.sha1.unwrap()),
             "da39a3ee5e6b4b0d3255bfef95601890afd80709"

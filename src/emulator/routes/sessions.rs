@@ -29,9 +29,7 @@ pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
                 "Missing destination folder_id",
             ))
         }
-        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.clone()
-        }
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.clone(),
         Some(_) => {
             return Err(BoxApiError::new(
                 400,
@@ -82,19 +80,15 @@ pub async fn create_version(
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, BoxApiError> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(BoxApiError::bad_request(
-            "Request body must be a JSON object",
-        )),
+        _ => Err(BoxApiError::bad_request("Request body must be a JSON object")),
     }
 }
 
 fn parse_name(fields: &Map<String, Value>, required: bool) -> Result<Option<String>, BoxApiError> {
     match fields.get("file_name") {
-        None | Some(Value::Null) if required => Err(BoxApiError::new(
-            400,
-            "missing_file_name",
-            "Missing file_name",
-        )),
+        None | Some(Value::Null) if required => {
+            Err(BoxApiError::new(400, "missing_file_name", "Missing file_name"))
+        }
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => validate_name(s).map(|_| Some(s.clone())),
         Some(_) => Err(BoxApiError::new(
@@ -108,11 +102,7 @@ fn parse_name(fields: &Map<String, Value>, required: bool) -> Result<Option<Stri
 fn parse_size(shared: &Shared, fields: &Map<String, Value>) -> Result<u64, BoxApiError> {
     let size = match fields.get("file_size") {
         None | Some(Value::Null) => {
-            return Err(BoxApiError::new(
-                400,
-                "missing_file_size",
-                "Missing file_size",
-            ))
+            return Err(BoxApiError::new(400, "missing_file_size", "Missing file_size"))
         }
         Some(v) => v.as_u64().ok_or_else(|| {
             BoxApiError::new(
@@ -208,14 +198,8 @@ pub fn session_json(req: &HttpRequest, s: &Session) -> Value {
 }
 
 /// An open session, or Box's answer for one that is gone or past its TTL.
-pub fn open_session_mut<'a>(
-    state: &'a mut State,
-    id: &str,
-) -> Result<&'a mut Session, BoxApiError> {
-    let s = state
-        .sessions
-        .get_mut(id)
-        .ok_or_else(|| session_not_found(id))?;
+pub fn open_session_mut<'a>(state: &'a mut State, id: &str) -> Result<&'a mut Session, BoxApiError> {
+    let s = state.sessions.get_mut(id).ok_or_else(|| session_not_found(id))?;
     match s.state_now() {
         SessionState::Open => Ok(s),
         SessionState::Expired => Err(BoxApiError::new(

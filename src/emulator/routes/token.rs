@@ -54,11 +54,7 @@ fn check_client(shared: &Shared, id: &str, secret: &str) -> Result<(), BoxApiErr
     let ok = if shared.config.clients.is_empty() {
         id == DEV_CLIENT_ID && secret == DEV_CLIENT_SECRET
     } else {
-        shared
-            .config
-            .clients
-            .iter()
-            .any(|(i, s)| i == id && s == secret)
+        shared.config.clients.iter().any(|(i, s)| i == id && s == secret)
     };
     if ok {
         Ok(())
@@ -73,9 +69,7 @@ fn check_client(shared: &Shared, id: &str, secret: &str) -> Result<(), BoxApiErr
 
 fn check_subject(kind: &str, id: &str) -> Result<(), BoxApiError> {
     if !matches!(kind, "enterprise" | "user") {
-        return Err(invalid_request(
-            "box_subject_type must be enterprise or user",
-        ));
+        return Err(invalid_request("box_subject_type must be enterprise or user"));
     }
     if id.is_empty() {
         return Err(invalid_request("box_subject_id is missing"));
@@ -101,10 +95,7 @@ fn check_assertion(
 ) -> Result<(), BoxApiError> {
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|e| invalid_grant(format!("Invalid assertion: {e}")))?;
-    if !matches!(
-        header.alg,
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512
-    ) {
+    if !matches!(header.alg, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512) {
         return Err(invalid_grant(
             "The assertion must be signed with RS256, RS384 or RS512",
         ));
@@ -137,12 +128,7 @@ fn verified_claims(assertion: &str, pem: &str, alg: Algorithm) -> Result<Claims,
         .map_err(|_| invalid_grant("Signature verification error. The public key identified by \"kid\" must correspond to the private key used for signing."))
 }
 
-fn check_claims(
-    req: &HttpRequest,
-    shared: &Shared,
-    c: &Claims,
-    client_id: &str,
-) -> Result<(), BoxApiError> {
+fn check_claims(req: &HttpRequest, shared: &Shared, c: &Claims, client_id: &str) -> Result<(), BoxApiError> {
     if c.iss.as_deref() != Some(client_id) {
         return Err(invalid_grant("Please check the 'iss' claim."));
     }

@@ -48,12 +48,7 @@ async fn status_faults_answer_box_errors_with_retry_after() {
     let first = emu.put_part(&s, &data, 0, MIB).await;
     assert_eq!(first.headers()["retry-after"], "3");
     assert_box_error(first, 429, "rate_limit_exceeded").await;
-    assert_box_error(
-        emu.put_part(&s, &data, 0, MIB).await,
-        429,
-        "rate_limit_exceeded",
-    )
-    .await;
+    assert_box_error(emu.put_part(&s, &data, 0, MIB).await, 429, "rate_limit_exceeded").await;
     assert_eq!(emu.put_part(&s, &data, 0, MIB).await.status(), 200);
 
     let seen = emu.inspect();
@@ -111,10 +106,8 @@ async fn store_then_fail_keeps_the_part_and_answers_500() {
     let emu = spawn().await;
     let data = bytes(SIZE, 51);
     let s = emu.create_session("f.bin", SIZE).await;
-    emu.handle.set_faults(plan(vec![rule(
-        Endpoint::UploadPart,
-        FaultAction::StoreThenFail,
-    )]));
+    emu.handle
+        .set_faults(plan(vec![rule(Endpoint::UploadPart, FaultAction::StoreThenFail)]));
 
     assert_box_error(
         emu.put_part(&s, &data, 0, MIB).await,
@@ -131,20 +124,14 @@ async fn store_then_fail_keeps_the_part_and_answers_500() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        listed["entries"][0]["sha1"],
-        sha1_hex(&data[..MIB as usize])
-    );
+    assert_eq!(listed["entries"][0]["sha1"], sha1_hex(&data[..MIB as usize]));
     let again = assert_box_error(
         emu.put_part(&s, &data, 0, MIB).await,
         416,
         "range_overlaps_existing_part",
     )
     .await;
-    assert_eq!(
-        again["context_info"]["conflicting_part"],
-        listed["entries"][0]
-    );
+    assert_eq!(again["context_info"]["conflicting_part"], listed["entries"][0]);
 }
 
 #[tokio::test]
@@ -155,10 +142,7 @@ async fn commit_accepted_answers_202_then_the_file() {
     let parts = emu.put_all_parts(&s, &data).await;
     emu.handle.set_faults(plan(vec![FaultRule {
         times: Some(2),
-        ..rule(
-            Endpoint::Commit,
-            FaultAction::CommitAccepted { retry_after: 2 },
-        )
+        ..rule(Endpoint::Commit, FaultAction::CommitAccepted { retry_after: 2 })
     }]));
 
     for _ in 0..2 {
@@ -179,10 +163,8 @@ async fn a_transient_parts_mismatch_then_the_file() {
     let data = bytes(SIZE, 53);
     let s = emu.create_session("f.bin", SIZE).await;
     let parts = emu.put_all_parts(&s, &data).await;
-    emu.handle.set_faults(plan(vec![rule(
-        Endpoint::Commit,
-        FaultAction::PartsMismatch,
-    )]));
+    emu.handle
+        .set_faults(plan(vec![rule(Endpoint::Commit, FaultAction::PartsMismatch)]));
 
     assert_box_error(emu.commit(&s, &data, &parts).await, 400, "parts_mismatch").await;
     assert_eq!(emu.commit(&s, &data, &parts).await.status(), 201);
@@ -196,9 +178,7 @@ async fn cut_connection_is_a_transport_error_not_a_response() {
     let s = emu.create_session("f.bin", SIZE).await;
     emu.handle.set_faults(plan(vec![rule(
         Endpoint::UploadPart,
-        FaultAction::CutConnection {
-            after_bytes: 100_000,
-        },
+        FaultAction::CutConnection { after_bytes: 100_000 },
     )]));
 
     let part = data[..MIB as usize].to_vec();
@@ -260,11 +240,7 @@ async fn delay_and_bandwidth_slow_requests_down() {
     .await;
     let t = Instant::now();
     assert_eq!(
-        emu.get(&emu.api("/folders/0"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        emu.get(&emu.api("/folders/0")).send().await.unwrap().status(),
         200
     );
     assert!(t.elapsed() >= Duration::from_millis(150));
@@ -296,9 +272,7 @@ async fn parallel_part_uploads_are_counted_and_the_mark_resets() {
         emu.put_part(&s, &data, MIB, MIB),
         emu.put_part(&s, &data, 2 * MIB, SIZE - 2 * MIB)
     );
-    assert!([a.status(), b.status(), c.status()]
-        .iter()
-        .all(|s| *s == 200));
+    assert!([a.status(), b.status(), c.status()].iter().all(|s| *s == 200));
     assert_eq!(emu.inspect().counters.max_parts_in_flight, 3);
 
     emu.handle.reset_max_parts_in_flight();
@@ -335,21 +309,9 @@ async fn expire_tokens_makes_every_token_401_until_cleared() {
     )
     .await;
 
+    assert_eq!(emu.client.delete(&faults_url).send().await.unwrap().status(), 204);
     assert_eq!(
-        emu.client
-            .delete(&faults_url)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        emu.get(&emu.api("/folders/0"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        emu.get(&emu.api("/folders/0")).send().await.unwrap().status(),
         200
     );
 }

@@ -1,8 +1,6 @@
 //! Spawning an emulator and speaking its protocol with reqwest, plus Box error-body assertions.
 use base64::Engine;
-use box_upload_gateway::emulator::{
-    Emulator, EmulatorConfig, EmulatorHandle, Inspection, DEV_TOKEN,
-};
+use box_upload_gateway::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Inspection, DEV_TOKEN};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -104,9 +102,7 @@ impl TestEmulator {
         digest: &str,
         body: Vec<u8>,
     ) -> Response {
-        let url = session["session_endpoints"]["upload_part"]
-            .as_str()
-            .unwrap();
+        let url = session["session_endpoints"]["upload_part"].as_str().unwrap();
         self.client
             .put(url)
             .bearer_auth(DEV_TOKEN)
@@ -123,13 +119,8 @@ impl TestEmulator {
     pub async fn put_part(&self, session: &Value, data: &[u8], offset: u64, len: u64) -> Response {
         let part = &data[offset as usize..(offset + len) as usize];
         let range = format!("bytes {}-{}/{}", offset, offset + len - 1, data.len());
-        self.put_part_with(
-            session,
-            &range,
-            &format!("sha={}", sha1_b64(part)),
-            part.to_vec(),
-        )
-        .await
+        self.put_part_with(session, &range, &format!("sha={}", sha1_b64(part)), part.to_vec())
+            .await
     }
 
     /// Uploads every part of `data` in order and returns the parts' echoes.
@@ -186,7 +177,10 @@ impl TestEmulator {
         let mut body = Vec::new();
         for (name, value) in fields {
             let disposition = match *name {
-                "file" => "form-data; name=\"file\"; filename=\"blob\"\r\nContent-Type: application/octet-stream".to_owned(),
+                "file" => {
+                    "form-data; name=\"file\"; filename=\"blob\"\r\nContent-Type: application/octet-stream"
+                        .to_owned()
+                }
                 _ => format!("form-data; name=\"{name}\""),
             };
             body.extend_from_slice(
@@ -234,10 +228,7 @@ pub async fn assert_box_error(res: Response, status: u16, code: &str) -> Value {
     assert_eq!(body["type"], "error", "{body}");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["code"], code, "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(body["help_url"].is_string(), "{body}");
     assert!(body.get("context_info").is_some(), "{body}");
     assert_eq!(body["request_id"], header_id, "{body}");

@@ -30,10 +30,7 @@ async fn commit_creates_the_file_from_the_stored_bytes() {
     assert_eq!(file["file_version"]["sha1"], sha1_hex(&data));
     assert_eq!(file["parent"]["id"], "0");
     let id = file["id"].as_str().unwrap();
-    assert_eq!(
-        std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(),
-        data
-    );
+    assert_eq!(std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(), data);
     let seen = emu.inspect();
     assert_eq!(seen.sessions[0].state, SessionState::Committed);
     assert_eq!(seen.file(id).unwrap().version_count, 1);
@@ -45,23 +42,13 @@ async fn a_wrong_whole_file_digest_is_digest_mismatch_with_both_digests() {
     let (emu, s, data, parts) = uploaded().await;
 
     let res = emu
-        .commit_with(
-            &s,
-            &format!("sha={}", sha1_b64(b"nope")),
-            json!({"parts": parts}),
-        )
+        .commit_with(&s, &format!("sha={}", sha1_b64(b"nope")), json!({"parts": parts}))
         .await;
 
     let body = assert_box_error(res, 400, "digest_mismatch").await;
     let msg = body["message"].as_str().unwrap();
-    assert!(
-        msg.contains(&format!("Actual: {}", sha1_b64(&data))),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(&format!("Expected: {}", sha1_b64(b"nope"))),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("Actual: {}", sha1_b64(&data))), "{msg}");
+    assert!(msg.contains(&format!("Expected: {}", sha1_b64(b"nope"))), "{msg}");
     let seen = emu.inspect();
     assert!(seen.files.is_empty());
     assert_eq!(seen.counters.commits_rejected, 1);
@@ -152,12 +139,7 @@ async fn if_match_and_if_none_match_are_412_when_they_fail() {
             .send()
     };
 
-    assert_box_error(
-        commit("if-match", "7").await.unwrap(),
-        412,
-        "precondition_failed",
-    )
-    .await;
+    assert_box_error(commit("if-match", "7").await.unwrap(), 412, "precondition_failed").await;
     assert_box_error(
         commit("if-none-match", "*").await.unwrap(),
         412,

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 async fn a_direct_upload_creates_the_file() {
     let emu = spawn().await;
     let data = bytes(300_000, 40);
-    let attributes = json!({"name": "small.bin", "parent": {"id": "0"}, "content_created_at": "2024-05-06T07:08:09Z"}).to_string();
+    let attributes =
+        json!({"name": "small.bin", "parent": {"id": "0"}, "content_created_at": "2024-05-06T07:08:09Z"})
+            .to_string();
 
     let res = emu
         .direct_upload(
@@ -28,10 +30,7 @@ async fn a_direct_upload_creates_the_file() {
     assert_eq!(file["sha1"], sha1_hex(&data));
     assert_eq!(file["content_created_at"], "2024-05-06T07:08:09Z");
     let id = file["id"].as_str().unwrap();
-    assert_eq!(
-        std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(),
-        data
-    );
+    assert_eq!(std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(), data);
     assert_eq!(emu.inspect().counters.direct_uploads, 1);
 }
 
@@ -72,43 +71,25 @@ async fn content_md5_carries_a_sha1_and_a_mismatch_is_bad_digest() {
 #[tokio::test]
 async fn direct_upload_checks_names_parents_and_conflicts() {
     let emu = spawn().await;
-    let first: Value = emu
-        .direct_new("0", "dup.txt", b"one")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: Value = emu.direct_new("0", "dup.txt", b"one").await.json().await.unwrap();
 
     let conflict = emu.direct_new("0", "dup.txt", b"two").await;
     let body = assert_box_error(conflict, 409, "item_name_in_use").await;
-    assert_eq!(
-        body["context_info"]["conflicts"]["id"],
-        first["entries"][0]["id"]
-    );
+    assert_eq!(body["context_info"]["conflicts"]["id"], first["entries"][0]["id"]);
     assert_box_error(
         emu.direct_new("31337", "a.txt", b"x").await,
         404,
         "invalid_parameter",
     )
     .await;
-    assert_box_error(
-        emu.direct_new("0", "..", b"x").await,
-        400,
-        "item_name_invalid",
-    )
-    .await;
+    assert_box_error(emu.direct_new("0", "..", b"x").await, 400, "item_name_invalid").await;
     assert_eq!(emu.inspect().files.len(), 1);
 }
 
 #[tokio::test]
 async fn a_direct_new_version_keeps_the_id_and_may_rename() {
     let emu = spawn().await;
-    let first: Value = emu
-        .direct_new("0", "v1.txt", b"one")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: Value = emu.direct_new("0", "v1.txt", b"one").await.json().await.unwrap();
     let id = first["entries"][0]["id"].as_str().unwrap();
     let attributes = json!({"name": "v2.txt"}).to_string();
 
@@ -159,12 +140,7 @@ async fn preflight_answers_an_upload_url_or_the_upload_errors() {
         ..small_config()
     })
     .await;
-    let taken: Value = emu
-        .direct_new("0", "taken.txt", b"x")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let taken: Value = emu.direct_new("0", "taken.txt", b"x").await.json().await.unwrap();
     let id = taken["entries"][0]["id"].as_str().unwrap();
 
     let ok = preflight(

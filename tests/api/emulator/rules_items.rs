@@ -31,11 +31,7 @@ async fn get_file_and_download_answer_what_was_committed() {
     assert_eq!(got["size"], data.len());
     assert_eq!(got["etag"], "0");
     assert_eq!(sha1_hex(&body), sha1_hex(&data));
-    let res = emu
-        .get(&emu.api("/files/999/content"))
-        .send()
-        .await
-        .unwrap();
+    let res = emu.get(&emu.api("/files/999/content")).send().await.unwrap();
     assert_box_error(res, 404, "not_found").await;
 }
 
@@ -126,14 +122,9 @@ async fn a_missing_or_wrong_token_is_401_with_a_bearer_challenge() {
         .unwrap();
 
     for res in [no_token, wrong] {
-        let challenge = res.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
         assert!(
-            challenge.starts_with(
-                "Bearer realm=\"Service\", error=\"invalid_token\", error_description=\""
-            ),
+            challenge.starts_with("Bearer realm=\"Service\", error=\"invalid_token\", error_description=\""),
             "{challenge}"
         );
         assert_box_error(res, 401, "unauthorized").await;

@@ -31,11 +31,7 @@ async fn create_session_answers_the_session_object_with_absolute_endpoints() {
     let seen = emu.inspect();
     let view = seen.session(id).unwrap();
     assert_eq!(
-        (
-            view.folder_id.as_str(),
-            view.file_name.as_str(),
-            view.file_size
-        ),
+        (view.folder_id.as_str(), view.file_name.as_str(), view.file_size),
         ("0", "a.bin", 2_600_000)
     );
     assert_eq!(
@@ -290,10 +286,7 @@ async fn a_new_version_keeps_the_file_id_and_gets_a_new_version() {
         (f.version_count, f.size, f.sha1.clone()),
         (2, data.len() as u64, sha1_hex(&data))
     );
-    assert_eq!(
-        std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(),
-        data
-    );
+    assert_eq!(std::fs::read(emu.handle.file_path(id).unwrap()).unwrap(), data);
 }
 
 #[tokio::test]

@@ -104,10 +104,7 @@ async fn jwt_grants_check_signature_and_claims() {
     assert_eq!(ok.status(), 200);
     let own_aud = jwt(
         &emu,
-        &sign(
-            KEY,
-            &claims(&emu.handle.token_url(), 30, "own-audience-jti-0001"),
-        ),
+        &sign(KEY, &claims(&emu.handle.token_url(), 30, "own-audience-jti-0001")),
     )
     .await;
     assert_eq!(own_aud.status(), 200);
@@ -129,30 +126,19 @@ async fn jwt_grants_check_signature_and_claims() {
     assert_oauth_error(
         jwt(
             &emu,
-            &sign(
-                KEY,
-                &claims("https://example.com", 30, "bad-aud-jti-0000001"),
-            ),
+            &sign(KEY, &claims("https://example.com", 30, "bad-aud-jti-0000001")),
         )
         .await,
         "invalid_grant",
     )
     .await;
     assert_oauth_error(
-        jwt(
-            &emu,
-            &sign(KEY, &claims(box_aud, 120, "far-exp-jti-0000001")),
-        )
-        .await,
+        jwt(&emu, &sign(KEY, &claims(box_aud, 120, "far-exp-jti-0000001"))).await,
         "invalid_grant",
     )
     .await;
     assert_oauth_error(
-        jwt(
-            &emu,
-            &sign(KEY, &claims(box_aud, -5, "past-exp-jti-000001")),
-        )
-        .await,
+        jwt(&emu, &sign(KEY, &claims(box_aud, -5, "past-exp-jti-000001"))).await,
         "invalid_grant",
     )
     .await;
@@ -200,11 +186,7 @@ async fn issued_tokens_expire_on_demand() {
         .unwrap();
     assert_box_error(res, 401, "unauthorized").await;
     assert_eq!(
-        emu.get(&emu.api("/folders/0"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        emu.get(&emu.api("/folders/0")).send().await.unwrap().status(),
         200
     );
 }

@@ -17,20 +17,12 @@ async fn part_uploads_throughput() {
     let data = Bytes::from(bytes(8 * MIB, 60));
     let digest = format!("sha={}", sha1_b64(&data));
     let s = emu.create_session("bench.bin", size).await;
-    let url = s["session_endpoints"]["upload_part"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let url = s["session_endpoints"]["upload_part"].as_str().unwrap().to_owned();
 
     let t = Instant::now();
     let mut tasks = Vec::new();
     for lane in 0..4u64 {
-        let (client, url, data, digest) = (
-            emu.client.clone(),
-            url.clone(),
-            data.clone(),
-            digest.clone(),
-        );
+        let (client, url, data, digest) = (emu.client.clone(), url.clone(), data.clone(), digest.clone());
         tasks.push(tokio::spawn(async move {
             for i in (lane..size / (8 * MIB)).step_by(4) {
                 let first = i * 8 * MIB;
