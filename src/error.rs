@@ -16,7 +16,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub box_info: Option<BoxInfo>,
+    pub box_info: Option<Box<BoxInfo>>,
     pub existing_file_id: Option<String>,
     /// Seconds a client should wait before trying again (429/503 passed on from Box).
     pub retry_after_secs: Option<u64>,
@@ -91,7 +91,7 @@ impl ResponseError for ApiError {
             error: Body {
                 code: self.code,
                 message: &self.message,
-                box_info: self.box_info.as_ref(),
+                box_info: self.box_info.as_deref(),
                 existing_file_id: self.existing_file_id.as_deref(),
             },
         })
@@ -151,10 +151,12 @@ impl From<UploadError> for ApiError {
 /// Box's answers, turned into what the gateway's client can act on (documented in openapi.yaml).
 fn from_box(err: BoxError) -> ApiError {
     use StatusCode as S;
-    let box_info = err.status().map(|status| BoxInfo {
-        status,
-        code: err.code().map(str::to_owned),
-        request_id: err.request_id().map(str::to_owned),
+    let box_info = err.status().map(|status| {
+        Box::new(BoxInfo {
+            status,
+            code: err.code().map(str::to_owned),
+            request_id: err.request_id().map(str::to_owned),
+        })
     });
     let retry_after_secs = err.retry_after().map(|d| d.as_secs().max(1));
     let code = err.code().unwrap_or_default();
@@ -272,7 +274,7 @@ mod tests {
             "create_session",
             BoxErrorKind::Status {
                 status,
-                body,
+                body: Box::new(body),
                 retry_after: None,
             },
         ))

@@ -446,7 +446,7 @@ async fn error_from(endpoint: &'static str, response: Response) -> BoxError {
         endpoint,
         BoxErrorKind::Status {
             status,
-            body,
+            body: Box::new(body),
             retry_after,
         },
     )

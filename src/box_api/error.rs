@@ -16,7 +16,7 @@ pub enum BoxErrorKind {
     #[error("HTTP {status} {code}: {message}", code = body.code.as_deref().unwrap_or("-"), message = body.message.as_deref().unwrap_or(""))]
     Status {
         status: u16,
-        body: BoxErrorBody,
+        body: Box<BoxErrorBody>,
         retry_after: Option<Duration>,
     },
     #[error("timed out")]

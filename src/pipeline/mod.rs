@@ -135,7 +135,7 @@ pub struct Prepared {
 
 enum Route {
     Direct,
-    Chunked(SessionGuard),
+    Chunked(Box<SessionGuard>),
 }
 
 impl Prepared {
@@ -210,7 +210,7 @@ impl Pipeline {
                     return Ok(Prepared {
                         upload,
                         expected_sha1,
-                        route: Route::Chunked(guard),
+                        route: Route::Chunked(Box::new(guard)),
                     });
                 }
                 Ok(None) => {

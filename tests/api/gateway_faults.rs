@@ -251,7 +251,9 @@ async fn client_disconnect_aborts_the_session() {
 /// Many uploads at once through a small budget: all land, and the bytes held never exceed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_uploads_within_a_small_budget() {
-    let budget = THRESHOLD; // room for 4 parts in the whole process
+    // Room for 4 parts in the whole process; chunked files are whole multiples of the part size, so
+    // every part takes a full PART of the budget and at most 4 can be in flight at once.
+    let budget = THRESHOLD;
     let app = spawn_app_with(Options {
         memory_budget_bytes: budget,
         part_concurrency: 4,
@@ -263,7 +265,7 @@ async fn many_concurrent_uploads_within_a_small_budget() {
             make_file(if i % 3 == 0 {
                 5000 + i
             } else {
-                THRESHOLD * 2 + i * 1000
+                THRESHOLD * 2 + i * PART
             })
         })
         .collect();
