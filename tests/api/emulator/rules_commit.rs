@@ -194,3 +194,34 @@ async fn a_repeated_commit_answers_the_same_file() {
     assert_eq!(again["entries"][0]["id"], first["entries"][0]["id"]);
     assert_eq!(emu.inspect().files.len(), 1);
 }
+
+#[tokio::test]
+async fn parts_sent_backwards_and_in_parallel_still_fold_into_the_right_digest() {
+    let emu = spawn().await;
+    let size = 7 * MIB + 12_345;
+    let data = bytes(size, 24);
+    let s = emu.create_session("rev.bin", size).await;
+    let mut parts = Vec::new();
+    for i in (0..8).rev().step_by(2) {
+        let len = |i: u64| MIB.min(size - i * MIB);
+        let (a, b) = tokio::join!(
+            emu.put_part(&s, &data, i * MIB, len(i)),
+            emu.put_part(&s, &data, (i - 1) * MIB, len(i - 1))
+        );
+        for res in [a, b] {
+            assert_eq!(res.status(), 200);
+            parts.push(res.json::<Value>().await.unwrap()["part"].clone());
+        }
+    }
+
+    let res = emu.commit(&s, &data, &parts).await;
+
+    assert_eq!(res.status(), 201);
+    let file = res.json::<Value>().await.unwrap()["entries"][0].clone();
+    assert_eq!(file["sha1"], sha1_hex(&data));
+    let id = file["id"].as_str().unwrap();
+    assert_eq!(
+        sha1_hex(&std::fs::read(emu.handle.file_path(id).unwrap()).unwrap()),
+        sha1_hex(&data)
+    );
+}

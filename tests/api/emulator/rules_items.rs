@@ -182,3 +182,20 @@ async fn every_response_has_a_request_id_and_as_user_is_recorded() {
     assert_box_error(unknown, 404, "not_found").await;
     assert_eq!(emu.inspect().as_user, ["4242"]);
 }
+
+#[tokio::test]
+async fn stop_closes_the_listener() {
+    let emu = spawn().await;
+    let url = emu.api("/folders/0");
+    assert_eq!(emu.get(&url).send().await.unwrap().status(), 200);
+
+    let client = emu.client.clone();
+    emu.handle.stop().await;
+
+    assert!(client
+        .get(&url)
+        .bearer_auth(DEV_TOKEN)
+        .send()
+        .await
+        .is_err());
+}
