@@ -49,6 +49,9 @@ pub struct EmulatorArgs {
     /// Cap request-body reads at this many bytes per second per connection.
     #[arg(long)]
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Benchmarks only: hash nothing on chunked uploads, believe the Digest headers.
+    #[arg(long)]
+    pub trust_digests: bool,
 }
 
 fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -89,6 +92,7 @@ impl EmulatorArgs {
             jwt_public_keys,
             clients: self.clients,
             faults,
+            trust_digests: self.trust_digests,
         })
     }
 }
@@ -185,6 +189,7 @@ mod tests {
             "7",
             "--bandwidth-bytes-per-sec",
             "1000",
+            "--trust-digests",
             "--faults",
             r#"{"rules": [{"endpoint": "commit", "action": {"type": "parts_mismatch"}}]}"#,
         ]);
@@ -202,6 +207,7 @@ mod tests {
         );
         assert_eq!(c.faults.rules.len(), 1);
         assert_eq!(c.data_dir, Some(PathBuf::from("d")));
+        assert!(c.trust_digests);
     }
 
     #[test]

@@ -225,3 +225,56 @@ async fn parts_sent_backwards_and_in_parallel_still_fold_into_the_right_digest()
         sha1_hex(&data)
     );
 }
+
+#[tokio::test]
+async fn trust_digests_believes_the_headers_but_keeps_the_other_rules() {
+    let emu = spawn_with(box_upload_gateway::emulator::EmulatorConfig {
+        trust_digests: true,
+        ..small_config()
+    })
+    .await;
+    let data = bytes(SIZE, 25);
+    let s = emu.create_session("t.bin", SIZE).await;
+    let claimed = sha1_b64(b"claimed");
+    let range = format!("bytes 0-{}/{SIZE}", MIB - 1);
+
+    let res = emu
+        .put_part_with(
+            &s,
+            &range,
+            &format!("sha={claimed}"),
+            data[..MIB as usize].to_vec(),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["part"]["sha1"],
+        sha1_hex(b"claimed")
+    );
+    let misaligned = emu
+        .put_part_with(
+            &s,
+            &format!("bytes 1-{MIB}/{SIZE}"),
+            &format!("sha={claimed}"),
+            data[..MIB as usize].to_vec(),
+        )
+        .await;
+    assert_box_error(misaligned, 416, "requested_range_not_satisfiable").await;
+    let mut parts = vec![emu.inspect().sessions[0].parts[0].clone()];
+    for (offset, len) in [(MIB, MIB), (2 * MIB, SIZE - 2 * MIB)] {
+        let res = emu.put_part(&s, &data, offset, len).await;
+        parts.push(
+            serde_json::from_value(res.json::<Value>().await.unwrap()["part"].clone()).unwrap(),
+        );
+    }
+
+    let res = emu
+        .commit_with(&s, &format!("sha={claimed}"), json!({ "parts": parts }))
+        .await;
+
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["entries"][0]["sha1"],
+        sha1_hex(b"claimed")
+    );
+}
