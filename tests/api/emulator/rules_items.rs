@@ -199,3 +199,14 @@ async fn stop_closes_the_listener() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn extractor_errors_are_box_errors_too() {
+    let emu = spawn().await;
+    let s = emu.create_session("q.bin", 3_000_000).await;
+    let list = s["session_endpoints"]["list_parts"].as_str().unwrap();
+
+    let res = emu.get(&format!("{list}?offset=abc")).send().await.unwrap();
+
+    assert_box_error(res, 400, "bad_request").await;
+}
