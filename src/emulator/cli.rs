@@ -49,6 +49,9 @@ pub struct EmulatorArgs {
     /// Cap request-body reads at this many bytes per second per connection.
     #[arg(long)]
     pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Benchmarks only: hash nothing on chunked uploads, believe the Digest headers.
+    #[arg(long)]
+    pub trust_digests: bool,
 }
 
 fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -87,6 +90,7 @@ impl EmulatorArgs {
             jwt_public_keys,
             clients: self.clients,
             faults,
+            trust_digests: self.trust_digests,
         })
     }
 }
@@ -120,4 +124,90 @@ pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
     tokio::signal::ctrl_c().await?;
     handle.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    fn config(argv: &[&str]) -> EmulatorConfig {
+        let argv = std::iter::once("emulator").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).unwrap().args.into_config().unwrap()
+    }
+
+    #[test]
+    fn defaults_match_box() {
+        let c = config(&[]);
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            (c.min_chunked_size, c.part_size, c.conflicts_as_array),
+            (20_000_000, None, false)
+        );
+        assert_eq!(c.session_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert!(c.tokens.is_empty() && c.faults == FaultPlan::default());
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let c = config(&[
+            "--listen",
+            "127.0.0.1:9001",
+            "--data-dir",
+            "d",
+            "--token",
+            "a",
+            "--token",
+            "b",
+            "--part-size",
+            "1048576",
+            "--min-chunked-size",
+            "5",
+            "--storage-limit-bytes",
+            "9",
+            "--conflicts-as-array",
+            "--session-ttl-secs",
+            "60",
+            "--token-ttl-secs",
+            "30",
+            "--client",
+            "id:secret",
+            "--delay-ms",
+            "7",
+            "--bandwidth-bytes-per-sec",
+            "1000",
+            "--trust-digests",
+            "--faults",
+            r#"{"rules": [{"endpoint": "commit", "action": {"type": "parts_mismatch"}}]}"#,
+        ]);
+        assert_eq!(c.tokens, ["a", "b"]);
+        assert_eq!(
+            (c.part_size, c.min_chunked_size, c.storage_limit_bytes),
+            (Some(1 << 20), 5, Some(9))
+        );
+        assert!(c.conflicts_as_array);
+        assert_eq!((c.session_ttl.as_secs(), c.token_ttl.as_secs()), (60, 30));
+        assert_eq!(c.clients, [("id".to_owned(), "secret".to_owned())]);
+        assert_eq!(
+            (c.faults.delay_ms, c.faults.bandwidth_bytes_per_sec),
+            (7, Some(1000))
+        );
+        assert_eq!(c.faults.rules.len(), 1);
+        assert_eq!(c.data_dir, Some(PathBuf::from("d")));
+        assert!(c.trust_digests);
+    }
+
+    #[test]
+    fn a_bad_fault_plan_is_an_error() {
+        let args = Cli::try_parse_from(["emulator", "--faults", "{\"rules\": 3}"])
+            .unwrap()
+            .args;
+        assert!(args.into_config().is_err());
+    }
 }

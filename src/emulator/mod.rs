@@ -53,6 +53,9 @@ pub struct EmulatorConfig {
     /// (client_id, client_secret) pairs the token endpoint accepts; empty: the DEV_ pair.
     pub clients: Vec<(String, String)>,
     pub faults: FaultPlan,
+    /// Benchmarks only: compute no SHA-1 on chunked uploads and believe the `Digest` headers (the
+    /// part echo and the file's `sha1` repeat what the client claimed). Every other rule holds.
+    pub trust_digests: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -70,6 +73,7 @@ impl Default for EmulatorConfig {
             jwt_public_keys: Vec::new(),
             clients: Vec::new(),
             faults: FaultPlan::default(),
+            trust_digests: false,
         }
     }
 }

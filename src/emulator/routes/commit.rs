@@ -86,7 +86,11 @@ async fn finish(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str,
         check_preconditions(req, &state, s)?;
         check_target(shared, &state, s)?;
     }
-    let actual = fold_ready(shared, session_id).await?;
+    let actual = if shared.config.trust_digests {
+        expected
+    } else {
+        fold_ready(shared, session_id).await?
+    };
     if actual != expected {
         let b64 = |d: &[u8; 20]| base64::engine::general_purpose::STANDARD.encode(d);
         return Err(BoxApiError::new(

@@ -2,6 +2,7 @@
 use super::super::errors::{BoxApiError, Reply};
 use super::super::faults::{Endpoint, FaultAction};
 use super::super::state::Version;
+use super::super::storage::PositionalWriter;
 use super::super::Shared;
 use super::body::{drain, shaped, Shaping, SharedBody};
 use super::commit::add_version;
@@ -14,9 +15,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use sha1::{Digest, Sha1};
 use std::cell::RefCell;
-use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Where a direct upload goes: a new file in `folder_id`, or a new version of `file_id`.
 struct Target {
@@ -180,17 +181,17 @@ async fn store(
     target: &Target,
     fields: &Map<String, Value>,
 ) -> Reply {
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).map_err(internal)?);
+    let file = Arc::new(std::fs::File::create(tmp).map_err(internal)?);
+    let mut out = PositionalWriter::new(file, 0);
     let mut sha1 = Sha1::new();
     let mut size = 0u64;
-    // Direct uploads are small (Box advises them up to ~50 MB): plain buffered writes are fine here.
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(|e| BoxApiError::bad_request(format!("Reading the file failed: {e}")))?;
         sha1.update(&chunk);
         size += chunk.len() as u64;
-        out.write_all(&chunk).map_err(internal)?;
+        out.push(&chunk).await.map_err(internal)?;
     }
-    out.flush().map_err(internal)?;
+    out.finish().await.map_err(internal)?;
     let sha1 = hex::encode(sha1.finalize());
     // Box's quirk: the Content-MD5 header carries the SHA-1, in hex.
     if let Some(expected) = header_str(req, "content-md5") {

@@ -88,16 +88,19 @@ async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, BoxApiEr
     )))
 }
 
-/// Stamps `BOX-REQUEST-ID` and renders a `BoxApiError` with the same id in its body.
+/// Stamps `BOX-REQUEST-ID` and renders every error as Box's body with the same id: a `BoxApiError`
+/// as built, any other (an extractor's, say) with its status and the code Box uses for that status.
 fn with_request_id<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
     id: &str,
 ) -> ServiceResponse<actix_web::body::BoxBody> {
-    let rendered = res
-        .response()
-        .error()
-        .and_then(|e| e.as_error::<BoxApiError>())
-        .map(|e| e.render(id));
+    let rendered = res.response().error().map(|e| match e.as_error::<BoxApiError>() {
+        Some(b) => b.render(id),
+        None => {
+            let status = res.response().status().as_u16();
+            BoxApiError::new(status, code_for_status(status), e.to_string()).render(id)
+        }
+    });
     let mut res = match rendered {
         Some(r) => res.into_response(r),
         None => res.map_into_boxed_body(),
@@ -170,25 +173,31 @@ pub async fn gate(
 }
 
 fn status_fault(status: u16, code: Option<&str>, message: Option<&str>, retry: Option<u64>) -> BoxApiError {
-    let default_code = match status {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        409 => "conflict",
-        412 => "precondition_failed",
-        429 => "rate_limit_exceeded",
-        502 => "bad_gateway",
-        503 => "unavailable",
-        _ => "internal_server_error",
-    };
-    let code = code.unwrap_or(default_code);
+    let code = code.unwrap_or(code_for_status(status));
     BoxApiError::new(
         status,
         code,
         message.unwrap_or("injected by the emulator's fault plan"),
     )
     .with_retry_after(retry)
+}
+
+/// The code Box sends with a status when nothing more specific applies.
+fn code_for_status(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        412 => "precondition_failed",
+        413 => "request_entity_too_large",
+        429 => "rate_limit_exceeded",
+        502 => "bad_gateway",
+        503 => "unavailable",
+        _ => "internal_server_error",
+    }
 }
 
 fn check_auth(shared: &Shared, req: &HttpRequest, expire_all: bool) -> Result<(), BoxApiError> {

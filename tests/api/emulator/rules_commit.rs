@@ -176,3 +176,85 @@ async fn a_repeated_commit_answers_the_same_file() {
     assert_eq!(again["entries"][0]["id"], first["entries"][0]["id"]);
     assert_eq!(emu.inspect().files.len(), 1);
 }
+
+#[tokio::test]
+async fn parts_sent_backwards_and_in_parallel_still_fold_into_the_right_digest() {
+    let emu = spawn().await;
+    let size = 7 * MIB + 12_345;
+    let data = bytes(size, 24);
+    let s = emu.create_session("rev.bin", size).await;
+    let mut parts = Vec::new();
+    for i in (0..8).rev().step_by(2) {
+        let len = |i: u64| MIB.min(size - i * MIB);
+        let (a, b) = tokio::join!(
+            emu.put_part(&s, &data, i * MIB, len(i)),
+            emu.put_part(&s, &data, (i - 1) * MIB, len(i - 1))
+        );
+        for res in [a, b] {
+            assert_eq!(res.status(), 200);
+            parts.push(res.json::<Value>().await.unwrap()["part"].clone());
+        }
+    }
+
+    let res = emu.commit(&s, &data, &parts).await;
+
+    assert_eq!(res.status(), 201);
+    let file = res.json::<Value>().await.unwrap()["entries"][0].clone();
+    assert_eq!(file["sha1"], sha1_hex(&data));
+    let id = file["id"].as_str().unwrap();
+    assert_eq!(
+        sha1_hex(&std::fs::read(emu.handle.file_path(id).unwrap()).unwrap()),
+        sha1_hex(&data)
+    );
+}
+
+#[tokio::test]
+async fn trust_digests_believes_the_headers_but_keeps_the_other_rules() {
+    let emu = spawn_with(box_upload_gateway::emulator::EmulatorConfig {
+        trust_digests: true,
+        ..small_config()
+    })
+    .await;
+    let data = bytes(SIZE, 25);
+    let s = emu.create_session("t.bin", SIZE).await;
+    let claimed = sha1_b64(b"claimed");
+    let range = format!("bytes 0-{}/{SIZE}", MIB - 1);
+
+    let res = emu
+        .put_part_with(
+            &s,
+            &range,
+            &format!("sha={claimed}"),
+            data[..MIB as usize].to_vec(),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["part"]["sha1"],
+        sha1_hex(b"claimed")
+    );
+    let misaligned = emu
+        .put_part_with(
+            &s,
+            &format!("bytes 1-{MIB}/{SIZE}"),
+            &format!("sha={claimed}"),
+            data[..MIB as usize].to_vec(),
+        )
+        .await;
+    assert_box_error(misaligned, 416, "requested_range_not_satisfiable").await;
+    let mut parts = vec![emu.inspect().sessions[0].parts[0].clone()];
+    for (offset, len) in [(MIB, MIB), (2 * MIB, SIZE - 2 * MIB)] {
+        let res = emu.put_part(&s, &data, offset, len).await;
+        parts.push(serde_json::from_value(res.json::<Value>().await.unwrap()["part"].clone()).unwrap());
+    }
+
+    let res = emu
+        .commit_with(&s, &format!("sha={claimed}"), json!({ "parts": parts }))
+        .await;
+
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["entries"][0]["sha1"],
+        sha1_hex(b"claimed")
+    );
+}

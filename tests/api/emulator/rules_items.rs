@@ -173,3 +173,26 @@ async fn every_response_has_a_request_id_and_as_user_is_recorded() {
     assert_box_error(unknown, 404, "not_found").await;
     assert_eq!(emu.inspect().as_user, ["4242"]);
 }
+
+#[tokio::test]
+async fn stop_closes_the_listener() {
+    let emu = spawn().await;
+    let url = emu.api("/folders/0");
+    assert_eq!(emu.get(&url).send().await.unwrap().status(), 200);
+
+    let client = emu.client.clone();
+    emu.handle.stop().await;
+
+    assert!(client.get(&url).bearer_auth(DEV_TOKEN).send().await.is_err());
+}
+
+#[tokio::test]
+async fn extractor_errors_are_box_errors_too() {
+    let emu = spawn().await;
+    let s = emu.create_session("q.bin", 3_000_000).await;
+    let list = s["session_endpoints"]["list_parts"].as_str().unwrap();
+
+    let res = emu.get(&format!("{list}?offset=abc")).send().await.unwrap();
+
+    assert_box_error(res, 400, "bad_request").await;
+}

@@ -190,3 +190,45 @@ async fn issued_tokens_expire_on_demand() {
         200
     );
 }
+
+#[tokio::test]
+async fn issued_tokens_expire_after_their_ttl() {
+    let emu = spawn_with(EmulatorConfig {
+        token_ttl: std::time::Duration::ZERO,
+        ..small_config()
+    })
+    .await;
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", DEV_CLIENT_ID),
+        ("client_secret", DEV_CLIENT_SECRET),
+        ("box_subject_type", "enterprise"),
+        ("box_subject_id", "1"),
+    ];
+    let body: Value = token(&emu, &form).await.json().await.unwrap();
+    assert_eq!(body["expires_in"], 0);
+
+    let res = emu
+        .client
+        .get(emu.api("/folders/0"))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    assert_box_error(res, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn without_a_configured_key_only_the_claims_are_checked() {
+    let emu = spawn().await;
+    let ok = jwt(
+        &emu,
+        &sign(
+            OTHER_KEY,
+            &claims("https://api.box.com/oauth2/token", 30, "unverified-jti-000001"),
+        ),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+}

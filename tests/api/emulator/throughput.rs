@@ -1,5 +1,5 @@
 //! How fast the emulator takes parts (ignored by default: run it with `--ignored --nocapture`,
-//! ideally with `--release`). The gateway's benchmark needs the emulator well above ~1 GB/s.
+//! ideally with `--release`, and `EMULATOR_BENCH_DATA_DIR` on a tmpfs). The gateway's benchmark needs the emulator well above ~1 GB/s.
 use super::helpers::*;
 use box_upload_gateway::emulator::EmulatorConfig;
 use bytes::Bytes;
@@ -9,8 +9,13 @@ use std::time::Instant;
 #[ignore = "a measurement, not a check"]
 async fn part_uploads_throughput() {
     let size: u64 = 512 * MIB;
+    // EMULATOR_BENCH_DATA_DIR=/dev/shm/x keeps disk writeback out of the measurement.
+    let data_dir = std::env::var_os("EMULATOR_BENCH_DATA_DIR").map(std::path::PathBuf::from);
     let emu = spawn_with(EmulatorConfig {
         part_size: Some(8 * MIB),
+        data_dir,
+        // EMULATOR_BENCH_TRUST_DIGESTS=1 measures the emulator without its two SHA-1s per byte.
+        trust_digests: std::env::var_os("EMULATOR_BENCH_TRUST_DIGESTS").is_some(),
         ..EmulatorConfig::default()
     })
     .await;
