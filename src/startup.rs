@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 use prometheus::Registry;
 
 use crate::box_api::{BoxClient, StaticToken};
@@ -13,6 +13,7 @@ use crate::error::{extractor_error, ApiError};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
 use crate::routes::{health, upload, AppState};
+use crate::telemetry;
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
 const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
@@ -82,26 +83,28 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(middleware::from_fn(telemetry::trace_request))
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error(e)))
                 .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e)))
-                .route("/healthz", web::get().to(health::healthz))
-                .route("/metrics", web::get().to(health::metrics))
+                .service(
+                    web::resource("/healthz")
+                        .get(health::healthz)
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/metrics")
+                        .get(health::metrics)
+                        .default_service(web::to(not_allowed)),
+                )
                 .service(
                     web::scope("/v1")
-                        .route(
-                            "/folders/{folder_id}/files",
-                            web::post().to(upload::multipart_to_folder),
+                        .service(upload_route("/folders/{folder_id}/files").post(upload::multipart_to_folder))
+                        .service(upload_route("/folders/{folder_id}/files/{name}").put(upload::raw_to_folder))
+                        .service(
+                            upload_route("/files/{file_id}/versions").post(upload::multipart_new_version),
                         )
-                        .route(
-                            "/folders/{folder_id}/files/{name}",
-                            web::put().to(upload::raw_to_folder),
-                        )
-                        .route(
-                            "/files/{file_id}/versions",
-                            web::post().to(upload::multipart_new_version),
-                        )
-                        .route("/files/{file_id}/content", web::put().to(upload::raw_new_version)),
+                        .service(upload_route("/files/{file_id}/content").put(upload::raw_new_version)),
                 )
                 .default_service(web::to(not_found))
         })
@@ -126,6 +129,18 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+fn upload_route(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(not_allowed))
+}
+
+async fn not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see openapi.yaml",
+    ))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

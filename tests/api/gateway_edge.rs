@@ -93,6 +93,12 @@ async fn malformed_requests() {
             400,
             "invalid_timestamp",
         ),
+        (app.http.get(app.folder_url("0")), 405, "method_not_allowed"),
+        (
+            app.http.delete(format!("{}/healthz", app.address)),
+            405,
+            "method_not_allowed",
+        ),
         (
             app.http.get(format!("{}/v2/nothing", app.address)),
             404,
@@ -107,8 +113,17 @@ async fn malformed_requests() {
         ),
     ];
     for (request, status, code) in cases {
-        let response = request.send().await.unwrap();
+        let response = request
+            .header("x-request-id", "trace-me-42")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), status, "{code}");
+        assert_eq!(
+            response.headers()["x-request-id"],
+            "trace-me-42",
+            "the caller's request id comes back"
+        );
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{body}");
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -146,4 +161,63 @@ async fn storage_limit_is_507() {
         assert_eq!(answer["error"]["box"]["code"], "storage_limit_exceeded");
     }
     assert!(sessions(&app.emulator).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_over_the_limits_are_413() {
+    let app = spawn_app_with(Options {
+        max_file_size_bytes: THRESHOLD * 2,
+        spool_max_bytes: THRESHOLD,
+        ..Options::default()
+    })
+    .await;
+    // Declared too large: refused before Box is asked.
+    let (file, _) = make_file(THRESHOLD * 2 + 1);
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "big.bin", &[])
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "file_too_large");
+    // Unknown size, spooled past spool_max_bytes.
+    let url = format!("{}/v1/folders/0/files/spooled.bin", app.address);
+    let (status, answer) = curl(&[
+        "-T",
+        file.path().to_str().unwrap(),
+        "-H",
+        "Transfer-Encoding: chunked",
+        &url,
+    ])
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spool_max_bytes"),
+        "{answer}"
+    );
+    assert!(sessions(&app.emulator).is_empty());
+    assert!(inspect(&app.emulator)["files"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn box_too_slow_is_504() {
+    let app = spawn_app_with(Options {
+        box_request_timeout_secs: 1,
+        box_retry_max_attempts: 2,
+        faults: serde_json::from_value(serde_json::json!({"delay_ms": 1500})).unwrap(),
+        ..Options::default()
+    })
+    .await;
+    let (file, _) = make_file(100);
+    let (status, answer) = app
+        .curl_upload(&app.folder_url("0"), file.path(), "slow.bin", &[])
+        .await;
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(answer["error"]["code"], "box_timeout");
+    assert!(
+        app.metric_with("gateway_box_retries_total", &["reason=\"timeout\""])
+            .await
+            >= 1.0
+    );
 }

@@ -33,6 +33,9 @@ pub struct Options {
     pub conflicts_as_array: bool,
     pub storage_limit_bytes: Option<u64>,
     pub commit_timeout_secs: u64,
+    pub max_file_size_bytes: u64,
+    pub box_request_timeout_secs: u64,
+    pub box_retry_max_attempts: u32,
 }
 
 impl Default for Options {
@@ -47,6 +50,9 @@ impl Default for Options {
             conflicts_as_array: false,
             storage_limit_bytes: None,
             commit_timeout_secs: 30,
+            max_file_size_bytes: 0,
+            box_request_timeout_secs: 30,
+            box_retry_max_attempts: 6,
         }
     }
 }
@@ -87,6 +93,9 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         box_retry_base_delay_ms: 10,
         box_retry_max_delay_ms: 200,
         commit_timeout_secs: o.commit_timeout_secs,
+        max_file_size_bytes: o.max_file_size_bytes,
+        box_request_timeout_secs: o.box_request_timeout_secs,
+        box_retry_max_attempts: o.box_retry_max_attempts,
         ..Settings::default()
     };
     let valid = settings.validate().expect("test settings are valid");
