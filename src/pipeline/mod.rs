@@ -164,10 +164,6 @@ impl Pipeline {
         }
     }
 
-    pub fn settings(&self) -> &PipelineSettings {
-        &self.settings
-    }
-
     /// Asks Box for the destination before any byte is read: a chunked session (whose creation runs
     /// Box's name, permission and quota checks) or a direct-upload preflight. Name conflicts are
     /// resolved here, by `on_conflict`.
@@ -185,7 +181,8 @@ impl Pipeline {
         }
         let original = upload.target.clone();
         let mut chunked = upload.size >= self.settings.chunked_threshold_bytes;
-        for attempt in 1u32.. {
+        let mut renames = 0;
+        loop {
             let answer = if chunked {
                 let client = self.client.clone();
                 let u = upload.clone();
@@ -240,16 +237,19 @@ impl Pipeline {
                 return Err(err.into());
             };
             match (on_conflict, &original) {
-                (OnConflict::Version, Target::NewFile { .. }) if conflict.kind == "file" && attempt == 1 => {
+                (OnConflict::Version, Target::NewFile { .. })
+                    if conflict.kind == "file" && matches!(upload.target, Target::NewFile { .. }) =>
+                {
                     upload.target = Target::NewVersion {
                         file_id: conflict.id,
                         name: None,
                     };
                 }
-                (OnConflict::Rename, Target::NewFile { folder_id, name }) if attempt <= MAX_RENAMES => {
+                (OnConflict::Rename, Target::NewFile { folder_id, name }) if renames < MAX_RENAMES => {
+                    renames += 1;
                     upload.target = Target::NewFile {
                         folder_id: folder_id.clone(),
-                        name: numbered_name(name, attempt),
+                        name: numbered_name(name, renames),
                     };
                 }
                 (OnConflict::Rename, Target::NewFile { name, .. }) => {
@@ -263,7 +263,6 @@ impl Pipeline {
                 }
             }
         }
-        unreachable!("the loop returns")
     }
 
     /// Streams the body into Box. The body must hold exactly `upload.size` bytes; otherwise the

@@ -16,15 +16,7 @@ async fn health_and_metrics() {
         .curl_upload(&app.folder_url("0"), file.path(), "m.bin", &[])
         .await;
     assert_eq!(status, 201);
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for name in [
         "gateway_uploads_total{method=\"chunked\",outcome=\"success\"} 1",
         "gateway_upload_bytes_total{method=\"chunked\"} 1048576",

@@ -192,6 +192,17 @@ impl TestApp {
         assert_eq!(sha1_of_path(&path), sha1);
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
     /// The sum of the samples whose line starts with `name`.
     pub async fn metric(&self, name: &str) -> f64 {
         self.metric_with(name, &[]).await
@@ -199,16 +210,9 @@ impl TestApp {
 
     /// The sum of the samples whose line starts with `name` and holds every one of `labels`.
     pub async fn metric_with(&self, name: &str, labels: &[&str]) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.address))
-            .send()
+        self.metrics_text()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
