@@ -120,8 +120,15 @@ impl BoxClient {
                 self.http.post(&url).bearer_auth(t.expose()).json(&body)
             })
             .await?;
-        if session.part_size == 0 {
-            return Err(BoxError::protocol("create_session", "part_size 0"));
+        // Every part but the last is exactly part_size, so Box's part count must be the quotient.
+        if session.part_size == 0 || session.total_parts != upload.size.div_ceil(session.part_size) {
+            return Err(BoxError::protocol(
+                "create_session",
+                format!(
+                    "session of {} parts of {} bytes for {} bytes",
+                    session.total_parts, session.part_size, upload.size
+                ),
+            ));
         }
         Ok(session)
     }

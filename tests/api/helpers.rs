@@ -148,7 +148,7 @@ pub async fn curl(args: &[&str]) -> (u16, Value) {
         .args(args)
         .output()
         .await
-        .expect("curl runs");
+        .expect("the tests need curl on the PATH (Debian: apt-get install curl)");
     let text = String::from_utf8_lossy(&out.stdout);
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
     let json = serde_json::from_str(body).unwrap_or(Value::Null);
