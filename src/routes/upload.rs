@@ -18,7 +18,7 @@ use super::params::{validate_id, validate_name, UploadParams};
 use super::AppState;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
-use crate::pipeline::{spool, UploadError, UploadOutcome, UploadRequest};
+use crate::pipeline::{spool, UploadError, UploadMethod, UploadOutcome, UploadRequest};
 
 /// Text fields before the file are small; a bigger one is not a parameter.
 const MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -46,12 +46,19 @@ pub async fn multipart_to_folder(
 ) -> Result<HttpResponse, ApiError> {
     let folder_id = validate_id(&path, "folder")?;
     let tracker = Tracker::start(&state);
-    let result = multipart(&req, query.into_inner(), payload, &state, |name, filename| {
-        Ok(Target::NewFile {
-            folder_id: folder_id.clone(),
-            name: validate_name(&name.unwrap_or(filename))?,
-        })
-    })
+    let result = multipart(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &tracker,
+        |name, filename| {
+            Ok(Target::NewFile {
+                folder_id: folder_id.clone(),
+                name: validate_name(&name.unwrap_or(filename))?,
+            })
+        },
+    )
     .await;
     tracker.answer(result)
 }
@@ -65,13 +72,20 @@ pub async fn multipart_new_version(
 ) -> Result<HttpResponse, ApiError> {
     let file_id = validate_id(&path, "file")?;
     let tracker = Tracker::start(&state);
-    let result = multipart(&req, query.into_inner(), payload, &state, |name, _filename| {
-        // A new version keeps its name unless `name` asks for another; the part's filename does not.
-        Ok(Target::NewVersion {
-            file_id: file_id.clone(),
-            name: name.as_deref().map(validate_name).transpose()?,
-        })
-    })
+    let result = multipart(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &tracker,
+        |name, _filename| {
+            // A new version keeps its name unless `name` asks for another; the part's filename does not.
+            Ok(Target::NewVersion {
+                file_id: file_id.clone(),
+                name: name.as_deref().map(validate_name).transpose()?,
+            })
+        },
+    )
     .await;
     tracker.answer(result)
 }
@@ -89,7 +103,8 @@ pub async fn raw_to_folder(
         name: validate_name(&name)?,
     };
     let tracker = Tracker::start(&state);
-    tracker.answer(raw(&req, query.into_inner(), payload, &state, target).await)
+    let result = raw(&req, query.into_inner(), payload, &state, target, &tracker).await;
+    tracker.answer(result)
 }
 
 pub async fn raw_new_version(
@@ -105,7 +120,8 @@ pub async fn raw_new_version(
         name,
     };
     let tracker = Tracker::start(&state);
-    tracker.answer(raw(&req, query.into_inner(), payload, &state, target).await)
+    let result = raw(&req, query.into_inner(), payload, &state, target, &tracker).await;
+    tracker.answer(result)
 }
 
 async fn raw(
@@ -114,6 +130,7 @@ async fn raw(
     payload: web::Payload,
     state: &AppState,
     target: Target,
+    tracker: &Tracker<'_>,
 ) -> Result<UploadOutcome, ApiError> {
     let size = match (
         params.declared_size(req.headers())?,
@@ -124,7 +141,7 @@ async fn raw(
     };
     let body = payload.map_err(|e| e.to_string()).boxed_local();
     let expected_sha1 = params.expected_sha1(Some(req.headers()))?;
-    upload(state, params, expected_sha1, target, size, body).await
+    upload(state, tracker, params, expected_sha1, target, size, body).await
 }
 
 /// Reads the text fields up to the first part with a filename, then streams that part to Box.
@@ -134,6 +151,7 @@ async fn multipart(
     mut params: UploadParams,
     mut payload: web::Payload,
     state: &AppState,
+    tracker: &Tracker<'_>,
     // Builds the target from the explicit `name` (if any) and the file part's filename.
     target: impl FnOnce(Option<String>, String) -> Result<Target, ApiError>,
 ) -> Result<UploadOutcome, ApiError> {
@@ -185,12 +203,13 @@ async fn multipart(
     };
     let body = field.map_err(|e| e.to_string()).boxed_local();
     let expected_sha1 = params.expected_sha1(None)?;
-    upload(state, params, expected_sha1, target, size, body).await
+    upload(state, tracker, params, expected_sha1, target, size, body).await
 }
 
 /// The pipeline's part: size (spooling a body of unknown size), Box destination, bytes.
 async fn upload(
     state: &AppState,
+    tracker: &Tracker<'_>,
     params: UploadParams,
     expected_sha1: Option<[u8; 20]>,
     target: Target,
@@ -228,6 +247,7 @@ async fn upload(
         expected_sha1,
     };
     let prepared = state.pipeline.prepare(request).await.map_err(fail)?;
+    tracker.method.set(Some(prepared.method()));
     state.pipeline.send(prepared, body).await.map_err(|mut err| {
         if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
             *d = derived;
@@ -355,6 +375,8 @@ fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {
 /// Counts an upload in flight, and its outcome when it ends (`cancelled` if the client left first).
 struct Tracker<'a> {
     state: &'a AppState,
+    /// Known once Box has accepted the destination.
+    method: std::cell::Cell<Option<UploadMethod>>,
     started: Instant,
     finished: bool,
 }
@@ -364,6 +386,7 @@ impl<'a> Tracker<'a> {
         state.metrics.uploads_in_flight.inc();
         Self {
             state,
+            method: Default::default(),
             started: Instant::now(),
             finished: false,
         }
@@ -397,10 +420,19 @@ impl<'a> Tracker<'a> {
                 })))
             }
             Err(err) => {
-                m.uploads.with_label_values(&["unknown", err.outcome()]).inc();
+                m.uploads
+                    .with_label_values(&[self.method_label(), err.outcome()])
+                    .inc();
                 Err(err)
             }
         }
+    }
+}
+
+impl Tracker<'_> {
+    /// `unknown` when the upload failed before Box accepted its destination.
+    fn method_label(&self) -> &'static str {
+        self.method.get().map_or("unknown", UploadMethod::as_str)
     }
 }
 

@@ -138,6 +138,16 @@ async fn parts_that_keep_failing_abort_the_session() {
     app.assert_no_open_session().await;
     assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
     assert!(inspect(&app.emulator)["files"].as_array().unwrap().is_empty());
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("gateway_uploads_total{method=\"chunked\",outcome=\"box_error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gateway_sessions_aborted_total{reason=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_parts_total{outcome=\"failed\"}"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
