@@ -10,7 +10,7 @@ import json
 import sys
 
 import requests
-from requests_toolbelt import MultipartEncoder  # shipped with box-sdk-gen's dependencies
+from requests_toolbelt import MultipartEncoder
 
 
 def main():
