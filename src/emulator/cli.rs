@@ -52,6 +52,9 @@ pub struct EmulatorArgs {
     /// Benchmarks only: hash nothing on chunked uploads, believe the Digest headers.
     #[arg(long)]
     pub trust_digests: bool,
+    /// Benchmarks only: do not write chunked-upload bytes (implies --trust-digests).
+    #[arg(long)]
+    pub discard_content: bool,
 }
 
 fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -91,6 +94,7 @@ impl EmulatorArgs {
             clients: self.clients,
             faults,
             trust_digests: self.trust_digests,
+            discard_content: self.discard_content,
         })
     }
 }

@@ -56,6 +56,17 @@ pub struct EmulatorConfig {
     /// Benchmarks only: compute no SHA-1 on chunked uploads and believe the `Digest` headers (the
     /// part echo and the file's `sha1` repeat what the client claimed). Every other rule holds.
     pub trust_digests: bool,
+    /// Benchmarks only: chunked-upload parts are received, checked and counted but their bytes are not
+    /// written (implies `trust_digests`), so the emulator costs one socket read per byte. Downloads of
+    /// such files answer zeros.
+    pub discard_content: bool,
+}
+
+impl EmulatorConfig {
+    /// Whether part and file digests are taken from the client's headers instead of computed.
+    pub fn trusts_digests(&self) -> bool {
+        self.trust_digests || self.discard_content
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -74,6 +85,7 @@ impl Default for EmulatorConfig {
             clients: Vec::new(),
             faults: FaultPlan::default(),
             trust_digests: false,
+            discard_content: false,
         }
     }
 }

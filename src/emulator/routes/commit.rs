@@ -86,7 +86,7 @@ async fn finish(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str,
         check_preconditions(req, &state, s)?;
         check_target(shared, &state, s)?;
     }
-    let actual = if shared.config.trust_digests {
+    let actual = if shared.config.trusts_digests() {
         expected
     } else {
         fold_ready(shared, session_id).await?

@@ -144,10 +144,11 @@ async fn receive(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str
         .ok_or_else(|| BoxApiError::bad_request("Missing Digest header with sha="))?;
     let reservation = Reservation::take(shared, session_id, range)?;
     let hashing = Hashing {
-        sha1: !shared.config.trust_digests,
-        sha256: digest.sha256.is_some() && !shared.config.trust_digests,
+        sha1: !shared.config.trusts_digests(),
+        sha256: digest.sha256.is_some() && !shared.config.trusts_digests(),
     };
-    let (got_sha1, got_sha256) = stream_part(body, reservation.file.clone(), range, hashing).await?;
+    let store = !shared.config.discard_content;
+    let (got_sha1, got_sha256) = stream_part(body, reservation.file.clone(), range, hashing, store).await?;
     let got_sha1 = got_sha1.unwrap_or(sha1);
     let got_sha256 = got_sha256.or(digest.sha256);
     if got_sha1 != sha1 || digest.sha256.is_some_and(|d| Some(d) != got_sha256) {
@@ -158,7 +159,7 @@ async fn receive(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str
         ));
     }
     let part = reservation.store(hex::encode(got_sha1))?;
-    if !shared.config.trust_digests {
+    if !shared.config.trusts_digests() {
         commit::spawn_fold(shared.clone().into_inner(), session_id.to_owned());
     }
     Ok(HttpResponse::Ok().json(json!({ "part": part })))
@@ -271,6 +272,7 @@ async fn stream_part(
     file: Arc<File>,
     range: ContentRange,
     hashing: Hashing,
+    store: bool,
 ) -> Result<PartDigests, BoxApiError> {
     let mut writer = PositionalWriter::new(file, range.first);
     let mut sha1 = hashing.sha1.then(Sha1::new);
@@ -288,10 +290,12 @@ async fn stream_part(
         if let Some(h) = sha256.as_mut() {
             h.update(&chunk);
         }
-        writer
-            .push(&chunk)
-            .await
-            .map_err(|e| BoxApiError::internal(e.to_string()))?;
+        if store {
+            writer
+                .push(&chunk)
+                .await
+                .map_err(|e| BoxApiError::internal(e.to_string()))?;
+        }
     }
     if received != range.size() {
         return Err(BoxApiError::bad_request(format!(

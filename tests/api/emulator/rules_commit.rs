@@ -258,3 +258,42 @@ async fn trust_digests_believes_the_headers_but_keeps_the_other_rules() {
         sha1_hex(b"claimed")
     );
 }
+
+#[tokio::test]
+async fn discard_content_keeps_the_rules_but_not_the_bytes() {
+    let emu = spawn_with(box_upload_gateway::emulator::EmulatorConfig {
+        discard_content: true,
+        ..small_config()
+    })
+    .await;
+    let data = bytes(SIZE, 26);
+    let s = emu.create_session("d.bin", SIZE).await;
+    let mut parts = Vec::new();
+    for (offset, len) in [(0, MIB), (MIB, MIB), (2 * MIB, SIZE - 2 * MIB)] {
+        let res = emu.put_part(&s, &data, offset, len).await;
+        assert_eq!(res.status(), 200);
+        parts.push(
+            serde_json::from_value::<Value>(res.json::<Value>().await.unwrap()["part"].clone()).unwrap(),
+        );
+    }
+    let wrong_size = emu
+        .put_part_with(
+            &s,
+            &format!("bytes 0-{}/{SIZE}", MIB - 2),
+            "sha=AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            vec![0; 10],
+        )
+        .await;
+    assert_box_error(wrong_size, 416, "requested_range_not_satisfiable").await;
+
+    let res = emu
+        .commit_with(&s, &format!("sha={}", sha1_b64(&data)), json!({ "parts": parts }))
+        .await;
+
+    assert_eq!(res.status(), 201);
+    let file = &res.json::<Value>().await.unwrap()["entries"][0];
+    assert_eq!(file["sha1"], sha1_hex(&data), "the client's digest is believed");
+    assert_eq!(file["size"], SIZE);
+    let stored = std::fs::read(emu.handle.file_path(file["id"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(stored.iter().all(|&b| b == 0), "the bytes were not written");
+}
