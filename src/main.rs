@@ -62,7 +62,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|problems| format!("invalid configuration:\n  {}", problems.join("\n  ")))?;
     telemetry::init(&valid.log_format);
     let app = Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
-    tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api,
+    tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api, sha1_hardware = sha1_hardware(),
         box_upload = %valid.box_urls.upload, settings = ?settings, "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())
 }
@@ -94,4 +94,15 @@ async fn start_emulator(
         "Box emulator started: uploads land in data_dir; download one back with the `download` command"
     );
     Ok(handle)
+}
+
+/// SHA-1 is the gateway's main cost (two passes per byte): with the CPU's SHA extensions it runs
+/// about 2.4 times faster, so say whether this machine has them.
+fn sha1_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("sha");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("sha2");
+    #[allow(unreachable_code)]
+    false
 }
