@@ -41,6 +41,8 @@ pub struct Settings {
     pub spool_dir: String,
     /// Largest body of unknown size the gateway spools; 0 turns spooling off (411 instead).
     pub spool_max_bytes: u64,
+    /// A client whose body stalls this long gets 408 and its upload is aborted.
+    pub client_idle_timeout_secs: u64,
     pub box_connect_timeout_secs: u64,
     /// Bound on one Box call, a whole part upload included.
     pub box_request_timeout_secs: u64,
@@ -75,6 +77,7 @@ impl Default for Settings {
             max_file_size_bytes: 0,
             spool_dir: String::new(),
             spool_max_bytes: 1024 * 1024 * 1024,
+            client_idle_timeout_secs: 60,
             box_connect_timeout_secs: 10,
             box_request_timeout_secs: 300,
             box_retry_max_attempts: 6,
@@ -165,6 +168,7 @@ impl Settings {
             ));
         }
         for (key, value) in [
+            ("client_idle_timeout_secs", self.client_idle_timeout_secs),
             ("box_connect_timeout_secs", self.box_connect_timeout_secs),
             ("box_request_timeout_secs", self.box_request_timeout_secs),
             ("commit_timeout_secs", self.commit_timeout_secs),
@@ -207,6 +211,7 @@ impl Settings {
                 max_file_size_bytes: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
                 spool_dir,
                 spool_max_bytes: self.spool_max_bytes,
+                client_idle_timeout: Duration::from_secs(self.client_idle_timeout_secs),
                 box_connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
                 box_request_timeout: Duration::from_secs(self.box_request_timeout_secs),
                 retry: crate::box_api::RetryPolicy {
@@ -238,6 +243,7 @@ pub struct ValidSettings {
     pub spool_dir: PathBuf,
     /// 0: spooling is off.
     pub spool_max_bytes: u64,
+    pub client_idle_timeout: Duration,
     pub box_connect_timeout: Duration,
     pub box_request_timeout: Duration,
     pub retry: crate::box_api::RetryPolicy,

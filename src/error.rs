@@ -128,6 +128,11 @@ impl From<UploadError> for ApiError {
             UploadError::Body(message) => {
                 Self::bad_request("body_read_failed", format!("reading the request body failed: {message}"))
             }
+            UploadError::ClientTimeout => Self::new(
+                S::REQUEST_TIMEOUT,
+                "client_timeout",
+                "the client sent nothing for longer than client_idle_timeout_secs; nothing was stored",
+            ),
             UploadError::TooLarge { limit, what } => Self::new(
                 S::PAYLOAD_TOO_LARGE,
                 "file_too_large",

@@ -78,6 +78,7 @@ impl Application {
             registry,
             spool_dir: settings.spool_dir.clone(),
             spool_max_bytes: settings.spool_max_bytes,
+            client_idle_timeout: settings.client_idle_timeout,
         });
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();

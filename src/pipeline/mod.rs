@@ -94,6 +94,8 @@ pub enum UploadError {
     DigestMismatch { expected: String, actual: String },
     #[error("reading the request body failed: {0}")]
     Body(String),
+    #[error("the client stopped sending the body")]
+    ClientTimeout,
     #[error("the file is larger than {what} ({limit} bytes)")]
     TooLarge { limit: u64, what: &'static str },
     #[error(transparent)]
@@ -270,7 +272,7 @@ impl Pipeline {
     pub async fn send<S, E>(&self, prepared: Prepared, body: S) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<UploadError>,
     {
         let Prepared {
             upload,
@@ -308,7 +310,7 @@ impl Pipeline {
     ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<UploadError>,
     {
         // The whole file is held so its SHA-1 can go in the request's header (and be re-sent on a
         // retry); it is small (below the chunked threshold, at most 50 MB) and counted in the budget.
@@ -346,7 +348,7 @@ impl Pipeline {
     ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<UploadError>,
     {
         let size = upload.size;
         let part_size = session.part_size;
@@ -509,12 +511,9 @@ impl UploadError {
 async fn read_exact<S, E>(body: &mut Rechunker<S>, len: u64) -> Result<Part, UploadError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<UploadError>,
 {
-    let part = body
-        .next_part(len as usize)
-        .await
-        .map_err(|e| UploadError::Body(e.to_string()))?;
+    let part = body.next_part(len as usize).await.map_err(Into::into)?;
     if (part.len as u64) < len {
         return Err(UploadError::SizeMismatch {
             declared: len,
@@ -529,9 +528,9 @@ where
 async fn expect_end<S, E>(body: &mut Rechunker<S>, size: u64) -> Result<(), UploadError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<UploadError>,
 {
-    let extra = body.drain().await.map_err(|e| UploadError::Body(e.to_string()))?;
+    let extra = body.drain().await.map_err(Into::into)?;
     if extra > 0 {
         return Err(UploadError::SizeMismatch {
             declared: size,

@@ -17,7 +17,7 @@ pub struct Spooled {
 pub async fn spool<S, E>(body: S, dir: &Path, max_bytes: u64) -> Result<Spooled, UploadError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<UploadError>,
 {
     let file = tempfile::Builder::new()
         .prefix("upload-")
@@ -30,7 +30,7 @@ where
     let mut size = 0u64;
     let mut body = body;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
+        let chunk = chunk.map_err(Into::into)?;
         size += chunk.len() as u64;
         if size > max_bytes {
             return Err(UploadError::TooLarge {
@@ -54,10 +54,11 @@ impl Spooled {
     /// The spooled bytes, read back in 256 KiB chunks.
     pub async fn stream(
         &self,
-    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin, UploadError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, UploadError>> + Unpin, UploadError> {
         let file = tokio::fs::File::open(self.file.path())
             .await
             .map_err(|e| UploadError::Internal(format!("spool read: {e}")))?;
-        Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_err(std::io::Error::other))
+        Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+            .map_err(|e| UploadError::Internal(format!("spool read: {e}"))))
     }
 }

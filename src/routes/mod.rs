@@ -19,4 +19,6 @@ pub struct AppState {
     pub spool_dir: PathBuf,
     /// 0: spooling is off.
     pub spool_max_bytes: u64,
+    /// A body that stalls this long fails with 408 (its Box session is aborted).
+    pub client_idle_timeout: std::time::Duration,
 }

@@ -3,14 +3,16 @@
 //! - `PUT  /v1/folders/{folder_id}/files/{name}` raw body, a new file
 //! - `POST /v1/files/{file_id}/versions`      multipart, a new version
 //! - `PUT  /v1/files/{file_id}/content`       raw body, a new version
-use std::time::Instant;
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
 
 use actix_multipart::{Field, Multipart};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, LocalBoxStream};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::json;
 
 use super::multipart_scan::{file_data_offset, suffix_len, Scan};
@@ -26,7 +28,7 @@ const MAX_FIELDS: usize = 100;
 /// How much of a multipart body is looked at to find where the file starts.
 const MAX_SCAN_BYTES: usize = 64 * 1024;
 
-type Body = LocalBoxStream<'static, Result<Bytes, String>>;
+type Body = LocalBoxStream<'static, Result<Bytes, UploadError>>;
 
 /// Where the size of the file comes from; Box needs it before the first byte.
 enum Size {
@@ -139,7 +141,9 @@ async fn raw(
         (Some(n), _) | (None, Some(n)) => Size::Declared(n),
         (None, None) => Size::Unknown,
     };
-    let body = payload.map_err(|e| e.to_string()).boxed_local();
+    let body = idle_timeout(payload, state.client_idle_timeout)
+        .map_err(from_payload)
+        .boxed_local();
     let expected_sha1 = params.expected_sha1(Some(req.headers()))?;
     upload(state, tracker, params, expected_sha1, target, size, body).await
 }
@@ -149,7 +153,7 @@ async fn raw(
 async fn multipart(
     req: &HttpRequest,
     mut params: UploadParams,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: &AppState,
     tracker: &Tracker<'_>,
     // Builds the target from the explicit `name` (if any) and the file part's filename.
@@ -157,6 +161,7 @@ async fn multipart(
 ) -> Result<UploadOutcome, ApiError> {
     let boundary = boundary(req.headers())?;
     let content_length = content_length(req.headers())?;
+    let mut payload = idle_timeout(payload, state.client_idle_timeout);
     let early_size = params.declared_size(req.headers())?;
     // Only when no size is declared: look for where the file starts, to derive its size.
     let (seen, data_offset) = match (early_size, content_length) {
@@ -201,7 +206,7 @@ async fn multipart(
         }
         _ => Size::Unknown,
     };
-    let body = field.map_err(|e| e.to_string()).boxed_local();
+    let body = field.map_err(from_multipart).boxed_local();
     let expected_sha1 = params.expected_sha1(None)?;
     upload(state, tracker, params, expected_sha1, target, size, body).await
 }
@@ -231,7 +236,7 @@ async fn upload(
         }
         Size::Unknown => {
             let spooled = spool(body, &state.spool_dir, state.spool_max_bytes).await.map_err(fail)?;
-            let body = spooled.stream().await.map_err(fail)?.map_err(|e| e.to_string()).boxed_local();
+            let body = spooled.stream().await.map_err(fail)?.boxed_local();
             (spooled.size, false, body, Some(spooled))
         }
     };
@@ -276,7 +281,10 @@ fn fail(err: UploadError) -> ApiError {
 
 /// Reads raw body chunks until the file part's headers are seen (at most `MAX_SCAN_BYTES`), returning
 /// the chunks to replay and where the file's data starts.
-async fn scan(payload: &mut web::Payload, boundary: &str) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
+async fn scan(
+    payload: &mut (impl Stream<Item = Result<Bytes, PayloadError>> + Unpin),
+    boundary: &str,
+) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
     let mut seen = Vec::new();
     let mut buf = BytesMut::new();
     loop {
@@ -291,12 +299,7 @@ async fn scan(payload: &mut web::Payload, boundary: &str) -> Result<(Vec<Bytes>,
                 buf.extend_from_slice(&chunk);
                 seen.push(chunk);
             }
-            Some(Err(e)) => {
-                return Err(ApiError::bad_request(
-                    "body_read_failed",
-                    format!("reading the request body failed: {e}"),
-                ))
-            }
+            Some(Err(e)) => return Err(fail(from_payload(e))),
             None => return Ok((seen, None)),
         }
     }
@@ -363,6 +366,46 @@ async fn read_text(mut field: Field) -> Result<String, ApiError> {
     }
     String::from_utf8(value)
         .map_err(|_| ApiError::bad_request("invalid_multipart", format!("field {key:?} is not UTF-8")))
+}
+
+/// Ends the body with a timeout error when the client sends nothing for `idle`: a stalled client must
+/// not hold its part of the memory budget, nor its Box session, for ever.
+fn idle_timeout(
+    payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+    idle: Duration,
+) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
+    Box::pin(
+        stream::unfold(Some(payload), move |payload| async move {
+            let mut payload = payload?;
+            match tokio::time::timeout(idle, payload.next()).await {
+                Ok(Some(item)) => Some((item, Some(payload))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(PayloadError::Io(std::io::Error::new(
+                        ErrorKind::TimedOut,
+                        "client idle",
+                    ))),
+                    None,
+                )),
+            }
+        })
+        // actix-multipart polls again after the end; a fused stream keeps answering `None`.
+        .fuse(),
+    )
+}
+
+fn from_payload(err: PayloadError) -> UploadError {
+    match err {
+        PayloadError::Io(e) if e.kind() == ErrorKind::TimedOut => UploadError::ClientTimeout,
+        other => UploadError::Body(other.to_string()),
+    }
+}
+
+fn from_multipart(err: actix_multipart::MultipartError) -> UploadError {
+    match err {
+        actix_multipart::MultipartError::Payload(e) => from_payload(e),
+        other => UploadError::Body(other.to_string()),
+    }
 }
 
 fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {

@@ -258,6 +258,47 @@ async fn client_disconnect_aborts_the_session() {
     assert!(inspect(&app.emulator)["files"].as_array().unwrap().is_empty());
 }
 
+/// A client that stops sending (but keeps the connection) gets 408; its session is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_gets_408_and_the_session_is_aborted() {
+    let app = spawn_app_with(Options {
+        client_idle_timeout_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    let port = app.address.rsplit(':').next().unwrap();
+    let mut socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/folders/0/files/stalled.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        THRESHOLD * 4
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket
+        .write_all(&vec![7u8; (PART * 2 + 100) as usize])
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut socket, &mut answer),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("client_timeout"), "{answer}");
+    app.assert_no_open_session().await;
+    assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
+    assert_eq!(
+        app.metric("gateway_buffered_bytes ").await,
+        0.0,
+        "the stalled part's budget is given back"
+    );
+}
+
 /// Many uploads at once through a small budget: all land, and the bytes held never exceed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_uploads_within_a_small_budget() {

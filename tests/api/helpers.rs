@@ -36,6 +36,7 @@ pub struct Options {
     pub max_file_size_bytes: u64,
     pub box_request_timeout_secs: u64,
     pub box_retry_max_attempts: u32,
+    pub client_idle_timeout_secs: u64,
 }
 
 impl Default for Options {
@@ -53,6 +54,7 @@ impl Default for Options {
             max_file_size_bytes: 0,
             box_request_timeout_secs: 30,
             box_retry_max_attempts: 6,
+            client_idle_timeout_secs: 60,
         }
     }
 }
@@ -96,6 +98,7 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         max_file_size_bytes: o.max_file_size_bytes,
         box_request_timeout_secs: o.box_request_timeout_secs,
         box_retry_max_attempts: o.box_retry_max_attempts,
+        client_idle_timeout_secs: o.client_idle_timeout_secs,
         ..Settings::default()
     };
     let valid = settings.validate().expect("test settings are valid");
