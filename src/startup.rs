@@ -18,6 +18,12 @@ use crate::telemetry;
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
 const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
 
+/// reqwest is built without a TLS crypto provider of its own (aws-lc is the slowest unit of the
+/// build); rustls's ring provider serves TLS. SHA-1 never goes through it. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub struct Application {
     server: Server,
     port: u16,
@@ -40,7 +46,7 @@ impl Application {
         metrics
             .memory_budget_bytes
             .set(settings.memory_budget_bytes as i64);
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(settings.box_connect_timeout)
             .timeout(settings.box_request_timeout)

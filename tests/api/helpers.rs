@@ -70,6 +70,7 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         .with_test_writer()
         .with_env_filter(filter)
         .try_init();
+    box_upload_gateway::startup::install_tls_provider();
     let emulator = Emulator::spawn(EmulatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         part_size: Some(o.part_size),

@@ -14,7 +14,7 @@ pub struct TestEmulator {
 
 pub fn client() -> reqwest::Client {
     // The crate builds reqwest without a rustls provider; ring is the one it ships for TLS.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    box_upload_gateway::startup::install_tls_provider();
     reqwest::Client::builder().build().expect("reqwest client")
 }
 
