@@ -46,10 +46,6 @@ impl MemoryBudget {
         }
     }
 
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
     /// Waits until `bytes` are free. Fails only when they could never be.
     pub async fn acquire(&self, bytes: u64) -> Result<BudgetPermit, OverBudget> {
         let over = || OverBudget {

@@ -118,12 +118,8 @@ async fn store_then_fail_keeps_the_part_and_answers_500() {
 
     let listed: Value = emu
         .get(s["session_endpoints"]["list_parts"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(listed["entries"][0]["sha1"], sha1_hex(&data[..MIB as usize]));
     let again = assert_box_error(
         emu.put_part(&s, &data, 0, MIB).await,
@@ -339,12 +335,8 @@ async fn the_control_api_sets_shows_and_clears_the_plan() {
     let shown: FaultPlan = emu
         .client
         .get(format!("{base}/_emulator/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(shown.rules[0].endpoint, Endpoint::Preflight);
     let bad = emu
         .client
@@ -369,12 +361,8 @@ async fn the_control_api_sets_shows_and_clears_the_plan() {
     let state: Inspection = emu
         .client
         .get(format!("{base}/_emulator/state"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(state.counters.faults_fired, 2);
     assert_eq!(state, emu.inspect());
 }

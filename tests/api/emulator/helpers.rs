@@ -215,6 +215,17 @@ impl TestEmulator {
 }
 
 /// Asserts Box's error body and its `request_id` matching the `BOX-REQUEST-ID` header; returns it.
+/// Sends a request that must succeed at the HTTP level and reads its JSON answer.
+pub trait SendJson {
+    fn send_json<T: serde::de::DeserializeOwned>(self) -> impl std::future::Future<Output = T>;
+}
+
+impl SendJson for RequestBuilder {
+    async fn send_json<T: serde::de::DeserializeOwned>(self) -> T {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+}
+
 pub async fn assert_box_error(res: Response, status: u16, code: &str) -> Value {
     assert_eq!(res.status().as_u16(), status, "status");
     let header_id = res

@@ -124,12 +124,8 @@ async fn if_match_and_if_none_match_are_412_when_they_fail() {
     let s: Value = emu
         .post(&emu.upload(&format!("/files/{id}/upload_sessions")))
         .json(&json!({"file_size": SIZE}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let parts = emu.put_all_parts(&s, &data).await;
     let commit = |h: &'static str, v: &'static str| {
         emu.post(s["session_endpoints"]["commit"].as_str().unwrap())

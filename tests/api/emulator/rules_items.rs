@@ -10,14 +10,7 @@ async fn get_file_and_download_answer_what_was_committed() {
     let file = emu.chunked_upload("d.bin", &data).await;
     let id = file["id"].as_str().unwrap();
 
-    let got: Value = emu
-        .get(&emu.api(&format!("/files/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = emu.get(&emu.api(&format!("/files/{id}"))).send_json().await;
     let body = emu
         .get(&emu.api(&format!("/files/{id}/content")))
         .send()
@@ -38,14 +31,7 @@ async fn get_file_and_download_answer_what_was_committed() {
 #[tokio::test]
 async fn folders_are_created_listed_and_conflict_by_name() {
     let emu = spawn().await;
-    let root: Value = emu
-        .get(&emu.api("/folders/0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root: Value = emu.get(&emu.api("/folders/0")).send_json().await;
     assert_eq!(root["name"], "All Files");
     assert_eq!(root["item_collection"]["total_count"], 0);
 
@@ -60,23 +46,9 @@ async fn folders_are_created_listed_and_conflict_by_name() {
     let id = folder["id"].as_str().unwrap();
     assert_eq!(emu.direct_new(id, "in.txt", b"hello").await.status(), 201);
 
-    let listed: Value = emu
-        .get(&emu.api(&format!("/folders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = emu.get(&emu.api(&format!("/folders/{id}"))).send_json().await;
     assert_eq!(listed["item_collection"]["entries"][0]["name"], "in.txt");
-    let root: Value = emu
-        .get(&emu.api("/folders/0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root: Value = emu.get(&emu.api("/folders/0")).send_json().await;
     assert_eq!(root["item_collection"]["entries"][0]["id"], id);
     let again = emu
         .post(&emu.api("/folders"))

@@ -35,7 +35,7 @@ async fn parts_in_any_order_are_echoed_in_hex_and_listed() {
     assert_eq!(emu.put_part(&s, &data, MIB, MIB).await.status(), 200);
 
     let list = s["session_endpoints"]["list_parts"].as_str().unwrap();
-    let all: Value = emu.get(list).send().await.unwrap().json().await.unwrap();
+    let all: Value = emu.get(list).send_json().await;
     assert_eq!(all["total_count"], 3);
     let offsets: Vec<u64> = all["entries"]
         .as_array()
@@ -44,14 +44,7 @@ async fn parts_in_any_order_are_echoed_in_hex_and_listed() {
         .map(|p| p["offset"].as_u64().unwrap())
         .collect();
     assert_eq!(offsets, [0, MIB, 2 * MIB]);
-    let page: Value = emu
-        .get(&format!("{list}?offset=1&limit=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = emu.get(&format!("{list}?offset=1&limit=1")).send_json().await;
     assert_eq!(
         (page["offset"].as_u64(), page["limit"].as_u64()),
         (Some(1), Some(1))
@@ -61,12 +54,8 @@ async fn parts_in_any_order_are_echoed_in_hex_and_listed() {
     assert_box_error(res, 400, "bad_request").await;
     let status: Value = emu
         .get(s["session_endpoints"]["status"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(status["num_parts_processed"], 3);
     let seen = emu.inspect();
     let view = &seen.sessions[0];
