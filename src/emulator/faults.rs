@@ -65,8 +65,12 @@ pub enum FaultAction {
         #[serde(default)]
         retry_after: Option<u64>,
     },
-    /// upload_part: store the part, then answer 500.
+    /// upload_part, commit, direct_upload: do the work (store the part, commit the file, store the
+    /// file), then answer 500 as if it had failed: the lost answer.
     StoreThenFail,
+    /// upload_part, commit, direct_upload: do the work, then reset the connection instead of
+    /// answering: the client sees a transport error although the part or file is stored.
+    StoreThenCut,
     /// commit: answer 202, empty body, `Retry-After`.
     CommitAccepted {
         #[serde(default = "one")]
@@ -87,6 +91,7 @@ impl FaultAction {
         match self {
             FaultAction::Status { .. } => "status",
             FaultAction::StoreThenFail => "store_then_fail",
+            FaultAction::StoreThenCut => "store_then_cut",
             FaultAction::CommitAccepted { .. } => "commit_accepted",
             FaultAction::PartsMismatch => "parts_mismatch",
             FaultAction::CutConnection { .. } => "cut_connection",

@@ -1,4 +1,6 @@
 //! Request bodies as the fault plan shapes them: a bandwidth cap and a connection cut.
+use super::super::errors::{BoxApiError, Reply};
+use super::super::faults::FaultAction;
 use super::ConnSocket;
 use actix_web::error::PayloadError;
 use actix_web::{web, HttpRequest};
@@ -77,9 +79,7 @@ impl Progress {
     fn cut(&mut self) {
         self.done = true;
         if let Some(fd) = &self.shaping.socket {
-            let sock = socket2::SockRef::from(fd);
-            let _ = sock.set_linger(Some(Duration::ZERO));
-            let _ = sock.shutdown(std::net::Shutdown::Both);
+            reset(fd);
         }
     }
 
@@ -92,6 +92,35 @@ impl Progress {
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
+    }
+}
+
+/// SO_LINGER 0 and shut down: the client sees a reset or an early end, never a response.
+fn reset(fd: &OwnedFd) {
+    let sock = socket2::SockRef::from(fd);
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+}
+
+/// `store_then_cut`: the work is done, and the answer never reaches the client.
+fn cut_answer(req: &HttpRequest) {
+    if let Some(socket) = req.conn_data::<ConnSocket>() {
+        reset(&socket.0);
+    }
+}
+
+/// The `store_then_*` faults, applied to a request whose work is done: a stored part, file or commit
+/// is answered 500, or not answered at all.
+pub fn store_then(req: &HttpRequest, result: Reply, action: Option<&FaultAction>, what: &str) -> Reply {
+    match (result, action) {
+        (Ok(_), Some(FaultAction::StoreThenFail)) => Err(BoxApiError::internal(format!(
+            "Internal Server Error (the {what} was stored)"
+        ))),
+        (Ok(done), Some(FaultAction::StoreThenCut)) => {
+            cut_answer(req);
+            Ok(done)
+        }
+        (r, _) => r,
     }
 }
 

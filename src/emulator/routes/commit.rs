@@ -5,6 +5,7 @@ use super::super::faults::{Endpoint, FaultAction};
 use super::super::state::{FileRec, PartView, Session, SessionState, State, Version};
 use super::super::storage::fold_range;
 use super::super::Shared;
+use super::body::store_then;
 use super::items::{check_conflict, check_quota, file_json};
 use super::sessions::{json_object, open_session_mut, session_not_found};
 use super::{gate, header_str};
@@ -38,12 +39,15 @@ pub async fn commit(
         )),
         _ => finish(&req, &shared, &path, &body).await,
     };
-    let mut state = shared.lock();
-    match &result {
-        Ok(_) => state.counters.commits_created += 1,
-        Err(_) => state.counters.commits_rejected += 1,
+    {
+        let mut state = shared.lock();
+        match &result {
+            Ok(_) => state.counters.commits_created += 1,
+            Err(_) => state.counters.commits_rejected += 1,
+        }
     }
-    result
+    // The file is committed either way; only its answer is lost.
+    store_then(&req, result, gate.action.as_ref(), "file")
 }
 
 /// A part as the commit body lists it; `sha1` may be absent or null (some clients send neither).

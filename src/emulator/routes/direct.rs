@@ -4,7 +4,7 @@ use super::super::faults::{Endpoint, FaultAction};
 use super::super::state::Version;
 use super::super::storage::PositionalWriter;
 use super::super::Shared;
-use super::body::{drain, shaped, Shaping, SharedBody};
+use super::body::{drain, shaped, store_then, Shaping, SharedBody};
 use super::commit::add_version;
 use super::items::{check_conflict, check_quota, file_json, folder_exists, missing_parent, validate_name};
 use super::sessions::json_object;
@@ -45,10 +45,10 @@ async fn upload(
     shared: web::Data<Shared>,
     file_id: Option<String>,
 ) -> Reply {
-    let (cut, bandwidth) = match gate(&shared, &req, Some(Endpoint::DirectUpload), true).await {
+    let (cut, bandwidth, action) = match gate(&shared, &req, Some(Endpoint::DirectUpload), true).await {
         Ok(g) => match g.action {
-            Some(FaultAction::CutConnection { after_bytes }) => (Some(after_bytes), g.bandwidth),
-            _ => (None, g.bandwidth),
+            Some(FaultAction::CutConnection { after_bytes }) => (Some(after_bytes), g.bandwidth, None),
+            action => (None, g.bandwidth, action),
         },
         Err(e) => {
             drain(&mut shaped(payload, Shaping::new(&req, None, None))).await;
@@ -62,7 +62,7 @@ async fn upload(
         let mut rest = body.0.replace(Box::pin(futures_util::stream::empty()));
         drain(&mut rest).await;
     }
-    result
+    store_then(&req, result, action.as_ref(), "file")
 }
 
 async fn receive(req: &HttpRequest, shared: &Shared, body: SharedBody, file_id: Option<String>) -> Reply {

@@ -3,7 +3,9 @@ use super::super::errors::{BoxApiError, Reply};
 use super::super::state::{FolderRec, State};
 use super::super::Shared;
 use super::gate;
-use super::items::{check_conflict, file_mini, folder_exists, folder_mini, missing_parent, validate_name};
+use super::items::{
+    check_conflict, file_json, file_mini, folder_exists, folder_mini, missing_parent, validate_name,
+};
 use super::sessions::json_object;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -16,6 +18,84 @@ pub async fn get(req: HttpRequest, path: web::Path<String>, shared: web::Data<Sh
         .get(path.as_str())
         .ok_or_else(|| BoxApiError::not_found(format!("Folder {path} not found")))?;
     Ok(HttpResponse::Ok().json(folder_json(&state, d)))
+}
+
+/// `GET /2.0/folders/{id}/items?fields=&offset=&limit=`: one page of the folder's items, folders then
+/// files, by name. `fields` selects what an entry carries besides `type`, `id` and `etag` (Box's rule);
+/// without it, the mini objects. `limit` defaults to 100, at most 1000.
+pub async fn items(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ItemsQuery>,
+    shared: web::Data<Shared>,
+) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(BoxApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let offset = query.offset.unwrap_or(0);
+    let fields: Option<Vec<&str>> = query
+        .fields
+        .as_deref()
+        .map(|f| f.split(',').map(str::trim).collect());
+    let state = shared.lock();
+    if !folder_exists(&state, &path) {
+        return Err(BoxApiError::not_found(format!("Folder {path} not found")));
+    }
+    let all = children(&state, &path);
+    let total = all.len();
+    let page: Vec<Value> = all
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(_, mini, full)| match &fields {
+            None => mini,
+            Some(fields) => select(&full, fields),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "total_count": total,
+        "entries": page,
+        "offset": offset,
+        "limit": limit,
+        "order": [{"by": "type", "direction": "ASC"}, {"by": "name", "direction": "ASC"}],
+    })))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ItemsQuery {
+    fields: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// `type`, `id` and `etag` always, then the requested fields the item has.
+fn select(full: &Value, fields: &[&str]) -> Value {
+    let keep = ["type", "id", "etag"].iter().chain(fields);
+    let picked: serde_json::Map<String, Value> = keep
+        .filter_map(|k| full.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect();
+    Value::Object(picked)
+}
+
+/// The folder's items, folders first, each by name: (sort key, mini object, full object).
+fn children(state: &State, folder_id: &str) -> Vec<((u8, String), Value, Value)> {
+    let mut items: Vec<_> = state
+        .folders
+        .values()
+        .filter(|c| c.parent_id.as_deref() == Some(folder_id))
+        .map(|c| ((0, c.name.clone()), folder_mini(c), folder_mini(c)))
+        .chain(
+            state
+                .files
+                .values()
+                .filter(|f| f.parent_id == folder_id)
+                .map(|f| ((1, f.name.clone()), file_mini(f), file_json(state, f))),
+        )
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items
 }
 
 pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> Reply {
@@ -41,21 +121,10 @@ pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
 }
 
 fn folder_json(state: &State, d: &FolderRec) -> Value {
-    let mut entries: Vec<(String, Value)> = state
-        .folders
-        .values()
-        .filter(|c| c.parent_id.as_deref() == Some(d.id.as_str()))
-        .map(|c| (c.name.clone(), folder_mini(c)))
-        .chain(
-            state
-                .files
-                .values()
-                .filter(|f| f.parent_id == d.id)
-                .map(|f| (f.name.clone(), file_mini(f))),
-        )
+    let entries: Vec<Value> = children(state, &d.id)
+        .into_iter()
+        .map(|(_, mini, _)| mini)
         .collect();
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let entries: Vec<Value> = entries.into_iter().map(|(_, v)| v).collect();
     json!({
         "type": "folder",
         "id": d.id,

@@ -75,6 +75,7 @@ fn configure(cfg: &mut web::ServiceConfig) {
         .route("/2.0/files/{file_id}", web::get().to(files::get))
         .route("/2.0/folders", web::post().to(folders::create))
         .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
+        .route("/2.0/folders/{folder_id}/items", web::get().to(folders::items))
         .route("/oauth2/token", web::post().to(token::token))
         .configure(control::configure)
         .default_service(web::to(not_found));

@@ -4,7 +4,7 @@ use super::super::faults::{Endpoint, FaultAction};
 use super::super::state::{PartView, Session};
 use super::super::storage::PositionalWriter;
 use super::super::Shared;
-use super::body::{drain, shaped, Body, Shaping};
+use super::body::{drain, shaped, store_then, Body, Shaping};
 use super::sessions::open_session_mut;
 use super::{commit, gate, header_str};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -39,12 +39,7 @@ pub async fn upload(
         }
     };
     let result = receive(&req, &shared, &path, &mut body).await;
-    let result = match (result, gate.action) {
-        (Ok(_), Some(FaultAction::StoreThenFail)) => Err(BoxApiError::internal(
-            "Internal Server Error (the part was stored)",
-        )),
-        (r, _) => r,
-    };
+    let result = store_then(&req, result, gate.action.as_ref(), "part");
     if result.is_err() {
         drain(&mut body).await;
         shared.lock().counters.part_uploads_rejected += 1;

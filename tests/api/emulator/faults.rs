@@ -1,7 +1,7 @@
 //! The fault plan, each action observed by a client, set at start, through the handle and over HTTP.
 use super::helpers::*;
 use box_upload_gateway::emulator::{
-    EmulatorConfig, Endpoint, FaultAction, FaultPlan, FaultRule, Inspection, DEV_TOKEN,
+    EmulatorConfig, Endpoint, FaultAction, FaultPlan, FaultRule, Inspection, SessionState, DEV_TOKEN,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -165,6 +165,63 @@ async fn a_transient_parts_mismatch_then_the_file() {
     assert_box_error(emu.commit(&s, &data, &parts).await, 400, "parts_mismatch").await;
     assert_eq!(emu.commit(&s, &data, &parts).await.status(), 201);
     assert_eq!(emu.inspect().counters.commits_rejected, 1);
+}
+
+/// The lost commit answer: the file is committed, then the connection is reset (or a 500 answered).
+#[tokio::test]
+async fn store_then_cut_and_store_then_fail_commit_but_lose_the_answer() {
+    let emu = spawn().await;
+    let data = bytes(SIZE, 56);
+    let s = emu.create_session("lost.bin", SIZE).await;
+    let parts = emu.put_all_parts(&s, &data).await;
+    emu.handle
+        .set_faults(plan(vec![rule(Endpoint::Commit, FaultAction::StoreThenCut)]));
+
+    let cut = emu.try_commit(&s, &data, &parts).await;
+
+    assert!(cut.is_err(), "no answer: {cut:?}");
+    let seen = emu.inspect();
+    assert_eq!(seen.files.len(), 1);
+    assert_eq!(seen.files[0].sha1, sha1_hex(&data));
+    assert_eq!(seen.sessions[0].state, SessionState::Committed);
+    assert_eq!(seen.faults_fired[0].action, "store_then_cut");
+
+    let s2 = emu.create_session("lost-too.bin", SIZE).await;
+    let parts2 = emu.put_all_parts(&s2, &data).await;
+    emu.handle
+        .set_faults(plan(vec![rule(Endpoint::Commit, FaultAction::StoreThenFail)]));
+    assert_box_error(
+        emu.commit(&s2, &data, &parts2).await,
+        500,
+        "internal_server_error",
+    )
+    .await;
+    let seen = emu.inspect();
+    assert_eq!(seen.files.len(), 2);
+    assert_eq!(
+        seen.session(s2["id"].as_str().unwrap()).unwrap().state,
+        SessionState::Committed
+    );
+}
+
+#[tokio::test]
+async fn store_then_cut_and_fail_on_direct_uploads() {
+    let emu = spawn().await;
+    emu.handle.set_faults(plan(vec![
+        rule(Endpoint::DirectUpload, FaultAction::StoreThenCut),
+        FaultRule {
+            nth: Some(2),
+            ..rule(Endpoint::DirectUpload, FaultAction::StoreThenFail)
+        },
+    ]));
+
+    let cut = emu.try_direct_new("0", "a.bin", b"first").await;
+    let failed = emu.direct_new("0", "b.bin", b"second").await;
+
+    assert!(cut.is_err(), "no answer: {cut:?}");
+    assert_box_error(failed, 500, "internal_server_error").await;
+    let names: Vec<String> = emu.inspect().files.into_iter().map(|f| f.name).collect();
+    assert_eq!(names.len(), 2, "both stored: {names:?}");
 }
 
 #[tokio::test]

@@ -139,17 +139,31 @@ impl TestEmulator {
     }
 
     pub async fn commit_with(&self, session: &Value, digest: &str, body: Value) -> Response {
+        self.try_commit_with(session, digest, body).await.unwrap()
+    }
+
+    /// A commit whose answer may never come (a `store_then_cut` fault).
+    pub async fn try_commit_with(
+        &self,
+        session: &Value,
+        digest: &str,
+        body: Value,
+    ) -> reqwest::Result<Response> {
         let url = session["session_endpoints"]["commit"].as_str().unwrap();
-        self.post(url)
-            .header("digest", digest)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.post(url).header("digest", digest).json(&body).send().await
     }
 
     pub async fn commit(&self, session: &Value, data: &[u8], parts: &[Value]) -> Response {
-        self.commit_with(
+        self.try_commit(session, data, parts).await.unwrap()
+    }
+
+    pub async fn try_commit(
+        &self,
+        session: &Value,
+        data: &[u8],
+        parts: &[Value],
+    ) -> reqwest::Result<Response> {
+        self.try_commit_with(
             session,
             &format!("sha={}", sha1_b64(data)),
             json!({ "parts": parts }),
@@ -173,6 +187,16 @@ impl TestEmulator {
         fields: &[(&str, &[u8])],
         content_md5: Option<&str>,
     ) -> Response {
+        self.try_direct_upload(url, fields, content_md5).await.unwrap()
+    }
+
+    /// A direct upload whose answer may never come (a `cut_connection` or `store_then_cut` fault).
+    pub async fn try_direct_upload(
+        &self,
+        url: &str,
+        fields: &[(&str, &[u8])],
+        content_md5: Option<&str>,
+    ) -> reqwest::Result<Response> {
         let boundary = "emulator-test-boundary-7MA4YWxkTrZu0gW";
         let mut body = Vec::new();
         for (name, value) in fields {
@@ -200,12 +224,21 @@ impl TestEmulator {
         if let Some(md5) = content_md5 {
             req = req.header("content-md5", md5);
         }
-        req.send().await.unwrap()
+        req.send().await
     }
 
     pub async fn direct_new(&self, folder_id: &str, name: &str, data: &[u8]) -> Response {
+        self.try_direct_new(folder_id, name, data).await.unwrap()
+    }
+
+    pub async fn try_direct_new(
+        &self,
+        folder_id: &str,
+        name: &str,
+        data: &[u8],
+    ) -> reqwest::Result<Response> {
         let attributes = json!({"name": name, "parent": {"id": folder_id}}).to_string();
-        self.direct_upload(
+        self.try_direct_upload(
             &self.upload("/files/content"),
             &[("attributes", attributes.as_bytes()), ("file", data)],
             None,

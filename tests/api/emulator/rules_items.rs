@@ -168,3 +168,44 @@ async fn extractor_errors_are_box_errors_too() {
 
     assert_box_error(res, 400, "bad_request").await;
 }
+
+/// `GET /folders/{id}/items`: pages by `offset`/`limit`, and `fields` picks what entries carry.
+#[tokio::test]
+async fn folder_items_are_paginated_with_selected_fields() {
+    let emu = spawn().await;
+    for i in 0..5u8 {
+        let res = emu.direct_new("0", &format!("f{i}.txt"), &[i; 10]).await;
+        assert_eq!(res.status(), 201);
+    }
+
+    let page = |q: &str| emu.get(&emu.api(&format!("/folders/0/items?{q}")));
+    let first: Value = page("fields=name,sha1,size&limit=2").send_json().await;
+    let last: Value = page("fields=name,sha1,size&limit=2&offset=4").send_json().await;
+    let mini: Value = page("").send_json().await;
+
+    assert_eq!(first["total_count"], 5);
+    assert_eq!(first["entries"].as_array().unwrap().len(), 2);
+    let entry = &first["entries"][1];
+    assert_eq!(entry["name"], "f1.txt");
+    assert_eq!(entry["size"], 10);
+    assert_eq!(entry["sha1"], sha1_hex(&[1; 10]));
+    assert_eq!(entry["type"], "file");
+    assert!(entry.get("parent").is_none(), "only the asked fields: {entry}");
+    assert_eq!(last["entries"][0]["name"], "f4.txt");
+    assert_eq!(
+        (last["offset"].as_u64(), last["limit"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(mini["entries"].as_array().unwrap().len(), 5);
+    assert!(
+        mini["entries"][0].get("size").is_none(),
+        "mini objects by default"
+    );
+    assert_box_error(page("limit=0").send().await.unwrap(), 400, "bad_request").await;
+    assert_box_error(
+        emu.get(&emu.api("/folders/42/items")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+}
