@@ -217,6 +217,12 @@ fn from_box(err: BoxError) -> ApiError {
             "invalid_name",
             format!("Box refused the name ({code})"),
         ),
+        // Transient (another upload of the name is committing) and retried; still there after that.
+        (_, 409, "name_temporarily_reserved") => (
+            S::SERVICE_UNAVAILABLE,
+            "box_unavailable",
+            "Box kept the name reserved for another upload; try again later".into(),
+        ),
         (_, 409, "item_name_in_use") => (
             S::CONFLICT,
             "name_conflict",
@@ -296,6 +302,7 @@ mod tests {
             (400, "missing_destination", 502, "box_rejected_request"),
             (409, "item_name_in_use", 409, "name_conflict"),
             (503, "unavailable", 503, "box_unavailable"),
+            (409, "name_temporarily_reserved", 503, "box_unavailable"),
         ];
         for (status, code, want_status, want_code) in cases {
             let e = box_err(status, code);

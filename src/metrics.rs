@@ -16,7 +16,7 @@ pub struct GatewayMetrics {
     pub parts: IntCounterVec,
     pub part_duration: Histogram,
     /// Retries of Box calls, by `endpoint` and `reason` (rate_limited|server_error|timeout|connection|
-    /// commit_pending|parts_mismatch).
+    /// name_reserved|commit_pending|parts_mismatch).
     pub box_retries: IntCounterVec,
     /// Box calls, by `endpoint` and `status` (HTTP status, or timeout|connection).
     pub box_calls: IntCounterVec,
@@ -29,6 +29,10 @@ pub struct GatewayMetrics {
     pub memory_budget_bytes: IntGauge,
     /// Sessions aborted, by `reason`.
     pub sessions_aborted: IntCounterVec,
+    /// Commits and direct uploads whose answer was lost (transport error, timeout, 5xx) and Box was
+    /// asked what it holds, by `endpoint` and `outcome` (landed: the file is there, answered as
+    /// success | not_landed | unknown: the lookup itself failed).
+    pub lost_answers: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -111,6 +115,13 @@ impl GatewayMetrics {
                 ),
                 &["reason"],
             )?,
+            lost_answers: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_lost_answers_total",
+                    "Commits and direct uploads whose answer was lost, by endpoint and what Box held (landed|not_landed|unknown).",
+                ),
+                &["endpoint", "outcome"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -125,6 +136,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.buffered_bytes_peak.clone()))?;
         registry.register(Box::new(m.memory_budget_bytes.clone()))?;
         registry.register(Box::new(m.sessions_aborted.clone()))?;
+        registry.register(Box::new(m.lost_answers.clone()))?;
         Ok(m)
     }
 }

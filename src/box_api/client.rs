@@ -1,5 +1,5 @@
 //! One method per Box upload endpoint, over one `reqwest::Client` built at start.
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -328,41 +328,148 @@ impl BoxClient {
         parts.push(head);
         parts.extend(content);
         parts.push(tail);
-        let (build, sha1_hex) = (
-            &|t: &Secret| {
-                self.http
-                    .post(&url)
-                    .bearer_auth(t.expose())
-                    .header(
-                        header::CONTENT_TYPE,
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
-                    .header(header::CONTENT_LENGTH, length)
-                    .header("Content-MD5", sha1_hex.as_str())
-                    .body(stream_body(parts.clone()))
-            },
-            &sha1_hex,
-        );
-        let files: FileCollection = self
+        let build = &|t: &Secret| {
+            self.http
+                .post(&url)
+                .bearer_auth(t.expose())
+                .header(
+                    header::CONTENT_TYPE,
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .header(header::CONTENT_LENGTH, length)
+                .header("Content-MD5", sha1_hex.as_str())
+                .body(stream_body(parts.clone()))
+        };
+        // Set when an attempt's answer was lost (a 5xx, a timeout, a dropped connection): the file may
+        // have landed, so Box is asked what it holds before the bytes go again, and once more before
+        // giving up. A re-sent upload that had landed would otherwise meet its own file as a name
+        // conflict (a new file), or become a second identical version.
+        let lost = AtomicBool::new(false);
+        let lost = &lost;
+        let size = upload.size;
+        let result = self
             .retry
-            .run(&self.metrics, |attempt| async move {
-                match self.call("direct_upload", build).await {
-                    // An earlier attempt may have landed although its answer was lost: Box then
-                    // names our own file, same SHA-1, as the conflict. That is success.
-                    Err(err) if attempt > 1 => match err.body().and_then(|b| b.conflict()) {
-                        Some(c) if c.sha1.as_deref() == Some(sha1_hex.as_str()) => {
-                            tracing::info!(file_id = %c.id, "a retried direct upload had landed");
-                            Ok(FileCollection {
-                                entries: vec![self.get_file(&c.id).await?.0],
-                            })
-                        }
-                        _ => Err(err),
-                    },
-                    other => other,
+            .run(&self.metrics, |_attempt| async move {
+                if lost.load(Ordering::Relaxed) {
+                    if let Some(file) = self.recover("direct_upload", upload, sha1, size).await {
+                        return Ok(file);
+                    }
                 }
+                let answer = self.call("direct_upload", build).await;
+                if let Err(err) = &answer {
+                    lost.fetch_or(err.may_have_landed(), Ordering::Relaxed);
+                }
+                first_file("direct_upload", answer?)
             })
-            .await?;
-        first_file("direct_upload", files)
+            .await;
+        match result {
+            Err(err) if lost.load(Ordering::Relaxed) => {
+                self.recover("direct_upload", upload, sha1, size).await.ok_or(err)
+            }
+            other => other,
+        }
+    }
+
+    /// After a lost answer: the file Box holds where the upload was going, if it is the one sent (same
+    /// SHA-1 and size; for a new file, the same name in the folder). `None` when it is not there, or
+    /// when Box could not be asked (logged and counted as `unknown`).
+    pub async fn recover(
+        &self,
+        endpoint: &'static str,
+        upload: &NewUpload,
+        sha1: &[u8; 20],
+        size: u64,
+    ) -> Option<FileObject> {
+        let found = self.find_landed(upload, &hex::encode(sha1), size).await;
+        let outcome = match &found {
+            Ok(Some(_)) => "landed",
+            Ok(None) => "not_landed",
+            Err(_) => "unknown",
+        };
+        self.metrics
+            .lost_answers
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+        match found {
+            Ok(Some(file)) => {
+                tracing::info!(
+                    endpoint,
+                    file_id = file.id(),
+                    "an answer was lost but the file had landed"
+                );
+                Some(file)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(endpoint, error = %err, "an answer was lost and Box could not be asked whether the file landed");
+                None
+            }
+        }
+    }
+
+    async fn find_landed(
+        &self,
+        upload: &NewUpload,
+        sha1_hex: &str,
+        size: u64,
+    ) -> Result<Option<FileObject>, BoxError> {
+        let same = |item: &Value| {
+            item.get("sha1")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.eq_ignore_ascii_case(sha1_hex))
+                && item.get("size").and_then(Value::as_u64) == Some(size)
+        };
+        match &upload.target {
+            Target::NewFile { folder_id, name } => match self.find_in_folder(folder_id, name).await? {
+                Some(item) if same(&item) => {
+                    let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+                    self.get_file(id).await.map(Some)
+                }
+                _ => Ok(None),
+            },
+            Target::NewVersion { file_id, name } => {
+                let file = self.get_file(file_id).await?;
+                let named = name
+                    .as_deref()
+                    .is_none_or(|n| file.0.get("name").and_then(Value::as_str) == Some(n));
+                Ok((named && same(&file.0)).then_some(file))
+            }
+        }
+    }
+
+    /// The file named `name` in the folder: `GET {api}/folders/{id}/items`, page by page (at most 1000
+    /// a page), with `fields=name,sha1,size`. Box names are unique in a folder regardless of case.
+    pub async fn find_in_folder(&self, folder_id: &str, name: &str) -> Result<Option<Value>, BoxError> {
+        const LIMIT: u64 = 1000;
+        let url = format!("{}/folders/{folder_id}/items", self.urls.api);
+        let lower = name.to_lowercase();
+        let mut offset = 0;
+        loop {
+            let query = [
+                ("fields", "name,sha1,size".to_owned()),
+                ("offset", offset.to_string()),
+                ("limit", LIMIT.to_string()),
+            ];
+            let page: ItemsPage = self
+                .retried("folder_items", |t| {
+                    self.http.get(&url).query(&query).bearer_auth(t.expose())
+                })
+                .await?;
+            let found = page.entries.iter().find(|item| {
+                item.get("type").and_then(Value::as_str) == Some("file")
+                    && item
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.to_lowercase() == lower)
+            });
+            if let Some(item) = found {
+                return Ok(Some(item.clone()));
+            }
+            offset += page.entries.len() as u64;
+            if page.entries.is_empty() || offset >= page.total_count.unwrap_or(0) {
+                return Ok(None);
+            }
+        }
     }
 
     /// `GET {api}/files/{id}`.

@@ -76,10 +76,17 @@ impl BoxError {
         }
     }
 
-    /// Why a retry may succeed, as a metrics label; `None` when retrying cannot help.
+    /// Why a retry may succeed, as a metrics label; `None` when retrying cannot help. Retried: 429,
+    /// 408, 409 `name_temporarily_reserved` (another upload of the name is committing), 500, 502, 503,
+    /// 504, timeouts and dropped connections. Never: 501 and other 5xx (not implemented, out of space,
+    /// ...), any other 4xx, and answers that cannot be understood: the same request would fail again.
     pub fn retry_reason(&self) -> Option<&'static str> {
         match &self.kind {
             BoxErrorKind::Status { status: 429, .. } => Some("rate_limited"),
+            BoxErrorKind::Status { status: 408, .. } => Some("timeout"),
+            BoxErrorKind::Status { status: 409, .. } if self.code() == Some(NAME_RESERVED) => {
+                Some("name_reserved")
+            }
             BoxErrorKind::Status {
                 status: 500 | 502 | 503 | 504,
                 ..
@@ -90,11 +97,17 @@ impl BoxError {
         }
     }
 
-    /// A server error on an upload may have stored the part anyway (box-api.md).
+    /// Whether Box may have done the work although the answer says otherwise or never came: a 5xx,
+    /// a timeout, a dropped connection, an answer that could not be read. A part may be stored, a
+    /// commit or direct upload may have created the file (box-api.md); only a 4xx is sure to have
+    /// changed nothing.
     pub fn may_have_landed(&self) -> bool {
         !matches!(&self.kind, BoxErrorKind::Status { status, .. } if *status < 500)
     }
 }
+
+/// 409: Box holds the name while another upload of it is being committed; transient.
+pub const NAME_RESERVED: &str = "name_temporarily_reserved";
 
 /// `Retry-After` in seconds (Box never sends the HTTP-date form).
 pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -105,4 +118,69 @@ pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, code: &str) -> BoxError {
+        let body = BoxErrorBody {
+            code: Some(code.into()),
+            ..Default::default()
+        };
+        BoxError::new(
+            "commit",
+            BoxErrorKind::Status {
+                status,
+                body: Box::new(body),
+                retry_after: None,
+            },
+        )
+    }
+
+    #[test]
+    fn only_what_a_retry_can_fix_is_retried() {
+        let retried = [
+            (429, "rate_limit_exceeded", "rate_limited"),
+            (408, "request_timeout", "timeout"),
+            (409, NAME_RESERVED, "name_reserved"),
+            (500, "internal_server_error", "server_error"),
+            (502, "bad_gateway", "server_error"),
+            (503, "unavailable", "server_error"),
+            (504, "gateway_timeout", "server_error"),
+        ];
+        for (code, box_code, reason) in retried {
+            assert_eq!(
+                status(code, box_code).retry_reason(),
+                Some(reason),
+                "{code} {box_code}"
+            );
+        }
+        let final_ = [
+            (501, "not_implemented"),
+            (505, "http_version_not_supported"),
+            (507, "insufficient_storage"),
+            (400, "bad_request"),
+            (401, "unauthorized"),
+            (403, "storage_limit_exceeded"),
+            (404, "not_found"),
+            (409, "item_name_in_use"),
+            (410, "session_expired"),
+            (412, "precondition_failed"),
+            (413, "request_entity_too_large"),
+            (416, "range_overlaps_existing_part"),
+        ];
+        for (code, box_code) in final_ {
+            assert_eq!(status(code, box_code).retry_reason(), None, "{code} {box_code}");
+        }
+        let protocol = BoxError::protocol("commit", "bad JSON");
+        assert_eq!(protocol.retry_reason(), None);
+        assert!(
+            protocol.may_have_landed(),
+            "an unreadable 2xx may hide a created file"
+        );
+        assert!(status(503, "unavailable").may_have_landed());
+        assert!(!status(409, NAME_RESERVED).may_have_landed());
+    }
 }

@@ -46,6 +46,15 @@ pub(crate) struct PartsPage {
     pub entries: Vec<UploadPart>,
 }
 
+/// One page of `GET /folders/{id}/items`; entries are kept as Box sent them.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ItemsPage {
+    #[serde(default)]
+    pub total_count: Option<u64>,
+    #[serde(default)]
+    pub entries: Vec<Value>,
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct FileCollection {
     pub entries: Vec<Value>,

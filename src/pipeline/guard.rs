@@ -47,6 +47,10 @@ impl SessionGuard {
                 Ok(()) => {
                     tracing::info!(session_id = %session.id, reason, "aborted Box upload session")
                 }
+                // Gone already: committed (after a lost commit answer), aborted or expired.
+                Err(err) if err.status() == Some(404) => {
+                    tracing::info!(session_id = %session.id, reason, "the Box upload session was already closed")
+                }
                 Err(err) => tracing::error!(session_id = %session.id, reason, error = %err,
                     "could not abort Box upload session; Box discards it when it expires"),
             }

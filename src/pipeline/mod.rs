@@ -288,8 +288,15 @@ impl Pipeline {
                     .send_chunked(&upload, expected_sha1, guard.session(), &mut body, &mut parts)
                     .await;
                 match result {
-                    Ok(outcome) => {
+                    Ok((outcome, false)) => {
                         guard.disarm();
+                        Ok(outcome)
+                    }
+                    // Box holds the file but never answered the commit: in the rare case the file
+                    // came from elsewhere (same name, same bytes), the session is still open; an abort
+                    // closes it, and is refused harmlessly when the session was committed.
+                    Ok((outcome, true)) => {
+                        guard.abort("recovered").await;
                         Ok(outcome)
                     }
                     Err(err) => {
@@ -345,7 +352,7 @@ impl Pipeline {
         session: &UploadSession,
         body: &mut Rechunker<S>,
         in_flight: &mut JoinSet<Result<UploadPart, UploadError>>,
-    ) -> Result<UploadOutcome, UploadError>
+    ) -> Result<(UploadOutcome, bool), UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
@@ -382,9 +389,12 @@ impl Pipeline {
         parts.sort_by_key(|p| p.offset);
         let sha1: [u8; 20] = whole.finalize().into();
         check_expected(expected_sha1, &sha1)?;
-        let file = self.commit(session, upload, &sha1, parts).await?;
+        let (file, recovered) = match self.commit(session, upload, &sha1, parts).await? {
+            Committed::Answered(file) => (file, false),
+            Committed::Recovered(file) => (file, true),
+        };
         verify_file(&file, size, &sha1)?;
-        Ok(UploadOutcome {
+        let outcome = UploadOutcome {
             file,
             method: UploadMethod::Chunked,
             size,
@@ -392,7 +402,9 @@ impl Pipeline {
             part_size: Some(part_size),
             parts: Some(size.div_ceil(part_size)),
             session_id: Some(session.id.clone()),
-        })
+        };
+        // `true`: the commit's answer was lost and the file found in Box.
+        Ok((outcome, recovered))
     }
 
     /// One part, on the shared runtime: its digest (on another core than the body's reader), then the
@@ -423,15 +435,22 @@ impl Pipeline {
         }
     }
 
-    /// Commits, retrying a 202 (parts still being processed) and a transient `parts_mismatch` within
-    /// `commit_timeout`: Box can answer 202 fifteen times and more, so a small try count is not enough.
+    /// Commits, retrying a 202 (parts still being processed), a transient `parts_mismatch` and a 409
+    /// `name_temporarily_reserved` (another upload of the name is committing) within `commit_timeout`:
+    /// Box can answer 202 fifteen times and more, so a small try count is not enough. Other retryable
+    /// failures get the usual attempts.
+    ///
+    /// A commit whose answer is lost (a 5xx, a timeout, a dropped connection) may have created the
+    /// file all the same; what Box says to a repeated commit then is not documented. So after such an
+    /// answer, and on every failure after it, Box is asked what it holds (`BoxClient::recover`): the
+    /// file sent (name, SHA-1, size) is success, reported as `Recovered`.
     async fn commit(
         &self,
         session: &UploadSession,
         upload: &NewUpload,
         sha1: &[u8; 20],
         parts: Vec<UploadPart>,
-    ) -> Result<FileObject, UploadError> {
+    ) -> Result<Committed, UploadError> {
         let client = self.client.clone();
         let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
         let budget = self.settings.commit_timeout;
@@ -439,27 +458,32 @@ impl Pipeline {
             let deadline = Instant::now() + budget;
             let policy = client.retry_policy().clone();
             let mut attempt = 0;
+            let mut lost = false;
             loop {
                 attempt += 1;
-                let (reason, delay) = match client.commit(&session, &upload, &sha1, &parts).await {
-                    Ok(CommitAnswer::Committed(file)) => return Ok(file),
+                let err = match client.commit(&session, &upload, &sha1, &parts).await {
+                    Ok(CommitAnswer::Committed(file)) => return Ok(Committed::Answered(file)),
                     Ok(CommitAnswer::Pending(retry_after)) => {
-                        ("commit_pending", retry_after.unwrap_or(Duration::from_secs(1)))
+                        let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                        wait_within(deadline, budget, delay, &metrics, "commit_pending").await?;
+                        continue;
                     }
-                    Err(err) if err.code() == Some("parts_mismatch") => {
-                        ("parts_mismatch", policy.delay(attempt, None))
-                    }
-                    Err(err) if err.retry_reason().is_some() && attempt < policy.max_attempts => (
-                        err.retry_reason().unwrap_or_default(),
-                        policy.delay(attempt, err.retry_after()),
-                    ),
-                    Err(err) => return Err(err.into()),
+                    Err(err) => err,
                 };
-                if Instant::now() + delay > deadline {
-                    return Err(UploadError::CommitTimedOut(budget));
+                lost |= err.may_have_landed();
+                if lost {
+                    if let Some(file) = client.recover("commit", &upload, &sha1, upload.size).await {
+                        return Ok(Committed::Recovered(file));
+                    }
                 }
-                metrics.box_retries.with_label_values(&["commit", reason]).inc();
-                tokio::time::sleep(delay).await;
+                let delay = policy.delay(attempt, err.retry_after());
+                let reason = match (err.code(), err.retry_reason()) {
+                    (Some("parts_mismatch"), _) => "parts_mismatch",
+                    (_, Some("name_reserved")) => "name_reserved",
+                    (_, Some(reason)) if attempt < policy.max_attempts => reason,
+                    _ => return Err(err.into()),
+                };
+                wait_within(deadline, budget, delay, &metrics, reason).await?;
             }
         })
         .await?
@@ -487,6 +511,30 @@ fn join(
         Some(Err(e)) => Err(UploadError::Internal(format!("part task failed: {e}"))),
         None => Err(UploadError::Internal("no part in flight".into())),
     }
+}
+
+/// What a commit ended with.
+enum Committed {
+    /// Box answered the file.
+    Answered(FileObject),
+    /// The answer was lost, and Box was found holding the file sent.
+    Recovered(FileObject),
+}
+
+/// Sleeps before another commit attempt, unless that would pass the commit's deadline.
+async fn wait_within(
+    deadline: Instant,
+    budget: Duration,
+    delay: Duration,
+    metrics: &GatewayMetrics,
+    reason: &'static str,
+) -> Result<(), UploadError> {
+    if Instant::now() + delay > deadline {
+        return Err(UploadError::CommitTimedOut(budget));
+    }
+    metrics.box_retries.with_label_values(&["commit", reason]).inc();
+    tokio::time::sleep(delay).await;
+    Ok(())
 }
 
 impl UploadError {
