@@ -106,6 +106,9 @@ pub struct FiredFault {
     /// The request's 1-based number for its endpoint since the plan was set.
     pub request_number: u64,
     pub action: String,
+    /// The answered status, for a `status` action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 struct RuleState {
@@ -162,6 +165,10 @@ impl FaultEngine {
                         endpoint: endpoint.unwrap_or(Endpoint::Any),
                         request_number: number,
                         action: state.rule.action.name().to_owned(),
+                        status: match state.rule.action {
+                            FaultAction::Status { status, .. } => Some(status),
+                            _ => None,
+                        },
                     },
                 });
             }

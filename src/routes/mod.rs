@@ -1,5 +1,7 @@
 //! Thin handlers: parse the request into a typed upload, hand its body to the pipeline, shape the
 //! answer. Every route is registered in `startup.rs`.
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 mod multipart_scan;
 mod params;

@@ -305,7 +305,7 @@ async fn scan(
     }
 }
 
-fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(super) fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
     let invalid = || {
         ApiError::bad_request(
             "invalid_multipart",
@@ -325,7 +325,7 @@ fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(invalid)
 }
 
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => v

@@ -1,5 +1,6 @@
 //! One integration binary: every test talks HTTP to servers spawned on port 0.
 mod emulator;
+mod fuzz;
 mod gateway_clients;
 mod gateway_conflicts;
 mod gateway_edge;
@@ -9,3 +10,4 @@ mod gateway_process;
 mod gateway_sizes;
 pub mod helpers;
 pub mod python;
+mod soak;

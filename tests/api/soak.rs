@@ -1,0 +1,480 @@
+//! The soak: hundreds of uploads of mixed sizes, 16 at a time, through multipart and raw bodies,
+//! against an emulator whose seeded fault plan hits every endpoint, plus clients that vanish or stall
+//! mid-body. Then every upload is judged against what the emulator holds: a 201 is exactly those bytes,
+//! once; a failure left no file and no open session. One summary line goes to stderr, past libtest's
+//! capture, so it shows in `cargo test`'s output.
+//!
+//! `SOAK_UPLOADS=5000` runs a longer soak, `SOAK_SEED=N` another fault plan and mix.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use box_upload_gateway::emulator::{FaultPlan, Inspection, SessionState};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+const CONCURRENCY: usize = 16;
+const BUDGET: u64 = 4 * 1024 * 1024;
+const IDLE_SECS: u64 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_under_random_faults() {
+    let uploads = env_or("SOAK_UPLOADS", 200);
+    let seed = env_or("SOAK_SEED", 20_261_122);
+    count_server_panics();
+    let app = spawn_app_with(Options {
+        faults: fault_plan(seed),
+        memory_budget_bytes: BUDGET,
+        part_concurrency: 3,
+        client_idle_timeout_secs: IDLE_SECS,
+        box_request_timeout_secs: 10,
+        commit_timeout_secs: 30,
+        ..Options::default()
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+
+    let done: Vec<Upload> = futures_util::stream::iter(0..uploads)
+        .map(|i| run(&app, &http, Upload::new(i, seed)))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+
+    let orphans = wait_for_sessions_to_close(&app).await;
+    let seen = app.emulator.inspect();
+    let verdicts: Vec<Verdict> = done.iter().map(|u| judge(&app, &seen, u)).collect();
+    let count = |v: Verdict| verdicts.iter().filter(|x| **x == v).count();
+    let peak = app.metric("gateway_buffered_bytes_peak").await as u64;
+    let panics = SERVER_PANICS.load(Ordering::Relaxed);
+    let failures: BTreeMap<String, usize> =
+        done.iter()
+            .filter_map(Upload::failure)
+            .fold(BTreeMap::new(), |mut m, k| {
+                *m.entry(k).or_default() += 1;
+                m
+            });
+    let summary = format!(
+        "soak: {uploads} uploads ({CONCURRENCY} at a time, seed {seed}, {:.1} s); faults fired: {} ({}); \
+         landed: {}, failed cleanly: {} ({}); lost: {}, corrupted: {}, orphan sessions: {orphans}; \
+         buffered peak {peak} of {BUDGET} bytes; server panics: {panics}",
+        started.elapsed().as_secs_f64(),
+        seen.faults_fired.len(),
+        fault_kinds(&seen),
+        count(Verdict::Landed),
+        count(Verdict::FailedCleanly),
+        describe(&failures),
+        count(Verdict::Lost),
+        count(Verdict::Corrupted),
+    );
+    // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+    let _ = writeln!(std::io::stderr(), "\n{summary}\n");
+
+    for (u, v) in done.iter().zip(&verdicts) {
+        assert!(
+            matches!(v, Verdict::Landed | Verdict::FailedCleanly),
+            "{v:?}: {u:?}\n{summary}"
+        );
+    }
+    assert_eq!(orphans, 0, "{summary}");
+    assert!(peak <= BUDGET, "{summary}");
+    assert_eq!(panics, 0, "{summary}");
+    assert_eq!(
+        app.metric("gateway_sessions_aborted_total{reason=\"panic\"}")
+            .await,
+        0.0
+    );
+    // The soak must be a soak: most uploads get through, and faults did fire.
+    assert!(count(Verdict::Landed) * 2 > uploads, "{summary}");
+    assert!(seen.faults_fired.len() >= uploads / 2, "{summary}");
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Every endpoint the gateway calls gets its share of trouble; each rule has its own seeded draw.
+fn fault_plan(seed: u64) -> FaultPlan {
+    let status = |s: u16| json!({"type": "status", "status": s});
+    let status_ra = |s: u16, ra: u64| json!({"type": "status", "status": s, "retry_after": ra});
+    let reserved = json!({"type": "status", "status": 409, "code": "name_temporarily_reserved"});
+    let expired = json!({"type": "status", "status": 401, "code": "invalid_token"});
+    let rules: Vec<(&str, f64, Value)> = vec![
+        ("create_session", 0.05, status_ra(429, 0)),
+        ("create_session", 0.05, status(503)),
+        ("create_session", 0.03, status(500)),
+        ("create_session", 0.03, reserved.clone()),
+        ("create_session", 0.01, expired.clone()),
+        ("preflight", 0.05, status(429)),
+        ("preflight", 0.05, status_ra(503, 0)),
+        ("preflight", 0.01, expired.clone()),
+        ("upload_part", 0.01, status_ra(429, 1)),
+        ("upload_part", 0.03, status_ra(429, 0)),
+        ("upload_part", 0.03, status(500)),
+        ("upload_part", 0.03, status(503)),
+        ("upload_part", 0.04, json!({"type": "store_then_fail"})),
+        ("upload_part", 0.03, json!({"type": "store_then_cut"})),
+        (
+            "upload_part",
+            0.02,
+            json!({"type": "cut_connection", "after_bytes": 1000}),
+        ),
+        (
+            "upload_part",
+            0.02,
+            json!({"type": "cut_connection", "after_bytes": 100_000}),
+        ),
+        ("upload_part", 0.005, expired.clone()),
+        (
+            "commit",
+            0.12,
+            json!({"type": "commit_accepted", "retry_after": 0}),
+        ),
+        (
+            "commit",
+            0.02,
+            json!({"type": "commit_accepted", "retry_after": 1}),
+        ),
+        ("commit", 0.08, json!({"type": "parts_mismatch"})),
+        ("commit", 0.08, json!({"type": "store_then_fail"})),
+        ("commit", 0.08, json!({"type": "store_then_cut"})),
+        ("commit", 0.04, status(503)),
+        ("commit", 0.04, status_ra(429, 0)),
+        ("commit", 0.04, reserved.clone()),
+        ("commit", 0.01, expired.clone()),
+        ("direct_upload", 0.03, status(500)),
+        ("direct_upload", 0.03, status_ra(503, 0)),
+        ("direct_upload", 0.03, status(429)),
+        ("direct_upload", 0.03, reserved),
+        ("direct_upload", 0.05, json!({"type": "store_then_fail"})),
+        ("direct_upload", 0.05, json!({"type": "store_then_cut"})),
+        (
+            "direct_upload",
+            0.02,
+            json!({"type": "cut_connection", "after_bytes": 0}),
+        ),
+        (
+            "direct_upload",
+            0.02,
+            json!({"type": "cut_connection", "after_bytes": 10_000}),
+        ),
+        ("direct_upload", 0.01, expired),
+        ("abort", 0.10, status(503)),
+        ("abort", 0.05, status(500)),
+        // Last, so it sees what the others let through: reads (list parts, folder items, files) too.
+        ("any", 0.02, status(503)),
+    ];
+    let rules: Vec<Value> = rules
+        .into_iter()
+        .enumerate()
+        .map(|(k, (endpoint, fraction, action))| {
+            json!({"endpoint": endpoint, "fraction": fraction, "seed": seed.wrapping_add(k as u64), "action": action})
+        })
+        .collect();
+    serde_json::from_value(json!({ "rules": rules })).expect("a valid fault plan")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Client {
+    /// multipart, size derived from Content-Length (the file is the last part)
+    Multipart,
+    /// multipart with a `size` and a `sha1` field before the file
+    MultipartDeclared,
+    /// raw body with Content-Length
+    Raw,
+    /// raw body with a `Digest` header
+    RawDigest,
+    /// sends part of the body, then closes the connection
+    Vanishes,
+    /// sends part of the body, then nothing (until the gateway answers 408)
+    Stalls,
+}
+
+#[derive(Debug)]
+enum Answer {
+    Pending,
+    Created {
+        file_id: String,
+        sha1: String,
+        size: u64,
+    },
+    Refused {
+        status: u16,
+        code: String,
+    },
+    /// The client left, or stalled and got its answer (or none).
+    ClientGone(Option<u16>),
+}
+
+#[derive(Debug)]
+struct Upload {
+    name: String,
+    client: Client,
+    data: Vec<u8>,
+    sha1: String,
+    answer: Answer,
+}
+
+impl Upload {
+    fn new(i: usize, seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let size = match rng.u32(0..100) {
+            0..5 => 0,
+            5..30 => rng.u64(1..64 * 1024),
+            30..50 => rng.u64(64 * 1024..THRESHOLD),
+            50..55 => THRESHOLD - 1 + rng.u64(0..2),
+            _ => rng.u64(THRESHOLD..=THRESHOLD + 2 * PART + 1),
+        };
+        let client = match rng.u32(0..100) {
+            0..30 => Client::Multipart,
+            30..45 => Client::MultipartDeclared,
+            45..75 => Client::Raw,
+            75..90 => Client::RawDigest,
+            90..95 if size > 0 => Client::Vanishes,
+            95..100 if size > 0 => Client::Stalls,
+            _ => Client::Raw,
+        };
+        let mut data = vec![0u8; size as usize];
+        rng.fill(&mut data);
+        let sha1 = hex::encode(Sha1::digest(&data));
+        Self {
+            name: format!("soak-{i:05}.bin"),
+            client,
+            data,
+            sha1,
+            answer: Answer::Pending,
+        }
+    }
+
+    /// A short description of how it failed, for the summary.
+    fn failure(&self) -> Option<String> {
+        match &self.answer {
+            Answer::Refused { status, code } => Some(format!("{status} {code}")),
+            Answer::ClientGone(status) => {
+                let client = format!("{:?}", self.client).to_lowercase();
+                Some(status.map_or(client.clone(), |s| format!("{client} {s}")))
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn run(app: &TestApp, http: &reqwest::Client, mut u: Upload) -> Upload {
+    let request = match u.client {
+        Client::Multipart | Client::MultipartDeclared => {
+            let boundary = format!("soak{}", u.sha1);
+            let mut body = Vec::with_capacity(u.data.len() + 512);
+            if u.client == Client::MultipartDeclared {
+                for (k, v) in [("size", u.data.len().to_string()), ("sha1", u.sha1.clone())] {
+                    body.extend(
+                        format!(
+                            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                        )
+                        .bytes(),
+                    );
+                }
+            }
+            body.extend(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n",
+                    u.name
+                )
+                .bytes(),
+            );
+            body.extend_from_slice(&u.data);
+            body.extend(format!("\r\n--{boundary}--\r\n").bytes());
+            http.post(app.folder_url("0"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(body)
+        }
+        Client::Raw | Client::RawDigest => {
+            let mut req = http
+                .put(format!("{}/{}", app.folder_url("0"), u.name))
+                .body(u.data.clone());
+            if u.client == Client::RawDigest {
+                let sha1 = Sha1::digest(&u.data);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(sha1);
+                req = req.header("digest", format!("sha={b64}"));
+            }
+            req
+        }
+        Client::Vanishes | Client::Stalls => {
+            u.answer = Answer::ClientGone(half_sent(app, &u).await);
+            return u;
+        }
+    };
+    u.answer = match request.send().await {
+        Err(e) => Answer::Refused {
+            status: 0,
+            code: format!("transport error: {e}"),
+        },
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            if status == 201 {
+                Answer::Created {
+                    file_id: body["file"]["id"].as_str().unwrap_or_default().to_owned(),
+                    sha1: body["upload"]["sha1"].as_str().unwrap_or_default().to_owned(),
+                    size: body["upload"]["size"].as_u64().unwrap_or(u64::MAX),
+                }
+            } else {
+                Answer::Refused {
+                    status,
+                    code: body["error"]["code"].as_str().unwrap_or("?").to_owned(),
+                }
+            }
+        }
+    };
+    u
+}
+
+/// Sends the head and part of the body over a raw socket; then closes it (`Vanishes`) or waits,
+/// bounded, for the gateway's answer (`Stalls`). Returns the answer's status, if any.
+async fn half_sent(app: &TestApp, u: &Upload) -> Option<u16> {
+    let port = app.address.rsplit(':').next().unwrap();
+    let mut socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .ok()?;
+    let head = format!(
+        "PUT /v1/folders/0/files/{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        u.name,
+        u.data.len()
+    );
+    let sent = u.data.len() * (u.sha1.as_bytes()[0] as usize % 9 + 1) / 10;
+    socket.write_all(head.as_bytes()).await.ok()?;
+    socket.write_all(&u.data[..sent]).await.ok()?;
+    if u.client == Client::Vanishes {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        return None;
+    }
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(IDLE_SECS * 5 + 10), socket.read(&mut answer)).await;
+    let n = read.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// 201, and Box holds exactly those bytes, once.
+    Landed,
+    /// Not 201, no file from it in Box, every session of it aborted.
+    FailedCleanly,
+    /// A 201 whose file Box does not hold, or a failure whose file Box holds all the same.
+    Lost,
+    /// Box holds other bytes under its name, or the file more than once.
+    Corrupted,
+    /// A failure whose session was left open or committed without a file.
+    Unclean,
+}
+
+fn judge(app: &TestApp, seen: &Inspection, u: &Upload) -> Verdict {
+    let files: Vec<_> = seen
+        .files
+        .iter()
+        .filter(|f| f.name == u.name && f.parent_id == "0")
+        .collect();
+    let size = u.data.len() as u64;
+    let exact = |f: &&box_upload_gateway::emulator::FileView| {
+        f.size == size
+            && f.sha1 == u.sha1
+            && f.version_count == 1
+            && app
+                .emulator
+                .file_path(&f.id)
+                .is_some_and(|p| sha1_of_path(&p) == u.sha1)
+    };
+    let sessions = seen.sessions.iter().filter(|s| s.file_name == u.name);
+    match &u.answer {
+        Answer::Created {
+            file_id,
+            sha1,
+            size: answered,
+        } => match files.as_slice() {
+            [] => Verdict::Lost,
+            [f] if f.id == *file_id && *sha1 == u.sha1 && *answered == size && exact(f) => Verdict::Landed,
+            _ => Verdict::Corrupted,
+        },
+        Answer::Pending => Verdict::Unclean,
+        Answer::Refused { .. } | Answer::ClientGone(_) if !files.is_empty() => Verdict::Lost,
+        Answer::Refused { .. } | Answer::ClientGone(_) => {
+            if sessions.into_iter().all(|s| s.state == SessionState::Aborted) {
+                Verdict::FailedCleanly
+            } else {
+                Verdict::Unclean
+            }
+        }
+    }
+}
+
+/// Aborts after failures run in the background (and meet faults too): waits for them, bounded.
+/// Returns how many sessions are still open.
+async fn wait_for_sessions_to_close(app: &TestApp) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open = open_sessions(&app.emulator);
+        if open == 0 || Instant::now() > deadline {
+            return open;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn fault_kinds(seen: &Inspection) -> String {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &seen.faults_fired {
+        let endpoint = serde_json::to_value(f.endpoint).unwrap();
+        let action = match f.status {
+            Some(status) => status.to_string(),
+            None => f.action.clone(),
+        };
+        *kinds
+            .entry(format!("{} {action}", endpoint.as_str().unwrap_or("?")))
+            .or_default() += 1;
+    }
+    describe(&kinds)
+}
+
+fn describe(counts: &BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+static SERVER_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts panics on threads that are not libtest's (named after their test, `module::name`): the
+/// gateway's and the emulator's workers. Other tests' servers share the process, so a panic there
+/// counts too, and is a bug all the same.
+fn count_server_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("");
+            if !name.contains("::") && name != "main" {
+                SERVER_PANICS.fetch_add(1, Ordering::Relaxed);
+            }
+            previous(info);
+        }));
+    });
+}
