@@ -169,10 +169,7 @@ fn documented_codes() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_requests_get_a_201_or_a_documented_4xx() {
-    let cases: usize = std::env::var("FUZZ_HTTP_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let cases: usize = env_or("FUZZ_HTTP_CASES", 1000);
     let app = spawn_app_with(Options {
         // Declared sizes are fuzzed: a cap keeps Box from being asked for huge sessions.
         max_file_size_bytes: 16 * 1024 * 1024,

@@ -115,6 +115,14 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
     }
 }
 
+/// A knob of the longer runs (`SOAK_UPLOADS`, `FUZZ_HTTP_CASES`, ...): the variable, else `default`.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A file of `size` pseudo-random bytes and its SHA-1 (hex).
 pub fn make_file(size: u64) -> (tempfile::NamedTempFile, String) {
     let mut file = tempfile::NamedTempFile::new().unwrap();

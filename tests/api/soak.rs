@@ -98,13 +98,6 @@ async fn soak_under_random_faults() {
     assert!(seen.faults_fired.len() >= uploads / 2, "{summary}");
 }
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Every endpoint the gateway calls gets its share of trouble; each rule has its own seeded draw.
 fn fault_plan(seed: u64) -> FaultPlan {
     let status = |s: u16| json!({"type": "status", "status": s});
