@@ -11,7 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::box_api::Secret;
+use crate::access::ApiKeyConfig;
+use crate::box_api::{Grant, JwtApp, Secret, SecretSource, Subject, SubjectType};
 
 /// The most a direct upload may carry: Box advises direct uploads only up to about 50 MB.
 pub const MAX_CHUNKED_THRESHOLD: u64 = 50_000_000;
@@ -26,9 +27,39 @@ pub struct Settings {
     pub box_api_url: String,
     pub box_upload_url: String,
     pub box_token_url: String,
-    /// A Box developer token (or any access token) used for every call.
+    /// How the gateway authenticates to Box: developer_token | client_credentials | jwt | passthrough.
+    pub box_auth: String,
+    /// `developer_token`: a Box developer token (or any access token) used for every call.
     #[serde(serialize_with = "redacted")]
     pub box_developer_token: Option<Secret>,
+    #[serde(deserialize_with = "string_like")]
+    pub box_developer_token_file: Option<String>,
+    /// `client_credentials`: the app's client id and secret.
+    #[serde(deserialize_with = "string_like")]
+    pub box_client_id: Option<String>,
+    #[serde(serialize_with = "redacted")]
+    pub box_client_secret: Option<Secret>,
+    #[serde(deserialize_with = "string_like")]
+    pub box_client_secret_file: Option<String>,
+    /// `client_credentials` and `jwt`: `enterprise` or `user`, and its id (`jwt` defaults to the
+    /// enterprise in the config file).
+    #[serde(deserialize_with = "string_like")]
+    pub box_subject_type: Option<String>,
+    #[serde(deserialize_with = "string_like")]
+    pub box_subject_id: Option<String>,
+    /// `jwt`: the Box app config JSON file, as the Box console downloads it.
+    #[serde(deserialize_with = "string_like")]
+    pub box_jwt_config_file: Option<String>,
+    /// A managed user every Box call acts as (`As-User`), unless an API key names its own.
+    #[serde(deserialize_with = "string_like")]
+    pub box_as_user: Option<String>,
+    /// A TOML file of `[[keys]]` (name, sha256, folders, max_file_size_bytes, as_user).
+    #[serde(deserialize_with = "string_like")]
+    pub api_keys_file: Option<String>,
+    /// API keys given in the settings file itself, in the same form as the keys file's `[[keys]]`.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Accept uploads with no API key and no pass-through token (a private network only).
+    pub allow_anonymous: bool,
     /// Parts of one upload in flight at once (Box advises 3 to 5).
     pub part_concurrency: usize,
     /// File bytes the whole process may hold in memory, shared by all uploads.
@@ -55,6 +86,27 @@ pub struct Settings {
     pub log_format: String,
 }
 
+/// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
+/// scalar as its text.
+fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(d)?.map(|v| match v {
+        Scalar::Text(s) => s,
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    }))
+}
+
 fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => s.serialize_some("[redacted]"),
@@ -70,7 +122,19 @@ impl Default for Settings {
             box_api_url: "https://api.box.com/2.0".into(),
             box_upload_url: "https://upload.box.com/api/2.0".into(),
             box_token_url: "https://api.box.com/oauth2/token".into(),
+            box_auth: "developer_token".into(),
             box_developer_token: None,
+            box_developer_token_file: None,
+            box_client_id: None,
+            box_client_secret: None,
+            box_client_secret_file: None,
+            box_subject_type: None,
+            box_subject_id: None,
+            box_jwt_config_file: None,
+            box_as_user: None,
+            api_keys_file: None,
+            api_keys: Vec::new(),
+            allow_anonymous: false,
             part_concurrency: 4,
             memory_budget_bytes: 256 * 1024 * 1024,
             chunked_threshold_bytes: 20_000_000,
@@ -97,10 +161,7 @@ impl Settings {
             _ => Vec::new(),
         };
         let known2 = known.clone();
-        let mut figment = Figment::from(Serialized::defaults(Settings {
-            box_developer_token: None,
-            ..Default::default()
-        }));
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(format!("config file {} does not exist", path.display()));
@@ -141,12 +202,16 @@ impl Settings {
         let api = url("box_api_url", &self.box_api_url);
         let upload = url("box_upload_url", &self.box_upload_url);
         let token = url("box_token_url", &self.box_token_url);
-        if self
-            .box_developer_token
-            .as_ref()
-            .is_none_or(|t| t.expose().trim().is_empty())
-        {
-            problems.push("box_developer_token: no Box credentials; set BOX_DEVELOPER_TOKEN (or run `serve --emulator`)".into());
+        let box_auth = self.box_auth(&mut problems);
+        let api_keys = self.api_keys(&box_auth, &mut problems);
+        let passthrough = matches!(box_auth, Some(BoxAuth::Passthrough));
+        if api_keys.is_empty() && !passthrough && !self.allow_anonymous {
+            problems.push(
+                "api_keys_file: no API keys and box_auth is not passthrough, so anyone who reaches the gateway \
+                 could write into Box as its account; configure API keys, or set allow_anonymous = true \
+                 (GATEWAY_ALLOW_ANONYMOUS) if the gateway is only reachable from a trusted network"
+                    .into(),
+            );
         }
         if !(1..=64).contains(&self.part_concurrency) {
             problems.push(format!(
@@ -192,8 +257,8 @@ impl Settings {
         if self.spool_max_bytes > 0 && !spool_dir.is_dir() {
             problems.push(format!("spool_dir: {} is not a directory", spool_dir.display()));
         }
-        match (problems.is_empty(), listen) {
-            (true, Some(listen)) => Ok(ValidSettings {
+        match (problems.is_empty(), listen, box_auth) {
+            (true, Some(listen), Some(box_auth)) => Ok(ValidSettings {
                 listen,
                 workers: if self.workers == 0 {
                     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -201,10 +266,10 @@ impl Settings {
                     self.workers
                 },
                 box_urls: crate::box_api::BoxUrls { api, upload, token },
-                box_token: self
-                    .box_developer_token
-                    .clone()
-                    .unwrap_or_else(|| Secret::new("")),
+                box_auth,
+                box_as_user: self.box_as_user.clone().filter(|u| !u.is_empty()),
+                api_keys,
+                allow_anonymous: self.allow_anonymous,
                 part_concurrency: self.part_concurrency,
                 memory_budget_bytes: self.memory_budget_bytes,
                 chunked_threshold_bytes: self.chunked_threshold_bytes,
@@ -229,13 +294,172 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The Box credentials of `box_auth`, each missing or contradictory key named.
+    fn box_auth(&self, problems: &mut Vec<String>) -> Option<BoxAuth> {
+        let before = problems.len();
+        let secret =
+            |problems: &mut Vec<String>, key: &str, inline: &Option<Secret>, file: &Option<String>| match (
+                inline.as_ref().filter(|s| !s.expose().trim().is_empty()),
+                file.as_deref().filter(|f| !f.is_empty()),
+            ) {
+                (Some(_), Some(_)) => {
+                    problems.push(format!("{key}: set either {key} or {key}_file, not both"));
+                    None
+                }
+                (Some(s), None) => Some(SecretSource::Inline(s.clone())),
+                (None, Some(f)) => {
+                    let source = SecretSource::File(PathBuf::from(f));
+                    match source.read() {
+                        Ok(_) => Some(source),
+                        Err(why) => {
+                            problems.push(format!("{key}_file: {why}"));
+                            None
+                        }
+                    }
+                }
+                (None, None) => {
+                    problems.push(format!(
+                        "{key}: box_auth = {:?} needs {key} or {key}_file (env {} or {}_FILE)",
+                        self.box_auth,
+                        key.to_ascii_uppercase(),
+                        key.to_ascii_uppercase()
+                    ));
+                    None
+                }
+            };
+        let subject = |problems: &mut Vec<String>, required: bool| -> Option<Subject> {
+            let kind = self.box_subject_type.as_deref().filter(|s| !s.is_empty());
+            let id = self.box_subject_id.as_deref().filter(|s| !s.is_empty());
+            match (kind, id) {
+                (None, None) if !required => None,
+                (kind, Some(id)) => match SubjectType::parse(kind.unwrap_or("enterprise")) {
+                    Some(kind) => Some(Subject {
+                        kind,
+                        id: id.to_owned(),
+                    }),
+                    None => {
+                        problems.push(format!("box_subject_type: {kind:?} is not enterprise or user"));
+                        None
+                    }
+                },
+                (_, None) => {
+                    problems.push(format!(
+                        "box_subject_id: box_auth = {:?} needs the enterprise or user id to act as (BOX_SUBJECT_ID)",
+                        self.box_auth
+                    ));
+                    None
+                }
+            }
+        };
+        let auth = match self.box_auth.as_str() {
+            "developer_token" => secret(
+                problems,
+                "box_developer_token",
+                &self.box_developer_token,
+                &self.box_developer_token_file,
+            )
+            .map(BoxAuth::DeveloperToken),
+            "client_credentials" => {
+                let client_id = self.box_client_id.clone().filter(|c| !c.is_empty());
+                if client_id.is_none() {
+                    problems.push("box_client_id: box_auth = \"client_credentials\" needs the app's client id (BOX_CLIENT_ID)".into());
+                }
+                let client_secret = secret(
+                    problems,
+                    "box_client_secret",
+                    &self.box_client_secret,
+                    &self.box_client_secret_file,
+                );
+                let subject = subject(problems, true);
+                match (client_id, client_secret, subject) {
+                    (Some(client_id), Some(client_secret), Some(subject)) => {
+                        Some(BoxAuth::Minted(Grant::ClientCredentials {
+                            client_id,
+                            client_secret,
+                            subject,
+                        }))
+                    }
+                    _ => None,
+                }
+            }
+            "jwt" => {
+                let subject = subject(problems, false);
+                match self.box_jwt_config_file.as_deref().filter(|f| !f.is_empty()) {
+                    None => {
+                        problems.push("box_jwt_config_file: box_auth = \"jwt\" needs the Box app config JSON file (BOX_JWT_CONFIG_FILE)".into());
+                        None
+                    }
+                    Some(file) => match JwtApp::load(Path::new(file)) {
+                        Err(why) => {
+                            problems.push(format!("box_jwt_config_file: {why}"));
+                            None
+                        }
+                        Ok(_) => Some(BoxAuth::Minted(Grant::Jwt {
+                            config_file: PathBuf::from(file),
+                            subject,
+                        })),
+                    },
+                }
+            }
+            "passthrough" => Some(BoxAuth::Passthrough),
+            other => {
+                problems.push(format!(
+                    "box_auth: {other:?} is not developer_token, client_credentials, jwt or passthrough"
+                ));
+                None
+            }
+        };
+        auth.filter(|_| problems.len() == before)
+    }
+
+    /// The API keys of `api_keys_file` and `api_keys`, each problem named.
+    fn api_keys(&self, box_auth: &Option<BoxAuth>, problems: &mut Vec<String>) -> Vec<ApiKeyConfig> {
+        let mut keys = self.api_keys.clone();
+        if let Some(file) = self.api_keys_file.as_deref().filter(|f| !f.is_empty()) {
+            match crate::access::load_keys_file(Path::new(file)) {
+                Ok(more) => keys.extend(more),
+                Err(why) => problems.push(format!("api_keys_file: {why}")),
+            }
+        }
+        let minted = matches!(box_auth, Some(BoxAuth::Minted(_)));
+        problems.extend(crate::access::check_keys(&keys, minted));
+        keys
+    }
+}
+
+/// How the gateway authenticates to Box.
+#[derive(Debug, Clone)]
+pub enum BoxAuth {
+    DeveloperToken(SecretSource),
+    /// `client_credentials` or `jwt`: tokens minted at the token endpoint.
+    Minted(Grant),
+    /// Each caller's own `Authorization: Bearer` token goes to Box.
+    Passthrough,
+}
+
+impl BoxAuth {
+    /// The `box_auth` value, for logs.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::DeveloperToken(_) => "developer_token",
+            Self::Minted(Grant::ClientCredentials { .. }) => "client_credentials",
+            Self::Minted(Grant::Jwt { .. }) => "jwt",
+            Self::Passthrough => "passthrough",
+        }
+    }
+}
+
 /// Settings after validation: typed, with units in the types.
 #[derive(Debug, Clone)]
 pub struct ValidSettings {
     pub listen: SocketAddr,
     pub workers: usize,
     pub box_urls: crate::box_api::BoxUrls,
-    pub box_token: Secret,
+    pub box_auth: BoxAuth,
+    pub box_as_user: Option<String>,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub allow_anonymous: bool,
     pub part_concurrency: usize,
     pub memory_budget_bytes: u64,
     pub chunked_threshold_bytes: u64,
@@ -257,12 +481,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_need_only_credentials() {
+    fn defaults_need_only_credentials_and_callers() {
         let problems = Settings::default().validate().unwrap_err();
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("box_developer_token"));
+        assert!(problems[1].starts_with("api_keys_file"));
         let ok = Settings {
             box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
             ..Default::default()
         };
         assert_eq!(
@@ -305,13 +531,44 @@ mod tests {
             jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9");
             jail.set_env("BOX_DEVELOPER_TOKEN", "secret-token");
             jail.set_env("GATEWAY_CONFIG", "ignored: not a setting");
+            jail.set_env("BOX_SUBJECT_ID", "12345");
+            jail.set_env("BOX_CLIENT_SECRET_FILE", "/run/secrets/box");
             let s = Settings::load(Some(Path::new("g.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.part_concurrency, 3);
             assert_eq!(s.box_api_url, "http://env/2.0");
             assert_eq!(s.listen, "127.0.0.1:9");
             assert!(!format!("{s:?}").contains("secret-token"));
+            assert_eq!(s.box_subject_id.as_deref(), Some("12345"));
+            assert_eq!(s.box_client_secret_file.as_deref(), Some("/run/secrets/box"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn each_mode_names_what_it_misses() {
+        let problems = |mode: &str| {
+            Settings {
+                box_auth: mode.into(),
+                allow_anonymous: true,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .join("\n")
+        };
+        let ccg = problems("client_credentials");
+        for key in ["box_client_id", "box_client_secret", "box_subject_id"] {
+            assert!(ccg.contains(key), "{key} missing in {ccg}");
+        }
+        assert!(problems("jwt").contains("box_jwt_config_file"));
+        assert!(problems("oauth").contains("box_auth"));
+        let both = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            box_developer_token_file: Some("/x".into()),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert!(both.validate().unwrap_err()[0].contains("not both"));
     }
 
     #[test]

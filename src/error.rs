@@ -20,6 +20,8 @@ pub struct ApiError {
     pub existing_file_id: Option<String>,
     /// Seconds a client should wait before trying again (429/503 passed on from Box).
     pub retry_after_secs: Option<u64>,
+    /// The challenge of a 401 (`WWW-Authenticate`).
+    pub www_authenticate: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +40,14 @@ impl ApiError {
             box_info: None,
             existing_file_id: None,
             retry_after_secs: None,
+            www_authenticate: None,
+        }
+    }
+
+    pub fn with_www_authenticate(self, challenge: String) -> Self {
+        Self {
+            www_authenticate: Some(challenge),
+            ..self
         }
     }
 
@@ -86,6 +96,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after_secs {
             response.insert_header(("Retry-After", secs.to_string()));
+        }
+        if let Some(challenge) = &self.www_authenticate {
+            response.insert_header(("WWW-Authenticate", challenge.as_str()));
         }
         response.json(Envelope {
             error: Body {
@@ -166,6 +179,17 @@ fn from_box(err: BoxError) -> ApiError {
     let retry_after_secs = err.retry_after().map(|d| d.as_secs().max(1));
     let code = err.code().unwrap_or_default();
     let (status, ours, message) = match (&err.kind, err.status().unwrap_or(0), code) {
+        // Box refused the gateway's own credentials at the token endpoint, or they could not be used.
+        (BoxErrorKind::Credentials(_), ..) => (
+            S::BAD_GATEWAY,
+            "box_auth_failed",
+            "the gateway's Box credentials cannot be used; see its logs".into(),
+        ),
+        _ if err.endpoint == "token" && err.is_auth_failure() => (
+            S::BAD_GATEWAY,
+            "box_auth_failed",
+            format!("Box refused the gateway's credentials ({code})"),
+        ),
         (BoxErrorKind::Timeout(_), ..) => (
             S::GATEWAY_TIMEOUT,
             "box_timeout",
@@ -262,6 +286,7 @@ fn from_box(err: BoxError) -> ApiError {
         box_info,
         existing_file_id,
         retry_after_secs,
+        www_authenticate: None,
     }
 }
 

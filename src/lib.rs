@@ -1,6 +1,7 @@
 //! box-upload-gateway: streams plain HTTP uploads into Box upload sessions.
 //!
 //! `pipeline` and `box_api` are free of HTTP-server types; `routes` are thin actix-web handlers.
+pub mod access;
 pub mod box_api;
 pub mod config;
 pub mod emulator;

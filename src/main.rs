@@ -18,7 +18,7 @@ enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
     /// Run the strict Box-compatible emulator.
-    Emulator(emulator::EmulatorArgs),
+    Emulator(Box<emulator::EmulatorArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,7 +39,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Emulator(args) => emulator::run(args).await.map_err(|e| e.to_string()),
+        Command::Emulator(args) => emulator::run(*args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -63,7 +63,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     telemetry::init(&valid.log_format);
     let app = Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
     tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api, sha1_hardware = sha1_hardware(),
-        box_upload = %valid.box_urls.upload, settings = ?settings, "gateway listening");
+        box_upload = %valid.box_urls.upload, box_auth = valid.box_auth.mode(), api_keys = valid.api_keys.len(),
+        allow_anonymous = valid.allow_anonymous, settings = ?settings, "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())
 }
 
@@ -84,8 +85,17 @@ async fn start_emulator(
     settings.box_api_url = handle.api_url();
     settings.box_upload_url = handle.upload_url();
     settings.box_token_url = handle.token_url();
-    // The emulator's development token is public (documented), not a secret.
-    settings.box_developer_token = Some(Secret::new(emulator::DEV_TOKEN));
+    if settings.box_auth == "developer_token" {
+        // The emulator's development token is public (documented), not a secret.
+        settings.box_developer_token = Some(Secret::new(emulator::DEV_TOKEN));
+        settings.box_developer_token_file = None;
+    }
+    if settings.api_keys.is_empty() && settings.api_keys_file.is_none() && !settings.allow_anonymous {
+        settings.allow_anonymous = true;
+        tracing::warn!(
+            "serve --emulator with no API keys: anonymous uploads are accepted (they land only in the emulator)"
+        );
+    }
     tracing::info!(
         emulator = %handle.base_url(),
         data_dir = %data_dir.display(),

@@ -7,9 +7,10 @@ use prometheus::{
 };
 
 pub struct GatewayMetrics {
-    /// Uploads finished, by `method` (direct|chunked) and `outcome` (success|client_error|box_error|...).
+    /// Uploads finished, by `method` (direct|chunked), `outcome` (success|client_error|box_error|...)
+    /// and `key` (the API key's name, `passthrough` or `anonymous`; never the key itself).
     pub uploads: IntCounterVec,
-    /// File bytes received from clients, by `method`.
+    /// File bytes received from clients, by `method` and `key`.
     pub upload_bytes: IntCounterVec,
     pub upload_duration: HistogramVec,
     /// Chunked-upload parts, by `outcome` (uploaded|failed).
@@ -33,6 +34,11 @@ pub struct GatewayMetrics {
     /// asked what it holds, by `endpoint` and `outcome` (landed: the file is there, answered as
     /// success | not_landed | unknown: the lookup itself failed).
     pub lost_answers: IntCounterVec,
+    /// Requests to Box's token endpoint, by `outcome` (issued|refused|failed).
+    pub box_token_requests: IntCounterVec,
+    /// Uploads refused by the gateway's access rules, by `key` (`none` when no valid key came) and
+    /// `code` (unauthenticated|forbidden_folder|file_too_large).
+    pub access_refused: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -43,16 +49,16 @@ impl GatewayMetrics {
             uploads: IntCounterVec::new(
                 Opts::new(
                     "gateway_uploads_total",
-                    "Uploads finished, by method and outcome.",
+                    "Uploads finished, by method, outcome and API key name.",
                 ),
-                &["method", "outcome"],
+                &["method", "outcome", "key"],
             )?,
             upload_bytes: IntCounterVec::new(
                 Opts::new(
                     "gateway_upload_bytes_total",
-                    "File bytes received from clients, by method.",
+                    "File bytes received from clients, by method and API key name.",
                 ),
-                &["method"],
+                &["method", "key"],
             )?,
             upload_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -122,6 +128,20 @@ impl GatewayMetrics {
                 ),
                 &["endpoint", "outcome"],
             )?,
+            box_token_requests: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_token_requests_total",
+                    "Requests to Box's token endpoint, by outcome (issued|refused|failed).",
+                ),
+                &["outcome"],
+            )?,
+            access_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_access_refused_total",
+                    "Uploads refused by the gateway's access rules, by API key name and error code.",
+                ),
+                &["key", "code"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -137,6 +157,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.memory_budget_bytes.clone()))?;
         registry.register(Box::new(m.sessions_aborted.clone()))?;
         registry.register(Box::new(m.lost_answers.clone()))?;
+        registry.register(Box::new(m.box_token_requests.clone()))?;
+        registry.register(Box::new(m.access_refused.clone()))?;
         Ok(m)
     }
 }

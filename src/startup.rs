@@ -7,8 +7,11 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 use prometheus::Registry;
 
-use crate::box_api::{BoxClient, StaticToken};
-use crate::config::ValidSettings;
+use crate::access::Access;
+use crate::box_api::{
+    BoxClient, DeveloperToken, Grant, MintedToken, NoCredentials, Principal, TokenProvider,
+};
+use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
@@ -53,14 +56,48 @@ impl Application {
             .user_agent(concat!("box-upload-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        let auth = Arc::new(StaticToken::new(settings.box_token.clone()));
-        let client = BoxClient::new(
-            http,
-            settings.box_urls.clone(),
+        let mint = |grant: Grant| -> Arc<dyn TokenProvider> {
+            Arc::new(MintedToken::new(
+                grant,
+                http.clone(),
+                settings.box_urls.token.clone(),
+                settings.retry.clone(),
+                metrics.clone(),
+            ))
+        };
+        let own: Option<Arc<dyn TokenProvider>> = match &settings.box_auth {
+            BoxAuth::DeveloperToken(source) => Some(Arc::new(DeveloperToken::new(source.clone()))),
+            BoxAuth::Minted(grant) => Some(mint(grant.clone())),
+            BoxAuth::Passthrough => None,
+        };
+        if let (BoxAuth::Minted(_), Some(auth)) = (&settings.box_auth, &own) {
+            tokio::spawn(check_credentials(settings.box_auth.mode(), auth.clone()));
+        }
+        let own = own.map(|auth| Principal {
             auth,
-            settings.retry.clone(),
+            as_user: settings.box_as_user.clone(),
+        });
+        let access = Access::new(
+            &settings.api_keys,
+            own.clone(),
+            &|subject| match &settings.box_auth {
+                BoxAuth::Minted(grant) => mint(grant.for_subject(subject)),
+                // Validation allows a key's own subject only with minted tokens.
+                _ => Arc::new(NoCredentials),
+            },
             metrics.clone(),
         );
+        let client = BoxClient::new(
+            http.clone(),
+            settings.box_urls.clone(),
+            own.as_ref().map_or_else(
+                || Arc::new(NoCredentials) as Arc<dyn TokenProvider>,
+                |p| p.auth.clone(),
+            ),
+            settings.retry.clone(),
+            metrics.clone(),
+        )
+        .acting_as_user(settings.box_as_user.as_deref());
         let budget = MemoryBudget::new(
             settings.memory_budget_bytes,
             metrics.buffered_bytes.clone(),
@@ -79,6 +116,7 @@ impl Application {
             tokio::runtime::Handle::current(),
         );
         let state = web::Data::new(AppState {
+            access,
             pipeline,
             metrics: metrics.clone(),
             registry,
@@ -135,6 +173,20 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Asks for a first token at start, so credentials Box refuses are named in the log at once (the mode
+/// and Box's error code, never a secret) rather than at the first upload.
+async fn check_credentials(mode: &'static str, auth: Arc<dyn TokenProvider>) {
+    match auth.token().await {
+        Ok(_) => tracing::info!(box_auth = mode, "Box accepted the gateway's credentials"),
+        Err(err) => tracing::error!(
+            box_auth = mode,
+            box_code = err.code().unwrap_or("-"),
+            error = %err,
+            "Box refused the gateway's credentials: uploads fail with 502 box_auth_failed until they are fixed"
+        ),
     }
 }
 

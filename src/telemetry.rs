@@ -38,8 +38,7 @@ pub async fn trace_request(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let quiet = matches!(req.path(), "/healthz" | "/metrics");
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.path());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.path(), key = tracing::field::Empty);
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();

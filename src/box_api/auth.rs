@@ -2,11 +2,19 @@
 //!
 //! The gateway asks a provider for a token before each call and tells it when Box refused one, so
 //! providers that can mint tokens (client credentials, JWT) can refresh, and a pass-through provider can
-//! carry the caller's own token.
-use futures_util::future::BoxFuture;
+//! carry the caller's own token. The pipeline never knows which mode is on.
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::error::BoxError;
+use futures_util::future::BoxFuture;
+
+use super::error::{BoxError, BoxErrorKind};
+use super::grants::Grant;
+use super::retry::RetryPolicy;
+use super::types::BoxErrorBody;
+use crate::metrics::GatewayMetrics;
 
 /// A secret string: never printed by `Debug` or `Display`, so it cannot leak into logs or errors.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
@@ -35,6 +43,33 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A secret given in the settings, or the path of a file holding it (a Kubernetes Secret mount). A file
+/// is read each time the secret is needed, so a rotated Secret is picked up without a restart.
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The secret, with the trailing newline that `echo` and editors leave in files removed. Errors
+    /// name the file, never its content.
+    pub fn read(&self) -> Result<Secret, String> {
+        match self {
+            Self::Inline(secret) => Ok(secret.clone()),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let value = text.trim_end_matches(['\r', '\n']);
+                if value.trim().is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+}
+
 pub trait TokenProvider: Send + Sync + 'static {
     /// A token good for the next call.
     fn token(&self) -> BoxFuture<'_, Result<Secret, BoxError>>;
@@ -42,7 +77,8 @@ pub trait TokenProvider: Send + Sync + 'static {
     fn invalidate(&self, token: &Secret) -> bool;
 }
 
-/// A fixed token (a developer token, or the emulator's): nothing to refresh.
+/// A fixed token: a developer token, the emulator's, or a caller's own (pass-through). Nothing to
+/// refresh: a 401 is final.
 pub struct StaticToken(Secret);
 
 impl StaticToken {
@@ -61,6 +97,247 @@ impl TokenProvider for StaticToken {
     }
 }
 
+/// No credentials of the gateway's own (`box_auth = "passthrough"`): every upload brings its token, so
+/// a call that reaches this provider is a bug, refused without contacting Box.
+pub struct NoCredentials;
+
+impl TokenProvider for NoCredentials {
+    fn token(&self) -> BoxFuture<'_, Result<Secret, BoxError>> {
+        Box::pin(async {
+            Err(BoxError::new(
+                "token",
+                BoxErrorKind::Credentials(
+                    "box_auth = passthrough: the gateway has no Box credentials of its own".into(),
+                ),
+            ))
+        })
+    }
+    fn invalidate(&self, _token: &Secret) -> bool {
+        false
+    }
+}
+
+/// A developer token read from its source at each call (a file may be rotated).
+pub struct DeveloperToken(SecretSource);
+
+impl DeveloperToken {
+    pub fn new(source: SecretSource) -> Self {
+        Self(source)
+    }
+}
+
+impl TokenProvider for DeveloperToken {
+    fn token(&self) -> BoxFuture<'_, Result<Secret, BoxError>> {
+        let token = self
+            .0
+            .read()
+            .map_err(|why| BoxError::new("token", BoxErrorKind::Credentials(why)));
+        Box::pin(async move { token })
+    }
+    fn invalidate(&self, _token: &Secret) -> bool {
+        // A rotated file may hold a newer token by now.
+        matches!(self.0, SecretSource::File(_))
+    }
+}
+
+/// How long a refusal by the token endpoint is remembered: uploads fail fast with `box_auth_failed`
+/// instead of each one asking Box again with credentials it has just refused.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
+/// A token is replaced this long before Box would expire it (at most a tenth of its life).
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// Tokens minted at the token endpoint by a grant (client credentials or JWT), cached and shared by
+/// every upload. At most one token request is under way at a time (single flight): callers that find
+/// the cache empty or stale wait for the one refresh instead of each asking Box.
+pub struct MintedToken {
+    grant: Grant,
+    http: reqwest::Client,
+    token_url: String,
+    retry: RetryPolicy,
+    metrics: Arc<GatewayMetrics>,
+    cache: Mutex<Cache>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+enum Cache {
+    Empty,
+    Valid {
+        token: Secret,
+        refresh_at: Instant,
+    },
+    Refused {
+        status: u16,
+        body: Box<BoxErrorBody>,
+        until: Instant,
+    },
+}
+
+impl MintedToken {
+    pub fn new(
+        grant: Grant,
+        http: reqwest::Client,
+        token_url: String,
+        retry: RetryPolicy,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
+        Self {
+            grant,
+            http,
+            token_url,
+            retry,
+            metrics,
+            cache: Mutex::new(Cache::Empty),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached token if it is still fresh, the remembered refusal if there is one.
+    fn cached(&self) -> Option<Result<Secret, BoxError>> {
+        let now = Instant::now();
+        match &*self.cache() {
+            Cache::Valid { token, refresh_at } if now < *refresh_at => Some(Ok(token.clone())),
+            Cache::Refused { status, body, until } if now < *until => Some(Err(BoxError::new(
+                "token",
+                BoxErrorKind::Status {
+                    status: *status,
+                    body: body.clone(),
+                    retry_after: None,
+                },
+            ))),
+            _ => None,
+        }
+    }
+
+    async fn refresh(&self) -> Result<Secret, BoxError> {
+        let _single_flight = self.refresh.lock().await;
+        // Whoever held the gate before us may have refreshed already.
+        if let Some(hit) = self.cached() {
+            return hit;
+        }
+        let result = self.retry.run(&self.metrics, |_| self.mint_once()).await;
+        let mut cache = self.cache();
+        match &result {
+            Ok((token, lifetime)) => {
+                let margin = REFRESH_MARGIN.min(*lifetime / 10);
+                *cache = Cache::Valid {
+                    token: token.clone(),
+                    refresh_at: Instant::now() + lifetime.saturating_sub(margin),
+                };
+                self.metrics
+                    .box_token_requests
+                    .with_label_values(&["issued"])
+                    .inc();
+            }
+            Err(err) if err.is_refusal() => {
+                *cache = Cache::Refused {
+                    status: err.status().unwrap_or(400),
+                    body: Box::new(err.body().cloned().unwrap_or_default()),
+                    until: Instant::now() + REFUSAL_MEMORY,
+                };
+                self.metrics
+                    .box_token_requests
+                    .with_label_values(&["refused"])
+                    .inc();
+            }
+            Err(_) => {
+                *cache = Cache::Empty;
+                self.metrics
+                    .box_token_requests
+                    .with_label_values(&["failed"])
+                    .inc();
+            }
+        }
+        result.map(|(token, _)| token)
+    }
+
+    /// One request to the token endpoint: the token and how long Box says it lives.
+    async fn mint_once(&self) -> Result<(Secret, Duration), BoxError> {
+        let form = self
+            .grant
+            .form()
+            .map_err(|why| BoxError::new("token", BoxErrorKind::Credentials(why)))?;
+        let started = Instant::now();
+        let result = self.http.post(&self.token_url).form(&form).send().await;
+        let label = match &result {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(e) if e.is_timeout() => "timeout".into(),
+            Err(_) => "connection".into(),
+        };
+        self.metrics.box_calls.with_label_values(&["token", &label]).inc();
+        self.metrics
+            .box_call_duration
+            .with_label_values(&["token"])
+            .observe(started.elapsed().as_secs_f64());
+        let response = result.map_err(|e| BoxError::transport("token", e))?;
+        let status = response.status();
+        let retry_after = super::error::parse_retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BoxError::transport("token", e))?;
+        if status.is_success() {
+            let answer: TokenAnswer = serde_json::from_slice(&bytes)
+                .map_err(|e| BoxError::protocol("token", format!("bad token answer: {e}")))?;
+            // Box says about 3600 s; a missing or absurd value is taken as a short life.
+            let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).clamp(1, 86_400));
+            return Ok((answer.access_token, lifetime));
+        }
+        // RFC 6749 bodies (`error`, `error_description`) from the token endpoint, Box's own elsewhere.
+        let oauth: OAuthError = serde_json::from_slice(&bytes).unwrap_or_default();
+        let mut body: BoxErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+        body.code = body.code.or(oauth.error);
+        body.message = body.message.or(oauth.error_description);
+        Err(BoxError::new(
+            "token",
+            BoxErrorKind::Status {
+                status: status.as_u16(),
+                body: Box::new(body),
+                retry_after,
+            },
+        ))
+    }
+}
+
+impl TokenProvider for MintedToken {
+    fn token(&self) -> BoxFuture<'_, Result<Secret, BoxError>> {
+        Box::pin(async move {
+            match self.cached() {
+                Some(hit) => hit,
+                None => self.refresh().await,
+            }
+        })
+    }
+
+    fn invalidate(&self, token: &Secret) -> bool {
+        let mut cache = self.cache();
+        // Only the token Box refused is dropped: a newer one, minted meanwhile by another upload's
+        // refresh, stays, and the caller's retry picks it up without another token request.
+        if matches!(&*cache, Cache::Valid { token: t, .. } if t == token) {
+            *cache = Cache::Empty;
+        }
+        true
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    access_token: Secret,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct OAuthError {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +347,19 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn secret_files_lose_their_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert_eq!(
+            SecretSource::File(path.clone()).read().unwrap().expose(),
+            "s3cret"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let err = SecretSource::File(path).read().unwrap_err();
+        assert!(err.ends_with("is empty"), "{err}");
     }
 }

@@ -62,11 +62,20 @@ pub enum CommitAnswer {
     Pending(Option<Duration>),
 }
 
+/// Whom Box calls act as: where their token comes from, and an optional managed user the service
+/// account acts for (`As-User`).
+#[derive(Clone)]
+pub struct Principal {
+    pub auth: Arc<dyn TokenProvider>,
+    pub as_user: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct BoxClient {
     http: reqwest::Client,
     urls: Arc<BoxUrls>,
     auth: Arc<dyn TokenProvider>,
+    as_user: Option<Arc<str>>,
     retry: RetryPolicy,
     metrics: Arc<GatewayMetrics>,
 }
@@ -83,14 +92,27 @@ impl BoxClient {
             http,
             urls: Arc::new(urls),
             auth,
+            as_user: None,
             retry,
             metrics,
         }
     }
 
-    /// The same client acting with other credentials (e.g. a caller's own token).
-    pub fn with_auth(&self, auth: Arc<dyn TokenProvider>) -> Self {
-        Self { auth, ..self.clone() }
+    /// The same client with every call acting as `user` (`As-User`), or as itself.
+    pub fn acting_as_user(self, user: Option<&str>) -> Self {
+        Self {
+            as_user: user.map(Arc::from),
+            ..self
+        }
+    }
+
+    /// The same client acting as another principal (an API key's, or a caller's own token).
+    pub fn acting_as(&self, principal: &Principal) -> Self {
+        Self {
+            auth: principal.auth.clone(),
+            as_user: principal.as_user.as_deref().map(Arc::from),
+            ..self.clone()
+        }
     }
 
     pub fn retry_policy(&self) -> &RetryPolicy {
@@ -480,6 +502,30 @@ impl BoxClient {
             .map(FileObject)
     }
 
+    /// `GET {api}/files/{id}?fields=parent`: the folder a file is in.
+    pub async fn parent_folder(&self, file_id: &str) -> Result<String, BoxError> {
+        #[derive(serde::Deserialize)]
+        struct WithParent {
+            parent: Option<IdOnly>,
+        }
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: String,
+        }
+        let url = format!("{}/files/{file_id}", self.urls.api);
+        let file: WithParent = self
+            .retried("get_file", |t| {
+                self.http
+                    .get(&url)
+                    .query(&[("fields", "parent")])
+                    .bearer_auth(t.expose())
+            })
+            .await?;
+        file.parent
+            .map(|p| p.id)
+            .ok_or_else(|| BoxError::protocol("get_file", "the file has no parent folder"))
+    }
+
     /// A call with the retry policy around it, decoding a JSON answer.
     async fn retried<T: DeserializeOwned>(
         &self,
@@ -510,7 +556,10 @@ impl BoxClient {
         let mut refreshed = false;
         loop {
             let token = self.auth.token().await?;
-            let request = build(&token);
+            let mut request = build(&token);
+            if let Some(user) = &self.as_user {
+                request = request.header("As-User", user.as_ref());
+            }
             let started = Instant::now();
             let result = request.send().await;
             let label = match &result {

@@ -25,6 +25,10 @@ pub enum BoxErrorKind {
     Connection(#[source] reqwest::Error),
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The gateway's own credentials cannot be used (a secret file unreadable, a key that does not
+    /// decrypt): no request was sent. The message names the setting, never its value.
+    #[error("unusable credentials: {0}")]
+    Credentials(String),
 }
 
 impl BoxError {
@@ -91,18 +95,38 @@ impl BoxError {
                 status: 500 | 502 | 503 | 504,
                 ..
             } => Some("server_error"),
-            BoxErrorKind::Status { .. } | BoxErrorKind::Protocol(_) => None,
+            BoxErrorKind::Status { .. } | BoxErrorKind::Protocol(_) | BoxErrorKind::Credentials(_) => None,
             BoxErrorKind::Timeout(_) => Some("timeout"),
             BoxErrorKind::Connection(_) => Some("connection"),
         }
     }
 
+    /// Box refused credentials: the token endpoint said no (`invalid_client`, `invalid_grant`, ...), a
+    /// call was answered 401 after a refresh, or the credentials could not even be used.
+    pub fn is_auth_failure(&self) -> bool {
+        match &self.kind {
+            BoxErrorKind::Credentials(_) => true,
+            BoxErrorKind::Status { status: 401, .. } => true,
+            BoxErrorKind::Status { status, .. } => {
+                self.endpoint == "token" && self.is_refusal() && *status < 500
+            }
+            _ => false,
+        }
+    }
+
+    /// The token endpoint refused the grant itself (a 4xx other than 408/429): asking again with the
+    /// same credentials cannot succeed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.status(), Some(s) if (400..500).contains(&s) && s != 408 && s != 429)
+    }
+
     /// Whether Box may have done the work although the answer says otherwise or never came: a 5xx,
     /// a timeout, a dropped connection, an answer that could not be read. A part may be stored, a
-    /// commit or direct upload may have created the file (box-api.md); only a 4xx is sure to have
-    /// changed nothing.
+    /// commit or direct upload may have created the file (box-api.md); only a 4xx, or a call never
+    /// made (no usable credentials), is sure to have changed nothing.
     pub fn may_have_landed(&self) -> bool {
         !matches!(&self.kind, BoxErrorKind::Status { status, .. } if *status < 500)
+            && !matches!(self.kind, BoxErrorKind::Credentials(_))
     }
 }
 

@@ -4,11 +4,15 @@
 mod auth;
 mod client;
 mod error;
+mod grants;
 mod retry;
 mod types;
 
-pub use auth::{Secret, StaticToken, TokenProvider};
-pub use client::{BoxClient, BoxUrls, CommitAnswer, NewUpload, Target};
+pub use auth::{
+    DeveloperToken, MintedToken, NoCredentials, Secret, SecretSource, StaticToken, TokenProvider,
+};
+pub use client::{BoxClient, BoxUrls, CommitAnswer, NewUpload, Principal, Target};
 pub use error::{BoxError, BoxErrorKind};
+pub use grants::{Grant, JwtApp, Subject, SubjectType};
 pub use retry::RetryPolicy;
 pub use types::{BoxErrorBody, Conflict, FileObject, SessionEndpoints, UploadPart, UploadSession};

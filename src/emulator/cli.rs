@@ -40,6 +40,12 @@ pub struct EmulatorArgs {
     /// Client id and secret the token endpoint accepts: ID:SECRET (repeatable); none: the dev pair.
     #[arg(long = "client", value_parser = parse_client_arg)]
     pub clients: Vec<(String, String)>,
+    /// The enterprise id that token grants may name as their enterprise subject (default: any).
+    #[arg(long)]
+    pub enterprise_id: Option<String>,
+    /// A user id that token grants may name as their user subject (repeatable; default: any).
+    #[arg(long = "user")]
+    pub users: Vec<String>,
     /// Fault plan as JSON, or @FILE to read it from a file (see README, "The Box emulator").
     #[arg(long)]
     pub faults: Option<String>,
@@ -92,6 +98,8 @@ impl EmulatorArgs {
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             jwt_public_keys,
             clients: self.clients,
+            enterprise_id: self.enterprise_id,
+            users: self.users,
             faults,
             trust_digests: self.trust_digests,
             discard_content: self.discard_content,

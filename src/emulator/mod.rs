@@ -52,6 +52,10 @@ pub struct EmulatorConfig {
     pub jwt_public_keys: Vec<(String, String)>,
     /// (client_id, client_secret) pairs the token endpoint accepts; empty: the DEV_ pair.
     pub clients: Vec<(String, String)>,
+    /// The enterprise a grant may act for (`box_subject_type=enterprise`, a JWT's `sub`); None: any.
+    pub enterprise_id: Option<String>,
+    /// The users a grant may act for (`box_subject_type=user`); empty: any.
+    pub users: Vec<String>,
     pub faults: FaultPlan,
     /// Benchmarks only: compute no SHA-1 on chunked uploads and believe the `Digest` headers (the
     /// part echo and the file's `sha1` repeat what the client claimed). Every other rule holds.
@@ -83,6 +87,8 @@ impl Default for EmulatorConfig {
             token_ttl: Duration::from_secs(3600),
             jwt_public_keys: Vec::new(),
             clients: Vec::new(),
+            enterprise_id: None,
+            users: Vec::new(),
             faults: FaultPlan::default(),
             trust_digests: false,
             discard_content: false,
@@ -202,6 +208,11 @@ impl EmulatorHandle {
 
     pub fn create_folder(&self, parent_id: &str, name: &str) -> String {
         self.shared.lock().create_folder(parent_id, name)
+    }
+
+    /// The access tokens issued so far (tests check that none of them shows in a log).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.lock().tokens.keys().cloned().collect()
     }
 
     /// Every issued token answers 401 from now on (configured tokens are not issued ones).

@@ -27,7 +27,7 @@ pub use names::numbered_name;
 pub use spool::{spool, Spooled};
 
 use crate::box_api::{
-    BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Target, UploadPart, UploadSession,
+    BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Principal, Target, UploadPart, UploadSession,
 };
 use crate::metrics::GatewayMetrics;
 
@@ -164,6 +164,23 @@ impl Pipeline {
             metrics,
             rt,
         }
+    }
+
+    /// The same pipeline with Box calls made as `principal` (an API key's, or a caller's own token).
+    pub fn acting_as(&self, principal: &Principal) -> Self {
+        Self {
+            client: self.client.acting_as(principal),
+            ..self.clone()
+        }
+    }
+
+    /// The folder that holds a file (to check a caller may add a version to it).
+    pub async fn parent_folder(&self, file_id: &str) -> Result<String, UploadError> {
+        let client = self.client.clone();
+        let file_id = file_id.to_owned();
+        Ok(self
+            .on_rt(async move { client.parent_folder(&file_id).await })
+            .await??)
     }
 
     /// Asks Box for the destination before any byte is read: a chunked session (whose creation runs

@@ -10,11 +10,14 @@ pub mod upload;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::access::Access;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
 
 /// What every handler shares, built once in `startup.rs`.
 pub struct AppState {
+    /// Who may upload where (API keys, pass-through), checked before the pipeline is called.
+    pub access: Access,
     pub pipeline: Pipeline,
     pub metrics: Arc<GatewayMetrics>,
     pub registry: prometheus::Registry,

@@ -4,6 +4,7 @@
 //! - `POST /v1/files/{file_id}/versions`      multipart, a new version
 //! - `PUT  /v1/files/{file_id}/content`       raw body, a new version
 use std::io::ErrorKind;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_multipart::{Field, Multipart};
@@ -18,6 +19,7 @@ use serde_json::json;
 use super::multipart_scan::{file_data_offset, suffix_len, Scan};
 use super::params::{validate_id, validate_name, UploadParams};
 use super::AppState;
+use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
 use crate::pipeline::{spool, UploadError, UploadMethod, UploadOutcome, UploadRequest};
@@ -46,13 +48,16 @@ pub async fn multipart_to_folder(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = state.access.authenticate(req.headers())?;
     let folder_id = validate_id(&path, "folder")?;
-    let tracker = Tracker::start(&state);
+    caller.check_folder(&folder_id)?;
+    let tracker = Tracker::start(&state, &caller);
     let result = multipart(
         &req,
         query.into_inner(),
         payload,
         &state,
+        &caller,
         &tracker,
         |name, filename| {
             Ok(Target::NewFile {
@@ -72,13 +77,16 @@ pub async fn multipart_new_version(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = state.access.authenticate(req.headers())?;
     let file_id = validate_id(&path, "file")?;
-    let tracker = Tracker::start(&state);
+    caller.check_file(&state.pipeline, &file_id).await?;
+    let tracker = Tracker::start(&state, &caller);
     let result = multipart(
         &req,
         query.into_inner(),
         payload,
         &state,
+        &caller,
         &tracker,
         |name, _filename| {
             // A new version keeps its name unless `name` asks for another; the part's filename does not.
@@ -99,13 +107,24 @@ pub async fn raw_to_folder(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = state.access.authenticate(req.headers())?;
     let (folder_id, name) = path.into_inner();
     let target = Target::NewFile {
         folder_id: validate_id(&folder_id, "folder")?,
         name: validate_name(&name)?,
     };
-    let tracker = Tracker::start(&state);
-    let result = raw(&req, query.into_inner(), payload, &state, target, &tracker).await;
+    caller.check_folder(&folder_id)?;
+    let tracker = Tracker::start(&state, &caller);
+    let result = raw(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &caller,
+        target,
+        &tracker,
+    )
+    .await;
     tracker.answer(result)
 }
 
@@ -116,13 +135,22 @@ pub async fn raw_new_version(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = state.access.authenticate(req.headers())?;
     let name = query.name.as_deref().map(validate_name).transpose()?;
-    let target = Target::NewVersion {
-        file_id: validate_id(&path, "file")?,
-        name,
-    };
-    let tracker = Tracker::start(&state);
-    let result = raw(&req, query.into_inner(), payload, &state, target, &tracker).await;
+    let file_id = validate_id(&path, "file")?;
+    caller.check_file(&state.pipeline, &file_id).await?;
+    let target = Target::NewVersion { file_id, name };
+    let tracker = Tracker::start(&state, &caller);
+    let result = raw(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &caller,
+        target,
+        &tracker,
+    )
+    .await;
     tracker.answer(result)
 }
 
@@ -131,6 +159,7 @@ async fn raw(
     params: UploadParams,
     payload: web::Payload,
     state: &AppState,
+    caller: &Caller,
     target: Target,
     tracker: &Tracker<'_>,
 ) -> Result<UploadOutcome, ApiError> {
@@ -145,7 +174,7 @@ async fn raw(
         .map_err(from_payload)
         .boxed_local();
     let expected_sha1 = params.expected_sha1(Some(req.headers()))?;
-    upload(state, tracker, params, expected_sha1, target, size, body).await
+    upload(state, caller, tracker, params, expected_sha1, target, size, body).await
 }
 
 /// Reads the text fields up to the first part with a filename, then streams that part to Box.
@@ -155,6 +184,7 @@ async fn multipart(
     mut params: UploadParams,
     payload: web::Payload,
     state: &AppState,
+    caller: &Caller,
     tracker: &Tracker<'_>,
     // Builds the target from the explicit `name` (if any) and the file part's filename.
     target: impl FnOnce(Option<String>, String) -> Result<Target, ApiError>,
@@ -208,12 +238,15 @@ async fn multipart(
     };
     let body = field.map_err(from_multipart).boxed_local();
     let expected_sha1 = params.expected_sha1(None)?;
-    upload(state, tracker, params, expected_sha1, target, size, body).await
+    upload(state, caller, tracker, params, expected_sha1, target, size, body).await
 }
 
-/// The pipeline's part: size (spooling a body of unknown size), Box destination, bytes.
+/// The pipeline's part: size (spooling a body of unknown size), Box destination, bytes. The caller's
+/// size limit is checked before any byte goes to Box.
+#[allow(clippy::too_many_arguments)]
 async fn upload(
     state: &AppState,
+    caller: &Caller,
     tracker: &Tracker<'_>,
     params: UploadParams,
     expected_sha1: Option<[u8; 20]>,
@@ -225,8 +258,14 @@ async fn upload(
     let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
     let content_modified_at = UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
     let (size, derived, body, _spooled) = match size {
-        Size::Declared(n) => (n, false, body, None),
-        Size::Derived(n) => (n, true, body, None),
+        Size::Declared(n) => {
+            caller.check_size(n)?;
+            (n, false, body, None)
+        }
+        Size::Derived(n) => {
+            caller.check_size(n)?;
+            (n, true, body, None)
+        }
         Size::Unknown if state.spool_max_bytes == 0 => {
             return Err(ApiError::new(
                 actix_web::http::StatusCode::LENGTH_REQUIRED,
@@ -235,7 +274,12 @@ async fn upload(
             ))
         }
         Size::Unknown => {
-            let spooled = spool(body, &state.spool_dir, state.spool_max_bytes).await.map_err(fail)?;
+            // The key's limit bounds the spool too; a larger body is refused as it arrives.
+            let limit = caller.max_file_size_bytes().map_or(state.spool_max_bytes, |l| l.min(state.spool_max_bytes));
+            let spooled = match spool(body, &state.spool_dir, limit).await {
+                Err(UploadError::TooLarge { .. }) if limit < state.spool_max_bytes => return Err(caller.too_large()),
+                other => other.map_err(fail)?,
+            };
             let body = spooled.stream().await.map_err(fail)?.boxed_local();
             (spooled.size, false, body, Some(spooled))
         }
@@ -251,13 +295,17 @@ async fn upload(
         on_conflict,
         expected_sha1,
     };
-    let prepared = state.pipeline.prepare(request).await.map_err(fail)?;
+    let pipeline = state.pipeline.acting_as(&caller.principal);
+    let prepared = pipeline
+        .prepare(request)
+        .await
+        .map_err(|e| caller.box_error(fail(e)))?;
     tracker.method.set(Some(prepared.method()));
-    state.pipeline.send(prepared, body).await.map_err(|mut err| {
+    pipeline.send(prepared, body).await.map_err(|mut err| {
         if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
             *d = derived;
         }
-        fail(err)
+        caller.box_error(fail(err))
     })
 }
 
@@ -418,6 +466,8 @@ fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {
 /// Counts an upload in flight, and its outcome when it ends (`cancelled` if the client left first).
 struct Tracker<'a> {
     state: &'a AppState,
+    /// The caller's key name (`passthrough`, `anonymous`): a metrics label and a log field.
+    key: Arc<str>,
     /// Known once Box has accepted the destination.
     method: std::cell::Cell<Option<UploadMethod>>,
     started: Instant,
@@ -425,10 +475,12 @@ struct Tracker<'a> {
 }
 
 impl<'a> Tracker<'a> {
-    fn start(state: &'a AppState) -> Self {
+    fn start(state: &'a AppState, caller: &Caller) -> Self {
         state.metrics.uploads_in_flight.inc();
+        tracing::Span::current().record("key", &*caller.name);
         Self {
             state,
+            key: caller.name.clone(),
             method: Default::default(),
             started: Instant::now(),
             finished: false,
@@ -442,8 +494,10 @@ impl<'a> Tracker<'a> {
         match result {
             Ok(outcome) => {
                 let method = outcome.method.as_str();
-                m.uploads.with_label_values(&[method, "success"]).inc();
-                m.upload_bytes.with_label_values(&[method]).inc_by(outcome.size);
+                m.uploads.with_label_values(&[method, "success", &self.key]).inc();
+                m.upload_bytes
+                    .with_label_values(&[method, &self.key])
+                    .inc_by(outcome.size);
                 m.upload_duration
                     .with_label_values(&[method])
                     .observe(elapsed.as_secs_f64());
@@ -464,7 +518,7 @@ impl<'a> Tracker<'a> {
             }
             Err(err) => {
                 m.uploads
-                    .with_label_values(&[self.method_label(), err.outcome()])
+                    .with_label_values(&[self.method_label(), err.outcome(), &self.key])
                     .inc();
                 Err(err)
             }
@@ -486,7 +540,7 @@ impl Drop for Tracker<'_> {
             self.state
                 .metrics
                 .uploads
-                .with_label_values(&["unknown", "cancelled"])
+                .with_label_values(&["unknown", "cancelled", &self.key])
                 .inc();
             tracing::warn!(
                 elapsed_ms = self.started.elapsed().as_millis() as u64,

@@ -18,8 +18,8 @@ async fn health_and_metrics() {
     assert_eq!(status, 201);
     let text = app.metrics_text().await;
     for name in [
-        "gateway_uploads_total{method=\"chunked\",outcome=\"success\"} 1",
-        "gateway_upload_bytes_total{method=\"chunked\"} 1048576",
+        "gateway_uploads_total{key=\"anonymous\",method=\"chunked\",outcome=\"success\"} 1",
+        "gateway_upload_bytes_total{key=\"anonymous\",method=\"chunked\"} 1048576",
         "gateway_parts_total{outcome=\"uploaded\"} 4",
         "gateway_box_calls_total{endpoint=\"create_session\",status=\"201\"} 1",
         "gateway_box_calls_total{endpoint=\"commit\",status=\"201\"} 1",

@@ -140,7 +140,7 @@ async fn parts_that_keep_failing_abort_the_session() {
     assert!(inspect(&app.emulator)["files"].as_array().unwrap().is_empty());
     let text = app.metrics_text().await;
     assert!(
-        text.contains("gateway_uploads_total{method=\"chunked\",outcome=\"box_error\"} 1"),
+        text.contains("gateway_uploads_total{key=\"anonymous\",method=\"chunked\",outcome=\"box_error\"} 1"),
         "{text}"
     );
     assert!(

@@ -25,10 +25,94 @@ async fn bad_configuration_is_refused_naming_every_key() {
     }
 }
 
+/// The real binary, started with `env` only, its port read from its first JSON log lines.
+struct Gateway {
+    child: tokio::process::Child,
+    stdout: BufReader<tokio::process::ChildStdout>,
+    logs: String,
+    port: u16,
+}
+
+impl Gateway {
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .env("GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("GATEWAY_CHUNKED_THRESHOLD_BYTES", "1048576")
+            .env("GATEWAY_MEMORY_BUDGET_BYTES", "8388608")
+            .env("GATEWAY_LOG_FORMAT", "json")
+            .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut logs = String::new();
+        let port = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let mut line = String::new();
+                assert!(
+                    stdout.read_line(&mut line).await.unwrap() > 0,
+                    "the gateway exited: {logs}"
+                );
+                logs.push_str(&line);
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(port) = v["port"].as_u64() {
+                        return port as u16;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the gateway says where it listens");
+        box_upload_gateway::startup::install_tls_provider();
+        Self {
+            child,
+            stdout,
+            logs,
+            port,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Stops the process and returns everything it printed.
+    async fn finish(mut self) -> String {
+        self.child.start_kill().unwrap();
+        self.stdout.read_to_string(&mut self.logs).await.unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        self.logs + &stderr
+    }
+}
+
+fn emulator_env(emulator: &box_upload_gateway::emulator::EmulatorHandle) -> Vec<(&'static str, String)> {
+    vec![
+        ("BOX_API_URL", emulator.api_url()),
+        ("BOX_UPLOAD_URL", emulator.upload_url()),
+        ("BOX_TOKEN_URL", emulator.token_url()),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_box_token_never_appears_in_logs_or_answers() {
     // Arrange: an emulator that accepts only our secret token, and the gateway binary using it.
-    let secret = "s3cr3t-box-token-4f9a1c";
+    let secret = crate::helpers::secret("developer_token");
     let emulator = Emulator::spawn(EmulatorConfig {
         tokens: vec![secret.into()],
         part_size: Some(256 * 1024),
@@ -37,44 +121,11 @@ async fn the_box_token_never_appears_in_logs_or_answers() {
     })
     .await
     .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("BOX_API_URL", emulator.api_url())
-        .env("BOX_UPLOAD_URL", emulator.upload_url())
-        .env("BOX_TOKEN_URL", emulator.token_url())
-        .env("BOX_DEVELOPER_TOKEN", secret)
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("GATEWAY_CHUNKED_THRESHOLD_BYTES", "1048576")
-        .env("GATEWAY_MEMORY_BUDGET_BYTES", "8388608")
-        .env("GATEWAY_LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut logs = String::new();
-    let port = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let mut line = String::new();
-            assert!(
-                stdout.read_line(&mut line).await.unwrap() > 0,
-                "the gateway exited: {logs}"
-            );
-            logs.push_str(&line);
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if let Some(port) = v["port"].as_u64() {
-                    return port;
-                }
-            }
-        }
-    })
-    .await
-    .expect("the gateway says where it listens");
-    let url = format!("http://127.0.0.1:{port}/v1/folders/0/files/secret-test.bin");
-    box_upload_gateway::startup::install_tls_provider();
+    let mut env = emulator_env(&emulator);
+    env.push(("BOX_DEVELOPER_TOKEN", secret.into()));
+    env.push(("GATEWAY_ALLOW_ANONYMOUS", "true".into()));
+    let gateway = Gateway::start(&env_refs(&env)).await;
+    let url = gateway.url("/v1/folders/0/files/secret-test.bin");
     let http = reqwest::Client::new();
 
     // Act: one upload that works, one chunked and one direct that Box refuses (expired token).
@@ -100,11 +151,7 @@ async fn the_box_token_never_appears_in_logs_or_answers() {
         .send()
         .await
         .unwrap();
-    let metrics = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let metrics = http.get(gateway.url("/metrics")).send().await.unwrap();
 
     // Assert
     assert_eq!(ok.status(), 201);
@@ -116,15 +163,7 @@ async fn the_box_token_never_appears_in_logs_or_answers() {
         refused_small.text().await.unwrap(),
         metrics.text().await.unwrap()
     );
-    child.start_kill().unwrap();
-    stdout.read_to_string(&mut logs).await.unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .await
-        .unwrap();
+    let logs = gateway.finish().await;
     assert!(logs.contains("box_auth_failed"), "the failure is logged: {logs}");
     assert!(
         logs.contains("[redacted]"),
@@ -135,4 +174,131 @@ async fn the_box_token_never_appears_in_logs_or_answers() {
         !answers.contains(secret),
         "the token leaked into an answer or a metric"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_tokens_secrets_and_keys_never_appear_in_debug_logs() {
+    // Arrange: client credentials from a secret file, an API key, a Box that will revoke tokens
+    use crate::helpers::{secret, sha256_hex};
+    let emulator = Emulator::spawn(EmulatorConfig {
+        clients: vec![("process-client".into(), secret("ccg_client_secret").into())],
+        part_size: Some(256 * 1024),
+        min_chunked_size: 1024 * 1024,
+        tokens: vec!["no-static-token-accepted".into()],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client_secret");
+    std::fs::write(&secret_file, secret("ccg_client_secret")).unwrap();
+    let keys_file = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys_file,
+        format!(
+            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nfolders = [\"0\"]\n",
+            sha256_hex(secret("api_key_team"))
+        ),
+    )
+    .unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        ("BOX_AUTH", "client_credentials".to_owned()),
+        ("BOX_CLIENT_ID", "process-client".into()),
+        ("BOX_CLIENT_SECRET_FILE", secret_file.display().to_string()),
+        ("BOX_SUBJECT_ID", "1".into()),
+        ("GATEWAY_API_KEYS_FILE", keys_file.display().to_string()),
+    ]);
+    let gateway = Gateway::start(&env_refs(&env)).await;
+    let http = reqwest::Client::new();
+    let upload = |name: &str, size: usize| {
+        http.put(gateway.url(&format!("/v1/folders/0/files/{name}")))
+            .header("X-API-Key", secret("api_key_team"))
+            .body(vec![9u8; size])
+            .send()
+    };
+
+    // Act: a chunked upload, revoked tokens, another upload (a refresh), a refused key
+    let first = upload("one.bin", 1536 * 1024).await.unwrap();
+    emulator.expire_issued_tokens();
+    let second = upload("two.bin", 100).await.unwrap();
+    let refused = http
+        .put(gateway.url("/v1/folders/0/files/x.bin"))
+        .header("X-API-Key", "not-the-key")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let metrics = http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        (
+            first.status().as_u16(),
+            second.status().as_u16(),
+            refused.status().as_u16()
+        ),
+        (201, 201, 401)
+    );
+    let tokens = emulator.issued_tokens();
+    assert_eq!(tokens.len(), 2);
+    let logs = gateway.finish().await;
+    assert!(
+        logs.contains("\"key\":\"ops\""),
+        "the key's name is logged: {logs}"
+    );
+    assert!(metrics.contains("key=\"ops\""), "{metrics}");
+    for leak in [secret("ccg_client_secret"), secret("api_key_team")]
+        .into_iter()
+        .chain(tokens.iter().map(String::as_str))
+    {
+        assert!(!logs.contains(leak), "a secret leaked into the logs: {logs}");
+        assert!(!metrics.contains(leak), "a secret leaked into the metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_named_at_start() {
+    use crate::helpers::secret;
+    let emulator = Emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        ("BOX_AUTH", "client_credentials".to_owned()),
+        (
+            "BOX_CLIENT_ID",
+            box_upload_gateway::emulator::DEV_CLIENT_ID.into(),
+        ),
+        ("BOX_CLIENT_SECRET", secret("ccg_wrong_secret").into()),
+        ("BOX_SUBJECT_ID", "1".into()),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+    ]);
+    let mut gateway = Gateway::start(&env_refs(&env)).await;
+
+    // The start-up check's verdict, within a bounded wait.
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut line = String::new();
+            assert!(gateway.stdout.read_line(&mut line).await.unwrap() > 0);
+            gateway.logs.push_str(&line);
+            if line.contains("credentials") && line.contains("\"level\":\"ERROR\"") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the refusal is logged at start");
+    let logs = gateway.finish().await;
+
+    assert!(
+        line.contains("client_credentials") && line.contains("invalid_client"),
+        "{line}"
+    );
+    assert!(!logs.contains(secret("ccg_wrong_secret")), "{logs}");
 }

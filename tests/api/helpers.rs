@@ -23,6 +23,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
 }
 
+pub type EmulatorChange = Box<dyn FnOnce(&mut EmulatorConfig)>;
+pub type GatewayChange = Box<dyn FnOnce(&mut Settings, &EmulatorHandle)>;
+
 pub struct Options {
     pub part_size: u64,
     pub threshold: u64,
@@ -37,6 +40,10 @@ pub struct Options {
     pub box_request_timeout_secs: u64,
     pub box_retry_max_attempts: u32,
     pub client_idle_timeout_secs: u64,
+    /// Changes to the emulator's configuration after the options above are applied.
+    pub emulator: Option<EmulatorChange>,
+    /// Changes to the gateway's settings after the options above are applied (credentials, keys).
+    pub gateway: Option<GatewayChange>,
 }
 
 impl Default for Options {
@@ -55,6 +62,8 @@ impl Default for Options {
             box_request_timeout_secs: 30,
             box_retry_max_attempts: 6,
             client_idle_timeout_secs: 60,
+            emulator: None,
+            gateway: None,
         }
     }
 }
@@ -71,7 +80,7 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         .with_env_filter(filter)
         .try_init();
     box_upload_gateway::startup::install_tls_provider();
-    let emulator = Emulator::spawn(EmulatorConfig {
+    let mut config = EmulatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         part_size: Some(o.part_size),
         min_chunked_size: o.threshold,
@@ -79,10 +88,12 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         storage_limit_bytes: o.storage_limit_bytes,
         faults: o.faults,
         ..EmulatorConfig::default()
-    })
-    .await
-    .expect("emulator starts");
-    let settings = Settings {
+    };
+    if let Some(change) = o.emulator {
+        change(&mut config);
+    }
+    let emulator = Emulator::spawn(config).await.expect("emulator starts");
+    let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         workers: 1,
         box_api_url: emulator.api_url(),
@@ -100,8 +111,13 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         box_request_timeout_secs: o.box_request_timeout_secs,
         box_retry_max_attempts: o.box_retry_max_attempts,
         client_idle_timeout_secs: o.client_idle_timeout_secs,
+        // The tests' gateways are reached only from the test itself.
+        allow_anonymous: true,
         ..Settings::default()
     };
+    if let Some(change) = o.gateway {
+        change(&mut settings, &emulator);
+    }
     let valid = settings.validate().expect("test settings are valid");
     let app = Application::build(&valid).expect("gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -258,4 +274,18 @@ pub fn sessions(emulator: &EmulatorHandle) -> Vec<Value> {
 
 pub fn open_sessions(emulator: &EmulatorHandle) -> usize {
     sessions(emulator).iter().filter(|s| s["state"] == "open").count()
+}
+
+/// A secret from tests/secrets.txt: the CI scan of the suite's debug log looks for every one of them.
+pub fn secret(name: &str) -> &'static str {
+    include_str!("../secrets.txt")
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("tests/secrets.txt has no {name}"))
+}
+
+/// The hex SHA-256 of an API key, as the keys file stores it.
+pub fn sha256_hex(key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }

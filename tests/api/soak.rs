@@ -4,6 +4,9 @@
 //! once; a failure left no file and no open session. One summary line goes to stderr, past libtest's
 //! capture, so it shows in `cargo test`'s output.
 //!
+//! The gateway gets its tokens by client credentials, and every token the emulator issued expires every
+//! 300 ms, so uploads keep meeting 401s and refreshing.
+//!
 //! `SOAK_UPLOADS=5000` runs a longer soak, `SOAK_SEED=N` another fault plan and mix.
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use box_upload_gateway::emulator::{FaultPlan, Inspection, SessionState};
+use box_upload_gateway::box_api::Secret;
+use box_upload_gateway::config::Settings;
+use box_upload_gateway::emulator::{EmulatorConfig, EmulatorHandle, FaultPlan, Inspection, SessionState};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -22,6 +27,9 @@ use crate::helpers::*;
 const CONCURRENCY: usize = 16;
 const BUDGET: u64 = 4 * 1024 * 1024;
 const IDLE_SECS: u64 = 2;
+const EXPIRE_EVERY_MS: u64 = 300;
+const CLIENT_ID: &str = "soak-client-id";
+const ENTERPRISE: &str = "5150";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_under_random_faults() {
@@ -35,20 +43,46 @@ async fn soak_under_random_faults() {
         client_idle_timeout_secs: IDLE_SECS,
         box_request_timeout_secs: 10,
         commit_timeout_secs: 30,
+        emulator: Some(Box::new(|c: &mut EmulatorConfig| {
+            c.clients = vec![(CLIENT_ID.into(), secret("ccg_client_secret").into())];
+            c.enterprise_id = Some(ENTERPRISE.into());
+            // Only tokens it issued, so every call depends on the gateway's token refresh.
+            c.tokens = vec!["no-static-token-accepted".into()];
+        })),
+        gateway: Some(Box::new(|s: &mut Settings, _: &EmulatorHandle| {
+            s.box_auth = "client_credentials".into();
+            s.box_developer_token = None;
+            s.box_client_id = Some(CLIENT_ID.into());
+            s.box_client_secret = Some(Secret::new(secret("ccg_client_secret")));
+            s.box_subject_type = Some("enterprise".into());
+            s.box_subject_id = Some(ENTERPRISE.into());
+        })),
         ..Options::default()
     })
     .await;
+    // Every token Box issued expires, again and again, while the uploads run.
+    let expiries = AtomicUsize::new(0);
+    let expire = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(EXPIRE_EVERY_MS)).await;
+            app.emulator.expire_issued_tokens();
+            expiries.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
     let started = Instant::now();
 
-    let done: Vec<Upload> = futures_util::stream::iter(0..uploads)
+    let uploading = futures_util::stream::iter(0..uploads)
         .map(|i| run(&app, &http, Upload::new(i, seed)))
         .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+        .collect::<Vec<Upload>>();
+    let done = tokio::select! {
+        done = uploading => done,
+        _ = expire => unreachable!("expires until the uploads are done"),
+    };
 
     let orphans = wait_for_sessions_to_close(&app).await;
     let seen = app.emulator.inspect();
@@ -65,11 +99,13 @@ async fn soak_under_random_faults() {
             });
     let summary = format!(
         "soak: {uploads} uploads ({CONCURRENCY} at a time, seed {seed}, {:.1} s); faults fired: {} ({}); \
-         landed: {}, failed cleanly: {} ({}); lost: {}, corrupted: {}, orphan sessions: {orphans}; \
-         buffered peak {peak} of {BUDGET} bytes; server panics: {panics}",
+         tokens expired {} times, {} issued; landed: {}, failed cleanly: {} ({}); lost: {}, corrupted: {}, \
+         orphan sessions: {orphans}; buffered peak {peak} of {BUDGET} bytes; server panics: {panics}",
         started.elapsed().as_secs_f64(),
         seen.faults_fired.len(),
         fault_kinds(&seen),
+        expiries.load(Ordering::Relaxed),
+        seen.counters.tokens_issued,
         count(Verdict::Landed),
         count(Verdict::FailedCleanly),
         describe(&failures),
@@ -164,6 +200,8 @@ fn fault_plan(seed: u64) -> FaultPlan {
             json!({"type": "cut_connection", "after_bytes": 10_000}),
         ),
         ("direct_upload", 0.01, expired),
+        ("token", 0.10, status(503)),
+        ("token", 0.05, status_ra(429, 0)),
         ("abort", 0.10, status(503)),
         ("abort", 0.05, status(500)),
         // Last, so it sees what the others let through: reads (list parts, folder items, files) too.

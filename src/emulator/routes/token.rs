@@ -20,7 +20,7 @@ pub async fn token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     check_client(&shared, field("client_id"), field("client_secret"))?;
     match field("grant_type") {
-        "client_credentials" => check_subject(field("box_subject_type"), field("box_subject_id"))?,
+        "client_credentials" => check_subject(&shared, field("box_subject_type"), field("box_subject_id"))?,
         JWT_GRANT => check_assertion(&req, &shared, field("assertion"), field("client_id"))?,
         "" => return Err(invalid_request("grant_type is missing")),
         other => {
@@ -67,14 +67,27 @@ fn check_client(shared: &Shared, id: &str, secret: &str) -> Result<(), BoxApiErr
     }
 }
 
-fn check_subject(kind: &str, id: &str) -> Result<(), BoxApiError> {
+fn check_subject(shared: &Shared, kind: &str, id: &str) -> Result<(), BoxApiError> {
     if !matches!(kind, "enterprise" | "user") {
         return Err(invalid_request("box_subject_type must be enterprise or user"));
     }
     if id.is_empty() {
         return Err(invalid_request("box_subject_id is missing"));
     }
+    if !known_subject(shared, kind, id) {
+        // What Box answers when the app is not authorised in that enterprise, or the user is not its.
+        return Err(invalid_grant("Grant credentials are invalid"));
+    }
     Ok(())
+}
+
+/// Whether the configured enterprise and users include this subject (any, when none is configured).
+fn known_subject(shared: &Shared, kind: &str, id: &str) -> bool {
+    let config = &shared.config;
+    match kind {
+        "enterprise" => config.enterprise_id.as_deref().is_none_or(|e| e == id),
+        _ => config.users.is_empty() || config.users.iter().any(|u| u == id),
+    }
 }
 
 #[derive(Deserialize)]
@@ -106,6 +119,12 @@ fn check_assertion(
         .and_then(|kid| shared.config.jwt_public_keys.iter().find(|(k, _)| k == kid));
     let claims: Claims = match key {
         Some((_, pem)) => verified_claims(assertion, pem, header.alg)?,
+        // With keys configured, Box knows every key of the app: an unknown kid is refused.
+        None if !shared.config.jwt_public_keys.is_empty() => {
+            return Err(invalid_grant(
+                "Please check the 'kid' header: no public key with that id is registered for the app",
+            ))
+        }
         None => {
             jsonwebtoken::dangerous::insecure_decode::<Claims>(assertion)
                 .map_err(|e| invalid_grant(format!("Invalid assertion: {e}")))?
@@ -137,6 +156,13 @@ fn check_claims(req: &HttpRequest, shared: &Shared, c: &Claims, client_id: &str)
     }
     if !matches!(c.box_sub_type.as_deref(), Some("enterprise" | "user")) {
         return Err(invalid_grant("Please check the 'box_sub_type' claim."));
+    }
+    if !known_subject(
+        shared,
+        c.box_sub_type.as_deref().unwrap_or(""),
+        c.sub.as_deref().unwrap_or(""),
+    ) {
+        return Err(invalid_grant("Please check the 'sub' claim."));
     }
     let own = absolute(req, "/oauth2/token");
     if !matches!(c.aud.as_deref(), Some(a) if a == BOX_AUDIENCE || a == own) {

@@ -232,3 +232,41 @@ async fn without_a_configured_key_only_the_claims_are_checked() {
     .await;
     assert_eq!(ok.status(), 200);
 }
+
+#[tokio::test]
+async fn subjects_and_key_ids_are_checked_when_configured() {
+    let emu = spawn_with(EmulatorConfig {
+        jwt_public_keys: vec![("kid1".into(), PUBLIC_KEY.into())],
+        enterprise_id: Some("12345".into()),
+        users: vec!["7".into()],
+        ..small_config()
+    })
+    .await;
+    let ccg = |kind: &'static str, id: &'static str| {
+        [
+            ("grant_type", "client_credentials"),
+            ("client_id", DEV_CLIENT_ID),
+            ("client_secret", DEV_CLIENT_SECRET),
+            ("box_subject_type", kind),
+            ("box_subject_id", id),
+        ]
+    };
+
+    assert_eq!(token(&emu, &ccg("enterprise", "12345")).await.status(), 200);
+    assert_eq!(token(&emu, &ccg("user", "7")).await.status(), 200);
+    assert_oauth_error(token(&emu, &ccg("enterprise", "999")).await, "invalid_grant").await;
+    assert_oauth_error(token(&emu, &ccg("user", "8")).await, "invalid_grant").await;
+    let mut other_enterprise = claims("https://api.box.com/oauth2/token", 30, "other-enterprise-jti-01");
+    other_enterprise["sub"] = json!("999");
+    assert_oauth_error(jwt(&emu, &sign(KEY, &other_enterprise)).await, "invalid_grant").await;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("unknown-kid".into());
+    let unknown_kid = encode(
+        &header,
+        &claims("https://api.box.com/oauth2/token", 30, "unknown-kid-jti-000001"),
+        &EncodingKey::from_rsa_pem(KEY.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_oauth_error(jwt(&emu, &unknown_kid).await, "invalid_grant").await;
+    assert_eq!(emu.inspect().counters.tokens_issued, 2);
+}

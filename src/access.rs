@@ -1,0 +1,484 @@
+//! Who may upload, and where. Callers present an API key (`X-API-Key`), their own Box token
+//! (`Authorization: Bearer`, with `box_auth = "passthrough"`), or both; each key names the folders it may
+//! upload into, its largest file, and the Box principal its uploads act as.
+//!
+//! Keys are stored as SHA-256 digests only, and a presented key is compared with every stored digest in
+//! constant time. Logs and metrics carry a key's name, never the key.
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use figment::providers::Format;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::box_api::{Principal, Secret, StaticToken, Subject, SubjectType, TokenProvider};
+use crate::error::ApiError;
+use crate::metrics::GatewayMetrics;
+use crate::pipeline::Pipeline;
+
+/// The header that carries an API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+const REALM: &str = "box-upload-gateway";
+
+/// One `[[keys]]` entry of the API keys file (or of `api_keys` in the settings file).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Shown in logs and metrics.
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Folder ids the key may upload into, and whose files it may add versions to.
+    pub folders: Vec<String>,
+    #[serde(default)]
+    pub max_file_size_bytes: Option<u64>,
+    /// The managed user this key's uploads act as (`As-User`).
+    #[serde(default)]
+    pub as_user: Option<String>,
+    /// With `client_credentials` or `jwt`: the key's uploads get tokens for this subject instead of the
+    /// gateway's (`enterprise` or `user`, and its id).
+    #[serde(default)]
+    pub subject_type: Option<String>,
+    #[serde(default)]
+    pub subject_id: Option<String>,
+}
+
+impl fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("folders", &self.folders)
+            .field("max_file_size_bytes", &self.max_file_size_bytes)
+            .field("as_user", &self.as_user)
+            .field("subject_id", &self.subject_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyConfig {
+    fn subject(&self) -> Option<Subject> {
+        Some(Subject {
+            kind: SubjectType::parse(self.subject_type.as_deref().unwrap_or("user"))?,
+            id: self.subject_id.clone()?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<ApiKeyConfig>,
+}
+
+/// Reads an API keys file: TOML, `[[keys]]` tables.
+pub fn load_keys_file(path: &Path) -> Result<Vec<ApiKeyConfig>, String> {
+    if !path.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    figment::Figment::from(figment::providers::Toml::file(path))
+        .extract::<KeysFile>()
+        .map(|f| f.keys)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Every problem of a set of keys, each naming the key.
+pub fn check_keys(keys: &[ApiKeyConfig], minted: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    for key in keys {
+        let name = &key.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(format!(
+                "api key {name:?}: name must be non-empty ASCII letters, digits, - _ ."
+            ));
+        }
+        if !names.insert(name.clone()) {
+            problems.push(format!("api key {name:?}: the name is used twice"));
+        }
+        match parse_digest(&key.sha256) {
+            None => problems.push(format!(
+                "api key {name:?}: sha256 must be 64 hex digits (the SHA-256 of the key, not the key)"
+            )),
+            Some(d) if !digests.insert(d) => {
+                problems.push(format!("api key {name:?}: same sha256 as another key"))
+            }
+            Some(_) => {}
+        }
+        if key.folders.is_empty() {
+            problems.push(format!(
+                "api key {name:?}: folders is empty; list the folder ids it may upload into"
+            ));
+        }
+        for folder in &key.folders {
+            if folder.is_empty() || !folder.bytes().all(|b| b.is_ascii_digit()) {
+                problems.push(format!(
+                    "api key {name:?}: folder {folder:?} is not a Box folder id"
+                ));
+            }
+        }
+        if key.max_file_size_bytes == Some(0) {
+            problems.push(format!(
+                "api key {name:?}: max_file_size_bytes must be at least 1"
+            ));
+        }
+        match (&key.subject_type, &key.subject_id) {
+            (None, None) => {}
+            _ if !minted => problems.push(format!(
+                "api key {name:?}: subject_type/subject_id need box_auth = client_credentials or jwt"
+            )),
+            (_, None) => problems.push(format!("api key {name:?}: subject_type without subject_id")),
+            (Some(t), Some(_)) if SubjectType::parse(t).is_none() => problems.push(format!(
+                "api key {name:?}: subject_type {t:?} is not enterprise or user"
+            )),
+            _ => {}
+        }
+    }
+    problems
+}
+
+fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digest.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+/// The gateway's access rules, built once at start.
+pub struct Access {
+    keys: Vec<ApiKey>,
+    /// Each caller's `Authorization: Bearer` token goes to Box.
+    passthrough: bool,
+    /// The gateway's own principal (None in pass-through), for uploads without a key.
+    default_principal: Option<Principal>,
+    metrics: Arc<GatewayMetrics>,
+}
+
+struct ApiKey {
+    name: Arc<str>,
+    digest: [u8; 32],
+    folders: Arc<HashSet<String>>,
+    max_file_size_bytes: Option<u64>,
+    as_user: Option<String>,
+    /// The key's own token provider (its own subject), else the gateway's.
+    auth: Option<Arc<dyn TokenProvider>>,
+}
+
+/// Who is uploading: what the handlers check and which principal the pipeline acts as.
+pub struct Caller {
+    /// The key's name, `passthrough` or `anonymous`: for logs and metrics.
+    pub name: Arc<str>,
+    /// None: any folder.
+    folders: Option<Arc<HashSet<String>>>,
+    max_file_size_bytes: Option<u64>,
+    pub principal: Principal,
+    passthrough: bool,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Access {
+    /// `default_principal` is the gateway's own (None with pass-through); `mint` makes a token provider
+    /// for a key's own subject (only called for keys that name one, i.e. with minted tokens).
+    pub fn new(
+        keys: &[ApiKeyConfig],
+        default_principal: Option<Principal>,
+        mint: &dyn Fn(Subject) -> Arc<dyn TokenProvider>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
+        let keys = keys
+            .iter()
+            .map(|k| ApiKey {
+                name: Arc::from(k.name.as_str()),
+                digest: parse_digest(&k.sha256).unwrap_or_default(),
+                folders: Arc::new(k.folders.iter().cloned().collect()),
+                max_file_size_bytes: k.max_file_size_bytes,
+                as_user: k.as_user.clone().filter(|u| !u.is_empty()),
+                auth: k.subject().map(mint),
+            })
+            .collect();
+        Self {
+            keys,
+            passthrough: default_principal.is_none(),
+            default_principal,
+            metrics,
+        }
+    }
+
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Who sent the request: 401 `unauthenticated` when a required key or token is missing or wrong.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let bearer = match self.passthrough {
+            true => Some(bearer_token(headers).ok_or_else(|| {
+                self.unauthenticated("send your Box access token as `Authorization: Bearer <token>`")
+            })?),
+            false => None,
+        };
+        let key = match self.keys.is_empty() {
+            true => None,
+            false => {
+                let presented = headers
+                    .get(API_KEY_HEADER)
+                    .map(|v| v.as_bytes())
+                    .ok_or_else(|| self.unauthenticated("send your API key in the X-API-Key header"))?;
+                Some(
+                    self.find(presented)
+                        .ok_or_else(|| self.unauthenticated("the API key is not valid"))?,
+                )
+            }
+        };
+        let as_user = |fallback: Option<&Principal>| {
+            key.and_then(|k| k.as_user.clone())
+                .or_else(|| fallback.and_then(|p| p.as_user.clone()))
+        };
+        let principal = match (&bearer, &self.default_principal) {
+            (Some(token), _) => Principal {
+                auth: Arc::new(StaticToken::new(token.clone())),
+                as_user: as_user(None),
+            },
+            (None, Some(own)) => match key.and_then(|k| k.auth.clone()) {
+                // A key with its own subject acts as that subject, not as the gateway's managed user.
+                Some(auth) => Principal {
+                    auth,
+                    as_user: key.and_then(|k| k.as_user.clone()),
+                },
+                None => Principal {
+                    auth: own.auth.clone(),
+                    as_user: as_user(Some(own)),
+                },
+            },
+            (None, None) => unreachable!("pass-through always has a bearer token here"),
+        };
+        let name: Arc<str> = match (key, self.passthrough) {
+            (Some(k), _) => k.name.clone(),
+            (None, true) => Arc::from("passthrough"),
+            (None, false) => Arc::from("anonymous"),
+        };
+        Ok(Caller {
+            name,
+            folders: key.map(|k| k.folders.clone()),
+            max_file_size_bytes: key.and_then(|k| k.max_file_size_bytes),
+            principal,
+            passthrough: self.passthrough,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// The key whose digest matches: every stored digest is compared, in constant time, so the time
+    /// taken says nothing about how close a guess came.
+    fn find(&self, presented: &[u8]) -> Option<&ApiKey> {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        found
+    }
+
+    fn unauthenticated(&self, message: &str) -> ApiError {
+        self.metrics
+            .access_refused
+            .with_label_values(&["none", "unauthenticated"])
+            .inc();
+        let mut challenges = Vec::new();
+        if !self.keys.is_empty() {
+            challenges.push(format!("ApiKey realm=\"{REALM}\", header=\"X-API-Key\""));
+        }
+        if self.passthrough {
+            challenges.push(format!("Bearer realm=\"{REALM}\""));
+        }
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            .with_www_authenticate(challenges.join(", "))
+    }
+}
+
+/// `Authorization: Bearer <token>`, the scheme matched without regard to case (RFC 7235).
+fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| Secret::new(token))
+}
+
+impl Caller {
+    /// 403 `forbidden_folder` unless the caller's key lists the folder.
+    pub fn check_folder(&self, folder_id: &str) -> Result<(), ApiError> {
+        match &self.folders {
+            Some(folders) if !folders.contains(folder_id) => Err(self.refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_folder",
+                format!("this API key may not upload into folder {folder_id}"),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A new version is allowed only of a file inside the key's folders: Box is asked where it is
+    /// (one metadata read, before any byte of the upload goes to Box).
+    pub async fn check_file(&self, pipeline: &Pipeline, file_id: &str) -> Result<(), ApiError> {
+        if self.folders.is_none() {
+            return Ok(());
+        }
+        let parent = pipeline
+            .acting_as(&self.principal)
+            .parent_folder(file_id)
+            .await
+            .map_err(|e| self.box_error(ApiError::from(e)))?;
+        match &self.folders {
+            Some(folders) if !folders.contains(&parent) => Err(self.refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_folder",
+                format!("file {file_id} is in a folder this API key may not upload into"),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The caller's own size limit, if its key has one.
+    pub fn max_file_size_bytes(&self) -> Option<u64> {
+        self.max_file_size_bytes
+    }
+
+    /// 413 `file_too_large` when the file is larger than the caller's key allows.
+    pub fn check_size(&self, size: u64) -> Result<(), ApiError> {
+        match self.max_file_size_bytes {
+            Some(limit) if size > limit => Err(self.too_large()),
+            _ => Ok(()),
+        }
+    }
+
+    /// 413 `file_too_large`: the file is larger than the caller's key allows.
+    pub fn too_large(&self) -> ApiError {
+        let limit = self.max_file_size_bytes.unwrap_or_default();
+        self.refuse(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+            format!("the file is larger than this API key accepts ({limit} bytes)"),
+        ))
+    }
+
+    /// With pass-through, Box refusing the token is the caller's problem: 401, not the gateway's 502.
+    pub fn box_error(&self, err: ApiError) -> ApiError {
+        if self.passthrough && err.code == "box_auth_failed" {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthenticated",
+                message: "Box refused your access token".into(),
+                ..err
+            }
+            .with_www_authenticate(format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""));
+        }
+        err
+    }
+
+    fn refuse(&self, err: ApiError) -> ApiError {
+        self.metrics
+            .access_refused
+            .with_label_values(&[&self.name, err.code])
+            .inc();
+        err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, secret: &str) -> ApiKeyConfig {
+        ApiKeyConfig {
+            name: name.into(),
+            sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+            folders: vec!["1".into()],
+            max_file_size_bytes: None,
+            as_user: None,
+            subject_type: None,
+            subject_id: None,
+        }
+    }
+
+    fn access(keys: &[ApiKeyConfig]) -> Access {
+        let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
+        let own = Principal {
+            auth: Arc::new(StaticToken::new(Secret::new("own"))),
+            as_user: None,
+        };
+        Access::new(keys, Some(own), &|_| unreachable!(), metrics)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                header::HeaderName::from_static(k),
+                header::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn keys_are_found_by_digest_only() {
+        let a = access(&[key("a", "alpha-key"), key("b", "beta-key")]);
+        let caller = a.authenticate(&headers(&[("x-api-key", "beta-key")])).unwrap();
+        assert_eq!(&*caller.name, "b");
+        let err = a
+            .authenticate(&headers(&[("x-api-key", "gamma-key")]))
+            .err()
+            .unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (401, "unauthenticated"));
+        assert!(err.www_authenticate.as_deref().unwrap().starts_with("ApiKey"));
+        assert!(a.authenticate(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn folders_and_sizes_are_checked() {
+        let mut k = key("a", "alpha-key");
+        k.max_file_size_bytes = Some(10);
+        let a = access(&[k]);
+        let caller = a.authenticate(&headers(&[("x-api-key", "alpha-key")])).unwrap();
+        assert!(caller.check_folder("1").is_ok());
+        assert_eq!(caller.check_folder("2").err().unwrap().code, "forbidden_folder");
+        assert!(caller.check_size(10).is_ok());
+        assert_eq!(caller.check_size(11).err().unwrap().status.as_u16(), 413);
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let mut bad = key("bad name", "x");
+        bad.sha256 = "the-key-itself".into();
+        bad.folders = vec!["abc".into()];
+        bad.subject_id = Some("7".into());
+        let problems = check_keys(&[bad, key("dup", "y"), key("dup", "y")], false).join("\n");
+        for what in [
+            "name must be",
+            "sha256 must be",
+            "not a Box folder id",
+            "need box_auth",
+            "used twice",
+            "same sha256",
+        ] {
+            assert!(problems.contains(what), "{what} missing in {problems}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_case_insensitively() {
+        let h = headers(&[("authorization", "bearer abc")]);
+        assert_eq!(bearer_token(&h).unwrap().expose(), "abc");
+        assert!(bearer_token(&headers(&[("authorization", "Basic abc")])).is_none());
+        assert!(bearer_token(&headers(&[("authorization", "Bearer ")])).is_none());
+    }
+}
