@@ -461,7 +461,7 @@ impl BoxClient {
 
     /// The file named `name` in the folder: `GET {api}/folders/{id}/items`, page by page (at most 1000
     /// a page), with `fields=name,sha1,size`. Box names are unique in a folder regardless of case.
-    pub async fn find_in_folder(&self, folder_id: &str, name: &str) -> Result<Option<Value>, BoxError> {
+    async fn find_in_folder(&self, folder_id: &str, name: &str) -> Result<Option<Value>, BoxError> {
         const LIMIT: u64 = 1000;
         let url = format!("{}/folders/{folder_id}/items", self.urls.api);
         let lower = name.to_lowercase();
