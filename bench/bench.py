@@ -328,7 +328,7 @@ def measure_wall(ctx, emulator, path, size):
             "sink_runs": sink_walls, "gateway_runs": gw_walls}
 
 
-def measure_rss(ctx, emulator):
+def measure_rss(ctx, emulator, _path=None, _size=None):
     """Peak RSS of a fresh gateway for each size (generated streams), RSS over time for the largest."""
     result = {"sizes": [], "series": []}
     for size in ctx.cfg["rss_sizes"]:
@@ -343,6 +343,7 @@ def measure_rss(ctx, emulator):
             upload = check_landed(answer, size)
             row = {"bytes": size, "idle_rss": idle, "peak_rss": status_kib(gw.pid, "VmHWM"), "wall": wall,
                    "part_size": upload["part_size"], "buffered_peak": gw.metric("gateway_buffered_bytes_peak"),
+                   "budget": gw.metric("gateway_memory_budget_bytes"),
                    "gateway_cpu_per_gib": (cpu_seconds(gw.pid) - c0) * GIB / size}
             log(f"rss: {row}")
             result["sizes"].append(row)
@@ -389,7 +390,7 @@ def sdk_upload(emulator, path, size):
     return wall
 
 
-def measure_throughput(ctx, path, size):
+def measure_throughput(ctx, _emulator, path, size):
     """Throughput with Box's latency emulated, per request and per connection, by part concurrency."""
     scenarios = {
         "delay": {"delay_ms": ctx.cfg["tp_delay_ms"]},
@@ -417,7 +418,7 @@ def measure_throughput(ctx, path, size):
     return result
 
 
-def measure_small(ctx, emulator):
+def measure_small(ctx, emulator, _path=None, _size=None):
     """Small files through the gateway and straight into the emulator, with the same Python client."""
     import requests
 
@@ -468,6 +469,17 @@ def measure_small(ctx, emulator):
     return result
 
 
+# The run, in order: (key, title, measure(ctx, emulator, file, size), the config key of the random file's
+# size in /dev/shm, or None when the section makes its own bodies).
+SECTIONS = [
+    ("cpu", "SHA-1 floor and CPU per GiB", measure_cpu, "cpu_bytes"),
+    ("wall", "wall time against a sink", measure_wall, "wall_bytes"),
+    ("rss", "peak RSS by size", measure_rss, None),
+    ("many", "concurrent uploads against the memory budget", measure_many, "many_bytes"),
+    ("throughput", "throughput by part concurrency, against the Box SDK", measure_throughput, "tp_bytes"),
+    ("small", "small files", measure_small, None),
+]
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -495,14 +507,32 @@ def mib(n):
 
 
 def report(r):
-    m, cpu, wall, rss, many, tp, small = (r[k] for k in ("machine", "cpu", "wall", "rss", "many", "throughput", "small"))
+    m, cpu, wall, rss, many, tp, small = (r.get(k) for k in ("machine", "cpu", "wall", "rss", "many", "throughput", "small"))
     out = [f"## Benchmark ({r['mode']} run, {r['date']})", "",
            f"Machine: {m['cpu']}, {m['cores']} cores (SHA-NI: {'yes' if m['sha_ni'] else 'no'}), "
            f"{m['memory_gib']} GiB, Linux {m['kernel']}, {m['rustc']}, {r['profile']} build; load average "
            f"before the run {m['load_before'][0]:.2f}. Gateway, emulator and clients share the cores; the "
            f"emulator runs with `--discard-content`. Run time {r['seconds']:.0f} s.", ""]
 
-    out += ["### CPU per byte against the SHA-1 floor", "",
+    if cpu:
+        out += render_cpu(cpu)
+    if wall:
+        out += render_wall(wall)
+    if rss or many:
+        out += ["### Memory", ""]
+    if rss:
+        out += render_rss(rss)
+    if many:
+        out += render_many(many)
+    if tp:
+        out += render_throughput(tp)
+    if small:
+        out += render_small(small)
+    return "\n".join(out) + "\n"
+
+
+def render_cpu(cpu):
+    out = ["### CPU per byte against the SHA-1 floor", "",
             f"Floor: `bench-tools floor` hashes {fmt_size(cpu['bytes'])} twice with the `sha1` crate in one process "
             f"(each part's chain and the whole file's), utime+stime from /proc, median of {len(cpu['floor_runs'])}. "
             f"Gateway: utime+stime of the gateway process from /proc/PID/stat around one upload of a "
@@ -515,30 +545,41 @@ def report(r):
         out.append(f"| {kind} | {k['gateway_cpu_per_gib']:.2f} | {cpu['floor_cpu_per_gib']:.2f} | **{k['ratio']:.2f}** | "
                    f"{k['emulator_cpu_per_gib']:.2f} | {k['wall']:.2f} s | {k['throughput_mb_s']:.0f} |")
 
-    out += ["", "### Wall time against a sink that only reads", "",
+    return out + [""]
+
+
+def render_wall(wall):
+    return ["### Wall time against a sink that only reads", "",
             f"The same `curl -T` of a {fmt_size(wall['bytes'])} random file from /dev/shm, into `bench-tools sink` (actix-web, "
             f"reads and drops) and through the gateway (part size {mib(wall['part_size'])}); best of "
             f"{len(wall['sink_runs'])} each.", "",
             "| sink | gateway | **ratio** | added |", "| --- | --- | --- | --- |",
             f"| {wall['sink_wall']:.2f} s | {wall['gateway_wall']:.2f} s | **{wall['ratio']:.2f}** | "
-            f"{wall['added_seconds']:.2f} s |"]
+            f"{wall['added_seconds']:.2f} s |", ""]
 
-    out += ["", "### Memory", "",
-            "Peak RSS (VmHWM) of a fresh gateway per upload, default settings (memory budget 256 MiB, "
+
+def render_rss(rss):
+    out = ["Peak RSS (VmHWM) of a fresh gateway per upload, default settings (memory budget 256 MiB, "
             "part_concurrency 4); the body is generated (`head -c N /dev/zero | curl -T -` with `Upload-Length`).", "",
             "| upload | part size | idle RSS | **peak RSS** | peak buffered (metric) | gateway CPU-s/GiB | wall |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rss["sizes"]:
         out.append(f"| {fmt_size(row['bytes'])} | {mib(row['part_size'])} | {mib(row['idle_rss'])} | **{mib(row['peak_rss'])}** | "
                    f"{mib(row['buffered_peak'])} | {row['gateway_cpu_per_gib']:.2f} | {row['wall']:.1f} s |")
-    out += ["", f"{many['uploads']} concurrent `curl -T` uploads of a {fmt_size(many['bytes_each'])} file "
+    return out + [""]
+
+
+def render_many(many):
+    return [f"{many['uploads']} concurrent `curl -T` uploads of a {fmt_size(many['bytes_each'])} file "
             f"(part size {mib(many['part_size'])}; together they would hold {mib(many['uploads'] * 4 * many['part_size'])} "
             f"at 4 parts in flight each), one gateway:", "",
             "| memory budget | idle RSS | **peak RSS** | peak buffered (metric) | wall |", "| --- | --- | --- | --- | --- |",
             f"| {mib(many['budget'])} | {mib(many['idle_rss'])} | **{mib(many['peak_rss'])}** | {mib(many['buffered_peak'])} | "
-            f"{many['wall']:.1f} s |"]
+            f"{many['wall']:.1f} s |", ""]
 
-    out += ["", "### Throughput against Box's latency, by part concurrency", "",
+
+def render_throughput(tp):
+    out = ["### Throughput against Box's latency, by part concurrency", "",
             f"A {fmt_size(tp['bytes'])} random file: `curl -T` through the gateway (a fresh gateway per "
             "part_concurrency), against the official Box Python SDK's sequential `upload_big_file` "
             "(box-sdk-gen) from the same file into the same emulator. One run each.", "",
@@ -551,7 +592,11 @@ def report(r):
         cells = " | ".join(f"{row['mb_s']:.0f} MB/s, **{row['vs_sdk']:.1f} ×**" for row in s["rows"])
         out.append(f"| {what} | {s['sdk_mb_s']:.0f} MB/s | {cells} |")
 
-    out += ["", "### Small files", "",
+    return out + [""]
+
+
+def render_small(small):
+    out = ["### Small files", "",
             "The same Python `requests` client (one keep-alive session per thread) posting a multipart form: "
             "to the gateway, and straight to the emulator's direct upload (`POST /api/2.0/files/content`). "
             "Latency of sequential uploads by one client, then uploads/s and latency with "
@@ -566,7 +611,7 @@ def report(r):
                     if row["path"] == "gateway" else "")
         out.append(f"| {fmt_size(row['bytes'])} | {row['path']} | {row['median_ms']:.1f} ms | {row['p99_ms']:.1f} ms | "
                    f"{overhead} | {row['uploads_per_s']:.0f} | {row['loaded_median_ms']:.1f} ms | {row['loaded_p99_ms']:.1f} ms |")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def charts(r, out_dir):
@@ -575,8 +620,15 @@ def charts(r, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "throughput" in r:
+        throughput_chart(plt, r["throughput"], out_dir)
+    if "rss" in r:
+        rss_chart(plt, r["rss"], out_dir)
+
+
+def throughput_chart(plt, tp, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, s in r["throughput"]["scenarios"].items():
+    for name, s in tp["scenarios"].items():
         label = (f"emulator +{s['delay_ms']} ms per request" if name == "delay"
                  else f"emulator capped at {s['bandwidth'] / 1e6:.0f} MB/s per connection")
         xs = [row["part_concurrency"] for row in s["rows"]]
@@ -586,19 +638,21 @@ def charts(r, out_dir):
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("part_concurrency")
     ax.set_ylabel("MB/s")
-    ax.set_title(f"Throughput of a {fmt_size(r['throughput']['bytes'])} upload")
+    ax.set_title(f"Throughput of a {fmt_size(tp['bytes'])} upload")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "throughput.png"), dpi=110)
 
+
+def rss_chart(plt, rss, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = r["rss"]["series"]
+    series = rss["series"]
     ax.plot([t for t, _ in series], [v / MIB for _, v in series])
-    ax.axhline(r["many"]["budget"] / MIB, linestyle="--", color="grey", label="memory budget")
+    ax.axhline(rss["sizes"][-1]["budget"] / MIB, linestyle="--", color="grey", label="memory budget")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("seconds")
     ax.set_ylabel("gateway RSS (MiB)")
-    ax.set_title(f"Gateway RSS during a {fmt_size(r['rss']['sizes'][-1]['bytes'])} upload")
+    ax.set_title(f"Gateway RSS during a {fmt_size(rss['sizes'][-1]['bytes'])} upload")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "rss_10gib.png"), dpi=110)
@@ -611,6 +665,7 @@ def main():
     p.add_argument("--profile", default="release")
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--only", nargs="+", choices=[key for key, *_ in SECTIONS], help="run only these sections")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     logs = os.path.join(args.out, "logs")
@@ -623,27 +678,15 @@ def main():
     emulator = None
     try:
         emulator = Emulator(ctx.gateway, logs)
-        cfg = ctx.cfg
-        log("SHA-1 floor and CPU per GiB")
-        path = random_file(workdir, cfg["cpu_bytes"], "cpu.bin")
-        r["cpu"] = measure_cpu(ctx, emulator, path, cfg["cpu_bytes"])
-        os.remove(path)
-        log("wall time against a sink")
-        path = random_file(workdir, cfg["wall_bytes"], "wall.bin")
-        r["wall"] = measure_wall(ctx, emulator, path, cfg["wall_bytes"])
-        os.remove(path)
-        log("peak RSS by size")
-        r["rss"] = measure_rss(ctx, emulator)
-        log("concurrent uploads against the memory budget")
-        path = random_file(workdir, cfg["many_bytes"], "many.bin")
-        r["many"] = measure_many(ctx, emulator, path, cfg["many_bytes"])
-        os.remove(path)
-        log("throughput by part concurrency, against the Box SDK")
-        path = random_file(workdir, cfg["tp_bytes"], "tp.bin")
-        r["throughput"] = measure_throughput(ctx, path, cfg["tp_bytes"])
-        os.remove(path)
-        log("small files")
-        r["small"] = measure_small(ctx, emulator)
+        for key, title, measure, file_key in SECTIONS:
+            if args.only and key not in args.only:
+                continue
+            log(title)
+            size = ctx.cfg.get(file_key)
+            path = random_file(workdir, size, f"{key}.bin") if file_key else None
+            r[key] = measure(ctx, emulator, path, size)
+            if path:
+                os.remove(path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if emulator:
