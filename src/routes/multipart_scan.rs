@@ -3,6 +3,18 @@
 //! size = Content-Length - offset of the file's data - len("\r\n--" boundary "--\r\n").
 //! The figure is checked exactly when the body ends; a body that breaks the assumption (a field
 //! after the file, no CRLF after the close delimiter) fails cleanly with `size_mismatch`.
+//!
+//! Then [`FileData`] cuts the file's bytes out of the raw body without copying them: slices of the
+//! chunks as they came off the socket, up to the delimiter that ends the file part. actix-multipart
+//! copies every byte into its own buffer and looks at every CR for a boundary: that was 7 % and 5 %
+//! of the gateway's CPU per byte (README, "What made it cheaper").
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use actix_web::error::PayloadError;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use memchr::memmem::Finder;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Scan {
@@ -47,6 +59,83 @@ pub fn file_data_offset(body: &[u8], boundary: &str) -> Scan {
             None => return Scan::NeedMore,
         }
     }
+}
+
+/// The file part's data, from its first byte to the delimiter (`CRLF--boundary`) that ends it. The
+/// rest of the body is never read. A body that ends before that delimiter is an error.
+pub struct FileData<S> {
+    body: S,
+    delimiter: Finder<'static>,
+    /// Bytes read but not given out yet: the start of a chunk that may hold the delimiter, or a
+    /// chunk's tail that may be the start of a delimiter continued in the next chunk.
+    pending: Bytes,
+    done: bool,
+}
+
+impl<S> FileData<S> {
+    /// `body` starts at the file's first data byte.
+    pub fn new(body: S, boundary: &str) -> Self {
+        Self {
+            body,
+            delimiter: Finder::new(format!("\r\n--{boundary}").as_bytes()).into_owned(),
+            pending: Bytes::new(),
+            done: false,
+        }
+    }
+}
+
+impl<S> Stream for FileData<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(end) = this.delimiter.find(&this.pending) {
+                this.done = true;
+                let data = this.pending.split_to(end);
+                this.pending = Bytes::new();
+                return Poll::Ready((!data.is_empty()).then_some(Ok(data)));
+            }
+            // Only a tail that could begin a delimiter must wait for the next chunk.
+            let keep = partial_delimiter(&this.pending, this.delimiter.needle());
+            if this.pending.len() > keep {
+                let data = this.pending.split_to(this.pending.len() - keep);
+                return Poll::Ready(Some(Ok(data)));
+            }
+            match ready!(Pin::new(&mut this.body).poll_next(cx)) {
+                Some(Ok(chunk)) if this.pending.is_empty() => this.pending = chunk,
+                // Rare (a chunk ending in CR, or in the delimiter's first bytes): the short tail and
+                // the next chunk are joined, one copy of one chunk.
+                Some(Ok(chunk)) => {
+                    let mut joined = BytesMut::with_capacity(this.pending.len() + chunk.len());
+                    joined.extend_from_slice(&this.pending);
+                    joined.extend_from_slice(&chunk);
+                    this.pending = joined.freeze();
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(PayloadError::Incomplete(None))));
+                }
+            }
+        }
+    }
+}
+
+/// The length of the longest tail of `data` that is a proper prefix of `delimiter`: the bytes that
+/// may be the beginning of a delimiter whose rest is still to come.
+fn partial_delimiter(data: &[u8], delimiter: &[u8]) -> usize {
+    let start = data.len().saturating_sub(delimiter.len() - 1);
+    memchr::memchr_iter(delimiter[0], &data[start..])
+        .map(|i| start + i)
+        .find(|&at| delimiter.starts_with(&data[at..]))
+        .map_or(0, |at| data.len() - at)
 }
 
 /// Whether a part's headers carry a `filename` or `filename*` parameter in Content-Disposition
@@ -114,6 +203,77 @@ mod tests {
             panic!()
         };
         assert_eq!(b[offset], b'x');
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn file_data(chunks: Vec<&[u8]>) -> (Vec<Bytes>, Option<PayloadError>) {
+        let body = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let mut data = FileData::new(body, B);
+        let mut out = Vec::new();
+        block_on(async {
+            while let Some(item) = futures_util::StreamExt::next(&mut data).await {
+                match item {
+                    Ok(bytes) => out.push(bytes),
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            (out, None)
+        })
+    }
+
+    #[test]
+    fn file_data_ends_at_the_delimiter_however_the_body_is_split() {
+        let body = b"ab\r\ncd\r\n--Xy\r\n--XyZ\r\nContent-Disposition: form-data; name=\"after\"\r\n\r\nx\r\n--XyZ--\r\n";
+        let file = b"ab\r\ncd\r\n--Xy";
+        for size in 1..body.len() {
+            let (out, err) = file_data(body.chunks(size).collect());
+            assert!(err.is_none(), "{size}: {err:?}");
+            assert_eq!(out.concat(), file, "pieces of {size}");
+            assert!(out.iter().all(|b| !b.is_empty()));
+        }
+    }
+
+    #[test]
+    fn file_data_shares_the_chunks_it_was_given() {
+        let mut body = vec![7u8; 100_000];
+        body.extend_from_slice(b"\r\n--XyZ--\r\n");
+        let chunk = Bytes::from(body);
+        let ptr = chunk.as_ptr();
+        let mut data = FileData::new(futures_util::stream::iter([Ok(chunk)]), B);
+        let first = block_on(futures_util::StreamExt::next(&mut data));
+        let first = first.unwrap().unwrap();
+        assert_eq!((first.as_ptr(), first.len()), (ptr, 100_000));
+    }
+
+    #[test]
+    fn file_data_without_its_delimiter_is_incomplete() {
+        let (out, err) = file_data(vec![b"abc\r\n--Xy"]);
+        assert_eq!(out.concat(), b"abc");
+        assert!(matches!(err, Some(PayloadError::Incomplete(_))));
+        let (out, err) = file_data(vec![]);
+        assert!(out.is_empty() && err.is_some());
+    }
+
+    #[test]
+    fn partial_delimiter_tails() {
+        let d = b"\r\n--XyZ";
+        assert_eq!(partial_delimiter(b"abc", d), 0);
+        assert_eq!(partial_delimiter(b"abc\r", d), 1);
+        assert_eq!(partial_delimiter(b"abc\r\n--X", d), 5);
+        assert_eq!(partial_delimiter(b"\r\r\n-", d), 3);
+        assert_eq!(partial_delimiter(b"abc\rx", d), 0);
+        assert_eq!(partial_delimiter(b"", d), 0);
     }
 
     #[test]

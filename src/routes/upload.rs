@@ -16,7 +16,7 @@ use futures_util::stream::{self, LocalBoxStream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::json;
 
-use super::multipart_scan::{file_data_offset, suffix_len, Scan};
+use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
 use super::params::{validate_id, validate_name, UploadParams};
 use super::AppState;
 use crate::access::Caller;
@@ -192,35 +192,41 @@ async fn multipart(
     let boundary = boundary(req.headers())?;
     let content_length = content_length(req.headers())?;
     let mut payload = idle_timeout(payload, state.client_idle_timeout);
-    let early_size = params.declared_size(req.headers())?;
-    // Only when no size is declared: look for where the file starts, to derive its size.
-    let (seen, data_offset) = match (early_size, content_length) {
-        (None, Some(_)) => scan(&mut payload, &boundary).await?,
-        _ => (Vec::new(), None),
+    // Where the file's data starts: its size may follow from Content-Length, and its bytes can be
+    // cut out of the body without actix-multipart's copy (`FileData`). actix-multipart still parses
+    // the head (fields and the file part's headers); when it does not find the file there the
+    // scan must have misread the form, and actix-multipart reads the whole body as it comes.
+    let (seen, data_offset) = scan(&mut payload, &boundary).await?;
+    let fast = match data_offset {
+        Some(offset) => {
+            let (head, rest) = split_chunks(&seen, offset);
+            let mut head_form = Multipart::new(req.headers(), stream::iter(head.into_iter().map(Ok)));
+            read_form_head(&mut head_form)
+                .await
+                .ok()
+                .map(|(fields, filename, _)| (fields, filename, rest))
+        }
+        None => None,
     };
-    let replay = stream::iter(seen.into_iter().map(Ok)).chain(payload);
-    let mut form = Multipart::new(req.headers(), replay);
-    let mut fields = 0;
-    let (field, filename) = loop {
-        let field = form
-            .next()
-            .await
-            .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no part with a filename"))?
-            .map_err(multipart_error)?;
-        if let Some(filename) = filename_of(&field) {
-            break (field, filename);
+    // The file's Field reads through the form it came from: the form lives as long as the upload.
+    let mut form;
+    let (fields, filename, body): (_, _, Body) = match fast {
+        Some((fields, filename, rest)) => {
+            let data = FileData::new(stream::iter(rest.into_iter().map(Ok)).chain(payload), &boundary);
+            (fields, filename, data.map_err(from_payload).boxed_local())
         }
-        fields += 1;
-        if fields > MAX_FIELDS {
-            return Err(ApiError::bad_request(
-                "invalid_multipart",
-                "too many fields before the file",
-            ));
+        None => {
+            form = Multipart::new(
+                req.headers(),
+                stream::iter(seen.into_iter().map(Ok)).chain(payload),
+            );
+            let (fields, filename, field) = read_form_head(&mut form).await?;
+            (fields, filename, field.map_err(from_multipart).boxed_local())
         }
-        let key = field.name().unwrap_or_default().to_owned();
-        let value = read_text(field).await?;
+    };
+    for (key, value) in fields {
         params.set(&key, value);
-    };
+    }
     let target = target(params.name.clone(), filename)?;
     let size = match (params.declared_size(req.headers())?, content_length, data_offset) {
         (Some(n), ..) => Size::Declared(n),
@@ -236,9 +242,49 @@ async fn multipart(
         }
         _ => Size::Unknown,
     };
-    let body = field.map_err(from_multipart).boxed_local();
     let expected_sha1 = params.expected_sha1(None)?;
     upload(state, caller, tracker, params, expected_sha1, target, size, body).await
+}
+
+/// The text fields before the first part with a filename, that filename, and the file's Field.
+async fn read_form_head(form: &mut Multipart) -> Result<(Vec<(String, String)>, String, Field), ApiError> {
+    let mut fields = Vec::new();
+    loop {
+        let field = form
+            .next()
+            .await
+            .ok_or_else(|| ApiError::bad_request("missing_file", "the form has no part with a filename"))?
+            .map_err(multipart_error)?;
+        if let Some(filename) = filename_of(&field) {
+            return Ok((fields, filename, field));
+        }
+        if fields.len() >= MAX_FIELDS {
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                "too many fields before the file",
+            ));
+        }
+        let key = field.name().unwrap_or_default().to_owned();
+        fields.push((key, read_text(field).await?));
+    }
+}
+
+/// The chunks split at byte `at`: what comes before, and what comes after (shared, not copied).
+fn split_chunks(chunks: &[Bytes], at: usize) -> (Vec<Bytes>, Vec<Bytes>) {
+    let (mut head, mut rest, mut offset) = (Vec::new(), Vec::new(), 0);
+    for chunk in chunks {
+        let end = offset + chunk.len();
+        match at {
+            at if at >= end => head.push(chunk.clone()),
+            at if at <= offset => rest.push(chunk.clone()),
+            at => {
+                head.push(chunk.slice(..at - offset));
+                rest.push(chunk.slice(at - offset..));
+            }
+        }
+        offset = end;
+    }
+    (head, rest)
 }
 
 /// The pipeline's part: size (spooling a body of unknown size), Box destination, bytes. The caller's

@@ -1,0 +1,706 @@
+"""The gateway's benchmark: every figure in one run, on loopback, with ratios against a reference
+measured in the same run (bare times are context only: the machine may be shared).
+
+Run through bench/run, which builds the binaries and this script's virtualenv. Processes: the release
+gateway (`serve`) and the emulator (`emulator --discard-content`, its own process, so its CPU is not
+the gateway's) on loopback ports, curl or Python clients, and bench/tools.rs (the SHA-1 floor and a
+sink that only reads). Test files live in /dev/shm (at most 2 GiB at once); bigger uploads are
+generated streams, never files.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+GIB = 1 << 30
+MIB = 1 << 20
+TOKEN = "emulator-dev-token"
+TICK = os.sysconf("SC_CLK_TCK")
+
+# Full run and smoke run: same steps, smaller sizes (the smoke checks nothing but that it runs).
+FULL = {
+    "cpu_bytes": GIB,
+    "cpu_runs": 3,
+    "wall_bytes": 2 * GIB,
+    "wall_runs": 2,
+    "rss_sizes": [GIB, 4 * GIB, 10 * GIB],
+    "many_uploads": 50,
+    "many_bytes": 64 * MIB,
+    "tp_bytes": 200_000_000,
+    "tp_concurrency": [1, 2, 4, 8],
+    "tp_delay_ms": 300,
+    "tp_bandwidth": 25_000_000,
+    "small_sizes": [4 * 1024, MIB],
+    "small_sequential": {4 * 1024: 300, MIB: 100},
+    "small_clients": 32,
+    "small_per_client": {4 * 1024: 20, MIB: 8},
+}
+SMOKE = {
+    "cpu_bytes": 48 * MIB,
+    "cpu_runs": 1,
+    "wall_bytes": 48 * MIB,
+    "wall_runs": 1,
+    "rss_sizes": [24 * MIB, 48 * MIB, 96 * MIB],
+    "many_uploads": 6,
+    "many_bytes": 24 * MIB,
+    "tp_bytes": 24_000_000,
+    "tp_concurrency": [1, 2],
+    "tp_delay_ms": 20,
+    "tp_bandwidth": 100_000_000,
+    "small_sizes": [4 * 1024, MIB],
+    "small_sequential": {4 * 1024: 10, MIB: 4},
+    "small_clients": 4,
+    "small_per_client": {4 * 1024: 3, MIB: 2},
+}
+
+
+def log(*args):
+    print("--", *args, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- processes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, from /proc/PID/stat (the same reading bench-tools floor makes)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def status_kib(pid, key):
+    """VmRSS (resident now) or VmHWM (peak resident) of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def stop(proc):
+    """Ctrl-C (the emulator stops on SIGINT, the gateway too), then a kill if it lingers."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_http(url, proc, what):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}; see {proc.args}")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not answer {url} within 30 s")
+
+
+class Emulator:
+    """`box-upload-gateway emulator` in its own process; `--discard-content` keeps it out of the CPU
+    figures (chunked bytes are checked against Box's rules but neither hashed nor written)."""
+
+    def __init__(self, binary, logs, delay_ms=0, bandwidth=None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.data_dir = tempfile.mkdtemp(prefix="box-bench-emulator-", dir="/dev/shm")
+        args = [binary, "emulator", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir,
+                "--discard-content", "--delay-ms", str(delay_ms)]
+        if bandwidth:
+            args += ["--bandwidth-bytes-per-sec", str(bandwidth)]
+        self.log = open(os.path.join(logs, f"emulator-{self.port}.log"), "w")
+        env = dict(os.environ, RUST_LOG="warn")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        wait_http(f"{self.base}/_emulator/state", self.proc, "the emulator")
+
+    def state(self):
+        return json.load(urllib.request.urlopen(f"{self.base}/_emulator/state"))
+
+    def stop(self):
+        stop(self.proc)
+        self.log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class Gateway:
+    """`box-upload-gateway serve` pointed at an emulator, configured through its environment."""
+
+    def __init__(self, binary, emulator, logs, part_concurrency=4):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, RUST_LOG="warn", GATEWAY_LOG_FORMAT="json",
+                   GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
+                   GATEWAY_PART_CONCURRENCY=str(part_concurrency),
+                   BOX_API_URL=f"{emulator.base}/2.0", BOX_UPLOAD_URL=f"{emulator.base}/api/2.0",
+                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN)
+        self.log = open(os.path.join(logs, f"gateway-{self.port}.log"), "w")
+        self.proc = subprocess.Popen([binary, "serve"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        wait_http(f"{self.url}/healthz", self.proc, "the gateway")
+        self.pid = self.proc.pid
+
+    def metric(self, name):
+        text = urllib.request.urlopen(f"{self.url}/metrics").read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def stop(self):
+        stop(self.proc)
+        self.log.close()
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident set every `period` seconds."""
+
+    def __init__(self, pid, period=0.1):
+        super().__init__(daemon=True)
+        self.pid, self.period, self.samples, self.done = pid, period, [], threading.Event()
+
+    def run(self):
+        start = time.monotonic()
+        while not self.done.is_set():
+            self.samples.append((time.monotonic() - start, status_kib(self.pid, "VmRSS")))
+            self.done.wait(self.period)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.samples
+
+
+# ------------------------------------------------------------------------------------------ clients
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}.bin"
+
+
+def curl(args, stdin=None):
+    """One curl upload; returns (wall seconds, answer). Fails the bench on anything but 2xx."""
+    cmd = ["curl", "-sS", "--fail-with-body", "-H", "Expect:", *args]
+    started = time.monotonic()
+    out = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=3600)
+    wall = time.monotonic() - started
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.decode()} {out.stdout[:500]}")
+    return wall, json.loads(out.stdout) if out.stdout.strip() else {}
+
+
+def multipart_upload(gw, path):
+    return curl(["-F", f"file=@{path};filename={unique('multipart')}", f"{gw.url}/v1/folders/0/files"])
+
+
+def raw_upload(url, path):
+    return curl(["-T", path, url])
+
+
+def stream_upload(url, size):
+    """`head -c SIZE /dev/zero | curl -T -`: a generated body (chunked, its size in Upload-Length)."""
+    head = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    try:
+        return curl(["-T", "-", "-H", f"Upload-Length: {size}", url], stdin=head.stdout)
+    finally:
+        head.stdout.close()
+        head.wait()
+
+
+def raw_url(gw):
+    return f"{gw.url}/v1/folders/0/files/{unique('raw')}"
+
+
+def check_landed(answer, size):
+    upload = answer.get("upload", {})
+    if upload.get("size") != size or answer.get("file", {}).get("size") != size:
+        raise SystemExit(f"the gateway answered {answer} for {size} bytes")
+    return upload
+
+
+def random_file(workdir, size, name):
+    path = os.path.join(workdir, name)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def measure_cpu(ctx, emulator, path, size):
+    """CPU seconds per GiB of the gateway for multipart and raw bodies, against the floor."""
+    floors = []
+    for _ in range(ctx.cfg["cpu_runs"]):
+        out = subprocess.run([ctx.tools, "floor", str(size)], capture_output=True, check=True, text=True)
+        floors.append(json.loads(out.stdout)["cpu_seconds"])
+    floor = median(floors) * GIB / size
+    gw = Gateway(ctx.gateway, emulator, ctx.logs)
+    runs = {"multipart": [], "raw": []}
+    try:
+        for _ in range(ctx.cfg["cpu_runs"]):
+            for kind in runs:
+                g0, e0 = cpu_seconds(gw.pid), cpu_seconds(emulator.proc.pid)
+                if kind == "multipart":
+                    wall, answer = multipart_upload(gw, path)
+                else:
+                    wall, answer = raw_upload(raw_url(gw), path)
+                check_landed(answer, size)
+                runs[kind].append({
+                    "gateway_cpu_per_gib": (cpu_seconds(gw.pid) - g0) * GIB / size,
+                    "emulator_cpu_per_gib": (cpu_seconds(emulator.proc.pid) - e0) * GIB / size,
+                    "wall": wall,
+                })
+                log(f"cpu {kind}: {runs[kind][-1]}")
+    finally:
+        gw.stop()
+    result = {"floor_cpu_per_gib": floor, "floor_runs": floors, "bytes": size}
+    for kind, rs in runs.items():
+        cpu = median(r["gateway_cpu_per_gib"] for r in rs)
+        result[kind] = {
+            "gateway_cpu_per_gib": cpu,
+            "ratio": cpu / floor,
+            "emulator_cpu_per_gib": median(r["emulator_cpu_per_gib"] for r in rs),
+            "wall": median(r["wall"] for r in rs),
+            "throughput_mb_s": size / median(r["wall"] for r in rs) / 1e6,
+            "runs": rs,
+        }
+    return result
+
+
+def measure_wall(ctx, emulator, path, size):
+    """The same curl PUT of the same file into a sink that only reads, and through the gateway."""
+    sink = subprocess.Popen([ctx.tools, "sink"], stdout=subprocess.PIPE, text=True)
+    port = int(sink.stdout.readline().split()[1])
+    gw = Gateway(ctx.gateway, emulator, ctx.logs)
+    sink_walls, gw_walls = [], []
+    try:
+        for _ in range(ctx.cfg["wall_runs"]):
+            wall, answer = raw_upload(f"http://127.0.0.1:{port}/sink", path)
+            assert answer["received"] == size, answer
+            sink_walls.append(wall)
+            wall, answer = raw_upload(raw_url(gw), path)
+            part_size = check_landed(answer, size)["part_size"]
+            gw_walls.append(wall)
+            log(f"wall: sink {sink_walls[-1]:.2f} s, gateway {gw_walls[-1]:.2f} s")
+    finally:
+        gw.stop()
+        stop(sink)
+    sink_wall, gw_wall = min(sink_walls), min(gw_walls)
+    return {"bytes": size, "sink_wall": sink_wall, "gateway_wall": gw_wall, "ratio": gw_wall / sink_wall,
+            "added_seconds": gw_wall - sink_wall, "part_size": part_size,
+            "sink_runs": sink_walls, "gateway_runs": gw_walls}
+
+
+def measure_rss(ctx, emulator, _path=None, _size=None):
+    """Peak RSS of a fresh gateway for each size (generated streams), RSS over time for the largest."""
+    result = {"sizes": [], "series": []}
+    for size in ctx.cfg["rss_sizes"]:
+        gw = Gateway(ctx.gateway, emulator, ctx.logs)
+        try:
+            idle = status_kib(gw.pid, "VmRSS")
+            sampler = RssSampler(gw.pid)
+            sampler.start()
+            c0 = cpu_seconds(gw.pid)
+            wall, answer = stream_upload(raw_url(gw), size)
+            samples = sampler.stop()
+            upload = check_landed(answer, size)
+            row = {"bytes": size, "idle_rss": idle, "peak_rss": status_kib(gw.pid, "VmHWM"), "wall": wall,
+                   "part_size": upload["part_size"], "buffered_peak": gw.metric("gateway_buffered_bytes_peak"),
+                   "budget": gw.metric("gateway_memory_budget_bytes"),
+                   "gateway_cpu_per_gib": (cpu_seconds(gw.pid) - c0) * GIB / size}
+            log(f"rss: {row}")
+            result["sizes"].append(row)
+            result["series"] = samples
+        finally:
+            gw.stop()
+    return result
+
+
+def measure_many(ctx, emulator, path, size):
+    """N uploads at once into one gateway: peak RSS against the memory budget."""
+    n = ctx.cfg["many_uploads"]
+    gw = Gateway(ctx.gateway, emulator, ctx.logs)
+    try:
+        budget = gw.metric("gateway_memory_budget_bytes")
+        idle = status_kib(gw.pid, "VmRSS")
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(lambda _: raw_upload(raw_url(gw), path), range(n)))
+        wall = time.monotonic() - started
+        for _, answer in answers:
+            check_landed(answer, size)
+        result = {"uploads": n, "bytes_each": size, "wall": wall, "budget": budget, "idle_rss": idle,
+                  "peak_rss": status_kib(gw.pid, "VmHWM"),
+                  "buffered_peak": gw.metric("gateway_buffered_bytes_peak"),
+                  "part_size": answers[0][1]["upload"]["part_size"]}
+        log(f"many: {result}")
+        return result
+    finally:
+        gw.stop()
+
+
+def sdk_upload(emulator, path, size):
+    """The official Box Python SDK's sequential chunked upload, unmodified, into the same emulator."""
+    from box_sdk_gen import BaseUrls, BoxClient, BoxDeveloperTokenAuth
+
+    urls = BaseUrls(base_url=emulator.base, upload_url=emulator.base + "/api", oauth_2_url=emulator.base + "/oauth2")
+    client = BoxClient(auth=BoxDeveloperTokenAuth(token=TOKEN)).with_custom_base_urls(urls)
+    with open(path, "rb") as f:
+        started = time.monotonic()
+        file = client.chunked_uploads.upload_big_file(f, unique("sdk"), size, "0")
+        wall = time.monotonic() - started
+    assert file.size == size, file
+    return wall
+
+
+def measure_throughput(ctx, _emulator, path, size):
+    """Throughput with Box's latency emulated, per request and per connection, by part concurrency."""
+    scenarios = {
+        "delay": {"delay_ms": ctx.cfg["tp_delay_ms"]},
+        "bandwidth": {"bandwidth": ctx.cfg["tp_bandwidth"]},
+    }
+    result = {"bytes": size, "scenarios": {}}
+    for name, flags in scenarios.items():
+        emulator = Emulator(ctx.gateway, ctx.logs, **flags)
+        try:
+            sdk = sdk_upload(emulator, path, size)
+            rows = []
+            for c in ctx.cfg["tp_concurrency"]:
+                gw = Gateway(ctx.gateway, emulator, ctx.logs, part_concurrency=c)
+                try:
+                    wall, answer = raw_upload(raw_url(gw), path)
+                    check_landed(answer, size)
+                finally:
+                    gw.stop()
+                rows.append({"part_concurrency": c, "wall": wall, "mb_s": size / wall / 1e6, "vs_sdk": sdk / wall,
+                             "part_size": answer["upload"]["part_size"]})
+                log(f"throughput {name}: {rows[-1]}")
+            result["scenarios"][name] = {**flags, "sdk_wall": sdk, "sdk_mb_s": size / sdk / 1e6, "rows": rows}
+        finally:
+            emulator.stop()
+    return result
+
+
+def measure_small(ctx, emulator, _path=None, _size=None):
+    """Small files through the gateway and straight into the emulator, with the same Python client."""
+    import requests
+
+    gw = Gateway(ctx.gateway, emulator, ctx.logs)
+    local = threading.local()
+
+    def session():
+        if not hasattr(local, "s"):
+            local.s = requests.Session()
+        return local.s
+
+    def via_gateway(data):
+        r = session().post(f"{gw.url}/v1/folders/0/files", files={"file": (unique("small"), data)})
+        assert r.status_code == 201, r.text
+
+    def direct(data):
+        attributes = json.dumps({"name": unique("small"), "parent": {"id": "0"}})
+        r = session().post(f"{emulator.base}/api/2.0/files/content", headers={"Authorization": f"Bearer {TOKEN}"},
+                           files=[("attributes", (None, attributes)), ("file", (unique("small"), data))])
+        assert r.status_code == 201, r.text
+
+    def timed(fn, data):
+        t = time.monotonic()
+        fn(data)
+        return time.monotonic() - t
+
+    result = []
+    try:
+        for size in ctx.cfg["small_sizes"]:
+            data = os.urandom(size)
+            for path, fn in (("gateway", via_gateway), ("direct", direct)):
+                fn(data)  # warm the connection
+                seq = [timed(fn, data) for _ in range(ctx.cfg["small_sequential"][size])]
+                clients, each = ctx.cfg["small_clients"], ctx.cfg["small_per_client"][size]
+                started = time.monotonic()
+                with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                    loaded = list(pool.map(lambda _: [timed(fn, data) for _ in range(each)], range(clients)))
+                wall = time.monotonic() - started
+                loaded = [x for xs in loaded for x in xs]
+                row = {"bytes": size, "path": path, "median_ms": median(seq) * 1e3,
+                       "p99_ms": percentile(seq, 99) * 1e3, "loaded_median_ms": median(loaded) * 1e3,
+                       "loaded_p99_ms": percentile(loaded, 99) * 1e3, "uploads_per_s": len(loaded) / wall,
+                       "clients": clients, "sequential": len(seq), "loaded": len(loaded)}
+                log(f"small: {row}")
+                result.append(row)
+    finally:
+        gw.stop()
+    return result
+
+
+# The run, in order: (key, title, measure(ctx, emulator, file, size), the config key of the random file's
+# size in /dev/shm, or None when the section makes its own bodies).
+SECTIONS = [
+    ("cpu", "SHA-1 floor and CPU per GiB", measure_cpu, "cpu_bytes"),
+    ("wall", "wall time against a sink", measure_wall, "wall_bytes"),
+    ("rss", "peak RSS by size", measure_rss, None),
+    ("many", "concurrent uploads against the memory budget", measure_many, "many_bytes"),
+    ("throughput", "throughput by part concurrency, against the Box SDK", measure_throughput, "tp_bytes"),
+    ("small", "small files", measure_small, None),
+]
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "sha_ni": " sha_ni" in flags, "memory_gib": round(mem / (1 << 20)),
+            "kernel": platform.release(), "rustc": rustc, "load_before": os.getloadavg()}
+
+
+def fmt_size(n):
+    if n >= GIB and n % GIB == 0:
+        return f"{n // GIB} GiB"
+    if n >= MIB and n % MIB == 0:
+        return f"{n // MIB} MiB"
+    if n >= 1e6 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000} MB"
+    return f"{n // 1024} KiB"
+
+
+def mib(n):
+    return f"{n / MIB:.0f} MiB"
+
+
+def report(r):
+    m, cpu, wall, rss, many, tp, small = (r.get(k) for k in ("machine", "cpu", "wall", "rss", "many", "throughput", "small"))
+    out = [f"## Benchmark ({r['mode']} run, {r['date']})", "",
+           f"Machine: {m['cpu']}, {m['cores']} cores (SHA-NI: {'yes' if m['sha_ni'] else 'no'}), "
+           f"{m['memory_gib']} GiB, Linux {m['kernel']}, {m['rustc']}, {r['profile']} build; load average "
+           f"before the run {m['load_before'][0]:.2f}. Gateway, emulator and clients share the cores; the "
+           f"emulator runs with `--discard-content`. Run time {r['seconds']:.0f} s.", ""]
+
+    if cpu:
+        out += render_cpu(cpu)
+    if wall:
+        out += render_wall(wall)
+    if rss or many:
+        out += ["### Memory", ""]
+    if rss:
+        out += render_rss(rss)
+    if many:
+        out += render_many(many)
+    if tp:
+        out += render_throughput(tp)
+    if small:
+        out += render_small(small)
+    return "\n".join(out) + "\n"
+
+
+def render_cpu(cpu):
+    out = ["### CPU per byte against the SHA-1 floor", "",
+            f"Floor: `bench-tools floor` hashes {fmt_size(cpu['bytes'])} twice with the `sha1` crate in one process "
+            f"(each part's chain and the whole file's), utime+stime from /proc, median of {len(cpu['floor_runs'])}. "
+            f"Gateway: utime+stime of the gateway process from /proc/PID/stat around one upload of a "
+            f"{fmt_size(cpu['bytes'])} random file from /dev/shm with curl (`-F file=@` for multipart, `-T` for raw; "
+            f"default settings, part_concurrency 4), median of {len(cpu['multipart']['runs'])} runs.", "",
+            "| body | gateway CPU-s/GiB | floor CPU-s/GiB | **ratio** | emulator CPU-s/GiB | wall | MB/s |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for kind in ("multipart", "raw"):
+        k = cpu[kind]
+        out.append(f"| {kind} | {k['gateway_cpu_per_gib']:.2f} | {cpu['floor_cpu_per_gib']:.2f} | **{k['ratio']:.2f}** | "
+                   f"{k['emulator_cpu_per_gib']:.2f} | {k['wall']:.2f} s | {k['throughput_mb_s']:.0f} |")
+
+    return out + [""]
+
+
+def render_wall(wall):
+    return ["### Wall time against a sink that only reads", "",
+            f"The same `curl -T` of a {fmt_size(wall['bytes'])} random file from /dev/shm, into `bench-tools sink` (actix-web, "
+            f"reads and drops) and through the gateway (part size {mib(wall['part_size'])}); best of "
+            f"{len(wall['sink_runs'])} each.", "",
+            "| sink | gateway | **ratio** | added |", "| --- | --- | --- | --- |",
+            f"| {wall['sink_wall']:.2f} s | {wall['gateway_wall']:.2f} s | **{wall['ratio']:.2f}** | "
+            f"{wall['added_seconds']:.2f} s |", ""]
+
+
+def render_rss(rss):
+    out = ["Peak RSS (VmHWM) of a fresh gateway per upload, default settings (memory budget 256 MiB, "
+            "part_concurrency 4); the body is generated (`head -c N /dev/zero | curl -T -` with `Upload-Length`).", "",
+            "| upload | part size | idle RSS | **peak RSS** | peak buffered (metric) | gateway CPU-s/GiB | wall |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rss["sizes"]:
+        out.append(f"| {fmt_size(row['bytes'])} | {mib(row['part_size'])} | {mib(row['idle_rss'])} | **{mib(row['peak_rss'])}** | "
+                   f"{mib(row['buffered_peak'])} | {row['gateway_cpu_per_gib']:.2f} | {row['wall']:.1f} s |")
+    return out + [""]
+
+
+def render_many(many):
+    return [f"{many['uploads']} concurrent `curl -T` uploads of a {fmt_size(many['bytes_each'])} file "
+            f"(part size {mib(many['part_size'])}; together they would hold {mib(many['uploads'] * 4 * many['part_size'])} "
+            f"at 4 parts in flight each), one gateway:", "",
+            "| memory budget | idle RSS | **peak RSS** | peak buffered (metric) | wall |", "| --- | --- | --- | --- | --- |",
+            f"| {mib(many['budget'])} | {mib(many['idle_rss'])} | **{mib(many['peak_rss'])}** | {mib(many['buffered_peak'])} | "
+            f"{many['wall']:.1f} s |", ""]
+
+
+def render_throughput(tp):
+    out = ["### Throughput against Box's latency, by part concurrency", "",
+            f"A {fmt_size(tp['bytes'])} random file: `curl -T` through the gateway (a fresh gateway per "
+            "part_concurrency), against the official Box Python SDK's sequential `upload_big_file` "
+            "(box-sdk-gen) from the same file into the same emulator. One run each.", "",
+            "| emulator slowed by | SDK | " + " | ".join(f"gateway, {row['part_concurrency']} in flight"
+                                                   for row in next(iter(tp["scenarios"].values()))["rows"]) + " |",
+            "| --- | --- |" + " --- |" * len(next(iter(tp["scenarios"].values()))["rows"])]
+    for name, s in tp["scenarios"].items():
+        what = (f"{s['delay_ms']} ms per request" if name == "delay"
+                else f"{s['bandwidth'] / 1e6:.0f} MB/s per connection")
+        cells = " | ".join(f"{row['mb_s']:.0f} MB/s, **{row['vs_sdk']:.1f} ×**" for row in s["rows"])
+        out.append(f"| {what} | {s['sdk_mb_s']:.0f} MB/s | {cells} |")
+
+    return out + [""]
+
+
+def render_small(small):
+    out = ["### Small files", "",
+            "The same Python `requests` client (one keep-alive session per thread) posting a multipart form: "
+            "to the gateway, and straight to the emulator's direct upload (`POST /api/2.0/files/content`). "
+            "Latency of sequential uploads by one client, then uploads/s and latency with "
+            f"{small[0]['clients']} clients at once. The gateway makes two Box calls per small file "
+            "(preflight, upload).", "",
+            "| file | path | median | p99 | **overhead (median)** | "
+            f"{small[0]['clients']} clients: uploads/s | median | p99 |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    direct = {row["bytes"]: row for row in small if row["path"] == "direct"}
+    for row in small:
+        overhead = (f"**{row['median_ms'] - direct[row['bytes']]['median_ms']:+.1f} ms**"
+                    if row["path"] == "gateway" else "")
+        out.append(f"| {fmt_size(row['bytes'])} | {row['path']} | {row['median_ms']:.1f} ms | {row['p99_ms']:.1f} ms | "
+                   f"{overhead} | {row['uploads_per_s']:.0f} | {row['loaded_median_ms']:.1f} ms | {row['loaded_p99_ms']:.1f} ms |")
+    return out
+
+
+def charts(r, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "throughput" in r:
+        throughput_chart(plt, r["throughput"], out_dir)
+    if "rss" in r:
+        rss_chart(plt, r["rss"], out_dir)
+
+
+def throughput_chart(plt, tp, out_dir):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in tp["scenarios"].items():
+        label = (f"emulator +{s['delay_ms']} ms per request" if name == "delay"
+                 else f"emulator capped at {s['bandwidth'] / 1e6:.0f} MB/s per connection")
+        xs = [row["part_concurrency"] for row in s["rows"]]
+        line, = ax.plot(xs, [row["mb_s"] for row in s["rows"]], marker="o", label=f"gateway, {label}")
+        ax.axhline(s["sdk_mb_s"], linestyle="--", color=line.get_color(), label=f"Box Python SDK, {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("part_concurrency")
+    ax.set_ylabel("MB/s")
+    ax.set_title(f"Throughput of a {fmt_size(tp['bytes'])} upload")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "throughput.png"), dpi=110)
+
+
+def rss_chart(plt, rss, out_dir):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = rss["series"]
+    ax.plot([t for t, _ in series], [v / MIB for _, v in series])
+    ax.axhline(rss["sizes"][-1]["budget"] / MIB, linestyle="--", color="grey", label="memory budget")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("gateway RSS (MiB)")
+    ax.set_title(f"Gateway RSS during a {fmt_size(rss['sizes'][-1]['bytes'])} upload")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "rss_10gib.png"), dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--gateway", required=True)
+    p.add_argument("--tools", required=True)
+    p.add_argument("--profile", default="release")
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--only", nargs="+", choices=[key for key, *_ in SECTIONS], help="run only these sections")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    logs = os.path.join(args.out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    ctx = argparse.Namespace(gateway=args.gateway, tools=args.tools, logs=logs, cfg=SMOKE if args.smoke else FULL)
+    started = time.monotonic()
+    r = {"mode": "smoke" if args.smoke else "full", "profile": args.profile,
+         "date": datetime.date.today().isoformat(), "machine": machine()}
+    workdir = tempfile.mkdtemp(prefix="box-bench-", dir="/dev/shm")
+    emulator = None
+    try:
+        emulator = Emulator(ctx.gateway, logs)
+        for key, title, measure, file_key in SECTIONS:
+            if args.only and key not in args.only:
+                continue
+            log(title)
+            size = ctx.cfg.get(file_key)
+            path = random_file(workdir, size, f"{key}.bin") if file_key else None
+            r[key] = measure(ctx, emulator, path, size)
+            if path:
+                os.remove(path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if emulator:
+            emulator.stop()
+    r["seconds"] = time.monotonic() - started
+    text = report(r)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+    charts(r, args.out)
+    print(text)
+    log(f"written: {args.out}/results.md, results.json, throughput.png, rss_10gib.png")
+
+
+if __name__ == "__main__":
+    main()
