@@ -74,6 +74,11 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     /// A client whose body stalls this long gets 408 and its upload is aborted.
     pub client_idle_timeout_secs: u64,
+    /// After SIGTERM or SIGINT, how long uploads in flight may take to finish before they are aborted.
+    pub shutdown_grace_secs: u64,
+    /// How often the background check behind `/readyz` asks Box whether it answers and accepts the
+    /// gateway's credentials.
+    pub readiness_check_interval_secs: u64,
     pub box_connect_timeout_secs: u64,
     /// Bound on one Box call, a whole part upload included.
     pub box_request_timeout_secs: u64,
@@ -142,6 +147,8 @@ impl Default for Settings {
             spool_dir: String::new(),
             spool_max_bytes: 1024 * 1024 * 1024,
             client_idle_timeout_secs: 60,
+            shutdown_grace_secs: 30,
+            readiness_check_interval_secs: 10,
             box_connect_timeout_secs: 10,
             box_request_timeout_secs: 300,
             box_retry_max_attempts: 6,
@@ -234,6 +241,11 @@ impl Settings {
         }
         for (key, value) in [
             ("client_idle_timeout_secs", self.client_idle_timeout_secs),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
+            (
+                "readiness_check_interval_secs",
+                self.readiness_check_interval_secs,
+            ),
             ("box_connect_timeout_secs", self.box_connect_timeout_secs),
             ("box_request_timeout_secs", self.box_request_timeout_secs),
             ("commit_timeout_secs", self.commit_timeout_secs),
@@ -277,6 +289,8 @@ impl Settings {
                 spool_dir,
                 spool_max_bytes: self.spool_max_bytes,
                 client_idle_timeout: Duration::from_secs(self.client_idle_timeout_secs),
+                shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+                readiness_check_interval: Duration::from_secs(self.readiness_check_interval_secs),
                 box_connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
                 box_request_timeout: Duration::from_secs(self.box_request_timeout_secs),
                 retry: crate::box_api::RetryPolicy {
@@ -468,6 +482,8 @@ pub struct ValidSettings {
     /// 0: spooling is off.
     pub spool_max_bytes: u64,
     pub client_idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub readiness_check_interval: Duration,
     pub box_connect_timeout: Duration,
     pub box_request_timeout: Duration,
     pub retry: crate::box_api::RetryPolicy,

@@ -51,6 +51,15 @@ impl ApiError {
         }
     }
 
+    /// 503 `draining`: the gateway is shutting down; another replica (or this one, restarted) takes
+    /// the upload. `Retry-After` is a hint of a few seconds, enough for a rollout to move on.
+    pub fn draining(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_secs: Some(5),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "draining", message)
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
@@ -145,6 +154,9 @@ impl From<UploadError> for ApiError {
                 S::REQUEST_TIMEOUT,
                 "client_timeout",
                 "the client sent nothing for longer than client_idle_timeout_secs; nothing was stored",
+            ),
+            UploadError::ShuttingDown => Self::draining(
+                "the gateway shut down before the upload finished; its Box session was aborted and nothing was stored: send it again",
             ),
             UploadError::TooLarge { limit, what } => Self::new(
                 S::PAYLOAD_TOO_LARGE,

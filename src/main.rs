@@ -58,8 +58,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut settings = Settings::load(args.config.as_deref())?;
-    // Kept alive for as long as the gateway runs.
-    let _emulator = match args.emulator {
+    // Kept up until the gateway has drained: uploads in flight still reach it, and abort into it.
+    let emulator = match args.emulator {
         true => Some(start_emulator(&mut settings, args.emulator_data_dir).await?),
         false => None,
     };
@@ -71,7 +71,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api, sha1_hardware = sha1_hardware(),
         box_upload = %valid.box_urls.upload, box_auth = valid.box_auth.mode(), api_keys = valid.api_keys.len(),
         allow_anonymous = valid.allow_anonymous, settings = ?settings, "gateway listening");
-    app.run_until_stopped().await.map_err(|e| e.to_string())
+    app.run_until_stopped().await.map_err(|e| e.to_string())?;
+    if let Some(emulator) = emulator {
+        emulator.stop().await;
+        tracing::info!("Box emulator stopped");
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
 }
 
 /// Starts the emulator on a loopback port and points the gateway's Box URLs and token at it.

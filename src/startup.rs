@@ -1,7 +1,9 @@
 //! Builds the application from validated settings: the Box client, the pipeline, the metrics, and
 //! every route in one block. Binds before it runs, so tests can ask for port 0 and read the port.
+use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpResponse, HttpServer};
@@ -13,9 +15,10 @@ use crate::box_api::{
 };
 use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
+use crate::lifecycle::{self, Lifecycle, NotReady};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
-use crate::routes::{health, upload, AppState};
+use crate::routes::{self, health, upload, AppState};
 use crate::telemetry;
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
@@ -31,6 +34,8 @@ pub struct Application {
     server: Server,
     port: u16,
     metrics: Arc<GatewayMetrics>,
+    lifecycle: Arc<Lifecycle>,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -70,9 +75,6 @@ impl Application {
             BoxAuth::Minted(grant) => Some(mint(grant.clone())),
             BoxAuth::Passthrough => None,
         };
-        if let (BoxAuth::Minted(_), Some(auth)) = (&settings.box_auth, &own) {
-            tokio::spawn(check_credentials(settings.box_auth.mode(), auth.clone()));
-        }
         let own = own.map(|auth| Principal {
             auth,
             as_user: settings.box_as_user.clone(),
@@ -98,6 +100,14 @@ impl Application {
             metrics.clone(),
         )
         .acting_as_user(settings.box_as_user.as_deref());
+        let lifecycle = Arc::new(Lifecycle::default());
+        tokio::spawn(check_box(
+            client.clone(),
+            !matches!(settings.box_auth, BoxAuth::Passthrough),
+            settings.box_auth.mode(),
+            lifecycle.clone(),
+            settings.readiness_check_interval,
+        ));
         let budget = MemoryBudget::new(
             settings.memory_budget_bytes,
             metrics.buffered_bytes.clone(),
@@ -114,6 +124,7 @@ impl Application {
             },
             metrics.clone(),
             tokio::runtime::Handle::current(),
+            lifecycle.stop_uploads(),
         );
         let state = web::Data::new(AppState {
             access,
@@ -123,6 +134,7 @@ impl Application {
             spool_dir: settings.spool_dir.clone(),
             spool_max_bytes: settings.spool_max_bytes,
             client_idle_timeout: settings.client_idle_timeout,
+            lifecycle: lifecycle.clone(),
         });
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
@@ -138,12 +150,18 @@ impl Application {
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
+                    web::resource("/readyz")
+                        .get(health::readyz)
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
                     web::resource("/metrics")
                         .get(health::metrics)
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
                     web::scope("/v1")
+                        .wrap(middleware::from_fn(routes::admit))
                         .service(upload_route("/folders/{folder_id}/files").post(upload::multipart_to_folder))
                         .service(upload_route("/folders/{folder_id}/files/{name}").put(upload::raw_to_folder))
                         .service(
@@ -154,12 +172,18 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .workers(settings.workers)
+        // SIGTERM and SIGINT start the gateway's own drain (`run_until_stopped`), not actix's.
+        .disable_signals()
+        // By the time the server stops, the drain has settled every upload.
+        .shutdown_timeout(2)
         .listen(listener)?
         .run();
         Ok(Self {
             server,
             port,
             metrics,
+            lifecycle,
+            shutdown_grace: settings.shutdown_grace,
         })
     }
 
@@ -171,22 +195,80 @@ impl Application {
         self.metrics.clone()
     }
 
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains (see `lifecycle.rs`).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        self.run_until(lifecycle::shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` resolves, then drains: new uploads are refused, those in flight get
+    /// `shutdown_grace_secs` to finish or are stopped and their sessions aborted, and the server stops.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        tokio::select! {
+            ended = &mut server => return ended.map_err(std::io::Error::other)?,
+            () = shutdown => {}
+        }
+        self.lifecycle.drain(self.shutdown_grace).await;
+        handle.stop(true).await;
+        server.await.map_err(std::io::Error::other)?
     }
 }
 
-/// Asks for a first token at start, so credentials Box refuses are named in the log at once (the mode
-/// and Box's error code, never a secret) rather than at the first upload.
-async fn check_credentials(mode: &'static str, auth: Arc<dyn TokenProvider>) {
-    match auth.token().await {
-        Ok(_) => tracing::info!(box_auth = mode, "Box accepted the gateway's credentials"),
-        Err(err) => tracing::error!(
-            box_auth = mode,
-            box_code = err.code().unwrap_or("-"),
-            error = %err,
-            "Box refused the gateway's credentials: uploads fail with 502 box_auth_failed until they are fixed"
-        ),
+/// The background check behind `/readyz`: every `every`, one cheap Box call (`BoxClient::probe`) with
+/// the gateway's own credentials (pass-through has none: then only whether Box answers). A change is
+/// logged once: a refusal names the mode and Box's error code, never a secret.
+async fn check_box(
+    client: BoxClient,
+    with_credentials: bool,
+    mode: &'static str,
+    lifecycle: Arc<Lifecycle>,
+    every: Duration,
+) {
+    let mut last: Option<Option<&'static str>> = None;
+    loop {
+        let problem = match client.probe(with_credentials).await {
+            Ok(()) => None,
+            Err(err) if with_credentials && err.is_auth_failure() => {
+                let code = err.code().unwrap_or("-");
+                if last != Some(Some("box_credentials_refused")) {
+                    tracing::error!(box_auth = mode, box_code = code, error = %err,
+                        "Box refused the gateway's credentials: uploads fail with 502 box_auth_failed until they are fixed");
+                }
+                Some(NotReady {
+                    reason: "box_credentials_refused",
+                    message: format!("Box refused the gateway's credentials ({mode}: {code})"),
+                })
+            }
+            Err(err) => {
+                if last != Some(Some("box_unreachable")) {
+                    tracing::warn!(box_auth = mode, error = %err, "Box did not answer the readiness check");
+                }
+                Some(NotReady {
+                    reason: "box_unreachable",
+                    message: format!("Box did not answer the readiness check: {err}"),
+                })
+            }
+        };
+        if problem.is_none() && last != Some(None) {
+            match with_credentials {
+                true => tracing::info!(
+                    box_auth = mode,
+                    "Box answers and accepts the gateway's credentials"
+                ),
+                false => tracing::info!(
+                    box_auth = mode,
+                    "Box answers (pass-through: callers bring their own tokens)"
+                ),
+            }
+        }
+        last = Some(problem.as_ref().map(|p| p.reason));
+        lifecycle.set_box_problem(problem);
+        tokio::time::sleep(every).await;
     }
 }
 

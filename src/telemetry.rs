@@ -37,7 +37,7 @@ pub async fn trace_request(
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let quiet = matches!(req.path(), "/healthz" | "/metrics");
+    let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
     let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.path(), key = tracing::field::Empty);
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;

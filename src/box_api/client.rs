@@ -526,6 +526,35 @@ impl BoxClient {
             .ok_or_else(|| BoxError::protocol("get_file", "the file has no parent folder"))
     }
 
+    /// One cheap call (`GET /folders/0?fields=id`), not retried, for the readiness check: whether Box
+    /// answers and, `with_credentials`, accepts the token (minting one if needed). Without credentials
+    /// (pass-through) any answer below 500 means Box is there. With them, a 403 or 404 (a user who
+    /// cannot see All Files) and a 429 still mean Box took the token.
+    pub async fn probe(&self, with_credentials: bool) -> Result<(), BoxError> {
+        const ENDPOINT: &str = "probe";
+        let url = format!("{}/folders/0", self.urls.api);
+        if !with_credentials {
+            let request = self.http.get(&url).query(&[("fields", "id")]);
+            let response = self.counted(ENDPOINT, request).await?;
+            return match response.status().is_server_error() {
+                true => Err(error_from(ENDPOINT, response).await),
+                false => Ok(()),
+            };
+        }
+        let answer = self
+            .send(ENDPOINT, |t| {
+                self.http
+                    .get(&url)
+                    .query(&[("fields", "id")])
+                    .bearer_auth(t.expose())
+            })
+            .await;
+        match answer {
+            Err(err) if matches!(err.status(), Some(403 | 404 | 429)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// A call with the retry policy around it, decoding a JSON answer.
     async fn retried<T: DeserializeOwned>(
         &self,
@@ -560,22 +589,7 @@ impl BoxClient {
             if let Some(user) = &self.as_user {
                 request = request.header("As-User", user.as_ref());
             }
-            let started = Instant::now();
-            let result = request.send().await;
-            let label = match &result {
-                Ok(r) => r.status().as_u16().to_string(),
-                Err(e) if e.is_timeout() => "timeout".into(),
-                Err(_) => "connection".into(),
-            };
-            self.metrics
-                .box_calls
-                .with_label_values(&[endpoint, &label])
-                .inc();
-            self.metrics
-                .box_call_duration
-                .with_label_values(&[endpoint])
-                .observe(started.elapsed().as_secs_f64());
-            let response = result.map_err(|e| BoxError::transport(endpoint, e))?;
+            let response = self.counted(endpoint, request).await?;
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
@@ -586,6 +600,28 @@ impl BoxClient {
             }
             return Err(error_from(endpoint, response).await);
         }
+    }
+}
+
+impl BoxClient {
+    /// Sends one request as it is, counting it by endpoint and answer in the metrics.
+    async fn counted(&self, endpoint: &'static str, request: RequestBuilder) -> Result<Response, BoxError> {
+        let started = Instant::now();
+        let result = request.send().await;
+        let label = match &result {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(e) if e.is_timeout() => "timeout".into(),
+            Err(_) => "connection".into(),
+        };
+        self.metrics
+            .box_calls
+            .with_label_values(&[endpoint, &label])
+            .inc();
+        self.metrics
+            .box_call_duration
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| BoxError::transport(endpoint, e))
     }
 }
 

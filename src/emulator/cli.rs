@@ -133,7 +133,7 @@ pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
         handle.upload_url(),
         handle.token_url()
     );
-    tokio::signal::ctrl_c().await?;
+    crate::lifecycle::shutdown_signal().await;
     handle.stop().await;
     Ok(())
 }

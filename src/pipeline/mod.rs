@@ -19,6 +19,7 @@ use futures_util::Stream;
 use sha1::{Digest, Sha1};
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use budget::{BudgetPermit, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
@@ -96,6 +97,8 @@ pub enum UploadError {
     Body(String),
     #[error("the client stopped sending the body")]
     ClientTimeout,
+    #[error("the gateway shut down before the upload finished")]
+    ShuttingDown,
     #[error("the file is larger than {what} ({limit} bytes)")]
     TooLarge { limit: u64, what: &'static str },
     #[error(transparent)]
@@ -126,6 +129,8 @@ pub struct Pipeline {
     settings: Arc<PipelineSettings>,
     metrics: Arc<GatewayMetrics>,
     rt: Handle,
+    /// Fires when the drain's grace period is over: uploads stop before their commit (`lifecycle.rs`).
+    stop: CancellationToken,
 }
 
 /// An upload whose destination Box has accepted (conflicts resolved), waiting for its bytes.
@@ -156,6 +161,7 @@ impl Pipeline {
         settings: PipelineSettings,
         metrics: Arc<GatewayMetrics>,
         rt: Handle,
+        stop: CancellationToken,
     ) -> Self {
         Self {
             client,
@@ -163,6 +169,7 @@ impl Pipeline {
             settings: Arc::new(settings),
             metrics,
             rt,
+            stop,
         }
     }
 
@@ -318,7 +325,11 @@ impl Pipeline {
                     }
                     Err(err) => {
                         parts.shutdown().await;
-                        guard.abort("error").await;
+                        let reason = match err {
+                            UploadError::ShuttingDown => "shutdown",
+                            _ => "error",
+                        };
+                        guard.abort(reason).await;
                         Err(err)
                     }
                 }
@@ -338,9 +349,15 @@ impl Pipeline {
     {
         // The whole file is held so its SHA-1 can go in the request's header (and be re-sent on a
         // retry); it is small (below the chunked threshold, at most 50 MB) and counted in the budget.
-        let _permit = self.budget.acquire(upload.size).await?;
-        let part = read_exact(body, upload.size).await?;
-        expect_end(body, upload.size).await?;
+        let part = self
+            .until_stopped(async {
+                let permit = self.budget.acquire(upload.size).await?;
+                let part = read_exact(body, upload.size).await?;
+                expect_end(body, upload.size).await?;
+                Ok((permit, part))
+            })
+            .await;
+        let (_permit, part) = part?;
         let mut hasher = Sha1::new();
         part.chunks.iter().for_each(|c| hasher.update(c));
         let sha1: [u8; 20] = hasher.finalize().into();
@@ -376,33 +393,12 @@ impl Pipeline {
     {
         let size = upload.size;
         let part_size = session.part_size;
-        let concurrency = self.settings.part_concurrency.max(1);
         let mut whole = Sha1::new();
         let mut parts = Vec::with_capacity(size.div_ceil(part_size) as usize);
-        let mut offset = 0;
-        while offset < size {
-            // Per upload at most `part_concurrency` parts exist at once (filling or in flight), and each
-            // holds its bytes of the budget from before it is filled until Box has answered it.
-            while in_flight.len() >= concurrency {
-                parts.push(join(in_flight.join_next().await)?);
-            }
-            let len = part_size.min(size - offset);
-            let permit = self.budget.acquire(len).await?;
-            let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
-            part.chunks.iter().for_each(|c| whole.update(c));
-            in_flight.spawn_on(
-                self.upload_part(session.clone(), size, offset, part, permit),
-                &self.rt,
-            );
-            offset += len;
-            while let Some(done) = in_flight.try_join_next() {
-                parts.push(join(Some(done))?);
-            }
-        }
-        expect_end(body, size).await?;
-        while let Some(done) = in_flight.join_next().await {
-            parts.push(join(Some(done))?);
-        }
+        // Until every part is in Box, a drain's stop ends the upload (its session is then aborted);
+        // once the commit is under way it is let finish, since Box may be creating the file.
+        self.until_stopped(self.send_parts(upload, session, body, in_flight, &mut whole, &mut parts))
+            .await?;
         parts.sort_by_key(|p| p.offset);
         let sha1: [u8; 20] = whole.finalize().into();
         check_expected(expected_sha1, &sha1)?;
@@ -449,6 +445,64 @@ impl Pipeline {
             let outcome = if result.is_ok() { "uploaded" } else { "failed" };
             metrics.parts.with_label_values(&[outcome]).inc();
             Ok(result?)
+        }
+    }
+
+    /// Reads the body into parts of exactly `part_size` bytes (the last may be shorter), hashing each
+    /// into the whole file's SHA-1 and sending it, at most `part_concurrency` at once, until every
+    /// part is in Box.
+    async fn send_parts<S, E>(
+        &self,
+        upload: &NewUpload,
+        session: &UploadSession,
+        body: &mut Rechunker<S>,
+        in_flight: &mut JoinSet<Result<UploadPart, UploadError>>,
+        whole: &mut Sha1,
+        parts: &mut Vec<UploadPart>,
+    ) -> Result<(), UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<UploadError>,
+    {
+        let size = upload.size;
+        let part_size = session.part_size;
+        let concurrency = self.settings.part_concurrency.max(1);
+        let mut offset = 0;
+        while offset < size {
+            // Per upload at most `part_concurrency` parts exist at once (filling or in flight), and each
+            // holds its bytes of the budget from before it is filled until Box has answered it.
+            while in_flight.len() >= concurrency {
+                parts.push(join(in_flight.join_next().await)?);
+            }
+            let len = part_size.min(size - offset);
+            let permit = self.budget.acquire(len).await?;
+            let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
+            part.chunks.iter().for_each(|c| whole.update(c));
+            in_flight.spawn_on(
+                self.upload_part(session.clone(), size, offset, part, permit),
+                &self.rt,
+            );
+            offset += len;
+            while let Some(done) = in_flight.try_join_next() {
+                parts.push(join(Some(done))?);
+            }
+        }
+        expect_end(body, size).await?;
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(join(Some(done))?);
+        }
+        Ok(())
+    }
+
+    /// `work`, unless the drain's stop comes first.
+    async fn until_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, UploadError>>,
+    ) -> Result<T, UploadError> {
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => Err(UploadError::ShuttingDown),
+            result = work => result,
         }
     }
 

@@ -1,4 +1,5 @@
-//! `GET /healthz` and `GET /metrics`.
+//! `GET /healthz` (liveness: the process answers), `GET /readyz` (readiness: it takes uploads and Box
+//! answers; checked in the background, see `lifecycle.rs`) and `GET /metrics`.
 use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, TextEncoder};
 
@@ -6,6 +7,17 @@ use super::AppState;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.lifecycle.readiness() {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(not_ready) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "not_ready",
+            "reason": not_ready.reason,
+            "message": not_ready.message,
+        })),
+    }
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

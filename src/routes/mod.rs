@@ -10,7 +10,14 @@ pub mod upload;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, ResponseError};
+
 use crate::access::Access;
+use crate::error::ApiError;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
 
@@ -26,4 +33,27 @@ pub struct AppState {
     pub spool_max_bytes: u64,
     /// A body that stalls this long fails with 408 (its Box session is aborted).
     pub client_idle_timeout: std::time::Duration,
+    /// Readiness and the drain: uploads are admitted through it.
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted
+/// one counts as in flight until its answer is ready, and the drain waits for it.
+pub async fn admit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let lifecycle = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.lifecycle.clone());
+    let flight = lifecycle.as_ref().map(|l| l.admit());
+    if let Some(None) = flight {
+        let refusal = ApiError::draining(
+            "the gateway is shutting down and takes no new uploads: send it again (another replica takes it)",
+        );
+        return Ok(req.into_response(refusal.error_response()).map_into_right_body());
+    }
+    let response = next.call(req).await?;
+    drop(flight);
+    Ok(response.map_into_left_body())
 }

@@ -2,7 +2,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use box_upload_gateway::emulator::{Emulator, EmulatorConfig, FaultPlan};
+use box_upload_gateway::emulator::{Emulator, EmulatorConfig, FaultPlan, SessionState};
+use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
@@ -35,8 +36,14 @@ struct Gateway {
 
 impl Gateway {
     async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], env).await
+    }
+
+    /// `serve` with more arguments (`--emulator`).
+    async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("serve")
+            .args(args)
             .env_clear()
             .env("GATEWAY_LISTEN", "127.0.0.1:0")
             .env("GATEWAY_CHUNKED_THRESHOLD_BYTES", "1048576")
@@ -307,4 +314,215 @@ async fn refused_credentials_are_named_at_start() {
         "{line}"
     );
     assert!(!logs.contains(secret("ccg_wrong_secret")), "{logs}");
+}
+
+/// A body sent in `chunks` pieces of 64 KiB, `pause` before each: a client on a slow link. Its bytes
+/// depend on `seed`; returns the body and the SHA-1 of its bytes.
+fn paced_body(chunks: usize, pause: Duration, seed: u8) -> (reqwest::Body, String) {
+    use sha1::{Digest, Sha1};
+    let piece = move |i: usize| bytes::Bytes::from(vec![seed.wrapping_add(i as u8); 64 * 1024]);
+    let mut sha1 = Sha1::new();
+    (0..chunks).for_each(|i| sha1.update(piece(i)));
+    let stream = futures_util::stream::iter(0..chunks).then(move |i| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(piece(i))
+    });
+    (reqwest::Body::wrap_stream(stream), hex::encode(sha1.finalize()))
+}
+
+/// Starts a raw upload of `chunks` × 64 KiB named `name`, its size declared in `Upload-Length`.
+fn start_paced_upload(
+    http: &reqwest::Client,
+    gateway: &Gateway,
+    name: &str,
+    chunks: usize,
+    pause: Duration,
+    seed: u8,
+) -> (
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    String,
+) {
+    let (body, sha1) = paced_body(chunks, pause, seed);
+    let request = http
+        .put(gateway.url(&format!("/v1/folders/0/files/{name}")))
+        .header("Upload-Length", (chunks * 64 * 1024).to_string())
+        .body(body)
+        .send();
+    (tokio::spawn(request), sha1)
+}
+
+/// Polls `/readyz` until it answers 200 (the first Box check is done), within a bounded wait.
+async fn wait_ready(http: &reqwest::Client, gateway: &Gateway) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ready = http.get(gateway.url("/readyz")).send().await.unwrap();
+            if ready.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the gateway becomes ready");
+}
+
+fn sigterm(gateway: &Gateway) {
+    let pid = gateway.child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Reads the rest of the gateway's output while waiting for it to exit, within `limit`.
+async fn wait_exit(gateway: &mut Gateway, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = std::time::Instant::now();
+    let mut rest = String::new();
+    let status = tokio::time::timeout(limit, async {
+        gateway.stdout.read_to_string(&mut rest).await.unwrap();
+        gateway.child.wait().await.unwrap()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the gateway did not exit within {limit:?}: {}", gateway.logs));
+    gateway.logs.push_str(&rest);
+    (status, started.elapsed())
+}
+
+/// SIGTERM during uploads: the one that can finish within the grace period lands whole; the one that
+/// cannot is stopped, answered 503 `draining` and its session aborted; a new upload gets 503
+/// `draining` with `Retry-After` and `/readyz` says draining; the emulator holds no open session; the
+/// process exits 0 within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_uploads_in_flight_then_exits_0() {
+    let emulator = Emulator::spawn(EmulatorConfig {
+        part_size: Some(256 * 1024),
+        min_chunked_size: 1024 * 1024,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        (
+            "BOX_DEVELOPER_TOKEN",
+            box_upload_gateway::emulator::DEV_TOKEN.into(),
+        ),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+        ("GATEWAY_SHUTDOWN_GRACE_SECS", "3".into()),
+        ("GATEWAY_READINESS_CHECK_INTERVAL_SECS", "1".into()),
+        ("RUST_LOG", "info".into()),
+    ]);
+    let mut gateway = Gateway::start(&env_refs(&env)).await;
+    let http = reqwest::Client::new();
+    wait_ready(&http, &gateway).await;
+
+    // Two uploads of 2 MiB (8 parts): one done in about 1.3 s, one that would take 8 s.
+    let (quick, quick_sha1) =
+        start_paced_upload(&http, &gateway, "quick.bin", 32, Duration::from_millis(40), 1);
+    let (slow, _) = start_paced_upload(&http, &gateway, "slow.bin", 32, Duration::from_millis(250), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sigterm(&gateway);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = http
+        .put(gateway.url("/v1/folders/0/files/late.bin"))
+        .body(vec![3u8; 100])
+        .send()
+        .await
+        .unwrap();
+    let readyz = http.get(gateway.url("/readyz")).send().await.unwrap();
+    let healthz = http.get(gateway.url("/healthz")).send().await.unwrap();
+    let (status, after_sigterm) = wait_exit(&mut gateway, Duration::from_secs(10)).await;
+    let quick = quick.await.unwrap().expect("the quick upload is answered");
+    let slow = slow.await.unwrap().expect("the stopped upload is answered");
+
+    // New work is refused while draining; the process is still alive for probes.
+    assert_eq!(late.status(), 503);
+    assert_eq!(late.headers()["retry-after"], "5");
+    let late: serde_json::Value = late.json().await.unwrap();
+    assert_eq!(late["error"]["code"], "draining", "{late}");
+    assert_eq!(readyz.status(), 503);
+    let readyz: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(readyz["reason"], "draining", "{readyz}");
+    assert_eq!(healthz.status(), 200, "liveness holds while draining");
+
+    // The quick upload landed whole; the slow one was stopped with a clear error.
+    assert_eq!(quick.status(), 201);
+    let quick: serde_json::Value = quick.json().await.unwrap();
+    assert_eq!(quick["file"]["sha1"], quick_sha1.as_str(), "{quick}");
+    assert_eq!(slow.status(), 503);
+    let slow: serde_json::Value = slow.json().await.unwrap();
+    assert_eq!(slow["error"]["code"], "draining", "{slow}");
+
+    // Box holds the quick file and nothing of the slow one; no session is left open.
+    let state = emulator.inspect();
+    let names: Vec<_> = state
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.sha1.as_str()))
+        .collect();
+    assert_eq!(names, [("quick.bin", quick_sha1.as_str())]);
+    let sessions: Vec<_> = state
+        .sessions
+        .iter()
+        .map(|s| (s.file_name.as_str(), s.state))
+        .collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert!(
+        sessions.contains(&("quick.bin", SessionState::Committed)),
+        "{sessions:?}"
+    );
+    assert!(
+        sessions.contains(&("slow.bin", SessionState::Aborted)),
+        "{sessions:?}"
+    );
+
+    // Exit 0 within the grace period (3 s), counted from SIGTERM.
+    assert!(status.success(), "exit status {status}: {}", gateway.logs);
+    assert!(
+        after_sigterm < Duration::from_secs(3),
+        "exited {after_sigterm:?} after SIGTERM"
+    );
+    assert!(gateway.logs.contains("drained"), "{}", gateway.logs);
+}
+
+/// `serve --emulator`: the embedded emulator stays up until the gateway has drained, so an upload in
+/// flight at SIGTERM still lands, and the emulator stops after the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_emulator_keeps_the_emulator_up_until_drained() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let mut gateway = Gateway::start_with(
+        &["--emulator", "--emulator-data-dir", data_dir],
+        &[
+            ("GATEWAY_SHUTDOWN_GRACE_SECS", "5"),
+            ("GATEWAY_READINESS_CHECK_INTERVAL_SECS", "1"),
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    wait_ready(&http, &gateway).await;
+
+    let (upload, sha1) =
+        start_paced_upload(&http, &gateway, "in-flight.bin", 24, Duration::from_millis(60), 7);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&gateway);
+    let (status, _) = wait_exit(&mut gateway, Duration::from_secs(10)).await;
+    let upload = upload.await.unwrap().unwrap();
+
+    assert_eq!(upload.status(), 201, "the emulator was still there after SIGTERM");
+    let upload: serde_json::Value = upload.json().await.unwrap();
+    assert_eq!(upload["file"]["sha1"], sha1.as_str());
+    assert!(status.success(), "{}", gateway.logs);
+    let drained = gateway.logs.find("\"drained\"").expect("drain logged");
+    let stopped = gateway
+        .logs
+        .find("Box emulator stopped")
+        .expect("emulator stop logged");
+    assert!(
+        drained < stopped,
+        "the emulator stops after the drain: {}",
+        gateway.logs
+    );
 }

@@ -40,6 +40,7 @@ pub struct Options {
     pub box_request_timeout_secs: u64,
     pub box_retry_max_attempts: u32,
     pub client_idle_timeout_secs: u64,
+    pub readiness_check_interval_secs: u64,
     /// Changes to the emulator's configuration after the options above are applied.
     pub emulator: Option<EmulatorChange>,
     /// Changes to the gateway's settings after the options above are applied (credentials, keys).
@@ -62,6 +63,7 @@ impl Default for Options {
             box_request_timeout_secs: 30,
             box_retry_max_attempts: 6,
             client_idle_timeout_secs: 60,
+            readiness_check_interval_secs: 10,
             emulator: None,
             gateway: None,
         }
@@ -111,6 +113,7 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         box_request_timeout_secs: o.box_request_timeout_secs,
         box_retry_max_attempts: o.box_retry_max_attempts,
         client_idle_timeout_secs: o.client_idle_timeout_secs,
+        readiness_check_interval_secs: o.readiness_check_interval_secs,
         // The tests' gateways are reached only from the test itself.
         allow_anonymous: true,
         ..Settings::default()
@@ -122,7 +125,8 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
     let app = Application::build(&valid).expect("gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let metrics = app.metrics();
-    tokio::spawn(app.run_until_stopped());
+    // Stopped with the test (no signal handlers in the test process).
+    tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         address,
         emulator,

@@ -8,6 +8,7 @@ mod gateway_edge;
 mod gateway_faults;
 mod gateway_lost_answers;
 mod gateway_process;
+mod gateway_ready;
 mod gateway_sizes;
 pub mod helpers;
 pub mod python;

@@ -38,6 +38,8 @@ pub fn server(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::
     })
     .on_connect(keep_socket)
     .workers(2)
+    // Whoever embeds the emulator decides when it stops (`serve --emulator` drains the gateway first).
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)

@@ -1,0 +1,160 @@
+//! `/readyz`: ready when Box answers and accepts the gateway's credentials, checked in the background;
+//! not ready, with the reason, while it does not. (Draining is shown on the real binary, in
+//! `gateway_process.rs`.)
+use std::time::Duration;
+
+use box_upload_gateway::config::Settings;
+use box_upload_gateway::emulator::{
+    EmulatorConfig, EmulatorHandle, Endpoint, FaultAction, FaultPlan, FaultRule,
+};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Polls `/readyz` (bounded) until it says `state`: `ready` (200), or a reason for not being ready
+/// (503); returns its body.
+async fn readyz_says(app: &TestApp, state: &str) -> Value {
+    let url = format!("{}/readyz", app.address);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = app.http.get(&url).send().await.unwrap();
+            let status = answer.status();
+            let body: Value = answer.json().await.unwrap();
+            let says = body["reason"].as_str().or(body["status"].as_str()).unwrap();
+            assert_eq!(status == 200, says == "ready", "{status} {body}");
+            if says == state {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/readyz never said {state}"))
+}
+
+fn every_call_fails_with(status: u16) -> FaultPlan {
+    FaultPlan {
+        rules: vec![FaultRule {
+            endpoint: Endpoint::Any,
+            nth: None,
+            fraction: Some(1.0),
+            seed: None,
+            times: None,
+            action: FaultAction::Status {
+                status,
+                code: None,
+                message: None,
+                retry_after: None,
+            },
+        }],
+        ..FaultPlan::default()
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_box_in_the_background() {
+    let app = spawn_app_with(Options {
+        readiness_check_interval_secs: 1,
+        ..Options::default()
+    })
+    .await;
+
+    readyz_says(&app, "ready").await;
+
+    // Box answers 503 to everything: not ready, saying why.
+    app.emulator.set_faults(every_call_fails_with(503));
+    let not_ready = readyz_says(&app, "box_unreachable").await;
+    assert_eq!(not_ready["status"], "not_ready");
+    assert!(
+        not_ready["message"].as_str().unwrap().contains("503"),
+        "{not_ready}"
+    );
+
+    // Box is back: ready again, and liveness never changed.
+    app.emulator.set_faults(FaultPlan::default());
+    readyz_says(&app, "ready").await;
+    let healthz = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+}
+
+#[tokio::test]
+async fn probes_come_from_the_background_check_not_from_each_request() {
+    let app = spawn_app_with(Options::default()).await;
+    readyz_says(&app, "ready").await;
+    let before = app
+        .metric_with("gateway_box_calls_total", &["probe", "200"])
+        .await;
+
+    for _ in 0..20 {
+        let answer = app
+            .http
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+
+    assert_eq!(before, 1.0, "one check at start");
+    let after = app
+        .metric_with("gateway_box_calls_total", &["probe", "200"])
+        .await;
+    assert_eq!(after, 1.0, "20 probes of /readyz made no Box call");
+}
+
+#[tokio::test]
+async fn refused_credentials_make_the_gateway_unready_naming_boxs_code() {
+    let wrong = secret("ccg_wrong_secret");
+    let app = spawn_app_with(Options {
+        emulator: Some(Box::new(|c: &mut EmulatorConfig| {
+            c.clients = vec![("ready-client".into(), secret("ccg_client_secret").into())];
+            c.tokens = vec!["no-static-token-accepted".into()];
+        })),
+        gateway: Some(Box::new(move |s: &mut Settings, _: &EmulatorHandle| {
+            s.box_auth = "client_credentials".into();
+            s.box_developer_token = None;
+            s.box_client_id = Some("ready-client".into());
+            s.box_client_secret = Some(box_upload_gateway::box_api::Secret::new(wrong));
+            s.box_subject_type = Some("enterprise".into());
+            s.box_subject_id = Some("1".into());
+        })),
+        ..Options::default()
+    })
+    .await;
+
+    let not_ready = readyz_says(&app, "box_credentials_refused").await;
+
+    let message = not_ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("client_credentials") && message.contains("invalid_client"),
+        "{message}"
+    );
+    assert!(!not_ready.to_string().contains(wrong));
+}
+
+#[tokio::test]
+async fn passthrough_is_ready_when_box_answers_without_any_token() {
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s: &mut Settings, _: &EmulatorHandle| {
+            s.box_auth = "passthrough".into();
+            s.box_developer_token = None;
+        })),
+        ..Options::default()
+    })
+    .await;
+
+    readyz_says(&app, "ready").await;
+
+    let state = inspect(&app.emulator);
+    assert_eq!(state["counters"]["tokens_issued"], 0, "no token asked for");
+    assert_eq!(
+        app.metric_with("gateway_box_calls_total", &["probe", "401"])
+            .await,
+        1.0
+    );
+}
