@@ -9,6 +9,8 @@ mod budget;
 mod chunker;
 mod guard;
 mod names;
+mod resumable;
+mod resumable_sha1;
 mod spool;
 
 use std::sync::Arc;
@@ -24,6 +26,8 @@ pub use budget::{BudgetPermit, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
 pub use guard::SessionGuard;
 pub use names::numbered_name;
+pub use resumable::Resumable;
+pub use resumable_sha1::ResumableSha1;
 pub use spool::{spool, Spooled};
 
 use crate::box_api::{
@@ -32,7 +36,7 @@ use crate::box_api::{
 use crate::metrics::GatewayMetrics;
 
 /// What to do when the name is taken in the folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnConflict {
     #[default]
@@ -391,7 +395,7 @@ impl Pipeline {
             let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
             part.chunks.iter().for_each(|c| whole.update(c));
             in_flight.spawn_on(
-                self.upload_part(session.clone(), size, offset, part, permit),
+                self.upload_part(session.clone(), size, offset, part, permit, None),
                 &self.rt,
             );
             offset += len;
@@ -403,8 +407,23 @@ impl Pipeline {
         while let Some(done) = in_flight.join_next().await {
             parts.push(join(Some(done))?);
         }
+        self.finish_chunked(upload, expected_sha1, session, whole.finalize().into(), parts)
+            .await
+    }
+
+    /// Commits the parts of a chunked upload whose every byte went up, and checks what Box made of
+    /// them. `true`: the commit's answer was lost and the file found in Box.
+    async fn finish_chunked(
+        &self,
+        upload: &NewUpload,
+        expected_sha1: Option<[u8; 20]>,
+        session: &UploadSession,
+        sha1: [u8; 20],
+        mut parts: Vec<UploadPart>,
+    ) -> Result<(UploadOutcome, bool), UploadError> {
+        let size = upload.size;
+        let part_size = session.part_size;
         parts.sort_by_key(|p| p.offset);
-        let sha1: [u8; 20] = whole.finalize().into();
         check_expected(expected_sha1, &sha1)?;
         let (file, recovered) = match self.commit(session, upload, &sha1, parts).await? {
             Committed::Answered(file) => (file, false),
@@ -420,12 +439,13 @@ impl Pipeline {
             parts: Some(size.div_ceil(part_size)),
             session_id: Some(session.id.clone()),
         };
-        // `true`: the commit's answer was lost and the file found in Box.
         Ok((outcome, recovered))
     }
 
     /// One part, on the shared runtime: its digest (on another core than the body's reader), then the
-    /// upload with its retries. The budget permit is released when Box has answered.
+    /// upload with its retries. The budget permit is released when Box has answered. `known`: a part
+    /// Box already holds at this offset (a resumable upload's bytes sent again after a failed append):
+    /// the same bytes are not sent again (parts are immutable: Box would answer 416).
     fn upload_part(
         &self,
         session: UploadSession,
@@ -433,6 +453,7 @@ impl Pipeline {
         offset: u64,
         part: Part,
         permit: BudgetPermit,
+        known: Option<UploadPart>,
     ) -> impl std::future::Future<Output = Result<UploadPart, UploadError>> + Send + 'static {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
@@ -442,6 +463,14 @@ impl Pipeline {
             let mut hasher = Sha1::new();
             part.chunks.iter().for_each(|c| hasher.update(c));
             let sha1: [u8; 20] = hasher.finalize().into();
+            if let Some(known) = known.filter(|k| {
+                k.size == part.len as u64
+                    && k.sha1
+                        .as_deref()
+                        .is_some_and(|s| s.eq_ignore_ascii_case(&hex::encode(sha1)))
+            }) {
+                return Ok(known);
+            }
             let result = client
                 .upload_part(&session, file_size, offset, &part.chunks, &sha1)
                 .await;

@@ -5,6 +5,7 @@ mod fuzz;
 pub mod health;
 mod multipart_scan;
 mod params;
+pub mod tus;
 pub mod upload;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use crate::access::Access;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
+use crate::state::StateStore;
 
 /// What every handler shares, built once in `startup.rs`.
 pub struct AppState {
@@ -26,4 +28,9 @@ pub struct AppState {
     pub spool_max_bytes: u64,
     /// A body that stalls this long fails with 408 (its Box session is aborted).
     pub client_idle_timeout: std::time::Duration,
+    /// Resumable uploads and `Idempotency-Key` answers (embedded or Redis).
+    pub store: Arc<dyn StateStore>,
+    pub tus: tus::TusConfig,
+    /// How long an `Idempotency-Key`'s answer is kept.
+    pub idempotency_window: std::time::Duration,
 }

@@ -356,7 +356,7 @@ async fn upload(
 }
 
 /// Logs a failed upload with its whole cause chain (the client gets the short, stable form).
-fn fail(err: UploadError) -> ApiError {
+pub(super) fn fail(err: UploadError) -> ApiError {
     let mut chain = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
@@ -464,7 +464,7 @@ async fn read_text(mut field: Field) -> Result<String, ApiError> {
 
 /// Ends the body with a timeout error when the client sends nothing for `idle`: a stalled client must
 /// not hold its part of the memory budget, nor its Box session, for ever.
-fn idle_timeout(
+pub(super) fn idle_timeout(
     payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
     idle: Duration,
 ) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
@@ -488,7 +488,7 @@ fn idle_timeout(
     )
 }
 
-fn from_payload(err: PayloadError) -> UploadError {
+pub(super) fn from_payload(err: PayloadError) -> UploadError {
     match err {
         PayloadError::Io(e) if e.kind() == ErrorKind::TimedOut => UploadError::ClientTimeout,
         other => UploadError::Body(other.to_string()),

@@ -18,6 +18,8 @@ pub const THRESHOLD: u64 = 1024 * 1024;
 
 pub struct TestApp {
     pub address: String,
+    /// The embedded state store's directory, removed with the app.
+    pub state_dir: Arc<tempfile::TempDir>,
     pub emulator: EmulatorHandle,
     pub metrics: Arc<GatewayMetrics>,
     pub http: reqwest::Client,
@@ -93,8 +95,10 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         change(&mut config);
     }
     let emulator = Emulator::spawn(config).await.expect("emulator starts");
+    let state_dir = Arc::new(tempfile::tempdir().unwrap());
     let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
+        state_dir: state_dir.path().display().to_string(),
         workers: 1,
         box_api_url: emulator.api_url(),
         box_upload_url: emulator.upload_url(),
@@ -125,6 +129,7 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        state_dir,
         emulator,
         metrics,
         http: reqwest::Client::new(),
