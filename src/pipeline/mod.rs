@@ -463,17 +463,24 @@ impl Pipeline {
             let mut hasher = Sha1::new();
             part.chunks.iter().for_each(|c| hasher.update(c));
             let sha1: [u8; 20] = hasher.finalize().into();
-            if let Some(known) = known.filter(|k| {
-                k.size == part.len as u64
-                    && k.sha1
-                        .as_deref()
-                        .is_some_and(|s| s.eq_ignore_ascii_case(&hex::encode(sha1)))
-            }) {
+            if let Some(known) = known.filter(|k| same_part(k, offset, part.len, &sha1)) {
                 return Ok(known);
             }
-            let result = client
+            let result = match client
                 .upload_part(&session, file_size, offset, &part.chunks, &sha1)
-                .await;
+                .await
+            {
+                // A resumable upload's part that went up in a request whose end was lost (its client
+                // left mid-PATCH): Box holds it already, and these are the same bytes.
+                Err(err) if err.status() == Some(416) => match client.list_parts(&session).await {
+                    Ok(parts) => parts
+                        .into_iter()
+                        .find(|p| same_part(p, offset, part.len, &sha1))
+                        .ok_or(err),
+                    Err(_) => Err(err),
+                },
+                other => other,
+            };
             metrics.part_duration.observe(started.elapsed().as_secs_f64());
             let outcome = if result.is_ok() { "uploaded" } else { "failed" };
             metrics.parts.with_label_values(&[outcome]).inc();
@@ -557,6 +564,16 @@ fn join(
         Some(Err(e)) => Err(UploadError::Internal(format!("part task failed: {e}"))),
         None => Err(UploadError::Internal("no part in flight".into())),
     }
+}
+
+/// Whether Box's part holds these bytes.
+fn same_part(part: &UploadPart, offset: u64, len: usize, sha1: &[u8; 20]) -> bool {
+    part.offset == offset
+        && part.size == len as u64
+        && part
+            .sha1
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(&hex::encode(sha1)))
 }
 
 /// What a commit ended with.

@@ -12,3 +12,4 @@ mod gateway_sizes;
 pub mod helpers;
 pub mod python;
 mod soak;
+mod tus;
