@@ -220,43 +220,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn values_locks_and_expiry() {
+    async fn behaves_as_a_state_store_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-        let hour = Duration::from_secs(3600);
-        assert!(store.put_new("a", b"1".to_vec(), hour).await.unwrap());
-        assert!(!store.put_new("a", b"2".to_vec(), hour).await.unwrap());
-        assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        super::super::check_store(&store).await;
         store
-            .put("b", b"x".to_vec(), Duration::from_millis(1))
+            .put("kept", b"y".to_vec(), Duration::from_secs(60))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.get("b").await.unwrap(), None);
-        assert!(store.put_new("b", b"y".to_vec(), hour).await.unwrap());
-        store.delete("a").await.unwrap();
-        assert_eq!(store.get("a").await.unwrap(), None);
-
-        let lock = store.lock("l", hour).await.unwrap().unwrap();
-        assert!(store.lock("l", hour).await.unwrap().is_none());
-        let stranger = Lock {
-            key: "l".into(),
-            token: "other".into(),
-        };
-        store.unlock(&stranger).await.unwrap();
-        assert!(!store.extend(&stranger, hour).await.unwrap());
-        assert!(store.extend(&lock, hour).await.unwrap());
-        store.unlock(&lock).await.unwrap();
-        assert!(store.lock("l", hour).await.unwrap().is_some());
-
-        store.schedule("u1", 10).await.unwrap();
-        store.schedule("u2", 20).await.unwrap();
-        assert_eq!(store.due(15, 10).await.unwrap(), ["u1"]);
-        store.unschedule("u1").await.unwrap();
-        assert!(store.due(15, 10).await.unwrap().is_empty());
         drop(store);
-        // Survives a restart.
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
-        assert_eq!(store.get("b").await.unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(store.get("kept").await.unwrap().as_deref(), Some(&b"y"[..]));
     }
 }

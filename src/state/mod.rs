@@ -78,3 +78,61 @@ pub fn now_secs() -> u64 {
 fn new_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
+
+/// What every store must do, run against each (the embedded one in its unit tests, Redis in
+/// tests/api against a real `redis-server`). Keys are made unique, so a shared Redis is fine.
+#[doc(hidden)]
+pub async fn check_store(store: &dyn StateStore) {
+    let run = new_token();
+    let k = |name: &str| format!("check:{run}:{name}");
+    let hour = Duration::from_secs(3600);
+    assert!(store.put_new(&k("a"), b"1".to_vec(), hour).await.unwrap());
+    assert!(!store.put_new(&k("a"), b"2".to_vec(), hour).await.unwrap());
+    assert_eq!(store.get(&k("a")).await.unwrap().as_deref(), Some(&b"1"[..]));
+    store
+        .put(&k("b"), b"x".to_vec(), Duration::from_millis(5))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.get(&k("b")).await.unwrap(), None, "expired");
+    assert!(store.put_new(&k("b"), b"y".to_vec(), hour).await.unwrap());
+    store.delete(&k("a")).await.unwrap();
+    assert_eq!(store.get(&k("a")).await.unwrap(), None);
+
+    let lock = store.lock(&k("l"), hour).await.unwrap().expect("free");
+    assert!(store.lock(&k("l"), hour).await.unwrap().is_none(), "held");
+    let stranger = Lock {
+        key: lock.key.clone(),
+        token: "someone else".into(),
+    };
+    store.unlock(&stranger).await.unwrap();
+    assert!(
+        store.lock(&k("l"), hour).await.unwrap().is_none(),
+        "a stranger cannot release it"
+    );
+    assert!(!store.extend(&stranger, hour).await.unwrap());
+    assert!(store.extend(&lock, hour).await.unwrap());
+    store.unlock(&lock).await.unwrap();
+    let short = store
+        .lock(&k("l"), Duration::from_millis(5))
+        .await
+        .unwrap()
+        .expect("released");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        store.lock(&k("l"), hour).await.unwrap().is_some(),
+        "an expired lock is free"
+    );
+    assert!(
+        !store.extend(&short, hour).await.unwrap(),
+        "an expired lock is lost"
+    );
+
+    store.schedule(&k("u1"), 10).await.unwrap();
+    store.schedule(&k("u2"), 20).await.unwrap();
+    let due = store.due(15, 1000).await.unwrap();
+    assert!(due.contains(&k("u1")) && !due.contains(&k("u2")), "{due:?}");
+    store.unschedule(&k("u1")).await.unwrap();
+    store.unschedule(&k("u2")).await.unwrap();
+    assert!(!store.due(15, 1000).await.unwrap().contains(&k("u1")));
+}

@@ -525,3 +525,157 @@ async fn a_gateway_restarted_mid_upload_resumes_it_from_its_embedded_store() {
         size.div_ceil(PART)
     );
 }
+
+/// A real `redis-server` on a free loopback port with a temporary directory, stopped on drop.
+pub struct RedisServer {
+    pub url: String,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the tests need redis-server on the PATH (Debian: apt-get install redis-server; .ci/run installs it)");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Self {
+                    url: format!("redis://127.0.0.1:{port}/"),
+                    _child: child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not listen on {port} within 5 s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_behaves_as_the_embedded_one() {
+    let redis = RedisServer::start().await;
+    let store = box_upload_gateway::state::RedisStore::new(&redis.url).unwrap();
+    box_upload_gateway::state::check_store(&store).await;
+}
+
+fn with_redis(url: &str) -> Options {
+    let url = url.to_owned();
+    Options {
+        // Box's common part size: a 7 MB chunk never fills a part alone, so the part's first bytes
+        // wait in Redis for the next chunk, which the other replica takes.
+        part_size: 8 * 1024 * 1024,
+        memory_budget_bytes: 64 * 1024 * 1024,
+        gateway: Some(Box::new(move |s, _| {
+            s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
+        })),
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_upload_in_7_mb_chunks_alternating_between_two_replicas_lands_whole() {
+    // Arrange: two gateways sharing one Redis, in front of one emulator.
+    let redis = RedisServer::start().await;
+    let app = spawn_app_with(with_redis(&redis.url)).await;
+    let other = crate::helpers::spawn_replica(&app, with_redis(&redis.url)).await;
+    let size = 100_000_000;
+    let (file, sha1) = make_file(size);
+    let started = std::time::Instant::now();
+    // Act: tuspy sends chunk 1 to the first replica, chunk 2 to the second, and so on.
+    let out = tuspy(
+        &[&app.address, &other.address],
+        file.path(),
+        7_000_000,
+        &[
+            "--checksum",
+            "--metadata",
+            &json!({"filename": "big.bin"}).to_string(),
+        ],
+    )
+    .await;
+    let elapsed = started.elapsed();
+    // Assert: whole, in exact 8 MiB parts of one session; both replicas took PATCHes.
+    assert_eq!(out["chunks"], 15);
+    assert_file(&app, out["file_id"].as_str().unwrap(), &sha1, size);
+    assert_exact_parts(&app, size, 8 * 1024 * 1024);
+    for metrics in [&app.metrics, &other.metrics] {
+        assert!(
+            metrics.parts.with_label_values(&["uploaded"]).get() > 0,
+            "each replica uploaded parts"
+        );
+    }
+    eprintln!("tus: 100 MB in 7 MB chunks over two replicas and Redis: {elapsed:.1?} (debug build)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_lock_and_the_offset() {
+    // Arrange: an upload created on one replica.
+    let redis = RedisServer::start().await;
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new({
+            let url = redis.url.clone();
+            move |s, _| s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
+        })),
+        ..Options::default()
+    })
+    .await;
+    let other = crate::helpers::spawn_replica(
+        &app,
+        Options {
+            gateway: Some(Box::new({
+                let url = redis.url.clone();
+                move |s, _| s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let size = 6 * PART;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let path = create(&app.http, &app.address, size, "shared.bin").await;
+    // Act and assert: the other replica sees the upload, refuses a stale offset, and finishes it.
+    let one = patch(
+        &app.http,
+        &format!("{}{path}", app.address),
+        0,
+        bytes[..1000].to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(one.status(), 204);
+    let stale = patch(
+        &app.http,
+        &format!("{}{path}", other.address),
+        0,
+        bytes[..1000].to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(stale.status(), 409);
+    let head_other = head(&app.http, &format!("{}{path}", other.address)).await;
+    assert_eq!(header(&head_other, "upload-offset").as_deref(), Some("1000"));
+    let rest = patch(
+        &app.http,
+        &format!("{}{path}", other.address),
+        1000,
+        bytes[1000..].to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(rest.status(), 204);
+    assert_file(&app, &header(&rest, "upload-box-file-id").unwrap(), &sha1, size);
+    assert_exact_parts(&app, size, PART);
+}
