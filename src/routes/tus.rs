@@ -94,15 +94,6 @@ fn internal(why: String) -> ApiError {
     )
 }
 
-fn store_error(err: crate::state::StoreError) -> ApiError {
-    tracing::error!(error = %err, "state store failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "state_store_unavailable",
-        "the gateway's state store cannot be reached; try again",
-    )
-}
-
 /// Every tus answer carries `Tus-Resumable`; a 412 also says which versions are spoken.
 fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
     let mut response = result.unwrap_or_else(|e| e.error_response());
@@ -302,7 +293,11 @@ async fn create_upload(
     };
     let saved = async {
         save(state, &id, &record, &[]).await?;
-        state.store.schedule(&id, expires_at).await.map_err(store_error)
+        state
+            .store
+            .schedule(&id, expires_at)
+            .await
+            .map_err(ApiError::from)
     }
     .await;
     if let Err(err) = saved {
@@ -537,12 +532,7 @@ async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<(Record, By
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(not_found());
     }
-    let bytes = state
-        .store
-        .get(&store_key(id))
-        .await
-        .map_err(store_error)?
-        .ok_or_else(not_found)?;
+    let bytes = state.store.get(&store_key(id)).await?.ok_or_else(not_found)?;
     let (record, pending) = decode(bytes)?;
     if record.owner != *caller.name || record.expires_at <= now_secs() {
         return Err(not_found());
@@ -556,27 +546,22 @@ async fn save(state: &AppState, id: &str, record: &Record, pending: &[u8]) -> Re
         .store
         .put(&store_key(id), encode(record, pending)?, ttl)
         .await
-        .map_err(store_error)
+        .map_err(ApiError::from)
 }
 
 async fn forget(state: &AppState, id: &str) -> Result<(), ApiError> {
-    state.store.delete(&store_key(id)).await.map_err(store_error)?;
-    state.store.unschedule(id).await.map_err(store_error)
+    state.store.delete(&store_key(id)).await?;
+    state.store.unschedule(id).await.map_err(ApiError::from)
 }
 
 async fn take_lock(state: &AppState, id: &str) -> Result<Lock, ApiError> {
-    state
-        .store
-        .lock(&store_key(id), LOCK_TTL)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "upload_locked",
-                "another request is writing this upload; ask HEAD for its offset when it is done",
-            )
-        })
+    state.store.lock(&store_key(id), LOCK_TTL).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "upload_locked",
+            "another request is writing this upload; ask HEAD for its offset when it is done",
+        )
+    })
 }
 
 /// Runs `work` while keeping the lock alive. If the request is dropped (the client left and actix
@@ -638,16 +623,11 @@ pub async fn sweep(state: std::sync::Arc<AppState>, interval: Duration) {
 }
 
 async fn expire(state: &AppState, id: &str) -> Result<(), ApiError> {
-    let Some(lock) = state
-        .store
-        .lock(&store_key(id), LOCK_TTL)
-        .await
-        .map_err(store_error)?
-    else {
+    let Some(lock) = state.store.lock(&store_key(id), LOCK_TTL).await? else {
         return Ok(()); // being written now: the next sweep takes it
     };
     let result = async {
-        if let Some(bytes) = state.store.get(&store_key(id)).await.map_err(store_error)? {
+        if let Some(bytes) = state.store.get(&store_key(id)).await? {
             let (record, _) = decode(bytes)?;
             if record.file_id.is_none() {
                 match state.access.principal_of(&record.owner) {

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
 use super::params::{validate_id, validate_name, UploadParams};
-use super::AppState;
+use super::{idempotency, AppState};
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
@@ -49,25 +49,28 @@ pub async fn multipart_to_folder(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    let folder_id = validate_id(&path, "folder")?;
-    caller.check_folder(&folder_id)?;
-    let tracker = Tracker::start(&state, &caller);
-    let result = multipart(
-        &req,
-        query.into_inner(),
-        payload,
-        &state,
-        &caller,
-        &tracker,
-        |name, filename| {
-            Ok(Target::NewFile {
-                folder_id: folder_id.clone(),
-                name: validate_name(&name.unwrap_or(filename))?,
-            })
-        },
-    )
-    .await;
-    tracker.answer(result)
+    idempotency::once(&req, &state, &caller, async {
+        let folder_id = validate_id(&path, "folder")?;
+        caller.check_folder(&folder_id)?;
+        let tracker = Tracker::start(&state, &caller);
+        let result = multipart(
+            &req,
+            query.into_inner(),
+            payload,
+            &state,
+            &caller,
+            &tracker,
+            |name, filename| {
+                Ok(Target::NewFile {
+                    folder_id: folder_id.clone(),
+                    name: validate_name(&name.unwrap_or(filename))?,
+                })
+            },
+        )
+        .await;
+        tracker.answer(result)
+    })
+    .await
 }
 
 pub async fn multipart_new_version(
@@ -78,26 +81,29 @@ pub async fn multipart_new_version(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    let file_id = validate_id(&path, "file")?;
-    caller.check_file(&state.pipeline, &file_id).await?;
-    let tracker = Tracker::start(&state, &caller);
-    let result = multipart(
-        &req,
-        query.into_inner(),
-        payload,
-        &state,
-        &caller,
-        &tracker,
-        |name, _filename| {
-            // A new version keeps its name unless `name` asks for another; the part's filename does not.
-            Ok(Target::NewVersion {
-                file_id: file_id.clone(),
-                name: name.as_deref().map(validate_name).transpose()?,
-            })
-        },
-    )
-    .await;
-    tracker.answer(result)
+    idempotency::once(&req, &state, &caller, async {
+        let file_id = validate_id(&path, "file")?;
+        caller.check_file(&state.pipeline, &file_id).await?;
+        let tracker = Tracker::start(&state, &caller);
+        let result = multipart(
+            &req,
+            query.into_inner(),
+            payload,
+            &state,
+            &caller,
+            &tracker,
+            |name, _filename| {
+                // A new version keeps its name unless `name` asks for another; the part's filename does not.
+                Ok(Target::NewVersion {
+                    file_id: file_id.clone(),
+                    name: name.as_deref().map(validate_name).transpose()?,
+                })
+            },
+        )
+        .await;
+        tracker.answer(result)
+    })
+    .await
 }
 
 pub async fn raw_to_folder(
@@ -108,24 +114,27 @@ pub async fn raw_to_folder(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    let (folder_id, name) = path.into_inner();
-    let target = Target::NewFile {
-        folder_id: validate_id(&folder_id, "folder")?,
-        name: validate_name(&name)?,
-    };
-    caller.check_folder(&folder_id)?;
-    let tracker = Tracker::start(&state, &caller);
-    let result = raw(
-        &req,
-        query.into_inner(),
-        payload,
-        &state,
-        &caller,
-        target,
-        &tracker,
-    )
-    .await;
-    tracker.answer(result)
+    idempotency::once(&req, &state, &caller, async {
+        let (folder_id, name) = path.into_inner();
+        let target = Target::NewFile {
+            folder_id: validate_id(&folder_id, "folder")?,
+            name: validate_name(&name)?,
+        };
+        caller.check_folder(&folder_id)?;
+        let tracker = Tracker::start(&state, &caller);
+        let result = raw(
+            &req,
+            query.into_inner(),
+            payload,
+            &state,
+            &caller,
+            target,
+            &tracker,
+        )
+        .await;
+        tracker.answer(result)
+    })
+    .await
 }
 
 pub async fn raw_new_version(
@@ -136,22 +145,25 @@ pub async fn raw_new_version(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    let name = query.name.as_deref().map(validate_name).transpose()?;
-    let file_id = validate_id(&path, "file")?;
-    caller.check_file(&state.pipeline, &file_id).await?;
-    let target = Target::NewVersion { file_id, name };
-    let tracker = Tracker::start(&state, &caller);
-    let result = raw(
-        &req,
-        query.into_inner(),
-        payload,
-        &state,
-        &caller,
-        target,
-        &tracker,
-    )
-    .await;
-    tracker.answer(result)
+    idempotency::once(&req, &state, &caller, async {
+        let name = query.name.as_deref().map(validate_name).transpose()?;
+        let file_id = validate_id(&path, "file")?;
+        caller.check_file(&state.pipeline, &file_id).await?;
+        let target = Target::NewVersion { file_id, name };
+        let tracker = Tracker::start(&state, &caller);
+        let result = raw(
+            &req,
+            query.into_inner(),
+            payload,
+            &state,
+            &caller,
+            target,
+            &tracker,
+        )
+        .await;
+        tracker.answer(result)
+    })
+    .await
 }
 
 async fn raw(
@@ -533,7 +545,8 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {
+    /// The 201 answer's body, or the error.
+    fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<serde_json::Value, ApiError> {
         self.finished = true;
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();
@@ -549,7 +562,7 @@ impl<'a> Tracker<'a> {
                     .observe(elapsed.as_secs_f64());
                 tracing::info!(method, file_id = outcome.file.id(), size = outcome.size, sha1 = %outcome.sha1_hex,
                     session_id = outcome.session_id, duration_ms = elapsed.as_millis() as u64, "upload landed in Box");
-                Ok(HttpResponse::Created().json(json!({
+                Ok(json!({
                     "file": outcome.file.0,
                     "upload": {
                         "method": outcome.method,
@@ -560,7 +573,7 @@ impl<'a> Tracker<'a> {
                         "session_id": outcome.session_id,
                         "duration_ms": elapsed.as_millis() as u64,
                     }
-                })))
+                }))
             }
             Err(err) => {
                 m.uploads

@@ -6,6 +6,7 @@ mod gateway_clients;
 mod gateway_conflicts;
 mod gateway_edge;
 mod gateway_faults;
+mod gateway_idempotency;
 mod gateway_lost_answers;
 mod gateway_process;
 mod gateway_sizes;
