@@ -679,3 +679,92 @@ async fn replicas_share_the_lock_and_the_offset() {
     assert_file(&app, &header(&rest, "upload-box-file-id").unwrap(), &sha1, size);
     assert_exact_parts(&app, size, PART);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_the_tus_endpoints_as_they_guard_the_plain_ones() {
+    use crate::helpers::secret;
+    // Arrange: `team` may write only into its folder, up to 1 MiB, as user 777; `admin` into 0.
+    let dir = tempfile::tempdir().unwrap();
+    let (app, team_folder) = crate::gateway_auth::keyed_app(dir.path()).await;
+    let base = format!("{}/v1/tus/", app.address);
+    let create_as = |key: Option<&str>, folder: &str, size: u64| {
+        let mut request = app
+            .http
+            .post(&base)
+            .header("Tus-Resumable", TUS)
+            .header("Upload-Length", size)
+            .header(
+                "Upload-Metadata",
+                metadata(&[("filename", "k.bin"), ("folder_id", folder)]),
+            );
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    // Act and assert: no key, a folder outside the key's, a file above its limit.
+    let anonymous = create_as(None, &team_folder, 10).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(header(&anonymous, "tus-resumable").as_deref(), Some(TUS));
+    let elsewhere = create_as(Some(secret("api_key_team")), "0", 10).await.unwrap();
+    assert_eq!(
+        elsewhere.json::<Value>().await.unwrap()["error"]["code"],
+        "forbidden_folder"
+    );
+    let big = create_as(Some(secret("api_key_team")), &team_folder, 2 << 20)
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    assert!(sessions(&app.emulator).is_empty());
+    // Within its rights, the key's upload lands where it may, as its user.
+    let (file, sha1) = make_file(600 * 1000);
+    let meta = json!({"filename": "team.bin", "folder_id": team_folder}).to_string();
+    let out = tuspy(
+        &[&app.address],
+        file.path(),
+        250 * 1000,
+        &[
+            "--key",
+            secret("api_key_team"),
+            "--metadata",
+            &meta,
+            "--stop-at",
+            "250000",
+        ],
+    )
+    .await;
+    // Another key does not see the upload.
+    let url = format!("{}{}", app.address, out["url"].as_str().unwrap());
+    let foreign = app
+        .http
+        .head(&url)
+        .header("Tus-Resumable", TUS)
+        .header("X-API-Key", secret("api_key_admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 404);
+    let out = tuspy(
+        &[&app.address],
+        file.path(),
+        250 * 1000,
+        &[
+            "--key",
+            secret("api_key_team"),
+            "--url",
+            out["url"].as_str().unwrap(),
+        ],
+    )
+    .await;
+    let id = out["file_id"].as_str().unwrap();
+    assert_file(&app, id, &sha1, 600 * 1000);
+    let stored = app
+        .emulator
+        .inspect()
+        .files
+        .into_iter()
+        .find(|f| f.id == id)
+        .unwrap();
+    assert_eq!(stored.parent_id, team_folder);
+    assert!(app.emulator.inspect().as_user.iter().any(|u| u == "777"));
+}
