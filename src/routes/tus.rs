@@ -23,7 +23,7 @@ use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
-use super::params::{validate_id, validate_name, UploadParams};
+use super::params::{header_u64, validate_id, validate_name, UploadParams};
 use super::upload::{content_length, fail, from_payload, idle_timeout};
 use super::AppState;
 use crate::access::Caller;
@@ -129,18 +129,6 @@ fn http_date(secs: u64) -> String {
         .to_string()
 }
 
-fn header_u64(req: &HttpRequest, name: &str, code: &'static str) -> Result<Option<u64>, ApiError> {
-    match req.headers().get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(code, format!("{name} is not a whole number of bytes"))),
-    }
-}
-
 /// `Upload-Metadata`: `key base64,key base64,key` (tus 1.0.0, creation).
 fn parse_metadata(raw: &str) -> Result<HashMap<String, String>, ApiError> {
     let invalid = |why: String| ApiError::bad_request("invalid_metadata", format!("Upload-Metadata: {why}"));
@@ -225,7 +213,7 @@ async fn create_upload(
             "Upload-Defer-Length is not supported: Box needs the file's size before the first byte; send Upload-Length",
         ));
     }
-    let size = header_u64(req, "upload-length", "invalid_size")?.ok_or_else(|| {
+    let size = header_u64(req.headers(), "Upload-Length", "invalid_size")?.ok_or_else(|| {
         ApiError::bad_request(
             "invalid_size",
             "Upload-Length is required (Box needs the size first)",
@@ -311,9 +299,7 @@ async fn create_upload(
         .inc();
     tracing::info!(upload_id = %id, size, key = %caller.name, "tus upload created");
     let mut response = HttpResponse::Created();
-    response
-        .insert_header((header::LOCATION, format!("/v1/tus/{id}")))
-        .insert_header(("Upload-Expires", http_date(expires_at)));
+    response.insert_header((header::LOCATION, format!("/v1/tus/{id}")));
     // creation-with-upload: the body is the first chunk. An empty file is complete at once.
     let with_body = req
         .headers()
@@ -336,11 +322,8 @@ async fn create_upload(
             }
             Err(err) => return Err(err),
         }
-        response.insert_header(("Upload-Offset", record.upload.offset));
-        if let Some(file_id) = &record.file_id {
-            response.insert_header((BOX_FILE_ID, file_id.as_str()));
-        }
     }
+    progress(&mut response, &record);
     Ok(response.finish())
 }
 
@@ -351,15 +334,11 @@ async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse
     let mut response = HttpResponse::Ok();
     response
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(("Upload-Offset", record.upload.offset))
-        .insert_header(("Upload-Length", record.upload.upload.size))
-        .insert_header(("Upload-Expires", http_date(record.expires_at)));
+        .insert_header(("Upload-Length", record.upload.upload.size));
     if !record.metadata.is_empty() {
         response.insert_header(("Upload-Metadata", record.metadata.as_str()));
     }
-    if let Some(file_id) = &record.file_id {
-        response.insert_header((BOX_FILE_ID, file_id.as_str()));
-    }
+    progress(&mut response, &record);
     Ok(response.finish())
 }
 
@@ -377,7 +356,7 @@ async fn patch_upload(
             format!("a PATCH's Content-Type must be {OCTETS}"),
         ));
     }
-    let offset = header_u64(req, "upload-offset", "invalid_offset")?
+    let offset = header_u64(req.headers(), "Upload-Offset", "invalid_offset")?
         .ok_or_else(|| ApiError::bad_request("invalid_offset", "Upload-Offset is required"))?;
     let id = upload_id(req);
     let lock = take_lock(state, &id).await?;
@@ -402,13 +381,18 @@ async fn patch_upload(
     release(state, lock).await;
     let record = result?;
     let mut response = HttpResponse::NoContent();
+    progress(&mut response, &record);
+    Ok(response.finish())
+}
+
+/// Where the upload stands: its offset, expiry, and the Box file once it landed.
+fn progress(response: &mut actix_web::HttpResponseBuilder, record: &Record) {
     response
         .insert_header(("Upload-Offset", record.upload.offset))
         .insert_header(("Upload-Expires", http_date(record.expires_at)));
     if let Some(file_id) = &record.file_id {
         response.insert_header((BOX_FILE_ID, file_id.as_str()));
     }
-    Ok(response.finish())
 }
 
 async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {

@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::json;
 
 use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
-use super::params::{validate_id, validate_name, UploadParams};
+use super::params::{header_u64, validate_id, validate_name, UploadParams};
 use super::{idempotency, AppState};
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
@@ -432,15 +432,7 @@ pub(super) fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("invalid_request", "Content-Length is not a number")),
-    }
+    header_u64(headers, "Content-Length", "invalid_request")
 }
 
 /// The part's filename: RFC 5987 `filename*` (UTF-8) first, else plain `filename`.

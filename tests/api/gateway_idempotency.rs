@@ -4,24 +4,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{make_file, spawn_app_with, spawn_replica, Options, PART};
-use crate::tus::RedisServer;
-
-fn with_redis(url: &str) -> Options {
-    let url = url.to_owned();
-    Options {
-        gateway: Some(Box::new(move |s, _| {
-            s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
-        })),
-        ..Options::default()
-    }
-}
+use crate::tus::{redis_options, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_the_same_key_gets_the_first_answer_even_from_another_replica() {
     // Arrange: two replicas sharing Redis; a chunked upload.
     let redis = RedisServer::start().await;
-    let app = spawn_app_with(with_redis(&redis.url)).await;
-    let other = spawn_replica(&app, with_redis(&redis.url)).await;
+    let app = spawn_app_with(redis_options(&redis.url)).await;
+    let other = spawn_replica(&app, redis_options(&redis.url)).await;
     let (file, sha1) = make_file(5 * PART + 17);
     let put = |base: &str, key: &str| {
         let url = format!("{base}/v1/folders/0/files/retried.bin");

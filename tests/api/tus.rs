@@ -570,13 +570,10 @@ async fn the_redis_store_behaves_as_the_embedded_one() {
     box_upload_gateway::state::check_store(&store).await;
 }
 
-fn with_redis(url: &str) -> Options {
+/// A gateway whose state lives in the Redis at `url`.
+pub fn redis_options(url: &str) -> Options {
     let url = url.to_owned();
     Options {
-        // Box's common part size: a 7 MB chunk never fills a part alone, so the part's first bytes
-        // wait in Redis for the next chunk, which the other replica takes.
-        part_size: 8 * 1024 * 1024,
-        memory_budget_bytes: 64 * 1024 * 1024,
         gateway: Some(Box::new(move |s, _| {
             s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
         })),
@@ -584,12 +581,22 @@ fn with_redis(url: &str) -> Options {
     }
 }
 
+fn big_parts_with_redis(url: &str) -> Options {
+    Options {
+        // Box's common part size: a 7 MB chunk never fills a part alone, so the part's first bytes
+        // wait in Redis for the next chunk, which the other replica takes.
+        part_size: 8 * 1024 * 1024,
+        memory_budget_bytes: 64 * 1024 * 1024,
+        ..redis_options(url)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_upload_in_7_mb_chunks_alternating_between_two_replicas_lands_whole() {
     // Arrange: two gateways sharing one Redis, in front of one emulator.
     let redis = RedisServer::start().await;
-    let app = spawn_app_with(with_redis(&redis.url)).await;
-    let other = crate::helpers::spawn_replica(&app, with_redis(&redis.url)).await;
+    let app = spawn_app_with(big_parts_with_redis(&redis.url)).await;
+    let other = crate::helpers::spawn_replica(&app, big_parts_with_redis(&redis.url)).await;
     let size = 100_000_000;
     let (file, sha1) = make_file(size);
     let started = std::time::Instant::now();
@@ -623,25 +630,8 @@ async fn a_100_mb_upload_in_7_mb_chunks_alternating_between_two_replicas_lands_w
 async fn replicas_share_the_lock_and_the_offset() {
     // Arrange: an upload created on one replica.
     let redis = RedisServer::start().await;
-    let app = spawn_app_with(Options {
-        gateway: Some(Box::new({
-            let url = redis.url.clone();
-            move |s, _| s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
-        })),
-        ..Options::default()
-    })
-    .await;
-    let other = crate::helpers::spawn_replica(
-        &app,
-        Options {
-            gateway: Some(Box::new({
-                let url = redis.url.clone();
-                move |s, _| s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
-            })),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = spawn_app_with(redis_options(&redis.url)).await;
+    let other = crate::helpers::spawn_replica(&app, redis_options(&redis.url)).await;
     let size = 6 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
