@@ -619,6 +619,36 @@ mod tests {
     }
 
     #[test]
+    fn state_keys_are_checked_and_the_redis_url_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let problems = Settings {
+            tus_expiration_secs: 7 * 24 * 3600,
+            idempotency_window_secs: 0,
+            redis_url: Some(Secret::new("http://redis:6379")),
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for key in ["tus_expiration_secs", "idempotency_window_secs", "redis_url"] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        let with_password = Settings {
+            redis_url: Some(Secret::new("redis://:hunter2@redis:6379/0")),
+            ..base
+        };
+        assert!(!format!("{with_password:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&with_password).unwrap().contains("hunter2"));
+        let valid = with_password.validate().unwrap();
+        assert!(!format!("{valid:?}").contains("hunter2"));
+        assert_eq!(valid.tus_expiration, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
     fn typos_in_the_file_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("g.toml", "part_concurency = 3")?;

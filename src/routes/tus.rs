@@ -130,7 +130,7 @@ fn http_date(secs: u64) -> String {
 }
 
 /// `Upload-Metadata`: `key base64,key base64,key` (tus 1.0.0, creation).
-fn parse_metadata(raw: &str) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn parse_metadata(raw: &str) -> Result<HashMap<String, String>, ApiError> {
     let invalid = |why: String| ApiError::bad_request("invalid_metadata", format!("Upload-Metadata: {why}"));
     let mut out = HashMap::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -148,8 +148,8 @@ fn parse_metadata(raw: &str) -> Result<HashMap<String, String>, ApiError> {
 }
 
 /// `Upload-Checksum: sha1 <base64>`; other algorithms are refused (OPTIONS lists `sha1` only).
-fn parse_checksum(req: &HttpRequest) -> Result<Option<[u8; 20]>, ApiError> {
-    let Some(value) = req.headers().get("upload-checksum") else {
+pub(super) fn parse_checksum(headers: &header::HeaderMap) -> Result<Option<[u8; 20]>, ApiError> {
+    let Some(value) = headers.get("upload-checksum") else {
         return Ok(None);
     };
     let value = value.to_str().unwrap_or_default();
@@ -435,7 +435,7 @@ async fn append(
 ) -> Result<(), ApiError> {
     let size = record.upload.upload.size;
     let offset = record.upload.offset;
-    let checksum = parse_checksum(req)?;
+    let checksum = parse_checksum(req.headers())?;
     if let Some(len) = content_length(req.headers())?.filter(|len| offset + len > size) {
         return Err(ApiError::bad_request(
             "size_mismatch",
