@@ -316,8 +316,9 @@ async fn create_upload(
         release(state, lock).await;
         match appended {
             Ok(()) => {}
-            // The upload exists; the client asks HEAD where it stands and sends the rest.
-            Err(err) if err.status != StatusCode::INTERNAL_SERVER_ERROR && record.file_id.is_none() => {
+            // The upload exists and is not done: the client asks HEAD where it stands and sends the
+            // rest. (An error once complete is the commit's: the upload is gone, so it is answered.)
+            Err(err) if !err.status.is_server_error() && !record.upload.is_complete() => {
                 tracing::info!(upload_id = %id, code = err.code, "the first chunk did not fully go in");
             }
             Err(err) => return Err(err),
