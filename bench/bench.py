@@ -158,7 +158,9 @@ class Gateway:
                    GATEWAY_PART_CONCURRENCY=str(part_concurrency),
                    GATEWAY_STATE_DIR=os.path.join(logs, f"gateway-state-{self.port}"),
                    BOX_API_URL=f"{emulator.base}/2.0", BOX_UPLOAD_URL=f"{emulator.base}/api/2.0",
-                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN)
+                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN,
+                   # The bench is its own only caller, on loopback: no API keys.
+                   GATEWAY_ALLOW_ANONYMOUS="true")
         self.log = open(os.path.join(logs, f"gateway-{self.port}.log"), "w")
         self.proc = subprocess.Popen([binary, "serve"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_http(f"{self.url}/healthz", self.proc, "the gateway")

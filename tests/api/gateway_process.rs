@@ -289,8 +289,8 @@ async fn refused_credentials_are_named_at_start() {
     ]);
     let mut gateway = Gateway::start(&env_refs(&env)).await;
 
-    // The start-up check's verdict, within a bounded wait. It may come before the line that says
-    // where the gateway listens (opening the state store takes a moment), so what was read counts.
+    // The start-up check's verdict, within a bounded wait. The check runs beside the server's start,
+    // so its line may come before the one that says where the gateway listens.
     let refusal = |line: &str| line.contains("credentials") && line.contains("\"level\":\"ERROR\"");
     let early = gateway.logs.lines().find(|l| refusal(l)).map(str::to_owned);
     let line = tokio::time::timeout(Duration::from_secs(20), async {
