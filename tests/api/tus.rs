@@ -622,6 +622,8 @@ async fn a_100_mb_upload_in_7_mb_chunks_alternating_between_two_replicas_lands_w
             metrics.parts.with_label_values(&["uploaded"]).get() > 0,
             "each replica uploaded parts"
         );
+        // The memory budget still bounds what each replica holds.
+        assert!(metrics.buffered_bytes_peak.get() <= 64 * 1024 * 1024);
     }
     eprintln!("tus: 100 MB in 7 MB chunks over two replicas and Redis: {elapsed:.1?} (debug build)");
 }
