@@ -17,7 +17,7 @@ use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
-use crate::routes::{health, tus, upload, AppState};
+use crate::routes::{health, idempotency, tus, upload, AppState};
 use crate::telemetry;
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
@@ -225,8 +225,21 @@ async fn check_credentials(mode: &'static str, auth: Arc<dyn TokenProvider>) {
     }
 }
 
-fn upload_route(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(not_allowed))
+/// The plain upload endpoints: each takes an `Idempotency-Key`.
+fn upload_route(
+    path: &str,
+) -> actix_web::Resource<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    web::resource(path)
+        .wrap(middleware::from_fn(idempotency::once))
+        .default_service(web::to(not_allowed))
 }
 
 async fn not_allowed() -> Result<HttpResponse, ApiError> {

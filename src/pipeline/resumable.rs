@@ -92,7 +92,7 @@ impl Pipeline {
         let mut in_flight = JoinSet::new();
         let mut done = Vec::new();
         // Every part of this append is in Box once `in_flight` is drained; the bytes left are the
-        // new `pending` (Ok(Some)), or there was an error (the bytes of an unfinished part are lost).
+        // new `pending` (Ok), or there was an error (the bytes of an unfinished part are lost).
         let cut: Result<Bytes, UploadError> = async {
             loop {
                 if offset == size {

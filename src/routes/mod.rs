@@ -3,7 +3,7 @@
 #[cfg(test)]
 mod fuzz;
 pub mod health;
-mod idempotency;
+pub mod idempotency;
 mod multipart_scan;
 mod params;
 pub mod tus;

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
 use super::params::{header_u64, validate_id, validate_name, UploadParams};
-use super::{idempotency, AppState};
+use super::AppState;
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
@@ -49,28 +49,25 @@ pub async fn multipart_to_folder(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    idempotency::once(&req, &state, &caller, async {
-        let folder_id = validate_id(&path, "folder")?;
-        caller.check_folder(&folder_id)?;
-        let tracker = Tracker::start(&state, &caller);
-        let result = multipart(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            &tracker,
-            |name, filename| {
-                Ok(Target::NewFile {
-                    folder_id: folder_id.clone(),
-                    name: validate_name(&name.unwrap_or(filename))?,
-                })
-            },
-        )
-        .await;
-        tracker.answer(result)
-    })
-    .await
+    let folder_id = validate_id(&path, "folder")?;
+    caller.check_folder(&folder_id)?;
+    let tracker = Tracker::start(&state, &caller);
+    let result = multipart(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &caller,
+        &tracker,
+        |name, filename| {
+            Ok(Target::NewFile {
+                folder_id: folder_id.clone(),
+                name: validate_name(&name.unwrap_or(filename))?,
+            })
+        },
+    )
+    .await;
+    tracker.answer(result)
 }
 
 pub async fn multipart_new_version(
@@ -81,29 +78,26 @@ pub async fn multipart_new_version(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    idempotency::once(&req, &state, &caller, async {
-        let file_id = validate_id(&path, "file")?;
-        caller.check_file(&state.pipeline, &file_id).await?;
-        let tracker = Tracker::start(&state, &caller);
-        let result = multipart(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            &tracker,
-            |name, _filename| {
-                // A new version keeps its name unless `name` asks for another; the part's filename does not.
-                Ok(Target::NewVersion {
-                    file_id: file_id.clone(),
-                    name: name.as_deref().map(validate_name).transpose()?,
-                })
-            },
-        )
-        .await;
-        tracker.answer(result)
-    })
-    .await
+    let file_id = validate_id(&path, "file")?;
+    caller.check_file(&state.pipeline, &file_id).await?;
+    let tracker = Tracker::start(&state, &caller);
+    let result = multipart(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &caller,
+        &tracker,
+        |name, _filename| {
+            // A new version keeps its name unless `name` asks for another; the part's filename does not.
+            Ok(Target::NewVersion {
+                file_id: file_id.clone(),
+                name: name.as_deref().map(validate_name).transpose()?,
+            })
+        },
+    )
+    .await;
+    tracker.answer(result)
 }
 
 pub async fn raw_to_folder(
@@ -114,27 +108,24 @@ pub async fn raw_to_folder(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    idempotency::once(&req, &state, &caller, async {
-        let (folder_id, name) = path.into_inner();
-        let target = Target::NewFile {
-            folder_id: validate_id(&folder_id, "folder")?,
-            name: validate_name(&name)?,
-        };
-        caller.check_folder(&folder_id)?;
-        let tracker = Tracker::start(&state, &caller);
-        let result = raw(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            target,
-            &tracker,
-        )
-        .await;
-        tracker.answer(result)
-    })
-    .await
+    let (folder_id, name) = path.into_inner();
+    let target = Target::NewFile {
+        folder_id: validate_id(&folder_id, "folder")?,
+        name: validate_name(&name)?,
+    };
+    caller.check_folder(&folder_id)?;
+    let tracker = Tracker::start(&state, &caller);
+    let result = raw(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &caller,
+        target,
+        &tracker,
+    )
+    .await;
+    tracker.answer(result)
 }
 
 pub async fn raw_new_version(
@@ -145,25 +136,22 @@ pub async fn raw_new_version(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate(req.headers())?;
-    idempotency::once(&req, &state, &caller, async {
-        let name = query.name.as_deref().map(validate_name).transpose()?;
-        let file_id = validate_id(&path, "file")?;
-        caller.check_file(&state.pipeline, &file_id).await?;
-        let target = Target::NewVersion { file_id, name };
-        let tracker = Tracker::start(&state, &caller);
-        let result = raw(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            target,
-            &tracker,
-        )
-        .await;
-        tracker.answer(result)
-    })
-    .await
+    let name = query.name.as_deref().map(validate_name).transpose()?;
+    let file_id = validate_id(&path, "file")?;
+    caller.check_file(&state.pipeline, &file_id).await?;
+    let target = Target::NewVersion { file_id, name };
+    let tracker = Tracker::start(&state, &caller);
+    let result = raw(
+        &req,
+        query.into_inner(),
+        payload,
+        &state,
+        &caller,
+        target,
+        &tracker,
+    )
+    .await;
+    tracker.answer(result)
 }
 
 async fn raw(
@@ -537,8 +525,7 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    /// The 201 answer's body, or the error.
-    fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<serde_json::Value, ApiError> {
+    fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {
         self.finished = true;
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();
@@ -554,7 +541,7 @@ impl<'a> Tracker<'a> {
                     .observe(elapsed.as_secs_f64());
                 tracing::info!(method, file_id = outcome.file.id(), size = outcome.size, sha1 = %outcome.sha1_hex,
                     session_id = outcome.session_id, duration_ms = elapsed.as_millis() as u64, "upload landed in Box");
-                Ok(json!({
+                Ok(HttpResponse::Created().json(json!({
                     "file": outcome.file.0,
                     "upload": {
                         "method": outcome.method,
@@ -565,7 +552,7 @@ impl<'a> Tracker<'a> {
                         "session_id": outcome.session_id,
                         "duration_ms": elapsed.as_millis() as u64,
                     }
-                }))
+                })))
             }
             Err(err) => {
                 m.uploads
