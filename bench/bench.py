@@ -156,6 +156,7 @@ class Gateway:
         env = dict(os.environ, RUST_LOG="warn", GATEWAY_LOG_FORMAT="json",
                    GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
                    GATEWAY_PART_CONCURRENCY=str(part_concurrency),
+                   GATEWAY_STATE_DIR=os.path.join(logs, f"gateway-state-{self.port}"),
                    BOX_API_URL=f"{emulator.base}/2.0", BOX_UPLOAD_URL=f"{emulator.base}/api/2.0",
                    BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN,
                    # The bench is its own only caller, on loopback: no API keys.

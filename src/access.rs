@@ -247,17 +247,7 @@ impl Access {
                 auth: Arc::new(StaticToken::new(token.clone())),
                 as_user: as_user(None),
             },
-            (None, Some(own)) => match key.and_then(|k| k.auth.clone()) {
-                // A key with its own subject acts as that subject, not as the gateway's managed user.
-                Some(auth) => Principal {
-                    auth,
-                    as_user: key.and_then(|k| k.as_user.clone()),
-                },
-                None => Principal {
-                    auth: own.auth.clone(),
-                    as_user: as_user(Some(own)),
-                },
-            },
+            (None, Some(own)) => key_principal(key, own),
             (None, None) => unreachable!("pass-through always has a bearer token here"),
         };
         let name: Arc<str> = match (key, self.passthrough) {
@@ -273,6 +263,13 @@ impl Access {
             passthrough: self.passthrough,
             metrics: self.metrics.clone(),
         })
+    }
+
+    /// Whom the uploads of the caller named `name` act as, with no request in hand (the tus sweeper
+    /// aborting an expired upload's session). None with pass-through: its tokens come with requests.
+    pub fn principal_of(&self, name: &str) -> Option<Principal> {
+        let own = self.default_principal.as_ref()?;
+        Some(key_principal(self.keys.iter().find(|k| &*k.name == name), own))
     }
 
     /// The key whose digest matches: every stored digest is compared, in constant time, so the time
@@ -302,6 +299,23 @@ impl Access {
         }
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
             .with_www_authenticate(challenges.join(", "))
+    }
+}
+
+/// The principal of a caller using the gateway's own credentials, with or without a key.
+fn key_principal(key: Option<&ApiKey>, own: &Principal) -> Principal {
+    match key.and_then(|k| k.auth.clone()) {
+        // A key with its own subject acts as that subject, not as the gateway's managed user.
+        Some(auth) => Principal {
+            auth,
+            as_user: key.and_then(|k| k.as_user.clone()),
+        },
+        None => Principal {
+            auth: own.auth.clone(),
+            as_user: key
+                .and_then(|k| k.as_user.clone())
+                .or_else(|| own.as_user.clone()),
+        },
     }
 }
 

@@ -89,6 +89,16 @@ pub struct Settings {
     pub commit_timeout_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
+    /// Where the embedded state store keeps its file (tus uploads, idempotency answers).
+    pub state_dir: String,
+    /// A Redis shared by every replica for that state (`GATEWAY_REDIS_URL`); empty: the embedded store.
+    /// A Secret: the URL may carry a password.
+    #[serde(serialize_with = "redacted")]
+    pub redis_url: Option<Secret>,
+    /// A tus upload not finished this long after its creation is aborted (its Box session too).
+    pub tus_expiration_secs: u64,
+    /// How long an `Idempotency-Key`'s answer is kept for retries.
+    pub idempotency_window_secs: u64,
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -156,6 +166,10 @@ impl Default for Settings {
             box_retry_max_delay_ms: 30_000,
             commit_timeout_secs: 600,
             log_format: "auto".into(),
+            state_dir: "./gateway-state".into(),
+            redis_url: None,
+            tus_expiration_secs: 24 * 3600,
+            idempotency_window_secs: 24 * 3600,
         }
     }
 }
@@ -269,6 +283,30 @@ impl Settings {
         if self.spool_max_bytes > 0 && !spool_dir.is_dir() {
             problems.push(format!("spool_dir: {} is not a directory", spool_dir.display()));
         }
+        // Box discards a session 7 days after its creation: an upload must expire before.
+        const BOX_SESSION_LIFE_SECS: u64 = 7 * 24 * 3600;
+        if self.tus_expiration_secs == 0 || self.tus_expiration_secs >= BOX_SESSION_LIFE_SECS {
+            problems.push(format!(
+                "tus_expiration_secs: {} is not within 1..{BOX_SESSION_LIFE_SECS} (Box discards an upload session after 7 days)",
+                self.tus_expiration_secs
+            ));
+        }
+        if self.idempotency_window_secs == 0 {
+            problems.push("idempotency_window_secs: must be at least 1".into());
+        }
+        let redis_url = self.redis_url.clone().filter(|u| !u.expose().trim().is_empty());
+        if let Some(url) = redis_url.as_ref().map(Secret::expose) {
+            if !url.starts_with("redis://")
+                && !url.starts_with("rediss://")
+                && !url.starts_with("redis+unix://")
+            {
+                problems.push("redis_url: must start with redis://, rediss:// or redis+unix://".into());
+            }
+        }
+        let state_dir = PathBuf::from(&self.state_dir);
+        if redis_url.is_none() && self.state_dir.is_empty() {
+            problems.push("state_dir: must name a directory (created if missing)".into());
+        }
         match (problems.is_empty(), listen, box_auth) {
             (true, Some(listen), Some(box_auth)) => Ok(ValidSettings {
                 listen,
@@ -302,6 +340,10 @@ impl Settings {
                 },
                 commit_timeout: Duration::from_secs(self.commit_timeout_secs),
                 log_format: self.log_format.clone(),
+                state_dir,
+                redis_url,
+                tus_expiration: Duration::from_secs(self.tus_expiration_secs),
+                idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             }),
             _ => Err(problems),
         }
@@ -489,6 +531,11 @@ pub struct ValidSettings {
     pub retry: crate::box_api::RetryPolicy,
     pub commit_timeout: Duration,
     pub log_format: String,
+    pub state_dir: PathBuf,
+    /// Set: the state lives in Redis (any replica takes any request); else in `state_dir`.
+    pub redis_url: Option<Secret>,
+    pub tus_expiration: Duration,
+    pub idempotency_window: Duration,
 }
 
 #[cfg(test)]
@@ -585,6 +632,36 @@ mod tests {
             ..Default::default()
         };
         assert!(both.validate().unwrap_err()[0].contains("not both"));
+    }
+
+    #[test]
+    fn state_keys_are_checked_and_the_redis_url_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let problems = Settings {
+            tus_expiration_secs: 7 * 24 * 3600,
+            idempotency_window_secs: 0,
+            redis_url: Some(Secret::new("http://redis:6379")),
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for key in ["tus_expiration_secs", "idempotency_window_secs", "redis_url"] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        let with_password = Settings {
+            redis_url: Some(Secret::new("redis://:hunter2@redis:6379/0")),
+            ..base
+        };
+        assert!(!format!("{with_password:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&with_password).unwrap().contains("hunter2"));
+        let valid = with_password.validate().unwrap();
+        assert!(!format!("{valid:?}").contains("hunter2"));
+        assert_eq!(valid.tus_expiration, Duration::from_secs(24 * 3600));
     }
 
     #[test]

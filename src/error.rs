@@ -302,6 +302,18 @@ fn from_box(err: BoxError) -> ApiError {
     }
 }
 
+/// The state store (tus uploads, idempotency answers) failed: the client may try again.
+impl From<crate::state::StoreError> for ApiError {
+    fn from(err: crate::state::StoreError) -> Self {
+        tracing::error!(error = %err, "state store failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_store_unavailable",
+            "the gateway's state store cannot be reached; try again",
+        )
+    }
+}
+
 /// Errors of actix's own extractors (query, path, JSON) as the gateway's JSON.
 pub fn extractor_error(err: impl fmt::Display) -> actix_web::Error {
     ApiError::bad_request("invalid_request", err.to_string()).into()

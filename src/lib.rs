@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;

@@ -39,6 +39,10 @@ pub struct GatewayMetrics {
     /// Uploads refused by the gateway's access rules, by `key` (`none` when no valid key came) and
     /// `code` (unauthenticated|forbidden_folder|file_too_large).
     pub access_refused: IntCounterVec,
+    /// Resumable (tus) uploads, by `event` (created|completed|failed|terminated|expired) and `key`.
+    pub tus_uploads: IntCounterVec,
+    /// `Idempotency-Key` requests, by `outcome` (first|replayed|in_progress).
+    pub idempotent_requests: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -142,6 +146,20 @@ impl GatewayMetrics {
                 ),
                 &["key", "code"],
             )?,
+            tus_uploads: IntCounterVec::new(
+                Opts::new(
+                    "gateway_tus_uploads_total",
+                    "Resumable (tus) uploads, by event (created|completed|failed|terminated|expired) and API key name.",
+                ),
+                &["event", "key"],
+            )?,
+            idempotent_requests: IntCounterVec::new(
+                Opts::new(
+                    "gateway_idempotent_requests_total",
+                    "Plain uploads sent with an Idempotency-Key, by outcome (first|replayed|in_progress).",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -159,6 +177,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.lost_answers.clone()))?;
         registry.register(Box::new(m.box_token_requests.clone()))?;
         registry.register(Box::new(m.access_refused.clone()))?;
+        registry.register(Box::new(m.tus_uploads.clone()))?;
+        registry.register(Box::new(m.idempotent_requests.clone()))?;
         Ok(m)
     }
 }

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::Method;
 use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 use prometheus::Registry;
 
 use crate::access::Access;
 use crate::box_api::{
-    BoxClient, DeveloperToken, Grant, MintedToken, NoCredentials, Principal, TokenProvider,
+    BoxClient, DeveloperToken, Grant, MintedToken, NoCredentials, Principal, Secret, TokenProvider,
 };
 use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
 use crate::lifecycle::{self, Lifecycle, NotReady};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
-use crate::routes::{self, health, upload, AppState};
+use crate::routes::{self, health, idempotency, tus, upload, AppState};
 use crate::telemetry;
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
@@ -126,6 +127,15 @@ impl Application {
             tokio::runtime::Handle::current(),
             lifecycle.stop_uploads(),
         );
+        let store = crate::state::open(
+            settings.redis_url.as_ref().map(Secret::expose),
+            &settings.state_dir,
+        )
+        .map_err(std::io::Error::other)?;
+        tracing::info!(
+            state_store = store.kind(),
+            "state store for resumable uploads and idempotency keys"
+        );
         let state = web::Data::new(AppState {
             access,
             pipeline,
@@ -135,7 +145,17 @@ impl Application {
             spool_max_bytes: settings.spool_max_bytes,
             client_idle_timeout: settings.client_idle_timeout,
             lifecycle: lifecycle.clone(),
+            store,
+            tus: tus::TusConfig {
+                expiration: settings.tus_expiration,
+                max_size: settings.max_file_size_bytes,
+            },
+            idempotency_window: settings.idempotency_window,
         });
+        // Expired uploads are looked for a few times per expiration period, at most once a minute.
+        let sweep_every =
+            (settings.tus_expiration / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+        tokio::spawn(tus::sweep(state.clone().into_inner(), sweep_every));
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
@@ -167,7 +187,21 @@ impl Application {
                         .service(
                             upload_route("/files/{file_id}/versions").post(upload::multipart_new_version),
                         )
-                        .service(upload_route("/files/{file_id}/content").put(upload::raw_new_version)),
+                        .service(upload_route("/files/{file_id}/content").put(upload::raw_new_version))
+                        .service(
+                            web::resource("/tus/")
+                                .route(web::method(Method::OPTIONS).to(tus::options))
+                                .post(tus::create)
+                                .default_service(web::to(not_allowed)),
+                        )
+                        .service(
+                            web::resource("/tus/{id}")
+                                .route(web::method(Method::OPTIONS).to(tus::options))
+                                .route(web::head().to(tus::head))
+                                .route(web::method(Method::PATCH).to(tus::patch))
+                                .delete(tus::delete)
+                                .default_service(web::to(not_allowed)),
+                        ),
                 )
                 .default_service(web::to(not_found))
         })
@@ -272,8 +306,21 @@ async fn check_box(
     }
 }
 
-fn upload_route(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(not_allowed))
+/// The plain upload endpoints: each takes an `Idempotency-Key`.
+fn upload_route(
+    path: &str,
+) -> actix_web::Resource<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    web::resource(path)
+        .wrap(middleware::from_fn(idempotency::once))
+        .default_service(web::to(not_allowed))
 }
 
 async fn not_allowed() -> Result<HttpResponse, ApiError> {

@@ -26,14 +26,14 @@ pub struct BoxUrls {
 }
 
 /// What an upload creates: a new file in a folder, or a new version of a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     NewFile { folder_id: String, name: String },
     NewVersion { file_id: String, name: Option<String> },
 }
 
 /// What Box needs to know before the first byte.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewUpload {
     pub target: Target,
     pub size: u64,

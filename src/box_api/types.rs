@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadSession {
     pub id: String,
     pub part_size: u64,
@@ -13,7 +13,7 @@ pub struct UploadSession {
 }
 
 /// Session URLs are always taken from here, never built by hand: Box may answer on another host.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionEndpoints {
     pub upload_part: String,
     pub commit: String,

@@ -32,6 +32,12 @@ impl SessionGuard {
         self.armed = None;
     }
 
+    /// The session outlives this request (a resumable upload): its state store entry holds it now,
+    /// and termination or expiry aborts it.
+    pub fn into_session(mut self) -> UploadSession {
+        self.armed.take().expect("guard used after it was spent").1
+    }
+
     /// Aborts now and waits for Box's answer.
     pub async fn abort(mut self, reason: &'static str) {
         if let Some(task) = self.spawn_abort(reason) {

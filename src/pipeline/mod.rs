@@ -9,6 +9,8 @@ mod budget;
 mod chunker;
 mod guard;
 mod names;
+mod resumable;
+mod resumable_sha1;
 mod spool;
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub use budget::{BudgetPermit, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
 pub use guard::SessionGuard;
 pub use names::numbered_name;
+pub use resumable::Resumable;
+pub use resumable_sha1::ResumableSha1;
 pub use spool::{spool, Spooled};
 
 use crate::box_api::{
@@ -33,7 +37,7 @@ use crate::box_api::{
 use crate::metrics::GatewayMetrics;
 
 /// What to do when the name is taken in the folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnConflict {
     #[default]
@@ -399,8 +403,23 @@ impl Pipeline {
         // once the commit is under way it is let finish, since Box may be creating the file.
         self.until_stopped(self.send_parts(upload, session, body, in_flight, &mut whole, &mut parts))
             .await?;
+        self.finish_chunked(upload, expected_sha1, session, whole.finalize().into(), parts)
+            .await
+    }
+
+    /// Commits the parts of a chunked upload whose every byte went up, and checks what Box made of
+    /// them. `true`: the commit's answer was lost and the file found in Box.
+    async fn finish_chunked(
+        &self,
+        upload: &NewUpload,
+        expected_sha1: Option<[u8; 20]>,
+        session: &UploadSession,
+        sha1: [u8; 20],
+        mut parts: Vec<UploadPart>,
+    ) -> Result<(UploadOutcome, bool), UploadError> {
+        let size = upload.size;
+        let part_size = session.part_size;
         parts.sort_by_key(|p| p.offset);
-        let sha1: [u8; 20] = whole.finalize().into();
         check_expected(expected_sha1, &sha1)?;
         let (file, recovered) = match self.commit(session, upload, &sha1, parts).await? {
             Committed::Answered(file) => (file, false),
@@ -416,12 +435,13 @@ impl Pipeline {
             parts: Some(size.div_ceil(part_size)),
             session_id: Some(session.id.clone()),
         };
-        // `true`: the commit's answer was lost and the file found in Box.
         Ok((outcome, recovered))
     }
 
     /// One part, on the shared runtime: its digest (on another core than the body's reader), then the
-    /// upload with its retries. The budget permit is released when Box has answered.
+    /// upload with its retries. The budget permit is released when Box has answered. `known`: a part
+    /// Box already holds at this offset (a resumable upload's bytes sent again after a failed append):
+    /// the same bytes are not sent again (parts are immutable: Box would answer 416).
     fn upload_part(
         &self,
         session: UploadSession,
@@ -429,6 +449,7 @@ impl Pipeline {
         offset: u64,
         part: Part,
         permit: BudgetPermit,
+        known: Option<UploadPart>,
     ) -> impl std::future::Future<Output = Result<UploadPart, UploadError>> + Send + 'static {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
@@ -438,9 +459,24 @@ impl Pipeline {
             let mut hasher = Sha1::new();
             part.chunks.iter().for_each(|c| hasher.update(c));
             let sha1: [u8; 20] = hasher.finalize().into();
-            let result = client
+            if let Some(known) = known.filter(|k| same_part(k, offset, part.len, &sha1)) {
+                return Ok(known);
+            }
+            let result = match client
                 .upload_part(&session, file_size, offset, &part.chunks, &sha1)
-                .await;
+                .await
+            {
+                // A resumable upload's part that went up in a request whose end was lost (its client
+                // left mid-PATCH): Box holds it already, and these are the same bytes.
+                Err(err) if err.status() == Some(416) => match client.list_parts(&session).await {
+                    Ok(parts) => parts
+                        .into_iter()
+                        .find(|p| same_part(p, offset, part.len, &sha1))
+                        .ok_or(err),
+                    Err(_) => Err(err),
+                },
+                other => other,
+            };
             metrics.part_duration.observe(started.elapsed().as_secs_f64());
             let outcome = if result.is_ok() { "uploaded" } else { "failed" };
             metrics.parts.with_label_values(&[outcome]).inc();
@@ -479,7 +515,7 @@ impl Pipeline {
             let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
             part.chunks.iter().for_each(|c| whole.update(c));
             in_flight.spawn_on(
-                self.upload_part(session.clone(), size, offset, part, permit),
+                self.upload_part(session.clone(), size, offset, part, permit, None),
                 &self.rt,
             );
             offset += len;
@@ -582,6 +618,16 @@ fn join(
         Some(Err(e)) => Err(UploadError::Internal(format!("part task failed: {e}"))),
         None => Err(UploadError::Internal("no part in flight".into())),
     }
+}
+
+/// Whether Box's part holds these bytes.
+fn same_part(part: &UploadPart, offset: u64, len: usize, sha1: &[u8; 20]) -> bool {
+    part.offset == offset
+        && part.size == len as u64
+        && part
+            .sha1
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(&hex::encode(sha1)))
 }
 
 /// What a commit ended with.

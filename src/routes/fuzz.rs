@@ -1,6 +1,7 @@
 //! Property tests of everything that parses client input before the pipeline sees it: the raw
 //! multipart scan that derives the size, the parameters (query and fields), `Digest`, `Upload-Length`,
-//! `Content-Type`'s boundary, `Content-Length`, names and ids. Arbitrary bytes and mutations of valid
+//! `Content-Type`'s boundary, `Content-Length`, names and ids, tus's `Upload-Metadata` and
+//! `Upload-Checksum`. Arbitrary bytes and mutations of valid
 //! input: never a panic, and every refusal a 4xx with a code documented in openapi.yaml.
 //!
 //! `FUZZ_CASES` cases per property (default 100,000; `FUZZ_CASES=1000000` on demand). The HTTP-level
@@ -10,7 +11,8 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use super::multipart_scan::{file_data_offset, suffix_len, Scan};
-use super::params::{validate_id, validate_name, UploadParams};
+use super::params::{header_u64, validate_id, validate_name, UploadParams};
+use super::tus::{parse_checksum, parse_metadata};
 use super::upload::{boundary, content_length};
 use crate::error::ApiError;
 
@@ -235,6 +237,24 @@ proptest! {
     ) {
         refusal_ok(boundary(&header("content-type", &content_type)))?;
         refusal_ok(content_length(&header("content-length", &length)))?;
+    }
+
+    #[test]
+    fn tus_headers_parse_or_are_refused_with_a_documented_4xx(
+        raw in prop_oneof![
+            "\\PC{0,60}",
+            prop::collection::vec(("[a-z_]{1,10}", prop::collection::vec(any::<u8>(), 0..20)), 0..5)
+                .prop_map(|pairs| pairs.iter().map(|(k, v)| {
+                    use base64::Engine;
+                    format!("{k} {}", base64::engine::general_purpose::STANDARD.encode(v))
+                }).collect::<Vec<_>>().join(",")),
+        ],
+        checksum in prop_oneof![prop::collection::vec(any::<u8>(), 0..40), "(sha1|md5|SHA1) [A-Za-z0-9+/=]{0,30}".prop_map(String::into_bytes)],
+        offset in prop::collection::vec(any::<u8>(), 0..24),
+    ) {
+        refusal_ok(parse_metadata(&raw))?;
+        refusal_ok(parse_checksum(&header("upload-checksum", &checksum)))?;
+        refusal_ok(header_u64(&header("upload-offset", &offset), "upload-offset", "invalid_offset"))?;
     }
 
     #[test]

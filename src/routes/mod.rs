@@ -3,8 +3,10 @@
 #[cfg(test)]
 mod fuzz;
 pub mod health;
+pub mod idempotency;
 mod multipart_scan;
 mod params;
+pub mod tus;
 pub mod upload;
 
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
+use crate::state::StateStore;
 
 /// What every handler shares, built once in `startup.rs`.
 pub struct AppState {
@@ -35,6 +38,11 @@ pub struct AppState {
     pub client_idle_timeout: std::time::Duration,
     /// Readiness and the drain: uploads are admitted through it.
     pub lifecycle: Arc<Lifecycle>,
+    /// Resumable uploads and `Idempotency-Key` answers (embedded or Redis).
+    pub store: Arc<dyn StateStore>,
+    pub tus: tus::TusConfig,
+    /// How long an `Idempotency-Key`'s answer is kept.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted

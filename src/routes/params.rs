@@ -106,6 +106,20 @@ impl UploadParams {
     }
 }
 
+/// A header holding a byte count (`Content-Length`, `Upload-Length`, `Upload-Offset`); `code` when it
+/// is not a whole number.
+pub fn header_u64(headers: &HeaderMap, name: &str, code: &'static str) -> Result<Option<u64>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(code, format!("{name} is not a whole number of bytes"))),
+    }
+}
+
 /// Box's name rules (box-api.md), checked before Box is asked so the client hears of them at once.
 pub fn validate_name(name: &str) -> Result<String, ApiError> {
     let invalid = |why: &str| ApiError::bad_request("invalid_name", format!("the name {name:?} {why}"));

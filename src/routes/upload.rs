@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::json;
 
 use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
-use super::params::{validate_id, validate_name, UploadParams};
+use super::params::{header_u64, validate_id, validate_name, UploadParams};
 use super::AppState;
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
@@ -356,7 +356,7 @@ async fn upload(
 }
 
 /// Logs a failed upload with its whole cause chain (the client gets the short, stable form).
-fn fail(err: UploadError) -> ApiError {
+pub(super) fn fail(err: UploadError) -> ApiError {
     let mut chain = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
@@ -420,15 +420,7 @@ pub(super) fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("invalid_request", "Content-Length is not a number")),
-    }
+    header_u64(headers, "Content-Length", "invalid_request")
 }
 
 /// The part's filename: RFC 5987 `filename*` (UTF-8) first, else plain `filename`.
@@ -464,7 +456,7 @@ async fn read_text(mut field: Field) -> Result<String, ApiError> {
 
 /// Ends the body with a timeout error when the client sends nothing for `idle`: a stalled client must
 /// not hold its part of the memory budget, nor its Box session, for ever.
-fn idle_timeout(
+pub(super) fn idle_timeout(
     payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
     idle: Duration,
 ) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
@@ -488,7 +480,7 @@ fn idle_timeout(
     )
 }
 
-fn from_payload(err: PayloadError) -> UploadError {
+pub(super) fn from_payload(err: PayloadError) -> UploadError {
     match err {
         PayloadError::Io(e) if e.kind() == ErrorKind::TimedOut => UploadError::ClientTimeout,
         other => UploadError::Body(other.to_string()),

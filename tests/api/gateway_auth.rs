@@ -271,7 +271,7 @@ fn keys_file(dir: &Path, team_folder: &str) -> PathBuf {
     path
 }
 
-async fn keyed_app(dir: &Path) -> (TestApp, String) {
+pub(crate) async fn keyed_app(dir: &Path) -> (TestApp, String) {
     let keys = dir.to_owned();
     let app = spawn_app_with(Options {
         gateway: Some(Box::new(move |s: &mut Settings, emulator: &EmulatorHandle| {

@@ -27,7 +27,8 @@ async fn bad_configuration_is_refused_naming_every_key() {
 }
 
 /// The real binary, started with `env` only, its port read from its first JSON log lines.
-struct Gateway {
+pub(crate) struct Gateway {
+    _state_dir: tempfile::TempDir,
     child: tokio::process::Child,
     stdout: BufReader<tokio::process::ChildStdout>,
     logs: String,
@@ -35,12 +36,13 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(env: &[(&str, &str)]) -> Self {
         Self::start_with(&[], env).await
     }
 
     /// `serve` with more arguments (`--emulator`).
     async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(args)
@@ -49,6 +51,9 @@ impl Gateway {
             .env("GATEWAY_CHUNKED_THRESHOLD_BYTES", "1048576")
             .env("GATEWAY_MEMORY_BUDGET_BYTES", "8388608")
             .env("GATEWAY_LOG_FORMAT", "json")
+            // Each process its own embedded state store (redb allows one process per file), unless
+            // `env` names one.
+            .env("GATEWAY_STATE_DIR", state_dir.path())
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -77,6 +82,7 @@ impl Gateway {
         .expect("the gateway says where it listens");
         box_upload_gateway::startup::install_tls_provider();
         Self {
+            _state_dir: state_dir,
             child,
             stdout,
             logs,
@@ -84,12 +90,12 @@ impl Gateway {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// Stops the process and returns everything it printed.
-    async fn finish(mut self) -> String {
+    pub(crate) async fn finish(mut self) -> String {
         self.child.start_kill().unwrap();
         self.stdout.read_to_string(&mut self.logs).await.unwrap();
         let mut stderr = String::new();
@@ -104,7 +110,9 @@ impl Gateway {
     }
 }
 
-fn emulator_env(emulator: &box_upload_gateway::emulator::EmulatorHandle) -> Vec<(&'static str, String)> {
+pub(crate) fn emulator_env(
+    emulator: &box_upload_gateway::emulator::EmulatorHandle,
+) -> Vec<(&'static str, String)> {
     vec![
         ("BOX_API_URL", emulator.api_url()),
         ("BOX_UPLOAD_URL", emulator.upload_url()),
@@ -112,7 +120,7 @@ fn emulator_env(emulator: &box_upload_gateway::emulator::EmulatorHandle) -> Vec<
     ]
 }
 
-fn env_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn env_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 

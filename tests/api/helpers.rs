@@ -18,6 +18,8 @@ pub const THRESHOLD: u64 = 1024 * 1024;
 
 pub struct TestApp {
     pub address: String,
+    /// The embedded state store's directory, removed with the app.
+    pub state_dir: Arc<tempfile::TempDir>,
     pub emulator: EmulatorHandle,
     pub metrics: Arc<GatewayMetrics>,
     pub http: reqwest::Client,
@@ -74,7 +76,7 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
 
-pub async fn spawn_app_with(o: Options) -> TestApp {
+pub async fn spawn_app_with(mut o: Options) -> TestApp {
     // Logs go through the test harness's capture: shown only for failing tests.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
@@ -88,15 +90,40 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         min_chunked_size: o.threshold,
         conflicts_as_array: o.conflicts_as_array,
         storage_limit_bytes: o.storage_limit_bytes,
-        faults: o.faults,
+        faults: std::mem::take(&mut o.faults),
         ..EmulatorConfig::default()
     };
-    if let Some(change) = o.emulator {
+    if let Some(change) = o.emulator.take() {
         change(&mut config);
     }
     let emulator = Emulator::spawn(config).await.expect("emulator starts");
+    let gateway = start_gateway(&emulator, o).await;
+    TestApp {
+        address: gateway.address,
+        state_dir: gateway.state_dir,
+        emulator,
+        metrics: gateway.metrics,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// A gateway without its own emulator: another replica in front of a `TestApp`'s.
+pub struct Replica {
+    pub address: String,
+    pub metrics: Arc<GatewayMetrics>,
+    pub state_dir: Arc<tempfile::TempDir>,
+}
+
+/// Another gateway in front of `app`'s emulator (`o`'s emulator options are not used).
+pub async fn spawn_replica(app: &TestApp, o: Options) -> Replica {
+    start_gateway(&app.emulator, o).await
+}
+
+async fn start_gateway(emulator: &EmulatorHandle, o: Options) -> Replica {
+    let state_dir = Arc::new(tempfile::tempdir().unwrap());
     let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
+        state_dir: state_dir.path().display().to_string(),
         workers: 1,
         box_api_url: emulator.api_url(),
         box_upload_url: emulator.upload_url(),
@@ -119,7 +146,7 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
         ..Settings::default()
     };
     if let Some(change) = o.gateway {
-        change(&mut settings, &emulator);
+        change(&mut settings, emulator);
     }
     let valid = settings.validate().expect("test settings are valid");
     let app = Application::build(&valid).expect("gateway starts");
@@ -127,11 +154,10 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
     let metrics = app.metrics();
     // Stopped with the test (no signal handlers in the test process).
     tokio::spawn(app.run_until(std::future::pending()));
-    TestApp {
+    Replica {
         address,
-        emulator,
         metrics,
-        http: reqwest::Client::new(),
+        state_dir,
     }
 }
 
