@@ -296,11 +296,14 @@ impl Settings {
         }
         let redis_url = self.redis_url.clone().filter(|u| !u.expose().trim().is_empty());
         if let Some(url) = redis_url.as_ref().map(Secret::expose) {
-            if !url.starts_with("redis://")
-                && !url.starts_with("rediss://")
-                && !url.starts_with("redis+unix://")
-            {
-                problems.push("redis_url: must start with redis://, rediss:// or redis+unix://".into());
+            // The redis crate is built without TLS (one TLS stack less to build): say so at start
+            // rather than fail at the first upload.
+            if url.starts_with("rediss://") {
+                problems.push(
+                    "redis_url: rediss:// (TLS) is not supported; use redis:// on a trusted network".into(),
+                );
+            } else if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+                problems.push("redis_url: must start with redis:// or redis+unix://".into());
             }
         }
         let state_dir = PathBuf::from(&self.state_dir);
