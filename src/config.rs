@@ -89,6 +89,9 @@ pub struct Settings {
     pub commit_timeout_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
+    /// OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`). Unset: the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; neither: no traces.
+    pub otlp_endpoint: Option<String>,
     /// Where the embedded state store keeps its file (tus uploads, idempotency answers).
     pub state_dir: String,
     /// A Redis shared by every replica for that state (`GATEWAY_REDIS_URL`); empty: the embedded store.
@@ -166,6 +169,7 @@ impl Default for Settings {
             box_retry_max_delay_ms: 30_000,
             commit_timeout_secs: 600,
             log_format: "auto".into(),
+            otlp_endpoint: None,
             state_dir: "./gateway-state".into(),
             redis_url: None,
             tus_expiration_secs: 24 * 3600,
@@ -267,6 +271,13 @@ impl Settings {
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty()) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!(
+                    "otlp_endpoint: {url:?} is not an http:// or https:// URL"
+                ));
             }
         }
         if !matches!(self.log_format.as_str(), "json" | "pretty" | "auto") {

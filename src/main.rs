@@ -58,6 +58,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut settings = Settings::load(args.config.as_deref())?;
+    let telemetry = telemetry::init(&settings.log_format, settings.otlp_endpoint.as_deref())?;
     // Kept up until the gateway has drained: uploads in flight still reach it, and abort into it.
     let emulator = match args.emulator {
         true => Some(start_emulator(&mut settings, args.emulator_data_dir).await?),
@@ -66,7 +67,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let valid = settings
         .validate()
         .map_err(|problems| format!("invalid configuration:\n  {}", problems.join("\n  ")))?;
-    telemetry::init(&valid.log_format);
     let app = Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
     tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api, sha1_hardware = sha1_hardware(),
         box_upload = %valid.box_urls.upload, box_auth = valid.box_auth.mode(), api_keys = valid.api_keys.len(),
@@ -77,6 +77,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!("Box emulator stopped");
     }
     tracing::info!("gateway stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
 
@@ -85,7 +86,6 @@ async fn start_emulator(
     settings: &mut Settings,
     data_dir: PathBuf,
 ) -> Result<emulator::EmulatorHandle, String> {
-    telemetry::init(&settings.log_format);
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let config = emulator::EmulatorConfig {
         data_dir: Some(data_dir.clone()),

@@ -120,6 +120,7 @@ impl BoxClient {
     }
 
     /// `POST {upload}/files/upload_sessions` or `POST {upload}/files/{id}/upload_sessions`.
+    #[tracing::instrument(name = "box.create_session", skip_all)]
     pub async fn create_session(&self, upload: &NewUpload) -> Result<UploadSession, BoxError> {
         let (url, body) = match &upload.target {
             Target::NewFile { folder_id, name } => (
@@ -158,6 +159,7 @@ impl BoxClient {
     /// `PUT {session.upload_part}` with the part's bytes, retried. After an error that may have stored
     /// the part (a 5xx or a dropped connection), the parts are listed before re-sending (box-api.md):
     /// parts are immutable, so re-sending a stored part would only earn a 416.
+    #[tracing::instrument(name = "box.upload_part", skip_all, fields(offset = offset, size = chunks.iter().map(|c| c.len()).sum::<usize>()))]
     pub async fn upload_part(
         &self,
         session: &UploadSession,
@@ -218,6 +220,7 @@ impl BoxClient {
     }
 
     /// `GET {session.list_parts}`, every page (`offset` counts parts, at most 1000 a page).
+    #[tracing::instrument(name = "box.list_parts", skip_all)]
     pub async fn list_parts(&self, session: &UploadSession) -> Result<Vec<UploadPart>, BoxError> {
         const LIMIT: usize = 1000;
         let mut parts = Vec::new();
@@ -241,6 +244,7 @@ impl BoxClient {
     }
 
     /// `POST {session.commit}`, one attempt: the caller loops on `Pending` within its time budget.
+    #[tracing::instrument(name = "box.commit", skip_all, fields(parts = parts.len()))]
     pub async fn commit(
         &self,
         session: &UploadSession,
@@ -271,6 +275,7 @@ impl BoxClient {
     }
 
     /// `DELETE {session.abort}`: the parts are discarded.
+    #[tracing::instrument(name = "box.abort", skip_all)]
     pub async fn abort(&self, session: &UploadSession) -> Result<(), BoxError> {
         self.retry
             .run(&self.metrics, |_| async {
@@ -287,6 +292,7 @@ impl BoxClient {
 
     /// `OPTIONS {api}/files/content` (or `/files/{id}/content`): the name, permission and quota checks
     /// of an upload, without its bytes.
+    #[tracing::instrument(name = "box.preflight", skip_all)]
     pub async fn preflight(&self, upload: &NewUpload) -> Result<(), BoxError> {
         let (url, body) = match &upload.target {
             Target::NewFile { folder_id, name } => (
@@ -314,6 +320,7 @@ impl BoxClient {
 
     /// `POST {upload}/files/content` (or `/files/{id}/content`): a small file in one request, with its
     /// SHA-1 in `Content-MD5` (Box's name for it, hex) so Box refuses corrupted bytes.
+    #[tracing::instrument(name = "box.upload_direct", skip_all)]
     pub async fn upload_direct(
         &self,
         upload: &NewUpload,
@@ -395,6 +402,7 @@ impl BoxClient {
     /// After a lost answer: the file Box holds where the upload was going, if it is the one sent (same
     /// SHA-1 and size; for a new file, the same name in the folder). `None` when it is not there, or
     /// when Box could not be asked (logged and counted as `unknown`).
+    #[tracing::instrument(name = "box.recover", skip_all)]
     pub async fn recover(
         &self,
         endpoint: &'static str,

@@ -22,6 +22,7 @@ use sha1::{Digest, Sha1};
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use budget::{BudgetPermit, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
@@ -515,7 +516,8 @@ impl Pipeline {
             let part = read_exact(body, len).await.map_err(|e| e.with_offset(offset))?;
             part.chunks.iter().for_each(|c| whole.update(c));
             in_flight.spawn_on(
-                self.upload_part(session.clone(), size, offset, part, permit, None),
+                self.upload_part(session.clone(), size, offset, part, permit, None)
+                    .in_current_span(),
                 &self.rt,
             );
             offset += len;
@@ -602,7 +604,7 @@ impl Pipeline {
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, UploadError> {
         self.rt
-            .spawn(fut)
+            .spawn(fut.in_current_span())
             .await
             .map_err(|e| UploadError::Internal(format!("Box call task failed: {e}")))
     }

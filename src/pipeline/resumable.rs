@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::resumable_sha1::ResumableSha1;
 use super::{join, Pipeline, Prepared, Rechunker, Route, SessionGuard, UploadError, UploadOutcome};
@@ -115,7 +116,8 @@ impl Pipeline {
                 part.chunks.iter().for_each(|c| sha1.update(c));
                 let known = r.parts.get(&offset).cloned();
                 in_flight.spawn_on(
-                    self.upload_part(session.clone(), size, offset, part, permit, known),
+                    self.upload_part(session.clone(), size, offset, part, permit, known)
+                        .in_current_span(),
                     &self.rt,
                 );
                 offset += len;

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, LocalBoxStream};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
 use super::params::{header_u64, validate_id, validate_name, UploadParams};
@@ -342,17 +343,24 @@ async fn upload(
         expected_sha1,
     };
     let pipeline = state.pipeline.acting_as(&caller.principal);
-    let prepared = pipeline
-        .prepare(request)
-        .await
-        .map_err(|e| caller.box_error(fail(e)))?;
-    tracker.method.set(Some(prepared.method()));
-    pipeline.send(prepared, body).await.map_err(|mut err| {
-        if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
-            *d = derived;
-        }
-        caller.box_error(fail(err))
-    })
+    // The upload's span (a child of the request's): the Box calls below are its children.
+    let span = tracing::info_span!("upload", size, method = tracing::field::Empty);
+    async {
+        let prepared = pipeline
+            .prepare(request)
+            .await
+            .map_err(|e| caller.box_error(fail(e)))?;
+        tracker.method.set(Some(prepared.method()));
+        tracing::Span::current().record("method", prepared.method().as_str());
+        pipeline.send(prepared, body).await.map_err(|mut err| {
+            if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
+                *d = derived;
+            }
+            caller.box_error(fail(err))
+        })
+    }
+    .instrument(span)
+    .await
 }
 
 /// Logs a failed upload with its whole cause chain (the client gets the short, stable form).

@@ -1,5 +1,6 @@
 //! The real binary as a process: configuration errors, and no secret in anything it prints.
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use box_upload_gateway::emulator::{Emulator, EmulatorConfig, FaultPlan, SessionState};
@@ -531,6 +532,136 @@ async fn serve_emulator_keeps_the_emulator_up_until_drained() {
     assert!(
         drained < stopped,
         "the emulator stops after the drain: {}",
+        gateway.logs
+    );
+}
+
+/// A loopback OTLP/HTTP collector: keeps every `POST /v1/traces` body.
+async fn start_collector() -> (
+    String,
+    Arc<Mutex<Vec<bytes::Bytes>>>,
+    actix_web::dev::ServerHandle,
+) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = web::Data::new(bodies.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        App::new().app_data(kept.clone()).route(
+            "/v1/traces",
+            web::post().to(
+                |body: bytes::Bytes, kept: web::Data<Arc<Mutex<Vec<bytes::Bytes>>>>| async move {
+                    kept.lock().unwrap().push(body);
+                    HttpResponse::Ok().content_type("application/x-protobuf").finish()
+                },
+            ),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (url, bodies, handle)
+}
+
+/// One exported span: name, trace id, span id, parent span id (hex).
+#[derive(Debug)]
+struct Exported {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+fn decode_spans(bodies: &[bytes::Bytes]) -> Vec<Exported> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let mut spans = Vec::new();
+    for body in bodies {
+        let request = ExportTraceServiceRequest::decode(body.as_ref()).expect("an OTLP protobuf body");
+        for resource in request.resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|s| Exported {
+                    name: s.name,
+                    trace_id: hex::encode(s.trace_id),
+                    span_id: hex::encode(s.span_id),
+                    parent: hex::encode(s.parent_span_id),
+                }));
+            }
+        }
+    }
+    spans
+}
+
+/// Traces over OTLP/HTTP to a loopback collector: the request's span joins the caller's
+/// `traceparent`; the upload's span is its child; the session, every part and the commit are the
+/// upload's children; log lines carry the trace id. Spans are flushed when the process stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_a_collector_joined_to_the_callers_traceparent() {
+    let (collector, bodies, collector_handle) = start_collector().await;
+    let emulator = Emulator::spawn(EmulatorConfig {
+        part_size: Some(256 * 1024),
+        min_chunked_size: 1024 * 1024,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        (
+            "BOX_DEVELOPER_TOKEN",
+            box_upload_gateway::emulator::DEV_TOKEN.into(),
+        ),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+        ("GATEWAY_OTLP_ENDPOINT", collector),
+        ("RUST_LOG", "info".into()),
+    ]);
+    let mut gateway = Gateway::start(&env_refs(&env)).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+
+    let answer = reqwest::Client::new()
+        .put(gateway.url("/v1/folders/0/files/traced.bin"))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body(vec![5u8; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    sigterm(&gateway);
+    let (status, _) = wait_exit(&mut gateway, Duration::from_secs(10)).await;
+    collector_handle.stop(false).await;
+
+    assert!(status.success(), "{}", gateway.logs);
+    let spans = decode_spans(&bodies.lock().unwrap());
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).collect::<Vec<_>>();
+    let request = named("request");
+    assert_eq!(request.len(), 1, "{spans:#?}");
+    assert_eq!(request[0].trace_id, trace_id);
+    assert_eq!(request[0].parent, caller_span, "joined to the caller's span");
+    let upload = named("upload");
+    assert_eq!(upload.len(), 1, "{spans:#?}");
+    assert_eq!(upload[0].parent, request[0].span_id);
+    for (name, count) in [
+        ("box.create_session", 1),
+        ("box.upload_part", 8),
+        ("box.commit", 1),
+    ] {
+        let children = named(name);
+        assert_eq!(children.len(), count, "{name}: {spans:#?}");
+        for child in children {
+            assert_eq!(child.trace_id, trace_id, "{name}");
+            assert_eq!(child.parent, upload[0].span_id, "{name} is a child of the upload");
+        }
+    }
+    let logged = format!("\"trace_id\":\"{trace_id}\"");
+    assert!(
+        gateway.logs.contains(&logged),
+        "log lines carry the trace id: {}",
         gateway.logs
     );
 }
