@@ -4,7 +4,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{middleware, web, App, HttpResponse, HttpServer};
+use actix_web::http::header;
+use actix_web::{middleware, web, App, HttpResponse, HttpServer, ResponseError};
 use prometheus::Registry;
 
 use crate::access::Access;
@@ -135,21 +136,30 @@ impl Application {
                 .service(
                     web::resource("/healthz")
                         .get(health::healthz)
-                        .default_service(web::to(not_allowed)),
+                        .default_service(not_allowed("GET")),
                 )
                 .service(
                     web::resource("/metrics")
                         .get(health::metrics)
-                        .default_service(web::to(not_allowed)),
+                        .default_service(not_allowed("GET")),
                 )
                 .service(
                     web::scope("/v1")
-                        .service(upload_route("/folders/{folder_id}/files").post(upload::multipart_to_folder))
-                        .service(upload_route("/folders/{folder_id}/files/{name}").put(upload::raw_to_folder))
                         .service(
-                            upload_route("/files/{file_id}/versions").post(upload::multipart_new_version),
+                            upload_route("/folders/{folder_id}/files", "POST")
+                                .post(upload::multipart_to_folder),
                         )
-                        .service(upload_route("/files/{file_id}/content").put(upload::raw_new_version)),
+                        .service(
+                            upload_route("/folders/{folder_id}/files/{name}", "PUT")
+                                .put(upload::raw_to_folder),
+                        )
+                        .service(
+                            upload_route("/files/{file_id}/versions", "POST")
+                                .post(upload::multipart_new_version),
+                        )
+                        .service(
+                            upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version),
+                        ),
                 )
                 .default_service(web::to(not_found))
         })
@@ -190,16 +200,23 @@ async fn check_credentials(mode: &'static str, auth: Arc<dyn TokenProvider>) {
     }
 }
 
-fn upload_route(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(not_allowed))
+fn upload_route(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(not_allowed(allow))
 }
 
-async fn not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method; see openapi.yaml",
-    ))
+/// 405 with the `Allow` header RFC 9110 requires (schemathesis checks it), naming the path's method.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        let mut res = ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method; see openapi.yaml",
+        )
+        .error_response();
+        res.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        res
+    })
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
