@@ -130,6 +130,8 @@ def schemathesis(venv, gateway, out, name, extra=()):
             *extra,
         ],
         timeout=MAX_TIME_SECS + 120,
+        # Whatever schemathesis keeps for itself goes there, not into the work tree.
+        cwd=out,
     ).returncode
 
 
@@ -145,7 +147,7 @@ def main():
     args.add_argument("--venv", required=True)
     args.add_argument("--out", required=True)
     args = args.parse_args()
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = {}  # check -> None when it passed, else what failed
 

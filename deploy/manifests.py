@@ -5,7 +5,9 @@ see: the CRD objects, and whether the objects agree with each other and with the
 
 kubernetes-validate has already checked each built-in object against its schema; it only warns about
 kinds it has no schema for, so every kind here is either in BUILT_IN or checked below. The
-PrometheusRule's `spec` is written next to the input as NAME.rules.yaml for `promtool check rules`.
+PrometheusRule's `spec` is written next to the input as INPUT.NAME.rules.yaml for `promtool check
+rules`, and so is every query of the Grafana dashboard (as recording rules: promtool parses them).
+Every metric an alert or a panel names must be in the catalog, src/metrics.rs.
 Exits 1 with every problem listed.
 """
 
@@ -35,6 +37,9 @@ SERVICE_MONITOR_SCHEMA = ROOT / "deploy/schemas/servicemonitor.schema.json"
 # The gateway's default shutdown_grace_secs (src/config.rs), when the Deployment does not set it.
 DEFAULT_SHUTDOWN_GRACE_SECS = 30
 
+# Grafana's variables, replaced by plain PromQL so that promtool can parse the dashboard's queries.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*", "$pod": ".*"}
+
 problems = []
 
 
@@ -44,6 +49,20 @@ def problem(message):
 
 def matches(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def metric_catalog():
+    """Every series name src/metrics.rs defines (a histogram's _bucket, _sum and _count)."""
+    source = (ROOT / "src/metrics.rs").read_text()
+    names = set(re.findall(r'"(gateway_[a-z0-9_]+)"', source))
+    histograms = set(re.findall(r'HistogramOpts::new\(\s*"(gateway_[a-z0-9_]+)"', source))
+    return names | {h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count")}
+
+
+def check_metric_names(where, expr):
+    unknown = set(re.findall(r"\bgateway_[a-z0-9_]+", expr)) - metric_catalog()
+    if unknown:
+        problem(f"{where}: metrics not in src/metrics.rs: {sorted(unknown)}")
 
 
 def config_keys_documented():
@@ -161,8 +180,31 @@ def check_prometheus_rule(rule, rendered):
     if rule.get("apiVersion") != "monitoring.coreos.com/v1" or set(rule.get("spec", {})) != {"groups"}:
         problem(f"PrometheusRule {rule['metadata'].get('name')}: needs apiVersion monitoring.coreos.com/v1 and spec.groups only")
         return
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            check_metric_names(f"PrometheusRule, {r.get('alert') or r.get('record')}", r["expr"])
     out = rendered.with_suffix(f".{rule['metadata']['name']}.rules.yaml")
     out.write_text(yaml.safe_dump(rule["spec"], sort_keys=False))
+
+
+def check_dashboard(config_map, rendered):
+    """A ConfigMap labelled grafana_dashboard: each file a dashboard whose queries must parse."""
+    for file, text in config_map.get("data", {}).items():
+        dashboard = json.loads(text)
+        rules = []
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                for variable, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                if "$" in expr:
+                    problem(f"{file}, panel {panel['title']!r}: a Grafana variable deploy/manifests.py does not know: {expr}")
+                check_metric_names(f"{file}, panel {panel['title']!r}", expr)
+                rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": expr})
+        if not rules:
+            problem(f"{file}: no queries")
+        out = rendered.with_suffix(f".{config_map['metadata']['name']}.rules.yaml")
+        out.write_text(yaml.safe_dump({"groups": [{"name": file, "rules": rules}]}, sort_keys=False))
 
 
 def main(rendered):
@@ -176,6 +218,8 @@ def main(rendered):
             check_service_monitor(o, objects)
         elif kind == "PrometheusRule":
             check_prometheus_rule(o, rendered)
+        elif kind == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard"):
+            check_dashboard(o, rendered)
         elif kind not in BUILT_IN:
             problem(f"{kind} {o['metadata'].get('name')}: no schema checks this kind; add one to deploy/manifests.py")
         if kind in ("Ingress",):
