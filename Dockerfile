@@ -35,9 +35,10 @@ COPY --from=builder /out/box-upload-gateway /usr/local/bin/box-upload-gateway
 # volume here (Kubernetes: an emptyDir, see deploy/base). With `serve --emulator`, the emulator's files
 # go under it too (see deploy/overlays/emulator).
 COPY --from=builder --chown=65532:65532 /out/spool /var/spool/gateway
-ENV GATEWAY_SPOOL_DIR=/var/spool/gateway \
-    GATEWAY_LISTEN=0.0.0.0:8080 \
-    GATEWAY_LOG_FORMAT=json
+# spool_dir defaults to the system temp dir, which TMPDIR names: a settings file or GATEWAY_SPOOL_DIR
+# still wins (an ENV of GATEWAY_SPOOL_DIR here would silently override the file's spool_dir). The
+# defaults already listen on 0.0.0.0:8080 and log JSON when stdout is not a terminal.
+ENV TMPDIR=/var/spool/gateway
 USER 65532:65532
 WORKDIR /var/spool/gateway
 EXPOSE 8080
