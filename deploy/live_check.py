@@ -148,6 +148,7 @@ def main():
     args.add_argument("--out", required=True)
     args = args.parse_args()
     out = pathlib.Path(args.out).resolve()
+    venv = pathlib.Path(args.venv).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = {}  # check -> None when it passed, else what failed
 
@@ -162,7 +163,7 @@ def main():
             # Every series exists before the scrape: a chunked upload (parts, sessions, commit) and a
             # direct one.
             print(f"== uploads through {gateway.url}: {upload(gateway, big, 'multipart')}, {upload(gateway, small, 'raw')}")
-            results["schemathesis, anonymous"] = schemathesis(args.venv, gateway, out, "anonymous") and "see above"
+            results["schemathesis, anonymous"] = schemathesis(venv, gateway, out, "anonymous") and "see above"
             metrics = out / "metrics.txt"
             metrics.write_bytes(urllib.request.urlopen(f"{gateway.url}/metrics", timeout=10).read())
             promtool = run(
@@ -191,7 +192,7 @@ def main():
         gateway = Gateway(args.gateway, tmp / "keyed", out / "gateway-keyed.log", {"GATEWAY_API_KEYS_FILE": str(keys)})
         try:
             results["schemathesis, with an API key"] = schemathesis(
-                args.venv, gateway, out, "api-key", ["--header", f"X-API-Key: {API_KEY}"]
+                venv, gateway, out, "api-key", ["--header", f"X-API-Key: {API_KEY}"]
             ) and "see above"
             results["no session left open, with an API key"] = open_sessions(gateway)
         finally:
