@@ -1,10 +1,11 @@
 """The checks that need the real gateway running: openapi.yaml against its answers (schemathesis) and
-its /metrics against Prometheus's naming rules (promtool check metrics). Run by deploy/check --live.
+its /metrics against Prometheus's naming rules (promtool check metrics). Run by `deploy/check live`.
 
-    python deploy/live_check.py --gateway target/debug/box-upload-gateway --promtool PATH --out DIR
+    python deploy/live_check.py --gateway target/debug/box-upload-gateway --promtool PATH --venv VENV --out DIR
 
-Starts `serve --emulator` on a loopback port (port 0), uploads a chunked and a direct file with curl,
-runs schemathesis against openapi.yaml with every check, then once more with an API key configured
+Starts `serve --emulator` on a loopback port (port 0) with the emulator overlay's settings file
+(deploy/overlays/emulator/gateway.toml), uploads a chunked and a direct file with curl,
+runs schemathesis against openapi.yaml (every check but two, see EXCLUDED_CHECKS), then once more with an API key configured
 (a second gateway: the 401/403/413 answers of the access rules), scrapes /metrics and runs promtool on
 it, and checks the emulator holds no session left open. Every step has a time limit; the gateways are
 stopped at the end whatever happens. Exits 1 on any failure.
@@ -158,7 +159,14 @@ def main():
         big.write_bytes(os.urandom(21_000_000))
         small.write_bytes(os.urandom(100_000))
 
-        gateway = Gateway(args.gateway, tmp / "anonymous", out / "gateway-anonymous.log")
+        # With the emulator overlay's settings file, so the real binary accepts it (unknown keys and bad
+        # values are refused at start); the environment moves only the port and the spool.
+        gateway = Gateway(
+            args.gateway,
+            tmp / "anonymous",
+            out / "gateway-anonymous.log",
+            {"GATEWAY_CONFIG": str(ROOT / "deploy/overlays/emulator/gateway.toml")},
+        )
         try:
             # Every series exists before the scrape: a chunked upload (parts, sessions, commit) and a
             # direct one.
