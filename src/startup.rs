@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::http::Method;
-use actix_web::{middleware, web, App, HttpResponse, HttpServer};
+use actix_web::http::{header, Method};
+use actix_web::{middleware, web, App, HttpResponse, HttpServer, ResponseError};
 use prometheus::Registry;
 
 use crate::access::Access;
@@ -167,32 +167,39 @@ impl Application {
                 .service(
                     web::resource("/healthz")
                         .get(health::healthz)
-                        .default_service(web::to(not_allowed)),
+                        .default_service(not_allowed("GET")),
                 )
                 .service(
                     web::resource("/readyz")
                         .get(health::readyz)
-                        .default_service(web::to(not_allowed)),
+                        .default_service(not_allowed("GET")),
                 )
                 .service(
                     web::resource("/metrics")
                         .get(health::metrics)
-                        .default_service(web::to(not_allowed)),
+                        .default_service(not_allowed("GET")),
                 )
                 .service(
                     web::scope("/v1")
                         .wrap(middleware::from_fn(routes::admit))
-                        .service(upload_route("/folders/{folder_id}/files").post(upload::multipart_to_folder))
-                        .service(upload_route("/folders/{folder_id}/files/{name}").put(upload::raw_to_folder))
                         .service(
-                            upload_route("/files/{file_id}/versions").post(upload::multipart_new_version),
+                            upload_route("/folders/{folder_id}/files", "POST")
+                                .post(upload::multipart_to_folder),
                         )
-                        .service(upload_route("/files/{file_id}/content").put(upload::raw_new_version))
+                        .service(
+                            upload_route("/folders/{folder_id}/files/{name}", "PUT")
+                                .put(upload::raw_to_folder),
+                        )
+                        .service(
+                            upload_route("/files/{file_id}/versions", "POST")
+                                .post(upload::multipart_new_version),
+                        )
+                        .service(upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version))
                         .service(
                             web::resource("/tus/")
                                 .route(web::method(Method::OPTIONS).to(tus::options))
                                 .post(tus::create)
-                                .default_service(web::to(not_allowed)),
+                                .default_service(not_allowed("OPTIONS, POST")),
                         )
                         .service(
                             web::resource("/tus/{id}")
@@ -200,7 +207,7 @@ impl Application {
                                 .route(web::head().to(tus::head))
                                 .route(web::method(Method::PATCH).to(tus::patch))
                                 .delete(tus::delete)
-                                .default_service(web::to(not_allowed)),
+                                .default_service(not_allowed("OPTIONS, HEAD, PATCH, DELETE")),
                         ),
                 )
                 .default_service(web::to(not_found))
@@ -309,6 +316,7 @@ async fn check_box(
 /// The plain upload endpoints: each takes an `Idempotency-Key`.
 fn upload_route(
     path: &str,
+    allow: &'static str,
 ) -> actix_web::Resource<
     impl actix_web::dev::ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -320,15 +328,22 @@ fn upload_route(
 > {
     web::resource(path)
         .wrap(middleware::from_fn(idempotency::once))
-        .default_service(web::to(not_allowed))
+        .default_service(not_allowed(allow))
 }
 
-async fn not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method; see openapi.yaml",
-    ))
+/// 405 with the `Allow` header RFC 9110 requires (schemathesis checks it), naming the path's method.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        let mut res = ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method; see openapi.yaml",
+        )
+        .error_response();
+        res.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        res
+    })
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -31,6 +31,10 @@ pub const DEV_CLIENT_SECRET: &str = "emulator-client-secret";
 /// Box's documented minimum for chunked uploads (decimal bytes).
 pub const BOX_MIN_CHUNKED_SIZE: u64 = 20_000_000;
 
+/// The largest file any Box account may hold (500 GB, Enterprise Advanced); larger sessions are refused
+/// with 403 `file_size_limit_exceeded`, as Box refuses files over the account's limit.
+pub const BOX_MAX_FILE_SIZE: u64 = 500_000_000_000;
+
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
     pub listen: SocketAddr,

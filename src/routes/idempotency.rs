@@ -14,7 +14,7 @@ use std::sync::Arc;
 use actix_web::body::{to_bytes, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
@@ -34,7 +34,9 @@ pub async fn once(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let Some(state) = state.filter(|_| req.headers().contains_key(HEADER)) else {
+    // Only the uploads themselves (POST, PUT); any other method goes on to its 405.
+    let upload = matches!(*req.method(), Method::POST | Method::PUT);
+    let Some(state) = state.filter(|_| upload && req.headers().contains_key(HEADER)) else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let key = state
@@ -124,6 +126,11 @@ fn store_key(req: &HttpRequest, caller: &Caller) -> Result<String, ApiError> {
     }
     let mut scope = Sha256::new();
     scope.update(key);
+    // The same key on another endpoint is another request.
+    scope.update(b"\0");
+    scope.update(req.method().as_str().as_bytes());
+    scope.update(b" ");
+    scope.update(req.path().as_bytes());
     // Callers without a key of their own are told apart by their Box token.
     if let Some(auth) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
         scope.update(b"\0");

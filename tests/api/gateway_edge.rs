@@ -121,6 +121,20 @@ async fn malformed_requests() {
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     assert!(inspect(&app.emulator)["files"].as_array().unwrap().is_empty());
+
+    // RFC 9110: a 405 names the methods the path takes (schemathesis checks it).
+    for (request, allow) in [
+        (app.http.get(app.folder_url("0")), "POST"),
+        (
+            app.http.post(format!("{}/v1/files/1/content", app.address)),
+            "PUT",
+        ),
+        (app.http.delete(format!("{}/metrics", app.address)), "GET"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 405);
+        assert_eq!(response.headers()["allow"], allow);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 use super::super::errors::{BoxApiError, Reply};
 use super::super::faults::Endpoint;
 use super::super::state::{Session, SessionState, State};
-use super::super::Shared;
+use super::super::{Shared, BOX_MAX_FILE_SIZE};
 use super::items::{check_conflict, check_quota, folder_exists, missing_parent, validate_name};
 use super::{absolute, gate};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -119,6 +119,14 @@ fn parse_size(shared: &Shared, fields: &Map<String, Value>) -> Result<u64, BoxAp
             400,
             "file_size_too_small",
             format!("File size {size} less than minimum allowed for this API: {min}"),
+        ));
+    }
+    if size > BOX_MAX_FILE_SIZE {
+        // Without it, the session file's preallocation fails past the file system's limit: a 500.
+        return Err(BoxApiError::new(
+            403,
+            "file_size_limit_exceeded",
+            "File size exceeds the folder owner's file size limit",
         ));
     }
     Ok(size)

@@ -163,6 +163,23 @@ async fn file_size_too_small_carries_boxs_message() {
 }
 
 #[tokio::test]
+async fn file_size_over_boxs_largest_limit_is_refused_not_a_server_error() {
+    let emu = spawn_with(EmulatorConfig::default()).await;
+
+    // Found by schemathesis (deploy/check live): an Upload-Length of 184 TB made the session file's
+    // preallocation fail, and the emulator answered 500.
+    seed_error(
+        &emu,
+        json!({"folder_id": "0", "file_name": "a", "file_size": 184_555_106_988_926_u64}),
+        403,
+        "file_size_limit_exceeded",
+    )
+    .await;
+
+    assert!(emu.inspect().sessions.is_empty());
+}
+
+#[tokio::test]
 async fn storage_limit_is_enforced_before_any_byte() {
     let emu = spawn_with(EmulatorConfig {
         storage_limit_bytes: Some(5_000_000),
