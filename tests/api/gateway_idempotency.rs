@@ -108,3 +108,26 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_bad_key_400() {
     );
     assert_eq!(app.emulator.inspect().files.len(), 1);
 }
+
+#[tokio::test]
+async fn a_key_replays_only_the_same_method_on_the_same_endpoint() {
+    let app = spawn_app_with(Options::default()).await;
+    let url = |name: &str| format!("{}/v1/folders/0/files/{name}", app.address);
+    let send = |method: reqwest::Method, url: String| {
+        app.http
+            .request(method, url)
+            .header("Idempotency-Key", "same-key")
+            .body(vec![7u8; 100])
+            .send()
+    };
+
+    let first = send(reqwest::Method::PUT, url("one.bin")).await.unwrap();
+    let trace = send(reqwest::Method::TRACE, url("one.bin")).await.unwrap();
+    let elsewhere = send(reqwest::Method::PUT, url("two.bin")).await.unwrap();
+
+    assert_eq!(first.status(), 201);
+    assert_eq!(trace.status(), 405, "another method is not a retry");
+    assert_eq!(elsewhere.status(), 201, "another endpoint is another upload");
+    let names: Vec<_> = app.emulator.inspect().files.into_iter().map(|f| f.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
