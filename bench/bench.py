@@ -154,13 +154,13 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, RUST_LOG="warn", GATEWAY_LOG_FORMAT="json",
+                   # The bench is its own only caller, on loopback: no API keys.
+                   GATEWAY_ALLOW_ANONYMOUS="true",
                    GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
                    GATEWAY_PART_CONCURRENCY=str(part_concurrency),
                    GATEWAY_STATE_DIR=os.path.join(logs, f"gateway-state-{self.port}"),
                    BOX_API_URL=f"{emulator.base}/2.0", BOX_UPLOAD_URL=f"{emulator.base}/api/2.0",
-                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN,
-                   # The bench is its own only caller, on loopback: no API keys.
-                   GATEWAY_ALLOW_ANONYMOUS="true")
+                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN)
         self.log = open(os.path.join(logs, f"gateway-{self.port}.log"), "w")
         self.proc = subprocess.Popen([binary, "serve"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_http(f"{self.url}/healthz", self.proc, "the gateway")
@@ -269,11 +269,16 @@ def percentile(xs, p):
 
 def measure_cpu(ctx, emulator, path, size):
     """CPU seconds per GiB of the gateway for multipart and raw bodies, against the floor."""
-    floors = []
+    floors, twin_floors, fused = [], [], None
     for _ in range(ctx.cfg["cpu_runs"]):
         out = subprocess.run([ctx.tools, "floor", str(size)], capture_output=True, check=True, text=True)
         floors.append(json.loads(out.stdout)["cpu_seconds"])
+        out = subprocess.run([ctx.tools, "twin-floor", str(size)], capture_output=True, check=True, text=True)
+        twin = json.loads(out.stdout)
+        twin_floors.append(twin["cpu_seconds"])
+        fused = twin["fused"]
     floor = median(floors) * GIB / size
+    twin_floor = median(twin_floors) * GIB / size
     gw = Gateway(ctx.gateway, emulator, ctx.logs)
     runs = {"multipart": [], "raw": []}
     try:
@@ -293,12 +298,14 @@ def measure_cpu(ctx, emulator, path, size):
                 log(f"cpu {kind}: {runs[kind][-1]}")
     finally:
         gw.stop()
-    result = {"floor_cpu_per_gib": floor, "floor_runs": floors, "bytes": size}
+    result = {"floor_cpu_per_gib": floor, "floor_runs": floors, "twin_floor_cpu_per_gib": twin_floor,
+              "twin_floor_runs": twin_floors, "fused": fused, "bytes": size}
     for kind, rs in runs.items():
         cpu = median(r["gateway_cpu_per_gib"] for r in rs)
         result[kind] = {
             "gateway_cpu_per_gib": cpu,
             "ratio": cpu / floor,
+            "twin_ratio": cpu / twin_floor,
             "emulator_cpu_per_gib": median(r["emulator_cpu_per_gib"] for r in rs),
             "wall": median(r["wall"] for r in rs),
             "throughput_mb_s": size / median(r["wall"] for r in rs) / 1e6,
@@ -540,12 +547,18 @@ def render_cpu(cpu):
             f"(each part's chain and the whole file's), utime+stime from /proc, median of {len(cpu['floor_runs'])}. "
             f"Gateway: utime+stime of the gateway process from /proc/PID/stat around one upload of a "
             f"{fmt_size(cpu['bytes'])} random file from /dev/shm with curl (`-F file=@` for multipart, `-T` for raw; "
-            f"default settings, part_concurrency 4), median of {len(cpu['multipart']['runs'])} runs.", "",
-            "| body | gateway CPU-s/GiB | floor CPU-s/GiB | **ratio** | emulator CPU-s/GiB | wall | MB/s |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            f"default settings, part_concurrency 4), median of {len(cpu['multipart']['runs'])} runs. "
+            f"Fused floor: `bench-tools twin-floor`, the same bytes in the same pieces through the gateway's own "
+            f"`TwinSha1` (both chains in one pass; fused two-lane SHA-NI on this CPU: "
+            f"{'yes' if cpu['fused'] else 'no'}), median of {len(cpu['twin_floor_runs'])}: the gateway's ratio "
+            "against it is what is left beside the hashing.", "",
+            "| body | gateway CPU-s/GiB | floor CPU-s/GiB | **ratio** | fused floor CPU-s/GiB | ratio to fused floor "
+            "| emulator CPU-s/GiB | wall | MB/s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for kind in ("multipart", "raw"):
         k = cpu[kind]
         out.append(f"| {kind} | {k['gateway_cpu_per_gib']:.2f} | {cpu['floor_cpu_per_gib']:.2f} | **{k['ratio']:.2f}** | "
+                   f"{cpu['twin_floor_cpu_per_gib']:.2f} | {k['twin_ratio']:.2f} | "
                    f"{k['emulator_cpu_per_gib']:.2f} | {k['wall']:.2f} s | {k['throughput_mb_s']:.0f} |")
 
     return out + [""]

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -114,9 +115,12 @@ impl Pipeline {
                     return Ok(concat(part.chunks));
                 }
                 part.chunks.iter().for_each(|c| sha1.update(c));
+                let mut part_hasher = Sha1::new();
+                part.chunks.iter().for_each(|c| part_hasher.update(c));
+                let part_sha1: [u8; 20] = part_hasher.finalize().into();
                 let known = r.parts.get(&offset).cloned();
                 in_flight.spawn_on(
-                    self.upload_part(session.clone(), size, offset, part, permit, known)
+                    self.upload_part(session.clone(), size, offset, part, part_sha1, permit, known)
                         .in_current_span(),
                     &self.rt,
                 );
