@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use sha1::{Digest, Sha1};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::resumable_sha1::ResumableSha1;
-use super::{join, Pipeline, Prepared, Rechunker, Route, SessionGuard, UploadError, UploadOutcome};
+use super::{
+    join, Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard, TwinSha1, UploadError,
+    UploadOutcome,
+};
 use crate::box_api::{NewUpload, UploadPart, UploadSession};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +90,9 @@ impl Pipeline {
             return Ok(());
         };
         let concurrency = self.settings.part_concurrency.max(1);
-        let mut sha1 = r.sha1.clone();
+        // The whole file's chain goes on from the stored state; each part's digest beside it, in one
+        // pass (parts start at multiples of the part size, so both chains stay block-aligned).
+        let mut digests = TwinSha1::resume(r.sha1.clone());
         let mut offset = start;
         let mut in_flight = JoinSet::new();
         let mut done = Vec::new();
@@ -114,10 +117,8 @@ impl Pipeline {
                 if (part.len as u64) < len {
                     return Ok(concat(part.chunks));
                 }
-                part.chunks.iter().for_each(|c| sha1.update(c));
-                let mut part_hasher = Sha1::new();
-                part.chunks.iter().for_each(|c| part_hasher.update(c));
-                let part_sha1: [u8; 20] = part_hasher.finalize().into();
+                part.chunks.iter().for_each(|c| digests.update(c));
+                let part_sha1 = digests.finish_part();
                 let known = r.parts.get(&offset).cloned();
                 in_flight.spawn_on(
                     self.upload_part(session.clone(), size, offset, part, part_sha1, permit, known)
@@ -138,6 +139,7 @@ impl Pipeline {
         for part in done {
             r.parts.insert(part.offset, part);
         }
+        let sha1 = digests.into_whole();
         match (cut, failed) {
             // A part did not make it: the append counts for nothing (its other parts are remembered).
             (_, Some(err)) => Err(err),
