@@ -35,7 +35,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # Full run and smoke run: same steps, smaller sizes (the smoke checks nothing but that it runs).
 FULL = {
     "cpu_bytes": GIB,
-    "cpu_runs": 3,
+    "cpu_runs": 5,
     "wall_bytes": 2 * GIB,
     "wall_runs": 2,
     "rss_sizes": [GIB, 4 * GIB, 10 * GIB],
@@ -268,21 +268,22 @@ def percentile(xs, p):
 
 
 def measure_cpu(ctx, emulator, path, size):
-    """CPU seconds per GiB of the gateway for multipart and raw bodies, against the floor."""
+    """CPU seconds per GiB of the gateway for multipart and raw bodies, against the floors.
+
+    Each round runs both floors and then both uploads, so that whatever the host does to the CPU's
+    speed meanwhile (the floors move by 20 % between minutes on a shared host) weighs on both sides.
+    """
     floors, twin_floors, fused = [], [], None
-    for _ in range(ctx.cfg["cpu_runs"]):
-        out = subprocess.run([ctx.tools, "floor", str(size)], capture_output=True, check=True, text=True)
-        floors.append(json.loads(out.stdout)["cpu_seconds"])
-        out = subprocess.run([ctx.tools, "twin-floor", str(size)], capture_output=True, check=True, text=True)
-        twin = json.loads(out.stdout)
-        twin_floors.append(twin["cpu_seconds"])
-        fused = twin["fused"]
-    floor = median(floors) * GIB / size
-    twin_floor = median(twin_floors) * GIB / size
-    gw = Gateway(ctx.gateway, emulator, ctx.logs)
     runs = {"multipart": [], "raw": []}
+    gw = Gateway(ctx.gateway, emulator, ctx.logs)
     try:
         for _ in range(ctx.cfg["cpu_runs"]):
+            out = subprocess.run([ctx.tools, "floor", str(size)], capture_output=True, check=True, text=True)
+            floors.append(json.loads(out.stdout)["cpu_seconds"] * GIB / size)
+            out = subprocess.run([ctx.tools, "twin-floor", str(size)], capture_output=True, check=True, text=True)
+            twin = json.loads(out.stdout)
+            twin_floors.append(twin["cpu_seconds"] * GIB / size)
+            fused = twin["fused"]
             for kind in runs:
                 g0, e0 = cpu_seconds(gw.pid), cpu_seconds(emulator.proc.pid)
                 if kind == "multipart":
@@ -298,6 +299,7 @@ def measure_cpu(ctx, emulator, path, size):
                 log(f"cpu {kind}: {runs[kind][-1]}")
     finally:
         gw.stop()
+    floor, twin_floor = median(floors), median(twin_floors)
     result = {"floor_cpu_per_gib": floor, "floor_runs": floors, "twin_floor_cpu_per_gib": twin_floor,
               "twin_floor_runs": twin_floors, "fused": fused, "bytes": size}
     for kind, rs in runs.items():
@@ -551,7 +553,9 @@ def render_cpu(cpu):
             f"Fused floor: `bench-tools twin-floor`, the same bytes in the same pieces through the gateway's own "
             f"`TwinSha1` (both chains in one pass; fused two-lane SHA-NI on this CPU: "
             f"{'yes' if cpu['fused'] else 'no'}), median of {len(cpu['twin_floor_runs'])}: the gateway's ratio "
-            "against it is what is left beside the hashing.", "",
+            "against it is what is left beside the hashing. Each round runs both floors, then both uploads: "
+            f"the floors ranged {min(cpu['floor_runs']):.2f} to {max(cpu['floor_runs']):.2f} and "
+            f"{min(cpu['twin_floor_runs']):.2f} to {max(cpu['twin_floor_runs']):.2f} CPU-s/GiB in this run.", "",
             "| body | gateway CPU-s/GiB | floor CPU-s/GiB | **ratio** | fused floor CPU-s/GiB | ratio to fused floor "
             "| emulator CPU-s/GiB | wall | MB/s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
