@@ -30,6 +30,11 @@ where
 
     /// The next `len` bytes; shorter only when the stream ends first.
     pub async fn next_part(&mut self, len: usize) -> Result<Part, E> {
+        self.next_part_seen(len, |_| ()).await
+    }
+
+    /// `next_part`, showing each chunk to `seen` as it arrives.
+    pub async fn next_part_seen(&mut self, len: usize, mut seen: impl FnMut(&[u8])) -> Result<Part, E> {
         let mut part = Part::default();
         while part.len < len {
             let Some(mut chunk) = self.next_chunk().await? else {
@@ -39,6 +44,7 @@ where
             if chunk.len() > want {
                 self.leftover = Some(chunk.split_off(want));
             }
+            seen(&chunk);
             part.len += chunk.len();
             part.chunks.push(chunk);
         }
@@ -109,12 +115,18 @@ mod tests {
         let mut r = Rechunker::new(stream::iter(input));
         let mut parts = Vec::new();
         loop {
-            let part = r.next_part(part_size).await.unwrap();
+            // What `seen` is shown is the part's bytes, no more (a leftover waits for the next).
+            let mut seen = Vec::new();
+            let part = r
+                .next_part_seen(part_size, |c| seen.extend_from_slice(c))
+                .await
+                .unwrap();
             if part.len == 0 {
                 break;
             }
             assert_eq!(part.len, part.chunks.iter().map(Bytes::len).sum::<usize>());
-            parts.push(part.chunks.concat());
+            assert_eq!(seen, part.chunks.concat());
+            parts.push(seen);
         }
         parts
     }
