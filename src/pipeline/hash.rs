@@ -28,6 +28,7 @@ const IV: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2
 ///
 /// `update` feeds the next bytes of the file; `finish_part` ends the current part (the bytes since
 /// the previous `finish_part`) and returns its digest; `finalize` returns the whole file's.
+#[derive(Clone)]
 pub struct TwinSha1 {
     whole: ResumableSha1,
     part: ResumableSha1,
@@ -255,6 +256,7 @@ mod x86 {
 
     /// Proof that the CPU has the SHA extensions (and the SSE levels the code below uses): only
     /// `detect` makes one.
+    #[derive(Clone)]
     pub struct ShaNi(());
 
     impl ShaNi {
@@ -380,6 +382,7 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
     /// No SHA extensions off x86_64: never made, so the fused path is never taken.
+    #[derive(Clone)]
     pub enum ShaNi {}
 
     impl ShaNi {

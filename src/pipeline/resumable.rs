@@ -113,11 +113,16 @@ impl Pipeline {
                 }
                 let len = session.part_size.min(size - offset);
                 let permit = self.budget.acquire(len).await?;
-                let part = body.next_part(len as usize).await.map_err(Into::into)?;
-                if (part.len as u64) < len {
-                    return Ok(concat(part.chunks));
-                }
-                part.chunks.iter().for_each(|c| digests.update(c));
+                // Hashed as the chunks arrive, like a plain upload's; a part that does not fill (the
+                // request ends, or breaks off) leaves the chains as they were.
+                let before = digests.clone();
+                let part = match body.next_part_seen(len as usize, |c| digests.update(c)).await {
+                    Ok(part) if part.len as u64 == len => part,
+                    short => {
+                        digests = before;
+                        return Ok(concat(short.map_err(Into::into)?.chunks));
+                    }
+                };
                 let part_sha1 = digests.finish_part();
                 let known = r.parts.get(&offset).cloned();
                 in_flight.spawn_on(
