@@ -70,35 +70,22 @@ impl TwinSha1 {
         self.sha_ni.is_some()
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         let aligned = self.whole.buffered() == self.part.buffered();
         let Some(sha_ni) = self.sha_ni.as_ref().filter(|_| aligned) else {
             self.whole.update(data);
             self.part.update(data);
             return;
         };
-        // Both lanes hold the same `k` bytes of an unfinished block (part boundaries so far fell on
-        // block boundaries): complete it in both, then run every full block of `data` once for both.
-        let k = self.whole.buffered();
-        if k > 0 {
-            let n = (BLOCK - k).min(data.len());
-            let (head, rest) = data.split_at(n);
-            self.whole.buffer(head);
-            self.part.buffer(head);
-            data = rest;
-            if k + n < BLOCK {
-                return;
-            }
-            let block = self.whole.buf;
-            sha_ni.compress_twin(&mut self.whole.state, &mut self.part.state, &block);
-        }
-        let full = data.len() - data.len() % BLOCK;
-        let (blocks, tail) = data.split_at(full);
-        sha_ni.compress_twin(&mut self.whole.state, &mut self.part.state, blocks);
-        self.whole.len += full as u64;
-        self.part.len += full as u64;
-        self.whole.buffer(tail);
-        self.part.buffer(tail);
+        // Both lanes hold the same bytes of an unfinished block (part boundaries so far fell on block
+        // boundaries): feed the whole file's lane, every full block compressed once for both, and
+        // give the part's lane the same unfinished block.
+        let (whole, part) = (&mut self.whole, &mut self.part);
+        whole.feed(data, |state, blocks| {
+            sha_ni.compress_twin(state, &mut part.state, blocks)
+        });
+        part.len += data.len() as u64;
+        part.buf = whole.buf;
     }
 
     /// The digest of the current part; the next `update` starts the next part.
@@ -199,7 +186,13 @@ impl ResumableSha1 {
         self.len += bytes.len() as u64;
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
+        self.feed(data, compress);
+    }
+
+    /// Appends `data`: completes the unfinished block, then every full block, each run through
+    /// `compress` (with this chain's state), and keeps the rest as the new unfinished block.
+    fn feed(&mut self, mut data: &[u8], mut compress: impl FnMut(&mut [u32; 5], &[u8])) {
         let k = self.buffered();
         if k > 0 {
             let n = (BLOCK - k).min(data.len());
