@@ -12,6 +12,7 @@ mod gateway_process;
 mod gateway_ready;
 mod gateway_sizes;
 pub mod helpers;
+mod hostile;
 pub mod python;
 mod soak;
 mod tus;

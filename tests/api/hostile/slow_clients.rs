@@ -1,0 +1,1 @@
+//! Clients that trickle, and uploads that wait for the budget or the spool.
