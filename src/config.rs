@@ -74,6 +74,14 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     /// A client whose body stalls this long gets 408 and its upload is aborted.
     pub client_idle_timeout_secs: u64,
+    /// A body slower than this, over `client_rate_window_secs` of the gateway waiting for it, gets 408
+    /// `client_too_slow` (0 = no minimum). Only time spent waiting for the client's bytes counts.
+    pub client_min_bytes_per_sec: u64,
+    pub client_rate_window_secs: u64,
+    /// How long an upload may wait for room in the memory budget before 503 `busy`.
+    pub budget_wait_secs: u64,
+    /// Bytes all spooled bodies together may take on disk (0 = 4 x `spool_max_bytes`).
+    pub spool_max_total_bytes: u64,
     /// After SIGTERM or SIGINT, how long uploads in flight may take to finish before they are aborted.
     pub shutdown_grace_secs: u64,
     /// How often the background check behind `/readyz` asks Box whether it answers and accepts the
@@ -160,6 +168,11 @@ impl Default for Settings {
             spool_dir: String::new(),
             spool_max_bytes: 1024 * 1024 * 1024,
             client_idle_timeout_secs: 60,
+            // 16 kbit/s: below a bad GPRS link, a tenth of EDGE; a trickler of 1 KiB per 5 s is 205 B/s.
+            client_min_bytes_per_sec: 2048,
+            client_rate_window_secs: 60,
+            budget_wait_secs: 20,
+            spool_max_total_bytes: 0,
             shutdown_grace_secs: 30,
             readiness_check_interval_secs: 10,
             box_connect_timeout_secs: 10,
@@ -259,6 +272,8 @@ impl Settings {
         }
         for (key, value) in [
             ("client_idle_timeout_secs", self.client_idle_timeout_secs),
+            ("client_rate_window_secs", self.client_rate_window_secs),
+            ("budget_wait_secs", self.budget_wait_secs),
             ("shutdown_grace_secs", self.shutdown_grace_secs),
             (
                 "readiness_check_interval_secs",
@@ -293,6 +308,16 @@ impl Settings {
         };
         if self.spool_max_bytes > 0 && !spool_dir.is_dir() {
             problems.push(format!("spool_dir: {} is not a directory", spool_dir.display()));
+        }
+        let spool_max_total_bytes = match self.spool_max_total_bytes {
+            0 => self.spool_max_bytes.saturating_mul(4),
+            n => n,
+        };
+        if spool_max_total_bytes < self.spool_max_bytes {
+            problems.push(format!(
+                "spool_max_total_bytes: {} is below spool_max_bytes ({}); one body of that size could never be spooled",
+                spool_max_total_bytes, self.spool_max_bytes
+            ));
         }
         // Box discards a session 7 days after its creation: an upload must expire before.
         const BOX_SESSION_LIFE_SECS: u64 = 7 * 24 * 3600;
@@ -341,6 +366,10 @@ impl Settings {
                 spool_dir,
                 spool_max_bytes: self.spool_max_bytes,
                 client_idle_timeout: Duration::from_secs(self.client_idle_timeout_secs),
+                client_min_bytes_per_sec: self.client_min_bytes_per_sec,
+                client_rate_window: Duration::from_secs(self.client_rate_window_secs),
+                budget_wait: Duration::from_secs(self.budget_wait_secs),
+                spool_max_total_bytes,
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
                 readiness_check_interval: Duration::from_secs(self.readiness_check_interval_secs),
                 box_connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
@@ -538,6 +567,12 @@ pub struct ValidSettings {
     /// 0: spooling is off.
     pub spool_max_bytes: u64,
     pub client_idle_timeout: Duration,
+    /// 0: no minimum body rate.
+    pub client_min_bytes_per_sec: u64,
+    pub client_rate_window: Duration,
+    pub budget_wait: Duration,
+    /// Resolved: never 0.
+    pub spool_max_total_bytes: u64,
     pub shutdown_grace: Duration,
     pub readiness_check_interval: Duration,
     pub box_connect_timeout: Duration,

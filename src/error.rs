@@ -11,6 +11,10 @@ use std::fmt;
 use crate::box_api::{BoxError, BoxErrorKind};
 use crate::pipeline::UploadError;
 
+/// The `Retry-After` of the gateway's own 503 `busy` and 507 `insufficient_storage`: about the time
+/// a part takes to go up, after which budget or spool may be free again.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -66,6 +70,14 @@ impl ApiError {
 
     /// The metrics label of the outcome this error stands for.
     pub fn outcome(&self) -> &'static str {
+        match (self.status.as_u16(), self.code) {
+            // The gateway's own limits (budget, spool), not Box: told apart for the error-ratio alert.
+            (_, "busy" | "budget_too_small" | "insufficient_storage") => "gateway_busy",
+            _ => self.outcome_by_status(),
+        }
+    }
+
+    fn outcome_by_status(&self) -> &'static str {
         match self.status.as_u16() {
             409 => "conflict",
             400..=499 => "client_error",
@@ -171,7 +183,46 @@ impl From<UploadError> for ApiError {
             UploadError::Integrity(_) => {
                 Self::new(S::BAD_GATEWAY, "box_integrity_error", "Box stored a file that differs from the one sent")
             }
-            UploadError::OverBudget(_) | UploadError::Internal(_) => {
+            UploadError::ClientTooSlow { received, window, min_bytes_per_sec } => Self::new(
+                S::REQUEST_TIMEOUT,
+                "client_too_slow",
+                format!(
+                    "the body came at {} bytes/s over {}s of waiting for it, below client_min_bytes_per_sec ({min_bytes_per_sec}); nothing was stored",
+                    received / window.as_secs().max(1),
+                    window.as_secs()
+                ),
+            ),
+            // The wait is what was over, not the gateway: a retry after a few seconds may get room.
+            UploadError::Busy(waited) => Self {
+                retry_after_secs: Some(BUSY_RETRY_AFTER_SECS),
+                ..Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "the gateway's memory budget had no room within budget_wait_secs ({}s); nothing was stored: try again",
+                        waited.as_secs()
+                    ),
+                )
+            },
+            // A setting, not a passing state: no Retry-After (the same upload would fail the same way).
+            UploadError::OverBudget(over) => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "budget_too_small",
+                format!(
+                    "Box chose parts of {} bytes, more than the gateway's memory_budget_bytes ({}); nothing was stored",
+                    over.wanted, over.total
+                ),
+            ),
+            // Spool space frees as the spooled uploads go on to Box: worth a retry later.
+            UploadError::SpoolFull { total } => Self {
+                retry_after_secs: Some(BUSY_RETRY_AFTER_SECS),
+                ..Self::new(
+                    S::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    format!("the gateway's spool for bodies of unknown size is full (spool_max_total_bytes = {total}); send the size (`size`, Upload-Length or Content-Length) or try again later"),
+                )
+            },
+            UploadError::Internal(_) => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")
             }
         }

@@ -28,6 +28,9 @@ pub struct GatewayMetrics {
     /// The most bytes ever held at once since start: never above the budget.
     pub buffered_bytes_peak: IntGauge,
     pub memory_budget_bytes: IntGauge,
+    /// Bytes of spool files on disk (bodies of unknown size, tus chunks with a checksum), against
+    /// `spool_max_total_bytes`.
+    pub spool_bytes: IntGauge,
     /// Sessions aborted, by `reason`.
     pub sessions_aborted: IntCounterVec,
     /// Commits and direct uploads whose answer was lost (transport error, timeout, 5xx) and Box was
@@ -118,6 +121,10 @@ impl GatewayMetrics {
                 "gateway_memory_budget_bytes",
                 "The configured memory budget.",
             )?,
+            spool_bytes: IntGauge::new(
+                "gateway_spool_bytes",
+                "Bytes reserved in spool files now, against spool_max_total_bytes.",
+            )?,
             sessions_aborted: IntCounterVec::new(
                 Opts::new(
                     "gateway_sessions_aborted_total",
@@ -173,6 +180,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.buffered_bytes.clone()))?;
         registry.register(Box::new(m.buffered_bytes_peak.clone()))?;
         registry.register(Box::new(m.memory_budget_bytes.clone()))?;
+        registry.register(Box::new(m.spool_bytes.clone()))?;
         registry.register(Box::new(m.sessions_aborted.clone()))?;
         registry.register(Box::new(m.lost_answers.clone()))?;
         registry.register(Box::new(m.box_token_requests.clone()))?;

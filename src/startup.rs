@@ -113,7 +113,8 @@ impl Application {
             settings.memory_budget_bytes,
             metrics.buffered_bytes.clone(),
             metrics.buffered_bytes_peak.clone(),
-        );
+        )
+        .with_max_wait(settings.budget_wait);
         let pipeline = Pipeline::new(
             client,
             budget,
@@ -144,6 +145,12 @@ impl Application {
             spool_dir: settings.spool_dir.clone(),
             spool_max_bytes: settings.spool_max_bytes,
             client_idle_timeout: settings.client_idle_timeout,
+            client_min_bytes_per_sec: settings.client_min_bytes_per_sec,
+            client_rate_window: settings.client_rate_window,
+            spool_space: crate::pipeline::SpoolSpace::new(
+                settings.spool_max_total_bytes,
+                metrics.spool_bytes.clone(),
+            ),
             lifecycle: lifecycle.clone(),
             store,
             tus: tus::TusConfig {

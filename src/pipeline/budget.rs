@@ -4,8 +4,14 @@
 //! budget is spent the upload stops polling the body and TCP slows the client down; nothing fails.
 //! Bound: bytes of file content held by the pipeline <= `memory_budget_bytes`, whatever the number or
 //! size of uploads (plus actix-http's own read buffer of about 32 KiB per connection).
+//!
+//! The wait is bounded (`budget_wait_secs`): an upload that cannot get its bytes in that time is
+//! refused (503 `busy`) instead of waiting behind slow clients for ever, and while it waits its own
+//! body is not read, so nothing else would end the wait. Waiters are served in arrival order: tokio's
+//! semaphore is FIFO, `acquire_many_owned` included, so a large part is never overtaken by small ones.
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,6 +23,8 @@ pub struct MemoryBudget {
     gauge: IntGauge,
     held: Arc<AtomicI64>,
     peak: IntGauge,
+    /// None: wait as long as it takes.
+    max_wait: Option<Duration>,
 }
 
 /// Bytes taken from the budget, given back on drop.
@@ -33,6 +41,15 @@ pub struct OverBudget {
     pub total: u64,
 }
 
+/// Why the budget's bytes were not given.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    #[error("no {wanted} bytes of the memory budget came free within {waited:?}")]
+    Busy { wanted: u64, waited: Duration },
+}
+
 impl MemoryBudget {
     /// `total` is capped at what a semaphore can count (far beyond any real budget).
     pub fn new(total: u64, gauge: IntGauge, peak: IntGauge) -> Self {
@@ -43,27 +60,51 @@ impl MemoryBudget {
             gauge,
             held: Arc::default(),
             peak,
+            max_wait: None,
         }
     }
 
-    /// Waits until `bytes` are free. Fails only when they could never be.
-    pub async fn acquire(&self, bytes: u64) -> Result<BudgetPermit, OverBudget> {
+    /// The same budget, whose `acquire` gives up after `max_wait` (`budget_wait_secs`).
+    pub fn with_max_wait(self, max_wait: Duration) -> Self {
+        Self {
+            max_wait: Some(max_wait),
+            ..self
+        }
+    }
+
+    /// The budget's size in bytes.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Waits until `bytes` are free, in arrival order, at most `max_wait`. Fails at once when they
+    /// could never be (`OverBudget`), or when the wait is over (`Busy`).
+    pub async fn acquire(&self, bytes: u64) -> Result<BudgetPermit, BudgetError> {
         let over = || OverBudget {
             wanted: bytes,
             total: self.total,
         };
         if bytes > self.total || bytes > u32::MAX as u64 {
-            return Err(over());
+            return Err(over().into());
         }
         let permit = match bytes {
             0 => None,
-            n => Some(
-                self.semaphore
-                    .clone()
-                    .acquire_many_owned(n as u32)
-                    .await
-                    .map_err(|_| over())?,
-            ),
+            n => {
+                let wait = self.semaphore.clone().acquire_many_owned(n as u32);
+                let acquired = match self.max_wait {
+                    // A timed-out waiter is dropped from the queue; those behind it move up.
+                    Some(max_wait) => {
+                        tokio::time::timeout(max_wait, wait)
+                            .await
+                            .map_err(|_| BudgetError::Busy {
+                                wanted: bytes,
+                                waited: max_wait,
+                            })?
+                    }
+                    None => wait.await,
+                };
+                Some(acquired.map_err(|_| over())?)
+            }
         };
         let now = self.held.fetch_add(bytes as i64, Ordering::SeqCst) + bytes as i64;
         self.gauge.add(bytes as i64);
@@ -115,7 +156,56 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_what_can_never_fit() {
-        assert!(budget(10).acquire(11).await.is_err());
+        assert!(matches!(
+            budget(10).acquire(11).await,
+            Err(BudgetError::OverBudget(_))
+        ));
         assert!(budget(10).acquire(0).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_past_max_wait_is_busy_and_leaves_the_queue() {
+        let b = budget(100).with_max_wait(Duration::from_secs(30));
+        let held = b.acquire(90).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match b.acquire(20).await {
+            Err(BudgetError::Busy { wanted: 20, waited }) => assert_eq!(waited, Duration::from_secs(30)),
+            other => panic!("expected Busy, got {:?}", other.map(|p| p.bytes)),
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // The timed-out waiter took nothing and holds no place: the next one gets the bytes once free.
+        assert_eq!(b.gauge.get(), 90);
+        drop(held);
+        assert_eq!(b.acquire(100).await.unwrap().bytes, 100);
+    }
+
+    /// FIFO: a large waiter is served before small ones that came after it, even when the small ones
+    /// would fit in what is free meanwhile.
+    #[tokio::test]
+    async fn waiters_are_served_in_arrival_order() {
+        let b = budget(100);
+        let first = b.acquire(60).await.unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (name, bytes) in [("big", 80u64), ("small1", 10), ("small2", 10)] {
+            let (b, order) = (b.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = b.acquire(bytes).await.unwrap();
+                order.lock().unwrap().push(name);
+                permit
+            }));
+            // Each is queued before the next one asks.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // 40 bytes are free: enough for both small ones, but the big one is first in line.
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "small waiters overtook the big one"
+        );
+        drop(first);
+        for t in tasks {
+            drop(t.await.unwrap());
+        }
+        assert_eq!(*order.lock().unwrap(), ["big", "small1", "small2"]);
     }
 }

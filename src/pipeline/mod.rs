@@ -24,13 +24,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use budget::{BudgetPermit, MemoryBudget, OverBudget};
+pub use budget::{BudgetError, BudgetPermit, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
 pub use guard::SessionGuard;
 pub use hash::{ResumableSha1, TwinSha1};
 pub use names::numbered_name;
 pub use resumable::Resumable;
-pub use spool::{spool, Spooled};
+pub use spool::{spool, SpoolSpace, Spooled};
 
 use crate::box_api::{
     BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Principal, Target, UploadPart, UploadSession,
@@ -102,6 +102,19 @@ pub enum UploadError {
     Body(String),
     #[error("the client stopped sending the body")]
     ClientTimeout,
+    /// The body came slower than `client_min_bytes_per_sec` over `client_rate_window_secs` of waiting.
+    #[error("the client sent {received} bytes in {window:?} of waiting, below {min_bytes_per_sec} bytes/s")]
+    ClientTooSlow {
+        received: u64,
+        window: Duration,
+        min_bytes_per_sec: u64,
+    },
+    /// The memory budget had no room within `budget_wait_secs`.
+    #[error("no room in the memory budget within {0:?}")]
+    Busy(Duration),
+    /// The spool of all uploads together is at `spool_max_total_bytes`.
+    #[error("the spool is full ({total} bytes for all uploads)")]
+    SpoolFull { total: u64 },
     #[error("the gateway shut down before the upload finished")]
     ShuttingDown,
     #[error("the file is larger than {what} ({limit} bytes)")]
@@ -668,6 +681,15 @@ async fn wait_within(
     metrics.box_retries.with_label_values(&["commit", reason]).inc();
     tokio::time::sleep(delay).await;
     Ok(())
+}
+
+impl From<BudgetError> for UploadError {
+    fn from(err: BudgetError) -> Self {
+        match err {
+            BudgetError::OverBudget(over) => Self::OverBudget(over),
+            BudgetError::Busy { waited, .. } => Self::Busy(waited),
+        }
+    }
 }
 
 impl UploadError {

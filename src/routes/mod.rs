@@ -36,6 +36,11 @@ pub struct AppState {
     pub spool_max_bytes: u64,
     /// A body that stalls this long fails with 408 (its Box session is aborted).
     pub client_idle_timeout: std::time::Duration,
+    /// A body slower than this over the window fails with 408 `client_too_slow` (0: no minimum).
+    pub client_min_bytes_per_sec: u64,
+    pub client_rate_window: std::time::Duration,
+    /// The spool of all uploads together, against `spool_max_total_bytes`.
+    pub spool_space: crate::pipeline::SpoolSpace,
     /// Readiness and the drain: uploads are admitted through it.
     pub lifecycle: Arc<Lifecycle>,
     /// Resumable uploads and `Idempotency-Key` answers (embedded or Redis).

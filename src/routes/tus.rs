@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
 use super::params::{header_u64, validate_id, validate_name, UploadParams};
-use super::upload::{content_length, fail, from_payload, idle_timeout};
+use super::upload::{client_body, content_length, fail, from_payload};
 use super::AppState;
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
-use crate::pipeline::{spool, Resumable, UploadRequest};
+use crate::pipeline::{spool, Resumable, UploadError, UploadRequest};
 use crate::state::{now_secs, Lock};
 
 pub const TUS_VERSION: &str = "1.0.0";
@@ -443,7 +443,7 @@ async fn append(
             format!("{len} bytes at offset {offset} pass the upload's length ({size})"),
         ));
     }
-    let body = idle_timeout(payload, state.client_idle_timeout).map_err(from_payload);
+    let body = client_body(payload, state).map_err(from_payload);
     let pipeline = state.pipeline.acting_as(&caller.principal);
     let appended = match checksum {
         None => pipeline.append(&mut record.upload, &mut pending, body).await,
@@ -452,9 +452,26 @@ async fn append(
             // back): it is spooled to disk, not held in memory, while its SHA-1 is computed.
             let mut hasher = Sha1::new();
             let body = body.inspect_ok(|chunk| hasher.update(chunk));
-            let spooled = spool(body, &state.spool_dir, size - offset)
-                .await
-                .map_err(|e| caller.box_error(fail(e)))?;
+            // Bounded like any spooled body: by `spool_max_bytes` for this chunk, and by the spool
+            // of all uploads together.
+            let limit = (size - offset).min(state.spool_max_bytes);
+            let too_large = || {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
+                    format!(
+                        "a chunk with Upload-Checksum is checked on disk before it goes to Box, and this one is larger than spool_max_bytes ({}): send smaller chunks",
+                        state.spool_max_bytes
+                    ),
+                )
+            };
+            if state.spool_max_bytes == 0 {
+                return Err(too_large());
+            }
+            let spooled = match spool(body, &state.spool_dir, limit, &state.spool_space).await {
+                Err(UploadError::TooLarge { .. }) if limit < size - offset => return Err(too_large()),
+                other => other.map_err(|e| caller.box_error(fail(e)))?,
+            };
             if <[u8; 20]>::from(hasher.finalize()) != want {
                 return Err(ApiError::new(
                     StatusCode::from_u16(460).expect("460 is a valid status"),
