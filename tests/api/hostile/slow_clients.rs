@@ -1,1 +1,255 @@
 //! Clients that trickle, and uploads that wait for the budget or the spool.
+use std::time::{Duration, Instant};
+
+use box_upload_gateway::config::Settings;
+use box_upload_gateway::emulator::EmulatorHandle;
+
+use crate::helpers::*;
+
+const MIB: u64 = 1024 * 1024;
+
+/// 12 clients sending 1 KiB every 5 s each hold a 64 MiB budget (8 parts of 8 MiB held, 4 more
+/// waiting); a good upload then lands (or is told 503 `busy` in time), and every trickler gets 408
+/// `client_too_slow` with its session aborted. Default settings but the budget and a rate window of
+/// 8 s instead of 60 s, which keeps the test under half a minute (the default's arithmetic is
+/// unit-tested in routes/upload.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tricklers_cannot_hold_the_budget_from_a_good_upload() {
+    let defaults = Settings::default();
+    let app = spawn_app_with(Options {
+        // Box's part size for files under 1 GiB, and its minimum for a chunked upload.
+        part_size: 8 * MIB,
+        threshold: defaults.chunked_threshold_bytes,
+        part_concurrency: defaults.part_concurrency,
+        memory_budget_bytes: 64 * MIB,
+        client_idle_timeout_secs: defaults.client_idle_timeout_secs,
+        gateway: Some(Box::new(|s: &mut Settings, _: &EmulatorHandle| {
+            s.client_rate_window_secs = 8;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let tricklers: Vec<_> = (0..12)
+        .map(|i| {
+            let address = app.address.clone();
+            tokio::spawn(async move {
+                let name = format!("trickle-{i}.bin");
+                trickle(
+                    &address,
+                    &name,
+                    30_000_000,
+                    1024,
+                    Duration::from_secs(5),
+                    Duration::from_secs(90),
+                )
+                .await
+            })
+        })
+        .collect();
+    // Until the tricklers hold the whole budget.
+    let held = Instant::now();
+    while app.metric("gateway_buffered_bytes ").await < (64 * MIB) as f64 {
+        assert!(
+            held.elapsed() < Duration::from_secs(20),
+            "the tricklers never held the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (file, sha1) = make_file(24 * MIB);
+    let started = Instant::now();
+    let answer = app
+        .http
+        .put(format!("{}/v1/folders/0/files/good.bin", app.address))
+        .body(std::fs::read(file.path()).unwrap())
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = answer.status().as_u16();
+    let retry_after = answer.headers().get("retry-after").cloned();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        took < Duration::from_secs(30),
+        "the good upload took {took:?}: {body}"
+    );
+    match status {
+        201 => app.assert_stored(&body, &sha1, 24 * MIB),
+        503 => {
+            assert_eq!(body["error"]["code"], "busy", "{body}");
+            assert!(retry_after.is_some(), "503 without Retry-After");
+        }
+        other => panic!("the good upload got {other}: {body}"),
+    }
+
+    for trickler in tricklers {
+        let answer = trickler.await.unwrap().expect("every trickler gets an answer");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (408, "client_too_slow"),
+            "{:?}",
+            answer.json
+        );
+    }
+    app.assert_no_open_session().await;
+    let aborted = sessions(&app.emulator)
+        .iter()
+        .filter(|s| s["state"] == "aborted")
+        .count();
+    assert_eq!(aborted, 12, "every trickler's session is aborted");
+    let files = inspect(&app.emulator)["files"].as_array().unwrap().len();
+    assert_eq!(
+        files,
+        usize::from(status == 201),
+        "nothing of the tricklers landed"
+    );
+    assert_eq!(app.metric("gateway_buffered_bytes ").await, 0.0);
+    assert!(app.metric("gateway_buffered_bytes_peak").await <= (64 * MIB) as f64);
+}
+
+/// A tiny budget held whole by a stalled upload: the next upload waits `budget_wait_secs`, then gets
+/// 503 `busy` with `Retry-After`, and its session is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_budget_ends_in_503_busy() {
+    let app = spawn_app_with(Options {
+        part_size: MIB,
+        threshold: MIB,
+        memory_budget_bytes: MIB,
+        gateway: Some(Box::new(|s: &mut Settings, _: &EmulatorHandle| {
+            s.budget_wait_secs = 2;
+            // The stalled upload must keep the budget for the whole test.
+            s.client_min_bytes_per_sec = 0;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let address = app.address.clone();
+    let stalled = tokio::spawn(async move {
+        let head = "PUT /v1/folders/0/files/stalled.bin HTTP/1.1\r\nHost: gateway\r\nContent-Length: 4194304";
+        raw_request(
+            &address,
+            head,
+            [vec![1u8; 64 * 1024]],
+            Duration::ZERO,
+            Duration::from_secs(120),
+        )
+        .await
+    });
+    let held = Instant::now();
+    while app.metric("gateway_buffered_bytes ").await < MIB as f64 {
+        assert!(
+            held.elapsed() < Duration::from_secs(10),
+            "the stalled upload never held the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    let answer = app
+        .http
+        .put(format!("{}/v1/folders/0/files/waiting.bin", app.address))
+        .body(vec![2u8; 2 * MIB as usize])
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.status().as_u16(), 503);
+    let retry_after: u64 = answer.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "answered after {took:?}, budget_wait_secs is 2"
+    );
+    // The waiting upload's session is aborted at once; the stalled one's stays open while it holds on.
+    let waiting_aborted = || {
+        sessions(&app.emulator)
+            .iter()
+            .any(|s| s["state"] == "aborted" && s["file_name"] == "waiting.bin")
+    };
+    let since = Instant::now();
+    while !waiting_aborted() {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{:#?}",
+            sessions(&app.emulator)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stalled.abort();
+    app.assert_no_open_session().await;
+}
+
+/// Two bodies of unknown size (chunked transfer, no size) that pass `spool_max_total_bytes` together:
+/// one is refused with 507 `insufficient_storage`, the other lands, and the spool never holds more
+/// than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_of_all_uploads_stays_under_its_cap() {
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_owned();
+    let cap = 8 * MIB;
+    let app = spawn_app_with(Options {
+        spool_max_bytes: 6 * MIB,
+        gateway: Some(Box::new(move |s: &mut Settings, _: &EmulatorHandle| {
+            s.spool_dir = spool_dir.display().to_string();
+            s.spool_max_total_bytes = cap;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let (file, sha1) = make_file(5 * MIB);
+    let data = std::fs::read(file.path()).unwrap();
+    let send = |name: &'static str| {
+        let (address, data) = (app.address.clone(), data.clone());
+        tokio::spawn(async move {
+            let head = format!(
+                "PUT /v1/folders/0/files/{name} HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked"
+            );
+            let pieces: Vec<Vec<u8>> = data
+                .chunks(64 * 1024)
+                .map(http_chunk)
+                .chain([http_chunk(&[])])
+                .collect();
+            raw_request(
+                &address,
+                &head,
+                pieces,
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            )
+            .await
+        })
+    };
+    let (a, b) = (send("spooled-a.bin"), send("spooled-b.bin"));
+    // Samples the spool's size on disk while both run.
+    let mut peak = 0u64;
+    while !(a.is_finished() && b.is_finished()) {
+        let size: u64 = std::fs::read_dir(spool.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        peak = peak.max(size);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut answers = [a.await.unwrap().unwrap(), b.await.unwrap().unwrap()];
+    answers.sort_by_key(|a| a.status);
+    let [landed, refused] = answers;
+    assert_eq!(landed.status, 201, "{:?}", landed.json);
+    app.assert_stored(&landed.json, &sha1, 5 * MIB);
+    assert_eq!(
+        (refused.status, refused.code()),
+        (507, "insufficient_storage"),
+        "{:?}",
+        refused.json
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert!(peak <= cap, "the spool held {peak} bytes, past its cap of {cap}");
+    assert!(peak > 4 * MIB, "the sampler saw the spool ({peak} bytes)");
+    // Both spool files are gone, and their bytes given back.
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+    assert_eq!(app.metric("gateway_spool_bytes").await, 0.0);
+    app.assert_no_open_session().await;
+}
