@@ -4,6 +4,10 @@
 //! once; a failure left no file and no open session. One summary line goes to stderr, past libtest's
 //! capture, so it shows in `cargo test`'s output.
 //!
+//! Hostile clients run beside the faults: some small files come in HTTP chunks of 1 to 7 bytes (they
+//! land like any other), and some clients trickle (16 bytes a second, never idle for long): they get
+//! 408 `client_too_slow` within the short rate window set here, their sessions aborted, nothing landed.
+//!
 //! The gateway gets its tokens by client credentials, and every token the emulator issued expires every
 //! 300 ms, so uploads keep meeting 401s and refreshing.
 //!
@@ -27,6 +31,8 @@ use crate::helpers::*;
 const CONCURRENCY: usize = 16;
 const BUDGET: u64 = 4 * 1024 * 1024;
 const IDLE_SECS: u64 = 2;
+/// The soak's minimum-rate window (the default is 60 s): a trickler is refused after this much waiting.
+const RATE_WINDOW_SECS: u64 = 3;
 const EXPIRE_EVERY_MS: u64 = 300;
 const CLIENT_ID: &str = "soak-client-id";
 const ENTERPRISE: &str = "5150";
@@ -56,6 +62,7 @@ async fn soak_under_random_faults() {
             s.box_client_secret = Some(Secret::new(secret("ccg_client_secret")));
             s.box_subject_type = Some("enterprise".into());
             s.box_subject_id = Some(ENTERPRISE.into());
+            s.client_rate_window_secs = RATE_WINDOW_SECS;
         })),
         ..Options::default()
     })
@@ -97,10 +104,24 @@ async fn soak_under_random_faults() {
                 *m.entry(k).or_default() += 1;
                 m
             });
+    let of = |c: Client| done.iter().filter(move |u| u.client == c);
+    let tiny = (
+        of(Client::TinyChunks).count(),
+        of(Client::TinyChunks)
+            .filter(|u| matches!(u.answer, Answer::Created { .. }))
+            .count(),
+    );
+    let too_slow =
+        |u: &&Upload| matches!(&u.answer, Answer::Refused { status: 408, code } if code == "client_too_slow");
+    let tricklers = (
+        of(Client::Trickles).count(),
+        of(Client::Trickles).filter(too_slow).count(),
+    );
     let summary = format!(
         "soak: {uploads} uploads ({CONCURRENCY} at a time, seed {seed}, {:.1} s); faults fired: {} ({}); \
          tokens expired {} times, {} issued; landed: {}, failed cleanly: {} ({}); lost: {}, corrupted: {}, \
-         orphan sessions: {orphans}; buffered peak {peak} of {BUDGET} bytes; server panics: {panics}",
+         orphan sessions: {orphans}; buffered peak {peak} of {BUDGET} bytes; server panics: {panics}; \
+         hostile clients: {} in 1-7 byte chunks ({} landed), {} tricklers ({} got 408 client_too_slow)",
         started.elapsed().as_secs_f64(),
         seen.faults_fired.len(),
         fault_kinds(&seen),
@@ -111,6 +132,10 @@ async fn soak_under_random_faults() {
         describe(&failures),
         count(Verdict::Lost),
         count(Verdict::Corrupted),
+        tiny.0,
+        tiny.1,
+        tricklers.0,
+        tricklers.1,
     );
     // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
     let _ = writeln!(std::io::stderr(), "\n{summary}\n");
@@ -123,6 +148,18 @@ async fn soak_under_random_faults() {
     }
     assert_eq!(orphans, 0, "{summary}");
     assert!(peak <= BUDGET, "{summary}");
+    // A trickler is refused as too slow, unless a Box fault refused it first (before its body was read).
+    for u in of(Client::Trickles) {
+        let box_failure = matches!(
+            &u.answer,
+            Answer::Refused {
+                status: 502..=504,
+                ..
+            }
+        );
+        assert!(too_slow(&u) || box_failure, "{u:?}\n{summary}");
+    }
+    assert!(tricklers.0 == 0 || tricklers.1 > 0, "{summary}");
     assert_eq!(panics, 0, "{summary}");
     assert_eq!(
         app.metric("gateway_sessions_aborted_total{reason=\"panic\"}")
@@ -231,6 +268,10 @@ enum Client {
     Vanishes,
     /// sends part of the body, then nothing (until the gateway answers 408)
     Stalls,
+    /// raw body with a `size`, in HTTP chunks of 1 to 7 bytes
+    TinyChunks,
+    /// sends 16 bytes a second: never idle, far too slow (408 `client_too_slow`)
+    Trickles,
 }
 
 #[derive(Debug)]
@@ -269,12 +310,15 @@ impl Upload {
             _ => rng.u64(THRESHOLD..=THRESHOLD + 2 * PART + 1),
         };
         let client = match rng.u32(0..100) {
-            0..30 => Client::Multipart,
-            30..45 => Client::MultipartDeclared,
-            45..75 => Client::Raw,
-            75..90 => Client::RawDigest,
-            90..95 if size > 0 => Client::Vanishes,
-            95..100 if size > 0 => Client::Stalls,
+            0..28 => Client::Multipart,
+            28..42 => Client::MultipartDeclared,
+            42..66 => Client::Raw,
+            66..80 => Client::RawDigest,
+            80..88 if size > 0 && size <= 64 * 1024 => Client::TinyChunks,
+            // Big enough that 16 bytes a second cannot finish it within the window.
+            88..92 if size >= 4096 => Client::Trickles,
+            92..96 if size > 0 => Client::Vanishes,
+            96..100 if size > 0 => Client::Stalls,
             _ => Client::Raw,
         };
         let mut data = vec![0u8; size as usize];
@@ -344,6 +388,40 @@ async fn run(app: &TestApp, http: &reqwest::Client, mut u: Upload) -> Upload {
                 req = req.header("digest", format!("sha={b64}"));
             }
             req
+        }
+        Client::TinyChunks => {
+            let mut pieces = Vec::new();
+            let mut rest = bytes::Bytes::from(u.data.clone());
+            let mut n = 0;
+            while !rest.is_empty() {
+                n = n % 7 + 1;
+                pieces.push(Ok::<_, std::io::Error>(rest.split_to(n.min(rest.len()))));
+            }
+            http.put(format!(
+                "{}/{}?size={}",
+                app.folder_url("0"),
+                u.name,
+                u.data.len()
+            ))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        }
+        Client::Trickles => {
+            let head = format!(
+                "PUT /v1/folders/0/files/{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}",
+                u.name,
+                u.data.len()
+            );
+            let pieces: Vec<Vec<u8>> = u.data.chunks(16).map(<[u8]>::to_vec).collect();
+            let deadline = Duration::from_secs(RATE_WINDOW_SECS * 5 + 20);
+            u.answer = match raw_request(&app.address, &head, pieces, Duration::from_secs(1), deadline).await
+            {
+                Some(answer) => Answer::Refused {
+                    status: answer.status,
+                    code: answer.code().to_owned(),
+                },
+                None => Answer::ClientGone(None),
+            };
+            return u;
         }
         Client::Vanishes | Client::Stalls => {
             u.answer = Answer::ClientGone(half_sent(app, &u).await);
