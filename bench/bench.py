@@ -49,6 +49,13 @@ FULL = {
     "small_sequential": {4 * 1024: 300, MIB: 100},
     "small_clients": 32,
     "small_per_client": {4 * 1024: 20, MIB: 8},
+    # hostile: 12 tricklers (1 KiB every 5 s) against a 64 MiB budget and one good upload; the
+    # gateway's defaults otherwise (a 60 s rate window, a 20 s budget wait).
+    "tricklers": 12,
+    "trickler_bytes": 30_000_000,
+    "trickle_budget": 64 * MIB,
+    "trickle_good_bytes": 24 * MIB,
+    "trickle_window_secs": None,
 }
 SMOKE = {
     "cpu_bytes": 48 * MIB,
@@ -66,6 +73,11 @@ SMOKE = {
     "small_sequential": {4 * 1024: 10, MIB: 4},
     "small_clients": 4,
     "small_per_client": {4 * 1024: 3, MIB: 2},
+    "tricklers": 4,
+    "trickler_bytes": 30_000_000,
+    "trickle_budget": 32 * MIB,
+    "trickle_good_bytes": 24 * MIB,
+    "trickle_window_secs": 6,
 }
 
 
@@ -150,7 +162,7 @@ class Emulator:
 class Gateway:
     """`box-upload-gateway serve` pointed at an emulator, configured through its environment."""
 
-    def __init__(self, binary, emulator, logs, part_concurrency=4):
+    def __init__(self, binary, emulator, logs, part_concurrency=4, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, RUST_LOG="warn", GATEWAY_LOG_FORMAT="json",
@@ -160,7 +172,8 @@ class Gateway:
                    GATEWAY_PART_CONCURRENCY=str(part_concurrency),
                    GATEWAY_STATE_DIR=os.path.join(logs, f"gateway-state-{self.port}"),
                    BOX_API_URL=f"{emulator.base}/2.0", BOX_UPLOAD_URL=f"{emulator.base}/api/2.0",
-                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN)
+                   BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN,
+                   **(env or {}))
         self.log = open(os.path.join(logs, f"gateway-{self.port}.log"), "w")
         self.proc = subprocess.Popen([binary, "serve"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_http(f"{self.url}/healthz", self.proc, "the gateway")
@@ -481,6 +494,100 @@ def measure_small(ctx, emulator, _path=None, _size=None):
     return result
 
 
+def trickler(url, name, size, answers):
+    """A client that declares `size` bytes, then sends 1 KiB every 5 s until the gateway answers."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(f"PUT /v1/folders/0/files/{name} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {size}\r\n\r\n"
+                  .encode())
+        s.settimeout(5)
+        answer = b""
+        for _ in range(size // 1024):
+            try:
+                answer = s.recv(4096)
+                break
+            except socket.timeout:
+                try:
+                    s.sendall(b"t" * 1024)
+                except OSError:
+                    break
+        status = int(answer.split(b" ")[1]) if answer.startswith(b"HTTP/") else 0
+        code = answer.split(b'"code":"')[1].split(b'"')[0].decode() if b'"code":"' in answer else ""
+        answers.append({"status": status, "code": code, "seconds": time.monotonic() - started})
+
+
+def good_upload(gw, path, size):
+    """A well-behaved raw PUT; on 503 with Retry-After it waits and sends again, as a client should.
+    Returns (seconds until it landed, the statuses it got)."""
+    import http.client
+
+    statuses, started = [], time.monotonic()
+    while time.monotonic() - started < 600:
+        conn = http.client.HTTPConnection(gw.url.removeprefix("http://"), timeout=600)
+        with open(path, "rb") as f:
+            conn.request("PUT", f"/v1/folders/0/files/{unique('good')}", body=f,
+                         headers={"Content-Length": str(size)})
+            r = conn.getresponse()
+            body, retry_after = r.read(), r.getheader("Retry-After")
+        conn.close()
+        statuses.append(r.status)
+        if r.status == 201:
+            check_landed(json.loads(body), size)
+            return time.monotonic() - started, statuses
+        if r.status != 503 or retry_after is None:
+            raise SystemExit(f"the good upload got {r.status}: {body[:300]}")
+        time.sleep(int(retry_after))
+    raise SystemExit(f"the good upload never landed: {statuses}")
+
+
+def measure_tricklers(ctx, emulator):
+    """The good upload's latency alone, then with N tricklers holding the memory budget."""
+    cfg = ctx.cfg
+    env = {"GATEWAY_MEMORY_BUDGET_BYTES": str(cfg["trickle_budget"])}
+    if cfg["trickle_window_secs"]:
+        env["GATEWAY_CLIENT_RATE_WINDOW_SECS"] = str(cfg["trickle_window_secs"])
+    workdir = tempfile.mkdtemp(prefix="box-bench-trickle-", dir="/dev/shm")
+    gw = Gateway(ctx.gateway, emulator, ctx.logs, env=env)
+    try:
+        size = cfg["trickle_good_bytes"]
+        path = random_file(workdir, size, "good.bin")
+        alone = [good_upload(gw, path, size)[0] for _ in range(3)]
+        answers, threads = [], []
+        for i in range(cfg["tricklers"]):
+            t = threading.Thread(target=trickler, args=(gw.url, unique(f"trickle{i}"), cfg["trickler_bytes"], answers),
+                                 daemon=True)
+            t.start()
+            threads.append(t)
+        # Until the tricklers hold the budget (each holds the part it is filling).
+        deadline = time.monotonic() + 30
+        while gw.metric("gateway_buffered_bytes") < cfg["trickle_budget"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = gw.metric("gateway_buffered_bytes")
+        with_tricklers, statuses = good_upload(gw, path, size)
+        for t in threads:
+            t.join(timeout=600)
+        refused = [a for a in answers if (a["status"], a["code"]) == (408, "client_too_slow")]
+        result = {"tricklers": cfg["tricklers"], "budget": cfg["trickle_budget"], "good_bytes": size,
+                  "held_when_sent": held, "window_secs": cfg["trickle_window_secs"] or 60,
+                  "alone_median_s": median(alone), "with_tricklers_s": with_tricklers, "good_statuses": statuses,
+                  "tricklers_refused_408": len(refused),
+                  "trickler_answers": sorted({f"{a['status']} {a['code']}" for a in answers}),
+                  "trickler_seconds": [round(a["seconds"], 1) for a in answers],
+                  "sessions_open": sum(1 for s in emulator.state()["sessions"] if s["state"] == "open")}
+        log(f"hostile/tricklers: {result}")
+        return result
+    finally:
+        gw.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_hostile(ctx, emulator, _path=None, _size=None):
+    """Hostile clients: the good upload's latency among tricklers (and, from h1-memory's part, peak RSS by
+    chunk size)."""
+    return {"tricklers": measure_tricklers(ctx, emulator)}
+
+
 # The run, in order: (key, title, measure(ctx, emulator, file, size), the config key of the random file's
 # size in /dev/shm, or None when the section makes its own bodies).
 SECTIONS = [
@@ -490,6 +597,7 @@ SECTIONS = [
     ("many", "concurrent uploads against the memory budget", measure_many, "many_bytes"),
     ("throughput", "throughput by part concurrency, against the Box SDK", measure_throughput, "tp_bytes"),
     ("small", "small files", measure_small, None),
+    ("hostile", "hostile clients", measure_hostile, None),
 ]
 
 # ------------------------------------------------------------------------------------------- report
@@ -540,6 +648,8 @@ def report(r):
         out += render_throughput(tp)
     if small:
         out += render_small(small)
+    if r.get("hostile"):
+        out += render_hostile(r["hostile"])
     return "\n".join(out) + "\n"
 
 
@@ -634,7 +744,26 @@ def render_small(small):
     return out
 
 
+def render_hostile(hostile):
+    out = ["### Hostile clients", ""]
+    t = hostile.get("tricklers")
+    if t:
+        out += [f"A good {fmt_size(t['good_bytes'])} raw PUT, alone (median of 3) and with {t['tricklers']} "
+                f"tricklers (1 KiB every 5 s each) holding a {mib(t['budget'])} budget "
+                f"({mib(t['held_when_sent'])} held when it was sent; rate window {t['window_secs']} s, budget wait "
+                "20 s; on 503 the client waits `Retry-After` and sends again).", "",
+                "| good upload alone | with tricklers | its answers | tricklers refused 408 `client_too_slow` "
+                "| tricklers' time to their answer | sessions left open |",
+                "| --- | --- | --- | --- | --- | --- |",
+                f"| {t['alone_median_s']:.2f} s | {t['with_tricklers_s']:.1f} s | {', '.join(map(str, t['good_statuses']))} "
+                f"| {t['tricklers_refused_408']} of {t['tricklers']} | {min(t['trickler_seconds'])}-"
+                f"{max(t['trickler_seconds'])} s | {t['sessions_open']} |", ""]
+    return out
+
+
 def charts(r, out_dir):
+    if "throughput" not in r and "rss" not in r:
+        return  # nothing to draw: no need for matplotlib
     import matplotlib
 
     matplotlib.use("Agg")
