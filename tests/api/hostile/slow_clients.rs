@@ -253,3 +253,109 @@ async fn the_spool_of_all_uploads_stays_under_its_cap() {
     assert_eq!(app.metric("gateway_spool_bytes").await, 0.0);
     app.assert_no_open_session().await;
 }
+
+/// Box chose parts larger than the whole memory budget: a clear 503 `budget_too_small` (not a 500),
+/// before any byte of the file is read, and the session aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_below_boxs_part_size_is_503_budget_too_small() {
+    let app = spawn_app_with(Options {
+        part_size: 2 * MIB,
+        threshold: MIB,
+        memory_budget_bytes: MIB,
+        ..Options::default()
+    })
+    .await;
+    let head = format!(
+        "PUT /v1/folders/0/files/big-parts.bin HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}",
+        3 * MIB
+    );
+    // Only the head is sent: the answer must come without the body.
+    let answer = raw_request(&app.address, &head, [], Duration::ZERO, Duration::from_secs(30))
+        .await
+        .expect("an answer before any byte of the body");
+    assert_eq!(
+        (answer.status, answer.code()),
+        (503, "budget_too_small"),
+        "{:?}",
+        answer.json
+    );
+    assert!(
+        answer.header("retry-after").is_none(),
+        "a setting, not a passing state"
+    );
+    assert!(answer.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("memory_budget_bytes"));
+    app.assert_no_open_session().await;
+    assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
+    assert_eq!(app.metric("gateway_buffered_bytes_peak").await, 0.0);
+}
+
+/// A tus chunk sent with `Upload-Checksum` is spooled to be checked: it is bounded by
+/// `spool_max_bytes` (not by the rest of the file) and counted in the spool of all uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tus_chunk_with_a_checksum_is_bounded_by_spool_max_bytes() {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let app = spawn_app_with(Options {
+        spool_max_bytes: MIB,
+        ..Options::default()
+    })
+    .await;
+    let size = 3 * MIB;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let path = crate::tus::create(&app.http, &app.address, size, "checked.bin").await;
+    let checksum = |b: &[u8]| {
+        format!(
+            "sha1 {}",
+            base64::engine::general_purpose::STANDARD.encode(Sha1::digest(b))
+        )
+    };
+    let patch_head = |offset: u64, len: usize, sum: &str| {
+        format!(
+            "PATCH {path} HTTP/1.1\r\nHost: gateway\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n\
+             Content-Type: application/offset+octet-stream\r\nUpload-Checksum: {sum}\r\nContent-Length: {len}"
+        )
+    };
+    // 2 MiB in one checked chunk: past spool_max_bytes (1 MiB), though within the file's length.
+    let chunk = &bytes[..2 * MIB as usize];
+    let pieces: Vec<Vec<u8>> = chunk.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    let answer = raw_request(
+        &app.address,
+        &patch_head(0, chunk.len(), &checksum(chunk)),
+        pieces,
+        Duration::ZERO,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(
+        (answer.status, answer.code()),
+        (413, "file_too_large"),
+        "{:?}",
+        answer.json
+    );
+    assert!(answer.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("spool_max_bytes"));
+    assert_eq!(
+        app.metric("gateway_spool_bytes").await,
+        0.0,
+        "the refused chunk's spool is given back"
+    );
+    // Chunks of spool_max_bytes go through, checked, and the upload lands whole.
+    let url = format!("{}{path}", app.address);
+    for offset in (0..size).step_by(MIB as usize) {
+        let chunk = bytes[offset as usize..(offset + MIB) as usize].to_vec();
+        let sum = checksum(&chunk);
+        let answer = crate::tus::patch(&app.http, &url, offset, chunk, Some(&sum)).await;
+        assert_eq!(answer.status(), 204, "{:?}", answer.text().await);
+    }
+    let files = inspect(&app.emulator)["files"].as_array().unwrap().clone();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["sha1"], sha1);
+    assert_eq!(app.metric("gateway_spool_bytes").await, 0.0);
+}
