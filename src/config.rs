@@ -722,4 +722,43 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn the_limits_come_from_the_environment_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_CLIENT_MIN_BYTES_PER_SEC", "4096");
+            jail.set_env("GATEWAY_CLIENT_RATE_WINDOW_SECS", "30");
+            jail.set_env("GATEWAY_BUDGET_WAIT_SECS", "10");
+            jail.set_env("GATEWAY_SPOOL_MAX_TOTAL_BYTES", "3221225472");
+            jail.set_env("BOX_DEVELOPER_TOKEN", "t");
+            jail.set_env("GATEWAY_ALLOW_ANONYMOUS", "true");
+            let v = Settings::load(None)?.validate().map_err(|p| p.join("; "))?;
+            assert_eq!(v.client_min_bytes_per_sec, 4096);
+            assert_eq!(v.client_rate_window, Duration::from_secs(30));
+            assert_eq!(v.budget_wait, Duration::from_secs(10));
+            assert_eq!(v.spool_max_total_bytes, 3 << 30);
+            Ok(())
+        });
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        // 0: four bodies of spool_max_bytes.
+        assert_eq!(base.clone().validate().unwrap().spool_max_total_bytes, 4 << 30);
+        let bad = Settings {
+            spool_max_total_bytes: 1024,
+            client_rate_window_secs: 0,
+            budget_wait_secs: 0,
+            ..base
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in [
+            "spool_max_total_bytes",
+            "client_rate_window_secs",
+            "budget_wait_secs",
+        ] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+    }
 }
