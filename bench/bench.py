@@ -583,8 +583,7 @@ def measure_tricklers(ctx, emulator):
 
 
 def measure_hostile(ctx, emulator, _path=None, _size=None):
-    """Hostile clients: the good upload's latency among tricklers (and, from h1-memory's part, peak RSS by
-    chunk size)."""
+    """Hostile clients: the good upload's latency among tricklers (peak RSS by chunk size joins it here)."""
     return {"tricklers": measure_tricklers(ctx, emulator)}
 
 

@@ -47,7 +47,7 @@ impl Application {
                 memory_budget_bytes = settings.memory_budget_bytes,
                 "the memory budget holds fewer than part_concurrency parts of {LARGEST_BOX_PART} bytes \
                  (Box's largest part size seen): large files will go up with fewer parts in flight, \
-                 and fail if Box picks a part larger than the budget"
+                 and fail with 503 budget_too_small if Box picks a part larger than the budget"
             );
         }
         let registry = Registry::new();
