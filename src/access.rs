@@ -263,9 +263,10 @@ impl Access {
         // A key's name has no `:` (check_keys), so no token's owner can be mistaken for a key.
         let owner = match (key, bearer.or_else(|| bearer_token(headers))) {
             (Some(k), _) => k.name.clone(),
-            (None, Some(token)) => {
-                Arc::from(format!("sha256:{}", hex::encode(Sha256::digest(token.expose().as_bytes()))))
-            }
+            (None, Some(token)) => Arc::from(format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(token.expose().as_bytes()))
+            )),
             (None, None) => name.clone(),
         };
         Ok(Caller {
@@ -506,12 +507,19 @@ mod tests {
     fn owners_are_keys_or_hashes_of_tokens_never_tokens() {
         let keyed = access(&[key("a", "alpha-key")]);
         let caller = keyed
-            .authenticate(&headers(&[("x-api-key", "alpha-key"), ("authorization", "Bearer t1")]))
+            .authenticate(&headers(&[
+                ("x-api-key", "alpha-key"),
+                ("authorization", "Bearer t1"),
+            ]))
             .unwrap();
         assert_eq!(&*caller.owner, "a");
         let open = access(&[]);
-        let one = open.authenticate(&headers(&[("authorization", "Bearer t1")])).unwrap();
-        let two = open.authenticate(&headers(&[("authorization", "Bearer t2")])).unwrap();
+        let one = open
+            .authenticate(&headers(&[("authorization", "Bearer t1")]))
+            .unwrap();
+        let two = open
+            .authenticate(&headers(&[("authorization", "Bearer t2")]))
+            .unwrap();
         assert_eq!(&*one.name, "anonymous");
         assert_ne!(one.owner, two.owner);
         assert!(one.owner.starts_with("sha256:") && !one.owner.contains("t1"));

@@ -364,7 +364,16 @@ async fn create_upload(
         let appended = held(
             state,
             &lock,
-            append(req, payload, state, &caller, &lock, &id, &mut record, Bytes::new()),
+            append(
+                req,
+                payload,
+                state,
+                &caller,
+                &lock,
+                &id,
+                &mut record,
+                Bytes::new(),
+            ),
         )
         .await;
         release(state, lock).await;
@@ -620,7 +629,13 @@ async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<(Record, By
     Ok((record, pending))
 }
 
-fn fenced_write(state: &AppState, id: &str, value: Option<Vec<u8>>, ttl: Duration, pending: Option<Bytes>) -> FencedWrite {
+fn fenced_write(
+    state: &AppState,
+    id: &str,
+    value: Option<Vec<u8>>,
+    ttl: Duration,
+    pending: Option<Bytes>,
+) -> FencedWrite {
     FencedWrite {
         key: store_key(id),
         value,
@@ -635,7 +650,13 @@ fn fenced_write(state: &AppState, id: &str, value: Option<Vec<u8>>, ttl: Duratio
 /// part does not fit in `tus_max_pending_bytes`, it is dropped: the record is saved with its offset
 /// at the part's start (so HEAD never claims bytes the gateway does not hold) and the answer is 503
 /// `tus_storage_full`.
-async fn save(state: &AppState, lock: &Lock, id: &str, record: &mut Record, pending: &Bytes) -> Result<(), ApiError> {
+async fn save(
+    state: &AppState,
+    lock: &Lock,
+    id: &str,
+    record: &mut Record,
+    pending: &Bytes,
+) -> Result<(), ApiError> {
     let ttl = Duration::from_secs(record.expires_at.saturating_sub(now_secs())) + GRACE;
     let unchanged = pending.len() == record.loaded_pending.len()
         && (pending.is_empty() || pending.as_ptr() == record.loaded_pending.as_ptr());
@@ -654,7 +675,11 @@ async fn save(state: &AppState, lock: &Lock, id: &str, record: &mut Record, pend
             Err(lock_lost())
         }
         Fenced::Full => {
-            state.metrics.tus_refused.with_label_values(&["storage_full"]).inc();
+            state
+                .metrics
+                .tus_refused
+                .with_label_values(&["storage_full"])
+                .inc();
             record.upload.offset -= pending.len() as u64;
             record.pending_len = 0;
             let write = fenced_write(state, id, Some(encode(record)?), ttl, Some(Bytes::new()));
@@ -729,7 +754,9 @@ async fn held<T>(
                     return Err(lock_lost());
                 }
                 // The store did not answer: the lock may still be held; the fenced save decides.
-                Err(err) => tracing::warn!(lock = %lock.key, error = %err, "could not extend an upload's lock"),
+                Err(err) => {
+                    tracing::warn!(lock = %lock.key, error = %err, "could not extend an upload's lock")
+                }
             }
         }
     };

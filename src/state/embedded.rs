@@ -40,7 +40,6 @@ pub struct EmbeddedStore {
     locks: Locks,
 }
 
-
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
@@ -61,7 +60,12 @@ fn live(stored: &[u8]) -> Option<&[u8]> {
 }
 
 /// Sets (or, with None, removes) a value and keeps its expiry index right.
-fn set_value(txn: &redb::WriteTransaction, key: &str, value: Option<&[u8]>, ttl: Duration) -> Result<(), redb::Error> {
+fn set_value(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    value: Option<&[u8]>,
+    ttl: Duration,
+) -> Result<(), redb::Error> {
     let mut values = txn.open_table(VALUES)?;
     let mut index = txn.open_table(VALUE_EXPIRY)?;
     let old = values.get(key)?.and_then(|v| stamp(v.value()));
@@ -86,7 +90,6 @@ fn held(locks: &HashMap<String, (String, Instant)>, lock: &Lock) -> bool {
         .get(&lock.key)
         .is_some_and(|(token, until)| *token == lock.token && *until > Instant::now())
 }
-
 
 impl EmbeddedStore {
     pub fn open(path: &Path) -> StoreResult<Self> {

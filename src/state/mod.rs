@@ -212,7 +212,9 @@ async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String)
     assert_eq!(pending.as_deref(), Some(&b"abcd"[..]));
     assert_eq!(store.pending_bytes().await.unwrap(), base + 4);
     // A part that would pass the cap is refused whole; one that shrinks always fits.
-    let full = store.put_fenced(&lock, write(b"r2", Some(b"0123456789x"), 10)).await;
+    let full = store
+        .put_fenced(&lock, write(b"r2", Some(b"0123456789x"), 10))
+        .await;
     assert_eq!(full.unwrap(), Fenced::Full);
     assert_eq!(store.get(&k("rec")).await.unwrap().as_deref(), Some(&b"r1"[..]));
     let shrunk = store.put_fenced(&lock, write(b"r2", Some(b"ab"), 1)).await;
@@ -260,11 +262,17 @@ async fn check_open_uploads(store: &dyn StateStore, k: &dyn Fn(&str) -> String) 
     assert!(open("b", now + 60).await.unwrap());
     assert!(!open("c", now + 60).await.unwrap(), "the cap");
     assert!(
-        store.open_upload(&k("other"), "c", now + 60, now, 2).await.unwrap(),
+        store
+            .open_upload(&k("other"), "c", now + 60, now, 2)
+            .await
+            .unwrap(),
         "per owner"
     );
     store.close_upload(&owner, "a").await.unwrap();
-    assert!(open("c", now + 60).await.unwrap(), "a closed upload frees its place");
+    assert!(
+        open("c", now + 60).await.unwrap(),
+        "a closed upload frees its place"
+    );
     // An upload past its expiry no longer counts, whether or not the sweeper came by.
     store.close_upload(&owner, "b").await.unwrap();
     assert!(open("old", now - 1).await.unwrap());

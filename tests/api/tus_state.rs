@@ -45,8 +45,16 @@ async fn the_unfinished_part_is_stored_apart_and_head_never_reads_it() {
     let record_key = format!("{PREFIX}tus:{}", id_of(&path));
     let pending_key = format!("{record_key}:pending");
     // Assert: the record stays small; the half part is under its own key, and counted.
-    let record_len: usize = redis::cmd("STRLEN").arg(&record_key).query_async(&mut r).await.unwrap();
-    let pending_len: usize = redis::cmd("STRLEN").arg(&pending_key).query_async(&mut r).await.unwrap();
+    let record_len: usize = redis::cmd("STRLEN")
+        .arg(&record_key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let pending_len: usize = redis::cmd("STRLEN")
+        .arg(&pending_key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert!(record_len < 4096, "the record holds no file bytes: {record_len}");
     assert_eq!(pending_len as u64, PART / 2);
     let counted: u64 = redis::cmd("GET")
@@ -56,7 +64,11 @@ async fn the_unfinished_part_is_stored_apart_and_head_never_reads_it() {
         .unwrap();
     assert_eq!(counted, PART / 2);
     // Act: the unfinished part goes missing.
-    let _: () = redis::cmd("DEL").arg(&pending_key).query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&pending_key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
     // Assert: HEAD does not notice (it never reads it); a PATCH, which needs it, refuses to go on.
     let after = head(&app.http, &url).await;
     assert_eq!(after.status(), 200);
@@ -85,7 +97,10 @@ async fn the_caps_on_open_uploads_and_unfinished_bytes_are_refused_with_their_co
         .post(format!("{}/v1/tus/", app.address))
         .header("Tus-Resumable", TUS)
         .header("Upload-Length", size)
-        .header("Upload-Metadata", crate::tus::metadata(&[("filename", "three.bin")]))
+        .header(
+            "Upload-Metadata",
+            crate::tus::metadata(&[("filename", "three.bin")]),
+        )
         .send()
         .await
         .unwrap();
@@ -117,10 +132,15 @@ async fn the_caps_on_open_uploads_and_unfinished_bytes_are_refused_with_their_co
     assert_eq!(fits.status(), 204);
     assert_eq!(header(&fits, "upload-offset"), Some((PART + 900).to_string()));
     assert_eq!(
-        app.metric_with("gateway_tus_refused_total", &["too_many_open_uploads"]).await,
+        app.metric_with("gateway_tus_refused_total", &["too_many_open_uploads"])
+            .await,
         1.0
     );
-    assert_eq!(app.metric_with("gateway_tus_refused_total", &["storage_full"]).await, 1.0);
+    assert_eq!(
+        app.metric_with("gateway_tus_refused_total", &["storage_full"])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +168,10 @@ async fn pass_through_callers_with_other_tokens_do_not_see_each_others_uploads()
         .bearer_auth(mine)
         .header("Tus-Resumable", TUS)
         .header("Upload-Length", size)
-        .header("Upload-Metadata", crate::tus::metadata(&[("filename", "mine.bin")]))
+        .header(
+            "Upload-Metadata",
+            crate::tus::metadata(&[("filename", "mine.bin")]),
+        )
         .send()
         .await
         .unwrap();
@@ -165,9 +188,15 @@ async fn pass_through_callers_with_other_tokens_do_not_see_each_others_uploads()
             .send()
     };
     // Act: the other token tries HEAD, PATCH and DELETE.
-    let other_head = as_caller(reqwest::Method::HEAD, DEV_TOKEN, 0, vec![]).await.unwrap();
-    let other_patch = as_caller(reqwest::Method::PATCH, DEV_TOKEN, 0, bytes.clone()).await.unwrap();
-    let other_delete = as_caller(reqwest::Method::DELETE, DEV_TOKEN, 0, vec![]).await.unwrap();
+    let other_head = as_caller(reqwest::Method::HEAD, DEV_TOKEN, 0, vec![])
+        .await
+        .unwrap();
+    let other_patch = as_caller(reqwest::Method::PATCH, DEV_TOKEN, 0, bytes.clone())
+        .await
+        .unwrap();
+    let other_delete = as_caller(reqwest::Method::DELETE, DEV_TOKEN, 0, vec![])
+        .await
+        .unwrap();
     // Assert: 404 each time (the id's existence is not revealed), and the owner's upload lands whole.
     assert_eq!(other_head.status(), 404);
     assert_eq!(other_patch.status(), 404);
@@ -250,11 +279,17 @@ async fn a_patch_whose_lock_was_taken_away_saves_nothing() {
     // Act: its lock vanishes (as when it expires during a stall), another PATCH takes the upload
     // and moves it on, then the slow body ends.
     let lock_key = format!("{PREFIX}lock:tus:{}", id_of(&path));
-    let removed: i64 = redis::cmd("DEL").arg(&lock_key).query_async(&mut r).await.unwrap();
+    let removed: i64 = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(removed, 1, "the PATCH held the lock");
     let other = patch(&app.http, &url, 0, bytes[..1000].to_vec(), None).await;
     assert_eq!(other.status(), 204);
-    tx.send(Ok(bytes[PART as usize..slow_len].to_vec())).await.unwrap();
+    tx.send(Ok(bytes[PART as usize..slow_len].to_vec()))
+        .await
+        .unwrap();
     drop(tx);
     let slow = slow.await.unwrap().unwrap();
     // Assert: the stale PATCH is told it lost the lock, and did not move the offset.
@@ -262,7 +297,10 @@ async fn a_patch_whose_lock_was_taken_away_saves_nothing() {
     assert_eq!(code(slow).await, "upload_locked");
     let now = head(&app.http, &url).await;
     assert_eq!(header(&now, "upload-offset").as_deref(), Some("1000"));
-    assert_eq!(app.metric_with("gateway_tus_refused_total", &["lock_lost"]).await, 1.0);
+    assert_eq!(
+        app.metric_with("gateway_tus_refused_total", &["lock_lost"]).await,
+        1.0
+    );
     // The upload goes on from the true offset and lands whole (the part the stale PATCH sent is
     // found in Box and not sent twice).
     let rest = patch(&app.http, &url, 1000, bytes[1000..].to_vec(), None).await;
@@ -291,8 +329,16 @@ async fn the_sweeper_removes_a_record_it_cannot_read_and_aborts_its_session() {
     let json = serde_json::to_vec(&record).unwrap();
     let mut damaged = (json.len() as u32).to_be_bytes().to_vec();
     damaged.extend_from_slice(&json);
-    let _: () = redis::cmd("SET").arg(&key).arg(damaged).query_async(&mut r).await.unwrap();
-    assert_eq!(head(&app.http, &format!("{}{path}", app.address)).await.status(), 500);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(damaged)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        head(&app.http, &format!("{}{path}", app.address)).await.status(),
+        500
+    );
     // Act: the sweeper (every 250 ms here) comes by once the upload is due.
     let mut gone = false;
     for _ in 0..100 {
