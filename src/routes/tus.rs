@@ -83,6 +83,9 @@ struct Record {
     /// The unfinished part as it was read, so a save that did not change it does not write it again.
     #[serde(skip)]
     loaded_pending: Bytes,
+    /// Read from an old record that carried it inline: the next save stores it apart.
+    #[serde(skip)]
+    pending_inline: bool,
 }
 
 fn store_key(id: &str) -> String {
@@ -330,6 +333,7 @@ async fn create_upload(
         file_id: None,
         pending_len: 0,
         loaded_pending: Bytes::new(),
+        pending_inline: false,
     };
     // Scheduled first: a record the sweeper cannot find would hold its Box session for 7 days.
     let saved = async {
@@ -602,6 +606,7 @@ async fn load_record(state: &AppState, id: &str, caller: &Caller) -> Result<Reco
     if !inline.is_empty() {
         record.pending_len = inline.len() as u64;
         record.loaded_pending = inline;
+        record.pending_inline = true;
     }
     Ok(record)
 }
@@ -658,7 +663,8 @@ async fn save(
     pending: &Bytes,
 ) -> Result<(), ApiError> {
     let ttl = Duration::from_secs(record.expires_at.saturating_sub(now_secs())) + GRACE;
-    let unchanged = pending.len() == record.loaded_pending.len()
+    let unchanged = !record.pending_inline
+        && pending.len() == record.loaded_pending.len()
         && (pending.is_empty() || pending.as_ptr() == record.loaded_pending.as_ptr());
     let new_pending = (!unchanged).then(|| pending.clone());
     let before = (record.pending_len, record.upload.offset);
@@ -667,6 +673,7 @@ async fn save(
     match state.store.put_fenced(lock, write).await? {
         Fenced::Saved => {
             record.loaded_pending = pending.clone();
+            record.pending_inline = false;
             Ok(())
         }
         Fenced::LockLost => {
@@ -895,6 +902,7 @@ mod tests {
             caller: "k".into(),
             pending_len: 0,
             loaded_pending: Bytes::new(),
+            pending_inline: false,
             expires_at: 7,
             metadata: String::new(),
             upload: Resumable {
