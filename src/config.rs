@@ -687,12 +687,19 @@ mod tests {
             tus_expiration_secs: 7 * 24 * 3600,
             idempotency_window_secs: 0,
             redis_url: Some(Secret::new("http://redis:6379")),
+            tus_max_open_uploads_per_key: 0,
             ..base.clone()
         }
         .validate()
         .unwrap_err()
         .join("\n");
-        for key in ["tus_expiration_secs", "idempotency_window_secs", "redis_url"] {
+        for key in [
+            "tus_expiration_secs",
+            "idempotency_window_secs",
+            "idempotency_claim_secs",
+            "tus_max_open_uploads_per_key",
+            "redis_url",
+        ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
         }
         let with_password = Settings {

@@ -397,4 +397,37 @@ mod tests {
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         assert_eq!(store.get("kept").await.unwrap().as_deref(), Some(&b"y"[..]));
     }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_what_expired_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let hour = Duration::from_secs(3600);
+        for i in 0..50 {
+            store.put(&format!("live{i}"), vec![1; 10], hour).await.unwrap();
+        }
+        store
+            .put("brief", b"x".to_vec(), Duration::from_millis(5))
+            .await
+            .unwrap();
+        // Replaced values leave no stale index entry behind.
+        store.put("live0", vec![2; 10], hour).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.due(super::super::now_secs(), 10).await.unwrap();
+        let (values, index) = store
+            .blocking(|db| {
+                let txn = db.begin_read()?;
+                Ok((
+                    txn.open_table(VALUES)?.len()?,
+                    txn.open_table(VALUE_EXPIRY)?.len()?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (values, index),
+            (50, 50),
+            "the expired value went, the others stay"
+        );
+    }
 }

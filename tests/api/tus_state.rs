@@ -55,6 +55,7 @@ async fn the_unfinished_part_is_stored_apart_and_head_never_reads_it() {
         .query_async(&mut r)
         .await
         .unwrap();
+    eprintln!("tus state in Redis: record {record_len} bytes, unfinished part {pending_len} bytes apart");
     assert!(record_len < 4096, "the record holds no file bytes: {record_len}");
     assert_eq!(pending_len as u64, PART / 2);
     let counted: u64 = redis::cmd("GET")
