@@ -46,6 +46,9 @@ pub struct GatewayMetrics {
     /// tus requests refused by the state's bounds or fencing, by `reason`
     /// (storage_full|too_many_open_uploads|lock_lost).
     pub tus_refused: IntCounterVec,
+    /// The bytes of every tus upload's unfinished part in the state store (shared by the replicas
+    /// with Redis), as the sweeper last read it.
+    pub tus_pending_bytes: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -170,6 +173,10 @@ impl GatewayMetrics {
                 ),
                 &["reason"],
             )?,
+            tus_pending_bytes: IntGauge::new(
+                "gateway_tus_pending_bytes",
+                "Bytes of unfinished tus parts in the state store (all replicas with Redis), as last read by the sweeper.",
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -190,6 +197,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.tus_uploads.clone()))?;
         registry.register(Box::new(m.idempotent_requests.clone()))?;
         registry.register(Box::new(m.tus_refused.clone()))?;
+        registry.register(Box::new(m.tus_pending_bytes.clone()))?;
         Ok(m)
     }
 }

@@ -798,6 +798,9 @@ impl Drop for Unlocker {
 pub async fn sweep(state: std::sync::Arc<AppState>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
+        if let Ok(bytes) = state.store.pending_bytes().await {
+            state.metrics.tus_pending_bytes.set(bytes as i64);
+        }
         let due = match state.store.due(now_secs(), 100).await {
             Ok(due) => due,
             Err(err) => {
