@@ -215,10 +215,11 @@ async fn the_claim_of_a_crashed_gateway_frees_itself_after_the_claim_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_while_its_upload_lands_gets_that_upload_on_retry() {
-    // Arrange: Box takes about 2 s to finish the commit (two 202s with Retry-After: 1).
+    // Arrange: Box takes about 4 s to finish the commit (four 202s with Retry-After: 1), well
+    // after the client (which gives up after 2 s, its body long sent) has left.
     let app = spawn_app_with(Options {
         faults: serde_json::from_value(serde_json::json!({"rules": [
-            {"endpoint": "commit", "times": 2, "action": {"type": "commit_accepted", "retry_after": 1}}
+            {"endpoint": "commit", "times": 4, "action": {"type": "commit_accepted", "retry_after": 1}}
         ]}))
         .unwrap(),
         ..Options::default()
@@ -236,7 +237,7 @@ async fn a_client_that_leaves_while_its_upload_lands_gets_that_upload_on_retry()
             .send()
     };
     // Act: the client gives up while the commit waits, and retries.
-    let gave_up = put(Duration::from_millis(700)).await;
+    let gave_up = put(Duration::from_secs(2)).await;
     assert!(gave_up.is_err(), "the client left before the answer");
     let during = put(Duration::from_secs(30)).await.unwrap();
     let mut replayed = None;
