@@ -177,6 +177,11 @@ struct ApiKey {
 pub struct Caller {
     /// The key's name, `passthrough` or `anonymous`: for logs and metrics.
     pub name: Arc<str>,
+    /// Whose resumable uploads these are (only the owner sees one): the API key's name; without a
+    /// key, `sha256:<hex>` of the bearer token (never the token itself), so two pass-through callers
+    /// are two owners; an anonymous caller without any token is `anonymous`, one owner shared by all
+    /// of them (the upload's random id is then its only guard: documented in the README).
+    pub owner: Arc<str>,
     /// None: any folder.
     folders: Option<Arc<HashSet<String>>>,
     max_file_size_bytes: Option<u64>,
@@ -255,8 +260,18 @@ impl Access {
             (None, true) => Arc::from("passthrough"),
             (None, false) => Arc::from("anonymous"),
         };
+        // A key's name has no `:` (check_keys), so no token's owner can be mistaken for a key.
+        let owner = match (key, bearer.or_else(|| bearer_token(headers))) {
+            (Some(k), _) => k.name.clone(),
+            (None, Some(token)) => Arc::from(format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(token.expose().as_bytes()))
+            )),
+            (None, None) => name.clone(),
+        };
         Ok(Caller {
             name,
+            owner,
             folders: key.map(|k| k.folders.clone()),
             max_file_size_bytes: key.and_then(|k| k.max_file_size_bytes),
             principal,
@@ -486,6 +501,31 @@ mod tests {
         ] {
             assert!(problems.contains(what), "{what} missing in {problems}");
         }
+    }
+
+    #[test]
+    fn owners_are_keys_or_hashes_of_tokens_never_tokens() {
+        let keyed = access(&[key("a", "alpha-key")]);
+        let caller = keyed
+            .authenticate(&headers(&[
+                ("x-api-key", "alpha-key"),
+                ("authorization", "Bearer t1"),
+            ]))
+            .unwrap();
+        assert_eq!(&*caller.owner, "a");
+        let open = access(&[]);
+        let one = open
+            .authenticate(&headers(&[("authorization", "Bearer t1")]))
+            .unwrap();
+        let two = open
+            .authenticate(&headers(&[("authorization", "Bearer t2")]))
+            .unwrap();
+        assert_eq!(&*one.name, "anonymous");
+        assert_ne!(one.owner, two.owner);
+        assert!(one.owner.starts_with("sha256:") && !one.owner.contains("t1"));
+        assert_eq!(one.owner.len(), "sha256:".len() + 64);
+        let nobody = open.authenticate(&headers(&[])).unwrap();
+        assert_eq!(&*nobody.owner, "anonymous");
     }
 
     #[test]

@@ -110,6 +110,13 @@ pub struct Settings {
     pub tus_expiration_secs: u64,
     /// How long an `Idempotency-Key`'s answer is kept for retries.
     pub idempotency_window_secs: u64,
+    /// How long a claim on an `Idempotency-Key` lives unless the upload holding it extends it (it
+    /// does, every third of this, for as long as it runs): after a crash the key is free this soon.
+    pub idempotency_claim_secs: u64,
+    /// The bytes of every tus upload's unfinished part, together, that the state store may hold.
+    pub tus_max_pending_bytes: u64,
+    /// Open (not landed, not expired) tus uploads per API key (or per token, without a key).
+    pub tus_max_open_uploads_per_key: usize,
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -187,6 +194,11 @@ impl Default for Settings {
             redis_url: None,
             tus_expiration_secs: 24 * 3600,
             idempotency_window_secs: 24 * 3600,
+            idempotency_claim_secs: 60,
+            // 1 GiB: 16 uploads paused mid-part at Box's largest part (64 MiB), 128 at its usual
+            // 8 MiB; an amount a Redis beside the gateway can spare without a dedicated instance.
+            tus_max_pending_bytes: 1024 * 1024 * 1024,
+            tus_max_open_uploads_per_key: 100,
         }
     }
 }
@@ -330,6 +342,15 @@ impl Settings {
         if self.idempotency_window_secs == 0 {
             problems.push("idempotency_window_secs: must be at least 1".into());
         }
+        if self.idempotency_claim_secs == 0 || self.idempotency_claim_secs > self.idempotency_window_secs {
+            problems.push(format!(
+                "idempotency_claim_secs: {} is not within 1..=idempotency_window_secs ({})",
+                self.idempotency_claim_secs, self.idempotency_window_secs
+            ));
+        }
+        if self.tus_max_open_uploads_per_key == 0 {
+            problems.push("tus_max_open_uploads_per_key: must be at least 1".into());
+        }
         let redis_url = self.redis_url.clone().filter(|u| !u.expose().trim().is_empty());
         if let Some(url) = redis_url.as_ref().map(Secret::expose) {
             // The redis crate is built without TLS (one TLS stack less to build): say so at start
@@ -387,6 +408,9 @@ impl Settings {
                 redis_url,
                 tus_expiration: Duration::from_secs(self.tus_expiration_secs),
                 idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+                idempotency_claim: Duration::from_secs(self.idempotency_claim_secs),
+                tus_max_pending_bytes: self.tus_max_pending_bytes,
+                tus_max_open_uploads_per_key: self.tus_max_open_uploads_per_key,
             }),
             _ => Err(problems),
         }
@@ -585,6 +609,10 @@ pub struct ValidSettings {
     pub redis_url: Option<Secret>,
     pub tus_expiration: Duration,
     pub idempotency_window: Duration,
+    pub idempotency_claim: Duration,
+    /// 0: no unfinished part may be kept (every PATCH must end on a part boundary or the end).
+    pub tus_max_pending_bytes: u64,
+    pub tus_max_open_uploads_per_key: usize,
 }
 
 #[cfg(test)]
@@ -694,12 +722,19 @@ mod tests {
             tus_expiration_secs: 7 * 24 * 3600,
             idempotency_window_secs: 0,
             redis_url: Some(Secret::new("http://redis:6379")),
+            tus_max_open_uploads_per_key: 0,
             ..base.clone()
         }
         .validate()
         .unwrap_err()
         .join("\n");
-        for key in ["tus_expiration_secs", "idempotency_window_secs", "redis_url"] {
+        for key in [
+            "tus_expiration_secs",
+            "idempotency_window_secs",
+            "idempotency_claim_secs",
+            "tus_max_open_uploads_per_key",
+            "redis_url",
+        ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
         }
         let with_password = Settings {

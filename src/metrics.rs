@@ -44,8 +44,14 @@ pub struct GatewayMetrics {
     pub access_refused: IntCounterVec,
     /// Resumable (tus) uploads, by `event` (created|completed|failed|terminated|expired) and `key`.
     pub tus_uploads: IntCounterVec,
-    /// `Idempotency-Key` requests, by `outcome` (first|replayed|in_progress).
+    /// `Idempotency-Key` requests, by `outcome` (first|replayed|in_progress|mismatch|claim_lost).
     pub idempotent_requests: IntCounterVec,
+    /// tus requests refused by the state's bounds or fencing, by `reason`
+    /// (storage_full|too_many_open_uploads|lock_lost).
+    pub tus_refused: IntCounterVec,
+    /// The bytes of every tus upload's unfinished part in the state store (shared by the replicas
+    /// with Redis), as the sweeper last read it.
+    pub tus_pending_bytes: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -163,9 +169,20 @@ impl GatewayMetrics {
             idempotent_requests: IntCounterVec::new(
                 Opts::new(
                     "gateway_idempotent_requests_total",
-                    "Plain uploads sent with an Idempotency-Key, by outcome (first|replayed|in_progress).",
+                    "Plain uploads sent with an Idempotency-Key, by outcome (first|replayed|in_progress|mismatch|claim_lost).",
                 ),
                 &["outcome"],
+            )?,
+            tus_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_tus_refused_total",
+                    "tus requests refused by the state store's bounds or fencing, by reason (storage_full|too_many_open_uploads|lock_lost).",
+                ),
+                &["reason"],
+            )?,
+            tus_pending_bytes: IntGauge::new(
+                "gateway_tus_pending_bytes",
+                "Bytes of unfinished tus parts in the state store (all replicas with Redis), as last read by the sweeper.",
             )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
@@ -187,6 +204,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.access_refused.clone()))?;
         registry.register(Box::new(m.tus_uploads.clone()))?;
         registry.register(Box::new(m.idempotent_requests.clone()))?;
+        registry.register(Box::new(m.tus_refused.clone()))?;
+        registry.register(Box::new(m.tus_pending_bytes.clone()))?;
         Ok(m)
     }
 }

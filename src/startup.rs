@@ -156,8 +156,11 @@ impl Application {
             tus: tus::TusConfig {
                 expiration: settings.tus_expiration,
                 max_size: settings.max_file_size_bytes,
+                max_pending_bytes: settings.tus_max_pending_bytes,
+                max_open_uploads_per_key: settings.tus_max_open_uploads_per_key,
             },
             idempotency_window: settings.idempotency_window,
+            idempotency_claim: settings.idempotency_claim,
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =

@@ -3,13 +3,20 @@
 //! 409 `idempotency_key_in_use` while the first is still running.
 //!
 //! Keys are scoped by caller (the API key's name; with pass-through and no key, the caller's Box
-//! token) and kept in the state store for `idempotency_window_secs`, so a retry that reaches another
+//! token) and bound to the request's fingerprint (SHA-256 of method, path, query, declared size and
+//! the client's digest): the same key on another request is 422 `idempotency_key_reused`. The
+//! answer is kept in the state store for `idempotency_window_secs`, so a retry that reaches another
 //! replica is answered the same. Only successes are kept: a failed upload leaves nothing in Box, so
 //! its retry simply runs again (and a 5xx that was Box's hiccup can then succeed).
 //!
+//! While the upload runs, the key is claimed by a lock of `idempotency_claim_secs`, extended every
+//! third of that for as long as the upload runs: after a crash the key is free again that soon. The
+//! upload runs in its own task, which holds the claim until the upload has ended: a client that
+//! leaves does not free the key while its upload may still land (its retry then waits with 409, and
+//! gets the first answer once it landed).
+//!
 //! It wraps the four upload routes as a middleware (registered in `startup.rs`), so the handlers do
 //! not know of it.
-use std::sync::Arc;
 
 use actix_web::body::{to_bytes, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -17,16 +24,48 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::access::Caller;
 use crate::error::ApiError;
-use crate::state::{StateStore, StoreError};
+use crate::state::{Lock, StoreError};
 
 pub const HEADER: &str = "idempotency-key";
-/// What the store holds while the first request runs; then the 201's body.
+/// What an older gateway stored while the first request ran (read, never written).
 const RUNNING: &[u8] = b"running";
+
+/// What the store keeps under the key: the fingerprint it is bound to, and the 201's body once the
+/// upload landed.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// Hex SHA-256; empty (an answer kept by an older gateway): any request matches.
+    fingerprint: String,
+    #[serde(default)]
+    answer: Option<String>,
+}
+
+impl Stored {
+    fn parse(bytes: &[u8]) -> Stored {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| Stored {
+            fingerprint: String::new(),
+            answer: (bytes != RUNNING).then(|| String::from_utf8_lossy(bytes).into_owned()),
+        })
+    }
+
+    fn matches(&self, fingerprint: &str) -> bool {
+        self.fingerprint.is_empty() || self.fingerprint == fingerprint
+    }
+}
+
+/// What a claim attempt found.
+enum Claimed {
+    /// This request runs the upload, holding the lock.
+    Run(Lock),
+    /// It is answered without running: the first answer, 409 or 422.
+    Answer(HttpResponse),
+}
 
 /// Runs the upload once per `Idempotency-Key` (when the request has one).
 pub async fn once(
@@ -47,14 +86,52 @@ pub async fn once(
         Ok(key) => key,
         Err(err) => return Ok(req.into_response(err.error_response())),
     };
-    match claim(&state, &key).await {
-        Ok(None) => {}
-        Ok(Some(answer)) => return Ok(req.into_response(answer)),
+    let fingerprint = fingerprint(req.request());
+    let lock = match claim(&state, &key, &fingerprint).await {
+        Ok(Claimed::Run(lock)) => lock,
+        Ok(Claimed::Answer(answer)) => return Ok(req.into_response(answer)),
         Err(err) => return Ok(req.into_response(err.error_response())),
-    }
-    // If the client leaves (the request is dropped), the claim goes, so its retry can run.
-    let mut claim = Claim(Some((state.store.clone(), key.clone())));
-    let response = next.call(req).await?;
+    };
+    // The upload runs in a task of its own (on this worker: the request's body cannot leave its
+    // thread), so that when the client leaves, the upload, which may still land, keeps its claim
+    // until it has ended and its answer is kept.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    actix_web::rt::spawn(async move {
+        // The drain waits for it too, though its client is gone.
+        let _flight = state.lifecycle.admit();
+        let work = async {
+            let response = next.call(req).await?;
+            keep_answer(&state, &key, &fingerprint, response).await
+        };
+        let result = tokio::select! {
+            result = work => result,
+            never = extend_claim(&state, &lock) => never,
+        };
+        if !matches!(&result, Ok(r) if r.status() == StatusCode::CREATED) {
+            // Nothing landed: the key is free for any request again.
+            if let Err(err) = state.store.delete(&key).await {
+                tracing::warn!(error = %err, "could not free an Idempotency-Key; its claim expires by itself");
+            }
+        }
+        if let Err(err) = state.store.unlock(&lock).await {
+            tracing::warn!(error = %err, "could not release an Idempotency-Key's claim; it expires by itself");
+        }
+        let _ = tx.send(result);
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(actix_web::error::ErrorInternalServerError(
+            "the upload's task failed",
+        ))
+    })
+}
+
+/// Keeps a 201's body under the key (for the whole window) and gives the response back whole.
+async fn keep_answer(
+    state: &AppState,
+    key: &str,
+    fingerprint: &str,
+    response: ServiceResponse<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     if response.status() != StatusCode::CREATED {
         return Ok(response.map_into_boxed_body());
     }
@@ -63,13 +140,20 @@ pub async fn once(
     let body = to_bytes(body)
         .await
         .map_err(|_| actix_web::error::ErrorInternalServerError("the answer could not be read"))?;
-    match state
-        .store
-        .put(&key, body.to_vec(), state.idempotency_window)
-        .await
-    {
-        Ok(()) => claim.0 = None,
-        Err(err) => tracing::warn!(error = %err, "could not keep the answer of an Idempotency-Key"),
+    let stored = Stored {
+        fingerprint: fingerprint.to_owned(),
+        answer: Some(String::from_utf8_lossy(&body).into_owned()),
+    };
+    let kept = match serde_json::to_vec(&stored) {
+        Ok(value) => state
+            .store
+            .put(key, value, state.idempotency_window)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(err) = kept {
+        tracing::warn!(error = %err, "could not keep the answer of an Idempotency-Key");
     }
     Ok(ServiceResponse::new(
         request,
@@ -77,22 +161,59 @@ pub async fn once(
     ))
 }
 
-/// Claims the key for this request (None), or answers for it: the first answer again, or 409 while
-/// the first request runs.
-async fn claim(state: &AppState, key: &str) -> Result<Option<HttpResponse>, ApiError> {
-    let outcome = |o: &str| state.metrics.idempotent_requests.with_label_values(&[o]).inc();
-    if state
-        .store
-        .put_new(key, RUNNING.to_vec(), state.idempotency_window)
-        .await?
-    {
-        outcome("first");
-        return Ok(None);
+/// Extends the claim every third of its life, for as long as it is polled (never returns).
+async fn extend_claim<T>(state: &AppState, lock: &Lock) -> T {
+    loop {
+        tokio::time::sleep(state.idempotency_claim / 3).await;
+        match state.store.extend(lock, state.idempotency_claim).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another request may now run the same upload; this one is not stopped, since it
+                // may be landing, but the operator is told.
+                tracing::warn!("lost the claim on an Idempotency-Key while its upload ran");
+                state
+                    .metrics
+                    .idempotent_requests
+                    .with_label_values(&["claim_lost"])
+                    .inc();
+                return std::future::pending().await;
+            }
+            Err(err) => tracing::warn!(error = %err, "could not extend an Idempotency-Key's claim"),
+        }
     }
-    match state.store.get(key).await? {
-        Some(answer) if answer != RUNNING => {
+}
+
+/// Claims the key for this request, or answers for it: the first answer again, 409 while another
+/// request holds the claim, 422 when the key was used for another request.
+async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed, ApiError> {
+    let outcome = |o: &str| state.metrics.idempotent_requests.with_label_values(&[o]).inc();
+    let claim_key = format!("{key}:claim");
+    let lock = state.store.lock(&claim_key, state.idempotency_claim).await?;
+    let stored = state.store.get(key).await?.map(|b| Stored::parse(&b));
+    let release = |lock: Option<Lock>| async move {
+        if let Some(lock) = lock {
+            let _ = state.store.unlock(&lock).await;
+        }
+    };
+    match stored {
+        Some(stored) if !stored.matches(fingerprint) => {
+            release(lock).await;
+            outcome("mismatch");
+            Ok(Claimed::Answer(
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for another request (method, path, query, size or digest differ); use a new key",
+                )
+                .error_response(),
+            ))
+        }
+        Some(Stored {
+            answer: Some(answer), ..
+        }) => {
+            release(lock).await;
             outcome("replayed");
-            serde_json::from_slice::<serde_json::Value>(&answer)
+            serde_json::from_str::<serde_json::Value>(&answer)
                 .map_err(|_| StoreError("a stored answer cannot be read".into()))?;
             let mut response = HttpResponse::Created()
                 .content_type(mime::APPLICATION_JSON)
@@ -101,17 +222,54 @@ async fn claim(state: &AppState, key: &str) -> Result<Option<HttpResponse>, ApiE
                 HeaderName::from_static("idempotent-replayed"),
                 HeaderValue::from_static("true"),
             );
-            Ok(Some(response))
+            Ok(Claimed::Answer(response))
         }
-        _ => {
-            outcome("in_progress");
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is still running; retry when it is done",
-            ))
-        }
+        // Claimed by this request; a claim left by a request that crashed has expired by now.
+        _ => match lock {
+            Some(lock) => {
+                // The key is bound to this request's fingerprint from now on.
+                let bound = Stored {
+                    fingerprint: fingerprint.to_owned(),
+                    answer: None,
+                };
+                let value = serde_json::to_vec(&bound).map_err(|e| StoreError(e.to_string()))?;
+                if let Err(err) = state.store.put(key, value, state.idempotency_window).await {
+                    release(Some(lock)).await;
+                    return Err(err.into());
+                }
+                outcome("first");
+                Ok(Claimed::Run(lock))
+            }
+            None => {
+                outcome("in_progress");
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still running; retry when it is done",
+                ))
+            }
+        },
     }
+}
+
+/// SHA-256 of what makes two requests the same upload: method, path, query, declared size (the
+/// body's length, `Upload-Length`) and the client's digest (`Digest`). The fields inside a multipart
+/// body are not read for it (they come after the claim); their length is in Content-Length.
+fn fingerprint(req: &HttpRequest) -> String {
+    let mut h = Sha256::new();
+    for part in [req.method().as_str(), req.path(), req.query_string()] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
+    for name in ["content-length", "upload-length", "digest"] {
+        if let Some(value) = req.headers().get(name) {
+            h.update(name.as_bytes());
+            h.update(b":");
+            h.update(value.as_bytes());
+        }
+        h.update(b"\0");
+    }
+    hex::encode(h.finalize())
 }
 
 /// `idem:<caller>:<SHA-256 of the key>`; the key itself is the client's and may be anything printable.
@@ -126,28 +284,12 @@ fn store_key(req: &HttpRequest, caller: &Caller) -> Result<String, ApiError> {
     }
     let mut scope = Sha256::new();
     scope.update(key);
-    // The same key on another endpoint is another request.
-    scope.update(b"\0");
-    scope.update(req.method().as_str().as_bytes());
-    scope.update(b" ");
-    scope.update(req.path().as_bytes());
-    // Callers without a key of their own are told apart by their Box token.
+    // (The endpoint is not part of the scope but of the fingerprint: the same key on another
+    // endpoint is 422, not a second upload.) Callers without a key of their own are told apart
+    // by their Box token.
     if let Some(auth) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
         scope.update(b"\0");
         scope.update(auth.as_bytes());
     }
     Ok(format!("idem:{}:{}", caller.name, hex::encode(scope.finalize())))
-}
-
-/// Removes a claim whose request did not finish with an answer to keep.
-struct Claim(Option<(Arc<dyn StateStore>, String)>);
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if let Some((store, key)) = self.0.take() {
-            tokio::spawn(async move {
-                let _ = store.delete(&key).await;
-            });
-        }
-    }
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub tus: tus::TusConfig,
     /// How long an `Idempotency-Key`'s answer is kept.
     pub idempotency_window: std::time::Duration,
+    /// How long a claim on an `Idempotency-Key` lasts unless its holder extends it.
+    pub idempotency_claim: std::time::Duration,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted

@@ -6,11 +6,16 @@
 //! - `PATCH   /v1/tus/{id}`   appends at `Upload-Offset`; the last byte commits
 //! - `DELETE  /v1/tus/{id}`   termination: aborts the Box session
 //!
-//! The upload's state (Box session, offset, the whole file's SHA-1 state, the bytes of the part not yet
-//! full, the caller's key name, expiry, the landed file's id) is one value in the state store, so a
-//! restarted gateway or another replica takes the next request. A lock per upload, held for the whole
-//! of a PATCH or DELETE, keeps two requests (on any replicas) from writing the same upload: the second
-//! gets 409 `upload_locked`.
+//! The upload's state (Box session, offset, the whole file's SHA-1 state, its owner, expiry, the
+//! landed file's id) is one small record in the state store, so a restarted gateway or another replica
+//! takes the next request; the bytes of the part not yet full are stored apart (`tus:<id>:pending`),
+//! read only by a PATCH, never by HEAD, and counted against `tus_max_pending_bytes`. Each owner has
+//! at most `tus_max_open_uploads_per_key` uploads open.
+//!
+//! A lock per upload, held for the whole of a PATCH or DELETE, keeps two requests (on any replicas)
+//! from writing the same upload: the second gets 409 `upload_locked`. Every write is fenced by that
+//! lock (the store checks the lock's token atomically with the write), and a request that loses its
+//! lock stops: a stale PATCH can never move the offset backwards.
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -30,7 +35,7 @@ use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
 use crate::pipeline::{spool, Resumable, UploadError, UploadRequest};
-use crate::state::{now_secs, Lock};
+use crate::state::{now_secs, Fenced, FencedWrite, Lock};
 
 pub const TUS_VERSION: &str = "1.0.0";
 const EXTENSIONS: &str = "creation,creation-with-upload,termination,checksum,expiration";
@@ -42,18 +47,29 @@ pub const BOX_FILE_ID: &str = "Upload-Box-File-Id";
 const LOCK_TTL: Duration = Duration::from_secs(30);
 /// A record outlives its expiry by this much, so the sweeper still finds it to abort its session.
 const GRACE: Duration = Duration::from_secs(3600);
+/// `Retry-After` of 503 `tus_storage_full`: other uploads' parts fill and leave the store meanwhile.
+const STORAGE_FULL_RETRY_SECS: u64 = 10;
 
 /// What the gateway needs for tus besides the pipeline.
 pub struct TusConfig {
     pub expiration: Duration,
     pub max_size: Option<u64>,
+    /// All unfinished parts in the state store together.
+    pub max_pending_bytes: u64,
+    /// Open (not landed, not expired) uploads per owner.
+    pub max_open_uploads_per_key: usize,
 }
 
-/// One upload in the state store (the bytes of the unfinished part are stored after it).
+/// One upload in the state store (the bytes of the unfinished part are stored apart, under
+/// `pending_key`).
 #[derive(Serialize, Deserialize)]
 struct Record {
-    /// The caller's key name (`anonymous`, `passthrough`): only the same caller sees the upload.
+    /// `Caller::owner`: the API key's name, or a hash of the caller's token; only the same owner
+    /// sees the upload.
     owner: String,
+    /// The caller's name (key name, `passthrough`, `anonymous`) for logs and metrics.
+    #[serde(default)]
+    caller: String,
     /// Unix seconds.
     expires_at: u64,
     /// `Upload-Metadata` as sent, for HEAD.
@@ -61,21 +77,36 @@ struct Record {
     upload: Resumable,
     /// Once the file landed in Box.
     file_id: Option<String>,
+    /// The length of the unfinished part stored apart (checked when it is read back).
+    #[serde(default)]
+    pending_len: u64,
+    /// The unfinished part as it was read, so a save that did not change it does not write it again.
+    #[serde(skip)]
+    loaded_pending: Bytes,
+    /// Read from an old record that carried it inline: the next save stores it apart.
+    #[serde(skip)]
+    pending_inline: bool,
 }
 
 fn store_key(id: &str) -> String {
     format!("tus:{id}")
 }
 
-fn encode(record: &Record, pending: &[u8]) -> Result<Vec<u8>, ApiError> {
+fn pending_key(id: &str) -> String {
+    format!("tus:{id}:pending")
+}
+
+/// The record's JSON behind its length. (Records written before the unfinished part was stored
+/// apart carry it after the JSON; `decode` still reads them.)
+fn encode(record: &Record) -> Result<Vec<u8>, ApiError> {
     let meta = serde_json::to_vec(record).map_err(|e| internal(format!("encode: {e}")))?;
-    let mut out = Vec::with_capacity(4 + meta.len() + pending.len());
+    let mut out = Vec::with_capacity(4 + meta.len());
     out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
     out.extend_from_slice(&meta);
-    out.extend_from_slice(pending);
     Ok(out)
 }
 
+/// The record, and the unfinished part an old record carries inline (empty for new ones).
 fn decode(bytes: Vec<u8>) -> Result<(Record, Bytes), ApiError> {
     let bytes = Bytes::from(bytes);
     let bad = || internal("a stored upload cannot be read".into());
@@ -255,6 +286,26 @@ async fn create_upload(
         }
     };
     caller.check_size(size)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let expires_at = now_secs() + state.tus.expiration.as_secs();
+    // Counted before Box is asked for a session, so a caller at its cap costs Box nothing.
+    let max_open = state.tus.max_open_uploads_per_key;
+    if !state
+        .store
+        .open_upload(&caller.owner, &id, expires_at, now_secs(), max_open)
+        .await?
+    {
+        state
+            .metrics
+            .tus_refused
+            .with_label_values(&["too_many_open_uploads"])
+            .inc();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_open_uploads",
+            format!("this caller has {max_open} resumable uploads open (tus_max_open_uploads_per_key): finish or DELETE one first"),
+        ));
+    }
     let request = UploadRequest {
         upload: NewUpload {
             target,
@@ -266,30 +317,37 @@ async fn create_upload(
         expected_sha1: params.expected_sha1(None)?,
     };
     let pipeline = state.pipeline.acting_as(&caller.principal);
-    let prepared = pipeline
-        .prepare(request)
-        .await
-        .map_err(|e| caller.box_error(fail(e)))?;
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let expires_at = now_secs() + state.tus.expiration.as_secs();
+    let prepared = match pipeline.prepare(request).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            let _ = state.store.close_upload(&caller.owner, &id).await;
+            return Err(caller.box_error(fail(e)));
+        }
+    };
     let mut record = Record {
-        owner: caller.name.to_string(),
+        owner: caller.owner.to_string(),
+        caller: caller.name.to_string(),
         expires_at,
         metadata: raw_metadata,
         upload: prepared.into_resumable(),
         file_id: None,
+        pending_len: 0,
+        loaded_pending: Bytes::new(),
+        pending_inline: false,
     };
+    // Scheduled first: a record the sweeper cannot find would hold its Box session for 7 days.
     let saved = async {
-        save(state, &id, &record, &[]).await?;
-        state
-            .store
-            .schedule(&id, expires_at)
-            .await
-            .map_err(ApiError::from)
+        state.store.schedule(&id, expires_at).await?;
+        let lock = take_lock(state, &id).await?;
+        let saved = save(state, &lock, &id, &mut record, &Bytes::new()).await;
+        release(state, lock).await;
+        saved
     }
     .await;
     if let Err(err) = saved {
         pipeline.abort_resumable(&record.upload, "error").await;
+        let _ = state.store.close_upload(&caller.owner, &id).await;
+        let _ = state.store.unschedule(&id).await;
         return Err(err);
     }
     state
@@ -310,7 +368,16 @@ async fn create_upload(
         let appended = held(
             state,
             &lock,
-            append(req, payload, state, &caller, &id, &mut record, Bytes::new()),
+            append(
+                req,
+                payload,
+                state,
+                &caller,
+                &lock,
+                &id,
+                &mut record,
+                Bytes::new(),
+            ),
         )
         .await;
         release(state, lock).await;
@@ -318,7 +385,11 @@ async fn create_upload(
             Ok(()) => {}
             // The upload exists and is not done: the client asks HEAD where it stands and sends the
             // rest. (An error once complete is the commit's: the upload is gone, so it is answered.)
-            Err(err) if !err.status.is_server_error() && !record.upload.is_complete() => {
+            // A full store is the same: what did not fit was dropped, and HEAD says so.
+            Err(err)
+                if (!err.status.is_server_error() || err.code == "tus_storage_full")
+                    && !record.upload.is_complete() =>
+            {
                 tracing::info!(upload_id = %id, code = err.code, "the first chunk did not fully go in");
             }
             Err(err) => return Err(err),
@@ -331,7 +402,8 @@ async fn create_upload(
 async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
     let caller = state.access.authenticate(req.headers())?;
-    let (record, _) = load(state, &upload_id(req), &caller).await?;
+    // The record only: HEAD never reads the unfinished part.
+    let record = load_record(state, &upload_id(req), &caller).await?;
     let mut response = HttpResponse::Ok();
     response
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -374,7 +446,7 @@ async fn patch_upload(
             ));
         }
         if record.file_id.is_none() {
-            append(req, payload, state, &caller, &id, &mut record, pending).await?;
+            append(req, payload, state, &caller, &lock, &id, &mut record, pending).await?;
         }
         Ok(record)
     })
@@ -402,7 +474,7 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
     let id = upload_id(req);
     let lock = take_lock(state, &id).await?;
     let result = held(state, &lock, async {
-        let (record, _) = load(state, &id, &caller).await?;
+        let record = load_record(state, &id, &caller).await?;
         if record.file_id.is_none() {
             state
                 .pipeline
@@ -415,7 +487,7 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
                 .with_label_values(&["terminated", &caller.name])
                 .inc();
         }
-        forget(state, &id).await
+        forget(state, &lock, &id, Some(&record.owner)).await
     })
     .await;
     release(state, lock).await;
@@ -425,11 +497,13 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
 
 /// Appends the request's body at the upload's offset (after checking its `Upload-Checksum`), keeps
 /// what is durable in the store, and lands the file when its last byte is in.
+#[allow(clippy::too_many_arguments)]
 async fn append(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
     caller: &Caller,
+    lock: &Lock,
     id: &str,
     record: &mut Record,
     mut pending: Bytes,
@@ -484,7 +558,7 @@ async fn append(
         }
     };
     // What is durable is kept, whether the body came whole or not.
-    save(state, id, record, &pending).await?;
+    save(state, lock, id, record, &pending).await?;
     appended.map_err(|e| caller.box_error(fail(e)))?;
     if !record.upload.is_complete() {
         return Ok(());
@@ -492,7 +566,11 @@ async fn append(
     match pipeline.complete(&record.upload, pending).await {
         Ok(outcome) => {
             record.file_id = outcome.file.id().map(str::to_owned);
-            save(state, id, record, &[]).await?;
+            save(state, lock, id, record, &Bytes::new()).await?;
+            // Landed: no longer counted among the owner's open uploads (HEAD still finds it).
+            if let Err(err) = state.store.close_upload(&record.owner, id).await {
+                tracing::warn!(upload_id = %id, error = %err, "a landed upload stays counted as open until it expires");
+            }
             let m = &state.metrics;
             let method = outcome.method.as_str();
             m.tus_uploads
@@ -511,7 +589,7 @@ async fn append(
         // Nothing half-done stays: the session is aborted and the upload forgotten.
         Err(err) => {
             pipeline.abort_resumable(&record.upload, "error").await;
-            forget(state, id).await?;
+            forget(state, lock, id, Some(&record.owner)).await?;
             state
                 .metrics
                 .tus_uploads
@@ -522,37 +600,150 @@ async fn append(
     }
 }
 
-/// The upload, if it exists and belongs to the caller (another caller's upload is not found either).
-async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<(Record, Bytes), ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such upload (or it expired)",
-        )
-    };
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such upload (or it expired)",
+    )
+}
+
+/// The upload's record, if it exists and belongs to the caller (another caller's upload is not found
+/// either: 404, not 403, so an id says nothing to whoever does not own it). Its unfinished part is
+/// not read.
+async fn load_record(state: &AppState, id: &str, caller: &Caller) -> Result<Record, ApiError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(not_found());
     }
     let bytes = state.store.get(&store_key(id)).await?.ok_or_else(not_found)?;
-    let (record, pending) = decode(bytes)?;
-    if record.owner != *caller.name || record.expires_at <= now_secs() {
+    let (mut record, inline) = decode(bytes)?;
+    if record.owner != *caller.owner || record.expires_at <= now_secs() {
         return Err(not_found());
     }
+    if !inline.is_empty() {
+        record.pending_len = inline.len() as u64;
+        record.loaded_pending = inline;
+        record.pending_inline = true;
+    }
+    Ok(record)
+}
+
+/// The upload (checked as `load_record` does) and its unfinished part, read once.
+async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<(Record, Bytes), ApiError> {
+    let mut record = load_record(state, id, caller).await?;
+    if record.pending_len > 0 && record.loaded_pending.is_empty() {
+        let pending = state
+            .store
+            .get_pending(&pending_key(id))
+            .await?
+            .map(Bytes::from)
+            .unwrap_or_default();
+        if pending.len() as u64 != record.pending_len {
+            return Err(internal(format!(
+                "upload {id}: its unfinished part has {} bytes, its record says {}",
+                pending.len(),
+                record.pending_len
+            )));
+        }
+        record.loaded_pending = pending;
+    }
+    let pending = record.loaded_pending.clone();
     Ok((record, pending))
 }
 
-async fn save(state: &AppState, id: &str, record: &Record, pending: &[u8]) -> Result<(), ApiError> {
-    let ttl = Duration::from_secs(record.expires_at.saturating_sub(now_secs())) + GRACE;
-    state
-        .store
-        .put(&store_key(id), encode(record, pending)?, ttl)
-        .await
-        .map_err(ApiError::from)
+fn fenced_write(
+    state: &AppState,
+    id: &str,
+    value: Option<Vec<u8>>,
+    ttl: Duration,
+    pending: Option<Bytes>,
+) -> FencedWrite {
+    FencedWrite {
+        key: store_key(id),
+        value,
+        ttl,
+        pending_key: pending_key(id),
+        pending,
+        max_pending_bytes: state.tus.max_pending_bytes,
+    }
 }
 
-async fn forget(state: &AppState, id: &str) -> Result<(), ApiError> {
-    state.store.delete(&store_key(id)).await?;
+/// Saves the record and its unfinished part (only if it changed), while `lock` is held. When the
+/// part does not fit in `tus_max_pending_bytes`, it is dropped: the record is saved with its offset
+/// at the part's start (so HEAD never claims bytes the gateway does not hold) and the answer is 503
+/// `tus_storage_full`.
+async fn save(
+    state: &AppState,
+    lock: &Lock,
+    id: &str,
+    record: &mut Record,
+    pending: &Bytes,
+) -> Result<(), ApiError> {
+    let ttl = Duration::from_secs(record.expires_at.saturating_sub(now_secs())) + GRACE;
+    let unchanged = !record.pending_inline
+        && pending.len() == record.loaded_pending.len()
+        && (pending.is_empty() || pending.as_ptr() == record.loaded_pending.as_ptr());
+    let new_pending = (!unchanged).then(|| pending.clone());
+    let before = (record.pending_len, record.upload.offset);
+    record.pending_len = pending.len() as u64;
+    let write = fenced_write(state, id, Some(encode(record)?), ttl, new_pending);
+    match state.store.put_fenced(lock, write).await? {
+        Fenced::Saved => {
+            record.loaded_pending = pending.clone();
+            record.pending_inline = false;
+            Ok(())
+        }
+        Fenced::LockLost => {
+            (record.pending_len, record.upload.offset) = before;
+            state.metrics.tus_refused.with_label_values(&["lock_lost"]).inc();
+            Err(lock_lost())
+        }
+        Fenced::Full => {
+            state
+                .metrics
+                .tus_refused
+                .with_label_values(&["storage_full"])
+                .inc();
+            record.upload.offset -= pending.len() as u64;
+            record.pending_len = 0;
+            let write = fenced_write(state, id, Some(encode(record)?), ttl, Some(Bytes::new()));
+            match state.store.put_fenced(lock, write).await? {
+                Fenced::LockLost => return Err(lock_lost()),
+                _ => record.loaded_pending = Bytes::new(),
+            }
+            Err(ApiError {
+                retry_after_secs: Some(STORAGE_FULL_RETRY_SECS),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tus_storage_full",
+                    format!(
+                        "the gateway holds as many unfinished parts as it may (tus_max_pending_bytes); the bytes after offset {} were not kept: ask HEAD and send them again later",
+                        record.upload.offset
+                    ),
+                )
+            })
+        }
+    }
+}
+
+/// 409 `upload_locked`: this request lost the upload's lock, so another may be writing it.
+fn lock_lost() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "upload_locked",
+        "this request lost the upload's lock (another request may be writing it); nothing more of it was kept: ask HEAD for the offset",
+    )
+}
+
+/// Removes the upload (record and unfinished part), while `lock` is held, and stops counting it.
+async fn forget(state: &AppState, lock: &Lock, id: &str, owner: Option<&str>) -> Result<(), ApiError> {
+    let write = fenced_write(state, id, None, Duration::ZERO, Some(Bytes::new()));
+    if state.store.put_fenced(lock, write).await? == Fenced::LockLost {
+        return Err(lock_lost());
+    }
+    if let Some(owner) = owner {
+        state.store.close_upload(owner, id).await?;
+    }
     state.store.unschedule(id).await.map_err(ApiError::from)
 }
 
@@ -566,15 +757,30 @@ async fn take_lock(state: &AppState, id: &str) -> Result<Lock, ApiError> {
     })
 }
 
-/// Runs `work` while keeping the lock alive. If the request is dropped (the client left and actix
+/// Runs `work` while keeping the lock alive; when the lock is lost (it expired, or another took it),
+/// `work` is stopped where it is (dropped: its parts in flight are cancelled, and it saves nothing)
+/// and the answer is 409 `upload_locked`. If the request is dropped (the client left and actix
 /// dropped the handler), the lock is released in the background.
-async fn held<T>(state: &AppState, lock: &Lock, work: impl std::future::Future<Output = T>) -> T {
+async fn held<T>(
+    state: &AppState,
+    lock: &Lock,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     let mut guard = Unlocker(Some((state.store.clone(), lock.clone())));
     let keep = async {
         loop {
             tokio::time::sleep(LOCK_TTL / 3).await;
-            if !matches!(state.store.extend(lock, LOCK_TTL).await, Ok(true)) {
-                tracing::warn!(lock = %lock.key, "lost the upload's lock while writing it");
+            match state.store.extend(lock, LOCK_TTL).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(lock = %lock.key, "lost the upload's lock while writing it: stopped");
+                    state.metrics.tus_refused.with_label_values(&["lock_lost"]).inc();
+                    return Err(lock_lost());
+                }
+                // The store did not answer: the lock may still be held; the fenced save decides.
+                Err(err) => {
+                    tracing::warn!(lock = %lock.key, error = %err, "could not extend an upload's lock")
+                }
             }
         }
     };
@@ -609,6 +815,9 @@ impl Drop for Unlocker {
 pub async fn sweep(state: std::sync::Arc<AppState>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
+        if let Ok(bytes) = state.store.pending_bytes().await {
+            state.metrics.tus_pending_bytes.set(bytes as i64);
+        }
         let due = match state.store.due(now_secs(), 100).await {
             Ok(due) => due,
             Err(err) => {
@@ -629,29 +838,63 @@ async fn expire(state: &AppState, id: &str) -> Result<(), ApiError> {
         return Ok(()); // being written now: the next sweep takes it
     };
     let result = async {
+        let mut owner = None;
         if let Some(bytes) = state.store.get(&store_key(id)).await? {
-            let (record, _) = decode(bytes)?;
-            if record.file_id.is_none() {
-                match state.access.principal_of(&record.owner) {
-                    Some(principal) => {
+            // A record that cannot be read is removed all the same (it would otherwise come back
+            // at every sweep, and stand before the others); its session is aborted if it can be
+            // found in what is left of it.
+            let (record_owner, caller, upload, landed) = match decode(bytes.clone()) {
+                Ok((record, _)) => {
+                    let landed = record.file_id.is_some();
+                    (Some(record.owner), record.caller, Some(record.upload), landed)
+                }
+                Err(_) => {
+                    let (owner, upload) = salvage(&bytes);
+                    tracing::error!(upload_id = %id, session_found = upload.is_some(),
+                        "a stored tus upload cannot be read: removed");
+                    (owner, String::new(), upload, false)
+                }
+            };
+            if !landed {
+                match (&upload, record_owner.as_deref().and_then(|o| state.access.principal_of(o))) {
+                    (Some(upload), Some(principal)) => {
                         state
                             .pipeline
                             .acting_as(&principal)
-                            .abort_resumable(&record.upload, "expired")
+                            .abort_resumable(upload, "expired")
                             .await
                     }
-                    None => tracing::warn!(upload_id = %id,
+                    (Some(upload), None) if upload.session.is_some() => tracing::warn!(upload_id = %id,
                         "an expired tus upload's session cannot be aborted without its caller's token; Box discards it after 7 days"),
+                    _ => {}
                 }
-                state.metrics.tus_uploads.with_label_values(&["expired", &record.owner]).inc();
+                state.metrics.tus_uploads.with_label_values(&["expired", &caller]).inc();
                 tracing::info!(upload_id = %id, "tus upload expired");
             }
+            owner = record_owner;
         }
-        forget(state, id).await
+        forget(state, &lock, id, owner.as_deref()).await
     }
     .await;
     release(state, lock).await;
     result
+}
+
+/// What can be read of a record that does not decode: its owner and upload, if they are intact.
+fn salvage(bytes: &[u8]) -> (Option<String>, Option<Resumable>) {
+    let meta = bytes
+        .get(..4)
+        .and_then(|h| <[u8; 4]>::try_from(h).ok())
+        .map(|h| u32::from_be_bytes(h) as usize)
+        .and_then(|len| bytes.get(4..4 + len));
+    let Some(value) = meta.and_then(|m| serde_json::from_slice::<serde_json::Value>(m).ok()) else {
+        return (None, None);
+    };
+    let owner = value.get("owner").and_then(|o| o.as_str()).map(str::to_owned);
+    let upload = value
+        .get("upload")
+        .and_then(|u| serde_json::from_value::<Resumable>(u.clone()).ok());
+    (owner, upload)
 }
 
 #[cfg(test)]
@@ -673,9 +916,13 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_with_their_pending_bytes() {
+    fn records_round_trip_without_their_pending_bytes() {
         let record = Record {
             owner: "k".into(),
+            caller: "k".into(),
+            pending_len: 0,
+            loaded_pending: Bytes::new(),
+            pending_inline: false,
             expires_at: 7,
             metadata: String::new(),
             upload: Resumable {
@@ -696,9 +943,21 @@ mod tests {
             },
             file_id: None,
         };
-        let (back, pending) = decode(encode(&record, b"abc").unwrap()).unwrap();
+        let (back, inline) = decode(encode(&record).unwrap()).unwrap();
         assert_eq!((back.owner.as_str(), back.upload.offset), ("k", 3));
-        assert_eq!(&pending[..], b"abc");
+        assert!(inline.is_empty(), "the unfinished part is stored apart");
+        // A record of the previous layout, its unfinished part inline, is still read.
+        let mut old = encode(&record).unwrap();
+        old.extend_from_slice(b"abc");
+        assert_eq!(&decode(old).unwrap().1[..], b"abc");
         assert!(decode(vec![0, 0]).is_err());
+        // What the sweeper can still read of a damaged record: its owner and its session.
+        let meta = serde_json::to_vec(&record).unwrap();
+        let mut damaged = (meta.len() as u32).to_be_bytes().to_vec();
+        damaged.extend_from_slice(&meta);
+        let (owner, upload) = salvage(&damaged);
+        assert_eq!(owner.as_deref(), Some("k"));
+        assert_eq!(upload.unwrap().offset, 3);
+        assert!(matches!(salvage(b"\xff\xff"), (None, None)));
     }
 }

@@ -1,7 +1,9 @@
 //! The embedded store: one redb file (a well-kept embedded database: ACID, crash-safe, a file lock so
 //! two processes cannot share it). Each value is stored behind its expiry time; expired values read as
-//! absent and are purged by the sweeper's calls to `due`. Locks live in this process only: one replica
-//! is what the embedded store is for.
+//! absent and are purged by the sweeper's calls to `due`, found through an index by expiry time (so
+//! a sweep touches only what expired, never the whole table). Locks live in this process only: one
+//! replica is what the embedded store is for. Unfinished parts have their own table, and the sum of
+//! their lengths is kept in the same transactions that write them.
 // redb's own error type is large; it only crosses the blocking pool's boundary once per call.
 #![allow(clippy::result_large_err)]
 use std::collections::HashMap;
@@ -11,18 +13,31 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{new_token, Lock, StateStore, StoreError, StoreResult};
+use super::{new_token, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreResult};
 
 /// key -> expiry (Unix milliseconds, big-endian) followed by the value.
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 /// upload id -> when it expires (Unix seconds).
 const EXPIRY: TableDefinition<&str, u64> = TableDefinition::new("expiry");
+/// (expiry in Unix milliseconds, key) of every value: what the sweeper purges.
+const VALUE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("value_expiry");
+/// key -> an upload's unfinished part (no expiry of its own: it goes with its record).
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
+/// `pending_bytes` -> the sum of the lengths in `PENDING`.
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+/// `<owner>\0<upload id>` -> when that open upload expires (Unix seconds).
+const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
+const PENDING_BYTES: &str = "pending_bytes";
+/// Expired values purged per call of `due`, so one sweep's transaction stays short.
+const PURGE_BATCH: usize = 1000;
+
+type Locks = Arc<Mutex<HashMap<String, (String, Instant)>>>;
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    locks: Mutex<HashMap<String, (String, Instant)>>,
+    locks: Locks,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -35,22 +50,72 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn stamp(stored: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(stored.get(..8)?.try_into().ok()?))
+}
+
 fn live(stored: &[u8]) -> Option<&[u8]> {
-    let (head, value) = stored.split_at_checked(8)?;
-    let expires = u64::from_be_bytes(head.try_into().ok()?);
-    (expires > now_ms()).then_some(value)
+    let expires = stamp(stored)?;
+    (expires > now_ms()).then(|| &stored[8..])
+}
+
+/// Sets (or, with None, removes) a value and keeps its expiry index right.
+fn set_value(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    value: Option<&[u8]>,
+    ttl: Duration,
+) -> Result<(), redb::Error> {
+    let mut values = txn.open_table(VALUES)?;
+    let mut index = txn.open_table(VALUE_EXPIRY)?;
+    let old = values.get(key)?.and_then(|v| stamp(v.value()));
+    if let Some(at) = old {
+        index.remove((at, key))?;
+    }
+    match value {
+        Some(value) => {
+            let stored = stamped(value, ttl);
+            index.insert((stamp(&stored).unwrap_or_default(), key), ())?;
+            values.insert(key, stored.as_slice())?;
+        }
+        None => {
+            values.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+fn held(locks: &HashMap<String, (String, Instant)>, lock: &Lock) -> bool {
+    locks
+        .get(&lock.key)
+        .is_some_and(|(token, until)| *token == lock.token && *until > Instant::now())
 }
 
 impl EmbeddedStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = Database::create(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
-        txn.open_table(VALUES).map_err(err)?;
-        txn.open_table(EXPIRY).map_err(err)?;
+        {
+            let values = txn.open_table(VALUES).map_err(err)?;
+            txn.open_table(EXPIRY).map_err(err)?;
+            txn.open_table(PENDING).map_err(err)?;
+            txn.open_table(COUNTS).map_err(err)?;
+            txn.open_table(OPEN).map_err(err)?;
+            let mut index = txn.open_table(VALUE_EXPIRY).map_err(err)?;
+            // A file written before the index existed: index its values once.
+            if index.is_empty().map_err(err)? {
+                for entry in values.iter().map_err(err)? {
+                    let (key, value) = entry.map_err(err)?;
+                    if let Some(at) = stamp(value.value()) {
+                        index.insert((at, key.value()), ()).map_err(err)?;
+                    }
+                }
+            }
+        }
         txn.commit().map_err(err)?;
         Ok(Self {
             db: Arc::new(db),
-            locks: Mutex::default(),
+            locks: Locks::default(),
         })
     }
 
@@ -103,11 +168,7 @@ impl StateStore for EmbeddedStore {
 
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> BoxFuture<'a, StoreResult<()>> {
         let key = key.to_owned();
-        self.write(move |txn| {
-            txn.open_table(VALUES)?
-                .insert(key.as_str(), stamped(&value, ttl).as_slice())?;
-            Ok(())
-        })
+        self.write(move |txn| set_value(txn, &key, Some(&value), ttl))
     }
 
     fn put_new<'a>(
@@ -119,24 +180,21 @@ impl StateStore for EmbeddedStore {
         let key = key.to_owned();
         // redb runs one write transaction at a time: the read and the insert are atomic.
         self.write(move |txn| {
-            let mut table = txn.open_table(VALUES)?;
-            if table
+            let taken = txn
+                .open_table(VALUES)?
                 .get(key.as_str())?
-                .is_some_and(|v| live(v.value()).is_some())
-            {
+                .is_some_and(|v| live(v.value()).is_some());
+            if taken {
                 return Ok(false);
             }
-            table.insert(key.as_str(), stamped(&value, ttl).as_slice())?;
+            set_value(txn, &key, Some(&value), ttl)?;
             Ok(true)
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<()>> {
         let key = key.to_owned();
-        self.write(move |txn| {
-            txn.open_table(VALUES)?.remove(key.as_str())?;
-            Ok(())
-        })
+        self.write(move |txn| set_value(txn, &key, None, Duration::ZERO))
     }
 
     fn lock<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, StoreResult<Option<Lock>>> {
@@ -195,9 +253,20 @@ impl StateStore for EmbeddedStore {
 
     fn due<'a>(&'a self, now: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         self.write(move |txn| {
-            // Values whose time is up go too (idempotency answers nobody asked for again).
+            // Values whose time is up go too (idempotency answers nobody asked for again), found
+            // through their index: only they are read and removed.
+            let mut index = txn.open_table(VALUE_EXPIRY)?;
             let mut values = txn.open_table(VALUES)?;
-            values.retain(|_, v| live(v).is_some())?;
+            let mut purged = Vec::new();
+            for entry in index.range::<(u64, &str)>(..(now_ms(), ""))?.take(PURGE_BATCH) {
+                let (key, _) = entry?;
+                let (at, key) = key.value();
+                purged.push((at, key.to_owned()));
+            }
+            for (at, key) in &purged {
+                index.remove((*at, key.as_str()))?;
+                values.remove(key.as_str())?;
+            }
             let expiry = txn.open_table(EXPIRY)?;
             let mut due = Vec::new();
             for entry in expiry.iter()? {
@@ -207,6 +276,102 @@ impl StateStore for EmbeddedStore {
                 }
             }
             Ok(due)
+        })
+    }
+
+    fn put_fenced<'a>(&'a self, lock: &'a Lock, write: FencedWrite) -> BoxFuture<'a, StoreResult<Fenced>> {
+        let locks = self.locks.clone();
+        let lock = lock.clone();
+        self.blocking(move |db| {
+            // The lock table stays locked until the transaction is committed: the lock cannot be
+            // taken by another between the check and the write (a commit takes milliseconds).
+            let locks = locks.lock().unwrap_or_else(|p| p.into_inner());
+            if !held(&locks, &lock) {
+                return Ok(Fenced::LockLost);
+            }
+            let txn = db.begin_write()?;
+            if let Some(bytes) = &write.pending {
+                let mut pending = txn.open_table(PENDING)?;
+                let mut counts = txn.open_table(COUNTS)?;
+                let old = pending
+                    .get(write.pending_key.as_str())?
+                    .map_or(0, |v| v.value().len() as u64);
+                let total = counts.get(PENDING_BYTES)?.map_or(0, |v| v.value());
+                let new = bytes.len() as u64;
+                if new > old && total.saturating_sub(old) + new > write.max_pending_bytes {
+                    return Ok(Fenced::Full);
+                }
+                if bytes.is_empty() {
+                    pending.remove(write.pending_key.as_str())?;
+                } else {
+                    pending.insert(write.pending_key.as_str(), bytes.as_ref())?;
+                }
+                counts.insert(PENDING_BYTES, total.saturating_sub(old) + new)?;
+            }
+            set_value(&txn, &write.key, write.value.as_deref(), write.ttl)?;
+            txn.commit()?;
+            Ok(Fenced::Saved)
+        })
+    }
+
+    fn get_pending<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(PENDING)?;
+            Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn pending_bytes(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(COUNTS)?;
+            Ok(table.get(PENDING_BYTES)?.map_or(0, |v| v.value()))
+        })
+    }
+
+    fn open_upload<'a>(
+        &'a self,
+        owner: &'a str,
+        id: &'a str,
+        expires_at: u64,
+        now: u64,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.write(move |txn| {
+            let mut open = txn.open_table(OPEN)?;
+            let mut live = 0;
+            let mut lapsed = Vec::new();
+            let prefix = format!("{owner}\0");
+            for entry in open.range::<&str>(prefix.as_str()..)? {
+                let (key, at) = entry?;
+                let key = key.value();
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                match at.value() > now {
+                    true => live += 1,
+                    false => lapsed.push(key.to_owned()),
+                }
+            }
+            for key in lapsed {
+                open.remove(key.as_str())?;
+            }
+            if live >= max {
+                return Ok(false);
+            }
+            open.insert(format!("{owner}\0{id}").as_str(), expires_at)?;
+            Ok(true)
+        })
+    }
+
+    fn close_upload<'a>(&'a self, owner: &'a str, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let key = format!("{owner}\0{id}");
+        self.write(move |txn| {
+            txn.open_table(OPEN)?.remove(key.as_str())?;
+            Ok(())
         })
     }
 
@@ -231,5 +396,38 @@ mod tests {
         drop(store);
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         assert_eq!(store.get("kept").await.unwrap().as_deref(), Some(&b"y"[..]));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_what_expired_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let hour = Duration::from_secs(3600);
+        for i in 0..50 {
+            store.put(&format!("live{i}"), vec![1; 10], hour).await.unwrap();
+        }
+        store
+            .put("brief", b"x".to_vec(), Duration::from_millis(5))
+            .await
+            .unwrap();
+        // Replaced values leave no stale index entry behind.
+        store.put("live0", vec![2; 10], hour).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.due(super::super::now_secs(), 10).await.unwrap();
+        let (values, index) = store
+            .blocking(|db| {
+                let txn = db.begin_read()?;
+                Ok((
+                    txn.open_table(VALUES)?.len()?,
+                    txn.open_table(VALUE_EXPIRY)?.len()?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (values, index),
+            (50, 50),
+            "the expired value went, the others stay"
+        );
     }
 }

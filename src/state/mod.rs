@@ -8,12 +8,20 @@
 //!
 //! Keys are plain strings (`tus:<id>`, `idem:<caller>:<digest>`); values are opaque bytes. Every value
 //! has a time to live, so nothing stays for ever.
+//!
+//! A tus upload's unfinished part (up to one Box part, or a direct upload's whole file) is kept apart
+//! from its small record, written only by a fenced write (`put_fenced`: atomic with the check that
+//! the writer still holds the upload's lock, and with the count of all unfinished parts' bytes, so
+//! that count stays right across crashes and replicas) and read only by a PATCH (`get_pending`). The
+//! open uploads of each owner are a set of ids with their expiry (`open_upload`): expired ids drop
+//! out of the count by themselves, so a crash or a missed cleanup never leaves it too high.
 mod embedded;
 mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 pub use self::embedded::EmbeddedStore;
@@ -30,6 +38,33 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Lock {
     pub key: String,
     pub token: String,
+}
+
+/// A write that is made only while `lock` is still held (its token is the fencing token), checked
+/// atomically with the write: a Lua script in Redis, one transaction in redb.
+#[derive(Debug, Clone)]
+pub struct FencedWrite {
+    /// The record's key and its new value (None: the record is deleted).
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub ttl: Duration,
+    /// The unfinished part's key and its new bytes (None: left as it is; empty: deleted). Unfinished
+    /// parts have no time to live of their own: they go with their record (`forget`, the sweeper),
+    /// so the count of their bytes never keeps bytes that were dropped behind its back.
+    pub pending_key: String,
+    pub pending: Option<Bytes>,
+    /// A part that grows may not take all unfinished parts together past this many bytes.
+    pub max_pending_bytes: u64,
+}
+
+/// What a fenced write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    Saved,
+    /// The lock was lost (expired, taken by another): nothing was written.
+    LockLost,
+    /// The unfinished part would pass `max_pending_bytes`: nothing was written.
+    Full,
 }
 
 /// The one interface both stores implement (object-safe: the gateway holds an `Arc<dyn StateStore>`).
@@ -53,6 +88,24 @@ pub trait StateStore: Send + Sync + 'static {
     fn unschedule<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// Ids whose time came by `now` (Unix seconds), at most `limit`.
     fn due<'a>(&'a self, now: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// Writes an upload's record and unfinished part, atomically, only while `lock` is held.
+    fn put_fenced<'a>(&'a self, lock: &'a Lock, write: FencedWrite) -> BoxFuture<'a, StoreResult<Fenced>>;
+    /// An upload's unfinished part, as written by `put_fenced`.
+    fn get_pending<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>>;
+    /// The bytes of every unfinished part in the store, together.
+    fn pending_bytes(&self) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Counts `id` among `owner`'s open uploads until `expires_at` (Unix seconds), unless the owner
+    /// already has `max` open at `now`: whether it was counted (atomic).
+    fn open_upload<'a>(
+        &'a self,
+        owner: &'a str,
+        id: &'a str,
+        expires_at: u64,
+        now: u64,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// `id` is no longer open (landed, terminated, expired, failed).
+    fn close_upload<'a>(&'a self, owner: &'a str, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// `embedded` or `redis`, for the log.
     fn kind(&self) -> &'static str;
 }
@@ -135,4 +188,94 @@ pub async fn check_store(store: &dyn StateStore) {
     store.unschedule(&k("u1")).await.unwrap();
     store.unschedule(&k("u2")).await.unwrap();
     assert!(!store.due(15, 1000).await.unwrap().contains(&k("u1")));
+
+    check_fenced_writes(store, &k).await;
+    check_open_uploads(store, &k).await;
+}
+
+async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
+    let hour = Duration::from_secs(3600);
+    let base = store.pending_bytes().await.unwrap();
+    let write = |value: &[u8], pending: Option<&'static [u8]>, max: u64| FencedWrite {
+        key: k("rec"),
+        value: Some(value.to_vec()),
+        ttl: hour,
+        pending_key: k("rec:pending"),
+        pending: pending.map(Bytes::from_static),
+        max_pending_bytes: base + max,
+    };
+    let lock = store.lock(&k("rec"), hour).await.unwrap().expect("free");
+    let saved = store.put_fenced(&lock, write(b"r1", Some(b"abcd"), 10)).await;
+    assert_eq!(saved.unwrap(), Fenced::Saved);
+    assert_eq!(store.get(&k("rec")).await.unwrap().as_deref(), Some(&b"r1"[..]));
+    let pending = store.get_pending(&k("rec:pending")).await.unwrap();
+    assert_eq!(pending.as_deref(), Some(&b"abcd"[..]));
+    assert_eq!(store.pending_bytes().await.unwrap(), base + 4);
+    // A part that would pass the cap is refused whole; one that shrinks always fits.
+    let full = store
+        .put_fenced(&lock, write(b"r2", Some(b"0123456789x"), 10))
+        .await;
+    assert_eq!(full.unwrap(), Fenced::Full);
+    assert_eq!(store.get(&k("rec")).await.unwrap().as_deref(), Some(&b"r1"[..]));
+    let shrunk = store.put_fenced(&lock, write(b"r2", Some(b"ab"), 1)).await;
+    assert_eq!(shrunk.unwrap(), Fenced::Saved);
+    assert_eq!(store.pending_bytes().await.unwrap(), base + 2);
+    // Left as it is.
+    let kept = store.put_fenced(&lock, write(b"r3", None, 0)).await;
+    assert_eq!(kept.unwrap(), Fenced::Saved);
+    let pending = store.get_pending(&k("rec:pending")).await.unwrap();
+    assert_eq!(pending.as_deref(), Some(&b"ab"[..]));
+    // Once the lock is gone (released, expired or taken by another), nothing is written.
+    store.unlock(&lock).await.unwrap();
+    let thief = store.lock(&k("rec"), hour).await.unwrap().expect("released");
+    let stale = store.put_fenced(&lock, write(b"old", Some(b"zz"), 10)).await;
+    assert_eq!(stale.unwrap(), Fenced::LockLost);
+    assert_eq!(store.get(&k("rec")).await.unwrap().as_deref(), Some(&b"r3"[..]));
+    store.unlock(&thief).await.unwrap();
+    let short = store
+        .lock(&k("rec"), Duration::from_millis(5))
+        .await
+        .unwrap()
+        .expect("free");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let expired = store.put_fenced(&short, write(b"old", Some(b"zz"), 10)).await;
+    assert_eq!(expired.unwrap(), Fenced::LockLost);
+    // The record and its part go together, and the count with them.
+    let lock = store.lock(&k("rec"), hour).await.unwrap().expect("free");
+    let gone = FencedWrite {
+        value: None,
+        pending: Some(Bytes::new()),
+        ..write(b"", None, 0)
+    };
+    assert_eq!(store.put_fenced(&lock, gone).await.unwrap(), Fenced::Saved);
+    assert_eq!(store.get(&k("rec")).await.unwrap(), None);
+    assert_eq!(store.get_pending(&k("rec:pending")).await.unwrap(), None);
+    assert_eq!(store.pending_bytes().await.unwrap(), base);
+    store.unlock(&lock).await.unwrap();
+}
+
+async fn check_open_uploads(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
+    let owner = k("owner");
+    let now = now_secs();
+    let open = |id: &'static str, expires_at: u64| store.open_upload(&owner, id, expires_at, now, 2);
+    assert!(open("a", now + 60).await.unwrap());
+    assert!(open("b", now + 60).await.unwrap());
+    assert!(!open("c", now + 60).await.unwrap(), "the cap");
+    assert!(
+        store
+            .open_upload(&k("other"), "c", now + 60, now, 2)
+            .await
+            .unwrap(),
+        "per owner"
+    );
+    store.close_upload(&owner, "a").await.unwrap();
+    assert!(
+        open("c", now + 60).await.unwrap(),
+        "a closed upload frees its place"
+    );
+    // An upload past its expiry no longer counts, whether or not the sweeper came by.
+    store.close_upload(&owner, "b").await.unwrap();
+    assert!(open("old", now - 1).await.unwrap());
+    assert!(open("d", now + 60).await.unwrap());
+    assert!(!open("e", now + 60).await.unwrap());
 }

@@ -2,21 +2,65 @@
 //! expiry index is one sorted set. A lock is `SET key token NX PX ttl`, extended and released by Lua
 //! scripts that first check the token, so a replica never releases a lock another one took after its
 //! own expired (the pattern of Redis's documentation, "Distributed locks with Redis", single instance).
+//!
+//! An upload's record and unfinished part are written by one script that first checks the lock's
+//! token (the fencing token) and keeps the count of all unfinished parts' bytes (`pending-bytes`)
+//! in the same step; unfinished parts have no TTL (they go with their record), so nothing Redis
+//! drops by itself can make that count wrong. Run Redis with `maxmemory-policy noeviction`: an
+//! evicted key is lost state. Each owner's open uploads are a sorted set scored by expiry, counted
+//! only from now on, so uploads that expired or were never cleaned up stop counting by themselves.
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::ConnectionManager;
 use redis::{cmd, Script};
 
-use super::{new_token, Lock, StateStore, StoreError, StoreResult};
+use super::{new_token, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreResult};
 
 const PREFIX: &str = "box-upload-gateway:";
 const EXPIRY: &str = "box-upload-gateway:expiry";
+const PENDING_BYTES: &str = "box-upload-gateway:pending-bytes";
 
 const UNLOCK: &str =
     r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 const EXTEND: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
+
+/// KEYS: lock, record, pending, pending-bytes. ARGV: token, record (or "" with ARGV[3] = "del"),
+/// ttl ms, record op, pending op (keep | set), pending bytes, max pending bytes.
+/// 0: the lock is lost; 1: saved; 2: the unfinished parts would pass the cap.
+const PUT_FENCED: &str = r#"
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[5] == "set" then
+  local old = redis.call("STRLEN", KEYS[3])
+  local new = string.len(ARGV[6])
+  local total = tonumber(redis.call("GET", KEYS[4]) or "0")
+  if new > old and total - old + new > tonumber(ARGV[7]) then return 2 end
+  if new == 0 then redis.call("DEL", KEYS[3]) else redis.call("SET", KEYS[3], ARGV[6]) end
+  if new ~= old then redis.call("INCRBY", KEYS[4], new - old) end
+end
+if ARGV[4] == "del" then
+  redis.call("DEL", KEYS[2])
+else
+  redis.call("SET", KEYS[2], ARGV[2], "PX", ARGV[3])
+end
+return 1
+"#;
+
+/// KEYS: the owner's set. ARGV: id, expires_at, now, max. 1: counted; 0: the owner is at the cap.
+const OPEN_UPLOAD: &str = r#"
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", ARGV[3])
+if redis.call("ZCARD", KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call("ZADD", KEYS[1], ARGV[2], ARGV[1])
+local ttl = (tonumber(ARGV[2]) - tonumber(ARGV[3]) + 60) * 1000
+if redis.call("PTTL", KEYS[1]) < ttl then redis.call("PEXPIRE", KEYS[1], ttl) end
+return 1
+"#;
+
+fn open_key(owner: &str) -> String {
+    key(&format!("open:{owner}"))
+}
 
 pub struct RedisStore {
     client: redis::Client,
@@ -186,6 +230,95 @@ impl StateStore for RedisStore {
                 .arg("LIMIT")
                 .arg(0)
                 .arg(limit)
+                .query_async(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn put_fenced<'a>(&'a self, lock: &'a Lock, write: FencedWrite) -> BoxFuture<'a, StoreResult<Fenced>> {
+        async move {
+            let mut c = self.conn().await?;
+            let (record_op, record) = match &write.value {
+                Some(v) => ("set", v.as_slice()),
+                None => ("del", &[][..]),
+            };
+            let (pending_op, pending) = match &write.pending {
+                Some(p) => ("set", p.clone()),
+                None => ("keep", Bytes::new()),
+            };
+            let n: i64 = Script::new(PUT_FENCED)
+                .key(key(&lock.key))
+                .key(key(&write.key))
+                .key(key(&write.pending_key))
+                .key(PENDING_BYTES)
+                .arg(&lock.token)
+                .arg(record)
+                .arg(ms(write.ttl))
+                .arg(record_op)
+                .arg(pending_op)
+                .arg(pending.as_ref())
+                .arg(write.max_pending_bytes)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(match n {
+                1 => Fenced::Saved,
+                2 => Fenced::Full,
+                _ => Fenced::LockLost,
+            })
+        }
+        .boxed()
+    }
+
+    fn get_pending<'a>(&'a self, k: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>> {
+        self.get(k)
+    }
+
+    fn pending_bytes(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        async move {
+            let mut c = self.conn().await?;
+            let n: Option<i64> = cmd("GET")
+                .arg(PENDING_BYTES)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        }
+        .boxed()
+    }
+
+    fn open_upload<'a>(
+        &'a self,
+        owner: &'a str,
+        id: &'a str,
+        expires_at: u64,
+        now: u64,
+        max: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        async move {
+            let mut c = self.conn().await?;
+            let n: i64 = Script::new(OPEN_UPLOAD)
+                .key(open_key(owner))
+                .arg(id)
+                .arg(expires_at)
+                .arg(now)
+                .arg(max)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(n == 1)
+        }
+        .boxed()
+    }
+
+    fn close_upload<'a>(&'a self, owner: &'a str, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let mut c = self.conn().await?;
+            cmd("ZREM")
+                .arg(open_key(owner))
+                .arg(id)
                 .query_async(&mut c)
                 .await
                 .map_err(err)

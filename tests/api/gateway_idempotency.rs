@@ -110,24 +110,154 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_bad_key_400() {
 }
 
 #[tokio::test]
-async fn a_key_replays_only_the_same_method_on_the_same_endpoint() {
+async fn a_key_used_for_another_request_is_422_and_another_method_405() {
     let app = spawn_app_with(Options::default()).await;
     let url = |name: &str| format!("{}/v1/folders/0/files/{name}", app.address);
-    let send = |method: reqwest::Method, url: String| {
+    let send = |method: reqwest::Method, url: String, len: usize| {
         app.http
             .request(method, url)
             .header("Idempotency-Key", "same-key")
-            .body(vec![7u8; 100])
+            .body(vec![7u8; len])
             .send()
     };
 
-    let first = send(reqwest::Method::PUT, url("one.bin")).await.unwrap();
-    let trace = send(reqwest::Method::TRACE, url("one.bin")).await.unwrap();
-    let elsewhere = send(reqwest::Method::PUT, url("two.bin")).await.unwrap();
+    let first = send(reqwest::Method::PUT, url("one.bin"), 100).await.unwrap();
+    let trace = send(reqwest::Method::TRACE, url("one.bin"), 100).await.unwrap();
+    let elsewhere = send(reqwest::Method::PUT, url("two.bin"), 100).await.unwrap();
+    let bigger = send(reqwest::Method::PUT, url("one.bin"), 101).await.unwrap();
+    let same = send(reqwest::Method::PUT, url("one.bin"), 100).await.unwrap();
 
     assert_eq!(first.status(), 201);
     assert_eq!(trace.status(), 405, "another method is not a retry");
-    assert_eq!(elsewhere.status(), 201, "another endpoint is another upload");
-    let names: Vec<_> = app.emulator.inspect().files.into_iter().map(|f| f.name).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    for reused in [elsewhere, bigger] {
+        assert_eq!(reused.status(), 422);
+        let body: Value = reused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    }
+    assert_eq!(same.status(), 201);
+    assert_eq!(same.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.emulator.inspect().files.len(), 1, "one upload only");
+    assert_eq!(
+        app.metrics
+            .idempotent_requests
+            .with_label_values(&["mismatch"])
+            .get(),
+        2
+    );
+}
+
+fn short_claims(redis_url: &str, claim_secs: u64) -> Options {
+    let mut options = redis_options(redis_url);
+    let with_redis = options.gateway.take().unwrap();
+    options.gateway = Some(Box::new(move |s, e| {
+        with_redis(s, e);
+        s.idempotency_claim_secs = claim_secs;
+    }));
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_of_a_crashed_gateway_frees_itself_after_the_claim_time() {
+    use crate::gateway_process::{emulator_env, env_refs, Gateway};
+    // Arrange: a gateway process and an in-process replica sharing Redis, claims of 5 s.
+    let redis = RedisServer::start().await;
+    let app = spawn_app_with(short_claims(&redis.url, 5)).await;
+    let mut env = emulator_env(&app.emulator);
+    env.push((
+        "BOX_DEVELOPER_TOKEN",
+        box_upload_gateway::emulator::DEV_TOKEN.into(),
+    ));
+    env.push(("GATEWAY_ALLOW_ANONYMOUS", "true".into()));
+    env.push(("GATEWAY_REDIS_URL", redis.url.clone()));
+    env.push(("GATEWAY_IDEMPOTENCY_CLAIM_SECS", "5".into()));
+    let doomed = Gateway::start(&env_refs(&env)).await;
+    let (file, sha1) = make_file(3 * PART);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let put = |base: String, body: reqwest::Body| {
+        app.http
+            .put(format!("{base}/v1/folders/0/files/crashed.bin"))
+            .header("Idempotency-Key", "crash-1")
+            .header("Content-Length", bytes.len())
+            .body(body)
+            .send()
+    };
+    // A request that claims the key, then the process dies under it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let cut = tokio::spawn(put(doomed.url(""), reqwest::Body::wrap_stream(body)));
+    tx.send(Ok(bytes[..1000].to_vec())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.finish().await;
+    assert!(
+        cut.await.unwrap().is_err(),
+        "the connection died with the process"
+    );
+    // Act: the retry at once, then until it runs.
+    let at_once = put(app.address.clone(), bytes.clone().into()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut landed = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        let retry = put(app.address.clone(), bytes.clone().into()).await.unwrap();
+        if retry.status() != 409 {
+            landed = Some(retry);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Assert: 409 while the dead claim lasted, then the upload ran (not 24 hours later).
+    assert_eq!(at_once.status(), 409);
+    let landed = landed.expect("the claim freed itself");
+    assert_eq!(landed.status(), 201);
+    let answer: Value = landed.json().await.unwrap();
+    app.assert_stored(&answer, &sha1, 3 * PART);
+    eprintln!("a crashed claim of 5 s freed after {:.1?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_its_upload_lands_gets_that_upload_on_retry() {
+    // Arrange: Box takes about 4 s to finish the commit (four 202s with Retry-After: 1), well
+    // after the client (which gives up after 2 s, its body long sent) has left.
+    let app = spawn_app_with(Options {
+        faults: serde_json::from_value(serde_json::json!({"rules": [
+            {"endpoint": "commit", "times": 4, "action": {"type": "commit_accepted", "retry_after": 1}}
+        ]}))
+        .unwrap(),
+        ..Options::default()
+    })
+    .await;
+    let (file, sha1) = make_file(5 * PART + 3);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let url = format!("{}/v1/folders/0/files/left.bin", app.address);
+    let put = |timeout: Duration| {
+        app.http
+            .put(&url)
+            .header("Idempotency-Key", "leaving-1")
+            .timeout(timeout)
+            .body(bytes.clone())
+            .send()
+    };
+    // Act: the client gives up while the commit waits, and retries.
+    let gave_up = put(Duration::from_secs(2)).await;
+    assert!(gave_up.is_err(), "the client left before the answer");
+    let during = put(Duration::from_secs(30)).await.unwrap();
+    let mut replayed = None;
+    for _ in 0..120 {
+        let retry = put(Duration::from_secs(30)).await.unwrap();
+        if retry.status() != 409 {
+            replayed = Some(retry);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Assert: the retry waited for the first upload, then got its answer; one file, one session.
+    assert_eq!(during.status(), 409);
+    let during: Value = during.json().await.unwrap();
+    assert_eq!(during["error"]["code"], "idempotency_key_in_use");
+    let replayed = replayed.expect("the first upload ended");
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    let answer: Value = replayed.json().await.unwrap();
+    app.assert_stored(&answer, &sha1, 5 * PART + 3);
+    assert_eq!(app.emulator.inspect().files.len(), 1);
+    assert_eq!(app.emulator.inspect().sessions.len(), 1, "uploaded once");
 }
