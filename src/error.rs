@@ -171,6 +171,11 @@ impl From<UploadError> for ApiError {
             UploadError::Integrity(_) => {
                 Self::new(S::BAD_GATEWAY, "box_integrity_error", "Box stored a file that differs from the one sent")
             }
+            UploadError::Rewound { offset } => Self::new(
+                S::CONFLICT,
+                "upload_rewound",
+                format!("Box lacks the bytes from {offset} on: the upload's offset is now {offset}; send the bytes from there (HEAD says so too)"),
+            ),
             UploadError::OverBudget(_) | UploadError::Internal(_) => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")
             }

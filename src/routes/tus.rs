@@ -29,7 +29,7 @@ use super::AppState;
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
-use crate::pipeline::{spool, Resumable, UploadRequest};
+use crate::pipeline::{spool, Resumable, UploadError, UploadRequest};
 use crate::state::{now_secs, Lock};
 
 pub const TUS_VERSION: &str = "1.0.0";
@@ -61,6 +61,43 @@ struct Record {
     upload: Resumable,
     /// Once the file landed in Box.
     file_id: Option<String>,
+    /// Once the upload failed for good (its commit, or the direct upload, was refused): what HEAD
+    /// and PATCH answer from then on, on any replica, until DELETE or expiry.
+    #[serde(default)]
+    failed: Option<Failure>,
+}
+
+/// Why an upload failed for good: the answer its last PATCH got.
+#[derive(Serialize, Deserialize)]
+struct Failure {
+    /// The gateway's error code of that answer (`box_timeout`, `digest_mismatch`, ...).
+    code: String,
+    message: String,
+}
+
+/// The header naming the cause of a failed upload's 410 (HEAD has no body to carry it).
+pub const FAILURE_CODE: &str = "Upload-Failure-Code";
+
+/// 410 `upload_failed`: the upload will never land; nothing of it is in Box.
+fn failed_answer(failure: &Failure) -> HttpResponse {
+    let mut response = ApiError::new(
+        StatusCode::GONE,
+        "upload_failed",
+        format!(
+            "the upload failed for good and nothing of it is in Box ({}: {}); DELETE it and upload the file again",
+            failure.code, failure.message
+        ),
+    )
+    .error_response();
+    if let Ok(code) = HeaderValue::from_str(&failure.code) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static("upload-failure-code"), code);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn store_key(id: &str) -> String {
@@ -278,6 +315,7 @@ async fn create_upload(
         metadata: raw_metadata,
         upload: prepared.into_resumable(),
         file_id: None,
+        failed: None,
     };
     let saved = async {
         save(state, &id, &record, &[]).await?;
@@ -318,7 +356,10 @@ async fn create_upload(
             Ok(()) => {}
             // The upload exists and is not done: the client asks HEAD where it stands and sends the
             // rest. (An error once complete is the commit's: the upload is gone, so it is answered.)
-            Err(err) if !err.status.is_server_error() && !record.upload.is_complete() => {
+            Err(err)
+                if (!err.status.is_server_error() || err.code == "draining")
+                    && !record.upload.is_complete() =>
+            {
                 tracing::info!(upload_id = %id, code = err.code, "the first chunk did not fully go in");
             }
             Err(err) => return Err(err),
@@ -332,6 +373,9 @@ async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse
     check_version(req)?;
     let caller = state.access.authenticate(req.headers())?;
     let (record, _) = load(state, &upload_id(req), &caller).await?;
+    if let Some(failure) = &record.failed {
+        return Ok(failed_answer(failure));
+    }
     let mut response = HttpResponse::Ok();
     response
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -363,6 +407,9 @@ async fn patch_upload(
     let lock = take_lock(state, &id).await?;
     let result = held(state, &lock, async {
         let (mut record, pending) = load(state, &id, &caller).await?;
+        if let Some(failure) = &record.failed {
+            return Ok(Err(failed_answer(failure)));
+        }
         if offset != record.upload.offset {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -376,11 +423,14 @@ async fn patch_upload(
         if record.file_id.is_none() {
             append(req, payload, state, &caller, &id, &mut record, pending).await?;
         }
-        Ok(record)
+        Ok(Ok(record))
     })
     .await;
     release(state, lock).await;
-    let record = result?;
+    let record = match result? {
+        Ok(record) => record,
+        Err(failed) => return Ok(failed),
+    };
     let mut response = HttpResponse::NoContent();
     progress(&mut response, &record);
     Ok(response.finish())
@@ -403,7 +453,8 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
     let lock = take_lock(state, &id).await?;
     let result = held(state, &lock, async {
         let (record, _) = load(state, &id, &caller).await?;
-        if record.file_id.is_none() {
+        // A failed upload's session was aborted when it failed.
+        if record.file_id.is_none() && record.failed.is_none() {
             state
                 .pipeline
                 .acting_as(&caller.principal)
@@ -468,11 +519,17 @@ async fn append(
     };
     // What is durable is kept, whether the body came whole or not.
     save(state, id, record, &pending).await?;
-    appended.map_err(|e| caller.box_error(fail(e)))?;
+    appended.map_err(|e| match e {
+        // Unlike a plain upload's, the session stays: the client resumes from HEAD's offset.
+        UploadError::ShuttingDown => ApiError::draining(
+            "the gateway is shutting down; what reached Box is kept: ask HEAD for the offset and resume (another replica takes it)",
+        ),
+        e => caller.box_error(fail(e)),
+    })?;
     if !record.upload.is_complete() {
         return Ok(());
     }
-    match pipeline.complete(&record.upload, pending).await {
+    match pipeline.complete(&mut record.upload, pending).await {
         Ok(outcome) => {
             record.file_id = outcome.file.id().map(str::to_owned);
             save(state, id, record, &[]).await?;
@@ -491,16 +548,27 @@ async fn append(
                 sha1 = %outcome.sha1_hex, "tus upload landed in Box");
             Ok(())
         }
-        // Nothing half-done stays: the session is aborted and the upload forgotten.
+        // Box lacks parts: the upload was moved back to the first hole, and goes on from there.
+        Err(err @ UploadError::Rewound { .. }) => {
+            save(state, id, record, &[]).await?;
+            Err(fail(err))
+        }
+        // Nothing half-done stays in Box: the session is aborted. The record stays, saying so, for
+        // HEAD and PATCH on any replica (never a full offset without a file), until DELETE or expiry.
         Err(err) => {
             pipeline.abort_resumable(&record.upload, "error").await;
-            forget(state, id).await?;
+            let err = caller.box_error(fail(err));
+            record.failed = Some(Failure {
+                code: err.code.to_owned(),
+                message: err.message.clone(),
+            });
+            save(state, id, record, &[]).await?;
             state
                 .metrics
                 .tus_uploads
                 .with_label_values(&["failed", &caller.name])
                 .inc();
-            Err(caller.box_error(fail(err)))
+            Err(err)
         }
     }
 }
@@ -676,8 +744,10 @@ mod tests {
                 offset: 3,
                 parts: Default::default(),
                 sha1: Default::default(),
+                chains: Default::default(),
             },
             file_id: None,
+            failed: None,
         };
         let (back, pending) = decode(encode(&record, b"abc").unwrap()).unwrap();
         assert_eq!((back.owner.as_str(), back.upload.offset), ("k", 3));
