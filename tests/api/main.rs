@@ -16,3 +16,4 @@ mod hostile;
 pub mod python;
 mod soak;
 mod tus;
+mod tus_honesty;

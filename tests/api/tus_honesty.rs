@@ -1,0 +1,235 @@
+//! Resumable uploads that never lie (issue 16): after a refused part, an overrunning body or a
+//! commit that fails for good, HEAD says what Box holds, and the upload resumes from there and lands
+//! whole. Real gateway, real emulator, its fault plan's `nth` rules on upload_part.
+use std::time::{Duration, Instant};
+
+use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan, FaultRule};
+use serde_json::{json, Value};
+
+use crate::helpers::{make_file, sessions, spawn_app_with, Options, TestApp, PART};
+use crate::tus::{assert_exact_parts, assert_file, create, head, header, patch, tuspy, TUS};
+
+/// A rule that answers the `nth` request of `endpoint` (once) with `status` and Box's `code`.
+fn refuse(endpoint: Endpoint, nth: u64, status: u16, code: &str) -> FaultPlan {
+    FaultPlan {
+        rules: vec![FaultRule {
+            endpoint,
+            nth: Some(nth),
+            fraction: None,
+            seed: None,
+            times: Some(1),
+            action: FaultAction::Status {
+                status,
+                code: Some(code.into()),
+                message: None,
+                retry_after: None,
+            },
+        }],
+        ..FaultPlan::default()
+    }
+}
+
+/// The first byte of the upload Box lacks: walking the session's parts from 0 (its only session).
+pub fn first_byte_box_lacks(app: &TestApp, size: u64) -> u64 {
+    let all = sessions(&app.emulator);
+    let parts = all[0]["parts"].as_array().cloned().unwrap_or_default();
+    let mut at = 0;
+    while at < size {
+        match parts.iter().find(|p| p["offset"] == at) {
+            Some(p) => at += p["size"].as_u64().unwrap(),
+            None => break,
+        }
+    }
+    at
+}
+
+fn offset_of(response: &reqwest::Response) -> u64 {
+    header(response, "upload-offset")
+        .expect("Upload-Offset")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_refused_anywhere_in_a_long_patch_leaves_head_at_the_first_byte_box_lacks() {
+    // 10.5 parts, all in one PATCH (so the last part is the file's, sent only once the body ended).
+    let size = 10 * PART + PART / 2;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let total = size.div_ceil(PART);
+    let mut cases = 0;
+    for concurrency in [1, 4, 8] {
+        // The first part, the second (collected at the concurrency limit: the case of issue 16),
+        // one in the middle, the last.
+        for nth in [1, 2, total / 2 + 1, total] {
+            // Arrange
+            let app = spawn_app_with(Options {
+                part_concurrency: concurrency,
+                ..Options::default()
+            })
+            .await;
+            let url = format!(
+                "{}{}",
+                app.address,
+                create(&app.http, &app.address, size, "refused.bin").await
+            );
+            app.emulator
+                .set_faults(refuse(Endpoint::UploadPart, nth, 501, "not_implemented"));
+            let case = format!("part_concurrency {concurrency}, request {nth} of {total} refused");
+            // Act
+            let failed = patch(&app.http, &url, 0, bytes.clone(), None).await;
+            // Assert: the PATCH fails; HEAD is exactly the first byte Box lacks (never past it).
+            assert!(failed.status().is_server_error(), "{case}: {}", failed.status());
+            let lacks = first_byte_box_lacks(&app, size);
+            assert!(lacks < size, "{case}: Box lacks a part");
+            let at = offset_of(&head(&app.http, &url).await);
+            assert_eq!(at, lacks, "{case}: HEAD at the first byte Box lacks");
+            // The client resumes from there: the upload lands whole, fast, each part sent once.
+            let started = Instant::now();
+            let rest = patch(&app.http, &url, at, bytes[at as usize..].to_vec(), None).await;
+            assert_eq!(rest.status(), 204, "{case}: {:?}", rest.text().await);
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{case}: took {:?}",
+                started.elapsed()
+            );
+            let id = header(&rest, "upload-box-file-id").expect("landed");
+            assert_file(&app, &id, &sha1, size);
+            assert_exact_parts(&app, size, PART);
+            let seen = app.emulator.inspect();
+            assert_eq!(seen.counters.faults_fired, 1, "{case}");
+            assert_eq!(
+                seen.counters.part_uploads_accepted, total,
+                "{case}: each part stored once, none sent twice"
+            );
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overrunning_chunked_patch_changes_nothing_and_sends_no_last_part() {
+    // Arrange: 5.5 parts; 1000 bytes in, then a chunked PATCH (no Content-Length) with 10 bytes
+    // too many.
+    let app = spawn_app_with(Options::default()).await;
+    let size = 5 * PART + PART / 2;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let url = format!(
+        "{}{}",
+        app.address,
+        create(&app.http, &app.address, size, "over.bin").await
+    );
+    assert_eq!(patch(&app.http, &url, 0, bytes[..1000].to_vec(), None).await.status(), 204);
+    let mut too_much = bytes[1000..].to_vec();
+    too_much.extend_from_slice(&[0; 10]);
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        too_much.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
+    // Act
+    let over = app
+        .http
+        .patch(&url)
+        .header("Tus-Resumable", TUS)
+        .header("Upload-Offset", 1000)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    // Assert: refused; the offset is where it was; the last part never went to Box.
+    assert_eq!(over.status(), 400);
+    assert_eq!(over.json::<Value>().await.unwrap()["error"]["code"], "size_mismatch");
+    assert_eq!(offset_of(&head(&app.http, &url).await), 1000);
+    let parts = sessions(&app.emulator)[0]["parts"].as_array().unwrap().clone();
+    assert!(
+        parts.iter().all(|p| p["offset"].as_u64().unwrap() < 5 * PART),
+        "no last part: {parts:?}"
+    );
+    // The right bytes then land, the parts Box got are not sent again.
+    let rest = patch(&app.http, &url, 1000, bytes[1000..].to_vec(), None).await;
+    assert_eq!(rest.status(), 204);
+    assert_file(&app, &header(&rest, "upload-box-file-id").unwrap(), &sha1, size);
+    assert_exact_parts(&app, size, PART);
+    assert_eq!(
+        app.emulator.inspect().counters.part_uploads_accepted,
+        size.div_ceil(PART),
+        "no part sent twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_for_good_is_what_head_answers() {
+    // Arrange: Box refuses the commit with a final error.
+    let app = spawn_app_with(Options::default()).await;
+    let size = 4 * PART;
+    let (file, _) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let url = format!(
+        "{}{}",
+        app.address,
+        create(&app.http, &app.address, size, "doomed.bin").await
+    );
+    app.emulator
+        .set_faults(refuse(Endpoint::Commit, 1, 400, "digest_mismatch"));
+    // Act
+    let last = patch(&app.http, &url, 0, bytes.clone(), None).await;
+    // Assert: the PATCH says why; HEAD answers 410 with the cause, never a full offset; a PATCH too.
+    assert_eq!(last.status(), 502);
+    assert_eq!(last.json::<Value>().await.unwrap()["error"]["code"], "box_integrity_error");
+    let after = head(&app.http, &url).await;
+    assert_eq!(after.status(), 410);
+    assert_eq!(header(&after, "upload-offset"), None);
+    assert_eq!(header(&after, "upload-failure-code").as_deref(), Some("box_integrity_error"));
+    assert_eq!(header(&after, "tus-resumable").as_deref(), Some(TUS));
+    let again = patch(&app.http, &url, size, Vec::new(), None).await;
+    assert_eq!(again.status(), 410);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upload_failed", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("box_integrity_error"));
+    assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
+    assert!(app.emulator.inspect().files.is_empty());
+    // DELETE cleans it up.
+    let gone = app
+        .http
+        .delete(&url)
+        .header("Tus-Resumable", TUS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    assert_eq!(head(&app.http, &url).await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuspy_resumes_across_a_refused_part_with_its_own_retries() {
+    // Arrange: 6.5 parts in chunks of 2.5 parts; Box refuses the 4th part it is sent.
+    let app = spawn_app_with(Options {
+        part_concurrency: 4,
+        ..Options::default()
+    })
+    .await;
+    let size = 6 * PART + PART / 2;
+    let (file, sha1) = make_file(size);
+    app.emulator
+        .set_faults(refuse(Endpoint::UploadPart, 4, 501, "not_implemented"));
+    // Act: tuspy, unmodified, with its retry logic (wait, HEAD, send again from HEAD's offset).
+    let out = tuspy(
+        &[&app.address],
+        file.path(),
+        5 * PART / 2,
+        &[
+            "--metadata",
+            &json!({"filename": "retried.bin"}).to_string(),
+            "--retries",
+            "3",
+            "--retry-delay",
+            "0.2",
+        ],
+    )
+    .await;
+    // Assert
+    assert_eq!(app.emulator.inspect().counters.faults_fired, 1);
+    assert_file(&app, out["file_id"].as_str().unwrap(), &sha1, size);
+    assert_exact_parts(&app, size, PART);
+}
