@@ -203,21 +203,22 @@ async fn a_commit_that_fails_for_good_is_what_head_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuspy_resumes_across_a_refused_part_with_its_own_retries() {
-    // Arrange: 6.5 parts in chunks of 2.5 parts; Box refuses the 4th part it is sent.
+    // Arrange: 10.5 parts in chunks of 6 parts, 2 in flight; Box refuses the second part, which the
+    // PATCH collects while it waits at the concurrency limit (the case of issue 16).
     let app = spawn_app_with(Options {
-        part_concurrency: 4,
+        part_concurrency: 2,
         ..Options::default()
     })
     .await;
-    let size = 6 * PART + PART / 2;
+    let size = 10 * PART + PART / 2;
     let (file, sha1) = make_file(size);
     app.emulator
-        .set_faults(refuse(Endpoint::UploadPart, 4, 501, "not_implemented"));
+        .set_faults(refuse(Endpoint::UploadPart, 2, 501, "not_implemented"));
     // Act: tuspy, unmodified, with its retry logic (wait, HEAD, send again from HEAD's offset).
     let out = tuspy(
         &[&app.address],
         file.path(),
-        5 * PART / 2,
+        6 * PART,
         &[
             "--metadata",
             &json!({"filename": "retried.bin"}).to_string(),
