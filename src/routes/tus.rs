@@ -139,6 +139,13 @@ fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
         header::HeaderName::from_static("tus-resumable"),
         HeaderValue::from_static(TUS_VERSION),
     );
+    // A PATCH stopped by the drain answers before its body is read: the connection closes, so the
+    // server's stop does not wait for a body nobody reads.
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     if response.status() == StatusCode::PRECONDITION_FAILED {
         response.headers_mut().insert(
             header::HeaderName::from_static("tus-version"),

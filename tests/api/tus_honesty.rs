@@ -121,7 +121,12 @@ async fn an_overrunning_chunked_patch_changes_nothing_and_sends_no_last_part() {
         app.address,
         create(&app.http, &app.address, size, "over.bin").await
     );
-    assert_eq!(patch(&app.http, &url, 0, bytes[..1000].to_vec(), None).await.status(), 204);
+    assert_eq!(
+        patch(&app.http, &url, 0, bytes[..1000].to_vec(), None)
+            .await
+            .status(),
+        204
+    );
     let mut too_much = bytes[1000..].to_vec();
     too_much.extend_from_slice(&[0; 10]);
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -139,7 +144,10 @@ async fn an_overrunning_chunked_patch_changes_nothing_and_sends_no_last_part() {
         .unwrap();
     // Assert: refused; the offset is where it was; the last part never went to Box.
     assert_eq!(over.status(), 400);
-    assert_eq!(over.json::<Value>().await.unwrap()["error"]["code"], "size_mismatch");
+    assert_eq!(
+        over.json::<Value>().await.unwrap()["error"]["code"],
+        "size_mismatch"
+    );
     assert_eq!(offset_of(&head(&app.http, &url).await), 1000);
     let parts = sessions(&app.emulator)[0]["parts"].as_array().unwrap().clone();
     assert!(
@@ -176,17 +184,26 @@ async fn a_commit_that_fails_for_good_is_what_head_answers() {
     let last = patch(&app.http, &url, 0, bytes.clone(), None).await;
     // Assert: the PATCH says why; HEAD answers 410 with the cause, never a full offset; a PATCH too.
     assert_eq!(last.status(), 502);
-    assert_eq!(last.json::<Value>().await.unwrap()["error"]["code"], "box_integrity_error");
+    assert_eq!(
+        last.json::<Value>().await.unwrap()["error"]["code"],
+        "box_integrity_error"
+    );
     let after = head(&app.http, &url).await;
     assert_eq!(after.status(), 410);
     assert_eq!(header(&after, "upload-offset"), None);
-    assert_eq!(header(&after, "upload-failure-code").as_deref(), Some("box_integrity_error"));
+    assert_eq!(
+        header(&after, "upload-failure-code").as_deref(),
+        Some("box_integrity_error")
+    );
     assert_eq!(header(&after, "tus-resumable").as_deref(), Some(TUS));
     let again = patch(&app.http, &url, size, Vec::new(), None).await;
     assert_eq!(again.status(), 410);
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upload_failed", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("box_integrity_error"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("box_integrity_error"));
     assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
     assert!(app.emulator.inspect().files.is_empty());
     // DELETE cleans it up.
@@ -233,4 +250,94 @@ async fn tuspy_resumes_across_a_refused_part_with_its_own_retries() {
     assert_eq!(app.emulator.inspect().counters.faults_fired, 1);
     assert_file(&app, out["file_id"].as_str().unwrap(), &sha1, size);
     assert_exact_parts(&app, size, PART);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_at_the_drains_stop_keeps_what_box_holds_and_resumes_on_the_next_process() {
+    use crate::gateway_process::{emulator_env, env_refs, sigterm, wait_exit, wait_ready, Gateway};
+    use box_upload_gateway::emulator::{Emulator, EmulatorConfig};
+    use futures_util::StreamExt;
+    // Arrange: the real binary (grace 3 s), its state in a directory that outlives it; a PATCH whose
+    // body would take 8 s.
+    let emulator = Emulator::spawn(EmulatorConfig {
+        part_size: Some(PART),
+        min_chunked_size: 1024 * 1024,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        (
+            "BOX_DEVELOPER_TOKEN",
+            box_upload_gateway::emulator::DEV_TOKEN.into(),
+        ),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+        ("GATEWAY_SHUTDOWN_GRACE_SECS", "3".into()),
+        ("GATEWAY_READINESS_CHECK_INTERVAL_SECS", "1".into()),
+        ("GATEWAY_STATE_DIR", state_dir.path().display().to_string()),
+        ("RUST_LOG", "info".into()),
+    ]);
+    let mut first = Gateway::start(&env_refs(&env)).await;
+    let http = reqwest::Client::new();
+    wait_ready(&http, &first).await;
+    let size = 8 * PART;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let path = create(&http, &first.url(""), size, "drained.bin").await;
+    let pieces: Vec<bytes::Bytes> = bytes
+        .chunks(64 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let body = futures_util::stream::iter(pieces).then(|piece| async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    let slow = http
+        .patch(first.url(&path))
+        .header("Tus-Resumable", TUS)
+        .header("Upload-Offset", 0)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Content-Length", size)
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let slow = tokio::spawn(async move { (slow.await, Instant::now()) });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Act
+    let signalled = Instant::now();
+    sigterm(&first);
+    let (status, _) = wait_exit(&mut first, Duration::from_secs(10)).await;
+    let (slow, answered) = slow.await.unwrap();
+    let slow = slow.expect("the PATCH is answered");
+    // Assert: 503 draining with Retry-After, at the drain's stop (2.4 s), before the hard stop (3 s);
+    // the session stays open.
+    assert!(status.success());
+    let after = answered - signalled;
+    assert!(
+        after < Duration::from_secs(3),
+        "answered {after:?} after SIGTERM: {}",
+        first.logs
+    );
+    assert_eq!(slow.status(), 503);
+    assert!(slow.headers().contains_key("retry-after"));
+    let answer: Value = slow.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "draining", "{answer}");
+    let all = sessions(&emulator);
+    assert_eq!(all[0]["state"], "open", "the session is kept for the resume");
+    // The next process answers HEAD with no more than Box holds, and the upload lands from there.
+    let second = Gateway::start(&env_refs(&env)).await;
+    let at = offset_of(&head(&http, &second.url(&path)).await);
+    let parts = all[0]["parts"].as_array().unwrap();
+    let mut lacks = 0;
+    while let Some(p) = parts.iter().find(|p| p["offset"] == lacks) {
+        lacks += p["size"].as_u64().unwrap();
+    }
+    assert!(at <= lacks && at > 0, "HEAD {at}, Box holds up to {lacks}");
+    let rest = patch(&http, &second.url(&path), at, bytes[at as usize..].to_vec(), None).await;
+    assert_eq!(rest.status(), 204);
+    let id = header(&rest, "upload-box-file-id").unwrap();
+    second.finish().await;
+    let stored = emulator.file_path(&id).unwrap();
+    assert_eq!(crate::helpers::sha1_of_path(&stored), sha1);
 }
