@@ -112,9 +112,12 @@ pub fn first_hole(from: u64, held: &BTreeMap<u64, UploadPart>, part_size: u64, s
     at
 }
 
+/// A part task's outcome: its offset and Box's answer.
+type PartDone = (u64, Result<UploadPart, UploadError>);
+
 /// One part's answer: a confirmed part goes into `held`; a failure is returned.
 fn collect(
-    done: Option<Result<(u64, Result<UploadPart, UploadError>), tokio::task::JoinError>>,
+    done: Option<Result<PartDone, tokio::task::JoinError>>,
     held: &mut BTreeMap<u64, UploadPart>,
 ) -> Result<(), UploadError> {
     match done {
@@ -170,7 +173,7 @@ impl Pipeline {
         // left, its chain is the one at that boundary.
         let mut chains = BTreeMap::from([(start, r.sha1.clone())]);
         let mut offset = start;
-        let mut in_flight: JoinSet<(u64, Result<UploadPart, UploadError>)> = JoinSet::new();
+        let mut in_flight: JoinSet<PartDone> = JoinSet::new();
         // The parts of this append Box confirmed (or already held, with the same bytes).
         let mut held = BTreeMap::new();
         let mut overran = false;
