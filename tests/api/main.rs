@@ -15,5 +15,6 @@ pub mod helpers;
 mod hostile;
 pub mod python;
 mod soak;
+mod soak_tus;
 mod tus;
 mod tus_honesty;
