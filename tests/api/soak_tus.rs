@@ -130,6 +130,8 @@ struct Tally {
     violations: Vec<String>,
     /// Failed PATCHes by status (0: no answer).
     failures: std::collections::BTreeMap<u16, usize>,
+    /// The slowest PATCH answer (or its absence), and its status.
+    slowest_patch: (Duration, u16),
 }
 
 /// One client: creates the upload, sends random chunks from HEAD's offset, resumes after any failure,
@@ -144,7 +146,7 @@ async fn client(
 ) {
     let mut rng = fastrand::Rng::with_seed(seed ^ (i as u64 * 7919));
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     let size = 1024 * 1024 + rng.u64(0..3 * PART * 4);
@@ -200,6 +202,7 @@ async fn client(
                 // while the PATCH waits.
                 let len = rng.u64(1..=6 * PART).min(size - offset);
                 let chunk = bytes[offset as usize..(offset + len) as usize].to_vec();
+                let sent = Instant::now();
                 let answer = http
                     .patch(format!("{}{path}", base()))
                     .header("Tus-Resumable", TUS)
@@ -214,6 +217,7 @@ async fn client(
                     let mut t = tally.lock().unwrap();
                     t.patches += 1;
                     t.failed_patches += usize::from(!ok);
+                    t.slowest_patch = t.slowest_patch.max((sent.elapsed(), status));
                     if !ok {
                         *t.failures.entry(status).or_default() += 1;
                     }
@@ -254,7 +258,8 @@ async fn client(
             .header("Tus-Resumable", TUS)
             .send()
             .await;
-        if matches!(gone, Ok(r) if r.status() == 204) {
+        // 404: an earlier DELETE did it, its answer lost.
+        if matches!(gone, Ok(r) if r.status() == 204 || r.status() == 404) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -369,7 +374,7 @@ async fn soak_tus() {
         "soak: tus {} uploads (2 replicas, a gateway and a Redis restart, seed {seed}, {:.1?}): \
          {} landed, {} lost, {} corrupted, {} orphan sessions, {} keys left in the store \
          ({left_at_end} when the clients were done, the rest swept at expiry); \
-         {} PATCHes ({} failed: {:?} by status), {} HEAD checks, {} offset violations, {fired} part faults",
+         {} PATCHes ({} failed: {:?} by status), {} HEAD checks, slowest PATCH {:?}, {} offset violations, {fired} part faults",
         uploads,
         started.elapsed(),
         t.landed,
@@ -381,6 +386,7 @@ async fn soak_tus() {
         t.failed_patches,
         t.failures,
         t.head_checks,
+        t.slowest_patch,
         t.violations.len()
     );
     assert!(t.violations.is_empty(), "{:#?}", t.violations);
@@ -395,6 +401,7 @@ async fn soak_tus() {
         before_gateway < uploads && before_redis < uploads,
         "both restarts came mid-upload ({before_gateway} and {before_redis} landed before)"
     );
+    drop(t);
     two.finish().await;
     one_again.finish().await;
 }
