@@ -368,7 +368,7 @@ async fn soak_tus() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let left = keys.len();
-    let t = tally.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
     let fired = seen.counters.faults_fired;
     eprintln!(
         "soak: tus {} uploads (2 replicas, a gateway and a Redis restart, seed {seed}, {:.1?}): \
@@ -401,7 +401,6 @@ async fn soak_tus() {
         before_gateway < uploads && before_redis < uploads,
         "both restarts came mid-upload ({before_gateway} and {before_redis} landed before)"
     );
-    drop(t);
     two.finish().await;
     one_again.finish().await;
 }
