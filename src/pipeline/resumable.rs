@@ -262,6 +262,11 @@ impl Pipeline {
                 Bytes::new(),
             ),
         };
+        if result.is_err() && reached == start {
+            // Nothing of this append is in Box: the upload stays as it was, its stored unfinished
+            // part included (it is still durable).
+            return result;
+        }
         r.sha1 = chains
             .get(&reached)
             .cloned()

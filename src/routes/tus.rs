@@ -324,13 +324,15 @@ async fn create_upload(
         file_id: None,
         failed: None,
     };
+    // Scheduled first: a record saved without its schedule would never be swept, while a schedule
+    // without its record is dropped by the sweeper.
     let saved = async {
-        save(state, &id, &record, &[]).await?;
         state
             .store
             .schedule(&id, expires_at)
             .await
-            .map_err(ApiError::from)
+            .map_err(ApiError::from)?;
+        save(state, &id, &record, &[]).await
     }
     .await;
     if let Err(err) = saved {

@@ -341,3 +341,36 @@ async fn a_patch_at_the_drains_stop_keeps_what_box_holds_and_resumes_on_the_next
     let stored = emulator.file_path(&id).unwrap();
     assert_eq!(crate::helpers::sha1_of_path(&stored), sha1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_part_keeps_the_stored_unfinished_part() {
+    // Arrange: 1000 bytes stored (the unfinished first part); then Box refuses the first part the
+    // next PATCH completes.
+    let app = spawn_app_with(Options::default()).await;
+    let size = 5 * PART;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let url = format!(
+        "{}{}",
+        app.address,
+        create(&app.http, &app.address, size, "kept.bin").await
+    );
+    assert_eq!(
+        patch(&app.http, &url, 0, bytes[..1000].to_vec(), None)
+            .await
+            .status(),
+        204
+    );
+    app.emulator
+        .set_faults(refuse(Endpoint::UploadPart, 1, 501, "not_implemented"));
+    // Act
+    let failed = patch(&app.http, &url, 1000, bytes[1000..].to_vec(), None).await;
+    // Assert: Box holds nothing, the stored 1000 bytes still count; the rest goes in from there.
+    assert!(failed.status().is_server_error());
+    assert_eq!(first_byte_box_lacks(&app, size), 0);
+    assert_eq!(offset_of(&head(&app.http, &url).await), 1000);
+    let rest = patch(&app.http, &url, 1000, bytes[1000..].to_vec(), None).await;
+    assert_eq!(rest.status(), 204);
+    assert_file(&app, &header(&rest, "upload-box-file-id").unwrap(), &sha1, size);
+    assert_exact_parts(&app, size, PART);
+}
