@@ -560,6 +560,11 @@ async fn append(
         // Box lacks parts: the upload was moved back to the first hole, and goes on from there.
         Err(err @ UploadError::Rewound { .. }) => {
             save(state, id, record, &[]).await?;
+            state
+                .metrics
+                .tus_uploads
+                .with_label_values(&["rewound", &caller.name])
+                .inc();
             Err(fail(err))
         }
         // Nothing half-done stays in Box: the session is aborted. The record stays, saying so, for
