@@ -374,3 +374,44 @@ async fn a_refused_first_part_keeps_the_stored_unfinished_part() {
     assert_file(&app, &header(&rest, "upload-box-file-id").unwrap(), &sha1, size);
     assert_exact_parts(&app, size, PART);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parts_mismatch_past_its_short_window_ends_the_commit_in_seconds_not_minutes() {
+    // Arrange: every commit answers parts_mismatch, although Box holds every part.
+    let app = spawn_app_with(Options {
+        commit_timeout_secs: 120,
+        ..Options::default()
+    })
+    .await;
+    let size = 4 * PART + 10;
+    let (file, _) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let url = format!(
+        "{}{}",
+        app.address,
+        create(&app.http, &app.address, size, "mismatch.bin").await
+    );
+    app.emulator.set_faults(FaultPlan {
+        rules: vec![FaultRule {
+            endpoint: Endpoint::Commit,
+            nth: None,
+            fraction: Some(1.0),
+            seed: None,
+            times: None,
+            action: FaultAction::PartsMismatch,
+        }],
+        ..FaultPlan::default()
+    });
+    // Act
+    let started = Instant::now();
+    let last = patch(&app.http, &url, 0, bytes, None).await;
+    // Assert: answered after the 5 s window (the parts were listed: none missing, so the upload
+    // failed for good), far from commit_timeout_secs; HEAD says so.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(last.status().is_server_error(), "{}", last.status());
+    let after = head(&app.http, &url).await;
+    assert_eq!(after.status(), 410);
+    assert!(header(&after, "upload-failure-code").is_some());
+    assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
+}
