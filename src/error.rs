@@ -222,6 +222,11 @@ impl From<UploadError> for ApiError {
                     format!("the gateway's spool for bodies of unknown size is full (spool_max_total_bytes = {total}); send the size (`size`, Upload-Length or Content-Length) or try again later"),
                 )
             },
+            UploadError::Rewound { offset } => Self::new(
+                S::CONFLICT,
+                "upload_rewound",
+                format!("Box lacks the bytes from {offset} on: the upload's offset is now {offset}; send the bytes from there (HEAD says so too)"),
+            ),
             UploadError::Internal(_) => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")
             }

@@ -6,7 +6,9 @@
 //! 2. uploads in flight get until `shutdown_grace - abort_reserve(shutdown_grace)` to finish;
 //! 3. then `stop_uploads` fires: the pipeline stops reading bodies and sending parts, aborts each
 //!    remaining Box session (awaited) and the client is answered 503 `draining`; an upload whose
-//!    commit is already under way is let finish (Box may be creating the file);
+//!    commit is already under way is let finish (Box may be creating the file). A tus PATCH stops the
+//!    same way but keeps its session and what Box confirmed (`Pipeline::append`): the client resumes
+//!    from HEAD, which is answered even while draining (`routes::admit`);
 //! 4. at `shutdown_grace` the HTTP server stops, whatever is left, and the process exits 0.
 //!
 //! The embedded emulator of `serve --emulator` is stopped only after all this.

@@ -162,7 +162,7 @@ impl GatewayMetrics {
             tus_uploads: IntCounterVec::new(
                 Opts::new(
                     "gateway_tus_uploads_total",
-                    "Resumable (tus) uploads, by event (created|completed|failed|terminated|expired) and API key name.",
+                    "Resumable (tus) uploads, by event (created|completed|failed|terminated|expired|rewound) and API key name.",
                 ),
                 &["event", "key"],
             )?,

@@ -127,6 +127,10 @@ pub enum UploadError {
     Integrity(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A resumable upload's commit found parts missing in Box: the upload was moved back to the
+    /// first byte Box lacks, and the client sends from there.
+    #[error("Box lacks the bytes from {offset} on; the upload was moved back there")]
+    Rewound { offset: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -595,6 +599,7 @@ impl Pipeline {
             let policy = client.retry_policy().clone();
             let mut attempt = 0;
             let mut lost = false;
+            let mut mismatch_since = None;
             loop {
                 attempt += 1;
                 let err = match client.commit(&session, &upload, &sha1, &parts).await {
@@ -614,7 +619,15 @@ impl Pipeline {
                 }
                 let delay = policy.delay(attempt, err.retry_after());
                 let reason = match (err.code(), err.retry_reason()) {
-                    (Some("parts_mismatch"), _) => "parts_mismatch",
+                    // Transient right after the last part; past a short window Box lacks a part,
+                    // and retrying cannot bring it (a resumable upload moves back to the hole).
+                    (Some("parts_mismatch"), _)
+                        if mismatch_since.get_or_insert_with(Instant::now).elapsed()
+                            < PARTS_MISMATCH_WINDOW =>
+                    {
+                        "parts_mismatch"
+                    }
+                    (Some("parts_mismatch"), _) => return Err(err.into()),
                     (_, Some("name_reserved")) => "name_reserved",
                     (_, Some(reason)) if attempt < policy.max_attempts => reason,
                     _ => return Err(err.into()),
@@ -638,6 +651,10 @@ impl Pipeline {
 }
 
 const MAX_RENAMES: u32 = 100;
+
+/// How long a commit's `parts_mismatch` is taken as Box still digesting the last parts (seen for a
+/// second or two after them); past it, a part is missing and the commit fails with that answer.
+pub const PARTS_MISMATCH_WINDOW: Duration = Duration::from_secs(5);
 
 fn join(
     done: Option<Result<Result<UploadPart, UploadError>, tokio::task::JoinError>>,

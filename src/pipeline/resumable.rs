@@ -16,8 +16,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{
-    join, Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard, TwinSha1, UploadError,
-    UploadOutcome,
+    Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard, TwinSha1, UploadError, UploadOutcome,
 };
 use crate::box_api::{NewUpload, UploadPart, UploadSession};
 
@@ -34,6 +33,10 @@ pub struct Resumable {
     pub parts: BTreeMap<u64, UploadPart>,
     /// The whole file's SHA-1 over the bytes before `pending`.
     pub sha1: ResumableSha1,
+    /// The whole file's chain at each part boundary up to `offset` (0 excepted: the empty chain), so
+    /// the upload can be moved back to a part Box turns out to lack (`rewind`). About 80 bytes a part.
+    #[serde(default)]
+    pub chains: BTreeMap<u64, ResumableSha1>,
 }
 
 impl Prepared {
@@ -50,6 +53,7 @@ impl Prepared {
             offset: 0,
             parts: BTreeMap::new(),
             sha1: ResumableSha1::default(),
+            chains: BTreeMap::new(),
         }
     }
 }
@@ -58,13 +62,84 @@ impl Resumable {
     pub fn is_complete(&self) -> bool {
         self.offset == self.upload.size
     }
+
+    /// Keeps of `parts` only those Box lists (`listed`, the session's parts as Box has them) and moves
+    /// the upload back to the first byte Box lacks, or to the nearest part boundary before it whose
+    /// chain is known; the unfinished part's bytes are dropped (the caller stores none). Returns the
+    /// new offset.
+    pub fn rewind(&mut self, listed: &[UploadPart]) -> u64 {
+        self.parts.retain(|at, p| {
+            listed.iter().any(|l| {
+                l.offset == *at
+                    && l.size == p.size
+                    && match (&l.sha1, &p.sha1) {
+                        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                        _ => true,
+                    }
+            })
+        });
+        let Some(part_size) = self.session.as_ref().map(|s| s.part_size) else {
+            return self.offset;
+        };
+        let hole = first_hole(0, &self.parts, part_size, self.upload.size);
+        if hole >= self.offset {
+            return self.offset;
+        }
+        let (to, chain) = match self.chains.range(..=hole).next_back() {
+            Some((at, chain)) => (*at, chain.clone()),
+            None => (0, ResumableSha1::default()),
+        };
+        self.chains.retain(|at, _| *at <= to);
+        self.offset = to;
+        self.sha1 = chain;
+        to
+    }
+}
+
+/// The offset rule (the invariant every append and commit keeps): an upload's offset never passes
+/// what Box durably holds, plus the stored bytes of the part not yet full. So it is the first byte
+/// Box lacks: walking from `from` (a part boundary up to which Box holds everything), part after part
+/// while `held` has each one whole. A failed or unsent part is a hole; parts past it stay in `held`
+/// (they are not sent again) but do not count.
+pub fn first_hole(from: u64, held: &BTreeMap<u64, UploadPart>, part_size: u64, size: u64) -> u64 {
+    let mut at = from;
+    while at < size {
+        match held.get(&at) {
+            Some(p) if p.size == part_size.min(size - at) => at += p.size,
+            _ => break,
+        }
+    }
+    at
+}
+
+/// A part task's outcome: its offset and Box's answer.
+type PartDone = (u64, Result<UploadPart, UploadError>);
+
+/// One part's answer: a confirmed part goes into `held`; a failure is returned.
+fn collect(
+    done: Option<Result<PartDone, tokio::task::JoinError>>,
+    held: &mut BTreeMap<u64, UploadPart>,
+) -> Result<(), UploadError> {
+    match done {
+        Some(Ok((at, Ok(part)))) => {
+            held.insert(at, part);
+            Ok(())
+        }
+        Some(Ok((_, Err(err)))) => Err(err),
+        Some(Err(e)) => Err(UploadError::Internal(format!("part task failed: {e}"))),
+        None => Err(UploadError::Internal("no part in flight".into())),
+    }
 }
 
 impl Pipeline {
     /// Appends `body` at `r.offset`. On success every byte of `body` is durable. On an error the
-    /// upload is left where its bytes are durable: where it was, or, when the body broke off after
-    /// some parts went to Box, after those parts (the bytes of a part not yet full are dropped).
-    /// A body that would pass the declared size fails with `SizeMismatch` and changes nothing.
+    /// upload is left at the first byte Box lacks (see `first_hole`): a part that failed, or was
+    /// never sent, is where the client resumes; parts Box holds past it are remembered in `parts`
+    /// and not sent again. The bytes of an unfinished part are dropped on an error.
+    /// A body that would pass the declared size fails with `SizeMismatch` and changes nothing: its
+    /// last part is sent only once the body is seen to end with it.
+    /// At the drain's stop, the append stops reading, keeps what Box holds and fails with
+    /// `ShuttingDown` (the session stays open: the client resumes, here or on another replica).
     pub async fn append<S, E>(
         &self,
         r: &mut Resumable,
@@ -89,29 +164,41 @@ impl Pipeline {
             r.offset = pending.len() as u64;
             return Ok(());
         };
+        let part_size = session.part_size;
         let concurrency = self.settings.part_concurrency.max(1);
         // The whole file's chain goes on from the stored state; each part's digest beside it, in one
         // pass (parts start at multiples of the part size, so both chains stay block-aligned).
         let mut digests = TwinSha1::resume(r.sha1.clone());
+        // The whole file's chain at each part boundary this append reached: wherever the upload is
+        // left, its chain is the one at that boundary.
+        let mut chains = BTreeMap::from([(start, r.sha1.clone())]);
         let mut offset = start;
-        let mut in_flight = JoinSet::new();
-        let mut done = Vec::new();
-        // Every part of this append is in Box once `in_flight` is drained; the bytes left are the
-        // new `pending` (Ok), or there was an error (the bytes of an unfinished part are lost).
-        let cut: Result<Bytes, UploadError> = async {
+        let mut in_flight: JoinSet<PartDone> = JoinSet::new();
+        // The parts of this append Box confirmed (or already held, with the same bytes).
+        let mut held = BTreeMap::new();
+        let mut overran = false;
+        // Ok: the body ended; its bytes past the last full part are the new `pending`.
+        let read = async {
             loop {
                 if offset == size {
-                    return match body.is_at_end().await.map_err(Into::into)? {
+                    return match body.is_at_end().await.map_err(Into::<UploadError>::into)? {
                         true => Ok(Bytes::new()),
-                        false => Err(too_long(size)),
+                        false => {
+                            overran = true;
+                            Err(too_long(size))
+                        }
                     };
                 }
                 // Same bound as a plain upload: at most `part_concurrency` parts filling or in flight,
-                // each holding its bytes of the budget from before it is filled.
+                // each holding its bytes of the budget from before it is filled. A part that failed
+                // ends the read: what follows it cannot count.
                 while in_flight.len() >= concurrency {
-                    done.push(join(in_flight.join_next().await)?);
+                    collect(in_flight.join_next().await, &mut held)?;
                 }
-                let len = session.part_size.min(size - offset);
+                while let Some(done) = in_flight.try_join_next() {
+                    collect(Some(done), &mut held)?;
+                }
+                let len = part_size.min(size - offset);
                 let permit = self.budget.acquire(len).await?;
                 // Hashed as the chunks arrive, like a plain upload's; a part that does not fill (the
                 // request ends, or breaks off) leaves the chains as they were.
@@ -123,72 +210,120 @@ impl Pipeline {
                         return Ok(concat(short.map_err(Into::into)?.chunks));
                     }
                 };
+                // The last part goes to Box only once the body is known to end with it: Box's parts
+                // cannot be taken back, and an overrunning body must change nothing.
+                if offset + len == size && !body.is_at_end().await.map_err(Into::<UploadError>::into)? {
+                    overran = true;
+                    return Err(too_long(size));
+                }
                 let part_sha1 = digests.finish_part();
+                chains.insert(offset + len, digests.clone().into_whole());
                 let known = r.parts.get(&offset).cloned();
-                in_flight.spawn_on(
-                    self.upload_part(session.clone(), size, offset, part, part_sha1, permit, known)
-                        .in_current_span(),
-                    &self.rt,
-                );
+                let upload = self.upload_part(session.clone(), size, offset, part, part_sha1, permit, known);
+                let at = offset;
+                in_flight.spawn_on(async move { (at, upload.await) }.in_current_span(), &self.rt);
                 offset += len;
             }
-        }
-        .await;
+        };
+        let read: Result<Bytes, UploadError> = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => Err(UploadError::ShuttingDown),
+            read = read => read,
+        };
+
         let mut failed = None;
-        while let Some(result) = in_flight.join_next().await {
-            match join(Some(result)) {
-                Ok(part) => done.push(part),
-                Err(e) => failed = failed.or(Some(e)),
+        if matches!(read, Err(UploadError::ShuttingDown)) {
+            // The drain's stop: parts already answered count; the others are cut (a part Box got
+            // anyway is found by its 416 when its bytes come again).
+            while let Some(done) = in_flight.try_join_next() {
+                failed = failed.or(collect(Some(done), &mut held).err());
             }
+            in_flight.shutdown().await;
         }
-        for part in done {
-            r.parts.insert(part.offset, part);
+        while let Some(done) = in_flight.join_next().await {
+            failed = failed.or(collect(Some(done), &mut held).err());
         }
-        let sha1 = digests.into_whole();
-        match (cut, failed) {
-            // A part did not make it: the append counts for nothing (its other parts are remembered).
-            (_, Some(err)) => Err(err),
-            (Ok(rest), None) => {
-                r.sha1 = sha1;
-                r.offset = offset + rest.len() as u64;
-                *pending = rest;
-                Ok(())
-            }
-            (Err(err), None) => {
-                if offset > start {
-                    r.sha1 = sha1;
-                    r.offset = offset;
-                    *pending = Bytes::new();
-                }
-                Err(err)
-            }
+        // Every part Box confirmed is remembered, even past a hole: it is not sent again.
+        r.parts.extend(held.iter().map(|(at, p)| (*at, p.clone())));
+        if overran {
+            return Err(too_long(size));
         }
+        // The offset rule, in this one place: the upload stands at the first byte Box lacks, counting
+        // from `start` (everything before it is in Box: the rule held when this append began); the
+        // bytes of the unfinished part count only when every part before them is in Box.
+        let reached = first_hole(start, &held, part_size, size);
+        let (result, rest) = match (read, failed) {
+            (Ok(rest), None) if reached == offset => (Ok(()), rest),
+            (Ok(_), Some(err)) | (Err(err), _) => (Err(err), Bytes::new()),
+            (Ok(_), None) => (
+                Err(UploadError::Internal(format!(
+                    "parts from {reached} are not in Box although none failed"
+                ))),
+                Bytes::new(),
+            ),
+        };
+        if result.is_err() && reached == start {
+            // Nothing of this append is in Box: the upload stays as it was, its stored unfinished
+            // part included (it is still durable).
+            return result;
+        }
+        r.sha1 = chains
+            .get(&reached)
+            .cloned()
+            .expect("the chain is known at every part boundary this append reached");
+        r.chains.retain(|at, _| *at <= reached);
+        r.chains
+            .extend(chains.into_iter().filter(|(at, _)| *at > 0 && *at <= reached));
+        r.offset = reached + rest.len() as u64;
+        *pending = rest;
+        result
     }
 
     /// Lands a complete upload: the commit (with the whole file's SHA-1), or the direct upload of the
-    /// held bytes. On an error the caller aborts the session (`abort_resumable`).
-    pub async fn complete(&self, r: &Resumable, pending: Bytes) -> Result<UploadOutcome, UploadError> {
-        match &r.session {
-            None => {
-                let prepared = Prepared {
-                    upload: r.upload.clone(),
-                    expected_sha1: r.expected_sha1,
-                    route: Route::Direct,
-                };
-                self.send(prepared, stream::iter([Ok::<_, UploadError>(pending)]))
-                    .await
-            }
-            Some(session) => {
-                let parts = r.parts.values().cloned().collect();
-                let sha1 = r.sha1.clone().finalize();
-                let (outcome, recovered) = self
-                    .finish_chunked(&r.upload, r.expected_sha1, session, sha1, parts)
-                    .await?;
+    /// held bytes. A commit whose `parts_mismatch` outlasts `PARTS_MISMATCH_WINDOW` means Box lacks a
+    /// part: the session's parts are listed, `r` is moved back to the first hole (`rewind`) and the
+    /// answer is `Rewound` (the caller keeps the upload; the client resends from there). On another
+    /// error the caller aborts the session (`abort_resumable`).
+    pub async fn complete(&self, r: &mut Resumable, pending: Bytes) -> Result<UploadOutcome, UploadError> {
+        let Some(session) = r.session.clone() else {
+            let prepared = Prepared {
+                upload: r.upload.clone(),
+                expected_sha1: r.expected_sha1,
+                route: Route::Direct,
+            };
+            return self
+                .send(prepared, stream::iter([Ok::<_, UploadError>(pending)]))
+                .await;
+        };
+        let parts = r.parts.values().cloned().collect();
+        let sha1 = r.sha1.clone().finalize();
+        match self
+            .finish_chunked(&r.upload, r.expected_sha1, &session, sha1, parts)
+            .await
+        {
+            Ok((outcome, recovered)) => {
                 if recovered {
                     self.abort_resumable(r, "recovered").await;
                 }
                 Ok(outcome)
             }
+            Err(UploadError::Box(err)) if err.code() == Some("parts_mismatch") => {
+                let client = self.client.clone();
+                let listed = self
+                    .on_rt(async move { client.list_parts(&session).await })
+                    .await?
+                    .map_err(|_| UploadError::Box(err))?;
+                match r.rewind(&listed) {
+                    offset if offset < r.upload.size => {
+                        tracing::warn!(offset, "Box lacks parts of a resumable upload: moved it back");
+                        Err(UploadError::Rewound { offset })
+                    }
+                    _ => Err(UploadError::Internal(
+                        "Box holds every part yet answers parts_mismatch".into(),
+                    )),
+                }
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -219,5 +354,128 @@ fn concat(chunks: Vec<Bytes>) -> Bytes {
     match <[Bytes; 1]>::try_from(chunks) {
         Ok([one]) => one,
         Err(chunks) => Bytes::from(chunks.concat()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::box_api::{SessionEndpoints, Target};
+
+    fn part(offset: u64, size: u64, sha1: &str) -> UploadPart {
+        UploadPart {
+            part_id: format!("p{offset}"),
+            offset,
+            size,
+            sha1: Some(sha1.into()),
+        }
+    }
+
+    fn held(parts: &[(u64, u64)]) -> BTreeMap<u64, UploadPart> {
+        parts.iter().map(|&(o, s)| (o, part(o, s, "aa"))).collect()
+    }
+
+    #[test]
+    fn the_offset_stops_at_the_first_part_box_lacks() {
+        // 4 parts of 10 and a last of 5 (45 bytes).
+        let (ps, size) = (10, 45);
+        assert_eq!(first_hole(0, &held(&[]), ps, size), 0);
+        assert_eq!(first_hole(0, &held(&[(0, 10), (10, 10)]), ps, size), 20);
+        // A hole at 10 (the part refused at the concurrency limit): the parts past it do not count.
+        assert_eq!(
+            first_hole(0, &held(&[(0, 10), (20, 10), (30, 10), (40, 5)]), ps, size),
+            10
+        );
+        // The first part failed: nothing counts.
+        assert_eq!(first_hole(0, &held(&[(10, 10), (20, 10)]), ps, size), 0);
+        // Everything, the short last part included.
+        assert_eq!(
+            first_hole(
+                0,
+                &held(&[(0, 10), (10, 10), (20, 10), (30, 10), (40, 5)]),
+                ps,
+                size
+            ),
+            45
+        );
+        // From an append's start (Box holds everything before it).
+        assert_eq!(first_hole(20, &held(&[(20, 10), (40, 5)]), ps, size), 30);
+        assert_eq!(first_hole(45, &held(&[]), ps, size), 45);
+        // A part of the wrong size is not the part that belongs there.
+        assert_eq!(first_hole(0, &held(&[(0, 10), (10, 7)]), ps, size), 10);
+        assert_eq!(first_hole(40, &held(&[(40, 10)]), ps, size), 40);
+    }
+
+    fn resumable(offset: u64, parts: BTreeMap<u64, UploadPart>) -> Resumable {
+        let url = String::from("http://box/s");
+        let mut chains = BTreeMap::new();
+        for at in [10, 20, 30, 40] {
+            let mut chain = ResumableSha1::default();
+            chain.update(&vec![7; at as usize]);
+            chains.insert(at, chain);
+        }
+        Resumable {
+            upload: NewUpload {
+                target: Target::NewFile {
+                    folder_id: "0".into(),
+                    name: "a".into(),
+                },
+                size: 45,
+                content_created_at: None,
+                content_modified_at: None,
+            },
+            expected_sha1: None,
+            session: Some(UploadSession {
+                id: "s".into(),
+                part_size: 10,
+                total_parts: 5,
+                session_endpoints: SessionEndpoints {
+                    upload_part: url.clone(),
+                    commit: url.clone(),
+                    abort: url.clone(),
+                    list_parts: url,
+                    status: None,
+                },
+                session_expires_at: None,
+            }),
+            offset,
+            parts,
+            sha1: ResumableSha1::default(),
+            chains,
+        }
+    }
+
+    #[test]
+    fn a_commit_that_finds_a_hole_moves_the_upload_back_to_it() {
+        let all = held(&[(0, 10), (10, 10), (20, 10), (30, 10), (40, 5)]);
+        // Box lost the part at 20: the upload goes back to 20, with the chain of the 20 bytes before.
+        let mut r = resumable(45, all.clone());
+        let listed: Vec<_> = all.values().filter(|p| p.offset != 20).cloned().collect();
+        assert_eq!(r.rewind(&listed), 20);
+        assert_eq!(r.offset, 20);
+        let mut want = ResumableSha1::default();
+        want.update(&[7; 20]);
+        assert_eq!(r.sha1, want);
+        assert!(
+            !r.parts.contains_key(&20) && r.parts.contains_key(&30),
+            "the others are kept"
+        );
+        assert!(r.chains.keys().all(|at| *at <= 20));
+        // A part Box holds with other bytes than the record's is a hole too.
+        let mut r = resumable(45, all.clone());
+        let mut listed: Vec<_> = all.values().cloned().collect();
+        listed[0].sha1 = Some("bb".into());
+        assert_eq!(r.rewind(&listed), 0);
+        assert_eq!(r.sha1, ResumableSha1::default());
+        // No chain stored at the hole: back to the nearest boundary before it that has one.
+        let mut r = resumable(45, all.clone());
+        r.chains.remove(&30);
+        let listed: Vec<_> = all.values().filter(|p| p.offset != 30).cloned().collect();
+        assert_eq!(r.rewind(&listed), 20);
+        // Box holds everything: nothing moves.
+        let mut r = resumable(45, all.clone());
+        let listed: Vec<_> = all.values().cloned().collect();
+        assert_eq!(r.rewind(&listed), 45);
+        assert_eq!(r.offset, 45);
     }
 }

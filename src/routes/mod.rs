@@ -58,6 +58,14 @@ pub async fn admit(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    // A tus HEAD (and OPTIONS) only reads: answered even while draining, so a client that was cut
+    // learns where to resume; not counted, the drain need not wait for it.
+    if matches!(
+        *req.method(),
+        actix_web::http::Method::HEAD | actix_web::http::Method::OPTIONS
+    ) {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     let lifecycle = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.lifecycle.clone());

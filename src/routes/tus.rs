@@ -86,6 +86,43 @@ struct Record {
     /// Read from an old record that carried it inline: the next save stores it apart.
     #[serde(skip)]
     pending_inline: bool,
+    /// Once the upload failed for good (its commit, or the direct upload, was refused): what HEAD
+    /// and PATCH answer from then on, on any replica, until DELETE or expiry.
+    #[serde(default)]
+    failed: Option<Failure>,
+}
+
+/// Why an upload failed for good: the answer its last PATCH got.
+#[derive(Serialize, Deserialize)]
+struct Failure {
+    /// The gateway's error code of that answer (`box_timeout`, `digest_mismatch`, ...).
+    code: String,
+    message: String,
+}
+
+/// The header naming the cause of a failed upload's 410 (HEAD has no body to carry it).
+pub const FAILURE_CODE: &str = "Upload-Failure-Code";
+
+/// 410 `upload_failed`: the upload will never land; nothing of it is in Box.
+fn failed_answer(failure: &Failure) -> HttpResponse {
+    let mut response = ApiError::new(
+        StatusCode::GONE,
+        "upload_failed",
+        format!(
+            "the upload failed for good and nothing of it is in Box ({}: {}); DELETE it and upload the file again",
+            failure.code, failure.message
+        ),
+    )
+    .error_response();
+    if let Ok(code) = HeaderValue::from_str(&failure.code) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static("upload-failure-code"), code);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn store_key(id: &str) -> String {
@@ -133,6 +170,13 @@ fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
         header::HeaderName::from_static("tus-resumable"),
         HeaderValue::from_static(TUS_VERSION),
     );
+    // A PATCH stopped by the drain answers before its body is read: the connection closes, so the
+    // server's stop does not wait for a body nobody reads.
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     if response.status() == StatusCode::PRECONDITION_FAILED {
         response.headers_mut().insert(
             header::HeaderName::from_static("tus-version"),
@@ -334,6 +378,7 @@ async fn create_upload(
         pending_len: 0,
         loaded_pending: Bytes::new(),
         pending_inline: false,
+        failed: None,
     };
     // Scheduled first: a record the sweeper cannot find would hold its Box session for 7 days.
     let saved = async {
@@ -387,7 +432,7 @@ async fn create_upload(
             // rest. (An error once complete is the commit's: the upload is gone, so it is answered.)
             // A full store is the same: what did not fit was dropped, and HEAD says so.
             Err(err)
-                if (!err.status.is_server_error() || err.code == "tus_storage_full")
+                if (!err.status.is_server_error() || err.code == "tus_storage_full" || err.code == "draining")
                     && !record.upload.is_complete() =>
             {
                 tracing::info!(upload_id = %id, code = err.code, "the first chunk did not fully go in");
@@ -404,6 +449,9 @@ async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse
     let caller = state.access.authenticate(req.headers())?;
     // The record only: HEAD never reads the unfinished part.
     let record = load_record(state, &upload_id(req), &caller).await?;
+    if let Some(failure) = &record.failed {
+        return Ok(failed_answer(failure));
+    }
     let mut response = HttpResponse::Ok();
     response
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -435,6 +483,9 @@ async fn patch_upload(
     let lock = take_lock(state, &id).await?;
     let result = held(state, &lock, async {
         let (mut record, pending) = load(state, &id, &caller).await?;
+        if let Some(failure) = &record.failed {
+            return Ok(Err(failed_answer(failure)));
+        }
         if offset != record.upload.offset {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -448,11 +499,14 @@ async fn patch_upload(
         if record.file_id.is_none() {
             append(req, payload, state, &caller, &lock, &id, &mut record, pending).await?;
         }
-        Ok(record)
+        Ok(Ok(record))
     })
     .await;
     release(state, lock).await;
-    let record = result?;
+    let record = match result? {
+        Ok(record) => record,
+        Err(failed) => return Ok(failed),
+    };
     let mut response = HttpResponse::NoContent();
     progress(&mut response, &record);
     Ok(response.finish())
@@ -475,7 +529,8 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
     let lock = take_lock(state, &id).await?;
     let result = held(state, &lock, async {
         let record = load_record(state, &id, &caller).await?;
-        if record.file_id.is_none() {
+        // A failed upload's session was aborted when it failed.
+        if record.file_id.is_none() && record.failed.is_none() {
             state
                 .pipeline
                 .acting_as(&caller.principal)
@@ -559,11 +614,17 @@ async fn append(
     };
     // What is durable is kept, whether the body came whole or not.
     save(state, lock, id, record, &pending).await?;
-    appended.map_err(|e| caller.box_error(fail(e)))?;
+    appended.map_err(|e| match e {
+        // Unlike a plain upload's, the session stays: the client resumes from HEAD's offset.
+        UploadError::ShuttingDown => ApiError::draining(
+            "the gateway is shutting down; what reached Box is kept: ask HEAD for the offset and resume (another replica takes it)",
+        ),
+        e => caller.box_error(fail(e)),
+    })?;
     if !record.upload.is_complete() {
         return Ok(());
     }
-    match pipeline.complete(&record.upload, pending).await {
+    match pipeline.complete(&mut record.upload, pending).await {
         Ok(outcome) => {
             record.file_id = outcome.file.id().map(str::to_owned);
             save(state, lock, id, record, &Bytes::new()).await?;
@@ -586,16 +647,36 @@ async fn append(
                 sha1 = %outcome.sha1_hex, "tus upload landed in Box");
             Ok(())
         }
-        // Nothing half-done stays: the session is aborted and the upload forgotten.
+        // Box lacks parts: the upload was moved back to the first hole, and goes on from there.
+        Err(err @ UploadError::Rewound { .. }) => {
+            save(state, lock, id, record, &Bytes::new()).await?;
+            state
+                .metrics
+                .tus_uploads
+                .with_label_values(&["rewound", &caller.name])
+                .inc();
+            Err(fail(err))
+        }
+        // Nothing half-done stays in Box: the session is aborted. The record stays, saying so, for
+        // HEAD and PATCH on any replica (never a full offset without a file), until DELETE or expiry.
         Err(err) => {
             pipeline.abort_resumable(&record.upload, "error").await;
-            forget(state, lock, id, Some(&record.owner)).await?;
+            let err = caller.box_error(fail(err));
+            record.failed = Some(Failure {
+                code: err.code.to_owned(),
+                message: err.message.clone(),
+            });
+            save(state, lock, id, record, &Bytes::new()).await?;
+            // Failed: no longer counted among the owner's open uploads (HEAD still answers it).
+            if let Err(err) = state.store.close_upload(&record.owner, id).await {
+                tracing::warn!(upload_id = %id, error = %err, "a failed upload stays counted as open until it expires");
+            }
             state
                 .metrics
                 .tus_uploads
                 .with_label_values(&["failed", &caller.name])
                 .inc();
-            Err(caller.box_error(fail(err)))
+            Err(err)
         }
     }
 }
@@ -845,7 +926,8 @@ async fn expire(state: &AppState, id: &str) -> Result<(), ApiError> {
             // found in what is left of it.
             let (record_owner, caller, upload, landed) = match decode(bytes.clone()) {
                 Ok((record, _)) => {
-                    let landed = record.file_id.is_some();
+                    // Landed, or failed for good (its session was aborted then): nothing to abort.
+                    let landed = record.file_id.is_some() || record.failed.is_some();
                     (Some(record.owner), record.caller, Some(record.upload), landed)
                 }
                 Err(_) => {
@@ -940,8 +1022,10 @@ mod tests {
                 offset: 3,
                 parts: Default::default(),
                 sha1: Default::default(),
+                chains: Default::default(),
             },
             file_id: None,
+            failed: None,
         };
         let (back, inline) = decode(encode(&record).unwrap()).unwrap();
         assert_eq!((back.owner.as_str(), back.upload.offset), ("k", 3));

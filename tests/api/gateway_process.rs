@@ -32,7 +32,7 @@ pub(crate) struct Gateway {
     _state_dir: tempfile::TempDir,
     child: tokio::process::Child,
     stdout: BufReader<tokio::process::ChildStdout>,
-    logs: String,
+    pub(crate) logs: String,
     port: u16,
 }
 
@@ -361,7 +361,7 @@ fn start_paced_upload(
 }
 
 /// Polls `/readyz` until it answers 200 (the first Box check is done), within a bounded wait.
-async fn wait_ready(http: &reqwest::Client, gateway: &Gateway) {
+pub(crate) async fn wait_ready(http: &reqwest::Client, gateway: &Gateway) {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let ready = http.get(gateway.url("/readyz")).send().await.unwrap();
@@ -375,7 +375,7 @@ async fn wait_ready(http: &reqwest::Client, gateway: &Gateway) {
     .expect("the gateway becomes ready");
 }
 
-fn sigterm(gateway: &Gateway) {
+pub(crate) fn sigterm(gateway: &Gateway) {
     let pid = gateway.child.id().expect("running").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -385,7 +385,10 @@ fn sigterm(gateway: &Gateway) {
 }
 
 /// Reads the rest of the gateway's output while waiting for it to exit, within `limit`.
-async fn wait_exit(gateway: &mut Gateway, limit: Duration) -> (std::process::ExitStatus, Duration) {
+pub(crate) async fn wait_exit(
+    gateway: &mut Gateway,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
     let started = std::time::Instant::now();
     let mut rest = String::new();
     let status = tokio::time::timeout(limit, async {

@@ -15,5 +15,7 @@ pub mod helpers;
 mod hostile;
 pub mod python;
 mod soak;
+mod soak_tus;
 mod tus;
+mod tus_honesty;
 mod tus_state;

@@ -1,10 +1,12 @@
 """Uploads a file with the tus Python client (tuspy), as a resumable-upload application would.
 
 usage: tus_upload.py BASES PATH CHUNK_SIZE [--metadata JSON] [--checksum] [--key KEY]
-                     [--stop-at OFFSET] [--url PATH]
+                     [--stop-at OFFSET] [--url PATH] [--retries N] [--retry-delay SECS]
 BASES: comma-separated gateway base URLs (replicas); each chunk goes to the next one in turn.
 --stop-at: stop once the upload reaches OFFSET (to resume it later with --url).
 --url: the upload's path (/v1/tus/ID), to resume it: tuspy asks HEAD for the offset first.
+--retries, --retry-delay: tuspy's own retry logic (after a failed PATCH: wait, HEAD, send again from
+its offset); off by default.
 Prints {"url", "offset", "file_id", "chunks"} as JSON.
 """
 import argparse
@@ -23,6 +25,8 @@ def main():
     p.add_argument("--key")
     p.add_argument("--stop-at", type=int)
     p.add_argument("--url")
+    p.add_argument("--retries", type=int, default=0)
+    p.add_argument("--retry-delay", type=float, default=1)
     a = p.parse_args()
     bases = a.bases.split(",")
     headers = {"X-API-Key": a.key} if a.key else {}
@@ -33,7 +37,8 @@ def main():
         metadata=json.loads(a.metadata),
         upload_checksum=a.checksum,
         url=bases[0] + a.url if a.url else None,
-        retries=0,
+        retries=a.retries,
+        retry_delay=a.retry_delay,
     )
     if not up.url:
         up.set_url(up.create_url())
