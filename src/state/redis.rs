@@ -38,7 +38,8 @@ if ARGV[5] == "set" then
   local total = tonumber(redis.call("GET", KEYS[4]) or "0")
   if new > old and total - old + new > tonumber(ARGV[7]) then return 2 end
   if new == 0 then redis.call("DEL", KEYS[3]) else redis.call("SET", KEYS[3], ARGV[6]) end
-  if new ~= old then redis.call("INCRBY", KEYS[4], new - old) end
+  -- A count back at zero is removed, so an idle store holds no key at all.
+  if new ~= old and redis.call("INCRBY", KEYS[4], new - old) <= 0 then redis.call("DEL", KEYS[4]) end
 end
 if ARGV[4] == "del" then
   redis.call("DEL", KEYS[2])
