@@ -207,7 +207,15 @@ fn from_box(err: BoxError) -> ApiError {
             "box_timeout",
             "Box did not answer in time".into(),
         ),
-        (BoxErrorKind::Connection(_), ..) => (
+        (BoxErrorKind::Deadline(limit), ..) => (
+            S::GATEWAY_TIMEOUT,
+            "box_timeout",
+            format!(
+                "Box did not answer within the call's deadline of {}s (box_call_deadline_secs)",
+                limit.as_secs()
+            ),
+        ),
+        (BoxErrorKind::Connection(_) | BoxErrorKind::Unreachable(_), ..) => (
             S::SERVICE_UNAVAILABLE,
             "box_unavailable",
             "Box could not be reached".into(),

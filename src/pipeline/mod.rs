@@ -580,19 +580,25 @@ impl Pipeline {
         self.on_rt(async move {
             let deadline = Instant::now() + budget;
             let policy = client.retry_policy().clone();
+            // Counts the commit's failures only: 202s (Box still processing the parts) are polled
+            // apart, bounded by `commit_timeout` alone, so they never spend the error retries.
             let mut attempt = 0;
             let mut lost = false;
             loop {
-                attempt += 1;
                 let err = match client.commit(&session, &upload, &sha1, &parts).await {
                     Ok(CommitAnswer::Committed(file)) => return Ok(Committed::Answered(file)),
                     Ok(CommitAnswer::Pending(retry_after)) => {
-                        let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                        // A `Retry-After: 0` (or none) still waits a little: a Box that answers 202
+                        // forever must not be polled in a tight loop for the whole commit timeout.
+                        let delay = retry_after
+                            .unwrap_or(Duration::from_secs(1))
+                            .max(policy.base_delay);
                         wait_within(deadline, budget, delay, &metrics, "commit_pending").await?;
                         continue;
                     }
                     Err(err) => err,
                 };
+                attempt += 1;
                 lost |= err.may_have_landed();
                 if lost {
                     if let Some(file) = client.recover("commit", &upload, &sha1, upload.size).await {
