@@ -168,8 +168,16 @@ impl From<UploadError> for ApiError {
                 "box_timeout",
                 format!("Box did not finish processing the upload within {}s", budget.as_secs()),
             ),
-            UploadError::Integrity(_) => {
-                Self::new(S::BAD_GATEWAY, "box_integrity_error", "Box stored a file that differs from the one sent")
+            UploadError::Integrity { file_id, what, removed, .. } => {
+                let undone = match removed {
+                    true => format!("the {what} it created ({file_id}) was deleted, so nothing of this upload is stored"),
+                    false => format!("deleting the {what} it created ({file_id}) failed: remove it in Box"),
+                };
+                Self::new(
+                    S::BAD_GATEWAY,
+                    "box_integrity_error",
+                    format!("Box stored a file that differs from the one sent; {undone}"),
+                )
             }
             UploadError::OverBudget(_) | UploadError::Internal(_) => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")

@@ -34,7 +34,7 @@ pub struct GatewayMetrics {
     /// asked what it holds, by `endpoint` and `outcome` (landed: the file is there, answered as
     /// success | not_landed | unknown: the lookup itself failed).
     pub lost_answers: IntCounterVec,
-    /// Requests to Box's token endpoint, by `outcome` (issued|refused|failed).
+    /// Requests to Box's token endpoint, by `outcome` (issued|refused|failed|shared_failure).
     pub box_token_requests: IntCounterVec,
     /// Uploads refused by the gateway's access rules, by `key` (`none` when no valid key came) and
     /// `code` (unauthenticated|forbidden_folder|file_too_large).
@@ -43,6 +43,12 @@ pub struct GatewayMetrics {
     pub tus_uploads: IntCounterVec,
     /// `Idempotency-Key` requests, by `outcome` (first|replayed|in_progress).
     pub idempotent_requests: IntCounterVec,
+    /// Files (or versions) Box stored with other bytes than were sent, and their removal, by `what`
+    /// (file|version) and `outcome` (deleted|failed).
+    pub integrity_cleanups: IntCounterVec,
+    /// 1 while the last background check reached Box (any answer below 500), 0 while it did not.
+    /// Readiness does not follow it (a Box outage would empty the Service): an alert does.
+    pub box_reachable: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -135,7 +141,7 @@ impl GatewayMetrics {
             box_token_requests: IntCounterVec::new(
                 Opts::new(
                     "gateway_box_token_requests_total",
-                    "Requests to Box's token endpoint, by outcome (issued|refused|failed).",
+                    "Requests to Box's token endpoint, by outcome (issued|refused|failed|shared_failure: a failed refresh answered to a caller that waited for it).",
                 ),
                 &["outcome"],
             )?,
@@ -160,6 +166,17 @@ impl GatewayMetrics {
                 ),
                 &["outcome"],
             )?,
+            integrity_cleanups: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_integrity_cleanups_total",
+                    "Files or versions Box stored with other bytes than were sent, by what (file|version) and outcome of their deletion (deleted|failed).",
+                ),
+                &["what", "outcome"],
+            )?,
+            box_reachable: IntGauge::new(
+                "gateway_box_reachable",
+                "1 when the last background check reached Box, 0 when it did not (timeout, connection, 5xx).",
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -179,6 +196,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.access_refused.clone()))?;
         registry.register(Box::new(m.tus_uploads.clone()))?;
         registry.register(Box::new(m.idempotent_requests.clone()))?;
+        registry.register(Box::new(m.integrity_cleanups.clone()))?;
+        registry.register(Box::new(m.box_reachable.clone()))?;
         Ok(m)
     }
 }

@@ -369,7 +369,10 @@ pub(crate) fn token_answer(bytes: &[u8]) -> Result<(Secret, Duration), BoxError>
         _ => None,
     };
     // Box says about 3600 s; a missing or absurd value is taken as a short life, a huge one as a day.
-    let secs = secs.filter(|s| s.is_finite()).unwrap_or(60.0).clamp(1.0, 86_400.0);
+    let secs = secs
+        .filter(|s| s.is_finite())
+        .unwrap_or(60.0)
+        .clamp(1.0, 86_400.0);
     Ok((answer.access_token, Duration::from_secs_f64(secs)))
 }
 

@@ -661,9 +661,7 @@ impl BoxClient {
             if status.is_success() {
                 return Ok(response);
             }
-            if status == StatusCode::UNAUTHORIZED
-                && refreshes < MAX_REFRESHES
-                && self.auth.invalidate(&token)
+            if status == StatusCode::UNAUTHORIZED && refreshes < MAX_REFRESHES && self.auth.invalidate(&token)
             {
                 refreshes += 1;
                 continue;

@@ -269,7 +269,16 @@ mod tests {
         assert_eq!(read(" 0.5 "), Some(Duration::from_millis(500)));
         assert_eq!(read("100000000000000000000"), Some(MAX_RETRY_AFTER));
         assert_eq!(read("1e308"), Some(MAX_RETRY_AFTER));
-        for garbage in ["-1", "NaN", "inf", "-inf", "", "soon", "Tue, 99 Foo 2026", "\u{0}"] {
+        for garbage in [
+            "-1",
+            "NaN",
+            "inf",
+            "-inf",
+            "",
+            "soon",
+            "Tue, 99 Foo 2026",
+            "\u{0}",
+        ] {
             assert_eq!(read(garbage), None, "{garbage:?}");
         }
         // HTTP-dates: ahead (capped), near, past.

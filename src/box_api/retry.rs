@@ -64,7 +64,12 @@ impl RetryPolicy {
                     }
                     let delay = self.delay(attempt, err.retry_after());
                     if tokio::time::Instant::now() + delay > deadline {
-                        tracing::warn!(endpoint = err.endpoint, attempt, ?delay, "Box asked for a wait past the call's deadline; giving up");
+                        tracing::warn!(
+                            endpoint = err.endpoint,
+                            attempt,
+                            ?delay,
+                            "Box asked for a wait past the call's deadline; giving up"
+                        );
                         return Err(err);
                     }
                     metrics

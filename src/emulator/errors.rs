@@ -17,6 +17,10 @@ pub struct BoxApiError {
     pub retry_after: Option<u64>,
     /// OAuth-style body (`{"error", "error_description"}`) for the token endpoint.
     pub oauth: bool,
+    /// The fault plan's answers that are not Box's: a `Retry-After` verbatim, a body verbatim
+    /// (with its content type) instead of Box's error JSON.
+    pub raw_retry_after: Option<String>,
+    pub raw_body: Option<(&'static str, &'static str)>,
 }
 
 impl BoxApiError {
@@ -28,6 +32,8 @@ impl BoxApiError {
             context_info: None,
             retry_after: None,
             oauth: false,
+            raw_retry_after: None,
+            raw_body: None,
         }
     }
 
@@ -93,6 +99,16 @@ impl BoxApiError {
         }
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(value) = self
+            .raw_retry_after
+            .as_deref()
+            .and_then(|v| header::HeaderValue::from_str(v).ok())
+        {
+            res.insert_header((header::RETRY_AFTER, value));
+        }
+        if let Some((content_type, body)) = self.raw_body {
+            return res.content_type(content_type).body(body);
         }
         res.json(self.body(request_id))
     }
