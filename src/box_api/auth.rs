@@ -305,20 +305,25 @@ impl MintedToken {
         if status.is_success() {
             return token_answer(&bytes);
         }
-        // RFC 6749 bodies (`error`, `error_description`) from the token endpoint, Box's own elsewhere.
-        let oauth: OAuthError = serde_json::from_slice(&bytes).unwrap_or_default();
-        let mut body: BoxErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-        body.code = body.code.or(oauth.error);
-        body.message = body.message.or(oauth.error_description);
-        Err(BoxError::new(
-            "token",
-            BoxErrorKind::Status {
-                status: status.as_u16(),
-                body: Box::new(body),
-                retry_after,
-            },
-        ))
+        Err(token_error(status.as_u16(), retry_after, &bytes))
     }
+}
+
+/// A token endpoint's refusal or failure: RFC 6749 bodies (`error`, `error_description`) from the
+/// token endpoint, Box's own elsewhere; anything else leaves the body empty.
+pub(crate) fn token_error(status: u16, retry_after: Option<Duration>, bytes: &[u8]) -> BoxError {
+    let oauth: OAuthError = serde_json::from_slice(bytes).unwrap_or_default();
+    let mut body = BoxErrorBody::from_bytes(bytes);
+    body.code = body.code.or(oauth.error);
+    body.message = body.message.or(oauth.error_description);
+    BoxError::new(
+        "token",
+        BoxErrorKind::Status {
+            status,
+            body: Box::new(body),
+            retry_after,
+        },
+    )
 }
 
 impl TokenProvider for MintedToken {

@@ -278,7 +278,7 @@ impl BoxClient {
             return Ok(CommitAnswer::Pending(parse_retry_after(response.headers())));
         }
         let files: FileCollection = decode("commit", response).await?;
-        first_file("commit", files).map(CommitAnswer::Committed)
+        first_file_of("commit", files).map(CommitAnswer::Committed)
     }
 
     /// `DELETE {session.abort}`: the parts are discarded.
@@ -395,7 +395,7 @@ impl BoxClient {
                 if let Err(err) = &answer {
                     lost.fetch_or(err.may_have_landed(), Ordering::Relaxed);
                 }
-                first_file("direct_upload", answer?)
+                first_file_of("direct_upload", answer?)
             })
             .await;
         match result {
@@ -695,14 +695,25 @@ impl BoxClient {
 
 async fn error_from(endpoint: &'static str, response: Response) -> BoxError {
     let status = response.status().as_u16();
-    let retry_after = parse_retry_after(response.headers());
-    let request_id = response
-        .headers()
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap_or_default();
+    status_error(endpoint, status, &headers, &bytes)
+}
+
+/// A non-2xx answer as a typed error, whatever its headers and body: Box's error JSON when it is
+/// one, an empty body otherwise (a proxy's HTML page, a truncated answer).
+pub(crate) fn status_error(
+    endpoint: &'static str,
+    status: u16,
+    headers: &header::HeaderMap,
+    bytes: &[u8],
+) -> BoxError {
+    let retry_after = parse_retry_after(headers);
+    let request_id = headers
         .get("box-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let text = response.text().await.unwrap_or_default();
-    let mut body: BoxErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    let mut body = BoxErrorBody::from_bytes(bytes);
     if body.request_id.is_none() {
         body.request_id = request_id;
     }
@@ -724,12 +735,16 @@ async fn decode<T: DeserializeOwned>(endpoint: &'static str, response: Response)
         .bytes()
         .await
         .map_err(|e| BoxError::transport(endpoint, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
+    decode_bytes(endpoint, &bytes)
+}
+
+pub(crate) fn decode_bytes<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T, BoxError> {
+    serde_json::from_slice(bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
 }
 
 /// The file of a commit's or direct upload's answer: an object with a string `id` (what the gateway
 /// answers, and what it would delete if the bytes differ), else a protocol error.
-fn first_file(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {
+pub(crate) fn first_file_of(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {
     let file = files
         .entries
         .into_iter()
