@@ -186,6 +186,10 @@ impl From<UploadError> for ApiError {
     }
 }
 
+/// `Retry-After` of a 503 from Box's trouble when Box named no wait: long enough not to hammer a Box
+/// that is down, short enough that a blip costs little.
+pub const BOX_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 10;
+
 /// Box's answers, turned into what the gateway's client can act on (documented in openapi.yaml).
 fn from_box(err: BoxError) -> ApiError {
     use StatusCode as S;
@@ -307,6 +311,11 @@ fn from_box(err: BoxError) -> ApiError {
         ),
     };
     let existing_file_id = err.body().and_then(|b| b.conflict()).map(|c| c.id);
+    // A 503 always says when to come back: Box's own `Retry-After` when it sent one, else a hint.
+    let retry_after_secs = match status {
+        S::SERVICE_UNAVAILABLE => retry_after_secs.or(Some(BOX_UNAVAILABLE_RETRY_AFTER_SECS)),
+        _ => retry_after_secs,
+    };
     ApiError {
         status,
         code: ours,

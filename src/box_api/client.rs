@@ -661,12 +661,14 @@ impl BoxClient {
             if status.is_success() {
                 return Ok(response);
             }
-            if status == StatusCode::UNAUTHORIZED && refreshes < MAX_REFRESHES && self.auth.invalidate(&token)
-            {
+            let refreshable = status == StatusCode::UNAUTHORIZED && self.auth.invalidate(&token);
+            if refreshable && refreshes < MAX_REFRESHES {
                 refreshes += 1;
                 continue;
             }
-            return Err(error_from(endpoint, response).await);
+            let mut err = error_from(endpoint, response).await;
+            err.stale_token = refreshable;
+            return Err(err);
         }
     }
 }

@@ -9,6 +9,10 @@ pub struct BoxError {
     /// The Box endpoint, as named in metrics (`create_session`, `upload_part`, ...).
     pub endpoint: &'static str,
     pub kind: BoxErrorKind,
+    /// A 401 to a token the provider had just minted again for this call: Box expires and revokes
+    /// tokens on its own schedule, so another attempt (after the retry policy's wait) may fare
+    /// better; when the attempts are spent it is still `box_auth_failed`.
+    pub stale_token: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +45,11 @@ pub enum BoxErrorKind {
 
 impl BoxError {
     pub fn new(endpoint: &'static str, kind: BoxErrorKind) -> Self {
-        Self { endpoint, kind }
+        Self {
+            endpoint,
+            kind,
+            stale_token: false,
+        }
     }
 
     pub(crate) fn transport(endpoint: &'static str, err: reqwest::Error) -> Self {
@@ -109,7 +117,10 @@ impl BoxError {
             BoxErrorKind::Deadline(d) => BoxErrorKind::Deadline(*d),
             BoxErrorKind::Unreachable(m) => BoxErrorKind::Unreachable(m.clone()),
         };
-        Self::new(self.endpoint, kind)
+        Self {
+            stale_token: self.stale_token,
+            ..Self::new(self.endpoint, kind)
+        }
     }
 
     /// Why a retry may succeed, as a metrics label; `None` when retrying cannot help. Retried: 429,
@@ -119,6 +130,7 @@ impl BoxError {
     pub fn retry_reason(&self) -> Option<&'static str> {
         match &self.kind {
             BoxErrorKind::Status { status: 429, .. } => Some("rate_limited"),
+            BoxErrorKind::Status { status: 401, .. } if self.stale_token => Some("token_expired"),
             BoxErrorKind::Status { status: 408, .. } => Some("timeout"),
             BoxErrorKind::Status { status: 409, .. } if self.code() == Some(NAME_RESERVED) => {
                 Some("name_reserved")
