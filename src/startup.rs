@@ -101,6 +101,7 @@ impl Application {
             metrics.clone(),
         )
         .acting_as_user(settings.box_as_user.as_deref());
+        let access = access.with_token_check(client.clone());
         let lifecycle = Arc::new(Lifecycle::default());
         tokio::spawn(check_box(
             client.clone(),

@@ -565,6 +565,26 @@ impl BoxClient {
             .await
     }
 
+    /// `GET {api}/users/me?fields=id`: the user the token acts as (pass-through checks a caller's
+    /// token with it before reading any body byte). A 401 is the token refused.
+    #[tracing::instrument(name = "box.users_me", skip_all)]
+    pub async fn users_me(&self) -> Result<String, BoxError> {
+        #[derive(serde::Deserialize)]
+        struct Me {
+            id: String,
+        }
+        let url = format!("{}/users/me", self.urls.api);
+        let me: Me = self
+            .retried("users_me", |t| {
+                self.http
+                    .get(&url)
+                    .query(&[("fields", "id")])
+                    .bearer_auth(t.expose())
+            })
+            .await?;
+        Ok(me.id)
+    }
+
     /// `GET {api}/files/{id}?fields=parent`: the folder a file is in.
     pub async fn parent_folder(&self, file_id: &str) -> Result<String, BoxError> {
         #[derive(serde::Deserialize)]

@@ -72,6 +72,21 @@ pub async fn delete_version(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// The user every accepted token acts as (the emulator has one user).
+pub const EMULATOR_USER_ID: &str = "1000001";
+
+/// `GET /2.0/users/me`: the token's user (Box answers the user object; 401 for a bad token). The
+/// emulator has one user, whatever the token.
+pub async fn users_me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "type": "user",
+        "id": EMULATOR_USER_ID,
+        "name": "Emulator User",
+        "login": "emulator@example.com",
+    })))
+}
+
 fn not_found(id: &str) -> BoxApiError {
     BoxApiError::not_found(format!("File {id} not found"))
 }

@@ -83,6 +83,7 @@ fn configure(cfg: &mut web::ServiceConfig) {
             "/2.0/files/{file_id}/versions/{version_id}",
             web::delete().to(files::delete_version),
         )
+        .route("/2.0/users/me", web::get().to(files::users_me))
         .route("/2.0/folders", web::post().to(folders::create))
         .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
         .route("/2.0/folders/{folder_id}/items", web::get().to(folders::items))

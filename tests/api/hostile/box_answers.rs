@@ -450,3 +450,77 @@ async fn the_gateways_error_is_json_even_when_box_answered_html() {
     assert!(!text.contains("<html"), "{text}");
     app.assert_no_open_session().await;
 }
+
+fn passthrough() -> Options {
+    Options {
+        gateway: Some(Box::new(|s: &mut Settings, _: &EmulatorHandle| {
+            s.box_auth = "passthrough".into();
+            s.box_developer_token = None;
+        })),
+        ..Options::default()
+    }
+}
+
+/// Sends only the head of an upload (its body announced, never sent) and reads the answer.
+async fn head_only(app: &TestApp, head: &str) -> String {
+    let port = app.address.rsplit(':').next().unwrap();
+    let mut socket = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// Pass-through: a token Box refuses is 401 before any byte of the body is read, whether the body's
+/// size is declared (buffered) or not (spooled); nothing reaches Box's upload API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passthrough_token_box_refuses_is_401_before_the_body() {
+    let app = spawn_app_with(passthrough()).await;
+    for head in [
+        "PUT /v1/folders/0/files/x.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 10485760\r\n\r\n",
+        "PUT /v1/folders/0/files/y.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let answer = head_only(&app, head).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains("\"unauthenticated\""), "{answer}");
+    }
+    let seen = inspect(&app.emulator);
+    assert_eq!(seen["counters"]["sessions_created"], 0, "{seen}");
+    assert_eq!(seen["counters"]["direct_uploads"], 0, "{seen}");
+    // The verdict is cached: the second refusal did not ask Box again.
+    let checks = app
+        .metric_with("gateway_box_calls_total", &["\"users_me\"", "\"401\""])
+        .await;
+    assert_eq!(checks, 1.0, "one token, two requests, one check");
+}
+
+/// Pass-through with a token Box accepts: the upload lands; the check is made once per token while
+/// its verdict is cached, and the token shows nowhere in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passthrough_token_box_accepts_is_checked_once_and_cached() {
+    let app = spawn_app_with(passthrough()).await;
+    for name in ["a.bin", "b.bin"] {
+        let response = app
+            .http
+            .put(format!("{}/{name}", app.folder_url("0")))
+            .bearer_auth(box_upload_gateway::emulator::DEV_TOKEN)
+            .body(vec![5u8; 3000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let checks = app
+        .metric_with("gateway_box_calls_total", &["\"users_me\"", "\"200\""])
+        .await;
+    assert_eq!(checks, 1.0);
+    assert!(!app
+        .metrics_text()
+        .await
+        .contains(box_upload_gateway::emulator::DEV_TOKEN));
+}
