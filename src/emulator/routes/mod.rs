@@ -183,12 +183,18 @@ pub async fn gate(
         }
         Some(FaultAction::RetryAfterRaw { status, value }) => {
             let mut e = status_fault(*status, None, None, None);
-            e.raw_retry_after = Some(value.clone());
+            e.raw = Some(Box::new(super::errors::RawAnswer {
+                retry_after: Some(value.clone()),
+                body: None,
+            }));
             return Err(e);
         }
         Some(FaultAction::GarbageBody { kind, status }) => {
             let mut e = status_fault(*status, None, None, None);
-            e.raw_body = Some(kind.body());
+            e.raw = Some(Box::new(super::errors::RawAnswer {
+                retry_after: None,
+                body: Some(kind.body()),
+            }));
             return Err(e);
         }
         _ => {}
