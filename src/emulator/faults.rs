@@ -96,8 +96,8 @@ pub enum FaultAction {
     /// create_session: the session is made, but its answer's `total_parts` is one more than the
     /// file size and part size give.
     WrongTotalParts,
-    /// commit: the file is committed, but with another SHA-1 than the parts hold (Box stored other
-    /// bytes), which the answer shows.
+    /// commit and direct_upload: the file is stored, but with another SHA-1 than the bytes sent
+    /// (Box stored other bytes), which the answer shows.
     CommitDiffers,
 }
 

@@ -256,6 +256,26 @@ async fn a_committed_file_that_differs_is_deleted_and_the_answer_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_upload_that_differs_is_deleted_too() {
+    let app = spawn_app_with(Options {
+        faults: plan(json!({"rules": [{"endpoint": "direct_upload", "action": {"type": "commit_differs"}}]})),
+        ..Options::default()
+    })
+    .await;
+    let (a, _) = put(&app, "small-differs.bin", 5000, "").await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "box_integrity_error");
+    assert!(a.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("was deleted"));
+    let seen = inspect(&app.emulator);
+    assert_eq!(seen["counters"]["files_deleted"], 1, "{seen}");
+    assert!(seen["files"].as_array().unwrap().is_empty(), "{seen}");
+    assert_clean(&app, "small-differs.bin", &a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_version_that_differs_is_deleted_and_the_file_keeps_its_bytes() {
     let app = spawn_app().await;
     let (first, sha1) = put(&app, "kept.bin", THRESHOLD + PART * 2 + 9, "").await;
