@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::box_api::{Principal, Secret, StaticToken, Subject, SubjectType, TokenProvider};
+use crate::box_api::{BoxClient, Principal, Secret, StaticToken, Subject, SubjectType, TokenProvider};
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
@@ -161,6 +161,27 @@ pub struct Access {
     /// The gateway's own principal (None in pass-through), for uploads without a key.
     default_principal: Option<Principal>,
     metrics: Arc<GatewayMetrics>,
+    /// Pass-through: each caller's token is checked with Box before any body byte is read.
+    token_check: Option<TokenCheck>,
+}
+
+/// How long Box's verdict on a pass-through token is kept: a token seen again within it is not
+/// checked again; a revoked token may pass for this long (its upload then fails at Box with 401).
+const TOKEN_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Entries kept at most; past it, expired ones go (and if none has, the whole cache).
+const TOKEN_CHECK_ENTRIES: usize = 10_000;
+
+/// Box's verdicts on pass-through tokens, by the token's SHA-256 (never the token itself).
+struct TokenCheck {
+    client: BoxClient,
+    verdicts: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Verdict, std::time::Instant)>>,
+}
+
+#[derive(Clone)]
+enum Verdict {
+    /// The Box user the token acts as.
+    Accepted(Arc<str>),
+    Refused,
 }
 
 struct ApiKey {
@@ -188,6 +209,8 @@ pub struct Caller {
     pub principal: Principal,
     passthrough: bool,
     metrics: Arc<GatewayMetrics>,
+    /// Pass-through: the Box user the caller's token acts as, from Box's check of it.
+    box_user_id: Option<Arc<str>>,
 }
 
 impl Access {
@@ -215,6 +238,75 @@ impl Access {
             passthrough: default_principal.is_none(),
             default_principal,
             metrics,
+            token_check: None,
+        }
+    }
+
+    /// With pass-through, callers' tokens are checked with Box (`GET /users/me`, through `client`)
+    /// by `authenticate_checked`; otherwise nothing changes.
+    pub fn with_token_check(self, client: BoxClient) -> Self {
+        let token_check = self.passthrough.then(|| TokenCheck {
+            client,
+            verdicts: Default::default(),
+        });
+        Self { token_check, ..self }
+    }
+
+    /// `authenticate`, and with pass-through the caller's token checked with Box (its verdict cached
+    /// for `TOKEN_CHECK_TTL` by the token's SHA-256): a token Box refuses is 401 `unauthenticated`
+    /// before any byte of the body is read, spooled or buffered. Box out of reach: 503.
+    pub async fn authenticate_checked(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let mut caller = self.authenticate(headers)?;
+        let (Some(check), Some(token)) = (&self.token_check, bearer_token(headers)) else {
+            return Ok(caller);
+        };
+        let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        let cached = {
+            let verdicts = check.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            verdicts
+                .get(&key)
+                .filter(|(_, at)| at.elapsed() < TOKEN_CHECK_TTL)
+                .map(|(v, _)| v.clone())
+        };
+        let verdict = match cached {
+            Some(v) => v,
+            None => {
+                let client = check.client.acting_as(&caller.principal);
+                let verdict = match client.users_me().await {
+                    Ok(id) => Verdict::Accepted(Arc::from(id)),
+                    Err(err) if err.status() == Some(401) => Verdict::Refused,
+                    Err(err) => {
+                        return Err(caller.box_error(ApiError::from(crate::pipeline::UploadError::Box(err))))
+                    }
+                };
+                let mut verdicts = check.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+                if verdicts.len() >= TOKEN_CHECK_ENTRIES {
+                    verdicts.retain(|_, (_, at)| at.elapsed() < TOKEN_CHECK_TTL);
+                    if verdicts.len() >= TOKEN_CHECK_ENTRIES {
+                        verdicts.clear();
+                    }
+                }
+                verdicts.insert(key, (verdict.clone(), std::time::Instant::now()));
+                verdict
+            }
+        };
+        match verdict {
+            Verdict::Accepted(id) => {
+                caller.box_user_id = Some(id);
+                Ok(caller)
+            }
+            Verdict::Refused => {
+                self.metrics
+                    .access_refused
+                    .with_label_values(&["passthrough", "unauthenticated"])
+                    .inc();
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Box refused your access token",
+                )
+                .with_www_authenticate(format!("Bearer realm=\"{REALM}\", error=\"invalid_token\"")))
+            }
         }
     }
 
@@ -277,6 +369,7 @@ impl Access {
             principal,
             passthrough: self.passthrough,
             metrics: self.metrics.clone(),
+            box_user_id: None,
         })
     }
 
@@ -343,6 +436,12 @@ fn bearer_token(headers: &HeaderMap) -> Option<Secret> {
 }
 
 impl Caller {
+    /// Pass-through: the Box user the caller's token acts as (Box's answer to `GET /users/me`, kept
+    /// for ownership checks); None otherwise, or before `Access::authenticate_checked`.
+    pub fn box_user_id(&self) -> Option<&str> {
+        self.box_user_id.as_deref()
+    }
+
     /// 403 `forbidden_folder` unless the caller's key lists the folder.
     pub fn check_folder(&self, folder_id: &str) -> Result<(), ApiError> {
         match &self.folders {

@@ -93,6 +93,10 @@ pub struct Settings {
     pub box_retry_max_attempts: u32,
     pub box_retry_base_delay_ms: u64,
     pub box_retry_max_delay_ms: u64,
+    /// Total time one Box call may take, every attempt and the waits between them included (a
+    /// commit's 202 polls are bounded by `commit_timeout_secs` instead). At least
+    /// `box_request_timeout_secs`, so one attempt always gets its full time.
+    pub box_call_deadline_secs: u64,
     /// How long a commit may keep answering 202 / a transient parts_mismatch.
     pub commit_timeout_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
@@ -187,6 +191,9 @@ impl Default for Settings {
             box_retry_max_attempts: 6,
             box_retry_base_delay_ms: 250,
             box_retry_max_delay_ms: 30_000,
+            // One full-length attempt (300 s) plus a few more at the backoff cap: a part that Box
+            // keeps refusing fails in 15 minutes, never hangs an upload for the whole retry count.
+            box_call_deadline_secs: 900,
             commit_timeout_secs: 600,
             log_format: "auto".into(),
             otlp_endpoint: None,
@@ -300,6 +307,12 @@ impl Settings {
                 problems.push(format!("{key}: must be at least 1"));
             }
         }
+        if self.box_call_deadline_secs < self.box_request_timeout_secs {
+            problems.push(format!(
+                "box_call_deadline_secs: {} is below box_request_timeout_secs ({}); one attempt could not take its full time",
+                self.box_call_deadline_secs, self.box_request_timeout_secs
+            ));
+        }
         if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty()) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 problems.push(format!(
@@ -401,6 +414,7 @@ impl Settings {
                     max_delay: Duration::from_millis(
                         self.box_retry_max_delay_ms.max(self.box_retry_base_delay_ms),
                     ),
+                    deadline: Duration::from_secs(self.box_call_deadline_secs),
                 },
                 commit_timeout: Duration::from_secs(self.commit_timeout_secs),
                 log_format: self.log_format.clone(),

@@ -180,8 +180,16 @@ impl From<UploadError> for ApiError {
                 "box_timeout",
                 format!("Box did not finish processing the upload within {}s", budget.as_secs()),
             ),
-            UploadError::Integrity(_) => {
-                Self::new(S::BAD_GATEWAY, "box_integrity_error", "Box stored a file that differs from the one sent")
+            UploadError::Integrity { file_id, what, removed, .. } => {
+                let undone = match removed {
+                    true => format!("the {what} it created ({file_id}) was deleted, so nothing of this upload is stored"),
+                    false => format!("deleting the {what} it created ({file_id}) failed: remove it in Box"),
+                };
+                Self::new(
+                    S::BAD_GATEWAY,
+                    "box_integrity_error",
+                    format!("Box stored a file that differs from the one sent; {undone}"),
+                )
             }
             UploadError::ClientTooSlow { received, window, min_bytes_per_sec } => Self::new(
                 S::REQUEST_TIMEOUT,
@@ -234,6 +242,10 @@ impl From<UploadError> for ApiError {
     }
 }
 
+/// `Retry-After` of a 503 from Box's trouble when Box named no wait: long enough not to hammer a Box
+/// that is down, short enough that a blip costs little.
+pub const BOX_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 10;
+
 /// Box's answers, turned into what the gateway's client can act on (documented in openapi.yaml).
 fn from_box(err: BoxError) -> ApiError {
     use StatusCode as S;
@@ -263,7 +275,15 @@ fn from_box(err: BoxError) -> ApiError {
             "box_timeout",
             "Box did not answer in time".into(),
         ),
-        (BoxErrorKind::Connection(_), ..) => (
+        (BoxErrorKind::Deadline(limit), ..) => (
+            S::GATEWAY_TIMEOUT,
+            "box_timeout",
+            format!(
+                "Box did not answer within the call's deadline of {}s (box_call_deadline_secs)",
+                limit.as_secs()
+            ),
+        ),
+        (BoxErrorKind::Connection(_) | BoxErrorKind::Unreachable(_), ..) => (
             S::SERVICE_UNAVAILABLE,
             "box_unavailable",
             "Box could not be reached".into(),
@@ -347,6 +367,11 @@ fn from_box(err: BoxError) -> ApiError {
         ),
     };
     let existing_file_id = err.body().and_then(|b| b.conflict()).map(|c| c.id);
+    // A 503 always says when to come back: Box's own `Retry-After` when it sent one, else a hint.
+    let retry_after_secs = match status {
+        S::SERVICE_UNAVAILABLE => retry_after_secs.or(Some(BOX_UNAVAILABLE_RETRY_AFTER_SECS)),
+        _ => retry_after_secs,
+    };
     ApiError {
         status,
         code: ours,

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// Why the gateway is not ready; `None` in `Lifecycle::box_problem` means Box answered the last check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotReady {
-    /// Stable: `starting`, `draining`, `box_unreachable`, `box_credentials_refused`.
+    /// Stable: `starting`, `draining`, `box_credentials_refused`. (Box out of reach is not one: see
+    /// `box_unreachable`.)
     pub reason: &'static str,
     pub message: String,
 }
@@ -86,6 +87,16 @@ impl Lifecycle {
 
     pub fn set_box_problem(&self, problem: Option<NotReady>) {
         *self.box_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// The background check could not reach Box: every replica sees the same, so readiness keeps the
+    /// last verdict on the credentials; only `starting` ends (the replica serves, and its uploads get
+    /// 503 `box_unavailable` with `Retry-After` until Box is back).
+    pub fn box_unreachable(&self) {
+        let mut problem = self.box_problem.lock().unwrap_or_else(|p| p.into_inner());
+        if problem.as_ref().is_some_and(|p| p.reason == "starting") {
+            *problem = None;
+        }
     }
 
     /// What `/readyz` answers: ready, or why not.
@@ -219,6 +230,21 @@ mod tests {
     fn readiness_follows_the_box_check() {
         let life = Lifecycle::default();
         assert_eq!(life.readiness().unwrap_err().reason, "starting");
+        life.box_unreachable();
+        assert!(
+            life.readiness().is_ok(),
+            "Box out of reach at start does not hold a replica back"
+        );
+        life.set_box_problem(Some(NotReady {
+            reason: "box_credentials_refused",
+            message: String::new(),
+        }));
+        life.box_unreachable();
+        assert_eq!(
+            life.readiness().unwrap_err().reason,
+            "box_credentials_refused",
+            "the last verdict on the credentials stands"
+        );
         life.set_box_problem(None);
         assert!(life.readiness().is_ok());
         assert_eq!(abort_reserve(Duration::from_secs(10)), Duration::from_secs(2));

@@ -17,7 +17,7 @@ pub struct GatewayMetrics {
     pub parts: IntCounterVec,
     pub part_duration: Histogram,
     /// Retries of Box calls, by `endpoint` and `reason` (rate_limited|server_error|timeout|connection|
-    /// name_reserved|commit_pending|parts_mismatch).
+    /// name_reserved|commit_pending|parts_mismatch|token_expired).
     pub box_retries: IntCounterVec,
     /// Box calls, by `endpoint` and `status` (HTTP status, or timeout|connection).
     pub box_calls: IntCounterVec,
@@ -37,7 +37,7 @@ pub struct GatewayMetrics {
     /// asked what it holds, by `endpoint` and `outcome` (landed: the file is there, answered as
     /// success | not_landed | unknown: the lookup itself failed).
     pub lost_answers: IntCounterVec,
-    /// Requests to Box's token endpoint, by `outcome` (issued|refused|failed).
+    /// Requests to Box's token endpoint, by `outcome` (issued|refused|failed|shared_failure).
     pub box_token_requests: IntCounterVec,
     /// Uploads refused by the gateway's access rules, by `key` (`none` when no valid key came) and
     /// `code` (unauthenticated|forbidden_folder|file_too_large).
@@ -52,6 +52,12 @@ pub struct GatewayMetrics {
     /// The bytes of every tus upload's unfinished part in the state store (shared by the replicas
     /// with Redis), as the sweeper last read it.
     pub tus_pending_bytes: IntGauge,
+    /// Files (or versions) Box stored with other bytes than were sent, and their removal, by `what`
+    /// (file|version) and `outcome` (deleted|failed).
+    pub integrity_cleanups: IntCounterVec,
+    /// 1 while the last background check reached Box (any answer below 500), 0 while it did not.
+    /// Readiness does not follow it (a Box outage would empty the Service): an alert does.
+    pub box_reachable: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -148,7 +154,7 @@ impl GatewayMetrics {
             box_token_requests: IntCounterVec::new(
                 Opts::new(
                     "gateway_box_token_requests_total",
-                    "Requests to Box's token endpoint, by outcome (issued|refused|failed).",
+                    "Requests to Box's token endpoint, by outcome (issued|refused|failed|shared_failure: a failed refresh answered to a caller that waited for it).",
                 ),
                 &["outcome"],
             )?,
@@ -184,6 +190,17 @@ impl GatewayMetrics {
                 "gateway_tus_pending_bytes",
                 "Bytes of unfinished tus parts in the state store (all replicas with Redis), as last read by the sweeper.",
             )?,
+            integrity_cleanups: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_integrity_cleanups_total",
+                    "Files or versions Box stored with other bytes than were sent, by what (file|version) and outcome of their deletion (deleted|failed).",
+                ),
+                &["what", "outcome"],
+            )?,
+            box_reachable: IntGauge::new(
+                "gateway_box_reachable",
+                "1 when the last background check reached Box, 0 when it did not (timeout, connection, 5xx).",
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -206,6 +223,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.idempotent_requests.clone()))?;
         registry.register(Box::new(m.tus_refused.clone()))?;
         registry.register(Box::new(m.tus_pending_bytes.clone()))?;
+        registry.register(Box::new(m.integrity_cleanups.clone()))?;
+        registry.register(Box::new(m.box_reachable.clone()))?;
         Ok(m)
     }
 }

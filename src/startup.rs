@@ -101,6 +101,7 @@ impl Application {
             metrics.clone(),
         )
         .acting_as_user(settings.box_as_user.as_deref());
+        let access = access.with_token_check(client.clone());
         let lifecycle = Arc::new(Lifecycle::default());
         tokio::spawn(check_box(
             client.clone(),
@@ -108,6 +109,7 @@ impl Application {
             settings.box_auth.mode(),
             lifecycle.clone(),
             settings.readiness_check_interval,
+            metrics.box_reachable.clone(),
         ));
         let budget = MemoryBudget::new(
             settings.memory_budget_bytes,
@@ -273,12 +275,19 @@ impl Application {
 /// The background check behind `/readyz`: every `every`, one cheap Box call (`BoxClient::probe`) with
 /// the gateway's own credentials (pass-through has none: then only whether Box answers). A change is
 /// logged once: a refusal names the mode and Box's error code, never a secret.
+///
+/// Readiness follows only what this replica can fix by being replaced: refused credentials. Box out
+/// of reach is the same for every replica, so it does not take them all out of the Service at once
+/// (uploads meanwhile get 503 `box_unavailable` with `Retry-After`); it sets `gateway_box_reachable`
+/// to 0, which an alert watches. Out of reach at start, the last verdict on the credentials (none
+/// yet: accepted) stands.
 async fn check_box(
     client: BoxClient,
     with_credentials: bool,
     mode: &'static str,
     lifecycle: Arc<Lifecycle>,
     every: Duration,
+    reachable: prometheus::IntGauge,
 ) {
     let mut last: Option<Option<&'static str>> = None;
     loop {
@@ -297,14 +306,17 @@ async fn check_box(
             }
             Err(err) => {
                 if last != Some(Some("box_unreachable")) {
-                    tracing::warn!(box_auth = mode, error = %err, "Box did not answer the readiness check");
+                    tracing::warn!(box_auth = mode, error = %err,
+                        "Box did not answer the background check; this replica stays ready (uploads get 503 box_unavailable meanwhile)");
                 }
-                Some(NotReady {
-                    reason: "box_unreachable",
-                    message: format!("Box did not answer the readiness check: {err}"),
-                })
+                reachable.set(0);
+                last = Some(Some("box_unreachable"));
+                lifecycle.box_unreachable();
+                tokio::time::sleep(every).await;
+                continue;
             }
         };
+        reachable.set(1);
         if problem.is_none() && last != Some(None) {
             match with_credentials {
                 true => tracing::info!(

@@ -156,7 +156,12 @@ pub struct MintedToken {
     retry: RetryPolicy,
     metrics: Arc<GatewayMetrics>,
     cache: Mutex<Cache>,
-    refresh: tokio::sync::Mutex<()>,
+    /// The single-flight gate; it holds the failure of the last refresh, so callers that queued
+    /// behind a refresh share its outcome instead of each asking the token endpoint again (and each
+    /// waiting out its faults again).
+    refresh: tokio::sync::Mutex<Option<BoxError>>,
+    /// Refreshes finished so far: read before queueing, to know whether one ended meanwhile.
+    finished: std::sync::atomic::AtomicU64,
 }
 
 enum Cache {
@@ -187,7 +192,8 @@ impl MintedToken {
             retry,
             metrics,
             cache: Mutex::new(Cache::Empty),
-            refresh: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(None),
+            finished: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -213,12 +219,29 @@ impl MintedToken {
     }
 
     async fn refresh(&self) -> Result<Secret, BoxError> {
-        let _single_flight = self.refresh.lock().await;
+        // Which refresh we queue behind: if one finishes while we wait for the gate, its outcome is
+        // ours too. A success lands in the cache; a failure (after the refresh's own retries within
+        // its deadline) is answered as is: a transient one stays transient (the caller's own retry
+        // loop asks again later), a refusal is remembered for `REFUSAL_MEMORY`.
+        use std::sync::atomic::Ordering::SeqCst;
+        let queued_behind = self.finished.load(SeqCst);
+        let mut last_failure = self.refresh.lock().await;
         // Whoever held the gate before us may have refreshed already.
         if let Some(hit) = self.cached() {
             return hit;
         }
+        if self.finished.load(SeqCst) != queued_behind {
+            if let Some(failure) = &*last_failure {
+                self.metrics
+                    .box_token_requests
+                    .with_label_values(&["shared_failure"])
+                    .inc();
+                return Err(failure.shared_copy());
+            }
+        }
         let result = self.retry.run(&self.metrics, |_| self.mint_once()).await;
+        *last_failure = result.as_ref().err().map(BoxError::shared_copy);
+        self.finished.fetch_add(1, SeqCst);
         let mut cache = self.cache();
         match &result {
             Ok((token, lifetime)) => {
@@ -280,26 +303,27 @@ impl MintedToken {
             .await
             .map_err(|e| BoxError::transport("token", e))?;
         if status.is_success() {
-            let answer: TokenAnswer = serde_json::from_slice(&bytes)
-                .map_err(|e| BoxError::protocol("token", format!("bad token answer: {e}")))?;
-            // Box says about 3600 s; a missing or absurd value is taken as a short life.
-            let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).clamp(1, 86_400));
-            return Ok((answer.access_token, lifetime));
+            return token_answer(&bytes);
         }
-        // RFC 6749 bodies (`error`, `error_description`) from the token endpoint, Box's own elsewhere.
-        let oauth: OAuthError = serde_json::from_slice(&bytes).unwrap_or_default();
-        let mut body: BoxErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-        body.code = body.code.or(oauth.error);
-        body.message = body.message.or(oauth.error_description);
-        Err(BoxError::new(
-            "token",
-            BoxErrorKind::Status {
-                status: status.as_u16(),
-                body: Box::new(body),
-                retry_after,
-            },
-        ))
+        Err(token_error(status.as_u16(), retry_after, &bytes))
     }
+}
+
+/// A token endpoint's refusal or failure: RFC 6749 bodies (`error`, `error_description`) from the
+/// token endpoint, Box's own elsewhere; anything else leaves the body empty.
+pub(crate) fn token_error(status: u16, retry_after: Option<Duration>, bytes: &[u8]) -> BoxError {
+    let oauth: OAuthError = serde_json::from_slice(bytes).unwrap_or_default();
+    let mut body = BoxErrorBody::from_bytes(bytes);
+    body.code = body.code.or(oauth.error);
+    body.message = body.message.or(oauth.error_description);
+    BoxError::new(
+        "token",
+        BoxErrorKind::Status {
+            status,
+            body: Box::new(body),
+            retry_after,
+        },
+    )
 }
 
 impl TokenProvider for MintedToken {
@@ -326,8 +350,35 @@ impl TokenProvider for MintedToken {
 #[derive(serde::Deserialize)]
 struct TokenAnswer {
     access_token: Secret,
+    /// A number by RFC 6749; read from any JSON so a proxy's `"3600"` or `3600.0` is no failure.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// A 2xx from the token endpoint: the token, and how long it lives. A token that could not go in an
+/// `Authorization` header (empty, control characters, non-ASCII) is a protocol error here rather than
+/// a request that cannot be built later.
+pub(crate) fn token_answer(bytes: &[u8]) -> Result<(Secret, Duration), BoxError> {
+    let answer: TokenAnswer = serde_json::from_slice(bytes)
+        .map_err(|e| BoxError::protocol("token", format!("bad token answer: {e}")))?;
+    let token = answer.access_token.expose();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(BoxError::protocol(
+            "token",
+            "the token answer holds no usable access_token",
+        ));
+    }
+    let secs = match &answer.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    // Box says about 3600 s; a missing or absurd value is taken as a short life, a huge one as a day.
+    let secs = secs
+        .filter(|s| s.is_finite())
+        .unwrap_or(60.0)
+        .clamp(1.0, 86_400.0);
+    Ok((answer.access_token, Duration::from_secs_f64(secs)))
 }
 
 #[derive(Default, serde::Deserialize)]

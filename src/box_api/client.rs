@@ -143,15 +143,15 @@ impl BoxClient {
                 self.http.post(&url).bearer_auth(t.expose()).json(&body)
             })
             .await?;
-        // Every part but the last is exactly part_size, so Box's part count must be the quotient.
-        if session.part_size == 0 || session.total_parts != upload.size.div_ceil(session.part_size) {
-            return Err(BoxError::protocol(
-                "create_session",
-                format!(
-                    "session of {} parts of {} bytes for {} bytes",
-                    session.total_parts, session.part_size, upload.size
-                ),
-            ));
+        if let Err(why) = check_session(&session, upload.size) {
+            // Box made a session the gateway will not use: it must not linger until it expires.
+            // Aborted only when its abort URL is one (a garbage URL would not be Box's anyway).
+            if reqwest::Url::parse(&session.session_endpoints.abort).is_ok() {
+                if let Err(err) = self.abort(&session).await {
+                    tracing::warn!(session_id = %session.id, error = %err, "could not abort a session Box described wrongly");
+                }
+            }
+            return Err(BoxError::protocol("create_session", why));
         }
         Ok(session)
     }
@@ -236,7 +236,14 @@ impl BoxClient {
                 .await?;
             let got = page.entries.len();
             parts.extend(page.entries);
-            let total = page.total_count.unwrap_or(0) as usize;
+            // A Box (or proxy) that pages without end is cut off at Box's own part limit.
+            if parts.len() > MAX_PARTS as usize {
+                return Err(BoxError::protocol(
+                    "list_parts",
+                    format!("more than {MAX_PARTS} parts listed"),
+                ));
+            }
+            let total = page.total_count.unwrap_or(0).min(MAX_PARTS) as usize;
             if got == 0 || got < LIMIT && parts.len() >= total || parts.len() >= total && total > 0 {
                 return Ok(parts);
             }
@@ -271,7 +278,7 @@ impl BoxClient {
             return Ok(CommitAnswer::Pending(parse_retry_after(response.headers())));
         }
         let files: FileCollection = decode("commit", response).await?;
-        first_file("commit", files).map(CommitAnswer::Committed)
+        first_file_of("commit", files).map(CommitAnswer::Committed)
     }
 
     /// `DELETE {session.abort}`: the parts are discarded.
@@ -388,7 +395,7 @@ impl BoxClient {
                 if let Err(err) = &answer {
                     lost.fetch_or(err.may_have_landed(), Ordering::Relaxed);
                 }
-                first_file("direct_upload", answer?)
+                first_file_of("direct_upload", answer?)
             })
             .await;
         match result {
@@ -499,6 +506,14 @@ impl BoxClient {
             if page.entries.is_empty() || offset >= page.total_count.unwrap_or(0) {
                 return Ok(None);
             }
+            // Pages without end (a count that grows, pages of one item) stop somewhere: a folder of
+            // a million items is past anything this search is meant for.
+            if offset >= MAX_FOLDER_ITEMS {
+                return Err(BoxError::protocol(
+                    "folder_items",
+                    format!("more than {MAX_FOLDER_ITEMS} items listed"),
+                ));
+            }
         }
     }
 
@@ -508,6 +523,66 @@ impl BoxClient {
         self.retried("get_file", |t| self.http.get(&url).bearer_auth(t.expose()))
             .await
             .map(FileObject)
+    }
+
+    /// `DELETE {api}/files/{id}`: a file the gateway created, removed (to the trash) because it is
+    /// not what was sent. Not retried after a lost answer blindly: a 404 then means it is gone.
+    #[tracing::instrument(name = "box.delete_file", skip_all)]
+    pub async fn delete_file(&self, file_id: &str) -> Result<(), BoxError> {
+        let url = format!("{}/files/{file_id}", self.urls.api);
+        self.deleted("delete_file", |t| self.http.delete(&url).bearer_auth(t.expose()))
+            .await
+    }
+
+    /// `DELETE {api}/files/{id}/versions/{version_id}`: a version the gateway added, removed because
+    /// it is not what was sent (the file's previous version becomes current again).
+    #[tracing::instrument(name = "box.delete_file_version", skip_all)]
+    pub async fn delete_file_version(&self, file_id: &str, version_id: &str) -> Result<(), BoxError> {
+        let url = format!("{}/files/{file_id}/versions/{version_id}", self.urls.api);
+        self.deleted("delete_file_version", |t| {
+            self.http.delete(&url).bearer_auth(t.expose())
+        })
+        .await
+    }
+
+    /// A DELETE with the retry policy; a 404 after a retry means an earlier attempt did it.
+    async fn deleted(
+        &self,
+        endpoint: &'static str,
+        build: impl Fn(&Secret) -> RequestBuilder,
+    ) -> Result<(), BoxError> {
+        self.retry
+            .run(&self.metrics, |attempt| {
+                let sent = self.send(endpoint, &build);
+                async move {
+                    match sent.await {
+                        Ok(_) => Ok(()),
+                        Err(err) if attempt > 1 && err.status() == Some(404) => Ok(()),
+                        Err(err) => Err(err),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// `GET {api}/users/me?fields=id`: the user the token acts as (pass-through checks a caller's
+    /// token with it before reading any body byte). A 401 is the token refused.
+    #[tracing::instrument(name = "box.users_me", skip_all)]
+    pub async fn users_me(&self) -> Result<String, BoxError> {
+        #[derive(serde::Deserialize)]
+        struct Me {
+            id: String,
+        }
+        let url = format!("{}/users/me", self.urls.api);
+        let me: Me = self
+            .retried("users_me", |t| {
+                self.http
+                    .get(&url)
+                    .query(&[("fields", "id")])
+                    .bearer_auth(t.expose())
+            })
+            .await?;
+        Ok(me.id)
     }
 
     /// `GET {api}/files/{id}?fields=parent`: the folder a file is in.
@@ -584,13 +659,17 @@ impl BoxClient {
     }
 
     /// One call: authorise, send, count, and turn any non-2xx answer into a typed error.
-    /// A 401 is tried once more with a fresh token when the provider can mint one.
+    /// A 401 is tried again with a fresh token when the provider can mint one, up to
+    /// `MAX_REFRESHES` times: a token can expire between its refresh and its use (Box revokes and
+    /// expires tokens on its own schedule), and one unlucky second 401 must not fail an upload as
+    /// `box_auth_failed`. A refused grant fails at the token endpoint instead, at once.
     async fn send(
         &self,
         endpoint: &'static str,
         build: impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<Response, BoxError> {
-        let mut refreshed = false;
+        const MAX_REFRESHES: u32 = 3;
+        let mut refreshes = 0;
         loop {
             let token = self.auth.token().await?;
             let mut request = build(&token);
@@ -602,11 +681,14 @@ impl BoxClient {
             if status.is_success() {
                 return Ok(response);
             }
-            if status == StatusCode::UNAUTHORIZED && !refreshed && self.auth.invalidate(&token) {
-                refreshed = true;
+            let refreshable = status == StatusCode::UNAUTHORIZED && self.auth.invalidate(&token);
+            if refreshable && refreshes < MAX_REFRESHES {
+                refreshes += 1;
                 continue;
             }
-            return Err(error_from(endpoint, response).await);
+            let mut err = error_from(endpoint, response).await;
+            err.stale_token = refreshable;
+            return Err(err);
         }
     }
 }
@@ -635,14 +717,25 @@ impl BoxClient {
 
 async fn error_from(endpoint: &'static str, response: Response) -> BoxError {
     let status = response.status().as_u16();
-    let retry_after = parse_retry_after(response.headers());
-    let request_id = response
-        .headers()
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap_or_default();
+    status_error(endpoint, status, &headers, &bytes)
+}
+
+/// A non-2xx answer as a typed error, whatever its headers and body: Box's error JSON when it is
+/// one, an empty body otherwise (a proxy's HTML page, a truncated answer).
+pub(crate) fn status_error(
+    endpoint: &'static str,
+    status: u16,
+    headers: &header::HeaderMap,
+    bytes: &[u8],
+) -> BoxError {
+    let retry_after = parse_retry_after(headers);
+    let request_id = headers
         .get("box-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let text = response.text().await.unwrap_or_default();
-    let mut body: BoxErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    let mut body = BoxErrorBody::from_bytes(bytes);
     if body.request_id.is_none() {
         body.request_id = request_id;
     }
@@ -664,16 +757,61 @@ async fn decode<T: DeserializeOwned>(endpoint: &'static str, response: Response)
         .bytes()
         .await
         .map_err(|e| BoxError::transport(endpoint, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
+    decode_bytes(endpoint, &bytes)
 }
 
-fn first_file(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {
-    files
+pub(crate) fn decode_bytes<T: DeserializeOwned>(endpoint: &'static str, bytes: &[u8]) -> Result<T, BoxError> {
+    serde_json::from_slice(bytes).map_err(|e| BoxError::protocol(endpoint, format!("bad JSON: {e}")))
+}
+
+/// The file of a commit's or direct upload's answer: an object with a string `id` (what the gateway
+/// answers, and what it would delete if the bytes differ), else a protocol error.
+pub(crate) fn first_file_of(endpoint: &'static str, files: FileCollection) -> Result<FileObject, BoxError> {
+    let file = files
         .entries
         .into_iter()
         .next()
         .map(FileObject)
-        .ok_or_else(|| BoxError::protocol(endpoint, "no file in the answer"))
+        .ok_or_else(|| BoxError::protocol(endpoint, "no file in the answer"))?;
+    if !file.0.is_object() || file.id().is_none_or(str::is_empty) {
+        return Err(BoxError::protocol(endpoint, "the answered file has no id"));
+    }
+    Ok(file)
+}
+
+/// Box's limit on a session's parts (list-parts pages by part offset, at most 10,000).
+pub const MAX_PARTS: u64 = 10_000;
+const MAX_FOLDER_ITEMS: u64 = 1_000_000;
+
+/// Whether a new session is one the gateway can use for `size` bytes: every part but the last is
+/// exactly `part_size`, so `total_parts` must be the quotient; the parts within Box's limit; and its
+/// endpoints URLs (they are called as given, never built by hand).
+pub(crate) fn check_session(session: &UploadSession, size: u64) -> Result<(), String> {
+    if session.part_size == 0 || session.total_parts != size.div_ceil(session.part_size) {
+        return Err(format!(
+            "session {} of {} parts of {} bytes for {} bytes: its part count disagrees with its part size",
+            session.id, session.total_parts, session.part_size, size
+        ));
+    }
+    if session.total_parts > MAX_PARTS {
+        return Err(format!(
+            "session of {} parts: more than Box's {MAX_PARTS}",
+            session.total_parts
+        ));
+    }
+    let e = &session.session_endpoints;
+    for (name, url) in [
+        ("upload_part", &e.upload_part),
+        ("commit", &e.commit),
+        ("abort", &e.abort),
+        ("list_parts", &e.list_parts),
+    ] {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return Err(format!("session endpoint {name} is not an http(s) URL")),
+        }
+    }
+    Ok(())
 }
 
 /// A careful client checks the echo of each part (offset, size, sha1) against what it sent.

@@ -9,6 +9,10 @@ pub struct BoxError {
     /// The Box endpoint, as named in metrics (`create_session`, `upload_part`, ...).
     pub endpoint: &'static str,
     pub kind: BoxErrorKind,
+    /// A 401 to a token the provider had just minted again for this call: Box expires and revokes
+    /// tokens on its own schedule, so another attempt (after the retry policy's wait) may fare
+    /// better; when the attempts are spent it is still `box_auth_failed`.
+    pub stale_token: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,14 @@ pub enum BoxErrorKind {
     Connection(#[source] reqwest::Error),
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The call's total deadline across its retries (`box_call_deadline_secs`) passed: the attempt
+    /// under way was dropped, or the wait Box asked for would have ended after it.
+    #[error("no answer within the call's deadline of {0:?}")]
+    Deadline(Duration),
+    /// A timeout or dropped connection seen by another caller (a token refresh shared with its
+    /// waiters), kept as text since the transport's error cannot be copied.
+    #[error("Box could not be reached: {0}")]
+    Unreachable(String),
     /// The gateway's own credentials cannot be used (a secret file unreadable, a key that does not
     /// decrypt): no request was sent. The message names the setting, never its value.
     #[error("unusable credentials: {0}")]
@@ -33,7 +45,11 @@ pub enum BoxErrorKind {
 
 impl BoxError {
     pub fn new(endpoint: &'static str, kind: BoxErrorKind) -> Self {
-        Self { endpoint, kind }
+        Self {
+            endpoint,
+            kind,
+            stale_token: false,
+        }
     }
 
     pub(crate) fn transport(endpoint: &'static str, err: reqwest::Error) -> Self {
@@ -80,6 +96,33 @@ impl BoxError {
         }
     }
 
+    /// The same error for another caller: a refresh's outcome shared with the uploads that waited
+    /// for it. Transport errors cannot be cloned; they become `Unreachable` with their text.
+    pub fn shared_copy(&self) -> Self {
+        let kind = match &self.kind {
+            BoxErrorKind::Status {
+                status,
+                body,
+                retry_after,
+            } => BoxErrorKind::Status {
+                status: *status,
+                body: body.clone(),
+                retry_after: *retry_after,
+            },
+            BoxErrorKind::Timeout(e) | BoxErrorKind::Connection(e) => {
+                BoxErrorKind::Unreachable(e.to_string())
+            }
+            BoxErrorKind::Protocol(m) => BoxErrorKind::Protocol(m.clone()),
+            BoxErrorKind::Credentials(m) => BoxErrorKind::Credentials(m.clone()),
+            BoxErrorKind::Deadline(d) => BoxErrorKind::Deadline(*d),
+            BoxErrorKind::Unreachable(m) => BoxErrorKind::Unreachable(m.clone()),
+        };
+        Self {
+            stale_token: self.stale_token,
+            ..Self::new(self.endpoint, kind)
+        }
+    }
+
     /// Why a retry may succeed, as a metrics label; `None` when retrying cannot help. Retried: 429,
     /// 408, 409 `name_temporarily_reserved` (another upload of the name is committing), 500, 502, 503,
     /// 504, timeouts and dropped connections. Never: 501 and other 5xx (not implemented, out of space,
@@ -87,6 +130,7 @@ impl BoxError {
     pub fn retry_reason(&self) -> Option<&'static str> {
         match &self.kind {
             BoxErrorKind::Status { status: 429, .. } => Some("rate_limited"),
+            BoxErrorKind::Status { status: 401, .. } if self.stale_token => Some("token_expired"),
             BoxErrorKind::Status { status: 408, .. } => Some("timeout"),
             BoxErrorKind::Status { status: 409, .. } if self.code() == Some(NAME_RESERVED) => {
                 Some("name_reserved")
@@ -98,6 +142,8 @@ impl BoxError {
             BoxErrorKind::Status { .. } | BoxErrorKind::Protocol(_) | BoxErrorKind::Credentials(_) => None,
             BoxErrorKind::Timeout(_) => Some("timeout"),
             BoxErrorKind::Connection(_) => Some("connection"),
+            BoxErrorKind::Deadline(_) => None,
+            BoxErrorKind::Unreachable(_) => Some("connection"),
         }
     }
 
@@ -133,15 +179,34 @@ impl BoxError {
 /// 409: Box holds the name while another upload of it is being committed; transient.
 pub const NAME_RESERVED: &str = "name_temporarily_reserved";
 
-/// `Retry-After` in seconds (Box never sends the HTTP-date form).
+/// The longest wait the gateway takes from Box's `Retry-After` (a constant, not a setting): a larger
+/// value (a proxy's mistake, or a day-long ban) is read as this, then the call's deadline decides
+/// whether to wait at all. An hour also keeps every later `Duration` arithmetic far from overflow.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` (RFC 9110 10.2.3): delay-seconds or an HTTP-date, from Box or a proxy in front of
+/// it, so read defensively: fractions are accepted, negative, NaN, infinite and unreadable values are
+/// ignored (`None`), a date in the past is 0, and anything longer is capped at `MAX_RETRY_AFTER`.
 pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    retry_after_value(value, std::time::SystemTime::now())
+}
+
+pub(crate) fn retry_after_value(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        // Compared before converting: `Duration::from_secs_f64` panics past u64::MAX seconds.
+        return Some(if secs >= MAX_RETRY_AFTER.as_secs_f64() {
+            MAX_RETRY_AFTER
+        } else {
+            Duration::from_secs_f64(secs)
+        });
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default().min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -206,5 +271,32 @@ mod tests {
         );
         assert!(status(503, "unavailable").may_have_landed());
         assert!(!status(409, NAME_RESERVED).may_have_landed());
+    }
+
+    #[test]
+    fn retry_after_is_read_defensively() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let read = |v: &str| retry_after_value(v, now);
+        assert_eq!(read("7"), Some(Duration::from_secs(7)));
+        assert_eq!(read(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(read("100000000000000000000"), Some(MAX_RETRY_AFTER));
+        assert_eq!(read("1e308"), Some(MAX_RETRY_AFTER));
+        for garbage in [
+            "-1",
+            "NaN",
+            "inf",
+            "-inf",
+            "",
+            "soon",
+            "Tue, 99 Foo 2026",
+            "\u{0}",
+        ] {
+            assert_eq!(read(garbage), None, "{garbage:?}");
+        }
+        // HTTP-dates: ahead (capped), near, past.
+        assert_eq!(read("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        let soon = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(read(&soon), Some(Duration::from_secs(30)));
+        assert_eq!(read("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
     }
 }

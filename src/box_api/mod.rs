@@ -8,6 +8,9 @@ mod grants;
 mod retry;
 mod types;
 
+#[cfg(test)]
+mod hostile_answers;
+
 pub use auth::{
     DeveloperToken, MintedToken, NoCredentials, Secret, SecretSource, StaticToken, TokenProvider,
 };

@@ -1,9 +1,10 @@
 //! The one retry loop for Box calls: capped exponential backoff with full jitter, honouring
-//! `Retry-After`, bounded by an attempt count and a wall-clock budget.
+//! `Retry-After`, bounded by an attempt count and a wall-clock deadline (`deadline`, the setting
+//! `box_call_deadline_secs`) that covers the attempts and the waits between them.
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::error::BoxError;
+use super::error::{BoxError, BoxErrorKind};
 use crate::metrics::GatewayMetrics;
 
 #[derive(Debug, Clone)]
@@ -12,6 +13,10 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// Total time for one call, every attempt and wait included: an attempt still running at the
+    /// deadline is dropped, and a wait that would end after it is not started (the last error is
+    /// answered, with its `Retry-After` for the gateway's client).
+    pub deadline: Duration,
 }
 
 impl RetryPolicy {
@@ -34,11 +39,23 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, BoxError>>,
     {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let mut attempt = 1;
+        // The deadline's error is named after the endpoint that failed last, if any did.
+        let mut endpoint = "call";
         loop {
-            match call(attempt).await {
+            let answer = match tokio::time::timeout_at(deadline, call(attempt)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    let err = BoxError::new(endpoint, BoxErrorKind::Deadline(self.deadline));
+                    tracing::warn!(endpoint, attempt, deadline = ?self.deadline, "Box call passed its deadline");
+                    return Err(err);
+                }
+            };
+            match answer {
                 Ok(value) => return Ok(value),
                 Err(err) => {
+                    endpoint = err.endpoint;
                     let Some(reason) = err.retry_reason() else {
                         return Err(err);
                     };
@@ -46,6 +63,15 @@ impl RetryPolicy {
                         return Err(err);
                     }
                     let delay = self.delay(attempt, err.retry_after());
+                    if tokio::time::Instant::now() + delay > deadline {
+                        tracing::warn!(
+                            endpoint = err.endpoint,
+                            attempt,
+                            ?delay,
+                            "Box asked for a wait past the call's deadline; giving up"
+                        );
+                        return Err(err);
+                    }
                     metrics
                         .box_retries
                         .with_label_values(&[err.endpoint, reason])
@@ -68,6 +94,7 @@ mod tests {
             max_attempts: 5,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
+            deadline: Duration::from_secs(60),
         }
     }
 
@@ -78,6 +105,41 @@ mod tests {
             assert!(d <= Duration::from_secs(2), "{d:?}");
         }
         assert!(policy().delay(1, None) <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_attempts_and_waits() {
+        let metrics = GatewayMetrics::new(&prometheus::Registry::new()).unwrap();
+        // An attempt that never ends is dropped at the deadline.
+        let started = tokio::time::Instant::now();
+        let err = policy()
+            .run(&metrics, |_| std::future::pending::<Result<(), BoxError>>())
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind, BoxErrorKind::Deadline(_)), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        // A Retry-After past the deadline is not waited for: the 429 is answered at once.
+        let started = tokio::time::Instant::now();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let err = policy()
+            .run(&metrics, |_| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async {
+                    Err::<(), _>(BoxError::new(
+                        "upload_part",
+                        BoxErrorKind::Status {
+                            status: 429,
+                            body: Box::default(),
+                            retry_after: Some(Duration::from_secs(3600)),
+                        },
+                    ))
+                }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(429));
+        assert_eq!(calls.into_inner(), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[test]

@@ -100,6 +100,25 @@ pub struct Conflict {
 }
 
 impl BoxErrorBody {
+    /// Box's error body from any bytes: each field taken when it has the right type, so a proxy's
+    /// body, or a Box body with one odd field (`"status": "503"`), loses only that field.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
+            return Self::default();
+        };
+        let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+        Self {
+            status: map
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok()),
+            code: text("code"),
+            message: text("message"),
+            context_info: map.get("context_info").cloned(),
+            request_id: text("request_id"),
+        }
+    }
+
     /// `context_info.conflicts` is documented as an array, but Box's own web uploader
     /// (box-ui-elements MultiputUpload.js) reads it as one object: accept both.
     pub fn conflict(&self) -> Option<Conflict> {

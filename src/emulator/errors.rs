@@ -17,6 +17,15 @@ pub struct BoxApiError {
     pub retry_after: Option<u64>,
     /// OAuth-style body (`{"error", "error_description"}`) for the token endpoint.
     pub oauth: bool,
+    /// The fault plan's answers that are not Box's (boxed: rare, and the error stays small).
+    pub raw: Option<Box<RawAnswer>>,
+}
+
+/// A `Retry-After` verbatim, a body verbatim (with its content type) instead of Box's error JSON.
+#[derive(Debug, Clone, Default)]
+pub struct RawAnswer {
+    pub retry_after: Option<String>,
+    pub body: Option<(&'static str, &'static str)>,
 }
 
 impl BoxApiError {
@@ -28,6 +37,7 @@ impl BoxApiError {
             context_info: None,
             retry_after: None,
             oauth: false,
+            raw: None,
         }
     }
 
@@ -93,6 +103,17 @@ impl BoxApiError {
         }
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        let raw = self.raw.as_deref().cloned().unwrap_or_default();
+        if let Some(value) = raw
+            .retry_after
+            .as_deref()
+            .and_then(|v| header::HeaderValue::from_str(v).ok())
+        {
+            res.insert_header((header::RETRY_AFTER, value));
+        }
+        if let Some((content_type, body)) = raw.body {
+            return res.content_type(content_type).body(body);
         }
         res.json(self.body(request_id))
     }

@@ -80,6 +80,64 @@ pub enum FaultAction {
     PartsMismatch,
     /// upload_part and direct_upload: reset the TCP connection after this many request-body bytes.
     CutConnection { after_bytes: u64 },
+    /// Any endpoint: answer `status` (429 or 503, say) with this `Retry-After` header verbatim:
+    /// huge (`100000000000000000000`), negative, `NaN`, an HTTP-date far ahead, garbage.
+    RetryAfterRaw {
+        #[serde(default = "too_many")]
+        status: u16,
+        value: String,
+    },
+    /// Any endpoint: answer `status` (default 200) with a body that is not what Box sends.
+    GarbageBody {
+        kind: Garbage,
+        #[serde(default = "ok")]
+        status: u16,
+    },
+    /// create_session: the session is made, but its answer's `total_parts` is one more than the
+    /// file size and part size give.
+    WrongTotalParts,
+    /// commit and direct_upload: the file is stored, but with another SHA-1 than the bytes sent
+    /// (Box stored other bytes), which the answer shows.
+    CommitDiffers,
+}
+
+/// What a `garbage_body` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Garbage {
+    /// `text/plain`, not JSON at all.
+    NotJson,
+    /// JSON cut off in the middle.
+    TruncatedJson,
+    /// Valid JSON of the wrong shape (an array of numbers where an object is expected).
+    WrongShape,
+    /// An HTML page, as a proxy's error or login page.
+    Html,
+}
+
+impl Garbage {
+    pub fn body(self) -> (&'static str, &'static str) {
+        match self {
+            Garbage::NotJson => ("text/plain", "upstream connect error or disconnect/reset before headers"),
+            Garbage::TruncatedJson => (
+                "application/json",
+                r#"{"type": "upload_session", "id": "F971964745A5CD0C001BBE4E58196BFD", "total_parts": 2, "part_si"#,
+            ),
+            Garbage::WrongShape => ("application/json", r#"[1, 2, {"entries": "none"}, null]"#),
+            Garbage::Html => (
+                "text/html; charset=utf-8",
+                "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>...</form></body></html>",
+            ),
+        }
+    }
+}
+
+fn too_many() -> u16 {
+    429
+}
+
+fn ok() -> u16 {
+    200
 }
 
 fn one() -> u64 {
@@ -95,6 +153,10 @@ impl FaultAction {
             FaultAction::CommitAccepted { .. } => "commit_accepted",
             FaultAction::PartsMismatch => "parts_mismatch",
             FaultAction::CutConnection { .. } => "cut_connection",
+            FaultAction::RetryAfterRaw { .. } => "retry_after_raw",
+            FaultAction::GarbageBody { .. } => "garbage_body",
+            FaultAction::WrongTotalParts => "wrong_total_parts",
+            FaultAction::CommitDiffers => "commit_differs",
         }
     }
 }
@@ -166,7 +228,9 @@ impl FaultEngine {
                         request_number: number,
                         action: state.rule.action.name().to_owned(),
                         status: match state.rule.action {
-                            FaultAction::Status { status, .. } => Some(status),
+                            FaultAction::Status { status, .. }
+                            | FaultAction::RetryAfterRaw { status, .. }
+                            | FaultAction::GarbageBody { status, .. } => Some(status),
                             _ => None,
                         },
                     },

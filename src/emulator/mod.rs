@@ -11,7 +11,7 @@ mod storage;
 
 pub use cli::{run, EmulatorArgs};
 pub use errors::BoxApiError;
-pub use faults::{Endpoint, FaultAction, FaultPlan, FaultRule, FiredFault};
+pub use faults::{Endpoint, FaultAction, FaultPlan, FaultRule, FiredFault, Garbage};
 pub use state::{
     Counters, FileView, FolderView, Inspection, PartView, SessionState, SessionView, ROOT_FOLDER_ID,
 };

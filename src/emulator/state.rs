@@ -116,6 +116,12 @@ pub struct Counters {
     /// Most part-upload requests in flight at once since start or the last reset.
     pub max_parts_in_flight: u64,
     pub faults_fired: u64,
+    /// `DELETE /2.0/files/{id}` that removed a file.
+    #[serde(default)]
+    pub files_deleted: u64,
+    /// `DELETE /2.0/files/{id}/versions/{version_id}` that removed a version.
+    #[serde(default)]
+    pub versions_deleted: u64,
 }
 
 #[derive(Default)]

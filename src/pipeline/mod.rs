@@ -123,8 +123,16 @@ pub enum UploadError {
     OverBudget(#[from] OverBudget),
     #[error("Box did not finish the commit within {0:?}")]
     CommitTimedOut(Duration),
-    #[error("Box answered a file that differs from what was sent: {0}")]
-    Integrity(String),
+    #[error("Box answered a file that differs from what was sent: {detail}")]
+    Integrity {
+        detail: String,
+        /// The file Box made of the upload.
+        file_id: String,
+        /// `file` (the upload created it) or `version` (it added a version).
+        what: &'static str,
+        /// Whether the gateway deleted that file or version.
+        removed: bool,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     /// A resumable upload's commit found parts missing in Box: the upload was moved back to the
@@ -244,9 +252,16 @@ impl Pipeline {
             let answer = if chunked {
                 let client = self.client.clone();
                 let u = upload.clone();
-                self.on_rt(async move { client.create_session(&u).await })
-                    .await?
-                    .map(Some)
+                let (rt, metrics) = (self.rt.clone(), self.metrics.clone());
+                // The guard is made in the task, as soon as Box has answered: if this request is
+                // dropped meanwhile (the client went away), the task still ends and drops its output,
+                // and the dropped guard aborts the session Box created for nobody.
+                self.on_rt(async move {
+                    let session = client.create_session(&u).await?;
+                    Ok(Box::new(SessionGuard::new(client, session, rt, metrics)))
+                })
+                .await?
+                .map(Some)
             } else {
                 let client = self.client.clone();
                 let u = upload.clone();
@@ -254,18 +269,12 @@ impl Pipeline {
                     .await?
                     .map(|()| None)
             };
-            let err = match answer {
-                Ok(Some(session)) => {
-                    let guard = SessionGuard::new(
-                        self.client.clone(),
-                        session,
-                        self.rt.clone(),
-                        self.metrics.clone(),
-                    );
+            let err: BoxError = match answer {
+                Ok(Some(guard)) => {
                     return Ok(Prepared {
                         upload,
                         expected_sha1,
-                        route: Route::Chunked(Box::new(guard)),
+                        route: Route::Chunked(guard),
                     });
                 }
                 Ok(None) => {
@@ -340,31 +349,42 @@ impl Pipeline {
             Route::Direct => self.send_direct(&upload, expected_sha1, &mut body).await,
             Route::Chunked(guard) => {
                 let mut parts = JoinSet::new();
-                let result = self
-                    .send_chunked(&upload, expected_sha1, guard.session(), &mut body, &mut parts)
+                let session = guard.session().clone();
+                let mut digests = TwinSha1::new();
+                let mut done = Vec::with_capacity(session.total_parts as usize);
+                // Until every part is in Box, a drain's stop ends the upload (its session is then
+                // aborted); once the commit is under way it is let finish, since Box may be
+                // creating the file.
+                let sent = self
+                    .until_stopped(self.send_parts(
+                        &upload,
+                        &session,
+                        &mut body,
+                        &mut parts,
+                        &mut digests,
+                        &mut done,
+                    ))
                     .await;
-                match result {
-                    Ok((outcome, false)) => {
-                        guard.disarm();
-                        Ok(outcome)
-                    }
-                    // Box holds the file but never answered the commit: in the rare case the file
-                    // came from elsewhere (same name, same bytes), the session is still open; an abort
-                    // closes it, and is refused harmlessly when the session was committed.
-                    Ok((outcome, true)) => {
-                        guard.abort("recovered").await;
-                        Ok(outcome)
-                    }
-                    Err(err) => {
-                        parts.shutdown().await;
-                        let reason = match err {
-                            UploadError::ShuttingDown => "shutdown",
-                            _ => "error",
-                        };
-                        guard.abort(reason).await;
-                        Err(err)
-                    }
+                if let Err(err) = sent {
+                    parts.shutdown().await;
+                    let reason = match err {
+                        UploadError::ShuttingDown => "shutdown",
+                        _ => "error",
+                    };
+                    guard.abort(reason).await;
+                    return Err(err);
                 }
+                // The guard goes with the commit into its task: see `finish_chunked`.
+                self.finish_chunked(
+                    &upload,
+                    expected_sha1,
+                    &session,
+                    Some(*guard),
+                    digests.finalize(),
+                    done,
+                )
+                .await
+                .map(|(outcome, _)| outcome)
             }
         }
     }
@@ -398,7 +418,7 @@ impl Pipeline {
         let file = self
             .on_rt(async move { client.upload_direct(&u, part.chunks, &sha1).await })
             .await??;
-        verify_file(&file, upload.size, &sha1)?;
+        let file = self.verified(upload, file, &sha1).await?;
         Ok(UploadOutcome {
             file,
             method: UploadMethod::Direct,
@@ -410,60 +430,126 @@ impl Pipeline {
         })
     }
 
-    async fn send_chunked<S, E>(
-        &self,
-        upload: &NewUpload,
-        expected_sha1: Option<[u8; 20]>,
-        session: &UploadSession,
-        body: &mut Rechunker<S>,
-        in_flight: &mut JoinSet<Result<UploadPart, UploadError>>,
-    ) -> Result<(UploadOutcome, bool), UploadError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: Into<UploadError>,
-    {
-        let size = upload.size;
-        let part_size = session.part_size;
-        // Each part's digest and the whole file's, in one pass on this thread (see hash.rs).
-        let mut digests = TwinSha1::new();
-        let mut parts = Vec::with_capacity(size.div_ceil(part_size) as usize);
-        // Until every part is in Box, a drain's stop ends the upload (its session is then aborted);
-        // once the commit is under way it is let finish, since Box may be creating the file.
-        self.until_stopped(self.send_parts(upload, session, body, in_flight, &mut digests, &mut parts))
-            .await?;
-        self.finish_chunked(upload, expected_sha1, session, digests.finalize(), parts)
-            .await
-    }
-
     /// Commits the parts of a chunked upload whose every byte went up, and checks what Box made of
     /// them. `true`: the commit's answer was lost and the file found in Box.
+    ///
+    /// With a `guard`, the commit and the guard's decision run in one task on the shared runtime, so
+    /// a commit and an abort never race: if this request is dropped mid-commit (the client left),
+    /// the task goes on, and only once the commit's outcome is known is the session aborted (a
+    /// failure, or a recovered answer) or let be (committed). Without one (a resumable upload), the
+    /// caller aborts on an error.
+    ///
+    /// A file Box answers that differs from what was sent (`box_integrity_error`) is removed: the
+    /// file, if the upload created it, or the version it added.
     async fn finish_chunked(
         &self,
         upload: &NewUpload,
         expected_sha1: Option<[u8; 20]>,
         session: &UploadSession,
+        guard: Option<SessionGuard>,
         sha1: [u8; 20],
         mut parts: Vec<UploadPart>,
     ) -> Result<(UploadOutcome, bool), UploadError> {
         let size = upload.size;
         let part_size = session.part_size;
         parts.sort_by_key(|p| p.offset);
-        check_expected(expected_sha1, &sha1)?;
-        let (file, recovered) = match self.commit(session, upload, &sha1, parts).await? {
-            Committed::Answered(file) => (file, false),
-            Committed::Recovered(file) => (file, true),
+        let this = self.clone();
+        let (upload, session) = (upload.clone(), session.clone());
+        let task = async move {
+            let committed = match check_expected(expected_sha1, &sha1) {
+                Ok(()) => this.commit(&session, &upload, &sha1, parts).await,
+                Err(err) => Err(err),
+            };
+            let result = match committed {
+                Ok(Committed::Answered(file)) => {
+                    this.verified(&upload, file, &sha1).await.map(|f| (f, false))
+                }
+                Ok(Committed::Recovered(file)) => Ok((file, true)),
+                Err(err) => Err(err),
+            };
+            if let Some(guard) = guard {
+                match &result {
+                    Ok((_, false)) => guard.disarm(),
+                    // The session was committed; the file it made is dealt with above.
+                    Err(UploadError::Integrity { .. }) => guard.disarm(),
+                    // Box holds the file but never answered the commit: in the rare case the file
+                    // came from elsewhere (same name, same bytes), the session is still open; an
+                    // abort closes it, and is refused harmlessly when the session was committed.
+                    Ok((_, true)) => guard.abort("recovered").await,
+                    Err(_) => guard.abort("error").await,
+                }
+            }
+            let (file, recovered) = result?;
+            let outcome = UploadOutcome {
+                file,
+                method: UploadMethod::Chunked,
+                size,
+                sha1_hex: hex::encode(sha1),
+                part_size: Some(part_size),
+                parts: Some(size.div_ceil(part_size)),
+                session_id: Some(session.id.clone()),
+            };
+            Ok((outcome, recovered))
         };
-        verify_file(&file, size, &sha1)?;
-        let outcome = UploadOutcome {
-            file,
-            method: UploadMethod::Chunked,
-            size,
-            sha1_hex: hex::encode(sha1),
-            part_size: Some(part_size),
-            parts: Some(size.div_ceil(part_size)),
-            session_id: Some(session.id.clone()),
+        self.on_rt(task).await?
+    }
+
+    /// The file Box answered, if it is the one sent; else it is removed (the file the upload
+    /// created, or the version it added) and the error says whether that worked.
+    async fn verified(
+        &self,
+        upload: &NewUpload,
+        file: FileObject,
+        sha1: &[u8; 20],
+    ) -> Result<FileObject, UploadError> {
+        let detail = match verify_file(&file, upload.size, sha1) {
+            Ok(()) => return Ok(file),
+            Err(detail) => detail,
         };
-        Ok((outcome, recovered))
+        let file_id = file.id().unwrap_or_default().to_owned();
+        let (what, removed) = match &upload.target {
+            Target::NewFile { .. } => ("file", self.client.delete_file(&file_id).await),
+            Target::NewVersion { .. } => {
+                let version = file
+                    .0
+                    .get("file_version")
+                    .and_then(|v| v.get("id"))
+                    .and_then(serde_json::Value::as_str);
+                match version {
+                    Some(version) => (
+                        "version",
+                        self.client.delete_file_version(&file_id, version).await,
+                    ),
+                    None => (
+                        "version",
+                        Err(BoxError::protocol(
+                            "commit",
+                            "the answered file names no file_version",
+                        )),
+                    ),
+                }
+            }
+        };
+        let removed = match removed {
+            Ok(()) => {
+                tracing::warn!(file_id, what, %detail, "Box stored other bytes than were sent; the {what} was deleted");
+                true
+            }
+            Err(err) => {
+                tracing::error!(file_id, what, %detail, error = %err, "Box stored other bytes than were sent, and the {what} could not be deleted");
+                false
+            }
+        };
+        self.metrics
+            .integrity_cleanups
+            .with_label_values(&[what, if removed { "deleted" } else { "failed" }])
+            .inc();
+        Err(UploadError::Integrity {
+            detail,
+            file_id,
+            what,
+            removed,
+        })
     }
 
     /// One part's upload with its retries, on the shared runtime (its digest, `sha1`, was taken while
@@ -597,20 +683,26 @@ impl Pipeline {
         self.on_rt(async move {
             let deadline = Instant::now() + budget;
             let policy = client.retry_policy().clone();
+            // Counts the commit's failures only: 202s (Box still processing the parts) are polled
+            // apart, bounded by `commit_timeout` alone, so they never spend the error retries.
             let mut attempt = 0;
             let mut lost = false;
             let mut mismatch_since = None;
             loop {
-                attempt += 1;
                 let err = match client.commit(&session, &upload, &sha1, &parts).await {
                     Ok(CommitAnswer::Committed(file)) => return Ok(Committed::Answered(file)),
                     Ok(CommitAnswer::Pending(retry_after)) => {
-                        let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                        // A `Retry-After: 0` (or none) still waits a little: a Box that answers 202
+                        // forever must not be polled in a tight loop for the whole commit timeout.
+                        let delay = retry_after
+                            .unwrap_or(Duration::from_secs(1))
+                            .max(policy.base_delay);
                         wait_within(deadline, budget, delay, &metrics, "commit_pending").await?;
                         continue;
                     }
                     Err(err) => err,
                 };
+                attempt += 1;
                 lost |= err.may_have_landed();
                 if lost {
                     if let Some(file) = client.recover("commit", &upload, &sha1, upload.size).await {
@@ -780,16 +872,16 @@ fn check_expected(expected: Option<[u8; 20]>, actual: &[u8; 20]) -> Result<(), U
 }
 
 /// After a commit or direct upload, the file Box answers must be the one sent.
-fn verify_file(file: &FileObject, size: u64, sha1: &[u8; 20]) -> Result<(), UploadError> {
+fn verify_file(file: &FileObject, size: u64, sha1: &[u8; 20]) -> Result<(), String> {
     let want = hex::encode(sha1);
     let sha_ok = file.sha1().is_some_and(|s| s.eq_ignore_ascii_case(&want));
     let size_ok = file.size() == Some(size);
     if !sha_ok || !size_ok {
-        return Err(UploadError::Integrity(format!(
+        return Err(format!(
             "sent {size} bytes with SHA-1 {want}; Box has {:?} bytes with SHA-1 {:?}",
             file.size(),
             file.sha1()
-        )));
+        ));
     }
     Ok(())
 }

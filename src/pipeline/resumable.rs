@@ -298,7 +298,7 @@ impl Pipeline {
         let parts = r.parts.values().cloned().collect();
         let sha1 = r.sha1.clone().finalize();
         match self
-            .finish_chunked(&r.upload, r.expected_sha1, &session, sha1, parts)
+            .finish_chunked(&r.upload, r.expected_sha1, &session, None, sha1, parts)
             .await
         {
             Ok((outcome, recovered)) => {

@@ -281,7 +281,7 @@ async fn create_upload(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     if req.headers().contains_key("upload-defer-length") {
         return Err(ApiError::bad_request(
             "deferred_length_unsupported",
@@ -446,7 +446,7 @@ async fn create_upload(
 
 async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     // The record only: HEAD never reads the unfinished part.
     let record = load_record(state, &upload_id(req), &caller).await?;
     if let Some(failure) = &record.failed {
@@ -469,7 +469,7 @@ async fn patch_upload(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     if req.headers().get(header::CONTENT_TYPE).map(HeaderValue::as_bytes) != Some(OCTETS.as_bytes()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -524,7 +524,7 @@ fn progress(response: &mut actix_web::HttpResponseBuilder, record: &Record) {
 
 async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     let id = upload_id(req);
     let lock = take_lock(state, &id).await?;
     let result = held(state, &lock, async {

@@ -49,7 +49,7 @@ pub async fn multipart_to_folder(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     let folder_id = validate_id(&path, "folder")?;
     caller.check_folder(&folder_id)?;
     let tracker = Tracker::start(&state, &caller);
@@ -78,7 +78,7 @@ pub async fn multipart_new_version(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     let file_id = validate_id(&path, "file")?;
     caller.check_file(&state.pipeline, &file_id).await?;
     let tracker = Tracker::start(&state, &caller);
@@ -108,7 +108,7 @@ pub async fn raw_to_folder(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     let (folder_id, name) = path.into_inner();
     let target = Target::NewFile {
         folder_id: validate_id(&folder_id, "folder")?,
@@ -136,7 +136,7 @@ pub async fn raw_new_version(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.access.authenticate(req.headers())?;
+    let caller = state.access.authenticate_checked(req.headers()).await?;
     let name = query.name.as_deref().map(validate_name).transpose()?;
     let file_id = validate_id(&path, "file")?;
     caller.check_file(&state.pipeline, &file_id).await?;

@@ -1,5 +1,5 @@
-//! `/readyz`: ready when Box answers and accepts the gateway's credentials, checked in the background;
-//! not ready, with the reason, while it does not. (Draining is shown on the real binary, in
+//! `/readyz`: ready when the replica can serve: started, not draining, and its credentials not
+//! refused by Box (checked in the background). Box out of reach is a metric, not unreadiness. (Draining is shown on the real binary, in
 //! `gateway_process.rs`.)
 use std::time::Duration;
 
@@ -51,27 +51,58 @@ fn every_call_fails_with(status: u16) -> FaultPlan {
     }
 }
 
+/// Waits (bounded) until `gateway_box_reachable` says `value`.
+async fn reachable_says(app: &TestApp, value: f64) {
+    for _ in 0..200 {
+        if app.metric("gateway_box_reachable").await == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway_box_reachable never said {value}");
+}
+
+/// Box out of reach is every replica's problem: readiness stays (a Box outage must not empty the
+/// Service), `gateway_box_reachable` says 0 for the alert, and uploads get 503 `box_unavailable`
+/// with `Retry-After`.
 #[tokio::test]
-async fn readiness_follows_box_in_the_background() {
+async fn box_out_of_reach_is_a_metric_and_a_503_not_unreadiness() {
     let app = spawn_app_with(Options {
         readiness_check_interval_secs: 1,
+        box_retry_max_attempts: 2,
         ..Options::default()
     })
     .await;
 
     readyz_says(&app, "ready").await;
+    reachable_says(&app, 1.0).await;
 
-    // Box answers 503 to everything: not ready, saying why.
+    // Box answers 503 to everything.
     app.emulator.set_faults(every_call_fails_with(503));
-    let not_ready = readyz_says(&app, "box_unreachable").await;
-    assert_eq!(not_ready["status"], "not_ready");
-    assert!(
-        not_ready["message"].as_str().unwrap().contains("503"),
-        "{not_ready}"
-    );
+    reachable_says(&app, 0.0).await;
+    let answer = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "still ready");
+    let upload = app
+        .http
+        .put(format!("{}/outage.bin", app.folder_url("0")))
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 503);
+    let retry_after: u64 = upload.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    let body: Value = upload.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "box_unavailable", "{body}");
 
-    // Box is back: ready again, and liveness never changed.
+    // Box is back: reachable again, and liveness never changed.
     app.emulator.set_faults(FaultPlan::default());
+    reachable_says(&app, 1.0).await;
     readyz_says(&app, "ready").await;
     let healthz = app
         .http
@@ -80,6 +111,20 @@ async fn readiness_follows_box_in_the_background() {
         .await
         .unwrap();
     assert_eq!(healthz.status(), 200);
+}
+
+/// A replica that starts while Box is out of reach becomes ready all the same (it cannot tell its
+/// credentials are wrong, and neither can any other replica).
+#[tokio::test]
+async fn a_replica_started_during_a_box_outage_is_ready() {
+    let app = spawn_app_with(Options {
+        faults: every_call_fails_with(503),
+        readiness_check_interval_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    readyz_says(&app, "ready").await;
+    reachable_says(&app, 0.0).await;
 }
 
 #[tokio::test]

@@ -37,7 +37,10 @@ pub async fn commit(
             "parts_mismatch",
             "No matching part found on server for the last part (transient)",
         )),
-        _ => finish(&req, &shared, &path, &body).await,
+        ref action => {
+            let differs = matches!(action, Some(FaultAction::CommitDiffers));
+            finish(&req, &shared, &path, &body, differs).await
+        }
     };
     {
         let mut state = shared.lock();
@@ -66,7 +69,13 @@ struct Attributes {
     content_modified_at: Option<String>,
 }
 
-async fn finish(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str, body: &[u8]) -> Reply {
+async fn finish(
+    req: &HttpRequest,
+    shared: &web::Data<Shared>,
+    session_id: &str,
+    body: &[u8],
+    differs: bool,
+) -> Reply {
     let expected = whole_file_digest(req)?;
     let fields = json_object(body)?;
     let listed: Vec<ListedPart> = fields
@@ -107,7 +116,12 @@ async fn finish(req: &HttpRequest, shared: &web::Data<Shared>, session_id: &str,
             ),
         ));
     }
-    create_file(shared, session_id, hex::encode(actual), attributes)
+    let mut sha1 = actual;
+    if differs {
+        // The `commit_differs` fault: what Box stored is not what the parts hold.
+        sha1[0] ^= 0xff;
+    }
+    create_file(shared, session_id, hex::encode(sha1), attributes)
 }
 
 fn whole_file_digest(req: &HttpRequest) -> Result<[u8; 20], BoxApiError> {

@@ -57,7 +57,8 @@ async fn upload(
     };
     let body = shaped(payload, Shaping::new(&req, bandwidth, cut));
     let body = SharedBody(Rc::new(RefCell::new(body)));
-    let result = receive(&req, &shared, body.clone(), file_id).await;
+    let differs = matches!(action, Some(FaultAction::CommitDiffers));
+    let result = receive(&req, &shared, body.clone(), file_id, differs).await;
     if result.is_err() {
         let mut rest = body.0.replace(Box::pin(futures_util::stream::empty()));
         drain(&mut rest).await;
@@ -65,7 +66,13 @@ async fn upload(
     store_then(&req, result, action.as_ref(), "file")
 }
 
-async fn receive(req: &HttpRequest, shared: &Shared, body: SharedBody, file_id: Option<String>) -> Reply {
+async fn receive(
+    req: &HttpRequest,
+    shared: &Shared,
+    body: SharedBody,
+    file_id: Option<String>,
+    differs: bool,
+) -> Reply {
     let mut form = Multipart::new(req.headers(), body);
     let attributes = next_field(&mut form)
         .await?
@@ -97,7 +104,7 @@ async fn receive(req: &HttpRequest, shared: &Shared, body: SharedBody, file_id: 
         }
     };
     let tmp = shared.storage.tmp_path();
-    let result = store(req, shared, file, &tmp, &target, &fields).await;
+    let result = store(req, shared, file, &tmp, &target, &fields, differs).await;
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -180,6 +187,7 @@ async fn store(
     tmp: &PathBuf,
     target: &Target,
     fields: &Map<String, Value>,
+    differs: bool,
 ) -> Reply {
     let file = Arc::new(std::fs::File::create(tmp).map_err(internal)?);
     let mut out = PositionalWriter::new(file, 0);
@@ -192,7 +200,14 @@ async fn store(
         out.push(&chunk).await.map_err(internal)?;
     }
     out.finish().await.map_err(internal)?;
-    let sha1 = hex::encode(sha1.finalize());
+    let sha1: [u8; 20] = sha1.finalize().into();
+    let stored = {
+        let mut s = sha1;
+        // The `commit_differs` fault on a direct upload: what Box stored is not what was sent.
+        s[0] ^= if differs { 0xff } else { 0 };
+        hex::encode(s)
+    };
+    let sha1 = hex::encode(sha1);
     // Box's quirk: the Content-MD5 header carries the SHA-1, in hex.
     if let Some(expected) = header_str(req, "content-md5") {
         if !expected.trim().eq_ignore_ascii_case(&sha1) {
@@ -230,7 +245,7 @@ async fn store(
         &target.name,
         Version {
             id: version_id,
-            sha1,
+            sha1: stored,
             size,
             path,
         },

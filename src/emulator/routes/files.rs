@@ -34,6 +34,59 @@ pub async fn download(req: HttpRequest, path: web::Path<String>, shared: web::Da
         .streaming(stream))
 }
 
+/// `DELETE /2.0/files/{id}`: Box moves the file to the trash and answers 204; here it is gone.
+pub async fn delete(req: HttpRequest, path: web::Path<String>, shared: web::Data<Shared>) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    let mut state = shared.lock();
+    state
+        .files
+        .remove(path.as_str())
+        .ok_or_else(|| not_found(&path))?;
+    state.counters.files_deleted += 1;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `DELETE /2.0/files/{id}/versions/{version_id}`: 204. Removing the current version makes the one
+/// before it current; a file's only version cannot go (delete the file instead): 400.
+pub async fn delete_version(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    shared: web::Data<Shared>,
+) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    let (file_id, version_id) = path.into_inner();
+    let mut state = shared.lock();
+    let f = state.files.get_mut(&file_id).ok_or_else(|| not_found(&file_id))?;
+    let at = f
+        .versions
+        .iter()
+        .position(|v| v.id == version_id)
+        .ok_or_else(|| BoxApiError::not_found(format!("File version {version_id} not found")))?;
+    if f.versions.len() == 1 {
+        return Err(BoxApiError::bad_request(
+            "The only version of a file cannot be deleted; delete the file",
+        ));
+    }
+    f.versions.remove(at);
+    state.counters.versions_deleted += 1;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The user every accepted token acts as (the emulator has one user).
+pub const EMULATOR_USER_ID: &str = "1000001";
+
+/// `GET /2.0/users/me`: the token's user (Box answers the user object; 401 for a bad token). The
+/// emulator has one user, whatever the token.
+pub async fn users_me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "type": "user",
+        "id": EMULATOR_USER_ID,
+        "name": "Emulator User",
+        "login": "emulator@example.com",
+    })))
+}
+
 fn not_found(id: &str) -> BoxApiError {
     BoxApiError::not_found(format!("File {id} not found"))
 }

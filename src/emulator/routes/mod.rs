@@ -74,7 +74,16 @@ fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::method(actix_web::http::Method::OPTIONS).to(direct::preflight_version))
                 .route(web::get().to(files::download)),
         )
-        .route("/2.0/files/{file_id}", web::get().to(files::get))
+        .service(
+            web::resource("/2.0/files/{file_id}")
+                .route(web::get().to(files::get))
+                .route(web::delete().to(files::delete)),
+        )
+        .route(
+            "/2.0/files/{file_id}/versions/{version_id}",
+            web::delete().to(files::delete_version),
+        )
+        .route("/2.0/users/me", web::get().to(files::users_me))
         .route("/2.0/folders", web::post().to(folders::create))
         .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
         .route("/2.0/folders/{folder_id}/items", web::get().to(folders::items))
@@ -158,19 +167,37 @@ pub async fn gate(
         state.faults_fired.push(f.fired);
         f.action
     });
-    if let Some(FaultAction::Status {
-        status,
-        code,
-        message,
-        retry_after,
-    }) = &action
-    {
-        return Err(status_fault(
-            *status,
-            code.as_deref(),
-            message.as_deref(),
-            *retry_after,
-        ));
+    match &action {
+        Some(FaultAction::Status {
+            status,
+            code,
+            message,
+            retry_after,
+        }) => {
+            return Err(status_fault(
+                *status,
+                code.as_deref(),
+                message.as_deref(),
+                *retry_after,
+            ));
+        }
+        Some(FaultAction::RetryAfterRaw { status, value }) => {
+            let mut e = status_fault(*status, None, None, None);
+            e.raw = Some(Box::new(super::errors::RawAnswer {
+                retry_after: Some(value.clone()),
+                body: None,
+            }));
+            return Err(e);
+        }
+        Some(FaultAction::GarbageBody { kind, status }) => {
+            let mut e = status_fault(*status, None, None, None);
+            e.raw = Some(Box::new(super::errors::RawAnswer {
+                retry_after: None,
+                body: Some(kind.body()),
+            }));
+            return Err(e);
+        }
+        _ => {}
     }
     Ok(Gate { action, bandwidth })
 }

@@ -1,6 +1,6 @@
 //! Create, get and abort upload sessions.
 use super::super::errors::{BoxApiError, Reply};
-use super::super::faults::Endpoint;
+use super::super::faults::{Endpoint, FaultAction};
 use super::super::state::{Session, SessionState, State};
 use super::super::{Shared, BOX_MAX_FILE_SIZE};
 use super::items::{check_conflict, check_quota, folder_exists, missing_parent, validate_name};
@@ -19,7 +19,7 @@ struct NewSession {
 }
 
 pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> Reply {
-    gate(&shared, &req, Some(Endpoint::CreateSession), true).await?;
+    let lie = lies_about_parts(gate(&shared, &req, Some(Endpoint::CreateSession), true).await?);
     let fields = json_object(&body)?;
     let folder_id = match fields.get("folder_id") {
         None | Some(Value::Null) => {
@@ -46,7 +46,7 @@ pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
         file_name,
         file_size,
     };
-    open_session(&req, &shared, new)
+    open_session(&req, &shared, new, lie)
 }
 
 pub async fn create_version(
@@ -55,7 +55,7 @@ pub async fn create_version(
     body: web::Bytes,
     shared: web::Data<Shared>,
 ) -> Reply {
-    gate(&shared, &req, Some(Endpoint::CreateSession), true).await?;
+    let lie = lies_about_parts(gate(&shared, &req, Some(Endpoint::CreateSession), true).await?);
     let fields = json_object(&body)?;
     let file_id = path.into_inner();
     let name = parse_name(&fields, false)?;
@@ -74,7 +74,7 @@ pub async fn create_version(
         file_name,
         file_size,
     };
-    open_session(&req, &shared, new)
+    open_session(&req, &shared, new, lie)
 }
 
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, BoxApiError> {
@@ -132,7 +132,12 @@ fn parse_size(shared: &Shared, fields: &Map<String, Value>) -> Result<u64, BoxAp
     Ok(size)
 }
 
-fn open_session(req: &HttpRequest, shared: &Shared, new: NewSession) -> Reply {
+/// The `wrong_total_parts` fault: the session is real, its answer is not.
+fn lies_about_parts(gate: super::Gate) -> bool {
+    matches!(gate.action, Some(FaultAction::WrongTotalParts))
+}
+
+fn open_session(req: &HttpRequest, shared: &Shared, new: NewSession, lie: bool) -> Reply {
     let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
     let mut state = shared.lock();
     preflight(shared, &state, &new)?;
@@ -158,7 +163,10 @@ fn open_session(req: &HttpRequest, shared: &Shared, new: NewSession) -> Reply {
         fold: Default::default(),
         committed_file_id: None,
     };
-    let body = session_json(req, &session);
+    let mut body = session_json(req, &session);
+    if lie {
+        body["total_parts"] = json!(session.total_parts + 1);
+    }
     state.sessions.insert(id, session);
     state.counters.sessions_created += 1;
     Ok(HttpResponse::Created().json(body))
