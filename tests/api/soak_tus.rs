@@ -335,15 +335,22 @@ async fn soak_tus() {
         4,
     ));
     let landed = || tally.lock().unwrap().landed;
+    // The restarts follow the uploads' progress, not a clock: on a fast machine every upload could
+    // land before a timer fires, and the restarts would test nothing.
+    let progress = |n: usize| async move {
+        while landed() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     let restarts = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        progress(uploads / 4).await;
         let before_gateway = landed();
         bases.lock().unwrap().retain(|b| *b != one.url(""));
         sigterm(&one);
         wait_exit(&mut one, Duration::from_secs(10)).await;
         let one_again = Gateway::start(&env_refs(&env)).await;
         bases.lock().unwrap().push(one_again.url(""));
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        progress(uploads / 2).await;
         let before_redis = landed();
         redis.restart(Duration::from_millis(300)).await;
         (one_again, before_gateway, before_redis)

@@ -70,6 +70,15 @@ async fn assert_clean(app: &TestApp, name: &str, a: &Answer) {
             "{name} failed but landed: {files}"
         );
     }
+    // Parts of the failed upload that were on the wire when it gave up may still reach the emulator
+    // and would spend the next case's `nth: 1`: let them drain first.
+    for _ in 0..100 {
+        if app.emulator.inspect().counters.parts_in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     // The gateway still takes uploads.
     app.emulator.set_faults(FaultPlan::default());
     let next = format!("next-after-{name}");
