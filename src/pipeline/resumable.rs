@@ -85,7 +85,7 @@ impl Pipeline {
             if part.len as u64 > size {
                 return Err(too_long(size));
             }
-            *pending = concat(part.chunks);
+            *pending = concat(&part.chunks);
             r.offset = pending.len() as u64;
             return Ok(());
         };
@@ -120,7 +120,7 @@ impl Pipeline {
                     Ok(part) if part.len as u64 == len => part,
                     short => {
                         digests = before;
-                        return Ok(concat(short.map_err(Into::into)?.chunks));
+                        return Ok(concat(&short.map_err(Into::into)?.chunks));
                     }
                 };
                 let part_sha1 = digests.finish_part();
@@ -215,9 +215,9 @@ fn too_long(size: u64) -> UploadError {
     }
 }
 
-fn concat(chunks: Vec<Bytes>) -> Bytes {
-    match <[Bytes; 1]>::try_from(chunks) {
-        Ok([one]) => one,
-        Err(chunks) => Bytes::from(chunks.concat()),
+fn concat(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [one] => one.clone(),
+        chunks => Bytes::from(chunks.concat()),
     }
 }
