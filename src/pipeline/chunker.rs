@@ -219,7 +219,12 @@ mod tests {
             // Few pieces whatever the split: slices of at least COPY_BELOW_BYTES, a copy buffer
             // frozen before each, and full copy buffers.
             let bound = 2 * part.len / COPY_BELOW_BYTES + part.len / COPY_BUFFER_BYTES + 2;
-            assert!(part.chunks.len() <= bound, "{} pieces for {} bytes", part.chunks.len(), part.len);
+            assert!(
+                part.chunks.len() <= bound,
+                "{} pieces for {} bytes",
+                part.chunks.len(),
+                part.len
+            );
             assert_eq!(seen, part.chunks.concat());
             parts.push(seen);
         }

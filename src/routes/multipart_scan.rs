@@ -349,14 +349,22 @@ mod tests {
             let mut b = b"preamble --x\r\n".to_vec();
             for (headers, content) in [
                 ("Content-Disposition: form-data; name=\"size\"", "5"),
-                ("Content-Disposition: form-data; name=\"a\"", "\r\n--not-it\r\n\r\n"),
-                ("Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"", "hello"),
+                (
+                    "Content-Disposition: form-data; name=\"a\"",
+                    "\r\n--not-it\r\n\r\n",
+                ),
+                (
+                    "Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"",
+                    "hello",
+                ),
             ] {
                 b.extend_from_slice(format!("--{boundary}\r\n{headers}\r\n\r\n{content}\r\n").as_bytes());
             }
             b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
             let whole = file_data_offset(&b, boundary);
-            let Scan::Found(offset) = whole else { panic!("{whole:?}") };
+            let Scan::Found(offset) = whole else {
+                panic!("{whole:?}")
+            };
             assert_eq!(&b[offset..offset + 5], b"hello");
             // Two pieces cut at every position, and pieces of every size up to 80.
             for cut in 0..=b.len() {
@@ -380,7 +388,9 @@ mod tests {
                 assert_eq!(answer, Scan::Found(offset), "pieces of {size}");
             }
             // A form without a file, in pieces: NoFile, never a wrong offset.
-            let fields_only = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--{boundary}--\r\n");
+            let fields_only = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--{boundary}--\r\n"
+            );
             for cut in 0..=fields_only.len() {
                 let mut scan = HeadScan::new(boundary);
                 let first = scan.scan(&fields_only.as_bytes()[..cut]);

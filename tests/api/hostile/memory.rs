@@ -171,9 +171,8 @@ async fn post(gateway: &Gateway, kind: Kind, chunk: usize, name: &str, data: &[u
             format!("\r\n--{BOUNDARY}--\r\n"),
         ),
     };
-    let request = format!(
-        "{head}Host: {authority}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("{head}Host: {authority}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     // The answer is read while the body goes: a refusal comes before the body's end.
@@ -202,9 +201,7 @@ async fn post(gateway: &Gateway, kind: Kind, chunk: usize, name: &str, data: &[u
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     (status, if chunked { dechunk(body) } else { body.to_owned() })
 }
 
@@ -226,7 +223,11 @@ fn dechunk(mut wire: &str) -> String {
 fn assert_stored(emulator: &EmulatorHandle, file_id: &str, sha1: &str) {
     let path = emulator.file_path(file_id).expect("the file is in the emulator");
     let stored = std::fs::read(path).unwrap();
-    assert_eq!(hex::encode(Sha1::digest(&stored)), sha1, "the stored file's SHA-1");
+    assert_eq!(
+        hex::encode(Sha1::digest(&stored)),
+        sha1,
+        "the stored file's SHA-1"
+    );
 }
 
 /// Runs one case and checks the peak against the target.
