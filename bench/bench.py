@@ -56,6 +56,9 @@ FULL = {
     "trickle_budget": 64 * MIB,
     "trickle_good_bytes": 24 * MIB,
     "trickle_window_secs": None,
+    "hostile_bytes": 40 * MIB,
+    "hostile_budget": 64 * MIB,
+    "hostile_chunks": [1, 7, 1024, 64 * 1024],
 }
 SMOKE = {
     "cpu_bytes": 48 * MIB,
@@ -78,6 +81,9 @@ SMOKE = {
     "trickle_budget": 32 * MIB,
     "trickle_good_bytes": 24 * MIB,
     "trickle_window_secs": 6,
+    "hostile_bytes": 2 * MIB,
+    "hostile_budget": 64 * MIB,
+    "hostile_chunks": [1, 7, 1024, 64 * 1024],
 }
 
 
@@ -494,6 +500,8 @@ def measure_small(ctx, emulator, _path=None, _size=None):
     return result
 
 
+# ------------------------------------------------------------------------------------ hostile clients
+
 def trickler(url, name, size, answers):
     """A client that declares `size` bytes, then sends 1 KiB every 5 s until the gateway answers."""
     host, port = url.removeprefix("http://").split(":")
@@ -582,9 +590,95 @@ def measure_tricklers(ctx, emulator):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# One period of a hostile body: a multiple of every chunk size tried (1, 7, 1024, 65536 bytes), so its
+# framing is made once and sent again and again (framing 40 MiB byte by byte in Python takes minutes).
+HOSTILE_PERIOD = 7 * 64 * 1024
+
+
+def frame(data, chunk):
+    """`data` as HTTP/1.1 chunks of `chunk` bytes (the last one shorter)."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + chunk]), data[i:i + chunk]) for i in range(0, len(data), chunk))
+
+
+def chunked_upload(gw, kind, size, chunk, period):
+    """One upload of `size` bytes (`period` repeated) whose body comes in HTTP chunks of `chunk` bytes,
+    framed here over a raw socket; returns (wall seconds, status, answer, SHA-1 sent)."""
+    name = unique(f"hostile-{kind}-{chunk}")
+    boundary = "bench-hostile-boundary"
+    if kind == "raw":
+        line, extra, head, tail = f"PUT /v1/folders/0/files/{name}?size={size}", "", b"", b""
+    else:
+        line = f"POST /v1/folders/0/files?size={size}"
+        extra = f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+    sha1 = hashlib.sha1()
+    framed, whole = frame(period, chunk), size // len(period)
+    rest = period[:size - whole * len(period)]
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        s.sendall(f"{line} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Transfer-Encoding: chunked\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        try:
+            s.sendall(frame(head, chunk))
+            for _ in range(whole):
+                s.sendall(framed)
+                sha1.update(period)
+            s.sendall(frame(rest, chunk) + frame(tail, chunk) + b"0\r\n\r\n")
+            sha1.update(rest)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused early: the answer says why
+        answer = b""
+        while True:
+            got = s.recv(65536)
+            if not got:
+                break
+            answer += got
+    wall = time.monotonic() - started
+    head_text, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head_text.split()[1])
+    if b"transfer-encoding: chunked" in head_text.lower():
+        data, body = b"", body
+        while body:
+            n, _, body = body.partition(b"\r\n")
+            n = int(n, 16)
+            if n == 0:
+                break
+            data, body = data + body[:n], body[n + 2:]
+        body = data
+    return wall, status, json.loads(body or b"{}"), sha1.hexdigest()
+
+
+def hostile_memory(ctx, emulator):
+    """Peak RSS of a fresh gateway (64 MiB budget) per body sent in tiny HTTP chunks, raw and multipart."""
+    size, budget = ctx.cfg["hostile_bytes"], ctx.cfg["hostile_budget"]
+    period = os.urandom(HOSTILE_PERIOD)
+    rows = []
+    for chunk in ctx.cfg["hostile_chunks"]:
+        row = {"chunk": chunk, "bytes": size, "budget": budget}
+        for kind in ("raw", "multipart"):
+            gw = Gateway(ctx.gateway, emulator, ctx.logs, env={"GATEWAY_MEMORY_BUDGET_BYTES": str(budget)})
+            try:
+                idle = status_kib(gw.pid, "VmRSS")
+                c0 = cpu_seconds(gw.pid)
+                wall, status, answer, sha1 = chunked_upload(gw, kind, size, chunk, period)
+                if status != 201 or answer.get("upload", {}).get("sha1") != sha1:
+                    raise SystemExit(f"hostile {kind} upload in {chunk}-byte chunks: {status} {answer}")
+                check_landed(answer, size)
+                row[kind] = {"idle_rss": idle, "peak_rss": status_kib(gw.pid, "VmHWM"), "wall": wall,
+                             "gateway_cpu": cpu_seconds(gw.pid) - c0,
+                             "buffered_peak": gw.metric("gateway_buffered_bytes_peak")}
+            finally:
+                gw.stop()
+            log(f"hostile memory {kind}, {chunk}-byte chunks: {row[kind]}")
+        rows.append(row)
+    return rows
+
+
 def measure_hostile(ctx, emulator, _path=None, _size=None):
-    """Hostile clients: the good upload's latency among tricklers (peak RSS by chunk size joins it here)."""
-    return {"tricklers": measure_tricklers(ctx, emulator)}
+    """Hostile clients: memory by HTTP chunk size, and a good upload's latency among tricklers."""
+    return {"memory": hostile_memory(ctx, emulator), "tricklers": measure_tricklers(ctx, emulator)}
 
 
 # The run, in order: (key, title, measure(ctx, emulator, file, size), the config key of the random file's
@@ -627,6 +721,7 @@ def mib(n):
 
 def report(r):
     m, cpu, wall, rss, many, tp, small = (r.get(k) for k in ("machine", "cpu", "wall", "rss", "many", "throughput", "small"))
+    hostile = r.get("hostile")
     out = [f"## Benchmark ({r['mode']} run, {r['date']})", "",
            f"Machine: {m['cpu']}, {m['cores']} cores (SHA-NI: {'yes' if m['sha_ni'] else 'no'}), "
            f"{m['memory_gib']} GiB, Linux {m['kernel']}, {m['rustc']}, {r['profile']} build; load average "
@@ -745,6 +840,8 @@ def render_small(small):
 
 def render_hostile(hostile):
     out = ["### Hostile clients", ""]
+    if "memory" in hostile:
+        out += render_hostile_memory(hostile["memory"])
     t = hostile.get("tricklers")
     if t:
         out += [f"A good {fmt_size(t['good_bytes'])} raw PUT, alone (median of 3) and with {t['tricklers']} "
@@ -760,9 +857,28 @@ def render_hostile(hostile):
     return out
 
 
+def render_hostile_memory(rows):
+    first = rows[0]
+    out = [f"Peak RSS (VmHWM) of a fresh gateway (memory budget {mib(first['budget'])}, default settings otherwise) "
+           f"for one {fmt_size(first['bytes'])} upload whose body comes in HTTP/1.1 chunks of the size shown "
+           "(chunked transfer encoding framed by the client over a raw socket; size in `?size=`), raw `PUT` and "
+           f"multipart `POST`. Target: peak ≤ idle + budget + 64 MiB = idle + {mib(first['budget'] + 64 * MIB)}.", "",
+           "| HTTP chunk | raw: idle → **peak** | raw: gateway CPU, wall | multipart: idle → **peak** | "
+           "multipart: gateway CPU, wall | peak buffered (metric) |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        raw, mp = row["raw"], row["multipart"]
+        chunk = f"{row['chunk']} B" if row["chunk"] < 1024 else f"{row['chunk'] // 1024} KiB"
+        out.append(f"| {chunk} | {mib(raw['idle_rss'])} → **{mib(raw['peak_rss'])}** (+{mib(raw['peak_rss'] - raw['idle_rss'])}) | "
+                   f"{raw['gateway_cpu']:.1f} s, {raw['wall']:.1f} s | {mib(mp['idle_rss'])} → **{mib(mp['peak_rss'])}** "
+                   f"(+{mib(mp['peak_rss'] - mp['idle_rss'])}) | {mp['gateway_cpu']:.1f} s, {mp['wall']:.1f} s | "
+                   f"{mib(max(raw['buffered_peak'], mp['buffered_peak']))} |")
+    return out + [""]
+
+
 def charts(r, out_dir):
     if "throughput" not in r and "rss" not in r:
-        return  # nothing to draw: no need for matplotlib
+        return  # no chart to draw: no need for matplotlib
     import matplotlib
 
     matplotlib.use("Agg")

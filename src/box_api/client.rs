@@ -159,13 +159,15 @@ impl BoxClient {
     /// `PUT {session.upload_part}` with the part's bytes, retried. After an error that may have stored
     /// the part (a 5xx or a dropped connection), the parts are listed before re-sending (box-api.md):
     /// parts are immutable, so re-sending a stored part would only earn a 416.
+    ///
+    /// `chunks` is shared: each attempt streams the same pieces, without copying them or their list.
     #[tracing::instrument(name = "box.upload_part", skip_all, fields(offset = offset, size = chunks.iter().map(|c| c.len()).sum::<usize>()))]
     pub async fn upload_part(
         &self,
         session: &UploadSession,
         file_size: u64,
         offset: u64,
-        chunks: &[Bytes],
+        chunks: &Arc<[Bytes]>,
         sha1: &[u8; 20],
     ) -> Result<UploadPart, BoxError> {
         let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
@@ -197,7 +199,7 @@ impl BoxClient {
                             .header(header::CONTENT_LENGTH, size)
                             .header(header::CONTENT_RANGE, range.as_str())
                             .header("Digest", digest.as_str())
-                            .body(stream_body(chunks.to_vec()))
+                            .body(stream_body(chunks.clone()))
                     })
                     .await;
                 match result {
@@ -331,7 +333,7 @@ impl BoxClient {
     pub async fn upload_direct(
         &self,
         upload: &NewUpload,
-        content: Vec<Bytes>,
+        content: &[Bytes],
         sha1: &[u8; 20],
     ) -> Result<FileObject, BoxError> {
         let mut attributes = upload.timestamps();
@@ -360,10 +362,12 @@ impl BoxClient {
         let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
         let length = head.len() + content.iter().map(Bytes::len).sum::<usize>() + tail.len();
         let sha1_hex = hex::encode(sha1);
+        // The list is made once; each attempt streams it without copying it.
         let mut parts = Vec::with_capacity(content.len() + 2);
         parts.push(head);
-        parts.extend(content);
+        parts.extend_from_slice(content);
         parts.push(tail);
+        let parts: Arc<[Bytes]> = parts.into();
         let build = &|t: &Secret| {
             self.http
                 .post(&url)
@@ -835,10 +839,11 @@ fn check_echo(echo: &UploadPart, sent: &UploadPart) -> Result<UploadPart, BoxErr
     })
 }
 
-/// A body of shared chunks: sent without copying them, and re-sent on a retry for the price of a clone.
-fn stream_body(chunks: Vec<Bytes>) -> reqwest::Body {
+/// A body of shared chunks: sent without copying them, and re-sent on a retry for the price of one
+/// reference count (neither the bytes nor the list of pieces is copied).
+fn stream_body(chunks: Arc<[Bytes]>) -> reqwest::Body {
     reqwest::Body::wrap_stream(futures_util::stream::iter(
-        chunks.into_iter().map(Ok::<_, std::io::Error>),
+        (0..chunks.len()).map(move |i| Ok::<_, std::io::Error>(chunks[i].clone())),
     ))
 }
 

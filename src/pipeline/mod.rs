@@ -410,13 +410,18 @@ impl Pipeline {
                 Ok((permit, part))
             })
             .await;
-        let (_permit, part) = part?;
+        let (permit, part) = part?;
         let sha1: [u8; 20] = hasher.finalize().into();
         check_expected(expected_sha1, &sha1)?;
         let client = self.client.clone();
         let u = upload.clone();
+        // The permit goes with the bytes into the task that sends them: when the client leaves, this
+        // future is dropped but the task runs on, and its bytes stay counted until it ends.
         let file = self
-            .on_rt(async move { client.upload_direct(&u, part.chunks, &sha1).await })
+            .on_rt(async move {
+                let _permit = permit;
+                client.upload_direct(&u, &part.chunks, &sha1).await
+            })
             .await??;
         let file = self.verified(upload, file, &sha1).await?;
         Ok(UploadOutcome {

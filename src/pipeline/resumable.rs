@@ -160,7 +160,7 @@ impl Pipeline {
             if part.len as u64 > size {
                 return Err(too_long(size));
             }
-            *pending = concat(part.chunks);
+            *pending = concat(&part.chunks);
             r.offset = pending.len() as u64;
             return Ok(());
         };
@@ -207,7 +207,7 @@ impl Pipeline {
                     Ok(part) if part.len as u64 == len => part,
                     short => {
                         digests = before;
-                        return Ok(concat(short.map_err(Into::into)?.chunks));
+                        return Ok(concat(&short.map_err(Into::into)?.chunks));
                     }
                 };
                 // The last part goes to Box only once the body is known to end with it: Box's parts
@@ -350,10 +350,10 @@ fn too_long(size: u64) -> UploadError {
     }
 }
 
-fn concat(chunks: Vec<Bytes>) -> Bytes {
-    match <[Bytes; 1]>::try_from(chunks) {
-        Ok([one]) => one,
-        Err(chunks) => Bytes::from(chunks.concat()),
+fn concat(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [one] => one.clone(),
+        chunks => Bytes::from(chunks.concat()),
     }
 }
 

@@ -10,7 +10,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-use super::multipart_scan::{file_data_offset, suffix_len, Scan};
+use super::multipart_scan::{file_data_offset, suffix_len, HeadScan, Scan};
 use super::params::{header_u64, validate_id, validate_name, UploadParams};
 use super::tus::{parse_checksum, parse_metadata};
 use super::upload::{boundary, content_length};
@@ -190,6 +190,24 @@ proptest! {
         let prefix = &body[..cut.index(body.len() + 1)];
         let partial = file_data_offset(prefix, &boundary);
         prop_assert!(partial == Scan::NeedMore || partial == Scan::Found(offset), "{:?}", partial);
+    }
+
+    /// Fed in pieces (searching only new bytes plus an overlap), the scan gives the whole body's answer,
+    /// for valid forms and mutated ones alike.
+    #[test]
+    fn scan_in_pieces_answers_as_the_whole_body((body, boundary, _) in valid_form(),
+                                               mutations in prop::collection::vec(mutation(), 0..3),
+                                               sizes in prop::collection::vec(1usize..90, 1..6)) {
+        let body = mutate(body, &mutations);
+        let whole = file_data_offset(&body, &boundary);
+        let mut scan = HeadScan::new(&boundary);
+        let (mut end, mut i, mut answer) = (0, 0, Scan::NeedMore);
+        while answer == Scan::NeedMore && end < body.len() {
+            end = (end + sizes[i % sizes.len()]).min(body.len());
+            i += 1;
+            answer = scan.scan(&body[..end]);
+        }
+        prop_assert_eq!(answer, whole);
     }
 
     #[test]

@@ -31,33 +31,101 @@ pub fn suffix_len(boundary: &str) -> u64 {
     boundary.len() as u64 + 8
 }
 
+/// The scan of a whole body at once (the tests' and the fuzzer's form of [`HeadScan`]).
+#[cfg(test)]
 pub fn file_data_offset(body: &[u8], boundary: &str) -> Scan {
-    let delimiter = format!("--{boundary}");
-    let delimiter = delimiter.as_bytes();
-    // The first delimiter may follow a preamble; later ones follow a CRLF.
-    let Some(mut at) = find(body, delimiter, 0) else {
-        return Scan::NeedMore;
-    };
-    loop {
-        let after = at + delimiter.len();
-        if body.len() < after + 2 {
-            return Scan::NeedMore;
-        }
-        if &body[after..after + 2] == b"--" {
-            return Scan::NoFile;
-        }
-        let Some(head_end) = find(body, b"\r\n\r\n", after) else {
-            return Scan::NeedMore;
-        };
-        if has_filename(&body[after..head_end]) {
-            return Scan::Found(head_end + 4);
-        }
+    HeadScan::new(boundary).scan(body)
+}
+
+/// [`file_data_offset`] for a body that arrives in pieces: each call is given the body so far (what
+/// the previous call was given, plus what came since) and searches only the new bytes plus an
+/// overlap of the sought string's length - 1, so a body in 1-byte pieces costs one pass, not one
+/// pass per piece. (The longest string sought is `CRLF--boundary`: RFC 2046 caps a boundary at 70
+/// characters, so the overlap is at most 75 bytes.)
+pub struct HeadScan {
+    /// `--boundary`
+    delimiter: Vec<u8>,
+    /// `CRLF--boundary`: a delimiter after the first.
+    next: Vec<u8>,
+    stage: Stage,
+    /// Where the current stage's search resumes: no match starts before it.
+    from: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    /// The first delimiter (it may follow a preamble).
+    First,
+    /// A delimiter ends at `after`: `--` there closes the form, anything else starts a part.
+    Delimiter { after: usize },
+    /// A part whose headers start at `after`, up to a blank line.
+    Head { after: usize },
+    /// A part without a filename: its content, up to the next delimiter.
+    Next,
+}
+
+impl HeadScan {
+    pub fn new(boundary: &str) -> Self {
+        let delimiter = format!("--{boundary}").into_bytes();
         let mut next = b"\r\n".to_vec();
-        next.extend_from_slice(delimiter);
-        match find(body, &next, head_end + 4) {
-            Some(i) => at = i + 2,
-            None => return Scan::NeedMore,
+        next.extend_from_slice(&delimiter);
+        Self {
+            delimiter,
+            next,
+            stage: Stage::First,
+            from: 0,
         }
+    }
+
+    /// `body`: the whole body so far, of which the previous calls saw a prefix.
+    pub fn scan(&mut self, body: &[u8]) -> Scan {
+        loop {
+            match self.stage {
+                Stage::First => match find(body, &self.delimiter, self.from) {
+                    Some(at) => {
+                        self.stage = Stage::Delimiter {
+                            after: at + self.delimiter.len(),
+                        }
+                    }
+                    None => return self.need_more(body, self.delimiter.len()),
+                },
+                Stage::Delimiter { after } => {
+                    if body.len() < after + 2 {
+                        return Scan::NeedMore;
+                    }
+                    if &body[after..after + 2] == b"--" {
+                        return Scan::NoFile;
+                    }
+                    self.stage = Stage::Head { after };
+                    self.from = after;
+                }
+                Stage::Head { after } => match find(body, b"\r\n\r\n", self.from) {
+                    Some(head_end) if has_filename(&body[after..head_end]) => {
+                        return Scan::Found(head_end + 4)
+                    }
+                    Some(head_end) => {
+                        self.stage = Stage::Next;
+                        self.from = head_end + 4;
+                    }
+                    None => return self.need_more(body, 4),
+                },
+                Stage::Next => match find(body, &self.next, self.from) {
+                    Some(i) => {
+                        self.stage = Stage::Delimiter {
+                            after: i + self.next.len(),
+                        }
+                    }
+                    None => return self.need_more(body, self.next.len()),
+                },
+            }
+        }
+    }
+
+    /// The sought string (`needle` bytes long) is not in `body`: the next search starts where its
+    /// first byte could still be.
+    fn need_more(&mut self, body: &[u8], needle: usize) -> Scan {
+        self.from = self.from.max(body.len().saturating_sub(needle - 1));
+        Scan::NeedMore
     }
 }
 
@@ -153,11 +221,7 @@ fn has_filename(headers: &[u8]) -> bool {
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    memchr::memmem::find(haystack.get(from..)?, needle).map(|i| i + from)
 }
 
 #[cfg(test)]
@@ -274,6 +338,69 @@ mod tests {
         assert_eq!(partial_delimiter(b"\r\r\n-", d), 3);
         assert_eq!(partial_delimiter(b"abc\rx", d), 0);
         assert_eq!(partial_delimiter(b"", d), 0);
+    }
+
+    /// Fed in pieces, the scan answers what it answers for the whole body, for every split: each
+    /// delimiter (and the blank line ending each part's headers) cut at every position.
+    #[test]
+    fn scan_in_pieces_finds_what_the_whole_body_shows() {
+        let long = "b".repeat(70);
+        for boundary in [B, long.as_str()] {
+            let mut b = b"preamble --x\r\n".to_vec();
+            for (headers, content) in [
+                ("Content-Disposition: form-data; name=\"size\"", "5"),
+                (
+                    "Content-Disposition: form-data; name=\"a\"",
+                    "\r\n--not-it\r\n\r\n",
+                ),
+                (
+                    "Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"",
+                    "hello",
+                ),
+            ] {
+                b.extend_from_slice(format!("--{boundary}\r\n{headers}\r\n\r\n{content}\r\n").as_bytes());
+            }
+            b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+            let whole = file_data_offset(&b, boundary);
+            let Scan::Found(offset) = whole else {
+                panic!("{whole:?}")
+            };
+            assert_eq!(&b[offset..offset + 5], b"hello");
+            // Two pieces cut at every position, and pieces of every size up to 80.
+            for cut in 0..=b.len() {
+                let mut scan = HeadScan::new(boundary);
+                let first = scan.scan(&b[..cut]);
+                let answer = match first {
+                    Scan::NeedMore => scan.scan(&b),
+                    found => found,
+                };
+                assert_eq!(answer, Scan::Found(offset), "cut at {cut}");
+            }
+            for size in 1..=80 {
+                let mut scan = HeadScan::new(boundary);
+                let mut answer = Scan::NeedMore;
+                for end in (size..b.len() + size).step_by(size) {
+                    answer = scan.scan(&b[..end.min(b.len())]);
+                    if answer != Scan::NeedMore {
+                        break;
+                    }
+                }
+                assert_eq!(answer, Scan::Found(offset), "pieces of {size}");
+            }
+            // A form without a file, in pieces: NoFile, never a wrong offset.
+            let fields_only = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--{boundary}--\r\n"
+            );
+            for cut in 0..=fields_only.len() {
+                let mut scan = HeadScan::new(boundary);
+                let first = scan.scan(&fields_only.as_bytes()[..cut]);
+                let answer = match first {
+                    Scan::NeedMore => scan.scan(fields_only.as_bytes()),
+                    other => other,
+                };
+                assert_eq!(answer, Scan::NoFile, "cut at {cut}");
+            }
+        }
     }
 
     #[test]

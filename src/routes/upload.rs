@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use serde_json::json;
 use tracing::Instrument;
 
-use super::multipart_scan::{file_data_offset, suffix_len, FileData, Scan};
+use super::multipart_scan::{suffix_len, FileData, HeadScan, Scan};
 use super::params::{header_u64, validate_id, validate_name, UploadParams};
 use super::AppState;
 use crate::access::Caller;
@@ -28,6 +28,10 @@ use crate::pipeline::{spool, UploadError, UploadMethod, UploadOutcome, UploadReq
 /// Text fields before the file are small; a bigger one is not a parameter.
 const MAX_FIELD_BYTES: usize = 64 * 1024;
 const MAX_FIELDS: usize = 100;
+/// All the text fields before the file together: they are held until the upload ends, outside the
+/// memory budget, so their bound is small and fixed (100 fields of 64 KiB each would be 6.4 MiB a
+/// request).
+const MAX_FIELDS_BYTES: usize = 64 * 1024;
 /// How much of a multipart body is looked at to find where the file starts.
 const MAX_SCAN_BYTES: usize = 64 * 1024;
 
@@ -248,6 +252,7 @@ async fn multipart(
 /// The text fields before the first part with a filename, that filename, and the file's Field.
 async fn read_form_head(form: &mut Multipart) -> Result<(Vec<(String, String)>, String, Field), ApiError> {
     let mut fields = Vec::new();
+    let mut total = 0;
     loop {
         let field = form
             .next()
@@ -264,7 +269,15 @@ async fn read_form_head(form: &mut Multipart) -> Result<(Vec<(String, String)>, 
             ));
         }
         let key = field.name().unwrap_or_default().to_owned();
-        fields.push((key, read_text(field).await?));
+        let value = read_text(field).await?;
+        total += key.len() + value.len();
+        if total > MAX_FIELDS_BYTES {
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                "the fields before the file are larger than 64 KiB together",
+            ));
+        }
+        fields.push((key, value));
     }
 }
 
@@ -379,29 +392,51 @@ pub(super) fn fail(err: UploadError) -> ApiError {
     api
 }
 
-/// Reads raw body chunks until the file part's headers are seen (at most `MAX_SCAN_BYTES`), returning
-/// the chunks to replay and where the file's data starts.
+/// Reads raw body chunks until the file part's headers are seen, returning the chunks to replay
+/// and where the file's data starts (None: not within `MAX_SCAN_BYTES`, or no file part).
+///
+/// Memory held before Box is called, per request: the first chunk as actix-http handed it (a slice of
+/// its read buffer, below 256 KiB), scanned where it is, which for most clients holds the whole head;
+/// else one window the pieces are copied into, at most `MAX_SCAN_BYTES` + 1 bytes, and the rest of
+/// the chunk that filled it (again a slice of actix-http's buffer). No list of pieces: a head sent in
+/// 1-byte chunks is one copy, not 64 Ki slices each keeping a read buffer alive.
 async fn scan(
     payload: &mut (impl Stream<Item = Result<Bytes, PayloadError>> + Unpin),
     boundary: &str,
 ) -> Result<(Vec<Bytes>, Option<usize>), ApiError> {
-    let mut seen = Vec::new();
-    let mut buf = BytesMut::new();
+    let mut head = HeadScan::new(boundary);
+    let first = match payload.next().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return Err(fail(from_payload(e))),
+        None => return Ok((Vec::new(), None)),
+    };
+    match head.scan(&first) {
+        Scan::Found(offset) => return Ok((vec![first], Some(offset))),
+        Scan::NoFile => return Ok((vec![first], None)),
+        Scan::NeedMore if first.len() > MAX_SCAN_BYTES => return Ok((vec![first], None)),
+        Scan::NeedMore => {}
+    }
+    let mut window = BytesMut::with_capacity(MAX_SCAN_BYTES + 1);
+    window.extend_from_slice(&first);
+    drop(first);
     loop {
-        match file_data_offset(&buf, boundary) {
-            Scan::Found(offset) => return Ok((seen, Some(offset))),
-            Scan::NoFile => return Ok((seen, None)),
-            Scan::NeedMore if buf.len() > MAX_SCAN_BYTES => return Ok((seen, None)),
-            Scan::NeedMore => {}
-        }
-        match payload.next().await {
-            Some(Ok(chunk)) => {
-                buf.extend_from_slice(&chunk);
-                seen.push(chunk);
-            }
+        let chunk = match payload.next().await {
+            Some(Ok(chunk)) => chunk,
             Some(Err(e)) => return Err(fail(from_payload(e))),
-            None => return Ok((seen, None)),
+            None => return Ok((vec![window.freeze()], None)),
+        };
+        let take = chunk.len().min(MAX_SCAN_BYTES + 1 - window.len());
+        window.extend_from_slice(&chunk[..take]);
+        let found = match head.scan(&window) {
+            Scan::Found(offset) => Some(offset),
+            Scan::NeedMore if window.len() <= MAX_SCAN_BYTES => continue,
+            Scan::NeedMore | Scan::NoFile => None,
+        };
+        let mut replay = vec![window.freeze()];
+        if take < chunk.len() {
+            replay.push(chunk.slice(take..));
         }
+        return Ok((replay, found));
     }
 }
 

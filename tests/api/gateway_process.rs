@@ -91,6 +91,11 @@ impl Gateway {
         }
     }
 
+    /// The process's id, to read its memory from /proc.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("the gateway is running")
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

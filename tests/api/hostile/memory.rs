@@ -1,1 +1,286 @@
 //! Bodies in tiny HTTP chunks, raw and multipart: memory stays within the budget plus a fixed bound.
+//!
+//! The gateway runs as its own process (its RSS is its own, read from /proc/PID/status); the emulator
+//! runs in the test. The client frames the chunked body itself over a raw TcpStream, in large writes
+//! (so the client is cheap), while the gateway still reads every tiny HTTP chunk as a piece of its own.
+use std::time::{Duration, Instant};
+
+use box_upload_gateway::emulator::{Emulator, EmulatorConfig, EmulatorHandle, DEV_TOKEN};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::gateway_process::{emulator_env, env_refs, Gateway};
+
+const MIB: u64 = 1 << 20;
+const BUDGET: u64 = 64 * MIB;
+/// The issue's target: peak RSS <= idle + budget + 64 MiB, whatever the chunking.
+const SLACK: u64 = 64 * MIB;
+/// The issue asks for 40 MiB bodies; so do these tests, but for 1-byte chunks. In a debug build the
+/// gateway spends about 0.9 µs of CPU per HTTP chunk (measured: 36.8 CPU-s for 40 MiB in 1-byte
+/// chunks, 80 s of wall time on a shared 2-core machine), too long for a test run; 12 MiB of 1-byte
+/// chunks is 12.6 million pieces, about 11 CPU-s, and without the fix peaked far past the target
+/// (40 MiB: +766 MiB; the growth is linear in the pieces). `bench/run --only hostile` sends 40 MiB in
+/// 1-byte chunks to the release build.
+const SIZE: usize = 40 * MIB as usize;
+const SIZE_IN_1_BYTE_CHUNKS: usize = 12 * MIB as usize;
+const BOUNDARY: &str = "hostile-memory-boundary";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Raw,
+    Multipart,
+}
+
+#[derive(Debug)]
+struct Measured {
+    idle: u64,
+    peak: u64,
+    elapsed: Duration,
+    /// The gateway's utime + stime during the upload.
+    cpu_secs: f64,
+}
+
+/// utime + stime of a process, in seconds (assuming the usual 100 ticks a second).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) as f64 / 100.0
+}
+
+/// A `key:` line of /proc/PID/status, in bytes.
+fn status_bytes(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"));
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// The file's bytes repeat with this period, a multiple of every chunk size tried (1, 7, 1024), so
+/// the client frames one period once and writes it again and again: in a debug build, framing 40 MiB
+/// in 1-byte chunks byte by byte would cost the client more than the gateway. 73 periods of 7 KiB:
+/// part boundaries (multiples of 8 MiB) fall at different places in it.
+const PERIOD: usize = 7 * 1024 * 73;
+
+/// The file's bytes: one pseudo-random period, repeated (and cut at `size`).
+fn file_bytes(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut period = vec![0u8; PERIOD];
+    for word in period.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+    }
+    period.iter().copied().cycle().take(size).collect()
+}
+
+/// `bytes` framed as HTTP/1.1 chunks of `chunk` bytes (the last one shorter).
+fn frame(bytes: &[u8], chunk: usize) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(bytes.len() + bytes.len().div_ceil(chunk) * 12);
+    for piece in bytes.chunks(chunk) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire
+}
+
+/// The body (`head`, `data`, `tail`) in HTTP chunks of `chunk` bytes, then the last-chunk; `data`
+/// repeats with `PERIOD`, whose framing is made once and written as many times as it fits.
+async fn send_chunked(
+    stream: &mut (impl AsyncWrite + Unpin),
+    head: &[u8],
+    data: &[u8],
+    tail: &[u8],
+    chunk: usize,
+) -> std::io::Result<()> {
+    stream.write_all(&frame(head, chunk)).await?;
+    let period = frame(&data[..PERIOD.min(data.len())], chunk);
+    let whole = data.len() / PERIOD;
+    for _ in 0..whole {
+        stream.write_all(&period).await?;
+    }
+    stream.write_all(&frame(&data[whole * PERIOD..], chunk)).await?;
+    stream.write_all(&frame(tail, chunk)).await?;
+    stream.write_all(b"0\r\n\r\n").await
+}
+
+/// One upload of `data` through a fresh gateway, its body in HTTP chunks of `chunk` bytes; returns
+/// the gateway's idle and peak RSS, after checking the file landed whole in the emulator.
+async fn upload_in_chunks(kind: Kind, chunk: usize, data: &[u8]) -> Measured {
+    let emulator = Emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        ("BOX_DEVELOPER_TOKEN", DEV_TOKEN.into()),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+        ("GATEWAY_MEMORY_BUDGET_BYTES", BUDGET.to_string()),
+        ("GATEWAY_CHUNKED_THRESHOLD_BYTES", "20000000".into()),
+        // Its stdout is read only at the end: little to say (the port line is `info`).
+        ("RUST_LOG", "warn,box_upload_gateway=info".into()),
+    ]);
+    let gateway = Gateway::start(&env_refs(&env)).await;
+    let pid = gateway.pid();
+    let idle = status_bytes(pid, "VmRSS");
+    let name = format!("{kind:?}-{chunk}.bin").to_lowercase();
+
+    let (started, cpu) = (Instant::now(), cpu_secs(pid));
+    let (status, answer) = post(&gateway, kind, chunk, &name, data).await;
+    let elapsed = started.elapsed();
+    let peak = status_bytes(pid, "VmHWM");
+    let cpu_secs = cpu_secs(pid) - cpu;
+    let logs = gateway.finish().await;
+
+    assert_eq!(status, 201, "{answer}\n{logs}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let sha1 = hex::encode(Sha1::digest(data));
+    assert_eq!(answer["upload"]["size"], data.len() as u64, "{answer}");
+    assert_stored(&emulator, answer["file"]["id"].as_str().unwrap(), &sha1);
+    Measured {
+        idle,
+        peak,
+        elapsed,
+        cpu_secs,
+    }
+}
+
+/// Sends the request and reads the whole answer: (status, body).
+async fn post(gateway: &Gateway, kind: Kind, chunk: usize, name: &str, data: &[u8]) -> (u16, String) {
+    let url = gateway.url("");
+    let authority = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(authority).await.unwrap();
+    let size = data.len();
+    let (head, body_head, body_tail) = match kind {
+        Kind::Raw => (
+            format!("PUT /v1/folders/0/files/{name}?size={size} HTTP/1.1\r\n"),
+            String::new(),
+            String::new(),
+        ),
+        Kind::Multipart => (
+            format!(
+                "POST /v1/folders/0/files?size={size} HTTP/1.1\r\n\
+                 Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            ),
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            ),
+            format!("\r\n--{BOUNDARY}--\r\n"),
+        ),
+    };
+    let request =
+        format!("{head}Host: {authority}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // The answer is read while the body goes: a refusal comes before the body's end.
+    let reader = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        read.read_to_end(&mut answer).await.map(|_| answer)
+    });
+    // A refusal may close the connection before the body's end: the answer tells.
+    let _ = send_chunked(
+        &mut write,
+        body_head.as_bytes(),
+        data,
+        body_tail.as_bytes(),
+        chunk,
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(600), reader)
+        .await
+        .expect("the gateway answers")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.to_owned() })
+}
+
+/// The data of a chunked answer.
+fn dechunk(mut wire: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = wire.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        wire = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The emulator stored exactly these bytes.
+fn assert_stored(emulator: &EmulatorHandle, file_id: &str, sha1: &str) {
+    let path = emulator.file_path(file_id).expect("the file is in the emulator");
+    let stored = std::fs::read(path).unwrap();
+    assert_eq!(
+        hex::encode(Sha1::digest(&stored)),
+        sha1,
+        "the stored file's SHA-1"
+    );
+}
+
+/// Runs one case and checks the peak against the target.
+async fn case(kind: Kind, chunk: usize) {
+    let data = file_bytes(if chunk == 1 { SIZE_IN_1_BYTE_CHUNKS } else { SIZE });
+    let m = upload_in_chunks(kind, chunk, &data).await;
+    let over = m.peak.saturating_sub(m.idle);
+    eprintln!(
+        "{kind:?} body of {} MiB in {chunk}-byte HTTP chunks, budget {} MiB: idle {} MiB, peak {} MiB (+{} MiB) in {:.1} s (gateway CPU {:.1} s)",
+        data.len() as u64 / MIB,
+        BUDGET / MIB,
+        m.idle / MIB,
+        m.peak / MIB,
+        over / MIB,
+        m.elapsed.as_secs_f64(),
+        m.cpu_secs
+    );
+    assert!(
+        m.peak <= m.idle + BUDGET + SLACK,
+        "peak RSS {} MiB is past idle {} MiB + budget {} MiB + {} MiB",
+        m.peak / MIB,
+        m.idle / MIB,
+        BUDGET / MIB,
+        SLACK / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_put_in_1_byte_chunks_stays_within_the_budget() {
+    case(Kind::Raw, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_put_in_7_byte_chunks_stays_within_the_budget() {
+    case(Kind::Raw, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_put_in_1_kib_chunks_stays_within_the_budget() {
+    case(Kind::Raw, 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_post_in_1_byte_chunks_stays_within_the_budget() {
+    case(Kind::Multipart, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_post_in_7_byte_chunks_stays_within_the_budget() {
+    case(Kind::Multipart, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_post_in_1_kib_chunks_stays_within_the_budget() {
+    case(Kind::Multipart, 1024).await;
+}
