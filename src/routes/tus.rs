@@ -432,7 +432,9 @@ async fn create_upload(
             // rest. (An error once complete is the commit's: the upload is gone, so it is answered.)
             // A full store is the same: what did not fit was dropped, and HEAD says so.
             Err(err)
-                if (!err.status.is_server_error() || err.code == "tus_storage_full" || err.code == "draining")
+                if (!err.status.is_server_error()
+                    || err.code == "tus_storage_full"
+                    || err.code == "draining")
                     && !record.upload.is_complete() =>
             {
                 tracing::info!(upload_id = %id, code = err.code, "the first chunk did not fully go in");
