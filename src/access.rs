@@ -198,10 +198,12 @@ struct ApiKey {
 pub struct Caller {
     /// The key's name, `passthrough` or `anonymous`: for logs and metrics.
     pub name: Arc<str>,
-    /// Whose resumable uploads these are (only the owner sees one): the API key's name; without a
-    /// key, `sha256:<hex>` of the bearer token (never the token itself), so two pass-through callers
-    /// are two owners; an anonymous caller without any token is `anonymous`, one owner shared by all
-    /// of them (the upload's random id is then its only guard: documented in the README).
+    /// Whose resumable uploads these are (only the owner sees one): the API key's name; with
+    /// pass-through, once Box has checked the token (`authenticate_checked`), `box-user:<id>` of the
+    /// Box user it acts as, so a refreshed token still reaches its uploads; otherwise, without a key,
+    /// `sha256:<hex>` of the bearer token (never the token itself); an anonymous caller without any
+    /// token is `anonymous`, one owner shared by all of them (the upload's random id is then its
+    /// only guard: documented in the README).
     pub owner: Arc<str>,
     /// None: any folder.
     folders: Option<Arc<HashSet<String>>>,
@@ -292,6 +294,11 @@ impl Access {
         };
         match verdict {
             Verdict::Accepted(id) => {
+                // Without a key, the uploads are the Box user's: a token refreshed mid-upload (Box's
+                // last an hour) still reaches them, and another user's token does not.
+                if caller.owner.starts_with("sha256:") {
+                    caller.owner = Arc::from(format!("box-user:{id}"));
+                }
                 caller.box_user_id = Some(id);
                 Ok(caller)
             }

@@ -99,6 +99,9 @@ pub struct FolderRec {
 pub struct IssuedToken {
     pub expires_at: Instant,
     pub revoked: bool,
+    /// The Box user it acts as: a client-credentials grant for a user names it; None is the app's
+    /// service account (`EMULATOR_USER_ID`).
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

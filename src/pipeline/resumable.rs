@@ -318,9 +318,11 @@ impl Pipeline {
                         tracing::warn!(offset, "Box lacks parts of a resumable upload: moved it back");
                         Err(UploadError::Rewound { offset })
                     }
-                    _ => Err(UploadError::Internal(
-                        "Box holds every part yet answers parts_mismatch".into(),
-                    )),
+                    // Box's answers contradict each other: its failure, not the gateway's (502).
+                    _ => Err(UploadError::Box(crate::box_api::BoxError::protocol(
+                        "commit",
+                        "Box lists every part yet answers parts_mismatch",
+                    ))),
                 }
             }
             Err(err) => Err(err),

@@ -384,7 +384,10 @@ pub(super) fn fail(err: UploadError) -> ApiError {
         source = cause.source();
     }
     let api = ApiError::from(err);
-    if api.status.is_server_error() {
+    // The gateway's own bounds doing their work (a full budget or spool, a drain) are not faults.
+    if matches!(api.code, "busy" | "insufficient_storage" | "draining") {
+        tracing::warn!(code = api.code, error = %chain, "upload refused for now");
+    } else if api.status.is_server_error() {
         tracing::error!(code = api.code, error = %chain, "upload failed");
     } else {
         tracing::info!(code = api.code, error = %chain, "upload refused");

@@ -210,6 +210,96 @@ async fn pass_through_callers_with_other_tokens_do_not_see_each_others_uploads()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_upload_is_its_box_users_so_a_refreshed_token_resumes_it() {
+    // Arrange: pass-through; the caller's tokens come from Box's token endpoint (the emulator's),
+    // two for user 7 (the first, then a refreshed one) and one for user 8.
+    let app = spawn_app_with(Options {
+        gateway: Some(Box::new(|s: &mut Settings, _: &EmulatorHandle| {
+            s.box_auth = "passthrough".into();
+            s.box_developer_token = None::<Secret>;
+            s.allow_anonymous = false;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let token_for = |user: &'static str| {
+        let (http, url) = (
+            app.http.clone(),
+            format!("{}/oauth2/token", app.emulator.base_url()),
+        );
+        async move {
+            let answer: Value = http
+                .post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", box_upload_gateway::emulator::DEV_CLIENT_ID),
+                    ("client_secret", box_upload_gateway::emulator::DEV_CLIENT_SECRET),
+                    ("box_subject_type", "user"),
+                    ("box_subject_id", user),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let (first, refreshed, other_user) = (token_for("7").await, token_for("7").await, token_for("8").await);
+    assert_ne!(first, refreshed);
+    let size = 3 * PART;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let created = app
+        .http
+        .post(format!("{}/v1/tus/", app.address))
+        .bearer_auth(&first)
+        .header("Tus-Resumable", TUS)
+        .header("Upload-Length", size)
+        .header(
+            "Upload-Metadata",
+            crate::tus::metadata(&[("filename", "refreshed.bin")]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", app.address, header(&created, "location").unwrap());
+    let send = |token: &str, offset: u64, body: Vec<u8>| {
+        app.http
+            .patch(&url)
+            .bearer_auth(token)
+            .header("Tus-Resumable", TUS)
+            .header("Upload-Offset", offset)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+    };
+    let half = (PART + 7) as usize;
+    assert_eq!(
+        send(&first, 0, bytes[..half].to_vec()).await.unwrap().status(),
+        204
+    );
+    // Act: another user's token, then the refreshed token of the same user.
+    let stranger = send(&other_user, half as u64, bytes[half..].to_vec())
+        .await
+        .unwrap();
+    let resumed = send(&refreshed, half as u64, bytes[half..].to_vec())
+        .await
+        .unwrap();
+    // Assert
+    assert_eq!(stranger.status(), 404);
+    assert_eq!(resumed.status(), 204);
+    assert_file(
+        &app,
+        &header(&resumed, "upload-box-file-id").unwrap(),
+        &sha1,
+        size,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_api_key_gets_404_for_patch_and_delete_too() {
     let dir = tempfile::tempdir().unwrap();
     let (app, team_folder) = crate::gateway_auth::keyed_app(dir.path()).await;

@@ -72,19 +72,41 @@ pub async fn delete_version(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// The user every accepted token acts as (the emulator has one user).
+/// The app's service account: the user of the developer token and of tokens issued for the
+/// enterprise.
 pub const EMULATOR_USER_ID: &str = "1000001";
 
-/// `GET /2.0/users/me`: the token's user (Box answers the user object; 401 for a bad token). The
-/// emulator has one user, whatever the token.
+/// `GET /2.0/users/me`: the token's user (Box answers the user object; 401 for a bad token). Each
+/// token acts as one user, as at Box: `As-User` when sent; the n-th of `--token` user 1000001 + n;
+/// a client-credentials token for a user that user; any other the service account.
 pub async fn users_me(req: HttpRequest, shared: web::Data<Shared>) -> Reply {
     gate(&shared, &req, None, true).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "type": "user",
-        "id": EMULATOR_USER_ID,
+        "id": user_of(&shared, &req),
         "name": "Emulator User",
         "login": "emulator@example.com",
     })))
+}
+
+fn user_of(shared: &Shared, req: &HttpRequest) -> String {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(user) = header("as-user") {
+        return user.to_owned();
+    }
+    let token = header("authorization")
+        .and_then(|v| v.get(7..))
+        .map(str::trim)
+        .unwrap_or_default();
+    if let Some(n) = shared.config.tokens.iter().position(|t| t == token) {
+        return (1_000_001 + n as u64).to_string();
+    }
+    let state = shared.lock();
+    state
+        .tokens
+        .get(token)
+        .and_then(|t| t.user.clone())
+        .unwrap_or_else(|| EMULATOR_USER_ID.to_owned())
 }
 
 fn not_found(id: &str) -> BoxApiError {

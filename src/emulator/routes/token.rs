@@ -19,9 +19,15 @@ pub async fn token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>
     let form: HashMap<String, String> = serde_urlencoded_like(&body)?;
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     check_client(&shared, field("client_id"), field("client_secret"))?;
-    match field("grant_type") {
-        "client_credentials" => check_subject(&shared, field("box_subject_type"), field("box_subject_id"))?,
-        JWT_GRANT => check_assertion(&req, &shared, field("assertion"), field("client_id"))?,
+    let user = match field("grant_type") {
+        "client_credentials" => {
+            check_subject(&shared, field("box_subject_type"), field("box_subject_id"))?;
+            (field("box_subject_type") == "user").then(|| field("box_subject_id").to_owned())
+        }
+        JWT_GRANT => {
+            check_assertion(&req, &shared, field("assertion"), field("client_id"))?;
+            None
+        }
         "" => return Err(invalid_request("grant_type is missing")),
         other => {
             return Err(BoxApiError::oauth(
@@ -30,8 +36,8 @@ pub async fn token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>
                 format!("Grant type {other} is not supported"),
             ))
         }
-    }
-    Ok(issue(&shared))
+    };
+    Ok(issue(&shared, user))
 }
 
 /// `application/x-www-form-urlencoded`, parsed with the query-string parser actix already has.
@@ -185,7 +191,7 @@ fn check_claims(req: &HttpRequest, shared: &Shared, c: &Claims, client_id: &str)
     Ok(())
 }
 
-fn issue(shared: &Shared) -> HttpResponse {
+fn issue(shared: &Shared, user: Option<String>) -> HttpResponse {
     let token = uuid::Uuid::new_v4().simple().to_string();
     let ttl = shared.config.token_ttl;
     let mut state = shared.lock();
@@ -194,6 +200,7 @@ fn issue(shared: &Shared) -> HttpResponse {
         IssuedToken {
             expires_at: Instant::now() + ttl,
             revoked: false,
+            user,
         },
     );
     state.counters.tokens_issued += 1;
