@@ -99,6 +99,9 @@ pub enum FaultAction {
     /// commit and direct_upload: the file is stored, but with another SHA-1 than the bytes sent
     /// (Box stored other bytes), which the answer shows.
     CommitDiffers,
+    /// commit: the session loses its part at this byte offset (as if Box had dropped a part it
+    /// acknowledged), then the commit is checked as usual: `parts_mismatch` until it comes again.
+    LosePart { offset: u64 },
 }
 
 /// What a `garbage_body` answers.
@@ -157,6 +160,7 @@ impl FaultAction {
             FaultAction::GarbageBody { .. } => "garbage_body",
             FaultAction::WrongTotalParts => "wrong_total_parts",
             FaultAction::CommitDiffers => "commit_differs",
+            FaultAction::LosePart { .. } => "lose_part",
         }
     }
 }

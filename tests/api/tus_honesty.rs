@@ -376,6 +376,57 @@ async fn a_refused_first_part_keeps_the_stored_unfinished_part() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_box_lost_moves_the_upload_back_to_it_and_the_resume_lands_whole() {
+    // Arrange: at the commit, Box has lost the part at 2 * PART (acknowledged earlier).
+    let app = spawn_app_with(Options {
+        commit_timeout_secs: 120,
+        ..Options::default()
+    })
+    .await;
+    let size = 4 * PART + 10;
+    let (file, sha1) = make_file(size);
+    let bytes = std::fs::read(file.path()).unwrap();
+    let url = format!(
+        "{}{}",
+        app.address,
+        create(&app.http, &app.address, size, "lost-part.bin").await
+    );
+    app.emulator.set_faults(FaultPlan {
+        rules: vec![FaultRule {
+            endpoint: Endpoint::Commit,
+            nth: Some(1),
+            fraction: None,
+            seed: None,
+            times: Some(1),
+            action: FaultAction::LosePart { offset: 2 * PART },
+        }],
+        ..FaultPlan::default()
+    });
+    // Act: the whole file in one PATCH; its commit finds the hole.
+    let started = Instant::now();
+    let first = patch(&app.http, &url, 0, bytes.clone(), None).await;
+    let took = started.elapsed();
+    let rewound = first.json::<Value>().await.unwrap()["error"]["code"].clone();
+    let offset = offset_of(&head(&app.http, &url).await);
+    let resumed = patch(&app.http, &url, offset, bytes[offset as usize..].to_vec(), None).await;
+    // Assert: 409 upload_rewound after the short window, HEAD at the lost part's first byte, and
+    // the resume (only the lost part sent again) lands the file whole.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert_eq!(rewound, "upload_rewound");
+    assert_eq!(offset, 2 * PART);
+    assert_eq!(resumed.status(), 204);
+    let file_id = header(&resumed, "upload-box-file-id").unwrap();
+    assert_file(&app, &file_id, &sha1, size);
+    let parts = sessions(&app.emulator)[0]["parts"].as_array().unwrap().len();
+    assert_eq!(parts as u64, size.div_ceil(PART));
+    assert_eq!(
+        app.emulator.inspect().counters.part_uploads_accepted,
+        size.div_ceil(PART) + 1,
+        "only the lost part went up again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parts_mismatch_past_its_short_window_ends_the_commit_in_seconds_not_minutes() {
     // Arrange: every commit answers parts_mismatch, although Box holds every part.
     let app = spawn_app_with(Options {

@@ -38,6 +38,11 @@ pub async fn commit(
             "No matching part found on server for the last part (transient)",
         )),
         ref action => {
+            if let Some(FaultAction::LosePart { offset }) = action {
+                if let Some(s) = shared.lock().sessions.get_mut(path.as_str()) {
+                    s.parts.remove(offset);
+                }
+            }
             let differs = matches!(action, Some(FaultAction::CommitDiffers));
             finish(&req, &shared, &path, &body, differs).await
         }
