@@ -348,8 +348,11 @@ fn upload_route(
         InitError = (),
     >,
 > {
+    let method = actix_web::http::Method::from_bytes(allow.as_bytes()).expect("an HTTP method");
     web::resource(path)
-        .wrap(middleware::from_fn(idempotency::once))
+        .wrap(middleware::from_fn(move |req, next| {
+            idempotency::once(req, next, method.clone())
+        }))
         .default_service(not_allowed(allow))
 }
 

@@ -67,14 +67,15 @@ enum Claimed {
     Answer(HttpResponse),
 }
 
-/// Runs the upload once per `Idempotency-Key` (when the request has one).
+/// Runs the upload once per `Idempotency-Key` (when the request has one). `method` is the one the
+/// route takes: any other goes on to its 405, key or not (the key binds only the upload itself).
 pub async fn once(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
+    method: Method,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    // Only the uploads themselves (POST, PUT); any other method goes on to its 405.
-    let upload = matches!(*req.method(), Method::POST | Method::PUT);
+    let upload = *req.method() == method;
     let Some(state) = state.filter(|_| upload && req.headers().contains_key(HEADER)) else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
