@@ -75,57 +75,77 @@ fn file_bytes(size: usize) -> Vec<u8> {
     period.iter().copied().cycle().take(size).collect()
 }
 
-/// `bytes` framed as HTTP/1.1 chunks of `chunk` bytes (the last one shorter).
-fn frame(bytes: &[u8], chunk: usize) -> Vec<u8> {
-    let mut wire = Vec::with_capacity(bytes.len() + bytes.len().div_ceil(chunk) * 12);
-    for piece in bytes.chunks(chunk) {
+/// `bytes` framed as HTTP/1.1 chunks whose sizes follow `pattern` in a cycle (the last one shorter).
+fn frame(bytes: &[u8], pattern: &[usize]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(bytes.len() + bytes.len() * 12 / pattern.iter().min().unwrap() + 12);
+    let mut rest = bytes;
+    for &size in pattern.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at(size.min(rest.len()));
         wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         wire.extend_from_slice(piece);
         wire.extend_from_slice(b"\r\n");
+        rest = tail;
     }
     wire
 }
 
-/// The body (`head`, `data`, `tail`) in HTTP chunks of `chunk` bytes, then the last-chunk; `data`
-/// repeats with `PERIOD`, whose framing is made once and written as many times as it fits.
+/// The body (`head`, `data`, `tail`) in HTTP chunks whose sizes follow `pattern`, then the
+/// last-chunk. With one size, `data` (which repeats with `PERIOD`) has its period framed once and
+/// written as many times as it fits; a pattern of several sizes is framed whole (its pieces are few).
 async fn send_chunked(
     stream: &mut (impl AsyncWrite + Unpin),
     head: &[u8],
     data: &[u8],
     tail: &[u8],
-    chunk: usize,
+    pattern: &[usize],
 ) -> std::io::Result<()> {
-    stream.write_all(&frame(head, chunk)).await?;
-    let period = frame(&data[..PERIOD.min(data.len())], chunk);
-    let whole = data.len() / PERIOD;
-    for _ in 0..whole {
-        stream.write_all(&period).await?;
-    }
-    stream.write_all(&frame(&data[whole * PERIOD..], chunk)).await?;
-    stream.write_all(&frame(tail, chunk)).await?;
+    stream.write_all(&frame(head, &[1])).await?;
+    let whole = if pattern.len() == 1 {
+        let period = frame(&data[..PERIOD.min(data.len())], pattern);
+        let whole = data.len() / PERIOD;
+        for _ in 0..whole {
+            stream.write_all(&period).await?;
+        }
+        whole * PERIOD
+    } else {
+        0
+    };
+    stream.write_all(&frame(&data[whole..], pattern)).await?;
+    stream.write_all(&frame(tail, &[1])).await?;
     stream.write_all(b"0\r\n\r\n").await
 }
 
 /// One upload of `data` through a fresh gateway, its body in HTTP chunks of `chunk` bytes; returns
 /// the gateway's idle and peak RSS, after checking the file landed whole in the emulator.
-async fn upload_in_chunks(kind: Kind, chunk: usize, data: &[u8]) -> Measured {
-    let emulator = Emulator::spawn(EmulatorConfig::default()).await.unwrap();
+async fn upload_in_chunks(kind: Kind, pattern: &[usize], data: &[u8]) -> Measured {
+    let mut config = EmulatorConfig::default();
+    if pattern.len() > 1 {
+        // Box slower than the client, so the gateway stops reading while its parts are in flight
+        // and actix-http's read buffer fills: the large chunks then come out of it as whole slices.
+        config.faults.bandwidth_bytes_per_sec = Some(8 * MIB);
+    }
+    let emulator = Emulator::spawn(config).await.unwrap();
     let mut env = emulator_env(&emulator);
     env.extend([
         ("BOX_DEVELOPER_TOKEN", DEV_TOKEN.into()),
         ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
         ("GATEWAY_MEMORY_BUDGET_BYTES", BUDGET.to_string()),
         ("GATEWAY_CHUNKED_THRESHOLD_BYTES", "20000000".into()),
+        // Every part of the 40 MiB in flight at once: the budget, not the concurrency, is the bound.
+        ("GATEWAY_PART_CONCURRENCY", "8".into()),
         // Its stdout is read only at the end: little to say (the port line is `info`).
         ("RUST_LOG", "warn,box_upload_gateway=info".into()),
     ]);
     let gateway = Gateway::start(&env_refs(&env)).await;
     let pid = gateway.pid();
     let idle = status_bytes(pid, "VmRSS");
-    let name = format!("{kind:?}-{chunk}.bin").to_lowercase();
+    let name = format!("{kind:?}-{}.bin", pattern[0]).to_lowercase();
 
     let (started, cpu) = (Instant::now(), cpu_secs(pid));
-    let (status, answer) = post(&gateway, kind, chunk, &name, data).await;
+    let (status, answer) = post(&gateway, kind, pattern, &name, data).await;
     let elapsed = started.elapsed();
     let peak = status_bytes(pid, "VmHWM");
     let cpu_secs = cpu_secs(pid) - cpu;
@@ -145,7 +165,7 @@ async fn upload_in_chunks(kind: Kind, chunk: usize, data: &[u8]) -> Measured {
 }
 
 /// Sends the request and reads the whole answer: (status, body).
-async fn post(gateway: &Gateway, kind: Kind, chunk: usize, name: &str, data: &[u8]) -> (u16, String) {
+async fn post(gateway: &Gateway, kind: Kind, pattern: &[usize], name: &str, data: &[u8]) -> (u16, String) {
     let url = gateway.url("");
     let authority = url.trim_start_matches("http://");
     let mut stream = TcpStream::connect(authority).await.unwrap();
@@ -183,7 +203,7 @@ async fn post(gateway: &Gateway, kind: Kind, chunk: usize, name: &str, data: &[u
         body_head.as_bytes(),
         data,
         body_tail.as_bytes(),
-        chunk,
+        pattern,
     )
     .await;
     let answer = tokio::time::timeout(Duration::from_secs(600), reader)
@@ -228,13 +248,14 @@ fn assert_stored(emulator: &EmulatorHandle, file_id: &str, sha1: &str) {
 }
 
 /// Runs one case and checks the peak against the target.
-async fn case(kind: Kind, chunk: usize) {
+async fn case(kind: Kind, pattern: &[usize]) {
     let data = file_bytes(SIZE);
-    let m = upload_in_chunks(kind, chunk, &data).await;
+    let m = upload_in_chunks(kind, pattern, &data).await;
     let over = m.peak.saturating_sub(m.idle);
     eprintln!(
-        "{kind:?} body of {} MiB in {chunk}-byte HTTP chunks, budget {} MiB: idle {} MiB, peak {} MiB (+{} MiB) in {:.1} s (gateway CPU {:.1} s)",
+        "{kind:?} body of {} MiB in HTTP chunks of {:?} bytes, budget {} MiB: idle {} MiB, peak {} MiB (+{} MiB) in {:.1} s (gateway CPU {:.1} s)",
         data.len() as u64 / MIB,
+        &pattern[..pattern.len().min(16)],
         BUDGET / MIB,
         m.idle / MIB,
         m.peak / MIB,
@@ -254,30 +275,161 @@ async fn case(kind: Kind, chunk: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_put_in_1_byte_chunks_stays_within_the_budget() {
-    case(Kind::Raw, 1).await;
+    case(Kind::Raw, &[1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_put_in_7_byte_chunks_stays_within_the_budget() {
-    case(Kind::Raw, 7).await;
+    case(Kind::Raw, &[7]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_put_in_1_kib_chunks_stays_within_the_budget() {
-    case(Kind::Raw, 1024).await;
+    case(Kind::Raw, &[1024]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_post_in_1_byte_chunks_stays_within_the_budget() {
-    case(Kind::Multipart, 1).await;
+    case(Kind::Multipart, &[1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_post_in_7_byte_chunks_stays_within_the_budget() {
-    case(Kind::Multipart, 7).await;
+    case(Kind::Multipart, &[7]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_post_in_1_kib_chunks_stays_within_the_budget() {
-    case(Kind::Multipart, 1024).await;
+    case(Kind::Multipart, &[1024]).await;
+}
+
+/// Large chunks (kept zero-copy before every piece was copied, each pinning actix-http's whole read
+/// buffer of up to 256 KiB) between tiny ones.
+fn alternating() -> Vec<usize> {
+    vec![64 * 1024, 1, 1, 1, 1, 1, 1, 1, 1, 7, 100 * 1024, 1, 1, 3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_put_alternating_large_and_tiny_chunks_stays_within_the_budget() {
+    case(Kind::Raw, &alternating()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_post_alternating_large_and_tiny_chunks_stays_within_the_budget() {
+    case(Kind::Multipart, &alternating()).await;
+}
+
+/// A direct upload's bytes stay counted in the budget until the task that sends them to Box ends,
+/// even when the request's future is dropped (the client left) while Box is still receiving them.
+/// Framework-free: the pipeline with a real Box client against the real emulator, its `send` future
+/// dropped by hand (over HTTP, actix-web did not drop the handler when the client left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_uploads_bytes_stay_in_the_budget_until_box_has_them() {
+    use box_upload_gateway::box_api::{
+        BoxClient, BoxUrls, NewUpload, RetryPolicy, Secret, StaticToken, Target,
+    };
+    use box_upload_gateway::metrics::GatewayMetrics;
+    use box_upload_gateway::pipeline::{MemoryBudget, OnConflict, Pipeline, PipelineSettings, UploadRequest};
+    use std::sync::Arc;
+
+    // Box reads the body at 256 KiB/s: the 1 MiB file takes about 4 s to go up.
+    let mut config = EmulatorConfig::default();
+    config.faults.bandwidth_bytes_per_sec = Some(256 * 1024);
+    let emulator = Emulator::spawn(config).await.unwrap();
+    let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
+    box_upload_gateway::startup::install_tls_provider();
+    let client = BoxClient::new(
+        reqwest::Client::new(),
+        BoxUrls {
+            api: emulator.api_url(),
+            upload: emulator.upload_url(),
+            token: emulator.token_url(),
+        },
+        Arc::new(StaticToken::new(Secret::new(DEV_TOKEN))),
+        RetryPolicy {
+            max_attempts: 1,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+            deadline: Duration::from_secs(60),
+        },
+        metrics.clone(),
+    );
+    let budget = MemoryBudget::new(
+        64 * MIB,
+        metrics.buffered_bytes.clone(),
+        metrics.buffered_bytes_peak.clone(),
+    );
+    let pipeline = Pipeline::new(
+        client,
+        budget,
+        PipelineSettings {
+            part_concurrency: 4,
+            chunked_threshold_bytes: 20_000_000,
+            commit_timeout: Duration::from_secs(30),
+            max_file_size_bytes: None,
+        },
+        metrics.clone(),
+        tokio::runtime::Handle::current(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let size = MIB as usize;
+    let data = file_bytes(size);
+    let prepared = pipeline
+        .prepare(UploadRequest {
+            upload: NewUpload {
+                target: Target::NewFile {
+                    folder_id: "0".into(),
+                    name: "left-early.bin".into(),
+                },
+                size: size as u64,
+                content_created_at: None,
+                content_modified_at: None,
+            },
+            on_conflict: OnConflict::Error,
+            expected_sha1: None,
+        })
+        .await
+        .unwrap();
+    let body = futures_util::stream::iter(
+        data.chunks(64 * 1024)
+            .map(|c| Ok::<_, box_upload_gateway::pipeline::UploadError>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    // The body is read whole at once, then the bytes go to Box, slowly: half a second into that,
+    // the request's future is dropped, as when a client leaves.
+    let counted = async {
+        let held = until(Duration::from_secs(10), || {
+            metrics.buffered_bytes.get() == size as i64
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held
+    };
+    tokio::select! {
+        outcome = pipeline.send(prepared, body) => panic!("the upload ended before it was dropped: {outcome:?}"),
+        held = counted => assert!(held, "the file's bytes are counted while they are read"),
+    }
+    // The request is gone; its bytes are not: the task that sends them still holds them.
+    assert_eq!(
+        metrics.buffered_bytes.get(),
+        size as i64,
+        "the bytes Box is still receiving stay in the budget after the request's future is dropped"
+    );
+    let released = until(Duration::from_secs(30), || metrics.buffered_bytes.get() == 0).await;
+    assert!(released, "the budget is given back once Box has answered");
+    // The upload went on without its client and landed whole.
+    let inspection = emulator.inspect();
+    assert_eq!(inspection.files.len(), 1, "{inspection:?}");
+}
+
+/// Whether `check` holds within `limit`, polled every 20 ms.
+async fn until(limit: Duration, check: impl Fn() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
 }
