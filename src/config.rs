@@ -24,6 +24,9 @@ pub struct Settings {
     pub listen: String,
     /// Worker threads for HTTP (0 = one per core).
     pub workers: usize,
+    /// Open client connections at most, over all workers; more wait in the kernel's accept queue.
+    /// Each costs memory outside the budget (actix-http's buffers), so this caps that too.
+    pub max_connections: usize,
     pub box_api_url: String,
     pub box_upload_url: String,
     pub box_token_url: String,
@@ -156,6 +159,7 @@ impl Default for Settings {
         Self {
             listen: "0.0.0.0:8080".into(),
             workers: 0,
+            max_connections: 256,
             box_api_url: "https://api.box.com/2.0".into(),
             box_upload_url: "https://upload.box.com/api/2.0".into(),
             box_token_url: "https://api.box.com/oauth2/token".into(),
@@ -377,6 +381,9 @@ impl Settings {
             }
         }
         let state_dir = PathBuf::from(&self.state_dir);
+        if self.max_connections == 0 {
+            problems.push("max_connections: must be at least 1".into());
+        }
         if redis_url.is_none() && self.state_dir.is_empty() {
             problems.push("state_dir: must name a directory (created if missing)".into());
         }
@@ -388,6 +395,7 @@ impl Settings {
                 } else {
                     self.workers
                 },
+                max_connections: self.max_connections,
                 box_urls: crate::box_api::BoxUrls { api, upload, token },
                 box_auth,
                 box_as_user: self.box_as_user.clone().filter(|u| !u.is_empty()),
@@ -592,6 +600,7 @@ impl BoxAuth {
 pub struct ValidSettings {
     pub listen: SocketAddr,
     pub workers: usize,
+    pub max_connections: usize,
     pub box_urls: crate::box_api::BoxUrls,
     pub box_auth: BoxAuth,
     pub box_as_user: Option<String>,

@@ -27,6 +27,21 @@ const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
 
 /// reqwest is built without a TLS crypto provider of its own (aws-lc is the slowest unit of the
 /// build); rustls's ring provider serves TLS. SHA-1 never goes through it. Idempotent.
+/// The listening socket, with room in the kernel's accept queue for the clients past
+/// `max_connections` (std's `bind` asks for 128; the kernel caps the request at `somaxconn`).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    const ACCEPT_QUEUE: i32 = 4096;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_QUEUE)?;
+    Ok(socket.into())
+}
+
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -168,7 +183,7 @@ impl Application {
         let sweep_every =
             (settings.tus_expiration / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
         tokio::spawn(tus::sweep(state.clone().into_inner(), sweep_every));
-        let listener = TcpListener::bind(settings.listen)?;
+        let listener = listen(settings.listen)?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
@@ -225,6 +240,9 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .workers(settings.workers)
+        // actix counts connections per worker; a worker at its share stops accepting until one
+        // closes, and the kernel's accept queue holds the rest (outside the process's memory).
+        .max_connections(settings.max_connections.div_ceil(settings.workers).max(1))
         // SIGTERM and SIGINT start the gateway's own drain (`run_until_stopped`), not actix's.
         .disable_signals()
         // By the time the server stops, the drain has settled every upload.

@@ -433,3 +433,93 @@ async fn until(limit: Duration, check: impl Fn() -> bool) -> bool {
     }
     check()
 }
+
+/// `clients` clients at once against a gateway with `max_connections`, each sending its body in
+/// HTTP chunks of `chunk` bytes while the gateway cannot read it yet (Box is slow to open their
+/// sessions). Returns the gateway's RSS growth over idle.
+async fn stalled_clients(clients: usize, max_connections: usize, chunk: usize) -> u64 {
+    let emulator = Emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        ("BOX_DEVELOPER_TOKEN", DEV_TOKEN.into()),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+        ("GATEWAY_MEMORY_BUDGET_BYTES", BUDGET.to_string()),
+        ("GATEWAY_MAX_CONNECTIONS", max_connections.to_string()),
+        ("RUST_LOG", "warn,box_upload_gateway=info".into()),
+    ]);
+    let gateway = Gateway::start(&env_refs(&env)).await;
+    let pid = gateway.pid();
+    let idle = status_bytes(pid, "VmRSS");
+    // Set once the gateway is up (its start asks Box who it is).
+    emulator.set_faults(box_upload_gateway::emulator::FaultPlan {
+        delay_ms: 8_000,
+        ..Default::default()
+    });
+    let url = gateway.url("");
+    let authority = url.trim_start_matches("http://").to_owned();
+    // 256 KiB of body: more than the gateway takes in before it stops reading.
+    let wire = frame(&file_bytes(256 * 1024), &[chunk]);
+    let mut streams = Vec::new();
+    for i in 0..clients {
+        let mut stream = TcpStream::connect(&authority).await.unwrap();
+        let head = format!(
+            "PUT /v1/folders/0/files/stalled-{i}.bin?size={} HTTP/1.1\r\nHost: {authority}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            40 * MIB
+        );
+        let (read, mut write) = stream.into_split();
+        let wire = wire.clone();
+        // The kernel takes what the gateway does not read; the rest waits in this task.
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(head.as_bytes()).await;
+            let _ = write.write_all(&wire).await;
+            write
+        });
+        streams.push((read, writer));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let grown = status_bytes(pid, "VmRSS").saturating_sub(idle);
+    eprintln!(
+        "{clients} clients in {chunk}-byte chunks, stalled, max_connections {max_connections}: \
+         idle {} MiB, +{} MiB ({} KiB a client)",
+        idle / MIB,
+        grown / MIB,
+        grown / 1024 / clients as u64
+    );
+    for (_, writer) in &streams {
+        writer.abort();
+    }
+    drop(streams);
+    drop(gateway);
+    grown
+}
+
+/// What a connection costs beyond the budget when the gateway is not reading its body: the README's
+/// per-connection figures. A client in 1-byte chunks costs about 4 MiB (actix-http decodes up to
+/// 128 KiB of what it read into its queue as one `Bytes` per chunk before it stops reading), one in
+/// 1 KiB chunks about 1 MiB; the cap on connections bounds the sum.
+const WORST_PER_CONNECTION: u64 = 6 * MIB;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_cost_a_bounded_amount_each() {
+    for chunk in [1, 1024] {
+        let grown = stalled_clients(40, 1000, chunk).await;
+        assert!(
+            grown <= 40 * WORST_PER_CONNECTION,
+            "40 stalled clients in {chunk}-byte chunks took +{} MiB",
+            grown / MIB
+        );
+    }
+}
+
+/// Any number of clients: past `max_connections`, they wait in the kernel's accept queue and cost
+/// the process nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_bounds_what_any_number_of_clients_cost() {
+    let grown = stalled_clients(300, 16, 1).await;
+    assert!(
+        grown <= 16 * WORST_PER_CONNECTION + 16 * MIB,
+        "300 clients in 1-byte chunks against max_connections 16 took +{} MiB",
+        grown / MIB
+    );
+}
