@@ -461,7 +461,7 @@ async fn stalled_clients(clients: usize, max_connections: usize, chunk: usize) -
     let wire = frame(&file_bytes(256 * 1024), &[chunk]);
     let mut streams = Vec::new();
     for i in 0..clients {
-        let mut stream = TcpStream::connect(&authority).await.unwrap();
+        let stream = TcpStream::connect(&authority).await.unwrap();
         let head = format!(
             "PUT /v1/folders/0/files/stalled-{i}.bin?size={} HTTP/1.1\r\nHost: {authority}\r\n\
              Transfer-Encoding: chunked\r\n\r\n",
