@@ -139,6 +139,15 @@ impl Application {
             state_store = store.kind(),
             "state store for resumable uploads and idempotency keys"
         );
+        let events = Arc::new(crate::events::Events::new(
+            store.clone(),
+            settings.webhooks.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(crate::events::worker::run(
+            events.clone(),
+            lifecycle.stop_background(),
+        ));
         let state = web::Data::new(AppState {
             access,
             pipeline,
@@ -163,6 +172,7 @@ impl Application {
             },
             idempotency_window: settings.idempotency_window,
             idempotency_claim: settings.idempotency_claim,
+            events,
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =
