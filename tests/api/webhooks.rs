@@ -31,6 +31,8 @@ struct Receiver {
     log: std::path::PathBuf,
     _dir: std::sync::Arc<tempfile::TempDir>,
     child: Option<tokio::process::Child>,
+    /// What it answers a verified event.
+    status: u16,
 }
 
 impl Receiver {
@@ -42,6 +44,7 @@ impl Receiver {
             log: dir.path().join("events.jsonl"),
             _dir: std::sync::Arc::new(dir),
             child: None,
+            status: 204,
         }
     }
 
@@ -63,6 +66,7 @@ impl Receiver {
             .arg(&self.log)
             .args(["--secret", secret("webhook_secret")])
             .args(["--secret", secret("webhook_secret_next")])
+            .args(["--status", &self.status.to_string()])
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -394,5 +398,78 @@ async fn two_replicas_with_redis_deliver_each_event_once() {
     assert_eq!(
         app.metrics.webhook_delivered.get() + other.metrics.webhook_delivered.get(),
         n as u64
+    );
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_stops_the_urls_events() {
+    // Arrange: a receiver that answers 410 Gone.
+    let mut receiver = Receiver::planned();
+    receiver.status = 410;
+    receiver.start().await;
+    let app = spawn_app_with(with_webhooks(receiver.url(), Options::default())).await;
+    let gone = app.metrics.webhook_dead.with_label_values(&["gone"]);
+
+    // Act
+    put(&app.address, "gone-1.bin", vec![1u8; 10]).await;
+    wait_until("the 410", || gone.get() == 1).await;
+    put(&app.address, "gone-2.bin", vec![2u8; 10]).await;
+    wait_until("the second event dropped", || gone.get() == 2).await;
+
+    // Assert: the second event was never sent.
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["event"]["data"]["name"], "gone-1.bin");
+    assert_eq!(app.metrics.webhook_delivered.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_is_retried_with_the_same_id_until_it_is_too_old() {
+    // Arrange: a receiver that answers 500, and events that live 2 s.
+    let mut receiver = Receiver::planned();
+    receiver.status = 500;
+    receiver.start().await;
+    let mut o = with_webhooks(receiver.url(), Options::default());
+    let change = o.gateway.take().unwrap();
+    o.gateway = Some(Box::new(move |s, e| {
+        change(s, e);
+        s.webhook_max_age_secs = 2;
+    }));
+    let app = spawn_app_with(o).await;
+    let expired = app.metrics.webhook_dead.with_label_values(&["expired"]);
+
+    // Act
+    put(&app.address, "refused.bin", vec![1u8; 10]).await;
+    wait_until("the event to die", || expired.get() == 1).await;
+
+    // Assert
+    let got = receiver.received();
+    assert!(got.len() >= 3, "retried: {got:?}");
+    assert_verified(&got);
+    let ids: HashSet<_> = got.iter().map(|g| g["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "webhook-id is stable across attempts: {ids:?}");
+    assert!(
+        app.metrics
+            .webhook_retried
+            .with_label_values(&["status_500"])
+            .get()
+            >= 2
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        got.len(),
+        "a dead event is not sent again"
     );
 }
