@@ -822,6 +822,44 @@ mod tests {
     }
 
     #[test]
+    fn webhook_keys_are_checked_and_the_secret_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert!(base.validate().is_ok(), "no URL, no secret needed");
+        let unsigned = Settings {
+            webhook_url: Some("http://127.0.0.1:9/hooks".into()),
+            ..base.clone()
+        };
+        let problems = unsigned.validate().unwrap_err().join("\n");
+        assert!(problems.contains("webhook_secret"), "{problems}");
+        let bad = Settings {
+            webhook_url: Some("ftp://x".into()),
+            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 hunter2")),
+            webhook_concurrency: 0,
+            ..base.clone()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in ["webhook_url", "webhook_secret", "webhook_concurrency"] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        assert!(
+            !problems.contains("hunter2") && !problems.contains("c2VjcmV0"),
+            "{problems}"
+        );
+        let good = Settings {
+            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 whsec_b3RoZXI=")),
+            ..unsigned
+        };
+        let valid = good.validate().unwrap();
+        assert_eq!(valid.webhooks.url.as_deref(), Some("http://127.0.0.1:9/hooks"));
+        assert!(!format!("{valid:?}").contains("c2VjcmV0"));
+        assert!(!serde_json::to_string(&good).unwrap().contains("c2VjcmV0"));
+    }
+
+    #[test]
     fn state_keys_are_checked_and_the_redis_url_never_shown() {
         let base = Settings {
             box_developer_token: Some(Secret::new("t")),

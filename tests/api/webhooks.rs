@@ -473,3 +473,44 @@ async fn a_refused_event_is_retried_with_the_same_id_until_it_is_too_old() {
         "a dead event is not sent again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
+    // Arrange: the gateway's receiver, and the key "team"'s own.
+    let gateway_receiver = Receiver::started().await;
+    let team_receiver = Receiver::started().await;
+    let key = secret("api_key_team");
+    let team_url = team_receiver.url();
+    let mut o = with_webhooks(gateway_receiver.url(), Options::default());
+    let change = o.gateway.take().unwrap();
+    o.gateway = Some(Box::new(move |s, e| {
+        change(s, e);
+        s.allow_anonymous = false;
+        s.api_keys = vec![serde_json::from_value(serde_json::json!({
+            "name": "team",
+            "sha256": crate::helpers::sha256_hex(key),
+            "folders": ["0"],
+            "webhook_url": team_url,
+        }))
+        .unwrap()];
+    }));
+    let app = spawn_app_with(o).await;
+
+    // Act
+    let answer = app
+        .http
+        .put(format!("{}/v1/folders/0/files/team.bin", app.address))
+        .header("x-api-key", key)
+        .body(vec![5u8; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    let got = team_receiver.wait_for(1, Duration::from_secs(30)).await;
+
+    // Assert
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_verified(&got);
+    assert_eq!(got[0]["event"]["data"]["key"], "team");
+    assert!(gateway_receiver.received().is_empty());
+}
