@@ -144,10 +144,13 @@ impl Application {
             settings.webhooks.clone(),
             metrics.clone(),
         ));
-        tokio::spawn(crate::events::worker::run(
-            events.clone(),
-            lifecycle.stop_background(),
-        ));
+        // A secret is required as soon as any webhook URL is set: without one there is nothing to send.
+        if settings.webhooks.secret.is_some() {
+            tokio::spawn(crate::events::worker::run(
+                events.clone(),
+                lifecycle.stop_background(),
+            ));
+        }
         let state = web::Data::new(AppState {
             access,
             pipeline,
