@@ -46,6 +46,9 @@ pub struct ApiKeyConfig {
     pub subject_type: Option<String>,
     #[serde(default)]
     pub subject_id: Option<String>,
+    /// Where this key's completion events go, instead of the gateway's `webhook_url`.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 impl fmt::Debug for ApiKeyConfig {
@@ -56,6 +59,7 @@ impl fmt::Debug for ApiKeyConfig {
             .field("max_file_size_bytes", &self.max_file_size_bytes)
             .field("as_user", &self.as_user)
             .field("subject_id", &self.subject_id)
+            .field("webhook_url", &self.webhook_url)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +147,13 @@ pub fn check_keys(keys: &[ApiKeyConfig], minted: bool) -> Vec<String> {
             )),
             _ => {}
         }
+        if let Some(url) = key.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!(
+                    "api key {name:?}: webhook_url {url:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
     }
     problems
 }
@@ -192,6 +203,8 @@ struct ApiKey {
     as_user: Option<String>,
     /// The key's own token provider (its own subject), else the gateway's.
     auth: Option<Arc<dyn TokenProvider>>,
+    /// Where the key's completion events go, if not to the gateway's `webhook_url`.
+    webhook_url: Option<Arc<str>>,
 }
 
 /// Who is uploading: what the handlers check and which principal the pipeline acts as.
@@ -233,6 +246,7 @@ impl Access {
                 max_file_size_bytes: k.max_file_size_bytes,
                 as_user: k.as_user.clone().filter(|u| !u.is_empty()),
                 auth: k.subject().map(mint),
+                webhook_url: k.webhook_url.as_deref().filter(|u| !u.is_empty()).map(Arc::from),
             })
             .collect();
         Self {
@@ -315,6 +329,15 @@ impl Access {
                 .with_www_authenticate(format!("Bearer realm=\"{REALM}\", error=\"invalid_token\"")))
             }
         }
+    }
+
+    /// The key named `name`'s own `webhook_url`, if it has one (events go to the gateway's
+    /// otherwise). By name, so every kind of caller that acts as a key gets that key's URL.
+    pub fn webhook_url_of(&self, name: &str) -> Option<Arc<str>> {
+        self.keys
+            .iter()
+            .find(|k| &*k.name == name)
+            .and_then(|k| k.webhook_url.clone())
     }
 
     pub fn has_keys(&self) -> bool {
@@ -541,6 +564,7 @@ mod tests {
             as_user: None,
             subject_type: None,
             subject_id: None,
+            webhook_url: None,
         }
     }
 

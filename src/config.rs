@@ -124,6 +124,25 @@ pub struct Settings {
     pub tus_max_pending_bytes: u64,
     /// Open (not landed, not expired) tus uploads per API key (or per token, without a key).
     pub tus_max_open_uploads_per_key: usize,
+    /// Where completion events are POSTed (`GATEWAY_WEBHOOK_URL`); an API key's own `webhook_url`
+    /// takes its uploads' events instead. Empty: no events (except those keys').
+    pub webhook_url: Option<String>,
+    /// Standard Webhooks secrets `whsec_<base64>`, whitespace-separated during a rotation (each
+    /// signs) (`GATEWAY_WEBHOOK_SECRET`).
+    #[serde(serialize_with = "redacted")]
+    pub webhook_secret: Option<Secret>,
+    /// A file holding them instead (read at each delivery: a rotated Secret needs no restart).
+    #[serde(deserialize_with = "string_like")]
+    pub webhook_secret_file: Option<String>,
+    /// An event not delivered this long after the upload ended is given up (counted as dead).
+    pub webhook_max_age_secs: u64,
+    /// Bound on one delivery attempt (connecting included).
+    pub webhook_timeout_secs: u64,
+    /// Deliveries in flight at once, per replica.
+    pub webhook_concurrency: usize,
+    /// The first retry's delay; each next one doubles, up to `webhook_max_backoff_secs` (with jitter).
+    pub webhook_min_backoff_ms: u64,
+    pub webhook_max_backoff_secs: u64,
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -210,6 +229,14 @@ impl Default for Settings {
             // 8 MiB; an amount a Redis beside the gateway can spare without a dedicated instance.
             tus_max_pending_bytes: 1024 * 1024 * 1024,
             tus_max_open_uploads_per_key: 100,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_secret_file: None,
+            webhook_max_age_secs: 24 * 3600,
+            webhook_timeout_secs: 10,
+            webhook_concurrency: 8,
+            webhook_min_backoff_ms: 1000,
+            webhook_max_backoff_secs: 3600,
         }
     }
 }
@@ -380,6 +407,7 @@ impl Settings {
                 problems.push("redis_url: must start with redis:// or redis+unix://".into());
             }
         }
+        let webhooks = self.webhooks(&api_keys, &mut problems);
         let state_dir = PathBuf::from(&self.state_dir);
         if self.max_connections == 0 {
             problems.push("max_connections: must be at least 1".into());
@@ -433,6 +461,7 @@ impl Settings {
                 idempotency_claim: Duration::from_secs(self.idempotency_claim_secs),
                 tus_max_pending_bytes: self.tus_max_pending_bytes,
                 tus_max_open_uploads_per_key: self.tus_max_open_uploads_per_key,
+                webhooks,
             }),
             _ => Err(problems),
         }
@@ -440,6 +469,72 @@ impl Settings {
 }
 
 impl Settings {
+    /// The webhook settings: a secret is needed as soon as any URL (the gateway's or a key's) is set.
+    fn webhooks(&self, keys: &[ApiKeyConfig], problems: &mut Vec<String>) -> crate::events::WebhookSettings {
+        let url = self.webhook_url.clone().filter(|u| !u.trim().is_empty());
+        if let Some(url) = &url {
+            if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+                problems.push(format!("webhook_url: {url:?} is not an http(s) URL"));
+            }
+        }
+        let any_url = url.is_some()
+            || keys
+                .iter()
+                .any(|k| k.webhook_url.as_deref().is_some_and(|u| !u.is_empty()));
+        let inline = self
+            .webhook_secret
+            .as_ref()
+            .filter(|s| !s.expose().trim().is_empty());
+        let file = self.webhook_secret_file.as_deref().filter(|f| !f.is_empty());
+        let secret = match (inline, file) {
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "webhook_secret: set either webhook_secret or webhook_secret_file, not both".into(),
+                );
+                None
+            }
+            (Some(s), None) => Some(SecretSource::Inline(s.clone())),
+            (None, Some(f)) => Some(SecretSource::File(PathBuf::from(f))),
+            (None, None) => None,
+        };
+        match &secret {
+            Some(source) => {
+                if let Err(why) = source.read().and_then(|s| crate::events::sign::parse_secrets(&s)) {
+                    problems.push(format!(
+                        "webhook_secret: {why} (expected whsec_<base64>, space-separated)"
+                    ));
+                }
+            }
+            None if any_url => problems.push(
+                "webhook_secret: a webhook_url is set (the gateway's or a key's): events must be signed; \
+                 set webhook_secret or webhook_secret_file (env GATEWAY_WEBHOOK_SECRET)"
+                    .into(),
+            ),
+            None => {}
+        }
+        for (key, value) in [
+            ("webhook_max_age_secs", self.webhook_max_age_secs),
+            ("webhook_timeout_secs", self.webhook_timeout_secs),
+            ("webhook_concurrency", self.webhook_concurrency as u64),
+            ("webhook_min_backoff_ms", self.webhook_min_backoff_ms),
+            ("webhook_max_backoff_secs", self.webhook_max_backoff_secs),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
+        crate::events::WebhookSettings {
+            url,
+            secret,
+            max_age: Duration::from_secs(self.webhook_max_age_secs),
+            timeout: Duration::from_secs(self.webhook_timeout_secs),
+            concurrency: self.webhook_concurrency.max(1),
+            min_backoff: Duration::from_millis(self.webhook_min_backoff_ms),
+            max_backoff: Duration::from_secs(self.webhook_max_backoff_secs)
+                .max(Duration::from_millis(self.webhook_min_backoff_ms)),
+        }
+    }
+
     /// The Box credentials of `box_auth`, each missing or contradictory key named.
     fn box_auth(&self, problems: &mut Vec<String>) -> Option<BoxAuth> {
         let before = problems.len();
@@ -636,6 +731,7 @@ pub struct ValidSettings {
     /// 0: no unfinished part may be kept (every PATCH must end on a part boundary or the end).
     pub tus_max_pending_bytes: u64,
     pub tus_max_open_uploads_per_key: usize,
+    pub webhooks: crate::events::WebhookSettings,
 }
 
 #[cfg(test)]
@@ -732,6 +828,44 @@ mod tests {
             ..Default::default()
         };
         assert!(both.validate().unwrap_err()[0].contains("not both"));
+    }
+
+    #[test]
+    fn webhook_keys_are_checked_and_the_secret_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert!(base.validate().is_ok(), "no URL, no secret needed");
+        let unsigned = Settings {
+            webhook_url: Some("http://127.0.0.1:9/hooks".into()),
+            ..base.clone()
+        };
+        let problems = unsigned.validate().unwrap_err().join("\n");
+        assert!(problems.contains("webhook_secret"), "{problems}");
+        let bad = Settings {
+            webhook_url: Some("ftp://x".into()),
+            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 hunter2")),
+            webhook_concurrency: 0,
+            ..base.clone()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in ["webhook_url", "webhook_secret", "webhook_concurrency"] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        assert!(
+            !problems.contains("hunter2") && !problems.contains("c2VjcmV0"),
+            "{problems}"
+        );
+        let good = Settings {
+            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 whsec_b3RoZXI=")),
+            ..unsigned
+        };
+        let valid = good.validate().unwrap();
+        assert_eq!(valid.webhooks.url.as_deref(), Some("http://127.0.0.1:9/hooks"));
+        assert!(!format!("{valid:?}").contains("c2VjcmV0"));
+        assert!(!serde_json::to_string(&good).unwrap().contains("c2VjcmV0"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod box_api;
 pub mod config;
 pub mod emulator;
 pub mod error;
+pub mod events;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;

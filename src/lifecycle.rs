@@ -11,6 +11,10 @@
 //!    from HEAD, which is answered even while draining (`routes::admit`);
 //! 4. at `shutdown_grace` the HTTP server stops, whatever is left, and the process exits 0.
 //!
+//! Background work that outlives uploads (the webhook delivery worker) stops at the end of the
+//! drain (`stop_background`), so the events of uploads that finished during the drain go out first
+//! if their receiver answers; what is not delivered stays in the outbox for the next start.
+//!
 //! The embedded emulator of `serve --emulator` is stopped only after all this.
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,8 @@ pub struct Lifecycle {
     stop_uploads: CancellationToken,
     /// What the last background check of Box found (`starting` until the first check is done).
     box_problem: Mutex<Option<NotReady>>,
+    /// Fires once the drain is over: background workers (webhook delivery) stop.
+    stop_background: CancellationToken,
 }
 
 impl Default for Lifecycle {
@@ -48,6 +54,7 @@ impl Default for Lifecycle {
                 reason: "starting",
                 message: "Box has not been checked yet".into(),
             })),
+            stop_background: CancellationToken::new(),
         }
     }
 }
@@ -83,6 +90,11 @@ impl Lifecycle {
     /// Fires when uploads in flight must stop (the grace period is over): the pipeline's seam.
     pub fn stop_uploads(&self) -> CancellationToken {
         self.stop_uploads.clone()
+    }
+
+    /// Fires at the end of the drain: background workers' seam.
+    pub fn stop_background(&self) -> CancellationToken {
+        self.stop_background.clone()
     }
 
     pub fn set_box_problem(&self, problem: Option<NotReady>) {
@@ -137,6 +149,7 @@ impl Lifecycle {
             }
         }
         tracing::info!(secs = started.elapsed().as_secs_f64(), "drained");
+        self.stop_background.cancel();
     }
 
     /// Whether no upload was in flight by `deadline`.

@@ -58,6 +58,20 @@ pub struct GatewayMetrics {
     /// 1 while the last background check reached Box (any answer below 500), 0 while it did not.
     /// Readiness does not follow it (a Box outage would empty the Service): an alert does.
     pub box_reachable: IntGauge,
+    /// Completion events handed to the outbox, by `type` (upload.completed|upload.failed) and
+    /// `outcome` (stored|not_stored: the state store failed and the event is lost).
+    pub webhook_events: IntCounterVec,
+    /// Webhook deliveries the receiver accepted (2xx).
+    pub webhook_delivered: prometheus::IntCounter,
+    /// Attempts that will be retried, by `reason` (status_<code>|timeout|connection|secret).
+    pub webhook_retried: IntCounterVec,
+    /// Events given up, by `reason` (expired: not delivered within webhook_max_age_secs | gone:
+    /// the receiver answered 410 | unreadable).
+    pub webhook_dead: IntCounterVec,
+    /// Events in the outbox (all replicas with Redis), as last read by the delivery worker.
+    pub webhook_outbox_depth: IntGauge,
+    /// Age in seconds of the oldest event in the outbox (0 when empty).
+    pub webhook_outbox_oldest_age: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -201,6 +215,39 @@ impl GatewayMetrics {
                 "gateway_box_reachable",
                 "1 when the last background check reached Box, 0 when it did not (timeout, connection, 5xx).",
             )?,
+            webhook_events: IntCounterVec::new(
+                Opts::new(
+                    "gateway_webhook_events_total",
+                    "Completion events handed to the outbox, by type (upload.completed|upload.failed) and outcome (stored|not_stored).",
+                ),
+                &["type", "outcome"],
+            )?,
+            webhook_delivered: prometheus::IntCounter::new(
+                "gateway_webhook_delivered_total",
+                "Webhook deliveries the receiver accepted with a 2xx.",
+            )?,
+            webhook_retried: IntCounterVec::new(
+                Opts::new(
+                    "gateway_webhook_retried_total",
+                    "Webhook attempts to be retried, by reason (status_<code>|timeout|connection|secret).",
+                ),
+                &["reason"],
+            )?,
+            webhook_dead: IntCounterVec::new(
+                Opts::new(
+                    "gateway_webhook_dead_total",
+                    "Webhook events given up, by reason (expired: past webhook_max_age_secs|gone: the receiver answered 410|unreadable).",
+                ),
+                &["reason"],
+            )?,
+            webhook_outbox_depth: IntGauge::new(
+                "gateway_webhook_outbox_depth",
+                "Events waiting in the webhook outbox (all replicas with Redis).",
+            )?,
+            webhook_outbox_oldest_age: IntGauge::new(
+                "gateway_webhook_outbox_oldest_age_seconds",
+                "Age in seconds of the oldest event in the webhook outbox (0 when empty).",
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -225,6 +272,12 @@ impl GatewayMetrics {
         registry.register(Box::new(m.tus_pending_bytes.clone()))?;
         registry.register(Box::new(m.integrity_cleanups.clone()))?;
         registry.register(Box::new(m.box_reachable.clone()))?;
+        registry.register(Box::new(m.webhook_events.clone()))?;
+        registry.register(Box::new(m.webhook_delivered.clone()))?;
+        registry.register(Box::new(m.webhook_retried.clone()))?;
+        registry.register(Box::new(m.webhook_dead.clone()))?;
+        registry.register(Box::new(m.webhook_outbox_depth.clone()))?;
+        registry.register(Box::new(m.webhook_outbox_oldest_age.clone()))?;
         Ok(m)
     }
 }

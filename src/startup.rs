@@ -154,6 +154,18 @@ impl Application {
             state_store = store.kind(),
             "state store for resumable uploads and idempotency keys"
         );
+        let events = Arc::new(crate::events::Events::new(
+            store.clone(),
+            settings.webhooks.clone(),
+            metrics.clone(),
+        ));
+        // A secret is required as soon as any webhook URL is set: without one there is nothing to send.
+        if settings.webhooks.secret.is_some() {
+            tokio::spawn(crate::events::worker::run(
+                events.clone(),
+                lifecycle.stop_background(),
+            ));
+        }
         let state = web::Data::new(AppState {
             access,
             pipeline,
@@ -178,6 +190,7 @@ impl Application {
             },
             idempotency_window: settings.idempotency_window,
             idempotency_claim: settings.idempotency_claim,
+            events,
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =

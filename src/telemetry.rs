@@ -151,6 +151,17 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// The request's id (`X-Request-Id`), for handlers that pass it on (completion events).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    pub fn of(req: &actix_web::HttpRequest) -> Option<String> {
+        use actix_web::HttpMessage;
+        req.extensions().get::<RequestId>().map(|r| r.0.clone())
+    }
+}
+
 /// Middleware: every request gets a span with a request id (the caller's `X-Request-Id` if it sent a
 /// sane one, else a new one), returned in `X-Request-Id`, and one log line when it ends.
 pub async fn trace_request(
@@ -176,6 +187,10 @@ pub async fn trace_request(
     let trace_id = span.context().span().span_context().trace_id();
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
+    }
+    {
+        use actix_web::HttpMessage;
+        req.extensions_mut().insert(RequestId(request_id.clone()));
     }
     let started = std::time::Instant::now();
     let mut response = next.call(req).instrument(span.clone()).await?;

@@ -50,6 +50,8 @@ pub struct AppState {
     pub idempotency_window: std::time::Duration,
     /// How long a claim on an `Idempotency-Key` lasts unless its holder extends it.
     pub idempotency_claim: std::time::Duration,
+    /// Completion events (webhooks): the routes hand each upload's outcome here before answering.
+    pub events: Arc<crate::events::Events>,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted

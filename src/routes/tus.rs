@@ -628,6 +628,20 @@ async fn append(
     }
     match pipeline.complete(&mut record.upload, pending).await {
         Ok(outcome) => {
+            // Stored before the record says landed: a crash in between still tells (the file is
+            // in Box), where the other order could lose the event.
+            let mut completed = super::upload::completed(
+                &outcome,
+                caller.name.to_string(),
+                crate::telemetry::RequestId::of(req),
+            );
+            completed.tus_id = Some(id.to_owned());
+            completed.upload_metadata = parse_metadata(&record.metadata).ok();
+            let url = state.access.webhook_url_of(&caller.name);
+            state
+                .events
+                .emit(url.as_deref(), crate::events::Event::Completed(completed))
+                .await;
             record.file_id = outcome.file.id().map(str::to_owned);
             save(state, lock, id, record, &Bytes::new()).await?;
             // Landed: no longer counted among the owner's open uploads (HEAD still finds it).
@@ -668,6 +682,25 @@ async fn append(
                 code: err.code.to_owned(),
                 message: err.message.clone(),
             });
+            let (name, folder_id) = match &record.upload.upload.target {
+                Target::NewFile { folder_id, name } => (Some(name.clone()), Some(folder_id.clone())),
+                Target::NewVersion { name, .. } => (name.clone(), None),
+            };
+            let failed = crate::events::Failed {
+                code: err.code.to_owned(),
+                message: err.message.clone(),
+                name,
+                folder_id,
+                bytes_received: record.upload.offset,
+                key: caller.name.to_string(),
+                request_id: crate::telemetry::RequestId::of(req),
+                tus_id: Some(id.to_owned()),
+            };
+            let url = state.access.webhook_url_of(&caller.name);
+            state
+                .events
+                .emit(url.as_deref(), crate::events::Event::Failed(failed))
+                .await;
             save(state, lock, id, record, &Bytes::new()).await?;
             // Failed: no longer counted among the owner's open uploads (HEAD still answers it).
             if let Err(err) = state.store.close_upload(&record.owner, id).await {

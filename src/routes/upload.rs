@@ -23,6 +23,7 @@ use super::AppState;
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
+use crate::events::{Completed, Event, Failed};
 use crate::pipeline::{spool, UploadError, UploadMethod, UploadOutcome, UploadRequest};
 
 /// Text fields before the file are small; a bigger one is not a parameter.
@@ -56,7 +57,7 @@ pub async fn multipart_to_folder(
     let caller = state.access.authenticate_checked(req.headers()).await?;
     let folder_id = validate_id(&path, "folder")?;
     caller.check_folder(&folder_id)?;
-    let tracker = Tracker::start(&state, &caller);
+    let tracker = Tracker::start(&state, &caller, &req);
     let result = multipart(
         &req,
         query.into_inner(),
@@ -72,7 +73,7 @@ pub async fn multipart_to_folder(
         },
     )
     .await;
-    tracker.answer(result)
+    tracker.answer(result).await
 }
 
 pub async fn multipart_new_version(
@@ -85,7 +86,7 @@ pub async fn multipart_new_version(
     let caller = state.access.authenticate_checked(req.headers()).await?;
     let file_id = validate_id(&path, "file")?;
     caller.check_file(&state.pipeline, &file_id).await?;
-    let tracker = Tracker::start(&state, &caller);
+    let tracker = Tracker::start(&state, &caller, &req);
     let result = multipart(
         &req,
         query.into_inner(),
@@ -102,7 +103,7 @@ pub async fn multipart_new_version(
         },
     )
     .await;
-    tracker.answer(result)
+    tracker.answer(result).await
 }
 
 pub async fn raw_to_folder(
@@ -119,7 +120,7 @@ pub async fn raw_to_folder(
         name: validate_name(&name)?,
     };
     caller.check_folder(&folder_id)?;
-    let tracker = Tracker::start(&state, &caller);
+    let tracker = Tracker::start(&state, &caller, &req);
     let result = raw(
         &req,
         query.into_inner(),
@@ -130,7 +131,7 @@ pub async fn raw_to_folder(
         &tracker,
     )
     .await;
-    tracker.answer(result)
+    tracker.answer(result).await
 }
 
 pub async fn raw_new_version(
@@ -145,7 +146,7 @@ pub async fn raw_new_version(
     let file_id = validate_id(&path, "file")?;
     caller.check_file(&state.pipeline, &file_id).await?;
     let target = Target::NewVersion { file_id, name };
-    let tracker = Tracker::start(&state, &caller);
+    let tracker = Tracker::start(&state, &caller, &req);
     let result = raw(
         &req,
         query.into_inner(),
@@ -156,7 +157,7 @@ pub async fn raw_new_version(
         &tracker,
     )
     .await;
-    tracker.answer(result)
+    tracker.answer(result).await
 }
 
 async fn raw(
@@ -312,6 +313,11 @@ async fn upload(
     size: Size,
     body: Body,
 ) -> Result<UploadOutcome, ApiError> {
+    tracker.set_target(&target);
+    let received = tracker.received.clone();
+    let body: Body = body
+        .inspect_ok(move |chunk| received.set(received.get() + chunk.len() as u64))
+        .boxed_local();
     let on_conflict = params.on_conflict()?;
     let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
     let content_modified_at = UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
@@ -658,6 +664,25 @@ fn multipart_error(err: actix_multipart::MultipartError) -> ApiError {
     )
 }
 
+/// `upload.completed`'s data, from Box's file object (what the 201 carries).
+pub(super) fn completed(outcome: &UploadOutcome, key: String, request_id: Option<String>) -> Completed {
+    let file = &outcome.file.0;
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    Completed {
+        file_id: outcome.file.id().unwrap_or_default().to_owned(),
+        file_version_id: text(&file["file_version"]["id"]),
+        name: text(&file["name"]),
+        folder_id: text(&file["parent"]["id"]),
+        size: outcome.size,
+        sha1: outcome.sha1_hex.clone(),
+        method: outcome.method.as_str().to_owned(),
+        key,
+        request_id,
+        tus_id: None,
+        upload_metadata: None,
+    }
+}
+
 /// Counts an upload in flight, and its outcome when it ends (`cancelled` if the client left first).
 struct Tracker<'a> {
     state: &'a AppState,
@@ -667,10 +692,15 @@ struct Tracker<'a> {
     method: std::cell::Cell<Option<UploadMethod>>,
     started: Instant,
     finished: bool,
+    /// For the completion event: the request's id, the destination's name and folder once known,
+    /// and the file bytes received from the client.
+    request_id: Option<String>,
+    target: std::cell::RefCell<(Option<String>, Option<String>)>,
+    received: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl<'a> Tracker<'a> {
-    fn start(state: &'a AppState, caller: &Caller) -> Self {
+    fn start(state: &'a AppState, caller: &Caller, req: &HttpRequest) -> Self {
         state.metrics.uploads_in_flight.inc();
         tracing::Span::current().record("key", &*caller.name);
         Self {
@@ -679,10 +709,45 @@ impl<'a> Tracker<'a> {
             method: Default::default(),
             started: Instant::now(),
             finished: false,
+            request_id: crate::telemetry::RequestId::of(req),
+            target: Default::default(),
+            received: Default::default(),
         }
     }
 
-    fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {
+    fn set_target(&self, target: &Target) {
+        *self.target.borrow_mut() = match target {
+            Target::NewFile { folder_id, name } => (Some(name.clone()), Some(folder_id.clone())),
+            Target::NewVersion { name, .. } => (name.clone(), None),
+        };
+    }
+
+    /// The upload's outcome as a completion event, stored in the outbox before the client is
+    /// answered (see `events`).
+    async fn emit(&self, result: &Result<UploadOutcome, ApiError>) {
+        let key = self.key.to_string();
+        let event = match result {
+            Ok(outcome) => Event::Completed(completed(outcome, key, self.request_id.clone())),
+            Err(err) => {
+                let (name, folder_id) = self.target.borrow().clone();
+                Event::Failed(Failed {
+                    code: err.code.to_owned(),
+                    message: err.message.clone(),
+                    name,
+                    folder_id,
+                    bytes_received: self.received.get(),
+                    key,
+                    request_id: self.request_id.clone(),
+                    tus_id: None,
+                })
+            }
+        };
+        let url = self.state.access.webhook_url_of(&self.key);
+        self.state.events.emit(url.as_deref(), event).await;
+    }
+
+    async fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {
+        self.emit(&result).await;
         self.finished = true;
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();

@@ -29,6 +29,12 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 /// `<owner>\0<upload id>` -> when that open upload expires (Unix seconds).
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
+/// Outbox entry id -> created (Unix ms, big-endian), due (Unix ms, big-endian), then the value.
+const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// (due in Unix ms, id) of every outbox entry: what the delivery worker takes next.
+const OUTBOX_DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox_due");
+/// (created in Unix ms, id) of every outbox entry: the age of the oldest without a scan.
+const OUTBOX_AGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox_age");
 const PENDING_BYTES: &str = "pending_bytes";
 /// Expired values purged per call of `due`, so one sweep's transaction stays short.
 const PURGE_BATCH: usize = 1000;
@@ -101,6 +107,9 @@ impl EmbeddedStore {
             txn.open_table(PENDING).map_err(err)?;
             txn.open_table(COUNTS).map_err(err)?;
             txn.open_table(OPEN).map_err(err)?;
+            txn.open_table(OUTBOX).map_err(err)?;
+            txn.open_table(OUTBOX_DUE).map_err(err)?;
+            txn.open_table(OUTBOX_AGE).map_err(err)?;
             let mut index = txn.open_table(VALUE_EXPIRY).map_err(err)?;
             // A file written before the index existed: index its values once.
             if index.is_empty().map_err(err)? {
@@ -378,6 +387,92 @@ impl StateStore for EmbeddedStore {
     fn kind(&self) -> &'static str {
         "embedded"
     }
+
+    fn outbox_put<'a>(
+        &'a self,
+        id: &'a str,
+        value: Vec<u8>,
+        created_ms: u64,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut due = txn.open_table(OUTBOX_DUE)?;
+            let mut age = txn.open_table(OUTBOX_AGE)?;
+            let old = outbox.get(id.as_str())?.and_then(|v| outbox_times(v.value()));
+            let created_ms = match old {
+                Some((created, old_due)) => {
+                    due.remove((old_due, id.as_str()))?;
+                    created
+                }
+                None => {
+                    age.insert((created_ms, id.as_str()), ())?;
+                    created_ms
+                }
+            };
+            let mut stored = Vec::with_capacity(16 + value.len());
+            stored.extend_from_slice(&created_ms.to_be_bytes());
+            stored.extend_from_slice(&due_ms.to_be_bytes());
+            stored.extend_from_slice(&value);
+            outbox.insert(id.as_str(), stored.as_slice())?;
+            due.insert((due_ms, id.as_str()), ())?;
+            Ok(())
+        })
+    }
+
+    fn outbox_due<'a>(&'a self, now_ms: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let due = txn.open_table(OUTBOX_DUE)?;
+            let mut ids = Vec::new();
+            for entry in due.range::<(u64, &str)>(..=(now_ms, "\u{10FFFF}"))?.take(limit) {
+                ids.push(entry?.0.value().1.to_owned());
+            }
+            Ok(ids)
+        })
+    }
+
+    fn outbox_get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let outbox = txn.open_table(OUTBOX)?;
+            Ok(outbox
+                .get(id.as_str())?
+                .and_then(|v| v.value().get(16..).map(<[u8]>::to_vec)))
+        })
+    }
+
+    fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let old = outbox.remove(id.as_str())?.and_then(|v| outbox_times(v.value()));
+            if let Some((created, due)) = old {
+                txn.open_table(OUTBOX_DUE)?.remove((due, id.as_str()))?;
+                txn.open_table(OUTBOX_AGE)?.remove((created, id.as_str()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let outbox = txn.open_table(OUTBOX)?;
+            let age = txn.open_table(OUTBOX_AGE)?;
+            let oldest = age.first()?.map(|(k, _)| k.value().0);
+            Ok((outbox.len()?, oldest))
+        })
+    }
+}
+
+/// (created, due) of a stored outbox entry.
+fn outbox_times(stored: &[u8]) -> Option<(u64, u64)> {
+    let created = u64::from_be_bytes(stored.get(..8)?.try_into().ok()?);
+    let due = u64::from_be_bytes(stored.get(8..16)?.try_into().ok()?);
+    Some((created, due))
 }
 
 #[cfg(test)]

@@ -108,6 +108,24 @@ pub trait StateStore: Send + Sync + 'static {
     fn close_upload<'a>(&'a self, owner: &'a str, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// `embedded` or `redis`, for the log.
     fn kind(&self) -> &'static str;
+    /// Stores the outbox entry `id` (a completion event waiting for delivery) with `value`, due at
+    /// `due_ms` (Unix milliseconds); `created_ms` orders the entries by age (kept from the first put
+    /// of `id`). The entry and its place in the queue are written together (atomic), and stay until
+    /// `outbox_remove`: the outbox has no time to live, the delivery worker decides when an entry
+    /// is dead.
+    fn outbox_put<'a>(
+        &'a self,
+        id: &'a str,
+        value: Vec<u8>,
+        created_ms: u64,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+    /// Ids of outbox entries due by `now_ms`, earliest first, at most `limit`.
+    fn outbox_due<'a>(&'a self, now_ms: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    fn outbox_get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>>;
+    fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+    /// How many entries the outbox holds, and the `created_ms` of the oldest.
+    fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>>;
 }
 
 /// The store the settings ask for: Redis when `redis_url` is set, else the embedded file.
@@ -191,6 +209,35 @@ pub async fn check_store(store: &dyn StateStore) {
 
     check_fenced_writes(store, &k).await;
     check_open_uploads(store, &k).await;
+    check_outbox(store, &k).await;
+}
+
+async fn check_outbox(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
+    let (depth, _) = store.outbox_stats().await.unwrap();
+    store.outbox_put(&k("e1"), b"one".to_vec(), 5, 100).await.unwrap();
+    store.outbox_put(&k("e2"), b"two".to_vec(), 7, 50).await.unwrap();
+    let due = store.outbox_due(120, 1000).await.unwrap();
+    let mine: Vec<_> = due.iter().filter(|id| id.starts_with(&k(""))).collect();
+    assert_eq!(mine, [&k("e2"), &k("e1")], "earliest first");
+    assert!(!store.outbox_due(60, 1000).await.unwrap().contains(&k("e1")));
+    // A retry moves the entry's due time and value, never its age.
+    store
+        .outbox_put(&k("e2"), b"two'".to_vec(), 9, 500)
+        .await
+        .unwrap();
+    assert!(!store.outbox_due(120, 1000).await.unwrap().contains(&k("e2")));
+    assert_eq!(
+        store.outbox_get(&k("e2")).await.unwrap().as_deref(),
+        Some(&b"two'"[..])
+    );
+    let (n, oldest) = store.outbox_stats().await.unwrap();
+    assert_eq!(n, depth + 2);
+    assert!(oldest.is_some_and(|o| o <= 5), "{oldest:?}");
+    store.outbox_remove(&k("e1")).await.unwrap();
+    store.outbox_remove(&k("e2")).await.unwrap();
+    assert_eq!(store.outbox_get(&k("e1")).await.unwrap(), None);
+    assert!(!store.outbox_due(1000, 1000).await.unwrap().contains(&k("e2")));
+    assert_eq!(store.outbox_stats().await.unwrap().0, depth);
 }
 
 async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {

@@ -22,6 +22,26 @@ use super::{new_token, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreR
 const PREFIX: &str = "box-upload-gateway:";
 const EXPIRY: &str = "box-upload-gateway:expiry";
 const PENDING_BYTES: &str = "box-upload-gateway:pending-bytes";
+/// The outbox: a hash of entries, a sorted set by due time, one by creation time.
+const OUTBOX: &str = "box-upload-gateway:outbox";
+const OUTBOX_DUE: &str = "box-upload-gateway:outbox-due";
+const OUTBOX_AGE: &str = "box-upload-gateway:outbox-age";
+
+/// KEYS: outbox, due, age. ARGV: id, value, created ms, due ms. The age keeps its first score (NX).
+const OUTBOX_PUT: &str = r#"
+redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+redis.call("ZADD", KEYS[2], ARGV[4], ARGV[1])
+redis.call("ZADD", KEYS[3], "NX", ARGV[3], ARGV[1])
+return 1
+"#;
+
+/// KEYS: outbox, due, age. ARGV: id.
+const OUTBOX_REMOVE: &str = r#"
+redis.call("HDEL", KEYS[1], ARGV[1])
+redis.call("ZREM", KEYS[2], ARGV[1])
+redis.call("ZREM", KEYS[3], ARGV[1])
+return 1
+"#;
 
 const UNLOCK: &str =
     r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
@@ -329,5 +349,93 @@ impl StateStore for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn outbox_put<'a>(
+        &'a self,
+        id: &'a str,
+        value: Vec<u8>,
+        created_ms: u64,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let mut c = self.conn().await?;
+            let _: i64 = Script::new(OUTBOX_PUT)
+                .key(OUTBOX)
+                .key(OUTBOX_DUE)
+                .key(OUTBOX_AGE)
+                .arg(id)
+                .arg(value)
+                .arg(created_ms)
+                .arg(due_ms)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn outbox_due<'a>(&'a self, now_ms: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        async move {
+            let mut c = self.conn().await?;
+            cmd("ZRANGEBYSCORE")
+                .arg(OUTBOX_DUE)
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn outbox_get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>> {
+        async move {
+            let mut c = self.conn().await?;
+            cmd("HGET")
+                .arg(OUTBOX)
+                .arg(id)
+                .query_async(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let mut c = self.conn().await?;
+            let _: i64 = Script::new(OUTBOX_REMOVE)
+                .key(OUTBOX)
+                .key(OUTBOX_DUE)
+                .key(OUTBOX_AGE)
+                .arg(id)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>> {
+        async move {
+            let mut c = self.conn().await?;
+            let depth: u64 = cmd("HLEN").arg(OUTBOX).query_async(&mut c).await.map_err(err)?;
+            let oldest: Vec<(String, f64)> = cmd("ZRANGE")
+                .arg(OUTBOX_AGE)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok((depth, oldest.first().map(|(_, score)| *score as u64)))
+        }
+        .boxed()
     }
 }

@@ -19,3 +19,4 @@ mod soak_tus;
 mod tus;
 mod tus_honesty;
 mod tus_state;
+mod webhooks;

@@ -1,0 +1,516 @@
+//! Completion events: a real receiver on loopback (tests/python/webhook_receiver.py) checks every
+//! signature with the `standardwebhooks` package, as an application would.
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine;
+use box_upload_gateway::box_api::Secret;
+use serde_json::Value;
+
+use crate::gateway_process::{emulator_env, env_refs, Gateway};
+use crate::helpers::{secret, spawn_app_with, spawn_replica, Options, TestApp};
+use crate::python::{python, script};
+use crate::tus::{redis_options, RedisServer};
+
+/// Both secrets of a rotation sign; the receiver checks each on its own.
+fn secrets() -> String {
+    format!("{} {}", secret("webhook_secret"), secret("webhook_secret_next"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The receiver process; what it got is in its log file, one JSON line per request.
+struct Receiver {
+    port: u16,
+    log: std::path::PathBuf,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+    child: Option<tokio::process::Child>,
+    /// What it answers a verified event.
+    status: u16,
+}
+
+impl Receiver {
+    /// Where it will listen, not started yet (a receiver that is down).
+    fn planned() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            port: free_port(),
+            log: dir.path().join("events.jsonl"),
+            _dir: std::sync::Arc::new(dir),
+            child: None,
+            status: 204,
+        }
+    }
+
+    async fn started() -> Self {
+        let mut r = Self::planned();
+        r.start().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+
+    async fn start(&mut self) {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(python())
+            .arg(script("webhook_receiver.py"))
+            .arg(self.port.to_string())
+            .arg(&self.log)
+            .args(["--secret", secret("webhook_secret")])
+            .args(["--secret", secret("webhook_secret_next")])
+            .args(["--status", &self.status.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line))
+            .await
+            .expect("the receiver starts")
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+        self.child = Some(child);
+    }
+
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (generously) until `n` requests came in.
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn with_webhooks(url: String, o: Options) -> Options {
+    let previous = o.gateway;
+    Options {
+        gateway: Some(Box::new(move |s, e| {
+            if let Some(change) = previous {
+                change(s, e);
+            }
+            s.webhook_url = Some(url);
+            s.webhook_secret = Some(Secret::new(secrets()));
+            // Fast retries: the schedule is the same, only shorter.
+            s.webhook_min_backoff_ms = 100;
+            s.webhook_max_backoff_secs = 1;
+        })),
+        ..o
+    }
+}
+
+/// Every request the receiver got was signed by both secrets, and is an event.
+fn assert_verified(got: &[Value]) {
+    for g in got {
+        assert_eq!(g["verified"], serde_json::json!([true, true]), "{g}");
+        assert!(g["id"].as_str().unwrap().starts_with("msg_"), "{g}");
+        assert!(g["event"]["timestamp"].is_string(), "{g}");
+    }
+}
+
+async fn put(app_address: &str, name: &str, body: Vec<u8>) -> Value {
+    let answer = reqwest::Client::new()
+        .put(format!("{app_address}/v1/folders/0/files/{name}"))
+        .header("x-request-id", format!("req-{name}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    answer.json().await.unwrap()
+}
+
+/// A tus upload in one PATCH; the Box file's id.
+async fn tus_upload(app: &TestApp, name: &str, body: Vec<u8>) -> (String, String) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let created = app
+        .http
+        .post(format!("{}/v1/tus/", app.address))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", body.len().to_string())
+        .header(
+            "Upload-Metadata",
+            format!(
+                "filename {},folder_id {},note {}",
+                b64(name),
+                b64("0"),
+                b64("from tus")
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let url = match location.starts_with("http") {
+        true => location,
+        false => format!("{}{location}", app.address),
+    };
+    let patched = app
+        .http
+        .patch(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("x-request-id", "req-tus")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 204);
+    let file_id = patched.headers()["upload-box-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    (id, file_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_signed_completed_event_per_upload_direct_chunked_and_tus() {
+    // Arrange
+    let receiver = Receiver::started().await;
+    let app = spawn_app_with(with_webhooks(receiver.url(), Options::default())).await;
+
+    // Act
+    let direct = put(&app.address, "direct.bin", vec![1u8; 1000]).await;
+    let chunked = put(&app.address, "chunked.bin", vec![2u8; 2 * 1024 * 1024 + 5]).await;
+    let (tus_id, tus_file) = tus_upload(&app, "tus.bin", vec![3u8; 3000]).await;
+    let got = receiver.wait_for(3, Duration::from_secs(60)).await;
+    // Anything sent twice would come within this.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got_later = receiver.received();
+
+    // Assert
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got_later.len(), 3, "one event per upload: {got_later:?}");
+    assert_verified(&got);
+    let by_name = |name: &str| {
+        got.iter()
+            .find(|g| g["event"]["data"]["name"] == name)
+            .unwrap_or_else(|| panic!("no event for {name}: {got:?}"))["event"]
+            .clone()
+    };
+    for (answer, method) in [(&direct, "direct"), (&chunked, "chunked")] {
+        let event = by_name(answer["file"]["name"].as_str().unwrap());
+        let data = &event["data"];
+        assert_eq!(event["type"], "upload.completed");
+        assert_eq!(data["file_id"], answer["file"]["id"]);
+        assert_eq!(data["file_version_id"], answer["file"]["file_version"]["id"]);
+        assert_eq!(data["folder_id"], answer["file"]["parent"]["id"]);
+        assert_eq!(data["size"], answer["upload"]["size"]);
+        assert_eq!(data["sha1"], answer["upload"]["sha1"]);
+        assert_eq!(data["method"], method);
+        assert_eq!(answer["upload"]["method"], method);
+        assert_eq!(data["key"], "anonymous");
+        assert_eq!(
+            data["request_id"],
+            format!("req-{}", data["name"].as_str().unwrap())
+        );
+        assert!(data.get("tus_id").is_none());
+    }
+    let tus = by_name("tus.bin");
+    assert_eq!(tus["type"], "upload.completed");
+    assert_eq!(tus["data"]["file_id"], tus_file.as_str());
+    assert_eq!(tus["data"]["tus_id"], tus_id.as_str());
+    assert_eq!(tus["data"]["size"], 3000);
+    assert_eq!(tus["data"]["folder_id"], "0");
+    assert_eq!(tus["data"]["request_id"], "req-tus");
+    assert_eq!(tus["data"]["upload_metadata"]["note"], "from tus");
+    let ids: HashSet<_> = got.iter().map(|g| g["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(app.metrics.webhook_delivered.get(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_gives_upload_failed() {
+    // Arrange
+    let receiver = Receiver::started().await;
+    let app = spawn_app_with(with_webhooks(receiver.url(), Options::default())).await;
+
+    // Act: a SHA-1 that the bytes do not have.
+    let answer = app
+        .http
+        .put(format!(
+            "{}/v1/folders/0/files/bad.bin?sha1={}",
+            app.address,
+            "0".repeat(40)
+        ))
+        .header("x-request-id", "req-bad")
+        .body(vec![7u8; 500])
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let error: Value = answer.json().await.unwrap();
+    let got = receiver.wait_for(1, Duration::from_secs(30)).await;
+
+    // Assert
+    assert!(status.is_client_error(), "{status} {error}");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_verified(&got);
+    let event = &got[0]["event"];
+    assert_eq!(event["type"], "upload.failed");
+    assert_eq!(event["data"]["code"], error["error"]["code"]);
+    assert_eq!(event["data"]["message"], error["error"]["message"]);
+    assert_eq!(event["data"]["name"], "bad.bin");
+    assert_eq!(event["data"]["folder_id"], "0");
+    assert_eq!(event["data"]["bytes_received"], 500);
+    assert_eq!(event["data"]["request_id"], "req-bad");
+}
+
+/// The issue asks for 30 s of outage; 6 s show the same (several retries fail, then all arrive)
+/// at a fifth of the test's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_after_the_receiver_was_down() {
+    // Arrange: nothing listens at the receiver's address yet.
+    let mut receiver = Receiver::planned();
+    let app = spawn_app_with(with_webhooks(receiver.url(), Options::default())).await;
+
+    // Act
+    let mut files = HashSet::new();
+    for i in 0..4 {
+        let answer = put(&app.address, &format!("down-{i}.bin"), vec![i as u8; 100]).await;
+        files.insert(answer["file"]["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let retried = app
+        .metrics
+        .webhook_retried
+        .with_label_values(&["connection"])
+        .get();
+    receiver.start().await;
+    let got = receiver.wait_for(4, Duration::from_secs(30)).await;
+
+    // Assert
+    assert!(
+        retried >= 4,
+        "each event was tried and retried while down: {retried}"
+    );
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_verified(&got);
+    let delivered: HashSet<_> = got
+        .iter()
+        .map(|g| g["event"]["data"]["file_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, files);
+    assert_eq!(app.metrics.webhook_dead.with_label_values(&["expired"]).get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_answered_with_201_survives_a_kill_and_no_secret_is_logged() {
+    // Arrange: the receiver is down, so the event is still in the outbox when the process dies.
+    let emulator =
+        box_upload_gateway::emulator::Emulator::spawn(box_upload_gateway::emulator::EmulatorConfig {
+            part_size: Some(256 * 1024),
+            min_chunked_size: 1024 * 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut receiver = Receiver::planned();
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut env = emulator_env(&emulator);
+    env.extend([
+        (
+            "BOX_DEVELOPER_TOKEN",
+            box_upload_gateway::emulator::DEV_TOKEN.to_owned(),
+        ),
+        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
+        ("GATEWAY_STATE_DIR", state_dir.path().display().to_string()),
+        ("GATEWAY_WEBHOOK_URL", receiver.url()),
+        ("GATEWAY_WEBHOOK_SECRET", secrets()),
+        ("GATEWAY_WEBHOOK_MIN_BACKOFF_MS", "100".into()),
+        ("GATEWAY_WEBHOOK_MAX_BACKOFF_SECS", "1".into()),
+    ]);
+    let gateway = Gateway::start(&env_refs(&env)).await;
+
+    // Act: SIGKILL right after the 201.
+    let answer = put(&gateway.url(""), "killed.bin", vec![9u8; 4096]).await;
+    let first_logs = gateway.finish().await;
+    receiver.start().await;
+    let gateway = Gateway::start(&env_refs(&env)).await;
+    let got = receiver.wait_for(1, Duration::from_secs(30)).await;
+    let logs = first_logs + &gateway.finish().await;
+
+    // Assert
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_verified(&got);
+    assert_eq!(got[0]["event"]["data"]["file_id"], answer["file"]["id"]);
+    for name in ["webhook_secret", "webhook_secret_next"] {
+        let whole = secret(name);
+        let key = whole.trim_start_matches("whsec_");
+        assert!(!logs.contains(key), "{name} leaked into the logs");
+    }
+    assert!(logs.contains("webhook delivered"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_redis_deliver_each_event_once() {
+    // Arrange
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::started().await;
+    let app = spawn_app_with(with_webhooks(receiver.url(), redis_options(&redis.url))).await;
+    let other = spawn_replica(&app, with_webhooks(receiver.url(), redis_options(&redis.url))).await;
+
+    // Act
+    let n = 12;
+    let mut files = HashSet::new();
+    for i in 0..n {
+        let address = if i % 2 == 0 { &app.address } else { &other.address };
+        let answer = put(address, &format!("replica-{i}.bin"), vec![i as u8; 200]).await;
+        files.insert(answer["file"]["id"].as_str().unwrap().to_owned());
+    }
+    let got = receiver.wait_for(n, Duration::from_secs(60)).await;
+    // Both workers poll every 100 ms: a second delivery would show within this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got_later = receiver.received();
+
+    // Assert
+    assert_eq!(got.len(), n, "{got:?}");
+    assert_eq!(got_later.len(), n, "each event delivered once: {got_later:?}");
+    assert_verified(&got_later);
+    let delivered: HashSet<_> = got_later
+        .iter()
+        .map(|g| g["event"]["data"]["file_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, files);
+    assert_eq!(
+        app.metrics.webhook_delivered.get() + other.metrics.webhook_delivered.get(),
+        n as u64
+    );
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_stops_the_urls_events() {
+    // Arrange: a receiver that answers 410 Gone.
+    let mut receiver = Receiver::planned();
+    receiver.status = 410;
+    receiver.start().await;
+    let app = spawn_app_with(with_webhooks(receiver.url(), Options::default())).await;
+    let gone = app.metrics.webhook_dead.with_label_values(&["gone"]);
+
+    // Act
+    put(&app.address, "gone-1.bin", vec![1u8; 10]).await;
+    wait_until("the 410", || gone.get() == 1).await;
+    put(&app.address, "gone-2.bin", vec![2u8; 10]).await;
+    wait_until("the second event dropped", || gone.get() == 2).await;
+
+    // Assert: the second event was never sent.
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["event"]["data"]["name"], "gone-1.bin");
+    assert_eq!(app.metrics.webhook_delivered.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_is_retried_with_the_same_id_until_it_is_too_old() {
+    // Arrange: a receiver that answers 500, and events that live 2 s.
+    let mut receiver = Receiver::planned();
+    receiver.status = 500;
+    receiver.start().await;
+    let mut o = with_webhooks(receiver.url(), Options::default());
+    let change = o.gateway.take().unwrap();
+    o.gateway = Some(Box::new(move |s, e| {
+        change(s, e);
+        s.webhook_max_age_secs = 2;
+    }));
+    let app = spawn_app_with(o).await;
+    let expired = app.metrics.webhook_dead.with_label_values(&["expired"]);
+
+    // Act
+    put(&app.address, "refused.bin", vec![1u8; 10]).await;
+    wait_until("the event to die", || expired.get() == 1).await;
+
+    // Assert
+    let got = receiver.received();
+    assert!(got.len() >= 3, "retried: {got:?}");
+    assert_verified(&got);
+    let ids: HashSet<_> = got.iter().map(|g| g["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "webhook-id is stable across attempts: {ids:?}");
+    assert!(
+        app.metrics
+            .webhook_retried
+            .with_label_values(&["status_500"])
+            .get()
+            >= 2
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.received().len(),
+        got.len(),
+        "a dead event is not sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
+    // Arrange: the gateway's receiver, and the key "team"'s own.
+    let gateway_receiver = Receiver::started().await;
+    let team_receiver = Receiver::started().await;
+    let key = secret("api_key_team");
+    let team_url = team_receiver.url();
+    let mut o = with_webhooks(gateway_receiver.url(), Options::default());
+    let change = o.gateway.take().unwrap();
+    o.gateway = Some(Box::new(move |s, e| {
+        change(s, e);
+        s.allow_anonymous = false;
+        s.api_keys = vec![serde_json::from_value(serde_json::json!({
+            "name": "team",
+            "sha256": crate::helpers::sha256_hex(key),
+            "folders": ["0"],
+            "webhook_url": team_url,
+        }))
+        .unwrap()];
+    }));
+    let app = spawn_app_with(o).await;
+
+    // Act
+    let answer = app
+        .http
+        .put(format!("{}/v1/folders/0/files/team.bin", app.address))
+        .header("x-api-key", key)
+        .body(vec![5u8; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    let got = team_receiver.wait_for(1, Duration::from_secs(30)).await;
+
+    // Assert
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_verified(&got);
+    assert_eq!(got[0]["event"]["data"]["key"], "team");
+    assert!(gateway_receiver.received().is_empty());
+}
