@@ -58,6 +58,11 @@ pub struct GatewayMetrics {
     /// 1 while the last background check reached Box (any answer below 500), 0 while it did not.
     /// Readiness does not follow it (a Box outage would empty the Service): an alert does.
     pub box_reachable: IntGauge,
+    /// Upload links made (`POST /v1/upload-links`), by `key`.
+    pub upload_links: IntCounterVec,
+    /// Bytes of tus PATCH bodies received from clients (a chunk sent again counts again), by `key`:
+    /// against what landed, it shows how much resuming saved.
+    pub tus_received_bytes: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -201,6 +206,20 @@ impl GatewayMetrics {
                 "gateway_box_reachable",
                 "1 when the last background check reached Box, 0 when it did not (timeout, connection, 5xx).",
             )?,
+            upload_links: IntCounterVec::new(
+                Opts::new(
+                    "gateway_upload_links_total",
+                    "Upload links made (POST /v1/upload-links), by API key name.",
+                ),
+                &["key"],
+            )?,
+            tus_received_bytes: IntCounterVec::new(
+                Opts::new(
+                    "gateway_tus_received_bytes_total",
+                    "Bytes of tus PATCH bodies received from clients (bytes sent again count again), by API key name.",
+                ),
+                &["key"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -225,6 +244,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.tus_pending_bytes.clone()))?;
         registry.register(Box::new(m.integrity_cleanups.clone()))?;
         registry.register(Box::new(m.box_reachable.clone()))?;
+        registry.register(Box::new(m.upload_links.clone()))?;
+        registry.register(Box::new(m.tus_received_bytes.clone()))?;
         Ok(m)
     }
 }

@@ -4,7 +4,9 @@
 mod fuzz;
 pub mod health;
 pub mod idempotency;
+pub mod links;
 mod multipart_scan;
+pub mod page;
 mod params;
 pub mod tus;
 pub mod upload;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub idempotency_window: std::time::Duration,
     /// How long a claim on an `Idempotency-Key` lasts unless its holder extends it.
     pub idempotency_claim: std::time::Duration,
+    /// Upload links and their page.
+    pub upload_links: links::LinkSettings,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted
