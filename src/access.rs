@@ -664,6 +664,60 @@ mod tests {
     }
 
     #[test]
+    fn link_callers_act_as_their_key_in_the_link_folder_only() {
+        let mut k = key("a", "alpha-key");
+        k.folders = vec!["1".into(), "2".into()];
+        k.max_file_size_bytes = Some(100);
+        let secrets = || LinkKeys::new(vec![Secret::new("s".repeat(32))]);
+        let a = access(std::slice::from_ref(&k)).with_upload_links(secrets());
+        let maker = a.authenticate(&headers(&[("x-api-key", "alpha-key")])).unwrap();
+        let request = LinkRequest {
+            folder_id: "1".into(),
+            expires_at: crate::state::now_secs() + 60,
+            max_file_size_bytes: Some(50),
+            max_files: None,
+            note: None,
+        };
+        let (token, claims) = a.issue_link(&maker, request.clone()).unwrap();
+        let caller = a.authenticate(&headers(&[("x-upload-link", &token)])).unwrap();
+        assert_eq!(&*caller.name, "a");
+        assert_eq!(&*caller.owner, format!("link:a:{}", claims.id));
+        assert!(caller.check_folder("1").is_ok());
+        assert_eq!(caller.check_folder("2").err().unwrap().code, "forbidden_folder");
+        assert_eq!(caller.check_size(51).err().unwrap().code, "file_too_large");
+        assert!(a.principal_of(&caller.owner).is_some());
+        // A link makes no links; a size above the key's is refused; another key's folder too.
+        assert_eq!(
+            a.issue_link(&caller, request.clone()).err().unwrap().code,
+            "link_not_allowed"
+        );
+        let too_big = LinkRequest {
+            max_file_size_bytes: Some(101),
+            ..request.clone()
+        };
+        assert_eq!(
+            a.issue_link(&maker, too_big).err().unwrap().code,
+            "invalid_link_request"
+        );
+        let elsewhere = LinkRequest {
+            folder_id: "3".into(),
+            ..request
+        };
+        assert_eq!(
+            a.issue_link(&maker, elsewhere).err().unwrap().code,
+            "forbidden_folder"
+        );
+        // The key gone, or no longer listing the folder: the link is revoked.
+        k.folders = vec!["2".into()];
+        let narrowed = access(&[k]).with_upload_links(secrets());
+        let err = narrowed
+            .authenticate(&headers(&[("x-upload-link", &token)]))
+            .err()
+            .unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (401, "link_invalid"));
+    }
+
+    #[test]
     fn bearer_tokens_are_parsed_case_insensitively() {
         let h = headers(&[("authorization", "bearer abc")]);
         assert_eq!(bearer_token(&h).unwrap().expose(), "abc");
@@ -816,5 +870,15 @@ impl Caller {
     /// An upload link's caller: what its link allows.
     pub fn link(&self) -> Option<&LinkClaims> {
         self.link.as_deref()
+    }
+
+    /// 403 `link_not_allowed` when a link's caller would add a version to an existing file by name.
+    pub fn check_on_conflict(&self, on_conflict: &crate::pipeline::OnConflict) -> Result<(), ApiError> {
+        match (&self.link, on_conflict) {
+            (Some(_), crate::pipeline::OnConflict::Version) => Err(self.refuse(link_not_allowed(
+                "an upload link adds new files only: on_conflict=version is not allowed (use rename or error)",
+            ))),
+            _ => Ok(()),
+        }
     }
 }

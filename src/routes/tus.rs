@@ -333,11 +333,7 @@ async fn create_upload(
     };
     caller.check_size(size)?;
     let on_conflict = params.on_conflict()?;
-    if caller.link().is_some() && matches!(on_conflict, crate::pipeline::OnConflict::Version) {
-        return Err(crate::access::link_not_allowed(
-            "an upload link adds new files only: on_conflict=version is not allowed (use rename or error)",
-        ));
-    }
+    caller.check_on_conflict(&on_conflict)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let expires_at = now_secs() + state.tus.expiration.as_secs();
     // Counted before Box is asked for a session, so a caller at its cap costs Box nothing.

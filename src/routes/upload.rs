@@ -312,6 +312,12 @@ async fn upload(
     size: Size,
     body: Body,
 ) -> Result<UploadOutcome, ApiError> {
+    // A link's uploads go through tus, where its `max_files` is counted.
+    if caller.link().is_some() {
+        return Err(crate::access::link_not_allowed(
+            "an upload link uploads through the resumable endpoints (/v1/tus/), as its page does",
+        ));
+    }
     let on_conflict = params.on_conflict()?;
     let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
     let content_modified_at = UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;

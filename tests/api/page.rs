@@ -219,7 +219,16 @@ async fn upload_links_are_signed_scoped_limited_and_expire() {
             .await,
         1.0
     );
-    // A link cannot make links
+    // A link uploads only through tus (where max_files is counted), and cannot make links
+    let plain = app
+        .http
+        .put(format!("{}/v1/folders/0/files/plain.txt", app.address))
+        .header("X-Upload-Link", &token)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 403);
     let made = app
         .http
         .post(format!("{}/v1/upload-links", app.address))
