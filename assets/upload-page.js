@@ -360,6 +360,8 @@
     let text = finished + ' of ' + uploads.length + ' files done · ' + bytes(done) + ' of ' + bytes(total) + ' (' + pct + '%)';
     if (speed > 0) text += ' · ' + bytes(speed) + '/s · ' + duration((total - done) / speed) + ' left';
     $('overall-text').textContent = text;
+    $('pause-all').hidden = !uploads.some((u) => !u.paused && u.state !== 'done' && u.state !== 'error');
+    $('resume-all').hidden = !uploads.some((u) => u.paused);
     const tenth = Math.floor(pct / 10);
     if (tenth !== lastAnnounced && all.some((u) => u.state === 'uploading')) {
       lastAnnounced = tenth;

@@ -423,4 +423,17 @@ async fn the_page_uploads_dropped_files_resumes_after_a_reload_and_refuses_expir
         .collect();
     assert_eq!(sessions.len(), 1, "resumed, not started again: {sessions:#?}");
     assert_eq!(resumed["stored_at_end"], 0);
+    // Paused, it stood still; offline, it retried (and then landed, above)
+    assert_eq!(resumed["paused"]["state"], "paused", "{resumed}");
+    assert_eq!(
+        resumed["paused"]["offset"], resumed["paused_later"]["offset"],
+        "{resumed}"
+    );
+    let retrying = &resumed["retrying"];
+    println!("offline: {}", retrying["result"]);
+    assert_eq!(retrying["state"], "retrying", "{resumed}");
+    assert!(
+        retrying["result"].as_str().unwrap().contains("Trying again in"),
+        "{retrying}"
+    );
 }

@@ -146,8 +146,33 @@ def reload(driver, cfg):
         if now and now[0]["offset"] > 0:
             first_offset = now[0]["offset"]
         time.sleep(0.01)
+    # Pause: nothing moves until Resume.
+    driver.find_element(By.CSS_SELECTOR, "#list li .pause").click()
+    time.sleep(0.5)
+    paused = files(driver)[0]
+    time.sleep(1.0)
+    still = files(driver)[0]
+    driver.find_element(By.CSS_SELECTOR, "#list li .pause").click()
+    # The network lost (DevTools' offline emulation): the page retries with backoff, then goes on.
+    driver.execute_cdp_cmd("Network.enable", {})
+    offline = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", offline)
+    retrying = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and retrying is None:
+        now = files(driver)[0]
+        if now["state"] == "retrying":
+            retrying = now
+        elif now["state"] == "done":
+            break
+        time.sleep(0.02)
+    time.sleep(2)
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", dict(offline, offline=False))
     done = wait_done(driver, 1, 240)
     return {
+        "paused": paused,
+        "paused_later": still,
+        "retrying": retrying,
         "offset_before_reload": offset_before,
         "first_offset_after_reload": first_offset,
         "unfinished": unfinished,
