@@ -707,6 +707,15 @@ mod tests {
             a.issue_link(&maker, elsewhere).err().unwrap().code,
             "forbidden_folder"
         );
+        // Links off: 404 for a key, 401 without one (the endpoint's security is the key).
+        let off = access(std::slice::from_ref(&k));
+        let code = |r: Result<(), ApiError>| r.err().unwrap().code;
+        assert_eq!(code(off.check_link_maker(&maker)), "upload_links_disabled");
+        let nobody = access(&[]).authenticate(&headers(&[])).unwrap();
+        assert_eq!(
+            code(access(&[]).with_upload_links(secrets()).check_link_maker(&nobody)),
+            "unauthenticated"
+        );
         // The key gone, or no longer listing the folder: the link is revoked.
         k.folders = vec!["2".into()];
         let narrowed = access(&[k]).with_upload_links(secrets());
@@ -738,10 +747,6 @@ pub struct LinkRequest {
 }
 
 impl Access {
-    pub fn links_enabled(&self) -> bool {
-        self.links.is_some()
-    }
-
     /// A signed link for `request`, made by `caller`: only an API key's caller may make one, for one
     /// of its folders and within its size limit.
     pub fn issue_link(
@@ -749,14 +754,8 @@ impl Access {
         caller: &Caller,
         request: LinkRequest,
     ) -> Result<(String, LinkClaims), ApiError> {
+        let key = self.link_maker(caller)?;
         let keys = self.links.as_ref().ok_or_else(links_disabled)?;
-        if caller.link.is_some() {
-            return Err(caller.refuse(link_not_allowed("an upload link cannot make another link")));
-        }
-        let Some(key) = self.keys.iter().find(|k| k.name == caller.name) else {
-            return Err(self
-                .unauthenticated("upload links are made with an API key: send it in the X-API-Key header"));
-        };
         caller.check_folder(&request.folder_id)?;
         let max_file_size_bytes = match (request.max_file_size_bytes, key.max_file_size_bytes) {
             (Some(asked), Some(limit)) if asked > limit => {
@@ -777,6 +776,28 @@ impl Access {
             expires_at: request.expires_at,
         };
         Ok((keys.sign(&claims), claims))
+    }
+
+    /// The key of a caller that may make links: 401 without an API key (whether links are on or
+    /// not: the endpoint's security is the key), 403 for a link's caller, 404 when links are off.
+    fn link_maker(&self, caller: &Caller) -> Result<&ApiKey, ApiError> {
+        if caller.link.is_some() {
+            return Err(caller.refuse(link_not_allowed("an upload link cannot make another link")));
+        }
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.name == caller.name && caller.folders.is_some())
+            .ok_or_else(|| {
+                self.unauthenticated("upload links are made with an API key: send it in the X-API-Key header")
+            })?;
+        self.links.as_ref().ok_or_else(links_disabled)?;
+        Ok(key)
+    }
+
+    /// `link_maker`'s verdict alone, before the request's body is read.
+    pub fn check_link_maker(&self, caller: &Caller) -> Result<(), ApiError> {
+        self.link_maker(caller).map(|_| ())
     }
 
     /// The claims of a link token that is genuine, not expired, and whose key still exists and still

@@ -2,7 +2,6 @@
 //! into one of the key's folders until it expires (the link's page is `routes/page.rs`).
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -48,13 +47,7 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.access.authenticate_checked(req.headers()).await?;
-    if !state.access.links_enabled() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "upload_links_disabled",
-            "upload links are off: the gateway has no upload_link_secret",
-        ));
-    }
+    state.access.check_link_maker(&caller)?;
     let mut bytes = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| invalid(format!("the body could not be read: {e}")))?;

@@ -378,6 +378,16 @@ async fn the_page_uploads_dropped_files_resumes_after_a_reload_and_refuses_expir
         "{shown}"
     );
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
+    let a11y = &shown["a11y"];
+    assert_eq!(a11y["unnamed"], json!([]), "controls without a name: {a11y}");
+    assert_eq!(a11y["live"], "polite");
+    assert_eq!(a11y["lang"], "en");
+    assert_eq!(a11y["input_tabbable"], true);
+    assert!(a11y["viewport"].as_str().unwrap().contains("width=device-width"));
+    assert_eq!(
+        shown["phone_overflow"], 0,
+        "the page is wider than a phone's screen"
+    );
 
     // Act 2: a reload in the middle of a 60 MB upload, the file chosen again
     let before = app

@@ -56,6 +56,27 @@ source.remove();
 """
 
 
+# What a screen reader and a keyboard need: every control named, the live region, the viewport, and
+# the file input reachable with Tab (it is visually hidden behind its label).
+A11Y_JS = """
+const unnamed = Array.from(document.querySelectorAll('button, input, progress')).filter(el => {
+  if (el.closest('[hidden]')) return false;
+  const byLabel = el.id && document.querySelector('label[for="' + el.id + '"]');
+  return !(el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') || byLabel ||
+           (el.textContent || '').trim());
+}).map(el => el.outerHTML);
+document.body.focus();
+const input = document.getElementById('files');
+return {
+  unnamed: unnamed,
+  live: document.getElementById('status').getAttribute('aria-live'),
+  viewport: (document.querySelector('meta[name=viewport]') || {}).content || '',
+  lang: document.documentElement.lang,
+  input_tabbable: input.tabIndex >= 0 && !input.disabled && getComputedStyle(input).display !== 'none',
+};
+"""
+
+
 def browser(cfg):
     options = webdriver.ChromeOptions()
     options.binary_location = cfg["chromium"]
@@ -99,6 +120,11 @@ def upload(driver, cfg):
     out["stored"] = driver.execute_script("return Object.keys(localStorage).length")
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(cfg["screenshot"])
+    out["a11y"] = driver.execute_script(A11Y_JS)
+    # On a phone's screen: nothing wider than the screen.
+    driver.set_window_size(390, 844)
+    out["phone_overflow"] = driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
     driver.get(cfg["expired_url"])
     out["expired"] = {
         "title": driver.title,
