@@ -21,8 +21,13 @@ use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
 
+mod link;
+pub use link::{parse_secrets, LinkClaims, LinkKeys, LinkRefusal, MAX_NOTE_CHARS, MIN_SECRET_LEN};
+
 /// The header that carries an API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
+/// The header that carries an upload link's token (the upload page sends it with every tus request).
+pub const LINK_HEADER: &str = "x-upload-link";
 const REALM: &str = "box-upload-gateway";
 
 /// One `[[keys]]` entry of the API keys file (or of `api_keys` in the settings file).
@@ -174,6 +179,8 @@ pub struct Access {
     metrics: Arc<GatewayMetrics>,
     /// Pass-through: each caller's token is checked with Box before any body byte is read.
     token_check: Option<TokenCheck>,
+    /// Upload links' secrets; None: links are off.
+    links: Option<LinkKeys>,
 }
 
 /// How long Box's verdict on a pass-through token is kept: a token seen again within it is not
@@ -226,6 +233,8 @@ pub struct Caller {
     metrics: Arc<GatewayMetrics>,
     /// Pass-through: the Box user the caller's token acts as, from Box's check of it.
     box_user_id: Option<Arc<str>>,
+    /// An upload link's caller: what the link allows (it acts as the key that made it).
+    link: Option<Arc<LinkClaims>>,
 }
 
 impl Access {
@@ -255,7 +264,13 @@ impl Access {
             default_principal,
             metrics,
             token_check: None,
+            links: None,
         }
+    }
+
+    /// Upload links signed and checked with `keys` (None: links are off).
+    pub fn with_upload_links(self, keys: Option<LinkKeys>) -> Self {
+        Self { links: keys, ..self }
     }
 
     /// With pass-through, callers' tokens are checked with Box (`GET /users/me`, through `client`)
@@ -346,6 +361,9 @@ impl Access {
 
     /// Who sent the request: 401 `unauthenticated` when a required key or token is missing or wrong.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if let Some(token) = headers.get(LINK_HEADER) {
+            return self.authenticate_link(token.to_str().unwrap_or_default());
+        }
         let bearer = match self.passthrough {
             true => Some(bearer_token(headers).ok_or_else(|| {
                 self.unauthenticated("send your Box access token as `Authorization: Bearer <token>`")
@@ -400,6 +418,7 @@ impl Access {
             passthrough: self.passthrough,
             metrics: self.metrics.clone(),
             box_user_id: None,
+            link: None,
         })
     }
 
@@ -407,6 +426,11 @@ impl Access {
     /// aborting an expired upload's session). None with pass-through: its tokens come with requests.
     pub fn principal_of(&self, name: &str) -> Option<Principal> {
         let own = self.default_principal.as_ref()?;
+        // A link's uploads are owned by `link:<key>:<link id>` and act as the key.
+        let name = name
+            .strip_prefix("link:")
+            .and_then(|rest| rest.split(':').next())
+            .unwrap_or(name);
         Some(key_principal(self.keys.iter().find(|k| &*k.name == name), own))
     }
 
@@ -487,6 +511,11 @@ impl Caller {
     /// A new version is allowed only of a file inside the key's folders: Box is asked where it is
     /// (one metadata read, before any byte of the upload goes to Box).
     pub async fn check_file(&self, pipeline: &Pipeline, file_id: &str) -> Result<(), ApiError> {
+        if self.link.is_some() {
+            return Err(self.refuse(link_not_allowed(
+                "an upload link adds new files only; it cannot add versions of existing ones",
+            )));
+        }
         if self.folders.is_none() {
             return Ok(());
         }
@@ -659,10 +688,242 @@ mod tests {
     }
 
     #[test]
+    fn link_callers_act_as_their_key_in_the_link_folder_only() {
+        let mut k = key("a", "alpha-key");
+        k.folders = vec!["1".into(), "2".into()];
+        k.max_file_size_bytes = Some(100);
+        let secrets = || LinkKeys::new(vec![Secret::new("s".repeat(32))]);
+        let a = access(std::slice::from_ref(&k)).with_upload_links(secrets());
+        let maker = a.authenticate(&headers(&[("x-api-key", "alpha-key")])).unwrap();
+        let request = LinkRequest {
+            folder_id: "1".into(),
+            expires_at: crate::state::now_secs() + 60,
+            max_file_size_bytes: Some(50),
+            max_files: None,
+            note: None,
+        };
+        let (token, claims) = a.issue_link(&maker, request.clone()).unwrap();
+        let caller = a.authenticate(&headers(&[("x-upload-link", &token)])).unwrap();
+        assert_eq!(&*caller.name, "a");
+        assert_eq!(&*caller.owner, format!("link:a:{}", claims.id));
+        assert!(caller.check_folder("1").is_ok());
+        assert_eq!(caller.check_folder("2").err().unwrap().code, "forbidden_folder");
+        assert_eq!(caller.check_size(51).err().unwrap().code, "file_too_large");
+        assert!(a.principal_of(&caller.owner).is_some());
+        // A link makes no links; a size above the key's is refused; another key's folder too.
+        assert_eq!(
+            a.issue_link(&caller, request.clone()).err().unwrap().code,
+            "link_not_allowed"
+        );
+        let too_big = LinkRequest {
+            max_file_size_bytes: Some(101),
+            ..request.clone()
+        };
+        assert_eq!(
+            a.issue_link(&maker, too_big).err().unwrap().code,
+            "invalid_link_request"
+        );
+        let elsewhere = LinkRequest {
+            folder_id: "3".into(),
+            ..request
+        };
+        assert_eq!(
+            a.issue_link(&maker, elsewhere).err().unwrap().code,
+            "forbidden_folder"
+        );
+        // Links off: 404 for a key, 401 without one (the endpoint's security is the key).
+        let off = access(std::slice::from_ref(&k));
+        let code = |r: Result<(), ApiError>| r.err().unwrap().code;
+        assert_eq!(code(off.check_link_maker(&maker)), "upload_links_disabled");
+        let nobody = access(&[]).authenticate(&headers(&[])).unwrap();
+        assert_eq!(
+            code(access(&[]).with_upload_links(secrets()).check_link_maker(&nobody)),
+            "unauthenticated"
+        );
+        // The key gone, or no longer listing the folder: the link is revoked.
+        k.folders = vec!["2".into()];
+        let narrowed = access(&[k]).with_upload_links(secrets());
+        let err = narrowed
+            .authenticate(&headers(&[("x-upload-link", &token)]))
+            .err()
+            .unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (401, "link_invalid"));
+    }
+
+    #[test]
     fn bearer_tokens_are_parsed_case_insensitively() {
         let h = headers(&[("authorization", "bearer abc")]);
         assert_eq!(bearer_token(&h).unwrap().expose(), "abc");
         assert!(bearer_token(&headers(&[("authorization", "Basic abc")])).is_none());
         assert!(bearer_token(&headers(&[("authorization", "Bearer ")])).is_none());
+    }
+}
+
+/// What `POST /v1/upload-links` asks for, its bounds already checked by the route.
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    pub folder_id: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub max_file_size_bytes: Option<u64>,
+    pub max_files: Option<u32>,
+    pub note: Option<String>,
+}
+
+impl Access {
+    /// A signed link for `request`, made by `caller`: only an API key's caller may make one, for one
+    /// of its folders and within its size limit.
+    pub fn issue_link(
+        &self,
+        caller: &Caller,
+        request: LinkRequest,
+    ) -> Result<(String, LinkClaims), ApiError> {
+        let key = self.link_maker(caller)?;
+        let keys = self.links.as_ref().ok_or_else(links_disabled)?;
+        caller.check_folder(&request.folder_id)?;
+        let max_file_size_bytes = match (request.max_file_size_bytes, key.max_file_size_bytes) {
+            (Some(asked), Some(limit)) if asked > limit => {
+                return Err(ApiError::bad_request(
+                    "invalid_link_request",
+                    format!("max_file_size_bytes {asked} is above this API key's limit ({limit} bytes)"),
+                ))
+            }
+            (asked, limit) => asked.or(limit),
+        };
+        let claims = LinkClaims {
+            id: uuid::Uuid::new_v4().simple().to_string()[..16].to_owned(),
+            key: key.name.to_string(),
+            folder_id: request.folder_id,
+            max_file_size_bytes,
+            max_files: request.max_files,
+            note: request.note.filter(|n| !n.trim().is_empty()),
+            expires_at: request.expires_at,
+        };
+        Ok((keys.sign(&claims), claims))
+    }
+
+    /// The key of a caller that may make links: 401 without an API key (whether links are on or
+    /// not: the endpoint's security is the key), 403 for a link's caller, 404 when links are off.
+    fn link_maker(&self, caller: &Caller) -> Result<&ApiKey, ApiError> {
+        if caller.link.is_some() {
+            return Err(caller.refuse(link_not_allowed("an upload link cannot make another link")));
+        }
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.name == caller.name && caller.folders.is_some())
+            .ok_or_else(|| {
+                self.unauthenticated("upload links are made with an API key: send it in the X-API-Key header")
+            })?;
+        self.links.as_ref().ok_or_else(links_disabled)?;
+        Ok(key)
+    }
+
+    /// `link_maker`'s verdict alone, before the request's body is read.
+    pub fn check_link_maker(&self, caller: &Caller) -> Result<(), ApiError> {
+        self.link_maker(caller).map(|_| ())
+    }
+
+    /// The claims of a link token that is genuine, not expired, and whose key still exists and still
+    /// lists the link's folder (removing a key, or its folder, revokes its links).
+    pub fn check_link(&self, token: &str) -> Result<LinkClaims, ApiError> {
+        let keys = self.links.as_ref().ok_or_else(links_disabled)?;
+        let refused = |key: &str, err: ApiError| {
+            self.metrics
+                .access_refused
+                .with_label_values(&[key, err.code])
+                .inc();
+            err
+        };
+        let claims = match keys.verify(token, crate::state::now_secs()) {
+            Ok(claims) => claims,
+            Err(LinkRefusal::Invalid) => return Err(refused("none", link_invalid())),
+            Err(LinkRefusal::Expired(claims)) => {
+                let at = chrono::DateTime::from_timestamp(claims.expires_at as i64, 0).unwrap_or_default();
+                return Err(refused(
+                    &claims.key,
+                    ApiError::new(
+                        StatusCode::GONE,
+                        "link_expired",
+                        format!(
+                            "this upload link expired at {}; ask for a new one",
+                            at.to_rfc3339()
+                        ),
+                    ),
+                ));
+            }
+        };
+        match self.keys.iter().find(|k| *k.name == claims.key) {
+            Some(key) if key.folders.contains(&claims.folder_id) => Ok(claims),
+            _ => Err(refused("none", link_invalid())),
+        }
+    }
+
+    /// The caller of a request that carries a link: the key that made it, confined to the link's
+    /// folder and limits. Its uploads are its own (`link:<key>:<id>` owns them), so one link's holder
+    /// never reaches the key's other uploads.
+    fn authenticate_link(&self, token: &str) -> Result<Caller, ApiError> {
+        let claims = self.check_link(token)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| *k.name == claims.key)
+            .ok_or_else(link_invalid)?;
+        // Validation refuses links with pass-through (a link carries no Box token).
+        let own = self.default_principal.as_ref().ok_or_else(link_invalid)?;
+        let max_file_size_bytes = match (claims.max_file_size_bytes, key.max_file_size_bytes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Caller {
+            name: key.name.clone(),
+            owner: Arc::from(format!("link:{}:{}", key.name, claims.id)),
+            folders: Some(Arc::new(HashSet::from([claims.folder_id.clone()]))),
+            max_file_size_bytes,
+            principal: key_principal(Some(key), own),
+            passthrough: false,
+            metrics: self.metrics.clone(),
+            box_user_id: None,
+            link: Some(Arc::new(claims)),
+        })
+    }
+}
+
+/// 401 `link_invalid`: not a link this gateway signed, altered, or its key is gone.
+fn link_invalid() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "link_invalid",
+        "this upload link is not valid (it was altered, or it has been revoked); ask for a new one",
+    )
+}
+
+fn links_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "upload_links_disabled",
+        "upload links are off: the gateway has no upload_link_secret",
+    )
+}
+
+/// 403 `link_not_allowed`: what an upload link's holder may not do.
+pub fn link_not_allowed(why: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "link_not_allowed", why)
+}
+
+impl Caller {
+    /// An upload link's caller: what its link allows.
+    pub fn link(&self) -> Option<&LinkClaims> {
+        self.link.as_deref()
+    }
+
+    /// 403 `link_not_allowed` when a link's caller would add a version to an existing file by name.
+    pub fn check_on_conflict(&self, on_conflict: &crate::pipeline::OnConflict) -> Result<(), ApiError> {
+        match (&self.link, on_conflict) {
+            (Some(_), crate::pipeline::OnConflict::Version) => Err(self.refuse(link_not_allowed(
+                "an upload link adds new files only: on_conflict=version is not allowed (use rename or error)",
+            ))),
+            _ => Ok(()),
+        }
     }
 }

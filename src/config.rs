@@ -143,6 +143,21 @@ pub struct Settings {
     /// The first retry's delay; each next one doubles, up to `webhook_max_backoff_secs` (with jitter).
     pub webhook_min_backoff_ms: u64,
     pub webhook_max_backoff_secs: u64,
+    /// Signs upload links (`POST /v1/upload-links`): one or more secrets of at least 32 characters,
+    /// separated by commas or white space; the first signs, all are accepted (rotation). Unset: links
+    /// are off. Every replica needs the same.
+    #[serde(serialize_with = "redacted")]
+    pub upload_link_secret: Option<Secret>,
+    /// A file holding `upload_link_secret` (read at start: rotating it takes a restart).
+    #[serde(deserialize_with = "string_like")]
+    pub upload_link_secret_file: Option<String>,
+    /// The gateway's address as people reach it (`https://upload.example.com`): upload links start
+    /// with it. Unset: the scheme and host of the request that made the link.
+    pub public_base_url: Option<String>,
+    /// The longest life an upload link may be given (`expires_in_secs`).
+    pub upload_link_max_expiry_secs: u64,
+    /// The upload page sends files in PATCHes of this many bytes.
+    pub upload_page_chunk_bytes: u64,
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -237,6 +252,12 @@ impl Default for Settings {
             webhook_concurrency: 8,
             webhook_min_backoff_ms: 1000,
             webhook_max_backoff_secs: 3600,
+            upload_link_secret: None,
+            upload_link_secret_file: None,
+            public_base_url: None,
+            upload_link_max_expiry_secs: 30 * 24 * 3600,
+            // Box's usual part size: a PATCH fills a part; a cut one is kept up to where it broke.
+            upload_page_chunk_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -408,6 +429,29 @@ impl Settings {
             }
         }
         let webhooks = self.webhooks(&api_keys, &mut problems);
+        let upload_link_secrets = self.upload_link_secrets(passthrough, &mut problems);
+        let public_base_url = self
+            .public_base_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| u.trim().trim_end_matches('/').to_owned());
+        if let Some(u) = &public_base_url {
+            if !matches!(reqwest::Url::parse(u), Ok(p) if matches!(p.scheme(), "http" | "https")) {
+                problems.push(format!("public_base_url: {u:?} is not an http(s) URL"));
+            }
+        }
+        if !(1..=365 * 24 * 3600).contains(&self.upload_link_max_expiry_secs) {
+            problems.push(format!(
+                "upload_link_max_expiry_secs: {} is not within 1..=31536000 (a year)",
+                self.upload_link_max_expiry_secs
+            ));
+        }
+        if !(1024..=1 << 30).contains(&self.upload_page_chunk_bytes) {
+            problems.push(format!(
+                "upload_page_chunk_bytes: {} is not within 1024..=1073741824",
+                self.upload_page_chunk_bytes
+            ));
+        }
         let state_dir = PathBuf::from(&self.state_dir);
         if self.max_connections == 0 {
             problems.push("max_connections: must be at least 1".into());
@@ -462,6 +506,10 @@ impl Settings {
                 tus_max_pending_bytes: self.tus_max_pending_bytes,
                 tus_max_open_uploads_per_key: self.tus_max_open_uploads_per_key,
                 webhooks,
+                upload_link_secrets,
+                public_base_url,
+                upload_link_max_expiry: Duration::from_secs(self.upload_link_max_expiry_secs),
+                upload_page_chunk_bytes: self.upload_page_chunk_bytes,
             }),
             _ => Err(problems),
         }
@@ -533,6 +581,51 @@ impl Settings {
             max_backoff: Duration::from_secs(self.webhook_max_backoff_secs)
                 .max(Duration::from_millis(self.webhook_min_backoff_ms)),
         }
+    }
+
+    /// The secrets of `upload_link_secret` or `upload_link_secret_file` (none: links are off); a
+    /// problem names the key, never a secret.
+    fn upload_link_secrets(&self, passthrough: bool, problems: &mut Vec<String>) -> Vec<Secret> {
+        let inline = self
+            .upload_link_secret
+            .as_ref()
+            .filter(|s| !s.expose().trim().is_empty());
+        let file = self.upload_link_secret_file.as_deref().filter(|f| !f.is_empty());
+        let text = match (inline, file) {
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "upload_link_secret: set either upload_link_secret or upload_link_secret_file, not both"
+                        .into(),
+                );
+                return Vec::new();
+            }
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => match SecretSource::File(PathBuf::from(f)).read() {
+                Ok(s) => s,
+                Err(why) => {
+                    problems.push(format!("upload_link_secret_file: {why}"));
+                    return Vec::new();
+                }
+            },
+            (None, None) => return Vec::new(),
+        };
+        let secrets = crate::access::parse_secrets(text.expose());
+        for (i, secret) in secrets.iter().enumerate() {
+            if secret.expose().len() < crate::access::MIN_SECRET_LEN {
+                problems.push(format!(
+                    "upload_link_secret: secret #{} is shorter than {} characters (make one with `openssl rand -hex 32`)",
+                    i + 1,
+                    crate::access::MIN_SECRET_LEN
+                ));
+            }
+        }
+        if passthrough && !secrets.is_empty() {
+            problems.push(
+                "upload_link_secret: upload links need the gateway's own Box credentials (a link carries no Box token); box_auth is passthrough"
+                    .into(),
+            );
+        }
+        secrets
     }
 
     /// The Box credentials of `box_auth`, each missing or contradictory key named.
@@ -732,6 +825,12 @@ pub struct ValidSettings {
     pub tus_max_pending_bytes: u64,
     pub tus_max_open_uploads_per_key: usize,
     pub webhooks: crate::events::WebhookSettings,
+    /// Empty: upload links are off. The first signs.
+    pub upload_link_secrets: Vec<Secret>,
+    /// Without a trailing `/`.
+    pub public_base_url: Option<String>,
+    pub upload_link_max_expiry: Duration,
+    pub upload_page_chunk_bytes: u64,
 }
 
 #[cfg(test)]
@@ -903,6 +1002,44 @@ mod tests {
         let valid = with_password.validate().unwrap();
         assert!(!format!("{valid:?}").contains("hunter2"));
         assert_eq!(valid.tus_expiration, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn upload_link_secrets_are_checked_and_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let long = "0123456789abcdef0123456789abcdef";
+        let ok = Settings {
+            upload_link_secret: Some(Secret::new(format!("{long}new, {long}old"))),
+            public_base_url: Some("https://up.example.com/".into()),
+            ..base.clone()
+        };
+        assert!(!format!("{ok:?}").contains(long));
+        let valid = ok.validate().unwrap();
+        assert_eq!(valid.upload_link_secrets.len(), 2);
+        assert_eq!(valid.public_base_url.as_deref(), Some("https://up.example.com"));
+        let problems = Settings {
+            upload_link_secret: Some(Secret::new("short-one")),
+            public_base_url: Some("up.example.com".into()),
+            upload_link_max_expiry_secs: 0,
+            upload_page_chunk_bytes: 1,
+            ..base
+        }
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for key in [
+            "upload_link_secret",
+            "public_base_url",
+            "upload_link_max_expiry_secs",
+            "upload_page_chunk_bytes",
+        ] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        assert!(!problems.contains("short-one"));
     }
 
     #[test]

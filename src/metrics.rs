@@ -72,6 +72,11 @@ pub struct GatewayMetrics {
     pub webhook_outbox_depth: IntGauge,
     /// Age in seconds of the oldest event in the outbox (0 when empty).
     pub webhook_outbox_oldest_age: IntGauge,
+    /// Upload links made (`POST /v1/upload-links`), by `key`.
+    pub upload_links: IntCounterVec,
+    /// Bytes of tus PATCH bodies received from clients (a chunk sent again counts again), by `key`:
+    /// against what landed, it shows how much resuming saved.
+    pub tus_received_bytes: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -248,6 +253,20 @@ impl GatewayMetrics {
                 "gateway_webhook_outbox_oldest_age_seconds",
                 "Age in seconds of the oldest event in the webhook outbox (0 when empty).",
             )?,
+            upload_links: IntCounterVec::new(
+                Opts::new(
+                    "gateway_upload_links_total",
+                    "Upload links made (POST /v1/upload-links), by API key name.",
+                ),
+                &["key"],
+            )?,
+            tus_received_bytes: IntCounterVec::new(
+                Opts::new(
+                    "gateway_tus_received_bytes_total",
+                    "Bytes of tus PATCH bodies received from clients (bytes sent again count again), by API key name.",
+                ),
+                &["key"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -278,6 +297,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.webhook_dead.clone()))?;
         registry.register(Box::new(m.webhook_outbox_depth.clone()))?;
         registry.register(Box::new(m.webhook_outbox_oldest_age.clone()))?;
+        registry.register(Box::new(m.upload_links.clone()))?;
+        registry.register(Box::new(m.tus_received_bytes.clone()))?;
         Ok(m)
     }
 }

@@ -19,7 +19,7 @@ use crate::error::{extractor_error, ApiError};
 use crate::lifecycle::{self, Lifecycle, NotReady};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
-use crate::routes::{self, health, idempotency, tus, upload, AppState};
+use crate::routes::{self, health, idempotency, links, page, tus, upload, AppState};
 use crate::telemetry;
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
@@ -116,7 +116,9 @@ impl Application {
             metrics.clone(),
         )
         .acting_as_user(settings.box_as_user.as_deref());
-        let access = access.with_token_check(client.clone());
+        let access = access
+            .with_token_check(client.clone())
+            .with_upload_links(crate::access::LinkKeys::new(settings.upload_link_secrets.clone()));
         let lifecycle = Arc::new(Lifecycle::default());
         tokio::spawn(check_box(
             client.clone(),
@@ -191,6 +193,11 @@ impl Application {
             idempotency_window: settings.idempotency_window,
             idempotency_claim: settings.idempotency_claim,
             events,
+            upload_links: links::LinkSettings {
+                public_base_url: settings.public_base_url.clone(),
+                max_expiry: settings.upload_link_max_expiry,
+                page_chunk_bytes: settings.upload_page_chunk_bytes,
+            },
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =
@@ -220,6 +227,16 @@ impl Application {
                         .default_service(not_allowed("GET")),
                 )
                 .service(
+                    web::resource(format!("{}{{token}}", page::PAGE_PREFIX))
+                        .get(page::show)
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
+                    web::resource("/assets/{name}")
+                        .get(page::asset)
+                        .default_service(not_allowed("GET")),
+                )
+                .service(
                     web::scope("/v1")
                         .wrap(middleware::from_fn(routes::admit))
                         .service(
@@ -235,6 +252,11 @@ impl Application {
                                 .post(upload::multipart_new_version),
                         )
                         .service(upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version))
+                        .service(
+                            web::resource("/upload-links")
+                                .post(links::create)
+                                .default_service(not_allowed("POST")),
+                        )
                         .service(
                             web::resource("/tus/")
                                 .route(web::method(Method::OPTIONS).to(tus::options))

@@ -162,6 +162,15 @@ impl RequestId {
     }
 }
 
+/// The request's path for the logs: an upload link's page (`/upload/<token>`, routes/page.rs) carries
+/// its token, a credential, in the path; it is logged as `/upload/[link]`.
+pub fn loggable_path(path: &str) -> &str {
+    match path.starts_with("/upload/") {
+        true => "/upload/[link]",
+        false => path,
+    }
+}
+
 /// Middleware: every request gets a span with a request id (the caller's `X-Request-Id` if it sent a
 /// sane one, else a new one), returned in `X-Request-Id`, and one log line when it ends.
 pub async fn trace_request(
@@ -177,7 +186,7 @@ pub async fn trace_request(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
-    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.path(),
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %loggable_path(req.path()),
         key = tracing::field::Empty, trace_id = tracing::field::Empty);
     // Joined to the caller's trace (W3C `traceparent`) when traces are on; logs then carry its id.
     let parent = TraceContextPropagator::new().extract(&Headers(req.headers()));

@@ -4,7 +4,9 @@
 mod fuzz;
 pub mod health;
 pub mod idempotency;
+pub mod links;
 mod multipart_scan;
+pub mod page;
 mod params;
 pub mod tus;
 pub mod upload;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub idempotency_claim: std::time::Duration,
     /// Completion events (webhooks): the routes hand each upload's outcome here before answering.
     pub events: Arc<crate::events::Events>,
+    /// Upload links and their page.
+    pub upload_links: links::LinkSettings,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted

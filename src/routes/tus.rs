@@ -315,7 +315,9 @@ async fn create_upload(
             }
         }
         (None, folder_id) => {
-            let folder_id = validate_id(folder_id.map_or("0", String::as_str), "folder")?;
+            // A link's page may leave the folder out: the link names it.
+            let default = caller.link().map_or("0", |l| l.folder_id.as_str());
+            let folder_id = validate_id(folder_id.map_or(default, String::as_str), "folder")?;
             caller.check_folder(&folder_id)?;
             let name = name.ok_or_else(|| {
                 ApiError::bad_request(
@@ -330,6 +332,8 @@ async fn create_upload(
         }
     };
     caller.check_size(size)?;
+    let on_conflict = params.on_conflict()?;
+    caller.check_on_conflict(&on_conflict)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let expires_at = now_secs() + state.tus.expiration.as_secs();
     // Counted before Box is asked for a session, so a caller at its cap costs Box nothing.
@@ -350,6 +354,10 @@ async fn create_upload(
             format!("this caller has {max_open} resumable uploads open (tus_max_open_uploads_per_key): finish or DELETE one first"),
         ));
     }
+    if let Err(err) = take_link_slot(state, &caller, &id).await {
+        let _ = state.store.close_upload(&caller.owner, &id).await;
+        return Err(err);
+    }
     let request = UploadRequest {
         upload: NewUpload {
             target,
@@ -357,7 +365,7 @@ async fn create_upload(
             content_created_at: UploadParams::timestamp(&params.content_created_at, "content_created_at")?,
             content_modified_at: UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?,
         },
-        on_conflict: params.on_conflict()?,
+        on_conflict,
         expected_sha1: params.expected_sha1(None)?,
     };
     let pipeline = state.pipeline.acting_as(&caller.principal);
@@ -365,6 +373,7 @@ async fn create_upload(
         Ok(prepared) => prepared,
         Err(e) => {
             let _ = state.store.close_upload(&caller.owner, &id).await;
+            release_link_slot(state, &caller, &id).await;
             return Err(caller.box_error(fail(e)));
         }
     };
@@ -392,6 +401,7 @@ async fn create_upload(
     if let Err(err) = saved {
         pipeline.abort_resumable(&record.upload, "error").await;
         let _ = state.store.close_upload(&caller.owner, &id).await;
+        release_link_slot(state, &caller, &id).await;
         let _ = state.store.unschedule(&id).await;
         return Err(err);
     }
@@ -544,11 +554,15 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
                 .with_label_values(&["terminated", &caller.name])
                 .inc();
         }
-        forget(state, &lock, &id, Some(&record.owner)).await
+        forget(state, &lock, &id, Some(&record.owner)).await?;
+        Ok(record.file_id.is_some())
     })
     .await;
     release(state, lock).await;
-    result?;
+    // A landed file keeps its link slot: deleting its record must not make room for another file.
+    if !result? {
+        release_link_slot(state, &caller, &id).await;
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -574,7 +588,13 @@ async fn append(
             format!("{len} bytes at offset {offset} pass the upload's length ({size})"),
         ));
     }
-    let body = client_body(payload, state).map_err(from_payload);
+    let received = state
+        .metrics
+        .tus_received_bytes
+        .with_label_values(&[&caller.name]);
+    let body = client_body(payload, state)
+        .map_err(from_payload)
+        .inspect_ok(move |chunk| received.inc_by(chunk.len() as u64));
     let pipeline = state.pipeline.acting_as(&caller.principal);
     let appended = match checksum {
         None => pipeline.append(&mut record.upload, &mut pending, body).await,
@@ -712,6 +732,51 @@ async fn append(
                 .with_label_values(&["failed", &caller.name])
                 .inc();
             Err(err)
+        }
+    }
+}
+
+/// The store's set of uploads made through a link with `max_files` (see `take_link_slot`).
+fn link_files_key(link_id: &str) -> String {
+    format!("link-files:{link_id}")
+}
+
+/// A link with `max_files` counts the uploads made through it in the state store (shared by the
+/// replicas with Redis): each upload takes a slot until the link expires, and gives it back only when
+/// it is terminated (DELETE) or its creation fails. The token itself stays stateless.
+async fn take_link_slot(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let Some((link, max)) = caller.link().and_then(|l| Some((l, l.max_files?))) else {
+        return Ok(());
+    };
+    let counted = state
+        .store
+        .open_upload(
+            &link_files_key(&link.id),
+            id,
+            link.expires_at,
+            now_secs(),
+            max as usize,
+        )
+        .await?;
+    if counted {
+        return Ok(());
+    }
+    state
+        .metrics
+        .access_refused
+        .with_label_values(&[&caller.name, "link_files_exhausted"])
+        .inc();
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "link_files_exhausted",
+        format!("this upload link accepts at most {max} files, and that many have been uploaded through it"),
+    ))
+}
+
+async fn release_link_slot(state: &AppState, caller: &Caller, id: &str) {
+    if let Some(link) = caller.link().filter(|l| l.max_files.is_some()) {
+        if let Err(err) = state.store.close_upload(&link_files_key(&link.id), id).await {
+            tracing::warn!(upload_id = %id, error = %err, "an upload link's file slot stays taken");
         }
     }
 }

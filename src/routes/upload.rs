@@ -313,6 +313,12 @@ async fn upload(
     size: Size,
     body: Body,
 ) -> Result<UploadOutcome, ApiError> {
+    // A link's uploads go through tus, where its `max_files` is counted.
+    if caller.link().is_some() {
+        return Err(crate::access::link_not_allowed(
+            "an upload link uploads through the resumable endpoints (/v1/tus/), as its page does",
+        ));
+    }
     tracker.set_target(&target);
     let received = tracker.received.clone();
     let body: Body = body

@@ -13,6 +13,7 @@ mod gateway_ready;
 mod gateway_sizes;
 pub mod helpers;
 mod hostile;
+mod page;
 pub mod python;
 mod soak;
 mod soak_tus;
