@@ -121,6 +121,14 @@ pub struct Settings {
     pub tus_max_pending_bytes: u64,
     /// Open (not landed, not expired) tus uploads per API key (or per token, without a key).
     pub tus_max_open_uploads_per_key: usize,
+    /// Box calls per minute per Box principal (service account, `As-User`, token), all replicas
+    /// together (`BOX_RATE_CALLS_PER_MINUTE`); 0: not paced. Box allows about 1,000.
+    pub box_rate_calls_per_minute: u32,
+    /// Upload calls (new sessions, direct uploads) per minute per principal, all replicas together
+    /// (`BOX_RATE_UPLOADS_PER_MINUTE`); 0: not paced. Box allows about 240.
+    pub box_rate_uploads_per_minute: u32,
+    /// How long a new upload may wait for Box capacity before 503 `box_rate_limited`.
+    pub box_rate_wait_secs: u64,
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -206,6 +214,10 @@ impl Default for Settings {
             // 8 MiB; an amount a Redis beside the gateway can spare without a dedicated instance.
             tus_max_pending_bytes: 1024 * 1024 * 1024,
             tus_max_open_uploads_per_key: 100,
+            // A little under Box's 1,000 and 240: room for the readiness checks and for clocks.
+            box_rate_calls_per_minute: 900,
+            box_rate_uploads_per_minute: 220,
+            box_rate_wait_secs: 10,
         }
     }
 }
@@ -306,6 +318,18 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));
             }
+        }
+        if self.box_rate_calls_per_minute > 0 && self.box_rate_uploads_per_minute > self.box_rate_calls_per_minute {
+            problems.push(format!(
+                "box_rate_uploads_per_minute: {} is above box_rate_calls_per_minute ({}); every upload call is a call too",
+                self.box_rate_uploads_per_minute, self.box_rate_calls_per_minute
+            ));
+        }
+        if self.box_rate_wait_secs > 3600 {
+            problems.push(format!(
+                "box_rate_wait_secs: {} is over an hour; a client would rather hear 503 and Retry-After",
+                self.box_rate_wait_secs
+            ));
         }
         if self.box_call_deadline_secs < self.box_request_timeout_secs {
             problems.push(format!(
@@ -425,6 +449,11 @@ impl Settings {
                 idempotency_claim: Duration::from_secs(self.idempotency_claim_secs),
                 tus_max_pending_bytes: self.tus_max_pending_bytes,
                 tus_max_open_uploads_per_key: self.tus_max_open_uploads_per_key,
+                pacer: crate::box_api::PacerSettings {
+                    calls_per_minute: self.box_rate_calls_per_minute,
+                    uploads_per_minute: self.box_rate_uploads_per_minute,
+                    wait: Duration::from_secs(self.box_rate_wait_secs),
+                },
             }),
             _ => Err(problems),
         }
@@ -627,6 +656,8 @@ pub struct ValidSettings {
     /// 0: no unfinished part may be kept (every PATCH must end on a part boundary or the end).
     pub tus_max_pending_bytes: u64,
     pub tus_max_open_uploads_per_key: usize,
+    /// Box's rate limits as the pacer keeps them.
+    pub pacer: crate::box_api::PacerSettings,
 }
 
 #[cfg(test)]

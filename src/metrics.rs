@@ -58,6 +58,18 @@ pub struct GatewayMetrics {
     /// 1 while the last background check reached Box (any answer below 500), 0 while it did not.
     /// Readiness does not follow it (a Box outage would empty the Service): an alert does.
     pub box_reachable: IntGauge,
+    /// Time waited for Box capacity (the pacer), by `kind` (admission: a new upload, bounded by
+    /// `box_rate_wait_secs` | call: a call of an upload under way, or a check).
+    pub box_rate_wait: HistogramVec,
+    /// 429s Box answered, by `endpoint`.
+    pub box_rate_limited: IntCounterVec,
+    /// Box calls sent, by `principal` (12 hex digits of a SHA-256 of whom Box counts them against).
+    pub box_calls_by_principal: IntCounterVec,
+    /// New uploads refused with 503 `box_rate_limited` (no Box capacity within the wait), by `key`.
+    pub box_rate_refused: IntCounterVec,
+    /// Uploads refused with 429 `rate_limited` by their key's own quota, by `key` and `quota`
+    /// (uploads_per_minute|bytes_per_day).
+    pub key_quota_refused: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -201,6 +213,42 @@ impl GatewayMetrics {
                 "gateway_box_reachable",
                 "1 when the last background check reached Box, 0 when it did not (timeout, connection, 5xx).",
             )?,
+            box_rate_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_box_rate_wait_seconds",
+                    "Time waited for Box capacity under the rate limits, by kind (admission: a new upload | call: a call of an upload under way or a check).",
+                )
+                .buckets(exponential_buckets(0.001, 3.0, 12)?), // 1 ms .. ~3 min
+                &["kind"],
+            )?,
+            box_rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_rate_limited_total",
+                    "429 answers from Box, by endpoint.",
+                ),
+                &["endpoint"],
+            )?,
+            box_calls_by_principal: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_calls_by_principal_total",
+                    "Box calls sent, by principal (a short SHA-256 of the user Box counts them against).",
+                ),
+                &["principal"],
+            )?,
+            box_rate_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_rate_refused_total",
+                    "New uploads refused with 503 box_rate_limited (no Box capacity within box_rate_wait_secs), by API key name.",
+                ),
+                &["key"],
+            )?,
+            key_quota_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_key_quota_refused_total",
+                    "Uploads refused with 429 rate_limited by their API key's quota, by key name and quota (uploads_per_minute|bytes_per_day).",
+                ),
+                &["key", "quota"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -225,6 +273,11 @@ impl GatewayMetrics {
         registry.register(Box::new(m.tus_pending_bytes.clone()))?;
         registry.register(Box::new(m.integrity_cleanups.clone()))?;
         registry.register(Box::new(m.box_reachable.clone()))?;
+        registry.register(Box::new(m.box_rate_wait.clone()))?;
+        registry.register(Box::new(m.box_rate_limited.clone()))?;
+        registry.register(Box::new(m.box_calls_by_principal.clone()))?;
+        registry.register(Box::new(m.box_rate_refused.clone()))?;
+        registry.register(Box::new(m.key_quota_refused.clone()))?;
         Ok(m)
     }
 }

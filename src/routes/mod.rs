@@ -50,6 +50,8 @@ pub struct AppState {
     pub idempotency_window: std::time::Duration,
     /// How long a claim on an `Idempotency-Key` lasts unless its holder extends it.
     pub idempotency_claim: std::time::Duration,
+    /// Box's rate limits: new uploads are admitted through it (`upload::admit_upload`).
+    pub pacer: Arc<crate::box_api::Pacer>,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted
