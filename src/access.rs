@@ -480,7 +480,12 @@ impl Access {
             return Ok(());
         };
         let (what, per, window_ms, amount) = match cost {
-            QuotaCost::Upload => ("uploads_per_minute", quota.uploads_per_minute.map(u64::from), 60_000.0, 1),
+            QuotaCost::Upload => (
+                "uploads_per_minute",
+                quota.uploads_per_minute.map(u64::from),
+                60_000.0,
+                1,
+            ),
             QuotaCost::Bytes(n) => ("bytes_per_day", quota.bytes_per_day, 86_400_000.0, n),
         };
         let Some(per) = per else { return Ok(()) };
@@ -500,7 +505,10 @@ impl Access {
             ],
             recovery_ms: 0,
         };
-        let wait = match store.rate_take(&format!("quota:{what}:{}", caller.name), take).await {
+        let wait = match store
+            .rate_take(&format!("quota:{what}:{}", caller.name), take)
+            .await
+        {
             Ok(wait) => wait,
             Err(err) => {
                 tracing::warn!(key = %caller.name, error = %err, "the state store could not check a key's quota; the upload goes");

@@ -319,7 +319,9 @@ impl Settings {
                 problems.push(format!("{key}: must be at least 1"));
             }
         }
-        if self.box_rate_calls_per_minute > 0 && self.box_rate_uploads_per_minute > self.box_rate_calls_per_minute {
+        if self.box_rate_calls_per_minute > 0
+            && self.box_rate_uploads_per_minute > self.box_rate_calls_per_minute
+        {
             problems.push(format!(
                 "box_rate_uploads_per_minute: {} is above box_rate_calls_per_minute ({}); every upload call is a call too",
                 self.box_rate_uploads_per_minute, self.box_rate_calls_per_minute

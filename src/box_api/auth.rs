@@ -103,7 +103,10 @@ impl TokenProvider for StaticToken {
     /// A caller's own token (pass-through): each token is its own principal, known by its digest.
     fn principal_id(&self) -> String {
         use sha2::Digest;
-        format!("token:{}", hex::encode(sha2::Sha256::digest(self.0.expose().as_bytes())))
+        format!(
+            "token:{}",
+            hex::encode(sha2::Sha256::digest(self.0.expose().as_bytes()))
+        )
     }
 }
 
@@ -358,7 +361,9 @@ impl TokenProvider for MintedToken {
     /// The subject the grant mints tokens for: each is its own user at Box.
     fn principal_id(&self) -> String {
         match &self.grant {
-            Grant::ClientCredentials { client_id, subject, .. } => {
+            Grant::ClientCredentials {
+                client_id, subject, ..
+            } => {
                 format!("cc:{client_id}:{}:{}", subject.kind.as_str(), subject.id)
             }
             Grant::Jwt { subject: Some(s), .. } => format!("jwt:{}:{}", s.kind.as_str(), s.id),

@@ -145,7 +145,9 @@ impl Fair {
 
     /// Removes `ticket` of `who`; `served`: its key's turn is over (it goes to the back).
     fn remove(&mut self, who: &Arc<str>, ticket: u64, served: bool) {
-        let Some(queue) = self.waiting.get_mut(who) else { return };
+        let Some(queue) = self.waiting.get_mut(who) else {
+            return;
+        };
         let before = queue.len();
         queue.retain(|t| *t != ticket);
         self.count -= before - queue.len();
@@ -193,7 +195,9 @@ impl Pacer {
             now_ms: now_ms(),
             lanes: [
                 Self::lane(self.settings.calls_per_minute),
-                upload.then(|| Self::lane(self.settings.uploads_per_minute)).flatten(),
+                upload
+                    .then(|| Self::lane(self.settings.uploads_per_minute))
+                    .flatten(),
             ],
             recovery_ms: RECOVERY.as_millis() as u64,
         }
@@ -288,20 +292,14 @@ impl Pacer {
         self.observe("admission", waited);
         let interval = 60.0 / self.settings.uploads_per_minute.max(1) as f64;
         let retry_after = Duration::from_secs_f64((interval * waiting.max(1) as f64).clamp(1.0, 60.0));
-        self.metrics
-            .box_rate_refused
-            .with_label_values(&[&who])
-            .inc();
+        self.metrics.box_rate_refused.with_label_values(&[&who]).inc();
         Err(NoCapacity { waited, retry_after })
     }
 
     /// Box answered 429 to a call for `key`: every replica pauses that principal until `retry_after`
     /// and slows down.
     pub async fn throttled(&self, key: &PaceKey, endpoint: &'static str, retry_after: Option<Duration>) {
-        self.metrics
-            .box_rate_limited
-            .with_label_values(&[endpoint])
-            .inc();
+        self.metrics.box_rate_limited.with_label_values(&[endpoint]).inc();
         let now = now_ms();
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
         let throttle = RateThrottle {
@@ -311,7 +309,12 @@ impl Pacer {
             grace_ms: THROTTLE_GRACE.as_millis() as u64,
             floor: FLOOR,
         };
-        tracing::warn!(endpoint, principal = key.label(), ?pause, "Box answered 429: the principal is paused and slowed down");
+        tracing::warn!(
+            endpoint,
+            principal = key.label(),
+            ?pause,
+            "Box answered 429: the principal is paused and slowed down"
+        );
         if let Err(err) = self.store.rate_throttle(&key.key, throttle).await {
             tracing::warn!(error = %err, "the state store could not record Box's 429");
         }

@@ -113,7 +113,11 @@ pub trait StateStore: Send + Sync + 'static {
     /// all or none (atomic): 0 when taken, else the milliseconds to wait before asking again.
     fn rate_take<'a>(&'a self, key: &'a str, take: rate::RateTake) -> BoxFuture<'a, StoreResult<u64>>;
     /// Box answered 429 for the principal under `key`: pauses it and lowers its rate (atomic).
-    fn rate_throttle<'a>(&'a self, key: &'a str, throttle: rate::RateThrottle) -> BoxFuture<'a, StoreResult<()>>;
+    fn rate_throttle<'a>(
+        &'a self,
+        key: &'a str,
+        throttle: rate::RateThrottle,
+    ) -> BoxFuture<'a, StoreResult<()>>;
 }
 
 /// The store the settings ask for: Redis when `redis_url` is set, else the embedded file.
@@ -219,7 +223,11 @@ async fn check_rates(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
     assert_eq!(store.rate_take(&key, take(now, true)).await.unwrap(), 1000);
     assert_eq!(store.rate_take(&key, take(now, false)).await.unwrap(), 0);
     assert_eq!(store.rate_take(&key, take(now, false)).await.unwrap(), 1000);
-    assert_eq!(store.rate_take(&k("other"), take(now, true)).await.unwrap(), 0, "per key");
+    assert_eq!(
+        store.rate_take(&k("other"), take(now, true)).await.unwrap(),
+        0,
+        "per key"
+    );
     assert_eq!(store.rate_take(&key, take(now + 1000, false)).await.unwrap(), 0);
     let throttle = RateThrottle {
         now_ms: now + 1000,
@@ -229,7 +237,11 @@ async fn check_rates(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
         floor: 0.1,
     };
     store.rate_throttle(&key, throttle).await.unwrap();
-    assert_eq!(store.rate_take(&key, take(now + 2000, false)).await.unwrap(), 4000, "paused");
+    assert_eq!(
+        store.rate_take(&key, take(now + 2000, false)).await.unwrap(),
+        4000,
+        "paused"
+    );
     // After the pause, at about half the rate: the burst, then an interval of about 2 s.
     assert_eq!(store.rate_take(&key, take(now + 6000, false)).await.unwrap(), 0);
     assert_eq!(store.rate_take(&key, take(now + 6000, false)).await.unwrap(), 0);
