@@ -95,7 +95,8 @@ impl Admission {
 #[derive(Debug, Clone, Copy)]
 pub struct NoCapacity {
     pub waited: Duration,
-    /// A fair guess of when capacity may be there: the upload interval times the uploads waiting.
+    /// A fair guess of when capacity may be there: the upload interval times the uploads waiting
+    /// ahead of this one.
     pub retry_after: Duration,
 }
 
@@ -136,6 +137,14 @@ impl Fair {
         entry.push_back(ticket);
         self.count += 1;
         ticket
+    }
+
+    /// Tickets that came before `ticket` and still wait.
+    fn ahead_of(&self, ticket: u64) -> usize {
+        self.waiting
+            .values()
+            .map(|q| q.iter().filter(|t| **t < ticket).count())
+            .sum()
     }
 
     fn head(&self) -> Option<u64> {
@@ -286,12 +295,22 @@ impl Pacer {
                 let _ = tokio::time::timeout_at(deadline.min(now + MAX_NAP), notified).await;
             }
         }
-        let waiting = queue.state.lock().unwrap_or_else(|p| p.into_inner()).count;
+        // Each refused upload is told when its turn would have come (its place in the queue), so
+        // the refused come back spread out and keep the budget busy, not all at once.
+        let ahead = queue
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ahead_of(ticket);
         drop(guard);
         let waited = started.elapsed();
         self.observe("admission", waited);
-        let interval = 60.0 / self.settings.uploads_per_minute.max(1) as f64;
-        let retry_after = Duration::from_secs_f64((interval * waiting.max(1) as f64).clamp(1.0, 60.0));
+        let per_minute = match self.settings.uploads_per_minute {
+            0 => self.settings.calls_per_minute,
+            n => n,
+        };
+        let interval = 60.0 / per_minute.max(1) as f64;
+        let retry_after = Duration::from_secs_f64((interval * (ahead + 1) as f64).clamp(1.0, 60.0));
         self.metrics.box_rate_refused.with_label_values(&[&who]).inc();
         Err(NoCapacity { waited, retry_after })
     }

@@ -14,6 +14,7 @@ mod gateway_sizes;
 pub mod helpers;
 mod hostile;
 pub mod python;
+mod rate_limits;
 mod soak;
 mod soak_tus;
 mod tus;
