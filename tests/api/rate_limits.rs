@@ -213,7 +213,7 @@ async fn an_occasional_key_is_not_starved_by_a_hammering_one() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let occasional = run(
-        &[app.address.clone()],
+        std::slice::from_ref(&app.address),
         1,
         Some("secret-occasional"),
         Duration::from_secs(3),
