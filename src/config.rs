@@ -685,6 +685,43 @@ mod tests {
     }
 
     #[test]
+    fn box_rate_limits_are_checked() {
+        let bad = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            box_rate_calls_per_minute: 100,
+            box_rate_uploads_per_minute: 200,
+            box_rate_wait_secs: 7200,
+            ..Default::default()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        assert!(problems.contains("box_rate_uploads_per_minute"), "{problems}");
+        assert!(problems.contains("box_rate_wait_secs"), "{problems}");
+        let ok = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let pacer = ok.validate().unwrap().pacer;
+        assert_eq!((pacer.calls_per_minute, pacer.uploads_per_minute), (900, 220));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BOX_RATE_CALLS_PER_MINUTE", "500");
+            jail.set_env("BOX_RATE_UPLOADS_PER_MINUTE", "100");
+            jail.set_env("BOX_RATE_WAIT_SECS", "3");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.box_rate_calls_per_minute,
+                    s.box_rate_uploads_per_minute,
+                    s.box_rate_wait_secs
+                ),
+                (500, 100, 3)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn every_problem_is_named() {
         let bad = Settings {
             listen: "nowhere".into(),

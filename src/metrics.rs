@@ -63,7 +63,8 @@ pub struct GatewayMetrics {
     pub box_rate_wait: HistogramVec,
     /// 429s Box answered, by `endpoint`.
     pub box_rate_limited: IntCounterVec,
-    /// Box calls sent, by `principal` (12 hex digits of a SHA-256 of whom Box counts them against).
+    /// Box calls sent, by `principal` (12 hex digits of a SHA-256 of whom Box counts them against;
+    /// `passthrough` for all callers' own tokens together, so the series stay few).
     pub box_calls_by_principal: IntCounterVec,
     /// New uploads refused with 503 `box_rate_limited` (no Box capacity within the wait), by `key`.
     pub box_rate_refused: IntCounterVec,
