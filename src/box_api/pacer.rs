@@ -205,11 +205,19 @@ impl Pacer {
         })
     }
 
-    fn take_of(&self, upload: bool) -> RateTake {
+    /// `admission`: a new upload, which gets a call only while half the call burst is left for the
+    /// calls of uploads under way. Those come first: when their parts fill the call budget, new
+    /// uploads wait (and are refused after `wait`) instead of queueing behind them, so the calls of
+    /// an upload under way never wait long (far less than `box_call_deadline_secs`).
+    fn take_of(&self, upload: bool, admission: bool) -> RateTake {
+        let mut calls = Self::lane(self.settings.calls_per_minute);
+        if let (Some(lane), true) = (&mut calls, admission) {
+            lane.burst = (lane.burst / 2.0).floor().max(1.0);
+        }
         RateTake {
             now_ms: now_ms(),
             lanes: [
-                Self::lane(self.settings.calls_per_minute),
+                calls,
                 upload
                     .then(|| Self::lane(self.settings.uploads_per_minute))
                     .flatten(),
@@ -219,8 +227,8 @@ impl Pacer {
     }
 
     /// One try: 0 (taken) or the milliseconds to wait. A store that fails lets the call go.
-    async fn try_take(&self, key: &PaceKey, upload: bool) -> u64 {
-        let take = self.take_of(upload);
+    async fn try_take(&self, key: &PaceKey, upload: bool, admission: bool) -> u64 {
+        let take = self.take_of(upload, admission);
         if take.lanes.iter().all(Option::is_none) {
             return 0;
         }
@@ -238,7 +246,7 @@ impl Pacer {
     pub async fn call(&self, key: &PaceKey, upload: bool) {
         let started = tokio::time::Instant::now();
         loop {
-            let wait = self.try_take(key, upload).await;
+            let wait = self.try_take(key, upload, false).await;
             if wait == 0 {
                 break;
             }
@@ -281,7 +289,7 @@ impl Pacer {
             let head = queue.state.lock().unwrap_or_else(|p| p.into_inner()).head() == Some(ticket);
             let now = tokio::time::Instant::now();
             if head {
-                let wait = self.try_take(key, true).await;
+                let wait = self.try_take(key, true, true).await;
                 if wait == 0 {
                     guard.served = true;
                     drop(guard);
@@ -435,6 +443,32 @@ mod tests {
         assert_eq!(fair.head(), Some(2));
         fair.remove(&h, 2, true);
         assert_eq!((fair.head(), fair.count, fair.turns.len()), (None, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn calls_of_uploads_under_way_come_before_new_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StateStore> =
+            Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
+        let settings = PacerSettings {
+            calls_per_minute: 60, // one a second, two at once
+            uploads_per_minute: 600,
+            wait: Duration::from_millis(300),
+        };
+        let pacer = Pacer::new(store, settings, metrics);
+        let key = PaceKey::of("gateway", None);
+        let started = tokio::time::Instant::now();
+        pacer.call(&key, false).await;
+        // Half the call burst is spent: a new upload waits (and is refused after the wait) ...
+        assert!(pacer.admit(&key, "k").await.is_err());
+        // ... while a call of an upload under way still goes at once.
+        pacer.call(&key, false).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
