@@ -332,3 +332,67 @@ async fn the_emulator_enforces_box_limits_per_user() {
     assert_eq!(upload(Some("42"), "b0".into()).await.unwrap().status(), 201);
     assert_eq!(app.emulator.inspect().counters.rate_limited, 1);
 }
+
+/// A 429 from Box pauses its user for every upload (not only the one that met it) until its
+/// Retry-After: an upload sent during the pause waits for it instead of meeting Box's 429 too, and
+/// the one that met the 429 lands after its retry, never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_from_box_pauses_the_principal_for_every_upload() {
+    use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultRule};
+    let mut o = limited(None, 10, vec![]);
+    o.faults.rate_calls_per_minute = None;
+    o.faults.rate_uploads_per_minute = None;
+    o.faults.rules = vec![FaultRule {
+        endpoint: Endpoint::DirectUpload,
+        nth: Some(1),
+        fraction: None,
+        seed: None,
+        times: Some(1),
+        action: FaultAction::Status {
+            status: 429,
+            code: None,
+            message: None,
+            retry_after: Some(3),
+        },
+    }];
+    let app = spawn_app_with(o).await;
+    let put = |name: &'static str| {
+        app.http
+            .put(format!("{}/v1/folders/0/files/{name}", app.address))
+            .body(vec![1u8; 100])
+            .send()
+    };
+    let first = tokio::spawn(put("first"));
+    // The first upload has met its 429 (the pause runs for 3 s from then).
+    for _ in 0..100 {
+        if app
+            .metrics
+            .box_rate_limited
+            .with_label_values(&["direct_upload"])
+            .get()
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = Instant::now();
+    let second = put("second").await.unwrap();
+    let waited = sent.elapsed();
+    assert_eq!(second.status(), 201);
+    assert_eq!(
+        first.await.unwrap().unwrap().status(),
+        201,
+        "the upload that met the 429 landed"
+    );
+    // Without the pause it would have landed in milliseconds; with it, not before the pause ends.
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert_eq!(
+        app.metrics
+            .box_rate_limited
+            .with_label_values(&["direct_upload"])
+            .get(),
+        1
+    );
+    assert_eq!(app.emulator.inspect().counters.faults_fired, 1, "one 429 in all");
+}
