@@ -332,7 +332,6 @@ impl Pacer {
     /// Box answered 429 to a call for `key`: every replica pauses that principal until `retry_after`
     /// and slows down.
     pub async fn throttled(&self, key: &PaceKey, endpoint: &'static str, retry_after: Option<Duration>) {
-        self.metrics.box_rate_limited.with_label_values(&[endpoint]).inc();
         let now = now_ms();
         let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
         let throttle = RateThrottle {
@@ -351,6 +350,8 @@ impl Pacer {
         if let Err(err) = self.store.rate_throttle(&key.key, throttle).await {
             tracing::warn!(error = %err, "the state store could not record Box's 429");
         }
+        // Counted once the pause is in the store: whoever sees the count also sees the pause.
+        self.metrics.box_rate_limited.with_label_values(&[endpoint]).inc();
     }
 
     fn queue(&self, key: &PaceKey) -> Arc<FairQueue> {
