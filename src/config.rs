@@ -158,6 +158,14 @@ pub struct Settings {
     pub upload_link_max_expiry_secs: u64,
     /// The upload page sends files in PATCHes of this many bytes.
     pub upload_page_chunk_bytes: u64,
+    /// Box calls per minute per Box principal (service account, `As-User`, token), all replicas
+    /// together (`BOX_RATE_CALLS_PER_MINUTE`); 0: not paced. Box allows about 1,000.
+    pub box_rate_calls_per_minute: u32,
+    /// Upload calls (new sessions, direct uploads) per minute per principal, all replicas together
+    /// (`BOX_RATE_UPLOADS_PER_MINUTE`); 0: not paced. Box allows about 240.
+    pub box_rate_uploads_per_minute: u32,
+    /// How long a new upload may wait for Box capacity before 503 `box_rate_limited`.
+    pub box_rate_wait_secs: u64,
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -258,6 +266,10 @@ impl Default for Settings {
             upload_link_max_expiry_secs: 30 * 24 * 3600,
             // Box's usual part size: a PATCH fills a part; a cut one is kept up to where it broke.
             upload_page_chunk_bytes: 8 * 1024 * 1024,
+            // A little under Box's 1,000 and 240: room for the readiness checks and for clocks.
+            box_rate_calls_per_minute: 900,
+            box_rate_uploads_per_minute: 220,
+            box_rate_wait_secs: 10,
         }
     }
 }
@@ -358,6 +370,20 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{key}: must be at least 1"));
             }
+        }
+        if self.box_rate_calls_per_minute > 0
+            && self.box_rate_uploads_per_minute > self.box_rate_calls_per_minute
+        {
+            problems.push(format!(
+                "box_rate_uploads_per_minute: {} is above box_rate_calls_per_minute ({}); every upload call is a call too",
+                self.box_rate_uploads_per_minute, self.box_rate_calls_per_minute
+            ));
+        }
+        if self.box_rate_wait_secs > 3600 {
+            problems.push(format!(
+                "box_rate_wait_secs: {} is over an hour; a client would rather hear 503 and Retry-After",
+                self.box_rate_wait_secs
+            ));
         }
         if self.box_call_deadline_secs < self.box_request_timeout_secs {
             problems.push(format!(
@@ -510,6 +536,11 @@ impl Settings {
                 public_base_url,
                 upload_link_max_expiry: Duration::from_secs(self.upload_link_max_expiry_secs),
                 upload_page_chunk_bytes: self.upload_page_chunk_bytes,
+                pacer: crate::box_api::PacerSettings {
+                    calls_per_minute: self.box_rate_calls_per_minute,
+                    uploads_per_minute: self.box_rate_uploads_per_minute,
+                    wait: Duration::from_secs(self.box_rate_wait_secs),
+                },
             }),
             _ => Err(problems),
         }
@@ -831,6 +862,8 @@ pub struct ValidSettings {
     pub public_base_url: Option<String>,
     pub upload_link_max_expiry: Duration,
     pub upload_page_chunk_bytes: u64,
+    /// Box's rate limits as the pacer keeps them.
+    pub pacer: crate::box_api::PacerSettings,
 }
 
 #[cfg(test)]
@@ -853,6 +886,43 @@ mod tests {
             ok.validate().unwrap().box_urls.upload,
             "https://upload.box.com/api/2.0"
         );
+    }
+
+    #[test]
+    fn box_rate_limits_are_checked() {
+        let bad = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            box_rate_calls_per_minute: 100,
+            box_rate_uploads_per_minute: 200,
+            box_rate_wait_secs: 7200,
+            ..Default::default()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        assert!(problems.contains("box_rate_uploads_per_minute"), "{problems}");
+        assert!(problems.contains("box_rate_wait_secs"), "{problems}");
+        let ok = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let pacer = ok.validate().unwrap().pacer;
+        assert_eq!((pacer.calls_per_minute, pacer.uploads_per_minute), (900, 220));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BOX_RATE_CALLS_PER_MINUTE", "500");
+            jail.set_env("BOX_RATE_UPLOADS_PER_MINUTE", "100");
+            jail.set_env("BOX_RATE_WAIT_SECS", "3");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.box_rate_calls_per_minute,
+                    s.box_rate_uploads_per_minute,
+                    s.box_rate_wait_secs
+                ),
+                (500, 100, 3)
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -64,6 +64,22 @@ impl ApiError {
         }
     }
 
+    /// 503 `box_rate_limited`: no Box capacity for this principal within `box_rate_wait_secs`;
+    /// nothing was read or sent. `Retry-After`: when capacity may be there.
+    pub fn box_rate_limited(waited: std::time::Duration, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after.as_secs().max(1)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "box_rate_limited",
+                format!(
+                    "Box's rate limit for this principal left no room within box_rate_wait_secs ({}s); nothing was sent: try again after Retry-After",
+                    waited.as_secs()
+                ),
+            )
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
@@ -73,6 +89,8 @@ impl ApiError {
         match (self.status.as_u16(), self.code) {
             // The gateway's own limits (budget, spool), not Box: told apart for the error-ratio alert.
             (_, "busy" | "budget_too_small" | "insufficient_storage") => "gateway_busy",
+            // Limits doing their work (Box's, a key's quota): told apart from failures too.
+            (_, "box_rate_limited" | "rate_limited") => "rate_limited",
             _ => self.outcome_by_status(),
         }
     }

@@ -77,6 +77,19 @@ pub struct GatewayMetrics {
     /// Bytes of tus PATCH bodies received from clients (a chunk sent again counts again), by `key`:
     /// against what landed, it shows how much resuming saved.
     pub tus_received_bytes: IntCounterVec,
+    /// Time waited for Box capacity (the pacer), by `kind` (admission: a new upload, bounded by
+    /// `box_rate_wait_secs` | call: a call of an upload under way, or a check).
+    pub box_rate_wait: HistogramVec,
+    /// 429s Box answered, by `endpoint`.
+    pub box_rate_limited: IntCounterVec,
+    /// Box calls sent, by `principal` (12 hex digits of a SHA-256 of whom Box counts them against;
+    /// `passthrough` for all callers' own tokens together, so the series stay few).
+    pub box_calls_by_principal: IntCounterVec,
+    /// New uploads refused with 503 `box_rate_limited` (no Box capacity within the wait), by `key`.
+    pub box_rate_refused: IntCounterVec,
+    /// Uploads refused with 429 `rate_limited` by their key's own quota, by `key` and `quota`
+    /// (uploads_per_minute|bytes_per_day).
+    pub key_quota_refused: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -267,6 +280,42 @@ impl GatewayMetrics {
                 ),
                 &["key"],
             )?,
+            box_rate_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_box_rate_wait_seconds",
+                    "Time waited for Box capacity under the rate limits, by kind (admission: a new upload | call: a call of an upload under way or a check).",
+                )
+                .buckets(exponential_buckets(0.001, 3.0, 12)?), // 1 ms .. ~3 min
+                &["kind"],
+            )?,
+            box_rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_rate_limited_total",
+                    "429 answers from Box, by endpoint.",
+                ),
+                &["endpoint"],
+            )?,
+            box_calls_by_principal: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_calls_by_principal_total",
+                    "Box calls sent, by principal (a short SHA-256 of the user Box counts them against).",
+                ),
+                &["principal"],
+            )?,
+            box_rate_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_rate_refused_total",
+                    "New uploads refused with 503 box_rate_limited (no Box capacity within box_rate_wait_secs), by API key name.",
+                ),
+                &["key"],
+            )?,
+            key_quota_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_key_quota_refused_total",
+                    "Uploads refused with 429 rate_limited by their API key's quota, by key name and quota (uploads_per_minute|bytes_per_day).",
+                ),
+                &["key", "quota"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -299,6 +348,11 @@ impl GatewayMetrics {
         registry.register(Box::new(m.webhook_outbox_oldest_age.clone()))?;
         registry.register(Box::new(m.upload_links.clone()))?;
         registry.register(Box::new(m.tus_received_bytes.clone()))?;
+        registry.register(Box::new(m.box_rate_wait.clone()))?;
+        registry.register(Box::new(m.box_rate_limited.clone()))?;
+        registry.register(Box::new(m.box_calls_by_principal.clone()))?;
+        registry.register(Box::new(m.box_rate_refused.clone()))?;
+        registry.register(Box::new(m.key_quota_refused.clone()))?;
         Ok(m)
     }
 }

@@ -12,7 +12,7 @@ use prometheus::Registry;
 
 use crate::access::Access;
 use crate::box_api::{
-    BoxClient, DeveloperToken, Grant, MintedToken, NoCredentials, Principal, Secret, TokenProvider,
+    BoxClient, DeveloperToken, Grant, MintedToken, NoCredentials, Pacer, Principal, Secret, TokenProvider,
 };
 use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
@@ -105,6 +105,17 @@ impl Application {
             },
             metrics.clone(),
         );
+        let store = crate::state::open(
+            settings.redis_url.as_ref().map(Secret::expose),
+            &settings.state_dir,
+        )
+        .map_err(std::io::Error::other)?;
+        tracing::info!(
+            state_store = store.kind(),
+            "state store for resumable uploads, idempotency keys, rate limits and the webhook outbox"
+        );
+        // Box's rate limits, per principal, shared by the replicas through the state store.
+        let pacer = Arc::new(Pacer::new(store.clone(), settings.pacer, metrics.clone()));
         let client = BoxClient::new(
             http.clone(),
             settings.box_urls.clone(),
@@ -115,7 +126,8 @@ impl Application {
             settings.retry.clone(),
             metrics.clone(),
         )
-        .acting_as_user(settings.box_as_user.as_deref());
+        .acting_as_user(settings.box_as_user.as_deref())
+        .with_pacer(pacer.clone());
         let access = access
             .with_token_check(client.clone())
             .with_upload_links(crate::access::LinkKeys::new(settings.upload_link_secrets.clone()));
@@ -146,15 +158,6 @@ impl Application {
             metrics.clone(),
             tokio::runtime::Handle::current(),
             lifecycle.stop_uploads(),
-        );
-        let store = crate::state::open(
-            settings.redis_url.as_ref().map(Secret::expose),
-            &settings.state_dir,
-        )
-        .map_err(std::io::Error::other)?;
-        tracing::info!(
-            state_store = store.kind(),
-            "state store for resumable uploads and idempotency keys"
         );
         let events = Arc::new(crate::events::Events::new(
             store.clone(),
@@ -198,6 +201,7 @@ impl Application {
                 max_expiry: settings.upload_link_max_expiry,
                 page_chunk_bytes: settings.upload_page_chunk_bytes,
             },
+            pacer,
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =

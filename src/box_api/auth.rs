@@ -75,6 +75,11 @@ pub trait TokenProvider: Send + Sync + 'static {
     fn token(&self) -> BoxFuture<'_, Result<Secret, BoxError>>;
     /// Box answered 401 to `token`: forget it. Returns whether a retry with a fresh token may help.
     fn invalidate(&self, token: &Secret) -> bool;
+    /// Whom Box counts this provider's calls against (its rate limits are per user), as a string
+    /// the pacer hashes: never a secret in the clear. The default: the gateway's own credentials.
+    fn principal_id(&self) -> String {
+        "gateway".into()
+    }
 }
 
 /// A fixed token: a developer token, the emulator's, or a caller's own (pass-through). Nothing to
@@ -94,6 +99,14 @@ impl TokenProvider for StaticToken {
     }
     fn invalidate(&self, _token: &Secret) -> bool {
         false
+    }
+    /// A caller's own token (pass-through): each token is its own principal, known by its digest.
+    fn principal_id(&self) -> String {
+        use sha2::Digest;
+        format!(
+            "token:{}",
+            hex::encode(sha2::Sha256::digest(self.0.expose().as_bytes()))
+        )
     }
 }
 
@@ -344,6 +357,18 @@ impl TokenProvider for MintedToken {
             *cache = Cache::Empty;
         }
         true
+    }
+    /// The subject the grant mints tokens for: each is its own user at Box.
+    fn principal_id(&self) -> String {
+        match &self.grant {
+            Grant::ClientCredentials {
+                client_id, subject, ..
+            } => {
+                format!("cc:{client_id}:{}:{}", subject.kind.as_str(), subject.id)
+            }
+            Grant::Jwt { subject: Some(s), .. } => format!("jwt:{}:{}", s.kind.as_str(), s.id),
+            Grant::Jwt { subject: None, .. } => "jwt:enterprise".into(),
+        }
     }
 }
 

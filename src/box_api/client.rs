@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::auth::{Secret, TokenProvider};
 use super::error::{parse_retry_after, BoxError, BoxErrorKind};
+use super::pacer::{Admission, PaceKey, Pacer};
 use super::retry::RetryPolicy;
 use super::types::*;
 use crate::metrics::GatewayMetrics;
@@ -70,6 +71,13 @@ pub struct Principal {
     pub as_user: Option<String>,
 }
 
+impl Principal {
+    /// Whom Box counts this principal's calls against, for the pacer.
+    pub fn pace_key(&self) -> PaceKey {
+        PaceKey::of(&self.auth.principal_id(), self.as_user.as_deref())
+    }
+}
+
 #[derive(Clone)]
 pub struct BoxClient {
     http: reqwest::Client,
@@ -78,6 +86,12 @@ pub struct BoxClient {
     as_user: Option<Arc<str>>,
     retry: RetryPolicy,
     metrics: Arc<GatewayMetrics>,
+    /// Box's rate limits (None: calls are not paced).
+    pacer: Option<Arc<Pacer>>,
+    /// Whom Box counts this client's calls against: its token provider's principal and `As-User`.
+    pace_key: PaceKey,
+    /// A new upload's admission: its first upload call is already paid for.
+    prepaid: Option<Admission>,
 }
 
 impl BoxClient {
@@ -88,6 +102,7 @@ impl BoxClient {
         retry: RetryPolicy,
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
+        let pace_key = PaceKey::of(&auth.principal_id(), None);
         Self {
             http,
             urls: Arc::new(urls),
@@ -95,12 +110,24 @@ impl BoxClient {
             as_user: None,
             retry,
             metrics,
+            pacer: None,
+            pace_key,
+            prepaid: None,
+        }
+    }
+
+    /// The same client with its calls paced by `pacer` (Box's rate limits, shared by replicas).
+    pub fn with_pacer(self, pacer: Arc<Pacer>) -> Self {
+        Self {
+            pacer: Some(pacer),
+            ..self
         }
     }
 
     /// The same client with every call acting as `user` (`As-User`), or as itself.
     pub fn acting_as_user(self, user: Option<&str>) -> Self {
         Self {
+            pace_key: PaceKey::of(&self.auth.principal_id(), user),
             as_user: user.map(Arc::from),
             ..self
         }
@@ -111,7 +138,18 @@ impl BoxClient {
         Self {
             auth: principal.auth.clone(),
             as_user: principal.as_user.as_deref().map(Arc::from),
+            pace_key: principal.pace_key(),
+            prepaid: None,
             ..self.clone()
+        }
+    }
+
+    /// The same client for an upload admitted by the pacer: its first upload call (a new session or
+    /// a direct upload) was paid for by the admission.
+    pub fn admitted(self, admission: Admission) -> Self {
+        Self {
+            prepaid: Some(admission),
+            ..self
         }
     }
 
@@ -675,6 +713,15 @@ impl BoxClient {
         const MAX_REFRESHES: u32 = 3;
         let mut refreshes = 0;
         loop {
+            // Paced before the token is fetched: a long wait must not leave it stale.
+            if let Some(pacer) = &self.pacer {
+                // Box's upload limit counts new sessions and direct uploads (each attempt is one).
+                let upload = matches!(endpoint, "create_session" | "direct_upload");
+                if !(upload && self.prepaid.as_ref().is_some_and(Admission::take)) {
+                    pacer.call(&self.pace_key, upload).await;
+                }
+                pacer.count(&self.pace_key);
+            }
             let token = self.auth.token().await?;
             let mut request = build(&token);
             if let Some(user) = &self.as_user {
@@ -684,6 +731,13 @@ impl BoxClient {
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                if let Some(pacer) = &self.pacer {
+                    pacer
+                        .throttled(&self.pace_key, endpoint, parse_retry_after(response.headers()))
+                        .await;
+                }
             }
             let refreshable = status == StatusCode::UNAUTHORIZED && self.auth.invalidate(&token);
             if refreshable && refreshes < MAX_REFRESHES {

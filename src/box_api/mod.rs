@@ -5,6 +5,7 @@ mod auth;
 mod client;
 mod error;
 mod grants;
+mod pacer;
 mod retry;
 mod types;
 
@@ -17,5 +18,6 @@ pub use auth::{
 pub use client::{BoxClient, BoxUrls, CommitAnswer, NewUpload, Principal, Target};
 pub use error::{BoxError, BoxErrorKind};
 pub use grants::{Grant, JwtApp, Subject, SubjectType};
+pub use pacer::{Admission, NoCapacity, PaceKey, Pacer, PacerSettings};
 pub use retry::RetryPolicy;
 pub use types::{BoxErrorBody, Conflict, FileObject, SessionEndpoints, UploadPart, UploadSession};

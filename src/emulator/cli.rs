@@ -61,6 +61,12 @@ pub struct EmulatorArgs {
     /// Benchmarks only: do not write chunked-upload bytes (implies --trust-digests).
     #[arg(long)]
     pub discard_content: bool,
+    /// Box's rate limit on calls per token and As-User over any 60 s (429 rate_limit_exceeded).
+    #[arg(long)]
+    pub rate_calls_per_minute: Option<u32>,
+    /// The same for upload calls (new sessions, direct uploads).
+    #[arg(long)]
+    pub rate_uploads_per_minute: Option<u32>,
 }
 
 fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -81,6 +87,8 @@ impl EmulatorArgs {
         };
         faults.delay_ms = self.delay_ms.unwrap_or(faults.delay_ms);
         faults.bandwidth_bytes_per_sec = self.bandwidth_bytes_per_sec.or(faults.bandwidth_bytes_per_sec);
+        faults.rate_calls_per_minute = self.rate_calls_per_minute.or(faults.rate_calls_per_minute);
+        faults.rate_uploads_per_minute = self.rate_uploads_per_minute.or(faults.rate_uploads_per_minute);
         let jwt_public_keys = self
             .jwt_public_keys
             .iter()
@@ -195,10 +203,18 @@ mod tests {
             "--bandwidth-bytes-per-sec",
             "1000",
             "--trust-digests",
+            "--rate-calls-per-minute",
+            "240",
+            "--rate-uploads-per-minute",
+            "40",
             "--faults",
             r#"{"rules": [{"endpoint": "commit", "action": {"type": "parts_mismatch"}}]}"#,
         ]);
         assert_eq!(c.tokens, ["a", "b"]);
+        assert_eq!(
+            (c.faults.rate_calls_per_minute, c.faults.rate_uploads_per_minute),
+            (Some(240), Some(40))
+        );
         assert_eq!(
             (c.part_size, c.min_chunked_size, c.storage_limit_bytes),
             (Some(1 << 20), 5, Some(9))

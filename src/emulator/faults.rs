@@ -18,6 +18,13 @@ pub struct FaultPlan {
     /// Every bearer token answers 401 `invalid_token` while set.
     #[serde(default)]
     pub expire_tokens: bool,
+    /// Box's rate limit on calls, per token and `As-User`, over any 60 s: 429 `rate_limit_exceeded`
+    /// with `Retry-After` past it (box-api.md). None: no limit.
+    #[serde(default)]
+    pub rate_calls_per_minute: Option<u32>,
+    /// The same for upload calls (new sessions, direct uploads of files and versions).
+    #[serde(default)]
+    pub rate_uploads_per_minute: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

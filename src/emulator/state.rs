@@ -125,6 +125,10 @@ pub struct Counters {
     /// `DELETE /2.0/files/{id}/versions/{version_id}` that removed a version.
     #[serde(default)]
     pub versions_deleted: u64,
+    /// Calls answered 429 `rate_limit_exceeded` by the rate limits (`rate_calls_per_minute`,
+    /// `rate_uploads_per_minute`), not by fault rules.
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 #[derive(Default)]
@@ -137,7 +141,15 @@ pub struct State {
     pub counters: Counters,
     pub faults_fired: Vec<FiredFault>,
     pub as_user: Vec<String>,
+    /// Per token and `As-User`: when its calls, and its upload calls, of the last 60 s came.
+    pub rate_windows: HashMap<String, RateWindows>,
     next_id: u64,
+}
+
+#[derive(Default)]
+pub struct RateWindows {
+    pub calls: std::collections::VecDeque<Instant>,
+    pub uploads: std::collections::VecDeque<Instant>,
 }
 
 impl State {

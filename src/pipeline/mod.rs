@@ -221,6 +221,18 @@ impl Pipeline {
         }
     }
 
+    /// The same pipeline for an upload the pacer admitted (`Pacer::admit`): its first upload call is
+    /// paid for. None: the calls take their own places (the upload waits as long as it takes).
+    pub fn admitted(self, admission: Option<crate::box_api::Admission>) -> Self {
+        match admission {
+            Some(a) => Self {
+                client: self.client.admitted(a),
+                ..self
+            },
+            None => self,
+        }
+    }
+
     /// The folder that holds a file (to check a caller may add a version to it).
     pub async fn parent_folder(&self, file_id: &str) -> Result<String, UploadError> {
         let client = self.client.clone();

@@ -56,6 +56,8 @@ pub struct AppState {
     pub events: Arc<crate::events::Events>,
     /// Upload links and their page.
     pub upload_links: links::LinkSettings,
+    /// Box's rate limits: new uploads are admitted through it (`upload::admit_upload`).
+    pub pacer: Arc<crate::box_api::Pacer>,
 }
 
 /// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted

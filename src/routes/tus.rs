@@ -334,6 +334,12 @@ async fn create_upload(
     caller.check_size(size)?;
     let on_conflict = params.on_conflict()?;
     caller.check_on_conflict(&on_conflict)?;
+    // The key's quotas and Box's capacity, before any byte is read and before a session is opened.
+    let admission = super::upload::admit_upload(state, &caller).await?;
+    state
+        .access
+        .check_quota(&*state.store, &caller, crate::access::QuotaCost::Bytes(size))
+        .await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let expires_at = now_secs() + state.tus.expiration.as_secs();
     // Counted before Box is asked for a session, so a caller at its cap costs Box nothing.
@@ -368,7 +374,10 @@ async fn create_upload(
         on_conflict,
         expected_sha1: params.expected_sha1(None)?,
     };
-    let pipeline = state.pipeline.acting_as(&caller.principal);
+    let pipeline = state
+        .pipeline
+        .acting_as(&caller.principal)
+        .admitted(Some(admission));
     let prepared = match pipeline.prepare(request).await {
         Ok(prepared) => prepared,
         Err(e) => {

@@ -20,8 +20,8 @@ use tracing::Instrument;
 use super::multipart_scan::{suffix_len, FileData, HeadScan, Scan};
 use super::params::{header_u64, validate_id, validate_name, UploadParams};
 use super::AppState;
-use crate::access::Caller;
-use crate::box_api::{NewUpload, Target};
+use crate::access::{Caller, QuotaCost};
+use crate::box_api::{Admission, NewUpload, Target};
 use crate::error::ApiError;
 use crate::events::{Completed, Event, Failed};
 use crate::pipeline::{spool, UploadError, UploadMethod, UploadOutcome, UploadRequest};
@@ -169,6 +169,7 @@ async fn raw(
     target: Target,
     tracker: &Tracker<'_>,
 ) -> Result<UploadOutcome, ApiError> {
+    tracker.admission.set(Some(admit_upload(state, caller).await?));
     let size = match (
         params.declared_size(req.headers())?,
         content_length(req.headers())?,
@@ -195,6 +196,7 @@ async fn multipart(
 ) -> Result<UploadOutcome, ApiError> {
     let boundary = boundary(req.headers())?;
     let content_length = content_length(req.headers())?;
+    tracker.admission.set(Some(admit_upload(state, caller).await?));
     let mut payload = client_body(payload, state);
     // Where the file's data starts: its size may follow from Content-Length, and its bytes can be
     // cut out of the body without actix-multipart's copy (`FileData`). actix-multipart still parses
@@ -354,6 +356,10 @@ async fn upload(
             (spooled.size, false, body, Some(spooled))
         }
     };
+    state
+        .access
+        .check_quota(&*state.store, caller, QuotaCost::Bytes(size))
+        .await?;
     let upload = NewUpload {
         target,
         size,
@@ -365,7 +371,10 @@ async fn upload(
         on_conflict,
         expected_sha1,
     };
-    let pipeline = state.pipeline.acting_as(&caller.principal);
+    let pipeline = state
+        .pipeline
+        .acting_as(&caller.principal)
+        .admitted(tracker.admission.take());
     // The upload's span (a child of the request's): the Box calls below are its children.
     let span = tracing::info_span!("upload", size, method = tracing::field::Empty);
     async {
@@ -384,6 +393,24 @@ async fn upload(
     }
     .instrument(span)
     .await
+}
+
+/// A new upload's turn, before any byte of its body is read: its key's upload quota (429
+/// `rate_limited`), then Box capacity for its principal, waited for at most `box_rate_wait_secs`
+/// and fairly among keys (503 `box_rate_limited`). Both with `Retry-After`.
+pub(super) async fn admit_upload(state: &AppState, caller: &Caller) -> Result<Admission, ApiError> {
+    state
+        .access
+        .check_quota(&*state.store, caller, QuotaCost::Upload)
+        .await?;
+    state
+        .pacer
+        .admit(&caller.principal.pace_key(), &caller.name)
+        .await
+        .map_err(|no| {
+            tracing::warn!(key = %caller.name, waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
+            ApiError::box_rate_limited(no.waited, no.retry_after)
+        })
 }
 
 /// Logs a failed upload with its whole cause chain (the client gets the short, stable form).
@@ -696,6 +723,8 @@ struct Tracker<'a> {
     key: Arc<str>,
     /// Known once Box has accepted the destination.
     method: std::cell::Cell<Option<UploadMethod>>,
+    /// The pacer's admission (`admit_upload`), handed to the pipeline with the upload.
+    admission: std::cell::Cell<Option<crate::box_api::Admission>>,
     started: Instant,
     finished: bool,
     /// For the completion event: the request's id, the destination's name and folder once known,
@@ -713,6 +742,7 @@ impl<'a> Tracker<'a> {
             state,
             key: caller.name.clone(),
             method: Default::default(),
+            admission: Default::default(),
             started: Instant::now(),
             finished: false,
             request_id: crate::telemetry::RequestId::of(req),

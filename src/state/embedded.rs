@@ -44,7 +44,13 @@ type Locks = Arc<Mutex<HashMap<String, (String, Instant)>>>;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     locks: Locks,
+    /// Rate limits live in memory: one replica, and a restart forgetting them costs at most one
+    /// burst (the pacer's 429 handling covers that).
+    rates: Mutex<HashMap<String, (super::rate::RateState, u64)>>,
 }
+
+/// Rate states kept at most before the forgotten ones (kept long enough) are dropped.
+const RATE_ENTRIES: usize = 10_000;
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -125,6 +131,7 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             locks: Locks::default(),
+            rates: Mutex::default(),
         })
     }
 
@@ -465,6 +472,29 @@ impl StateStore for EmbeddedStore {
             let oldest = age.first()?.map(|(k, _)| k.value().0);
             Ok((outbox.len()?, oldest))
         })
+    }
+
+    fn rate_take<'a>(&'a self, key: &'a str, take: super::rate::RateTake) -> BoxFuture<'a, StoreResult<u64>> {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if rates.len() >= RATE_ENTRIES {
+            rates.retain(|_, (_, until)| *until > take.now_ms);
+        }
+        let (state, until) = rates.entry(key.to_owned()).or_default();
+        let wait = super::rate::take(state, &take);
+        *until = take.now_ms + super::rate::keep_ms(state, take.now_ms, take.recovery_ms);
+        std::future::ready(Ok(wait)).boxed()
+    }
+
+    fn rate_throttle<'a>(
+        &'a self,
+        key: &'a str,
+        throttle: super::rate::RateThrottle,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, until) = rates.entry(key.to_owned()).or_default();
+        super::rate::throttle(state, &throttle);
+        *until = throttle.now_ms + super::rate::keep_ms(state, throttle.now_ms, throttle.recovery_ms);
+        std::future::ready(Ok(())).boxed()
     }
 }
 

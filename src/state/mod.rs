@@ -16,6 +16,7 @@
 //! open uploads of each owner are a set of ids with their expiry (`open_upload`): expired ids drop
 //! out of the count by themselves, so a crash or a missed cleanup never leaves it too high.
 mod embedded;
+pub mod rate;
 mod redis;
 
 use std::sync::Arc;
@@ -126,6 +127,15 @@ pub trait StateStore: Send + Sync + 'static {
     fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// How many entries the outbox holds, and the `created_ms` of the oldest.
     fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>>;
+    /// Box rate limits and per-key quotas: takes `take`'s lanes from the rate state under `key`,
+    /// all or none (atomic): 0 when taken, else the milliseconds to wait before asking again.
+    fn rate_take<'a>(&'a self, key: &'a str, take: rate::RateTake) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Box answered 429 for the principal under `key`: pauses it and lowers its rate (atomic).
+    fn rate_throttle<'a>(
+        &'a self,
+        key: &'a str,
+        throttle: rate::RateThrottle,
+    ) -> BoxFuture<'a, StoreResult<()>>;
 }
 
 /// The store the settings ask for: Redis when `redis_url` is set, else the embedded file.
@@ -210,6 +220,7 @@ pub async fn check_store(store: &dyn StateStore) {
     check_fenced_writes(store, &k).await;
     check_open_uploads(store, &k).await;
     check_outbox(store, &k).await;
+    check_rates(store, &k).await;
 }
 
 async fn check_outbox(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
@@ -238,6 +249,51 @@ async fn check_outbox(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
     assert_eq!(store.outbox_get(&k("e1")).await.unwrap(), None);
     assert!(!store.outbox_due(1000, 1000).await.unwrap().contains(&k("e2")));
     assert_eq!(store.outbox_stats().await.unwrap().0, depth);
+}
+
+async fn check_rates(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
+    use rate::{Lane, RateTake, RateThrottle};
+    let now = now_secs() * 1000;
+    let lane = |burst: f64| Lane {
+        interval_ms: 1000.0,
+        burst,
+        cost: 1.0,
+    };
+    let take = |now_ms: u64, second: bool| RateTake {
+        now_ms,
+        lanes: [Some(lane(2.0)), second.then(|| lane(1.0))],
+        recovery_ms: 60_000,
+    };
+    let key = k("rate");
+    assert_eq!(store.rate_take(&key, take(now, true)).await.unwrap(), 0);
+    // Lane 1 is spent, so lane 0 is left as it was: one more call still goes, then none.
+    assert_eq!(store.rate_take(&key, take(now, true)).await.unwrap(), 1000);
+    assert_eq!(store.rate_take(&key, take(now, false)).await.unwrap(), 0);
+    assert_eq!(store.rate_take(&key, take(now, false)).await.unwrap(), 1000);
+    assert_eq!(
+        store.rate_take(&k("other"), take(now, true)).await.unwrap(),
+        0,
+        "per key"
+    );
+    assert_eq!(store.rate_take(&key, take(now + 1000, false)).await.unwrap(), 0);
+    let throttle = RateThrottle {
+        now_ms: now + 1000,
+        until_ms: now + 6000,
+        recovery_ms: 60_000,
+        grace_ms: 5000,
+        floor: 0.1,
+    };
+    store.rate_throttle(&key, throttle).await.unwrap();
+    assert_eq!(
+        store.rate_take(&key, take(now + 2000, false)).await.unwrap(),
+        4000,
+        "paused"
+    );
+    // After the pause, at about half the rate: the burst, then an interval of about 2 s.
+    assert_eq!(store.rate_take(&key, take(now + 6000, false)).await.unwrap(), 0);
+    assert_eq!(store.rate_take(&key, take(now + 6000, false)).await.unwrap(), 0);
+    let wait = store.rate_take(&key, take(now + 6000, false)).await.unwrap();
+    assert!((1500..=2000).contains(&wait), "{wait}");
 }
 
 async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {

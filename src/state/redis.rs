@@ -79,6 +79,62 @@ if redis.call("PTTL", KEYS[1]) < ttl then redis.call("PEXPIRE", KEYS[1], ttl) en
 return 1
 "#;
 
+/// `rate::take` in one step. KEYS: the rate hash. ARGV: now, recovery, then per lane interval
+/// (0: no such lane), burst, cost. Answers 0 (taken) or the milliseconds to wait.
+const RATE_TAKE: &str = r#"
+local now = tonumber(ARGV[1])
+local recovery = tonumber(ARGV[2])
+local s = redis.call("HMGET", KEYS[1], "t0", "t1", "p", "sa", "st")
+local tat = {tonumber(s[1]) or 0, tonumber(s[2]) or 0}
+local paused = tonumber(s[3]) or 0
+local sa = tonumber(s[4]) or 0
+local st = tonumber(s[5]) or 0
+if paused > now then return math.max(1, math.ceil(paused - now)) end
+local f = 1
+if st > 0 and recovery > 0 then f = math.min(1, st + math.max(0, now - sa) / recovery) end
+local nxt = {tat[1], tat[2]}
+local wait = 0
+for i = 1, 2 do
+  local interval = tonumber(ARGV[3 * i])
+  if interval > 0 then
+    local burst = tonumber(ARGV[3 * i + 1])
+    local cost = math.min(tonumber(ARGV[3 * i + 2]), burst)
+    interval = interval / f
+    local t = math.max(tat[i], now) + cost * interval
+    local over = t - now - burst * interval
+    if over > 1e-3 and over > wait then wait = over end
+    nxt[i] = t
+  end
+end
+if wait > 0 then return math.max(1, math.ceil(wait)) end
+redis.call("HSET", KEYS[1], "t0", nxt[1], "t1", nxt[2])
+local keep = math.max(nxt[1], nxt[2], paused, sa + recovery) - now
+redis.call("PEXPIRE", KEYS[1], math.ceil(math.max(keep, 0)) + 1000)
+return 0
+"#;
+
+/// `rate::throttle` in one step. KEYS: the rate hash. ARGV: now, until, recovery, grace, floor.
+const RATE_THROTTLE: &str = r#"
+local now = tonumber(ARGV[1])
+local recovery = tonumber(ARGV[3])
+local s = redis.call("HMGET", KEYS[1], "t0", "t1", "p", "sa", "st")
+local t0 = tonumber(s[1]) or 0
+local t1 = tonumber(s[2]) or 0
+local paused = math.max(tonumber(s[3]) or 0, tonumber(ARGV[2]))
+local sa = tonumber(s[4]) or 0
+local st = tonumber(s[5]) or 0
+if not (st > 0 and now - sa < tonumber(ARGV[4])) then
+  local f = 1
+  if st > 0 and recovery > 0 then f = math.min(1, st + math.max(0, now - sa) / recovery) end
+  st = math.max(f / 2, tonumber(ARGV[5]))
+  sa = now
+end
+redis.call("HSET", KEYS[1], "p", paused, "sa", sa, "st", st)
+local keep = math.max(t0, t1, paused, sa + recovery) - now
+redis.call("PEXPIRE", KEYS[1], math.ceil(math.max(keep, 0)) + 1000)
+return 1
+"#;
+
 fn open_key(owner: &str) -> String {
     key(&format!("open:{owner}"))
 }
@@ -435,6 +491,46 @@ impl StateStore for RedisStore {
                 .await
                 .map_err(err)?;
             Ok((depth, oldest.first().map(|(_, score)| *score as u64)))
+        }
+        .boxed()
+    }
+
+    fn rate_take<'a>(&'a self, k: &'a str, take: super::rate::RateTake) -> BoxFuture<'a, StoreResult<u64>> {
+        async move {
+            let mut c = self.conn().await?;
+            let script = Script::new(RATE_TAKE);
+            let mut script = script.prepare_invoke();
+            script.key(key(k)).arg(take.now_ms).arg(take.recovery_ms);
+            for lane in take.lanes {
+                match lane {
+                    Some(l) => script.arg(l.interval_ms).arg(l.burst).arg(l.cost),
+                    None => script.arg(0).arg(0).arg(0),
+                };
+            }
+            let wait: i64 = script.invoke_async(&mut c).await.map_err(err)?;
+            Ok(wait.max(0) as u64)
+        }
+        .boxed()
+    }
+
+    fn rate_throttle<'a>(
+        &'a self,
+        k: &'a str,
+        t: super::rate::RateThrottle,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let mut c = self.conn().await?;
+            let _: i64 = Script::new(RATE_THROTTLE)
+                .key(key(k))
+                .arg(t.now_ms)
+                .arg(t.until_ms)
+                .arg(t.recovery_ms)
+                .arg(t.grace_ms)
+                .arg(t.floor)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(())
         }
         .boxed()
     }

@@ -143,6 +143,10 @@ async fn start_gateway(emulator: &EmulatorHandle, o: Options) -> Replica {
         readiness_check_interval_secs: o.readiness_check_interval_secs,
         // The tests' gateways are reached only from the test itself.
         allow_anonymous: true,
+        // The emulator enforces no rate limit unless a test asks (tests/api/rate_limits.rs), so
+        // neither does the gateway: tests that send hundreds of uploads are not paced to Box's.
+        box_rate_calls_per_minute: 0,
+        box_rate_uploads_per_minute: 0,
         ..Settings::default()
     };
     if let Some(change) = o.gateway {

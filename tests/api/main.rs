@@ -15,6 +15,7 @@ pub mod helpers;
 mod hostile;
 mod page;
 pub mod python;
+mod rate_limits;
 mod soak;
 mod soak_tus;
 mod tus;

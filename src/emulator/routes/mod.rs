@@ -148,10 +148,15 @@ pub async fn gate(
     endpoint: Option<Endpoint>,
     auth: bool,
 ) -> Result<Gate, BoxApiError> {
-    let (delay_ms, bandwidth, expire_all) = {
+    let (delay_ms, bandwidth, expire_all, limits) = {
         let f = shared.faults();
         let p = f.plan();
-        (p.delay_ms, p.bandwidth_bytes_per_sec, p.expire_tokens)
+        (
+            p.delay_ms,
+            p.bandwidth_bytes_per_sec,
+            p.expire_tokens,
+            (p.rate_calls_per_minute, p.rate_uploads_per_minute),
+        )
     };
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -159,6 +164,7 @@ pub async fn gate(
     if auth {
         check_auth(shared, req, expire_all)?;
         record_as_user(shared, req);
+        check_rate(shared, req, endpoint, limits)?;
     }
     let fired = shared.faults().pick(endpoint);
     let action = fired.map(|f| {
@@ -257,6 +263,62 @@ fn check_auth(shared: &Shared, req: &HttpRequest, expire_all: bool) -> Result<()
         Some(_) => Err(BoxApiError::unauthorized("The access token provided has expired")),
         None => Err(BoxApiError::unauthorized("The access token provided is invalid")),
     }
+}
+
+/// Box's rate limits, per user: here per token and `As-User`, over any 60 s (a sliding window, the
+/// strictest reading of "per minute"). A refused call is not counted, so a client that waits out
+/// `Retry-After` gets through.
+fn check_rate(
+    shared: &Shared,
+    req: &HttpRequest,
+    endpoint: Option<Endpoint>,
+    (calls, uploads): (Option<u32>, Option<u32>),
+) -> Result<(), BoxApiError> {
+    if calls.is_none() && uploads.is_none() {
+        return Ok(());
+    }
+    const WINDOW: Duration = Duration::from_secs(60);
+    let who = format!(
+        "{}\0{}",
+        header_str(req, "authorization").unwrap_or_default(),
+        header_str(req, "as-user").unwrap_or_default()
+    );
+    let upload = matches!(endpoint, Some(Endpoint::CreateSession | Endpoint::DirectUpload));
+    let now = Instant::now();
+    let mut state = shared.lock();
+    let windows = state.rate_windows.entry(who).or_default();
+    for window in [&mut windows.calls, &mut windows.uploads] {
+        while window.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+            window.pop_front();
+        }
+    }
+    // The earliest moment every window that is full has room again.
+    let mut retry_after = None;
+    for (limit, window, applies) in [(calls, &windows.calls, true), (uploads, &windows.uploads, upload)] {
+        if let (Some(limit), true) = (limit, applies) {
+            if window.len() >= limit as usize {
+                let frees = window
+                    .get(window.len() - limit as usize)
+                    .map_or(Duration::ZERO, |t| WINDOW.saturating_sub(now.duration_since(*t)));
+                retry_after = Some(retry_after.map_or(frees, |r: Duration| r.max(frees)));
+            }
+        }
+    }
+    if let Some(wait) = retry_after {
+        state.counters.rate_limited += 1;
+        let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+        return Err(BoxApiError::new(
+            429,
+            "rate_limit_exceeded",
+            "Request rate limit exceeded, please try again later",
+        )
+        .with_retry_after(Some(secs)));
+    }
+    windows.calls.push_back(now);
+    if upload {
+        windows.uploads.push_back(now);
+    }
+    Ok(())
 }
 
 fn record_as_user(shared: &Shared, req: &HttpRequest) {
