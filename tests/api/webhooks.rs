@@ -515,3 +515,99 @@ async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
     assert_eq!(got[0]["event"]["data"]["key"], "team");
     assert!(gateway_receiver.received().is_empty());
 }
+
+/// An upload through an upload link is the key's that made the link: its completion event names the
+/// key and goes to the key's own receiver, and it counts against the key's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
+    // Arrange: the key "team" with its own receiver and a quota of one upload a minute; links on.
+    let gateway_receiver = Receiver::started().await;
+    let team_receiver = Receiver::started().await;
+    let key = secret("api_key_team");
+    let team_url = team_receiver.url();
+    let mut o = with_webhooks(gateway_receiver.url(), Options::default());
+    let change = o.gateway.take().unwrap();
+    o.gateway = Some(Box::new(move |s, e| {
+        change(s, e);
+        s.allow_anonymous = false;
+        s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
+        s.api_keys = vec![serde_json::from_value(serde_json::json!({
+            "name": "team",
+            "sha256": crate::helpers::sha256_hex(key),
+            "folders": ["0"],
+            "webhook_url": team_url,
+            "max_uploads_per_minute": 1,
+        }))
+        .unwrap()];
+    }));
+    let app = spawn_app_with(o).await;
+    let link: Value = app
+        .http
+        .post(format!("{}/v1/upload-links", app.address))
+        .header("x-api-key", key)
+        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = link["url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let create = |name: &str| {
+        app.http
+            .post(format!("{}/v1/tus/", app.address))
+            .header("Tus-Resumable", "1.0.0")
+            .header("X-Upload-Link", &token)
+            .header("Upload-Length", "64")
+            .header("Upload-Metadata", format!("filename {}", b64(name)))
+            .send()
+    };
+
+    // Act: one upload through the link, then a second one past the key's quota.
+    let created = create("via-link.bin").await.unwrap();
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let url = match location.starts_with("http") {
+        true => location,
+        false => format!("{}{location}", app.address),
+    };
+    let patched = app
+        .http
+        .patch(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("X-Upload-Link", &token)
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(vec![7u8; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 204);
+    let file_id = patched.headers()["upload-box-file-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let second = create("second.bin").await.unwrap();
+    let second_status = second.status().as_u16();
+    let second_body: Value = second.json().await.unwrap();
+    let got = team_receiver.wait_for(1, Duration::from_secs(30)).await;
+
+    // Assert
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_verified(&got);
+    let data = &got[0]["event"]["data"];
+    assert_eq!(got[0]["event"]["type"], "upload.completed");
+    assert_eq!(data["key"], "team", "{data}");
+    assert_eq!(data["file_id"], file_id.as_str(), "{data}");
+    assert!(data["tus_id"].is_string(), "{data}");
+    assert!(gateway_receiver.received().is_empty());
+    assert_eq!(second_status, 429, "{second_body}");
+    assert_eq!(second_body["error"]["code"], "rate_limited", "{second_body}");
+}
