@@ -475,27 +475,42 @@ async fn a_refused_event_is_retried_with_the_same_id_until_it_is_too_old() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
-    // Arrange: the gateway's receiver, and the key "team"'s own.
-    let gateway_receiver = Receiver::started().await;
-    let team_receiver = Receiver::started().await;
-    let key = secret("api_key_team");
-    let team_url = team_receiver.url();
+/// A gateway whose events go to `gateway_receiver`, with one API key, "team", whose own go to
+/// `team_receiver`; `more` adds fields to the key, `links` turns upload links on.
+async fn team_app(
+    gateway_receiver: &Receiver,
+    team_receiver: &Receiver,
+    more: Value,
+    links: bool,
+) -> TestApp {
+    let mut key = serde_json::json!({
+        "name": "team",
+        "sha256": crate::helpers::sha256_hex(secret("api_key_team")),
+        "folders": ["0"],
+        "webhook_url": team_receiver.url(),
+    });
+    key.as_object_mut()
+        .unwrap()
+        .extend(more.as_object().unwrap().clone());
     let mut o = with_webhooks(gateway_receiver.url(), Options::default());
     let change = o.gateway.take().unwrap();
     o.gateway = Some(Box::new(move |s, e| {
         change(s, e);
         s.allow_anonymous = false;
-        s.api_keys = vec![serde_json::from_value(serde_json::json!({
-            "name": "team",
-            "sha256": crate::helpers::sha256_hex(key),
-            "folders": ["0"],
-            "webhook_url": team_url,
-        }))
-        .unwrap()];
+        s.api_keys = vec![serde_json::from_value(key).unwrap()];
+        if links {
+            s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
+        }
     }));
-    let app = spawn_app_with(o).await;
+    spawn_app_with(o).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
+    // Arrange: the gateway's receiver, and the key "team"'s own.
+    let (gateway_receiver, team_receiver) = (Receiver::started().await, Receiver::started().await);
+    let key = secret("api_key_team");
+    let app = team_app(&gateway_receiver, &team_receiver, serde_json::json!({}), false).await;
 
     // Act
     let answer = app
@@ -521,26 +536,10 @@ async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     // Arrange: the key "team" with its own receiver and a quota of one upload a minute; links on.
-    let gateway_receiver = Receiver::started().await;
-    let team_receiver = Receiver::started().await;
+    let (gateway_receiver, team_receiver) = (Receiver::started().await, Receiver::started().await);
     let key = secret("api_key_team");
-    let team_url = team_receiver.url();
-    let mut o = with_webhooks(gateway_receiver.url(), Options::default());
-    let change = o.gateway.take().unwrap();
-    o.gateway = Some(Box::new(move |s, e| {
-        change(s, e);
-        s.allow_anonymous = false;
-        s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
-        s.api_keys = vec![serde_json::from_value(serde_json::json!({
-            "name": "team",
-            "sha256": crate::helpers::sha256_hex(key),
-            "folders": ["0"],
-            "webhook_url": team_url,
-            "max_uploads_per_minute": 1,
-        }))
-        .unwrap()];
-    }));
-    let app = spawn_app_with(o).await;
+    let quota = serde_json::json!({"max_uploads_per_minute": 1});
+    let app = team_app(&gateway_receiver, &team_receiver, quota, true).await;
     let link: Value = app
         .http
         .post(format!("{}/v1/upload-links", app.address))
