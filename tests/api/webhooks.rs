@@ -142,10 +142,24 @@ async fn put(app_address: &str, name: &str, body: Vec<u8>) -> Value {
 
 /// A tus upload in one PATCH; the Box file's id.
 async fn tus_upload(app: &TestApp, name: &str, body: Vec<u8>) -> (String, String) {
+    tus_upload_as(app, name, body, &[]).await
+}
+
+/// `tus_upload` with `headers` on both requests (an upload link's `X-Upload-Link`).
+async fn tus_upload_as(
+    app: &TestApp,
+    name: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    let with = |mut r: reqwest::RequestBuilder| {
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r
+    };
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
+    let created = with(app.http.post(format!("{}/v1/tus/", app.address)))
         .header("Tus-Resumable", "1.0.0")
         .header("Upload-Length", body.len().to_string())
         .header(
@@ -166,9 +180,7 @@ async fn tus_upload(app: &TestApp, name: &str, body: Vec<u8>) -> (String, String
         true => location,
         false => format!("{}{location}", app.address),
     };
-    let patched = app
-        .http
-        .patch(&url)
+    let patched = with(app.http.patch(&url))
         .header("Tus-Resumable", "1.0.0")
         .header("Upload-Offset", "0")
         .header("Content-Type", "application/offset+octet-stream")
@@ -558,42 +570,21 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
         .next()
         .unwrap()
         .to_owned();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let create = |name: &str| {
-        app.http
-            .post(format!("{}/v1/tus/", app.address))
-            .header("Tus-Resumable", "1.0.0")
-            .header("X-Upload-Link", &token)
-            .header("Upload-Length", "64")
-            .header("Upload-Metadata", format!("filename {}", b64(name)))
-            .send()
-    };
 
     // Act: one upload through the link, then a second one past the key's quota.
-    let created = create("via-link.bin").await.unwrap();
-    assert_eq!(created.status(), 201);
-    let location = created.headers()["location"].to_str().unwrap().to_owned();
-    let url = match location.starts_with("http") {
-        true => location,
-        false => format!("{}{location}", app.address),
-    };
-    let patched = app
+    let link_header = [("X-Upload-Link", token.as_str())];
+    let (_, file_id) = tus_upload_as(&app, "via-link.bin", vec![7u8; 64], &link_header).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode("second.bin");
+    let second = app
         .http
-        .patch(&url)
+        .post(format!("{}/v1/tus/", app.address))
         .header("Tus-Resumable", "1.0.0")
         .header("X-Upload-Link", &token)
-        .header("Upload-Offset", "0")
-        .header("Content-Type", "application/offset+octet-stream")
-        .body(vec![7u8; 64])
+        .header("Upload-Length", "64")
+        .header("Upload-Metadata", format!("filename {b64}"))
         .send()
         .await
         .unwrap();
-    assert_eq!(patched.status(), 204);
-    let file_id = patched.headers()["upload-box-file-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let second = create("second.bin").await.unwrap();
     let second_status = second.status().as_u16();
     let second_body: Value = second.json().await.unwrap();
     let got = team_receiver.wait_for(1, Duration::from_secs(30)).await;
