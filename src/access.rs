@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::box_api::{BoxClient, Principal, Secret, StaticToken, Subject, SubjectType, TokenProvider};
+use crate::box_api::{BoxClient, Principal, StaticToken, Subject, SubjectType, TokenProvider};
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
+use crate::secret::Secret;
 
 mod link;
 pub use link::{parse_secrets, LinkClaims, LinkKeys, LinkRefusal, MAX_NOTE_CHARS, MIN_SECRET_LEN};
@@ -540,7 +541,7 @@ impl Access {
             return Ok(());
         }
         let take = RateTake {
-            now_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+            now_ms: crate::state::now_ms(),
             // The whole quota at once, refilled evenly over its window.
             lanes: [
                 Some(Lane {

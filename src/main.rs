@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
-use box_upload_gateway::box_api::Secret;
 use box_upload_gateway::config::Settings;
+use box_upload_gateway::secret::Secret;
 use box_upload_gateway::startup::Application;
 use box_upload_gateway::{emulator, telemetry};
 use clap::{Parser, Subcommand};
@@ -68,7 +68,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .validate()
         .map_err(|problems| format!("invalid configuration:\n  {}", problems.join("\n  ")))?;
     let app = Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
-    tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api, sha1_hardware = sha1_hardware(),
+    tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api,
         box_upload = %valid.box_urls.upload, box_auth = valid.box_auth.mode(), api_keys = valid.api_keys.len(),
         allow_anonymous = valid.allow_anonymous, settings = ?settings, "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())?;
@@ -116,15 +116,4 @@ async fn start_emulator(
         "Box emulator started: uploads land in data_dir; download one back with the `download` command"
     );
     Ok(handle)
-}
-
-/// SHA-1 is the gateway's main cost (two passes per byte): with the CPU's SHA extensions it runs
-/// about 2.4 times faster, so say whether this machine has them.
-fn sha1_hardware() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("sha");
-    #[cfg(target_arch = "aarch64")]
-    return std::arch::is_aarch64_feature_detected!("sha2");
-    #[allow(unreachable_code)]
-    false
 }

@@ -16,7 +16,7 @@ use crate::box_api::{
 };
 use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
-use crate::lifecycle::{self, Lifecycle, NotReady};
+use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
 use crate::routes::{self, health, idempotency, links, page, tus, upload, AppState};
@@ -25,8 +25,6 @@ use crate::telemetry;
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
 const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
 
-/// reqwest is built without a TLS crypto provider of its own (aws-lc is the slowest unit of the
-/// build); rustls's ring provider serves TLS. SHA-1 never goes through it. Idempotent.
 /// The listening socket, with room in the kernel's accept queue for the clients past
 /// `max_connections` (std's `bind` asks for 128; the kernel caps the request at `somaxconn`).
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -40,10 +38,6 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(ACCEPT_QUEUE)?;
     Ok(socket.into())
-}
-
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 pub struct Application {
@@ -70,12 +64,7 @@ impl Application {
         metrics
             .memory_budget_bytes
             .set(settings.memory_budget_bytes as i64);
-        install_tls_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.box_connect_timeout)
-            .timeout(settings.box_request_timeout)
-            .user_agent(concat!("box-upload-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = crate::http_client::box_client(settings.box_connect_timeout, settings.box_request_timeout)
             .map_err(std::io::Error::other)?;
         let mint = |grant: Grant| -> Arc<dyn TokenProvider> {
             Arc::new(MintedToken::new(
@@ -132,7 +121,7 @@ impl Application {
             .with_token_check(client.clone())
             .with_upload_links(crate::access::LinkKeys::new(settings.upload_link_secrets.clone()));
         let lifecycle = Arc::new(Lifecycle::default());
-        tokio::spawn(check_box(
+        tokio::spawn(crate::readiness::check_box(
             client.clone(),
             !matches!(settings.box_auth, BoxAuth::Passthrough),
             settings.box_auth.mode(),
@@ -326,69 +315,6 @@ impl Application {
         self.lifecycle.drain(self.shutdown_grace).await;
         handle.stop(true).await;
         server.await.map_err(std::io::Error::other)?
-    }
-}
-
-/// The background check behind `/readyz`: every `every`, one cheap Box call (`BoxClient::probe`) with
-/// the gateway's own credentials (pass-through has none: then only whether Box answers). A change is
-/// logged once: a refusal names the mode and Box's error code, never a secret.
-///
-/// Readiness follows only what this replica can fix by being replaced: refused credentials. Box out
-/// of reach is the same for every replica, so it does not take them all out of the Service at once
-/// (uploads meanwhile get 503 `box_unavailable` with `Retry-After`); it sets `gateway_box_reachable`
-/// to 0, which an alert watches. Out of reach at start, the last verdict on the credentials (none
-/// yet: accepted) stands.
-async fn check_box(
-    client: BoxClient,
-    with_credentials: bool,
-    mode: &'static str,
-    lifecycle: Arc<Lifecycle>,
-    every: Duration,
-    reachable: prometheus::IntGauge,
-) {
-    let mut last: Option<Option<&'static str>> = None;
-    loop {
-        let problem = match client.probe(with_credentials).await {
-            Ok(()) => None,
-            Err(err) if with_credentials && err.is_auth_failure() => {
-                let code = err.code().unwrap_or("-");
-                if last != Some(Some("box_credentials_refused")) {
-                    tracing::error!(box_auth = mode, box_code = code, error = %err,
-                        "Box refused the gateway's credentials: uploads fail with 502 box_auth_failed until they are fixed");
-                }
-                Some(NotReady {
-                    reason: "box_credentials_refused",
-                    message: format!("Box refused the gateway's credentials ({mode}: {code})"),
-                })
-            }
-            Err(err) => {
-                if last != Some(Some("box_unreachable")) {
-                    tracing::warn!(box_auth = mode, error = %err,
-                        "Box did not answer the background check; this replica stays ready (uploads get 503 box_unavailable meanwhile)");
-                }
-                reachable.set(0);
-                last = Some(Some("box_unreachable"));
-                lifecycle.box_unreachable();
-                tokio::time::sleep(every).await;
-                continue;
-            }
-        };
-        reachable.set(1);
-        if problem.is_none() && last != Some(None) {
-            match with_credentials {
-                true => tracing::info!(
-                    box_auth = mode,
-                    "Box answers and accepts the gateway's credentials"
-                ),
-                false => tracing::info!(
-                    box_auth = mode,
-                    "Box answers (pass-through: callers bring their own tokens)"
-                ),
-            }
-        }
-        last = Some(problem.as_ref().map(|p| p.reason));
-        lifecycle.set_box_problem(problem);
-        tokio::time::sleep(every).await;
     }
 }
 

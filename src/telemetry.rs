@@ -76,10 +76,7 @@ fn tracer_provider(otlp_endpoint: Option<&str>) -> Result<Option<SdkTracerProvid
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .with_http_client(OtlpHttp {
-            http: {
-                crate::startup::install_tls_provider();
-                reqwest::Client::new()
-            },
+            http: crate::http_client::otlp_client(),
             rt: tokio::runtime::Handle::current(),
         });
     if let Some(base) = endpoint {

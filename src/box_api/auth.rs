@@ -3,8 +3,6 @@
 //! The gateway asks a provider for a token before each call and tells it when Box refused one, so
 //! providers that can mint tokens (client credentials, JWT) can refresh, and a pass-through provider can
 //! carry the caller's own token. The pipeline never knows which mode is on.
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,60 +13,7 @@ use super::grants::Grant;
 use super::retry::RetryPolicy;
 use super::types::BoxErrorBody;
 use crate::metrics::GatewayMetrics;
-
-/// A secret string: never printed by `Debug` or `Display`, so it cannot leak into logs or errors.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself; call only where it goes on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// A secret given in the settings, or the path of a file holding it (a Kubernetes Secret mount). A file
-/// is read each time the secret is needed, so a rotated Secret is picked up without a restart.
-#[derive(Clone, Debug)]
-pub enum SecretSource {
-    Inline(Secret),
-    File(PathBuf),
-}
-
-impl SecretSource {
-    /// The secret, with the trailing newline that `echo` and editors leave in files removed. Errors
-    /// name the file, never its content.
-    pub fn read(&self) -> Result<Secret, String> {
-        match self {
-            Self::Inline(secret) => Ok(secret.clone()),
-            Self::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let value = text.trim_end_matches(['\r', '\n']);
-                if value.trim().is_empty() {
-                    return Err(format!("{} is empty", path.display()));
-                }
-                Ok(Secret::new(value))
-            }
-        }
-    }
-}
+use crate::secret::{Secret, SecretSource};
 
 pub trait TokenProvider: Send + Sync + 'static {
     /// A token good for the next call.
@@ -412,30 +357,4 @@ struct OAuthError {
     error: Option<String>,
     #[serde(default)]
     error_description: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_never_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-        assert_eq!(s.expose(), "hunter2");
-    }
-
-    #[test]
-    fn secret_files_lose_their_trailing_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        std::fs::write(&path, "s3cret\n").unwrap();
-        assert_eq!(
-            SecretSource::File(path.clone()).read().unwrap().expose(),
-            "s3cret"
-        );
-        std::fs::write(&path, "\n").unwrap();
-        let err = SecretSource::File(path).read().unwrap_err();
-        assert!(err.ends_with("is empty"), "{err}");
-    }
 }

@@ -8,12 +8,13 @@ use reqwest::{header, Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use super::auth::{Secret, TokenProvider};
+use super::auth::TokenProvider;
 use super::error::{parse_retry_after, BoxError, BoxErrorKind};
 use super::pacer::{Admission, PaceKey, Pacer};
 use super::retry::RetryPolicy;
 use super::types::*;
 use crate::metrics::GatewayMetrics;
+use crate::secret::Secret;
 
 /// Where Box lives; all three are configurable so the emulator can stand in.
 #[derive(Debug, Clone)]

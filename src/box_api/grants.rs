@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Secret, SecretSource};
+use crate::secret::{Secret, SecretSource};
 
 /// Box checks `aud` against this exact URL, whatever host the token request goes to.
 const BOX_AUDIENCE: &str = "https://api.box.com/oauth2/token";

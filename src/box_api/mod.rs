@@ -12,9 +12,8 @@ mod types;
 #[cfg(test)]
 mod hostile_answers;
 
-pub use auth::{
-    DeveloperToken, MintedToken, NoCredentials, Secret, SecretSource, StaticToken, TokenProvider,
-};
+pub use crate::secret::{Secret, SecretSource};
+pub use auth::{DeveloperToken, MintedToken, NoCredentials, StaticToken, TokenProvider};
 pub use client::{BoxClient, BoxUrls, CommitAnswer, NewUpload, Principal, Target};
 pub use error::{BoxError, BoxErrorKind};
 pub use grants::{Grant, JwtApp, Subject, SubjectType};

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::GatewayMetrics;
 use crate::state::rate::{Lane, RateTake, RateThrottle};
-use crate::state::StateStore;
+use crate::state::{now_ms, StateStore};
 
 /// From half the rate back to the full rate in half of this (linear).
 const RECOVERY: Duration = Duration::from_secs(300);
@@ -404,12 +404,6 @@ impl Drop for Leave<'_> {
 fn nap(wait_ms: u64) -> Duration {
     let jitter = fastrand::u64(0..=wait_ms / 10 + 5);
     Duration::from_millis(wait_ms + jitter).min(MAX_NAP)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

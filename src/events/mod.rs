@@ -19,9 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::box_api::SecretSource;
 use crate::metrics::GatewayMetrics;
-use crate::state::{StateStore, StoreError};
+use crate::secret::SecretSource;
+use crate::state::{now_ms, StateStore, StoreError};
 
 /// The validated webhook settings.
 #[derive(Debug, Clone)]
@@ -118,12 +118,6 @@ pub struct Events {
     metrics: Arc<GatewayMetrics>,
     /// Wakes the worker when an event is stored, so the first attempt does not wait for a poll.
     wake: Notify,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Events {

@@ -6,7 +6,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::box_api::Secret;
+use crate::secret::Secret;
 
 const PREFIX: &str = "whsec_";
 

@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, sign, Entry, Events};
+use super::{sign, Entry, Events};
+use crate::state::now_ms;
 use crate::state::StoreError;
 
 /// Due events listed per poll, per delivery slot.
@@ -32,18 +33,7 @@ enum Attempt {
 /// Delivers until `stop` fires (after the drain), then lets deliveries under way finish for at most
 /// `webhook_timeout_secs`; what is left stays in the outbox for the next start (at least once).
 pub async fn run(events: Arc<Events>, stop: CancellationToken) {
-    let http = match reqwest::Client::builder()
-        .timeout(events.settings.timeout)
-        .connect_timeout(events.settings.timeout)
-        // A receiver's redirect is not followed: the signature was made for the URL configured.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!(
-            "box-upload-gateway/",
-            env!("CARGO_PKG_VERSION"),
-            " webhooks"
-        ))
-        .build()
-    {
+    let http = match crate::http_client::webhook_client(events.settings.timeout) {
         Ok(http) => http,
         Err(err) => {
             tracing::error!(error = %err, "webhook delivery cannot start");

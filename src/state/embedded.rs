@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{new_token, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreResult};
+use super::{new_token, now_ms, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreResult};
 
 /// key -> expiry (Unix milliseconds, big-endian) followed by the value.
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
@@ -54,12 +54,6 @@ const RATE_ENTRIES: usize = 10_000;
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn stamp(stored: &[u8]) -> Option<u64> {

@@ -15,16 +15,18 @@
 //! that count stays right across crashes and replicas) and read only by a PATCH (`get_pending`). The
 //! open uploads of each owner are a set of ids with their expiry (`open_upload`): expired ids drop
 //! out of the count by themselves, so a crash or a missed cleanup never leaves it too high.
+pub mod clock;
 mod embedded;
 pub mod rate;
 mod redis;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+pub use self::clock::{now_ms, now_secs};
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 
@@ -148,12 +150,6 @@ pub fn open(redis_url: Option<&str>, state_dir: &std::path::Path) -> StoreResult
             Arc::new(EmbeddedStore::open(&state_dir.join("gateway-state.redb"))?)
         }
     })
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn new_token() -> String {

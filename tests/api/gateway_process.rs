@@ -81,7 +81,7 @@ impl Gateway {
         })
         .await
         .expect("the gateway says where it listens");
-        box_upload_gateway::startup::install_tls_provider();
+        box_upload_gateway::http_client::install_tls_provider();
         Self {
             _state_dir: state_dir,
             child,

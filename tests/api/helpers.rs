@@ -83,7 +83,7 @@ pub async fn spawn_app_with(mut o: Options) -> TestApp {
         .with_test_writer()
         .with_env_filter(filter)
         .try_init();
-    box_upload_gateway::startup::install_tls_provider();
+    box_upload_gateway::http_client::install_tls_provider();
     let mut config = EmulatorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         part_size: Some(o.part_size),

@@ -130,7 +130,7 @@ async fn finish(
 }
 
 fn whole_file_digest(req: &HttpRequest) -> Result<[u8; 20], BoxApiError> {
-    let digest = super::parts::PartDigest::parse(header_str(req, "digest").unwrap_or(""))?;
+    let digest = super::digest::PartDigest::parse(header_str(req, "digest").unwrap_or(""))?;
     digest
         .sha1
         .ok_or_else(|| BoxApiError::bad_request("Missing Digest header with sha="))

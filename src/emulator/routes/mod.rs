@@ -2,6 +2,7 @@
 pub mod body;
 pub mod commit;
 pub mod control;
+pub mod digest;
 pub mod direct;
 pub mod files;
 pub mod folders;

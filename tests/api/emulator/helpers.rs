@@ -14,7 +14,7 @@ pub struct TestEmulator {
 
 pub fn client() -> reqwest::Client {
     // The crate builds reqwest without a rustls provider; ring is the one it ships for TLS.
-    box_upload_gateway::startup::install_tls_provider();
+    box_upload_gateway::http_client::install_tls_provider();
     reqwest::Client::builder().build().expect("reqwest client")
 }
 

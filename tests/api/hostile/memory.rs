@@ -337,7 +337,7 @@ async fn a_direct_uploads_bytes_stay_in_the_budget_until_box_has_them() {
     config.faults.bandwidth_bytes_per_sec = Some(256 * 1024);
     let emulator = Emulator::spawn(config).await.unwrap();
     let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-    box_upload_gateway::startup::install_tls_provider();
+    box_upload_gateway::http_client::install_tls_provider();
     let client = BoxClient::new(
         reqwest::Client::new(),
         BoxUrls {
