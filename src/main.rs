@@ -67,10 +67,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let valid = settings
         .validate()
         .map_err(|problems| format!("invalid configuration:\n  {}", problems.join("\n  ")))?;
-    let app = Application::build(&valid).map_err(|e| format!("cannot start on {}: {e}", valid.listen))?;
-    tracing::info!(listen = %valid.listen, port = app.port(), box_api = %valid.box_urls.api,
-        box_upload = %valid.box_urls.upload, box_auth = valid.box_auth.mode(), api_keys = valid.api_keys.len(),
-        allow_anonymous = valid.allow_anonymous, settings = ?settings, "gateway listening");
+    let listen = valid.server.listen;
+    let app = Application::build(&valid).map_err(|e| format!("cannot start on {listen}: {e}"))?;
+    let (box_side, access) = (&valid.box_side, &valid.access);
+    tracing::info!(%listen, port = app.port(), box_api = %box_side.urls.api, box_upload = %box_side.urls.upload,
+        box_auth = box_side.auth.mode(), api_keys = access.api_keys.len(), allow_anonymous = access.allow_anonymous,
+        settings = ?settings, "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())?;
     if let Some(emulator) = emulator {
         emulator.stop().await;

@@ -18,7 +18,7 @@ use crate::config::{BoxAuth, ValidSettings};
 use crate::error::{extractor_error, ApiError};
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::GatewayMetrics;
-use crate::pipeline::{MemoryBudget, Pipeline, PipelineSettings};
+use crate::pipeline::{MemoryBudget, Pipeline};
 use crate::routes::{self, health, idempotency, links, page, tus, upload, AppState};
 use crate::telemetry;
 
@@ -51,9 +51,11 @@ pub struct Application {
 impl Application {
     /// Must run inside the process's multi-threaded tokio runtime: Box calls are spawned on it.
     pub fn build(settings: &ValidSettings) -> std::io::Result<Self> {
-        if settings.memory_budget_bytes < LARGEST_BOX_PART * settings.part_concurrency as u64 {
+        let box_side = &settings.box_side;
+        let memory = settings.memory;
+        if memory.budget_bytes < LARGEST_BOX_PART * settings.pipeline.part_concurrency as u64 {
             tracing::warn!(
-                memory_budget_bytes = settings.memory_budget_bytes,
+                memory_budget_bytes = memory.budget_bytes,
                 "the memory budget holds fewer than part_concurrency parts of {LARGEST_BOX_PART} bytes \
                  (Box's largest part size seen): large files will go up with fewer parts in flight, \
                  and fail with 503 budget_too_small if Box picks a part larger than the budget"
@@ -61,33 +63,31 @@ impl Application {
         }
         let registry = Registry::new();
         let metrics = Arc::new(GatewayMetrics::new(&registry).map_err(std::io::Error::other)?);
-        metrics
-            .memory_budget_bytes
-            .set(settings.memory_budget_bytes as i64);
-        let http = crate::http_client::box_client(settings.box_connect_timeout, settings.box_request_timeout)
+        metrics.memory_budget_bytes.set(memory.budget_bytes as i64);
+        let http = crate::http_client::box_client(box_side.connect_timeout, box_side.request_timeout)
             .map_err(std::io::Error::other)?;
         let mint = |grant: Grant| -> Arc<dyn TokenProvider> {
             Arc::new(MintedToken::new(
                 grant,
                 http.clone(),
-                settings.box_urls.token.clone(),
-                settings.retry.clone(),
+                box_side.urls.token.clone(),
+                box_side.retry.clone(),
                 metrics.clone(),
             ))
         };
-        let own: Option<Arc<dyn TokenProvider>> = match &settings.box_auth {
+        let own: Option<Arc<dyn TokenProvider>> = match &box_side.auth {
             BoxAuth::DeveloperToken(source) => Some(Arc::new(DeveloperToken::new(source.clone()))),
             BoxAuth::Minted(grant) => Some(mint(grant.clone())),
             BoxAuth::Passthrough => None,
         };
         let own = own.map(|auth| Principal {
             auth,
-            as_user: settings.box_as_user.clone(),
+            as_user: box_side.as_user.clone(),
         });
         let access = Access::new(
-            &settings.api_keys,
+            &settings.access.api_keys,
             own.clone(),
-            &|subject| match &settings.box_auth {
+            &|subject| match &box_side.auth {
                 BoxAuth::Minted(grant) => mint(grant.for_subject(subject)),
                 // Validation allows a key's own subject only with minted tokens.
                 _ => Arc::new(NoCredentials),
@@ -95,8 +95,8 @@ impl Application {
             metrics.clone(),
         );
         let store = crate::state::open(
-            settings.redis_url.as_ref().map(Secret::expose),
-            &settings.state_dir,
+            settings.state.redis_url.as_ref().map(Secret::expose),
+            &settings.state.dir,
         )
         .map_err(std::io::Error::other)?;
         tracing::info!(
@@ -104,46 +104,41 @@ impl Application {
             "state store for resumable uploads, idempotency keys, rate limits and the webhook outbox"
         );
         // Box's rate limits, per principal, shared by the replicas through the state store.
-        let pacer = Arc::new(Pacer::new(store.clone(), settings.pacer, metrics.clone()));
+        let pacer = Arc::new(Pacer::new(store.clone(), box_side.pacer, metrics.clone()));
         let client = BoxClient::new(
             http.clone(),
-            settings.box_urls.clone(),
+            box_side.urls.clone(),
             own.as_ref().map_or_else(
                 || Arc::new(NoCredentials) as Arc<dyn TokenProvider>,
                 |p| p.auth.clone(),
             ),
-            settings.retry.clone(),
+            box_side.retry.clone(),
             metrics.clone(),
         )
-        .acting_as_user(settings.box_as_user.as_deref())
+        .acting_as_user(box_side.as_user.as_deref())
         .with_pacer(pacer.clone());
         let access = access
             .with_token_check(client.clone())
-            .with_upload_links(crate::access::LinkKeys::new(settings.upload_link_secrets.clone()));
+            .with_upload_links(crate::access::LinkKeys::new(settings.links.secrets.clone()));
         let lifecycle = Arc::new(Lifecycle::default());
         tokio::spawn(crate::readiness::check_box(
             client.clone(),
-            !matches!(settings.box_auth, BoxAuth::Passthrough),
-            settings.box_auth.mode(),
+            !matches!(box_side.auth, BoxAuth::Passthrough),
+            box_side.auth.mode(),
             lifecycle.clone(),
-            settings.readiness_check_interval,
+            settings.server.readiness_check_interval,
             metrics.box_reachable.clone(),
         ));
         let budget = MemoryBudget::new(
-            settings.memory_budget_bytes,
+            memory.budget_bytes,
             metrics.buffered_bytes.clone(),
             metrics.buffered_bytes_peak.clone(),
         )
-        .with_max_wait(settings.budget_wait);
+        .with_max_wait(memory.wait);
         let pipeline = Pipeline::new(
             client,
             budget,
-            PipelineSettings {
-                part_concurrency: settings.part_concurrency,
-                chunked_threshold_bytes: settings.chunked_threshold_bytes,
-                commit_timeout: settings.commit_timeout,
-                max_file_size_bytes: settings.max_file_size_bytes,
-            },
+            settings.pipeline.clone(),
             metrics.clone(),
             tokio::runtime::Handle::current(),
             lifecycle.stop_uploads(),
@@ -165,38 +160,25 @@ impl Application {
             pipeline,
             metrics: metrics.clone(),
             registry,
-            spool_dir: settings.spool_dir.clone(),
-            spool_max_bytes: settings.spool_max_bytes,
-            client_idle_timeout: settings.client_idle_timeout,
-            client_min_bytes_per_sec: settings.client_min_bytes_per_sec,
-            client_rate_window: settings.client_rate_window,
+            client: settings.client,
+            spool: settings.spool.clone(),
             spool_space: crate::pipeline::SpoolSpace::new(
-                settings.spool_max_total_bytes,
+                settings.spool.max_total_bytes,
                 metrics.spool_bytes.clone(),
             ),
             lifecycle: lifecycle.clone(),
             store,
-            tus: tus::TusConfig {
-                expiration: settings.tus_expiration,
-                max_size: settings.max_file_size_bytes,
-                max_pending_bytes: settings.tus_max_pending_bytes,
-                max_open_uploads_per_key: settings.tus_max_open_uploads_per_key,
-            },
-            idempotency_window: settings.idempotency_window,
-            idempotency_claim: settings.idempotency_claim,
+            tus: settings.tus,
+            idempotency: settings.idempotency,
             events,
-            upload_links: links::LinkSettings {
-                public_base_url: settings.public_base_url.clone(),
-                max_expiry: settings.upload_link_max_expiry,
-                page_chunk_bytes: settings.upload_page_chunk_bytes,
-            },
+            upload_links: settings.links.clone(),
             pacer,
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =
-            (settings.tus_expiration / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+            (settings.tus.expiration / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
         tokio::spawn(tus::sweep(state.clone().into_inner(), sweep_every));
-        let listener = listen(settings.listen)?;
+        let listener = listen(settings.server.listen)?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
@@ -267,10 +249,16 @@ impl Application {
                 )
                 .default_service(web::to(not_found))
         })
-        .workers(settings.workers)
+        .workers(settings.server.workers)
         // actix counts connections per worker; a worker at its share stops accepting until one
         // closes, and the kernel's accept queue holds the rest (outside the process's memory).
-        .max_connections(settings.max_connections.div_ceil(settings.workers).max(1))
+        .max_connections(
+            settings
+                .server
+                .max_connections
+                .div_ceil(settings.server.workers)
+                .max(1),
+        )
         // SIGTERM and SIGINT start the gateway's own drain (`run_until_stopped`), not actix's.
         .disable_signals()
         // By the time the server stops, the drain has settled every upload.
@@ -282,7 +270,7 @@ impl Application {
             port,
             metrics,
             lifecycle,
-            shutdown_grace: settings.shutdown_grace,
+            shutdown_grace: settings.server.shutdown_grace,
         })
     }
 

@@ -148,7 +148,7 @@ async fn keep_answer(
     let kept = match serde_json::to_vec(&stored) {
         Ok(value) => state
             .store
-            .put(key, value, state.idempotency_window)
+            .put(key, value, state.idempotency.window)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -165,8 +165,8 @@ async fn keep_answer(
 /// Extends the claim every third of its life, for as long as it is polled (never returns).
 async fn extend_claim<T>(state: &AppState, lock: &Lock) -> T {
     loop {
-        tokio::time::sleep(state.idempotency_claim / 3).await;
-        match state.store.extend(lock, state.idempotency_claim).await {
+        tokio::time::sleep(state.idempotency.claim / 3).await;
+        match state.store.extend(lock, state.idempotency.claim).await {
             Ok(true) => {}
             Ok(false) => {
                 // Another request may now run the same upload; this one is not stopped, since it
@@ -189,7 +189,7 @@ async fn extend_claim<T>(state: &AppState, lock: &Lock) -> T {
 async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed, ApiError> {
     let outcome = |o: &str| state.metrics.idempotent_requests.with_label_values(&[o]).inc();
     let claim_key = format!("{key}:claim");
-    let lock = state.store.lock(&claim_key, state.idempotency_claim).await?;
+    let lock = state.store.lock(&claim_key, state.idempotency.claim).await?;
     let stored = state.store.get(key).await?.map(|b| Stored::parse(&b));
     let release = |lock: Option<Lock>| async move {
         if let Some(lock) = lock {
@@ -234,7 +234,7 @@ async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed
                     answer: None,
                 };
                 let value = serde_json::to_vec(&bound).map_err(|e| StoreError(e.to_string()))?;
-                if let Err(err) = state.store.put(key, value, state.idempotency_window).await {
+                if let Err(err) = state.store.put(key, value, state.idempotency.window).await {
                     release(Some(lock)).await;
                     return Err(err.into());
                 }

@@ -1,6 +1,5 @@
 //! `POST /v1/upload-links`: an API key's holder makes a link that lets someone without a key upload
 //! into one of the key's folders until it expires (the link's page is `routes/page.rs`).
-use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -14,15 +13,6 @@ use crate::state::now_secs;
 
 /// The largest request body: far above any valid one (the note is its only long field).
 const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// What the link endpoint and the page need besides the access rules.
-pub struct LinkSettings {
-    /// Without a trailing `/`; None: the request's scheme and host.
-    pub public_base_url: Option<String>,
-    pub max_expiry: Duration,
-    /// The page's PATCH size.
-    pub page_chunk_bytes: u64,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,6 @@ mod params;
 pub mod tus;
 pub mod upload;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -20,6 +19,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
 
 use crate::access::Access;
+use crate::config::{ClientLimits, IdempotencySettings, LinkSettings, SpoolSettings, TusSettings};
 use crate::error::ApiError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::GatewayMetrics;
@@ -33,29 +33,22 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub metrics: Arc<GatewayMetrics>,
     pub registry: prometheus::Registry,
-    pub spool_dir: PathBuf,
-    /// 0: spooling is off.
-    pub spool_max_bytes: u64,
-    /// A body that stalls this long fails with 408 (its Box session is aborted).
-    pub client_idle_timeout: std::time::Duration,
-    /// A body slower than this over the window fails with 408 `client_too_slow` (0: no minimum).
-    pub client_min_bytes_per_sec: u64,
-    pub client_rate_window: std::time::Duration,
+    /// What a client sending a body must keep up (idle timeout, minimum rate).
+    pub client: ClientLimits,
+    /// Bodies of unknown size (and checksummed tus chunks) go to disk here first.
+    pub spool: SpoolSettings,
     /// The spool of all uploads together, against `spool_max_total_bytes`.
     pub spool_space: crate::pipeline::SpoolSpace,
     /// Readiness and the drain: uploads are admitted through it.
     pub lifecycle: Arc<Lifecycle>,
     /// Resumable uploads and `Idempotency-Key` answers (embedded or Redis).
     pub store: Arc<dyn StateStore>,
-    pub tus: tus::TusConfig,
-    /// How long an `Idempotency-Key`'s answer is kept.
-    pub idempotency_window: std::time::Duration,
-    /// How long a claim on an `Idempotency-Key` lasts unless its holder extends it.
-    pub idempotency_claim: std::time::Duration,
+    pub tus: TusSettings,
+    pub idempotency: IdempotencySettings,
     /// Completion events (webhooks): the routes hand each upload's outcome here before answering.
     pub events: Arc<crate::events::Events>,
     /// Upload links and their page.
-    pub upload_links: links::LinkSettings,
+    pub upload_links: LinkSettings,
     /// Box's rate limits: new uploads are admitted through it (`upload::admit_upload`).
     pub pacer: Arc<crate::box_api::Pacer>,
 }

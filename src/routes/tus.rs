@@ -50,16 +50,6 @@ const GRACE: Duration = Duration::from_secs(3600);
 /// `Retry-After` of 503 `tus_storage_full`: other uploads' parts fill and leave the store meanwhile.
 const STORAGE_FULL_RETRY_SECS: u64 = 10;
 
-/// What the gateway needs for tus besides the pipeline.
-pub struct TusConfig {
-    pub expiration: Duration,
-    pub max_size: Option<u64>,
-    /// All unfinished parts in the state store together.
-    pub max_pending_bytes: u64,
-    /// Open (not landed, not expired) uploads per owner.
-    pub max_open_uploads_per_key: usize,
-}
-
 /// One upload in the state store (the bytes of the unfinished part are stored apart, under
 /// `pending_key`).
 #[derive(Serialize, Deserialize)]
@@ -614,21 +604,21 @@ async fn append(
             let body = body.inspect_ok(|chunk| hasher.update(chunk));
             // Bounded like any spooled body: by `spool_max_bytes` for this chunk, and by the spool
             // of all uploads together.
-            let limit = (size - offset).min(state.spool_max_bytes);
+            let limit = (size - offset).min(state.spool.max_bytes);
             let too_large = || {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "file_too_large",
                     format!(
                         "a chunk with Upload-Checksum is checked on disk before it goes to Box, and this one is larger than spool_max_bytes ({}): send smaller chunks",
-                        state.spool_max_bytes
+                        state.spool.max_bytes
                     ),
                 )
             };
-            if state.spool_max_bytes == 0 {
+            if state.spool.max_bytes == 0 {
                 return Err(too_large());
             }
-            let spooled = match spool(body, &state.spool_dir, limit, &state.spool_space).await {
+            let spooled = match spool(body, &state.spool.dir, limit, &state.spool_space).await {
                 Err(UploadError::TooLarge { .. }) if limit < size - offset => return Err(too_large()),
                 other => other.map_err(|e| caller.box_error(fail(e)))?,
             };

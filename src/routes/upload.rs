@@ -338,7 +338,7 @@ async fn upload(
             caller.check_size(n)?;
             (n, true, body, None)
         }
-        Size::Unknown if state.spool_max_bytes == 0 => {
+        Size::Unknown if state.spool.max_bytes == 0 => {
             return Err(ApiError::new(
                 actix_web::http::StatusCode::LENGTH_REQUIRED,
                 "length_required",
@@ -347,9 +347,9 @@ async fn upload(
         }
         Size::Unknown => {
             // The key's limit bounds the spool too; a larger body is refused as it arrives.
-            let limit = caller.max_file_size_bytes().map_or(state.spool_max_bytes, |l| l.min(state.spool_max_bytes));
-            let spooled = match spool(body, &state.spool_dir, limit, &state.spool_space).await {
-                Err(UploadError::TooLarge { .. }) if limit < state.spool_max_bytes => return Err(caller.too_large()),
+            let limit = caller.max_file_size_bytes().map_or(state.spool.max_bytes, |l| l.min(state.spool.max_bytes));
+            let spooled = match spool(body, &state.spool.dir, limit, &state.spool_space).await {
+                Err(UploadError::TooLarge { .. }) if limit < state.spool.max_bytes => return Err(caller.too_large()),
                 other => other.map_err(fail)?,
             };
             let body = spooled.stream().await.map_err(fail)?.boxed_local();
@@ -607,11 +607,12 @@ pub(super) fn client_body(
     payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
     state: &AppState,
 ) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
-    let rate = (state.client_min_bytes_per_sec > 0).then_some(MinRate {
-        min_bytes_per_sec: state.client_min_bytes_per_sec,
-        window: state.client_rate_window,
+    let limits = state.client;
+    let rate = (limits.min_bytes_per_sec > 0).then_some(MinRate {
+        min_bytes_per_sec: limits.min_bytes_per_sec,
+        window: limits.rate_window,
     });
-    body_deadlines(payload, state.client_idle_timeout, rate)
+    body_deadlines(payload, limits.idle_timeout, rate)
 }
 
 fn body_deadlines(

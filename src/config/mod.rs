@@ -1,0 +1,613 @@
+//! Settings: built-in defaults < TOML file < environment, validated once at start into typed values.
+//!
+//! Environment names: `BOX_*` for the Box side (`BOX_API_URL` sets `box_api_url`), `GATEWAY_*` for
+//! the rest (`GATEWAY_PART_CONCURRENCY` sets `part_concurrency`). Every key is listed, with its default,
+//! in the configuration reference.
+//!
+//! `Settings` is that flat list of keys, as operators write them; `validate()` (validate.rs, one
+//! function per part of the gateway) turns it into `ValidSettings` (valid.rs), grouped by the part
+//! that uses each value.
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::access::ApiKeyConfig;
+use crate::secret::Secret;
+
+mod secrets;
+mod valid;
+mod validate;
+
+pub use valid::*;
+
+/// The most a direct upload may carry: Box advises direct uploads only up to about 50 MB.
+pub const MAX_CHUNKED_THRESHOLD: u64 = 50_000_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address the gateway listens on (`GATEWAY_LISTEN`).
+    pub listen: String,
+    /// Worker threads for HTTP (0 = one per core).
+    pub workers: usize,
+    /// Open client connections at most, over all workers; more wait in the kernel's accept queue.
+    /// Each costs memory outside the budget (actix-http's buffers), so this caps that too.
+    pub max_connections: usize,
+    pub box_api_url: String,
+    pub box_upload_url: String,
+    pub box_token_url: String,
+    /// How the gateway authenticates to Box: developer_token | client_credentials | jwt | passthrough.
+    pub box_auth: String,
+    /// `developer_token`: a Box developer token (or any access token) used for every call.
+    #[serde(serialize_with = "redacted")]
+    pub box_developer_token: Option<Secret>,
+    #[serde(deserialize_with = "string_like")]
+    pub box_developer_token_file: Option<String>,
+    /// `client_credentials`: the app's client id and secret.
+    #[serde(deserialize_with = "string_like")]
+    pub box_client_id: Option<String>,
+    #[serde(serialize_with = "redacted")]
+    pub box_client_secret: Option<Secret>,
+    #[serde(deserialize_with = "string_like")]
+    pub box_client_secret_file: Option<String>,
+    /// `client_credentials` and `jwt`: `enterprise` or `user`, and its id (`jwt` defaults to the
+    /// enterprise in the config file).
+    #[serde(deserialize_with = "string_like")]
+    pub box_subject_type: Option<String>,
+    #[serde(deserialize_with = "string_like")]
+    pub box_subject_id: Option<String>,
+    /// `jwt`: the Box app config JSON file, as the Box console downloads it.
+    #[serde(deserialize_with = "string_like")]
+    pub box_jwt_config_file: Option<String>,
+    /// A managed user every Box call acts as (`As-User`), unless an API key names its own.
+    #[serde(deserialize_with = "string_like")]
+    pub box_as_user: Option<String>,
+    /// A TOML file of `[[keys]]` (name, sha256, folders, max_file_size_bytes, as_user).
+    #[serde(deserialize_with = "string_like")]
+    pub api_keys_file: Option<String>,
+    /// API keys given in the settings file itself, in the same form as the keys file's `[[keys]]`.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Accept uploads with no API key and no pass-through token (a private network only).
+    pub allow_anonymous: bool,
+    /// Parts of one upload in flight at once (Box advises 3 to 5).
+    pub part_concurrency: usize,
+    /// File bytes the whole process may hold in memory, shared by all uploads.
+    pub memory_budget_bytes: u64,
+    /// Files at least this big use a chunked session (Box's minimum is 20,000,000).
+    pub chunked_threshold_bytes: u64,
+    /// Refuse files above this size with 413 (0 = no limit of the gateway's own).
+    pub max_file_size_bytes: u64,
+    /// Where bodies of unknown size are spooled (empty = the system's temp dir).
+    pub spool_dir: String,
+    /// Largest body of unknown size the gateway spools; 0 turns spooling off (411 instead).
+    pub spool_max_bytes: u64,
+    /// A client whose body stalls this long gets 408 and its upload is aborted.
+    pub client_idle_timeout_secs: u64,
+    /// A body slower than this, over `client_rate_window_secs` of the gateway waiting for it, gets 408
+    /// `client_too_slow` (0 = no minimum). Only time spent waiting for the client's bytes counts.
+    pub client_min_bytes_per_sec: u64,
+    pub client_rate_window_secs: u64,
+    /// How long an upload may wait for room in the memory budget before 503 `busy`.
+    pub budget_wait_secs: u64,
+    /// Bytes all spooled bodies together may take on disk (0 = 4 x `spool_max_bytes`).
+    pub spool_max_total_bytes: u64,
+    /// After SIGTERM or SIGINT, how long uploads in flight may take to finish before they are aborted.
+    pub shutdown_grace_secs: u64,
+    /// How often the background check behind `/readyz` asks Box whether it answers and accepts the
+    /// gateway's credentials.
+    pub readiness_check_interval_secs: u64,
+    pub box_connect_timeout_secs: u64,
+    /// Bound on one Box call, a whole part upload included.
+    pub box_request_timeout_secs: u64,
+    pub box_retry_max_attempts: u32,
+    pub box_retry_base_delay_ms: u64,
+    pub box_retry_max_delay_ms: u64,
+    /// Total time one Box call may take, every attempt and the waits between them included (a
+    /// commit's 202 polls are bounded by `commit_timeout_secs` instead). At least
+    /// `box_request_timeout_secs`, so one attempt always gets its full time.
+    pub box_call_deadline_secs: u64,
+    /// How long a commit may keep answering 202 / a transient parts_mismatch.
+    pub commit_timeout_secs: u64,
+    /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
+    pub log_format: String,
+    /// OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`). Unset: the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; neither: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Where the embedded state store keeps its file (tus uploads, idempotency answers).
+    pub state_dir: String,
+    /// A Redis shared by every replica for that state (`GATEWAY_REDIS_URL`); empty: the embedded store.
+    /// A Secret: the URL may carry a password.
+    #[serde(serialize_with = "redacted")]
+    pub redis_url: Option<Secret>,
+    /// A tus upload not finished this long after its creation is aborted (its Box session too).
+    pub tus_expiration_secs: u64,
+    /// How long an `Idempotency-Key`'s answer is kept for retries.
+    pub idempotency_window_secs: u64,
+    /// How long a claim on an `Idempotency-Key` lives unless the upload holding it extends it (it
+    /// does, every third of this, for as long as it runs): after a crash the key is free this soon.
+    pub idempotency_claim_secs: u64,
+    /// The bytes of every tus upload's unfinished part, together, that the state store may hold.
+    pub tus_max_pending_bytes: u64,
+    /// Open (not landed, not expired) tus uploads per API key (or per token, without a key).
+    pub tus_max_open_uploads_per_key: usize,
+    /// Where completion events are POSTed (`GATEWAY_WEBHOOK_URL`); an API key's own `webhook_url`
+    /// takes its uploads' events instead. Empty: no events (except those keys').
+    pub webhook_url: Option<String>,
+    /// Standard Webhooks secrets `whsec_<base64>`, whitespace-separated during a rotation (each
+    /// signs) (`GATEWAY_WEBHOOK_SECRET`).
+    #[serde(serialize_with = "redacted")]
+    pub webhook_secret: Option<Secret>,
+    /// A file holding them instead (read at each delivery: a rotated Secret needs no restart).
+    #[serde(deserialize_with = "string_like")]
+    pub webhook_secret_file: Option<String>,
+    /// An event not delivered this long after the upload ended is given up (counted as dead).
+    pub webhook_max_age_secs: u64,
+    /// Bound on one delivery attempt (connecting included).
+    pub webhook_timeout_secs: u64,
+    /// Deliveries in flight at once, per replica.
+    pub webhook_concurrency: usize,
+    /// The first retry's delay; each next one doubles, up to `webhook_max_backoff_secs` (with jitter).
+    pub webhook_min_backoff_ms: u64,
+    pub webhook_max_backoff_secs: u64,
+    /// Signs upload links (`POST /v1/upload-links`): one or more secrets of at least 32 characters,
+    /// separated by commas or white space; the first signs, all are accepted (rotation). Unset: links
+    /// are off. Every replica needs the same.
+    #[serde(serialize_with = "redacted")]
+    pub upload_link_secret: Option<Secret>,
+    /// A file holding `upload_link_secret` (read at start: rotating it takes a restart).
+    #[serde(deserialize_with = "string_like")]
+    pub upload_link_secret_file: Option<String>,
+    /// The gateway's address as people reach it (`https://upload.example.com`): upload links start
+    /// with it. Unset: the scheme and host of the request that made the link.
+    pub public_base_url: Option<String>,
+    /// The longest life an upload link may be given (`expires_in_secs`).
+    pub upload_link_max_expiry_secs: u64,
+    /// The upload page sends files in PATCHes of this many bytes.
+    pub upload_page_chunk_bytes: u64,
+    /// Box calls per minute per Box principal (service account, `As-User`, token), all replicas
+    /// together (`BOX_RATE_CALLS_PER_MINUTE`); 0: not paced. Box allows about 1,000.
+    pub box_rate_calls_per_minute: u32,
+    /// Upload calls (new sessions, direct uploads) per minute per principal, all replicas together
+    /// (`BOX_RATE_UPLOADS_PER_MINUTE`); 0: not paced. Box allows about 240.
+    pub box_rate_uploads_per_minute: u32,
+    /// How long a new upload may wait for Box capacity before 503 `box_rate_limited`.
+    pub box_rate_wait_secs: u64,
+}
+
+/// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
+/// scalar as its text.
+fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(d)?.map(|v| match v {
+        Scalar::Text(s) => s,
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    }))
+}
+
+fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            workers: 0,
+            max_connections: 256,
+            box_api_url: "https://api.box.com/2.0".into(),
+            box_upload_url: "https://upload.box.com/api/2.0".into(),
+            box_token_url: "https://api.box.com/oauth2/token".into(),
+            box_auth: "developer_token".into(),
+            box_developer_token: None,
+            box_developer_token_file: None,
+            box_client_id: None,
+            box_client_secret: None,
+            box_client_secret_file: None,
+            box_subject_type: None,
+            box_subject_id: None,
+            box_jwt_config_file: None,
+            box_as_user: None,
+            api_keys_file: None,
+            api_keys: Vec::new(),
+            allow_anonymous: false,
+            part_concurrency: 4,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            chunked_threshold_bytes: 20_000_000,
+            max_file_size_bytes: 0,
+            spool_dir: String::new(),
+            spool_max_bytes: 1024 * 1024 * 1024,
+            client_idle_timeout_secs: 60,
+            // 16 kbit/s: below a bad GPRS link, a tenth of EDGE; a trickler of 1 KiB per 5 s is 205 B/s.
+            client_min_bytes_per_sec: 2048,
+            client_rate_window_secs: 60,
+            budget_wait_secs: 20,
+            spool_max_total_bytes: 0,
+            shutdown_grace_secs: 30,
+            readiness_check_interval_secs: 10,
+            box_connect_timeout_secs: 10,
+            box_request_timeout_secs: 300,
+            box_retry_max_attempts: 6,
+            box_retry_base_delay_ms: 250,
+            box_retry_max_delay_ms: 30_000,
+            // One full-length attempt (300 s) plus a few more at the backoff cap: a part that Box
+            // keeps refusing fails in 15 minutes, never hangs an upload for the whole retry count.
+            box_call_deadline_secs: 900,
+            commit_timeout_secs: 600,
+            log_format: "auto".into(),
+            otlp_endpoint: None,
+            state_dir: "./gateway-state".into(),
+            redis_url: None,
+            tus_expiration_secs: 24 * 3600,
+            idempotency_window_secs: 24 * 3600,
+            idempotency_claim_secs: 60,
+            // 1 GiB: 16 uploads paused mid-part at Box's largest part (64 MiB), 128 at its usual
+            // 8 MiB; an amount a Redis beside the gateway can spare without a dedicated instance.
+            tus_max_pending_bytes: 1024 * 1024 * 1024,
+            tus_max_open_uploads_per_key: 100,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_secret_file: None,
+            webhook_max_age_secs: 24 * 3600,
+            webhook_timeout_secs: 10,
+            webhook_concurrency: 8,
+            webhook_min_backoff_ms: 1000,
+            webhook_max_backoff_secs: 3600,
+            upload_link_secret: None,
+            upload_link_secret_file: None,
+            public_base_url: None,
+            upload_link_max_expiry_secs: 30 * 24 * 3600,
+            // Box's usual part size: a PATCH fills a part; a cut one is kept up to where it broke.
+            upload_page_chunk_bytes: 8 * 1024 * 1024,
+            // A little under Box's 1,000 and 240: room for the readiness checks and for clocks.
+            box_rate_calls_per_minute: 900,
+            box_rate_uploads_per_minute: 220,
+            box_rate_wait_secs: 10,
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then the TOML file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        let known: Vec<String> = match serde_json::to_value(Settings::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let known2 = known.clone();
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("BOX_").filter_map(move |k| {
+                let key = format!("box_{}", k.as_str().to_ascii_lowercase());
+                known.contains(&key).then(|| key.into())
+            }))
+            .merge(Env::prefixed("GATEWAY_").filter_map(move |k| {
+                let key = k.as_str().to_ascii_lowercase();
+                known2.contains(&key).then(|| key.into())
+            }));
+        figment
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment's own large error
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_need_only_credentials_and_callers() {
+        let problems = Settings::default().validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("box_developer_token"));
+        assert!(problems[1].starts_with("api_keys_file"));
+        let ok = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            ok.validate().unwrap().box_side.urls.upload,
+            "https://upload.box.com/api/2.0"
+        );
+    }
+
+    #[test]
+    fn box_rate_limits_are_checked() {
+        let bad = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            box_rate_calls_per_minute: 100,
+            box_rate_uploads_per_minute: 200,
+            box_rate_wait_secs: 7200,
+            ..Default::default()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        assert!(problems.contains("box_rate_uploads_per_minute"), "{problems}");
+        assert!(problems.contains("box_rate_wait_secs"), "{problems}");
+        let ok = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let pacer = ok.validate().unwrap().box_side.pacer;
+        assert_eq!((pacer.calls_per_minute, pacer.uploads_per_minute), (900, 220));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BOX_RATE_CALLS_PER_MINUTE", "500");
+            jail.set_env("BOX_RATE_UPLOADS_PER_MINUTE", "100");
+            jail.set_env("BOX_RATE_WAIT_SECS", "3");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.box_rate_calls_per_minute,
+                    s.box_rate_uploads_per_minute,
+                    s.box_rate_wait_secs
+                ),
+                (500, 100, 3)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let bad = Settings {
+            listen: "nowhere".into(),
+            box_api_url: "ftp://x".into(),
+            part_concurrency: 0,
+            chunked_threshold_bytes: 60_000_000,
+            log_format: "xml".into(),
+            box_developer_token: Some(Secret::new("t")),
+            ..Default::default()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in [
+            "listen",
+            "box_api_url",
+            "part_concurrency",
+            "chunked_threshold_bytes",
+            "log_format",
+        ] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+    }
+
+    #[test]
+    fn file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "g.toml",
+                "part_concurrency = 3\nbox_api_url = \"http://file/2.0\"",
+            )?;
+            jail.set_env("BOX_API_URL", "http://env/2.0");
+            jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9");
+            jail.set_env("BOX_DEVELOPER_TOKEN", "secret-token");
+            jail.set_env("GATEWAY_CONFIG", "ignored: not a setting");
+            jail.set_env("BOX_SUBJECT_ID", "12345");
+            jail.set_env("BOX_CLIENT_SECRET_FILE", "/run/secrets/box");
+            let s = Settings::load(Some(Path::new("g.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.part_concurrency, 3);
+            assert_eq!(s.box_api_url, "http://env/2.0");
+            assert_eq!(s.listen, "127.0.0.1:9");
+            assert!(!format!("{s:?}").contains("secret-token"));
+            assert_eq!(s.box_subject_id.as_deref(), Some("12345"));
+            assert_eq!(s.box_client_secret_file.as_deref(), Some("/run/secrets/box"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_mode_names_what_it_misses() {
+        let problems = |mode: &str| {
+            Settings {
+                box_auth: mode.into(),
+                allow_anonymous: true,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .join("\n")
+        };
+        let ccg = problems("client_credentials");
+        for key in ["box_client_id", "box_client_secret", "box_subject_id"] {
+            assert!(ccg.contains(key), "{key} missing in {ccg}");
+        }
+        assert!(problems("jwt").contains("box_jwt_config_file"));
+        assert!(problems("oauth").contains("box_auth"));
+        let both = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            box_developer_token_file: Some("/x".into()),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert!(both.validate().unwrap_err()[0].contains("not both"));
+    }
+
+    #[test]
+    fn webhook_keys_are_checked_and_the_secret_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        assert!(base.validate().is_ok(), "no URL, no secret needed");
+        let unsigned = Settings {
+            webhook_url: Some("http://127.0.0.1:9/hooks".into()),
+            ..base.clone()
+        };
+        let problems = unsigned.validate().unwrap_err().join("\n");
+        assert!(problems.contains("webhook_secret"), "{problems}");
+        let bad = Settings {
+            webhook_url: Some("ftp://x".into()),
+            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 hunter2")),
+            webhook_concurrency: 0,
+            ..base.clone()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in ["webhook_url", "webhook_secret", "webhook_concurrency"] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        assert!(
+            !problems.contains("hunter2") && !problems.contains("c2VjcmV0"),
+            "{problems}"
+        );
+        let good = Settings {
+            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 whsec_b3RoZXI=")),
+            ..unsigned
+        };
+        let valid = good.validate().unwrap();
+        assert_eq!(valid.webhooks.url.as_deref(), Some("http://127.0.0.1:9/hooks"));
+        assert!(!format!("{valid:?}").contains("c2VjcmV0"));
+        assert!(!serde_json::to_string(&good).unwrap().contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn state_keys_are_checked_and_the_redis_url_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let problems = Settings {
+            tus_expiration_secs: 7 * 24 * 3600,
+            idempotency_window_secs: 0,
+            redis_url: Some(Secret::new("http://redis:6379")),
+            tus_max_open_uploads_per_key: 0,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for key in [
+            "tus_expiration_secs",
+            "idempotency_window_secs",
+            "idempotency_claim_secs",
+            "tus_max_open_uploads_per_key",
+            "redis_url",
+        ] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        let with_password = Settings {
+            redis_url: Some(Secret::new("redis://:hunter2@redis:6379/0")),
+            ..base
+        };
+        assert!(!format!("{with_password:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&with_password).unwrap().contains("hunter2"));
+        let valid = with_password.validate().unwrap();
+        assert!(!format!("{valid:?}").contains("hunter2"));
+        assert_eq!(valid.tus.expiration, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn upload_link_secrets_are_checked_and_never_shown() {
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let long = "0123456789abcdef0123456789abcdef";
+        let ok = Settings {
+            upload_link_secret: Some(Secret::new(format!("{long}new, {long}old"))),
+            public_base_url: Some("https://up.example.com/".into()),
+            ..base.clone()
+        };
+        assert!(!format!("{ok:?}").contains(long));
+        let valid = ok.validate().unwrap();
+        assert_eq!(valid.links.secrets.len(), 2);
+        assert_eq!(
+            valid.links.public_base_url.as_deref(),
+            Some("https://up.example.com")
+        );
+        let problems = Settings {
+            upload_link_secret: Some(Secret::new("short-one")),
+            public_base_url: Some("up.example.com".into()),
+            upload_link_max_expiry_secs: 0,
+            upload_page_chunk_bytes: 1,
+            ..base
+        }
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for key in [
+            "upload_link_secret",
+            "public_base_url",
+            "upload_link_max_expiry_secs",
+            "upload_page_chunk_bytes",
+        ] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        assert!(!problems.contains("short-one"));
+    }
+
+    #[test]
+    fn typos_in_the_file_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("g.toml", "part_concurency = 3")?;
+            let err = Settings::load(Some(Path::new("g.toml"))).unwrap_err();
+            assert!(err.contains("part_concurency"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_limits_come_from_the_environment_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_CLIENT_MIN_BYTES_PER_SEC", "4096");
+            jail.set_env("GATEWAY_CLIENT_RATE_WINDOW_SECS", "30");
+            jail.set_env("GATEWAY_BUDGET_WAIT_SECS", "10");
+            jail.set_env("GATEWAY_SPOOL_MAX_TOTAL_BYTES", "3221225472");
+            jail.set_env("BOX_DEVELOPER_TOKEN", "t");
+            jail.set_env("GATEWAY_ALLOW_ANONYMOUS", "true");
+            let v = Settings::load(None)?.validate().map_err(|p| p.join("; "))?;
+            assert_eq!(v.client.min_bytes_per_sec, 4096);
+            assert_eq!(v.client.rate_window, Duration::from_secs(30));
+            assert_eq!(v.memory.wait, Duration::from_secs(10));
+            assert_eq!(v.spool.max_total_bytes, 3 << 30);
+            Ok(())
+        });
+        let base = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        // 0: four bodies of spool_max_bytes.
+        assert_eq!(base.clone().validate().unwrap().spool.max_total_bytes, 4 << 30);
+        let bad = Settings {
+            spool_max_total_bytes: 1024,
+            client_rate_window_secs: 0,
+            budget_wait_secs: 0,
+            ..base
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in [
+            "spool_max_total_bytes",
+            "client_rate_window_secs",
+            "budget_wait_secs",
+        ] {
+            assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+    }
+}
