@@ -66,9 +66,9 @@ def check_metric_names(where, expr):
 
 
 def config_keys_documented():
-    """The keys of the README's configuration table."""
-    readme = (ROOT / "README.md").read_text()
-    return set(re.findall(r"^\| `([a-z_]+)` \|", readme, re.M))
+    """The keys of the configuration table in docs/configuration.md."""
+    reference = (ROOT / "docs/configuration.md").read_text()
+    return set(re.findall(r"^\| `([a-z_]+)` \|", reference, re.M))
 
 
 def check_deployment(deploy, objects):
@@ -153,7 +153,7 @@ def check_deployment(deploy, objects):
         settings = tomllib.loads(config_map["data"][file])
         unknown = set(settings) - config_keys_documented()
         if unknown:
-            problem(f"ConfigMap {config_map['metadata']['name']}: keys not in the README's configuration table: {sorted(unknown)}")
+            problem(f"ConfigMap {config_map['metadata']['name']}: keys not in the configuration table of docs/configuration.md: {sorted(unknown)}")
         spool = settings.get("spool_dir")
         if spool not in mounts or "emptyDir" not in mounts[spool]:
             problem(f"{where}: spool_dir {spool!r} must be a mounted emptyDir (the root filesystem is read-only)")
