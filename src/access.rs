@@ -247,7 +247,7 @@ pub struct Caller {
     /// Box user it acts as, so a refreshed token still reaches its uploads; otherwise, without a key,
     /// `sha256:<hex>` of the bearer token (never the token itself); an anonymous caller without any
     /// token is `anonymous`, one owner shared by all of them (the upload's random id is then its
-    /// only guard: documented in the README).
+    /// only guard: documented in docs/api.md, "Resumable uploads").
     pub owner: Arc<str>,
     /// None: any folder.
     folders: Option<Arc<HashSet<String>>>,

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 /// actix-http grows its read buffer by reallocation and frees it as parts are uploaded: with glibc's
 /// malloc the freed memory goes back to the kernel and comes back as fresh zeroed pages, 6 to 9 %
-/// of the gateway's CPU per byte (bench/, README "What made it cheaper"). mimalloc keeps and reuses it.
+/// of the gateway's CPU per byte (bench/, docs/benchmark.md "What made it cheaper"). mimalloc keeps
+/// and reuses it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

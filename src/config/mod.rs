@@ -2,7 +2,7 @@
 //!
 //! Environment names: `BOX_*` for the Box side (`BOX_API_URL` sets `box_api_url`), `GATEWAY_*` for
 //! the rest (`GATEWAY_PART_CONCURRENCY` sets `part_concurrency`). Every key is listed, with its default,
-//! in the configuration reference.
+//! in the configuration reference, docs/configuration.md.
 //!
 //! `Settings` is that flat list of keys, as operators write them; `validate()` (validate.rs, one
 //! function per part of the gateway) turns it into `ValidSettings` (valid.rs), grouped by the part

@@ -46,7 +46,7 @@ pub struct EmulatorArgs {
     /// A user id that token grants may name as their user subject (repeatable; default: any).
     #[arg(long = "user")]
     pub users: Vec<String>,
-    /// Fault plan as JSON, or @FILE to read it from a file (see README, "The Box emulator").
+    /// Fault plan as JSON, or @FILE to read it from a file (see docs/emulator.md, "Fault plan").
     #[arg(long)]
     pub faults: Option<String>,
     /// Delay every request by this many milliseconds.

@@ -68,7 +68,7 @@ pub struct Completed {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Failed {
-    /// The error code the client got (as in README's error table).
+    /// The error code the client got (as in docs/api.md's error table).
     pub code: String,
     pub message: String,
     pub name: Option<String>,

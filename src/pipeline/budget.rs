@@ -3,8 +3,8 @@
 //! A part takes its bytes from the budget *before* it is filled from the request body, so when the
 //! budget is spent the upload stops polling the body and TCP slows the client down; nothing fails.
 //! Bound: bytes of file content held by the pipeline <= `memory_budget_bytes`, whatever the number or
-//! size of uploads (plus actix-http's own buffers per connection, capped by `max_connections`: README,
-//! "Sizing the memory budget").
+//! size of uploads (plus actix-http's own buffers per connection, capped by `max_connections`:
+//! docs/operations.md, "Sizing the memory budget").
 //!
 //! The wait is bounded (`budget_wait_secs`): an upload that cannot get its bytes in that time is
 //! refused (503 `busy`) instead of waiting behind slow clients for ever, and while it waits its own

@@ -6,7 +6,7 @@
 //! their states differ. With the x86 SHA extensions one chain is latency-bound (each `sha1rnds4`
 //! waits for the one before), so two chains interleaved over the same block, sharing the message
 //! schedule, cost little more than one chain instead of 2 (measured on an AMD EPYC and an Intel Xeon:
-//! 0.5 to 0.6 times the CPU of two passes of the `sha1` crate, see the README's benchmark section).
+//! 0.5 to 0.6 times the CPU of two passes of the `sha1` crate, see docs/benchmark.md).
 //!
 //! Where the lanes are not block-aligned with each other (a part size that is not a multiple of 64),
 //! or the CPU lacks the extensions, each lane is compressed on its own by the `sha1` crate's

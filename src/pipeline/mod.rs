@@ -644,7 +644,7 @@ impl Pipeline {
             let permit = self.budget.acquire(len).await?;
             // Hashed chunk by chunk as it arrives, while in cache; and the socket is read again
             // sooner than after one hashing burst per part (measured: 5 to 7 % less CPU, 20 % less
-            // wall time, README "What made it cheaper").
+            // wall time, docs/benchmark.md "What made it cheaper").
             let part = read_exact(body, len, |c| digests.update(c))
                 .await
                 .map_err(|e| e.with_offset(offset))?;

@@ -7,7 +7,7 @@
 //! Then [`FileData`] cuts the file's bytes out of the raw body without copying them: slices of the
 //! chunks as they came off the socket, up to the delimiter that ends the file part. actix-multipart
 //! copies every byte into its own buffer and looks at every CR for a boundary: that was 7 % and 5 %
-//! of the gateway's CPU per byte (README, "What made it cheaper").
+//! of the gateway's CPU per byte (docs/benchmark.md, "What made it cheaper").
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 

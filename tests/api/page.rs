@@ -346,7 +346,7 @@ async fn the_page_uploads_dropped_files_resumes_after_a_reload_and_refuses_expir
         (403, Some("forbidden_folder"))
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    // The README's picture: refreshed with `UPDATE_SCREENSHOT=1 cargo test --test api page::`; an
+    // The picture in docs/api.md: refreshed with `UPDATE_SCREENSHOT=1 cargo test --test api page::`; an
     // ordinary run leaves the work tree alone and keeps its screenshot under target/.
     let screenshot = match std::env::var_os("UPDATE_SCREENSHOT") {
         Some(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/upload-page.png"),

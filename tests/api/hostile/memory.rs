@@ -494,10 +494,10 @@ async fn stalled_clients(clients: usize, max_connections: usize, chunk: usize) -
     grown
 }
 
-/// What a connection costs beyond the budget when the gateway is not reading its body: the README's
-/// per-connection figures. A client in 1-byte chunks costs about 4 MiB (actix-http decodes up to
-/// 128 KiB of what it read into its queue as one `Bytes` per chunk before it stops reading), one in
-/// 1 KiB chunks about 1 MiB; the cap on connections bounds the sum.
+/// What a connection costs beyond the budget when the gateway is not reading its body: the
+/// per-connection figures of docs/operations.md (sizing). A client in 1-byte chunks costs about 4 MiB
+/// (actix-http decodes up to 128 KiB of what it read into its queue as one `Bytes` per chunk before it
+/// stops reading), one in 1 KiB chunks about 1 MiB; the cap on connections bounds the sum.
 const WORST_PER_CONNECTION: u64 = 6 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
