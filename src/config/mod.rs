@@ -64,7 +64,8 @@ pub struct Settings {
     /// A managed user every Box call acts as (`As-User`), unless an API key names its own.
     #[serde(deserialize_with = "string_like")]
     pub box_as_user: Option<String>,
-    /// A TOML file of `[[keys]]` (name, sha256, folders, max_file_size_bytes, as_user).
+    /// A TOML file of `[[keys]]` (`access::ApiKeyConfig`: name, sha256, folders and optional limits,
+    /// Box subject, webhook_url and quotas; docs/configuration.md shows every field).
     #[serde(deserialize_with = "string_like")]
     pub api_keys_file: Option<String>,
     /// API keys given in the settings file itself, in the same form as the keys file's `[[keys]]`.

@@ -41,7 +41,8 @@ pub struct AppState {
     pub spool_space: crate::pipeline::SpoolSpace,
     /// Readiness and the drain: uploads are admitted through it.
     pub lifecycle: Arc<Lifecycle>,
-    /// Resumable uploads and `Idempotency-Key` answers (embedded or Redis).
+    /// State shared by requests and replicas (embedded or Redis): tus uploads, `Idempotency-Key`
+    /// answers, quotas, pacer rates, the events' outbox, link slots, open-upload sets.
     pub store: Arc<dyn StateStore>,
     pub tus: TusSettings,
     pub idempotency: IdempotencySettings,

@@ -1,6 +1,7 @@
-//! Where state that outlives one request lives: resumable (tus) uploads and `Idempotency-Key`
-//! answers. One interface (tusd's store / locker split: values, plus locks with a token), two
-//! implementations:
+//! Where state that outlives one request, or is shared by the replicas, lives: resumable (tus)
+//! uploads, `Idempotency-Key` answers, API keys' quotas, the Box pacer's rates, the completion events'
+//! outbox, upload links' file slots and each owner's open uploads. One interface (tusd's store / locker
+//! split: values, plus locks with a token), two implementations:
 //! - `embedded` (the default): a redb file under `state_dir`; one replica, nothing to install, survives
 //!   a restart. Locks are in-process.
 //! - `redis` (with `redis_url`): shared by every replica, so any of them can take the next request of an
