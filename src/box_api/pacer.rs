@@ -75,7 +75,7 @@ impl PaceKey {
             false => &digest[..12],
         };
         Self {
-            key: Arc::from(format!("pace:{}", &digest[..32])),
+            key: Arc::from(crate::state::keys::pace(&digest[..32])),
             label: Arc::from(label),
         }
     }

@@ -93,7 +93,7 @@ pub async fn run(events: Arc<Events>, stop: CancellationToken) {
 }
 
 fn gone_key(url: &str) -> String {
-    format!("webhook-gone:{}", hex::encode(Sha256::digest(url.as_bytes())))
+    crate::state::keys::webhook_gone(&hex::encode(Sha256::digest(url.as_bytes())))
 }
 
 impl Events {
@@ -107,7 +107,7 @@ impl Events {
 
     /// One attempt at the event `id`, under its lease.
     async fn deliver(&self, http: &reqwest::Client, id: &str) -> Result<(), StoreError> {
-        let lease_key = format!("webhook-lease:{id}");
+        let lease_key = crate::state::keys::webhook_lease(id);
         let lease = self.settings.timeout + Duration::from_secs(30);
         let Some(lock) = self.store.lock(&lease_key, lease).await? else {
             return Ok(()); // Another replica (or this one) is at it.

@@ -479,6 +479,20 @@ impl StateStore for EmbeddedStore {
         std::future::ready(Ok(wait)).boxed()
     }
 
+    fn rate_give_back<'a>(
+        &'a self,
+        key: &'a str,
+        take: super::rate::RateTake,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        // A state already forgotten was idle: nothing to give back.
+        if let Some((state, until)) = rates.get_mut(key) {
+            super::rate::give_back(state, &take);
+            *until = take.now_ms + super::rate::keep_ms(state, take.now_ms, take.recovery_ms);
+        }
+        std::future::ready(Ok(())).boxed()
+    }
+
     fn rate_throttle<'a>(
         &'a self,
         key: &'a str,

@@ -7,8 +7,8 @@
 //! - `redis` (with `redis_url`): shared by every replica, so any of them can take the next request of an
 //!   upload; locks are `SET NX PX` with a random token, released only by their holder.
 //!
-//! Keys are plain strings (`tus:<id>`, `idem:<caller>:<digest>`); values are opaque bytes. Every value
-//! has a time to live, so nothing stays for ever.
+//! Keys are plain strings, every one made in `keys.rs`; values are opaque bytes. Every value has a
+//! time to live, so nothing stays for ever (the outbox's entries stay until delivered or dead).
 //!
 //! A tus upload's unfinished part (up to one Box part, or a direct upload's whole file) is kept apart
 //! from its small record, written only by a fenced write (`put_fenced`: atomic with the check that
@@ -18,6 +18,8 @@
 //! out of the count by themselves, so a crash or a missed cleanup never leaves it too high.
 pub mod clock;
 mod embedded;
+pub mod keys;
+mod lease;
 pub mod rate;
 mod redis;
 
@@ -29,6 +31,7 @@ use futures_util::future::BoxFuture;
 
 pub use self::clock::{now_ms, now_secs};
 pub use self::embedded::EmbeddedStore;
+pub use self::lease::{Lease, LeaseLost};
 pub use self::redis::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Box rate limits and per-key quotas: takes `take`'s lanes from the rate state under `key`,
     /// all or none (atomic): 0 when taken, else the milliseconds to wait before asking again.
     fn rate_take<'a>(&'a self, key: &'a str, take: rate::RateTake) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Gives back a take made under `key` with the same lanes (`rate::give_back`, atomic): an
+    /// admission refused before its upload reached Box returns what it took.
+    fn rate_give_back<'a>(&'a self, key: &'a str, take: rate::RateTake) -> BoxFuture<'a, StoreResult<()>>;
     /// Box answered 429 for the principal under `key`: pauses it and lowers its rate (atomic).
     fn rate_throttle<'a>(
         &'a self,
@@ -291,6 +297,21 @@ async fn check_rates(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
     assert_eq!(store.rate_take(&key, take(now + 6000, false)).await.unwrap(), 0);
     let wait = store.rate_take(&key, take(now + 6000, false)).await.unwrap();
     assert!((1500..=2000).contains(&wait), "{wait}");
+    // A take given back is there again, once; an unknown key gives back nothing.
+    let back = k("give-back");
+    assert_eq!(store.rate_take(&back, take(now, true)).await.unwrap(), 0);
+    assert_eq!(store.rate_take(&back, take(now, true)).await.unwrap(), 1000);
+    store.rate_give_back(&back, take(now, true)).await.unwrap();
+    assert_eq!(store.rate_take(&back, take(now, true)).await.unwrap(), 0);
+    assert_eq!(store.rate_take(&back, take(now, true)).await.unwrap(), 1000);
+    store
+        .rate_give_back(&k("never-taken"), take(now, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.rate_take(&k("never-taken"), take(now, true)).await.unwrap(),
+        0
+    );
 }
 
 async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {

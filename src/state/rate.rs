@@ -8,6 +8,10 @@
 //! `cost` units at `now` is allowed when `max(tat, now) + cost * interval - now <= burst * interval`,
 //! and then moves the TAT there. A refused take changes nothing, so waiters never push the TAT ahead.
 //! Several lanes are taken all or none (an upload call spends a call and an upload).
+//!
+//! A take can be given back (`give_back`): an upload admitted and then refused before it reached Box
+//! (a later gate said no, its client left) returns what it took, so a refusal never costs the key or
+//! the principal anything.
 
 /// What a key holds (in Redis: a hash with fields `t0`, `t1`, `p`, `sa`, `st`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -87,6 +91,21 @@ pub fn take(state: &mut RateState, take: &RateTake) -> u64 {
     }
     state.tat = next;
     0
+}
+
+/// Undoes a take made earlier with the same lanes: each lane's TAT moves back by what the take cost
+/// (at the rate in force now), never before `now` (units a take spent from an idle lane come back as
+/// the idle lane's full burst, which is where it would be anyway). A pause stays.
+pub fn give_back(state: &mut RateState, take: &RateTake) {
+    let now = take.now_ms as f64;
+    let f = factor(state, now, take.recovery_ms);
+    for (i, lane) in take.lanes.iter().enumerate() {
+        let Some(lane) = lane else { continue };
+        if state.tat[i] > now {
+            let cost = lane.cost.min(lane.burst);
+            state.tat[i] = (state.tat[i] - cost * lane.interval_ms / f).max(now);
+        }
+    }
 }
 
 /// Applies a 429: the pause, and (once per grace) the halved rate.
@@ -180,6 +199,31 @@ mod tests {
         assert_eq!(wait, 200 * 86_400, "200 more bytes must come back first");
         let huge = Lane { cost: 5000.0, ..day };
         assert!(take(&mut RateState::default(), &at(0, [Some(huge), None])) == 0);
+    }
+
+    #[test]
+    fn a_take_given_back_is_there_again() {
+        let mut s = RateState::default();
+        let uploads = lane(3.0, 3.0); // three a minute, all at once
+        let take_at = |now| at(now, [Some(uploads), None]);
+        for _ in 0..3 {
+            assert_eq!(take(&mut s, &take_at(1_000_000)), 0);
+        }
+        assert!(take(&mut s, &take_at(1_000_000)) > 0, "spent");
+        // Two refused uploads give theirs back: two more go at once, then none.
+        give_back(&mut s, &take_at(1_000_100));
+        give_back(&mut s, &take_at(1_000_100));
+        assert_eq!(take(&mut s, &take_at(1_000_200)), 0);
+        assert_eq!(take(&mut s, &take_at(1_000_200)), 0);
+        assert!(take(&mut s, &take_at(1_000_200)) > 0);
+        // Giving back more than was taken never lends the future: an idle lane stays as it was.
+        let mut idle = RateState::default();
+        give_back(&mut idle, &take_at(5_000_000));
+        assert_eq!(idle, RateState::default());
+        for _ in 0..3 {
+            assert_eq!(take(&mut idle, &take_at(5_000_000)), 0);
+        }
+        assert!(take(&mut idle, &take_at(5_000_000)) > 0, "no more than the burst");
     }
 
     #[test]

@@ -113,6 +113,29 @@ redis.call("PEXPIRE", KEYS[1], math.ceil(math.max(keep, 0)) + 1000)
 return 0
 "#;
 
+/// `rate::give_back` in one step. KEYS: the rate hash. ARGV: now, recovery, then per lane interval
+/// (0: no such lane), burst, cost. A hash that is gone (expired: the lanes were idle) stays gone.
+const RATE_GIVE_BACK: &str = r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then return 0 end
+local now = tonumber(ARGV[1])
+local recovery = tonumber(ARGV[2])
+local s = redis.call("HMGET", KEYS[1], "t0", "t1", "p", "sa", "st")
+local tat = {tonumber(s[1]) or 0, tonumber(s[2]) or 0}
+local sa = tonumber(s[4]) or 0
+local st = tonumber(s[5]) or 0
+local f = 1
+if st > 0 and recovery > 0 then f = math.min(1, st + math.max(0, now - sa) / recovery) end
+for i = 1, 2 do
+  local interval = tonumber(ARGV[3 * i])
+  if interval > 0 and tat[i] > now then
+    local cost = math.min(tonumber(ARGV[3 * i + 2]), tonumber(ARGV[3 * i + 1]))
+    tat[i] = math.max(tat[i] - cost * interval / f, now)
+  end
+end
+redis.call("HSET", KEYS[1], "t0", tat[1], "t1", tat[2])
+return 1
+"#;
+
 /// `rate::throttle` in one step. KEYS: the rate hash. ARGV: now, until, recovery, grace, floor.
 const RATE_THROTTLE: &str = r#"
 local now = tonumber(ARGV[1])
@@ -509,6 +532,29 @@ impl StateStore for RedisStore {
             }
             let wait: i64 = script.invoke_async(&mut c).await.map_err(err)?;
             Ok(wait.max(0) as u64)
+        }
+        .boxed()
+    }
+
+    fn rate_give_back<'a>(
+        &'a self,
+        k: &'a str,
+        take: super::rate::RateTake,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let mut c = self.conn().await?;
+            let script = Script::new(RATE_GIVE_BACK);
+            let mut script = script.prepare_invoke();
+            script.key(key(k)).arg(take.now_ms).arg(take.recovery_ms);
+            for lane in take.lanes {
+                match lane {
+                    Some(l) => script.arg(l.interval_ms).arg(l.burst).arg(l.cost),
+                    None => script.arg(0).arg(0).arg(0),
+                };
+            }
+            // The hash keeps its time to live: giving back only ever shortens what it must remember.
+            let _: i64 = script.invoke_async(&mut c).await.map_err(err)?;
+            Ok(())
         }
         .boxed()
     }
