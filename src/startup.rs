@@ -118,6 +118,7 @@ impl Application {
         .acting_as_user(box_side.as_user.as_deref())
         .with_pacer(pacer.clone());
         let access = access
+            .with_state_store(store.clone())
             .with_token_check(client.clone())
             .with_upload_links(crate::access::LinkKeys::new(settings.links.secrets.clone()));
         let lifecycle = Arc::new(Lifecycle::default());

@@ -292,5 +292,9 @@ fn store_key(req: &HttpRequest, caller: &Caller) -> Result<String, ApiError> {
         scope.update(b"\0");
         scope.update(auth.as_bytes());
     }
-    Ok(format!("idem:{}:{}", caller.name, hex::encode(scope.finalize())))
+    Ok(format!(
+        "idem:{}:{}",
+        caller.key_label(),
+        hex::encode(scope.finalize())
+    ))
 }

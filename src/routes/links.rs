@@ -97,9 +97,9 @@ pub async fn create(
     state
         .metrics
         .upload_links
-        .with_label_values(&[&caller.name])
+        .with_label_values(&[caller.key_label()])
         .inc();
-    tracing::info!(key = %caller.name, link_id = %claims.id, folder_id = %claims.folder_id,
+    tracing::info!(key = %caller.key_label(), link_id = %claims.id, folder_id = %claims.folder_id,
         expires_at = claims.expires_at, "upload link made");
     let expires_at = chrono::DateTime::from_timestamp(claims.expires_at as i64, 0)
         .unwrap_or_default()

@@ -328,7 +328,7 @@ async fn create_upload(
     let admission = super::upload::admit_upload(state, &caller).await?;
     state
         .access
-        .check_quota(&*state.store, &caller, crate::access::QuotaCost::Bytes(size))
+        .take_quota(&caller, crate::access::QuotaCost::Bytes(size))
         .await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let expires_at = now_secs() + state.tus.expiration.as_secs();
@@ -336,7 +336,7 @@ async fn create_upload(
     let max_open = state.tus.max_open_uploads_per_key;
     if !state
         .store
-        .open_upload(&caller.owner, &id, expires_at, now_secs(), max_open)
+        .open_upload(&caller.owner().to_string(), &id, expires_at, now_secs(), max_open)
         .await?
     {
         state
@@ -350,8 +350,8 @@ async fn create_upload(
             format!("this caller has {max_open} resumable uploads open (tus_max_open_uploads_per_key): finish or DELETE one first"),
         ));
     }
-    if let Err(err) = take_link_slot(state, &caller, &id).await {
-        let _ = state.store.close_upload(&caller.owner, &id).await;
+    if let Err(err) = state.access.take_link_slot(&caller, &id).await {
+        let _ = state.store.close_upload(&caller.owner().to_string(), &id).await;
         return Err(err);
     }
     let request = UploadRequest {
@@ -371,14 +371,14 @@ async fn create_upload(
     let prepared = match pipeline.prepare(request).await {
         Ok(prepared) => prepared,
         Err(e) => {
-            let _ = state.store.close_upload(&caller.owner, &id).await;
+            let _ = state.store.close_upload(&caller.owner().to_string(), &id).await;
             release_link_slot(state, &caller, &id).await;
             return Err(caller.box_error(fail(e)));
         }
     };
     let mut record = Record {
-        owner: caller.owner.to_string(),
-        caller: caller.name.to_string(),
+        owner: caller.owner().to_string(),
+        caller: caller.key_label().to_string(),
         expires_at,
         metadata: raw_metadata,
         upload: prepared.into_resumable(),
@@ -399,7 +399,7 @@ async fn create_upload(
     .await;
     if let Err(err) = saved {
         pipeline.abort_resumable(&record.upload, "error").await;
-        let _ = state.store.close_upload(&caller.owner, &id).await;
+        let _ = state.store.close_upload(&caller.owner().to_string(), &id).await;
         release_link_slot(state, &caller, &id).await;
         let _ = state.store.unschedule(&id).await;
         return Err(err);
@@ -407,9 +407,9 @@ async fn create_upload(
     state
         .metrics
         .tus_uploads
-        .with_label_values(&["created", &caller.name])
+        .with_label_values(&["created", &caller.key_label()])
         .inc();
-    tracing::info!(upload_id = %id, size, key = %caller.name, "tus upload created");
+    tracing::info!(upload_id = %id, size, key = %caller.key_label(), "tus upload created");
     let mut response = HttpResponse::Created();
     response.insert_header((header::LOCATION, format!("/v1/tus/{id}")));
     // creation-with-upload: the body is the first chunk. An empty file is complete at once.
@@ -550,7 +550,7 @@ async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpRespon
             state
                 .metrics
                 .tus_uploads
-                .with_label_values(&["terminated", &caller.name])
+                .with_label_values(&["terminated", &caller.key_label()])
                 .inc();
         }
         forget(state, &lock, &id, Some(&record.owner)).await?;
@@ -590,7 +590,7 @@ async fn append(
     let received = state
         .metrics
         .tus_received_bytes
-        .with_label_values(&[&caller.name]);
+        .with_label_values(&[&caller.key_label()]);
     let body = client_body(payload, state)
         .map_err(from_payload)
         .inspect_ok(move |chunk| received.inc_by(chunk.len() as u64));
@@ -651,15 +651,14 @@ async fn append(
             // in Box), where the other order could lose the event.
             let mut completed = super::upload::completed(
                 &outcome,
-                caller.name.to_string(),
+                caller.key_label().to_string(),
                 crate::telemetry::RequestId::of(req),
             );
             completed.tus_id = Some(id.to_owned());
             completed.upload_metadata = parse_metadata(&record.metadata).ok();
-            let url = state.access.webhook_url_of(&caller.name);
             state
                 .events
-                .emit(url.as_deref(), crate::events::Event::Completed(completed))
+                .emit(caller.webhook_url(), crate::events::Event::Completed(completed))
                 .await;
             record.file_id = outcome.file.id().map(str::to_owned);
             save(state, lock, id, record, &Bytes::new()).await?;
@@ -670,13 +669,13 @@ async fn append(
             let m = &state.metrics;
             let method = outcome.method.as_str();
             m.tus_uploads
-                .with_label_values(&["completed", &caller.name])
+                .with_label_values(&["completed", &caller.key_label()])
                 .inc();
             m.uploads
-                .with_label_values(&[method, "success", &caller.name])
+                .with_label_values(&[method, "success", &caller.key_label()])
                 .inc();
             m.upload_bytes
-                .with_label_values(&[method, &caller.name])
+                .with_label_values(&[method, &caller.key_label()])
                 .inc_by(outcome.size);
             tracing::info!(upload_id = %id, method, file_id = outcome.file.id(), size = outcome.size,
                 sha1 = %outcome.sha1_hex, "tus upload landed in Box");
@@ -688,7 +687,7 @@ async fn append(
             state
                 .metrics
                 .tus_uploads
-                .with_label_values(&["rewound", &caller.name])
+                .with_label_values(&["rewound", &caller.key_label()])
                 .inc();
             Err(fail(err))
         }
@@ -711,14 +710,13 @@ async fn append(
                 name,
                 folder_id,
                 bytes_received: record.upload.offset,
-                key: caller.name.to_string(),
+                key: caller.key_label().to_string(),
                 request_id: crate::telemetry::RequestId::of(req),
                 tus_id: Some(id.to_owned()),
             };
-            let url = state.access.webhook_url_of(&caller.name);
             state
                 .events
-                .emit(url.as_deref(), crate::events::Event::Failed(failed))
+                .emit(caller.webhook_url(), crate::events::Event::Failed(failed))
                 .await;
             save(state, lock, id, record, &Bytes::new()).await?;
             // Failed: no longer counted among the owner's open uploads (HEAD still answers it).
@@ -728,55 +726,16 @@ async fn append(
             state
                 .metrics
                 .tus_uploads
-                .with_label_values(&["failed", &caller.name])
+                .with_label_values(&["failed", &caller.key_label()])
                 .inc();
             Err(err)
         }
     }
 }
 
-/// The store's set of uploads made through a link with `max_files` (see `take_link_slot`).
-fn link_files_key(link_id: &str) -> String {
-    format!("link-files:{link_id}")
-}
-
-/// A link with `max_files` counts the uploads made through it in the state store (shared by the
-/// replicas with Redis): each upload takes a slot until the link expires, and gives it back only when
-/// it is terminated (DELETE) or its creation fails. The token itself stays stateless.
-async fn take_link_slot(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    let Some((link, max)) = caller.link().and_then(|l| Some((l, l.max_files?))) else {
-        return Ok(());
-    };
-    let counted = state
-        .store
-        .open_upload(
-            &link_files_key(&link.id),
-            id,
-            link.expires_at,
-            now_secs(),
-            max as usize,
-        )
-        .await?;
-    if counted {
-        return Ok(());
-    }
-    state
-        .metrics
-        .access_refused
-        .with_label_values(&[&caller.name, "link_files_exhausted"])
-        .inc();
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "link_files_exhausted",
-        format!("this upload link accepts at most {max} files, and that many have been uploaded through it"),
-    ))
-}
-
 async fn release_link_slot(state: &AppState, caller: &Caller, id: &str) {
-    if let Some(link) = caller.link().filter(|l| l.max_files.is_some()) {
-        if let Err(err) = state.store.close_upload(&link_files_key(&link.id), id).await {
-            tracing::warn!(upload_id = %id, error = %err, "an upload link's file slot stays taken");
-        }
+    if let Some(slot) = state.access.link_slot_of(caller, id) {
+        state.access.give_back_link_slot(slot).await;
     }
 }
 
@@ -797,7 +756,7 @@ async fn load_record(state: &AppState, id: &str, caller: &Caller) -> Result<Reco
     }
     let bytes = state.store.get(&store_key(id)).await?.ok_or_else(not_found)?;
     let (mut record, inline) = decode(bytes)?;
-    if record.owner != *caller.owner || record.expires_at <= now_secs() {
+    if record.owner != caller.owner().to_string() || record.expires_at <= now_secs() {
         return Err(not_found());
     }
     if !inline.is_empty() {
@@ -1037,7 +996,7 @@ async fn expire(state: &AppState, id: &str) -> Result<(), ApiError> {
                 }
             };
             if !landed {
-                match (&upload, record_owner.as_deref().and_then(|o| state.access.principal_of(o))) {
+                match (&upload, record_owner.as_deref().and_then(|o| state.access.principal_of_owner(&crate::access::Owner::parse(o)))) {
                     (Some(upload), Some(principal)) => {
                         state
                             .pipeline

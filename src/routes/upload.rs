@@ -356,10 +356,7 @@ async fn upload(
             (spooled.size, false, body, Some(spooled))
         }
     };
-    state
-        .access
-        .check_quota(&*state.store, caller, QuotaCost::Bytes(size))
-        .await?;
+    state.access.take_quota(caller, QuotaCost::Bytes(size)).await?;
     let upload = NewUpload {
         target,
         size,
@@ -399,16 +396,13 @@ async fn upload(
 /// `rate_limited`), then Box capacity for its principal, waited for at most `box_rate_wait_secs`
 /// and fairly among keys (503 `box_rate_limited`). Both with `Retry-After`.
 pub(super) async fn admit_upload(state: &AppState, caller: &Caller) -> Result<Admission, ApiError> {
-    state
-        .access
-        .check_quota(&*state.store, caller, QuotaCost::Upload)
-        .await?;
+    state.access.take_quota(caller, QuotaCost::Upload).await?;
     state
         .pacer
-        .admit(&caller.principal.pace_key(), &caller.name)
+        .admit(&caller.principal.pace_key(), caller.key_label())
         .await
         .map_err(|no| {
-            tracing::warn!(key = %caller.name, waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
+            tracing::warn!(key = %caller.key_label(), waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
             ApiError::box_rate_limited(no.waited, no.retry_after)
         })
 }
@@ -722,6 +716,7 @@ struct Tracker<'a> {
     state: &'a AppState,
     /// The caller's key name (`passthrough`, `anonymous`): a metrics label and a log field.
     key: Arc<str>,
+    webhook_url: Option<String>,
     /// Known once Box has accepted the destination.
     method: std::cell::Cell<Option<UploadMethod>>,
     /// The pacer's admission (`admit_upload`), handed to the pipeline with the upload.
@@ -738,10 +733,11 @@ struct Tracker<'a> {
 impl<'a> Tracker<'a> {
     fn start(state: &'a AppState, caller: &Caller, req: &HttpRequest) -> Self {
         state.metrics.uploads_in_flight.inc();
-        tracing::Span::current().record("key", &*caller.name);
+        tracing::Span::current().record("key", &**caller.key_label());
         Self {
             state,
-            key: caller.name.clone(),
+            key: caller.key_label().clone(),
+            webhook_url: caller.webhook_url().map(str::to_owned),
             method: Default::default(),
             admission: Default::default(),
             started: Instant::now(),
@@ -779,8 +775,7 @@ impl<'a> Tracker<'a> {
                 })
             }
         };
-        let url = self.state.access.webhook_url_of(&self.key);
-        self.state.events.emit(url.as_deref(), event).await;
+        self.state.events.emit(self.webhook_url.as_deref(), event).await;
     }
 
     async fn answer(mut self, result: Result<UploadOutcome, ApiError>) -> Result<HttpResponse, ApiError> {

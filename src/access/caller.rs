@@ -1,0 +1,262 @@
+//! Who is uploading (`Caller`), whose uploads they are (`Owner`), and the checks made on a caller for
+//! each request: the route, the folder, the file, the size, `on_conflict`.
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+
+use super::link_token::LinkClaims;
+use super::links::link_not_allowed;
+use super::REALM;
+use crate::box_api::Principal;
+use crate::error::ApiError;
+use crate::metrics::GatewayMetrics;
+use crate::pipeline::Pipeline;
+
+/// Whose resumable uploads and `Idempotency-Key`s these are: only the same owner sees them. Stored
+/// (tus records, open-upload sets, idempotency keys) in its `Display` form, which is fixed: records
+/// written by an older gateway still name their owners this way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// An API key's caller: the key's name (no `:` in it, `check_keys`, so it cannot be mistaken for
+    /// the forms below).
+    Key(Arc<str>),
+    /// A caller without a key whose bearer token Box has not checked: `sha256:<hex>` of the token
+    /// (never the token itself).
+    Token { sha256_hex: String },
+    /// With pass-through, once Box checked the token (`authenticate_checked`): `box-user:<id>` of the
+    /// Box user it acts as, so a refreshed token still reaches its uploads.
+    BoxUser(Arc<str>),
+    /// An upload link's caller: `link:<key>:<link id>`. One link's holder never reaches the key's
+    /// other uploads, nor another link's.
+    Link { key: Arc<str>, link_id: Arc<str> },
+    /// A caller without any key or token: `anonymous`, one owner shared by all of them (the upload's
+    /// random id is then its only guard, as docs/api.md says under "Resumable uploads").
+    Anonymous,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Key(name) => f.write_str(name),
+            Self::Token { sha256_hex } => write!(f, "sha256:{sha256_hex}"),
+            Self::BoxUser(id) => write!(f, "box-user:{id}"),
+            Self::Link { key, link_id } => write!(f, "link:{key}:{link_id}"),
+            Self::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
+
+impl Owner {
+    /// An owner read back from the store (the tus sweeper). A bare name is a key's (or `anonymous`,
+    /// which acts as no key: the two never meet, since a gateway with keys has no anonymous callers).
+    pub fn parse(stored: &str) -> Self {
+        if let Some(hex) = stored.strip_prefix("sha256:") {
+            return Self::Token {
+                sha256_hex: hex.to_owned(),
+            };
+        }
+        if let Some(id) = stored.strip_prefix("box-user:") {
+            return Self::BoxUser(Arc::from(id));
+        }
+        if let Some((key, link_id)) = stored.strip_prefix("link:").and_then(|r| r.split_once(':')) {
+            return Self::Link {
+                key: Arc::from(key),
+                link_id: Arc::from(link_id),
+            };
+        }
+        Self::Key(Arc::from(stored))
+    }
+
+    /// The API key whose rules the owner's uploads follow (a link's is the key that made it).
+    pub fn key_name(&self) -> Option<&str> {
+        match self {
+            Self::Key(name) | Self::Link { key: name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Who is uploading: what the handlers check and which principal the pipeline acts as. Made once per
+/// request (`Access::authenticate_checked`).
+pub struct Caller {
+    /// The key's name, `passthrough` or `anonymous`: the `key` label of metrics, and the logs'.
+    pub(super) key_label: Arc<str>,
+    pub(super) owner: Owner,
+    /// None: any folder.
+    pub(super) folders: Option<Arc<HashSet<String>>>,
+    pub(super) max_file_size_bytes: Option<u64>,
+    pub principal: Principal,
+    pub(super) passthrough: bool,
+    pub(super) metrics: Arc<GatewayMetrics>,
+    /// Pass-through: the Box user the caller's token acts as, from Box's check of it.
+    pub(super) box_user_id: Option<Arc<str>>,
+    /// An upload link's caller: what the link allows (it acts as the key that made it).
+    pub(super) link: Option<Arc<LinkClaims>>,
+    /// Where the completion events of the caller's uploads go, when its key names its own URL.
+    pub(super) webhook_url: Option<Arc<str>>,
+}
+
+impl Caller {
+    /// The key's name, `passthrough` or `anonymous` (never a key or a token): for metrics and logs.
+    pub fn key_label(&self) -> &Arc<str> {
+        &self.key_label
+    }
+
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// The caller's key's own `webhook_url`, if it names one (events go to the gateway's otherwise).
+    pub fn webhook_url(&self) -> Option<&str> {
+        self.webhook_url.as_deref()
+    }
+
+    /// Pass-through: the Box user the caller's token acts as (Box's answer to `GET /users/me`, kept
+    /// for ownership checks); None otherwise, or before `Access::authenticate_checked`.
+    pub fn box_user_id(&self) -> Option<&str> {
+        self.box_user_id.as_deref()
+    }
+
+    /// An upload link's caller: what its link allows.
+    pub fn link(&self) -> Option<&LinkClaims> {
+        self.link.as_deref()
+    }
+
+    /// 403 `link_not_allowed` for a link's caller on a plain upload endpoint: a link's uploads go
+    /// through tus, where its `max_files` is counted (and its page uploads).
+    pub fn check_plain_upload(&self) -> Result<(), ApiError> {
+        match self.link {
+            Some(_) => Err(self.refuse(link_not_allowed(
+                "an upload link uploads through the resumable endpoints (/v1/tus/), as its page does",
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// 403 `forbidden_folder` unless the caller's key lists the folder.
+    pub fn check_folder(&self, folder_id: &str) -> Result<(), ApiError> {
+        match &self.folders {
+            Some(folders) if !folders.contains(folder_id) => Err(self.refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_folder",
+                format!("this API key may not upload into folder {folder_id}"),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A new version is allowed only of a file inside the key's folders: Box is asked where it is
+    /// (one metadata read, before any byte of the upload goes to Box).
+    pub async fn check_file(&self, pipeline: &Pipeline, file_id: &str) -> Result<(), ApiError> {
+        if self.link.is_some() {
+            return Err(self.refuse(link_not_allowed(
+                "an upload link adds new files only; it cannot add versions of existing ones",
+            )));
+        }
+        if self.folders.is_none() {
+            return Ok(());
+        }
+        let parent = pipeline
+            .acting_as(&self.principal)
+            .parent_folder(file_id)
+            .await
+            .map_err(|e| self.box_error(ApiError::from(e)))?;
+        match &self.folders {
+            Some(folders) if !folders.contains(&parent) => Err(self.refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_folder",
+                format!("file {file_id} is in a folder this API key may not upload into"),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// 403 `link_not_allowed` when a link's caller would add a version to an existing file by name.
+    pub fn check_on_conflict(&self, on_conflict: &crate::pipeline::OnConflict) -> Result<(), ApiError> {
+        match (&self.link, on_conflict) {
+            (Some(_), crate::pipeline::OnConflict::Version) => Err(self.refuse(link_not_allowed(
+                "an upload link adds new files only: on_conflict=version is not allowed (use rename or error)",
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The caller's own size limit, if its key has one.
+    pub fn max_file_size_bytes(&self) -> Option<u64> {
+        self.max_file_size_bytes
+    }
+
+    /// 413 `file_too_large` when the file is larger than the caller's key allows.
+    pub fn check_size(&self, size: u64) -> Result<(), ApiError> {
+        match self.max_file_size_bytes {
+            Some(limit) if size > limit => Err(self.too_large()),
+            _ => Ok(()),
+        }
+    }
+
+    /// 413 `file_too_large`: the file is larger than the caller's key allows.
+    pub fn too_large(&self) -> ApiError {
+        let limit = self.max_file_size_bytes.unwrap_or_default();
+        self.refuse(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+            format!("the file is larger than this API key accepts ({limit} bytes)"),
+        ))
+    }
+
+    /// With pass-through, Box refusing the token is the caller's problem: 401, not the gateway's 502.
+    pub fn box_error(&self, err: ApiError) -> ApiError {
+        if self.passthrough && err.code == "box_auth_failed" {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: "unauthenticated",
+                message: "Box refused your access token".into(),
+                ..err
+            }
+            .with_www_authenticate(format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""));
+        }
+        err
+    }
+
+    /// Counts an access refusal (`gateway_access_refused_total`) by the caller's key and the code.
+    pub(super) fn refuse(&self, err: ApiError) -> ApiError {
+        self.metrics
+            .access_refused
+            .with_label_values(&[&self.key_label, err.code])
+            .inc();
+        err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_keep_their_stored_form() {
+        let owners = [
+            Owner::Key(Arc::from("team")),
+            Owner::Token {
+                sha256_hex: "ab".repeat(32),
+            },
+            Owner::BoxUser(Arc::from("77")),
+            Owner::Link {
+                key: Arc::from("team"),
+                link_id: Arc::from("0123456789abcdef"),
+            },
+        ];
+        let stored: Vec<String> = owners.iter().map(ToString::to_string).collect();
+        assert_eq!(stored[0], "team");
+        assert_eq!(stored[1], format!("sha256:{}", "ab".repeat(32)));
+        assert_eq!(stored[2], "box-user:77");
+        assert_eq!(stored[3], "link:team:0123456789abcdef");
+        for (owner, stored) in owners.iter().zip(&stored) {
+            assert_eq!(&Owner::parse(stored), owner);
+        }
+        assert_eq!(Owner::Anonymous.to_string(), "anonymous");
+        assert_eq!(owners[3].key_name(), Some("team"));
+        assert_eq!(owners[2].key_name(), None);
+    }
+}

@@ -1,0 +1,236 @@
+//! Upload links: issuing them (`POST /v1/upload-links`), checking a token, the caller a link makes,
+//! and the file slots of a link with `max_files` (counted in the state store, shared by the replicas).
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+
+use super::caller::{Caller, Owner};
+use super::keys::ApiKey;
+use super::link_token::{LinkClaims, LinkRefusal};
+use super::{key_principal, Access};
+use crate::error::ApiError;
+use crate::state::now_secs;
+
+/// What `POST /v1/upload-links` asks for, its bounds already checked by the route.
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    pub folder_id: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub max_file_size_bytes: Option<u64>,
+    pub max_files: Option<u32>,
+    pub note: Option<String>,
+}
+
+/// A file slot taken for one upload through a link with `max_files`.
+#[derive(Debug, Clone)]
+pub struct LinkSlot {
+    link_id: String,
+    upload_id: String,
+}
+
+impl Access {
+    /// A signed link for `request`, made by `caller`: only an API key's caller may make one, for one
+    /// of its folders and within its size limit.
+    pub fn issue_link(
+        &self,
+        caller: &Caller,
+        request: LinkRequest,
+    ) -> Result<(String, LinkClaims), ApiError> {
+        let key = self.link_maker(caller)?;
+        let keys = self.links.as_ref().ok_or_else(links_disabled)?;
+        caller.check_folder(&request.folder_id)?;
+        let max_file_size_bytes = match (request.max_file_size_bytes, key.max_file_size_bytes) {
+            (Some(asked), Some(limit)) if asked > limit => {
+                return Err(ApiError::bad_request(
+                    "invalid_link_request",
+                    format!("max_file_size_bytes {asked} is above this API key's limit ({limit} bytes)"),
+                ))
+            }
+            (asked, limit) => asked.or(limit),
+        };
+        let claims = LinkClaims {
+            id: uuid::Uuid::new_v4().simple().to_string()[..16].to_owned(),
+            key: key.name.to_string(),
+            folder_id: request.folder_id,
+            max_file_size_bytes,
+            max_files: request.max_files,
+            note: request.note.filter(|n| !n.trim().is_empty()),
+            expires_at: request.expires_at,
+        };
+        Ok((keys.sign(&claims), claims))
+    }
+
+    /// The key of a caller that may make links: 401 without an API key (whether links are on or
+    /// not: the endpoint's security is the key), 403 for a link's caller, 404 when links are off.
+    fn link_maker(&self, caller: &Caller) -> Result<&ApiKey, ApiError> {
+        if caller.link.is_some() {
+            return Err(caller.refuse(link_not_allowed("an upload link cannot make another link")));
+        }
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.name == caller.key_label && caller.folders.is_some())
+            .ok_or_else(|| {
+                self.unauthenticated("upload links are made with an API key: send it in the X-API-Key header")
+            })?;
+        self.links.as_ref().ok_or_else(links_disabled)?;
+        Ok(key)
+    }
+
+    /// `link_maker`'s verdict alone, before the request's body is read.
+    pub fn check_link_maker(&self, caller: &Caller) -> Result<(), ApiError> {
+        self.link_maker(caller).map(|_| ())
+    }
+
+    /// The claims of a link token that is genuine, not expired, and whose key still exists and still
+    /// lists the link's folder (removing a key, or its folder, revokes its links).
+    pub fn check_link(&self, token: &str) -> Result<LinkClaims, ApiError> {
+        let keys = self.links.as_ref().ok_or_else(links_disabled)?;
+        let refused = |key: &str, err: ApiError| {
+            self.metrics
+                .access_refused
+                .with_label_values(&[key, err.code])
+                .inc();
+            err
+        };
+        let claims = match keys.verify(token, now_secs()) {
+            Ok(claims) => claims,
+            Err(LinkRefusal::Invalid) => return Err(refused("none", link_invalid())),
+            Err(LinkRefusal::Expired(claims)) => {
+                let at = chrono::DateTime::from_timestamp(claims.expires_at as i64, 0).unwrap_or_default();
+                return Err(refused(
+                    &claims.key,
+                    ApiError::new(
+                        StatusCode::GONE,
+                        "link_expired",
+                        format!(
+                            "this upload link expired at {}; ask for a new one",
+                            at.to_rfc3339()
+                        ),
+                    ),
+                ));
+            }
+        };
+        match self.keys.iter().find(|k| *k.name == claims.key) {
+            Some(key) if key.folders.contains(&claims.folder_id) => Ok(claims),
+            _ => Err(refused("none", link_invalid())),
+        }
+    }
+
+    /// The caller of a request that carries a link: the key that made it, confined to the link's
+    /// folder and limits. Its uploads are its own (`Owner::Link`), so one link's holder never reaches
+    /// the key's other uploads.
+    pub(super) fn authenticate_link(&self, token: &str) -> Result<Caller, ApiError> {
+        let claims = self.check_link(token)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| *k.name == claims.key)
+            .ok_or_else(link_invalid)?;
+        // Validation refuses links with pass-through (a link carries no Box token).
+        let own = self.default_principal.as_ref().ok_or_else(link_invalid)?;
+        let max_file_size_bytes = match (claims.max_file_size_bytes, key.max_file_size_bytes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Caller {
+            key_label: key.name.clone(),
+            owner: Owner::Link {
+                key: key.name.clone(),
+                link_id: Arc::from(claims.id.as_str()),
+            },
+            folders: Some(Arc::new(HashSet::from([claims.folder_id.clone()]))),
+            max_file_size_bytes,
+            principal: key_principal(Some(key), own),
+            passthrough: false,
+            metrics: self.metrics.clone(),
+            box_user_id: None,
+            link: Some(Arc::new(claims)),
+            webhook_url: key.webhook_url.clone(),
+        })
+    }
+
+    /// A link with `max_files` counts the uploads made through it in the state store: each upload
+    /// takes a slot (403 `link_files_exhausted` when none is left) until the link expires, and gives
+    /// it back only when it is terminated (DELETE) before landing, or its creation fails. The token
+    /// itself stays stateless. None: the caller is no link, or its link has no `max_files`.
+    pub async fn take_link_slot(
+        &self,
+        caller: &Caller,
+        upload_id: &str,
+    ) -> Result<Option<LinkSlot>, ApiError> {
+        let Some((link, max)) = caller.link().and_then(|l| Some((l, l.max_files?))) else {
+            return Ok(None);
+        };
+        let counted = self
+            .store()?
+            .open_upload(
+                &crate::state::keys::link_files(&link.id),
+                upload_id,
+                link.expires_at,
+                now_secs(),
+                max as usize,
+            )
+            .await?;
+        if counted {
+            return Ok(Some(LinkSlot {
+                link_id: link.id.clone(),
+                upload_id: upload_id.to_owned(),
+            }));
+        }
+        Err(caller.refuse(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_files_exhausted",
+            format!(
+                "this upload link accepts at most {max} files, and that many have been uploaded through it"
+            ),
+        )))
+    }
+
+    /// The slot the caller's link holds for `upload_id`, if its link counts files (to give it back).
+    pub fn link_slot_of(&self, caller: &Caller, upload_id: &str) -> Option<LinkSlot> {
+        let link = caller.link().filter(|l| l.max_files.is_some())?;
+        Some(LinkSlot {
+            link_id: link.id.clone(),
+            upload_id: upload_id.to_owned(),
+        })
+    }
+
+    /// Gives a link's file slot back.
+    pub async fn give_back_link_slot(&self, slot: LinkSlot) {
+        let given = match self.store() {
+            Ok(store) => store
+                .close_upload(&crate::state::keys::link_files(&slot.link_id), &slot.upload_id)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.message),
+        };
+        if let Err(err) = given {
+            tracing::warn!(upload_id = %slot.upload_id, error = %err, "an upload link's file slot stays taken");
+        }
+    }
+}
+
+/// 401 `link_invalid`: not a link this gateway signed, altered, or its key is gone.
+fn link_invalid() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "link_invalid",
+        "this upload link is not valid (it was altered, or it has been revoked); ask for a new one",
+    )
+}
+
+fn links_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "upload_links_disabled",
+        "upload links are off: the gateway has no upload_link_secret",
+    )
+}
+
+/// 403 `link_not_allowed`: what an upload link's holder may not do.
+pub fn link_not_allowed(why: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "link_not_allowed", why)
+}
