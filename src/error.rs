@@ -150,6 +150,30 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// A failed upload's error for the client (the short, stable form), its whole cause chain logged:
+    /// at warn for the gateway's own bounds doing their work (a full budget or spool, a drain), at
+    /// error for a 5xx, at info for the client's own mistakes.
+    pub fn logged(err: UploadError) -> Self {
+        let mut chain = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        let api = ApiError::from(err);
+        if matches!(api.code, "busy" | "insufficient_storage" | "draining") {
+            tracing::warn!(code = api.code, error = %chain, "upload refused for now");
+        } else if api.status.is_server_error() {
+            tracing::error!(code = api.code, error = %chain, "upload failed");
+        } else {
+            tracing::info!(code = api.code, error = %chain, "upload refused");
+        }
+        api
+    }
+}
+
 impl From<UploadError> for ApiError {
     fn from(err: UploadError) -> Self {
         use StatusCode as S;

@@ -2,13 +2,13 @@
 //! says), and the drain on SIGTERM or SIGINT.
 //!
 //! The drain, in order (`Application::run_until_stopped`):
-//! 1. readiness turns false and new uploads are refused with 503 `draining` (`admit` says no);
+//! 1. readiness turns false and new uploads are refused with 503 `draining` (`begin_upload` says no);
 //! 2. uploads in flight get until `shutdown_grace - abort_reserve(shutdown_grace)` to finish;
 //! 3. then `stop_uploads` fires: the pipeline stops reading bodies and sending parts, aborts each
 //!    remaining Box session (awaited) and the client is answered 503 `draining`; an upload whose
 //!    commit is already under way is let finish (Box may be creating the file). A tus PATCH stops the
 //!    same way but keeps its session and what Box confirmed (`Pipeline::append`): the client resumes
-//!    from HEAD, which is answered even while draining (`routes::admit`);
+//!    from HEAD, which is answered even while draining (`routes::middleware::drain_gate`);
 //! 4. at `shutdown_grace` the HTTP server stops, whatever is left, and the process exits 0.
 //!
 //! Background work that outlives uploads (the webhook delivery worker) stops at the end of the
@@ -72,7 +72,7 @@ impl Drop for InFlight {
 
 impl Lifecycle {
     /// Counts a new upload in, unless the gateway is draining.
-    pub fn admit(self: &Arc<Self>) -> Option<InFlight> {
+    pub fn begin_upload(self: &Arc<Self>) -> Option<InFlight> {
         // Counted before the check, so a drain that starts in between still waits for it.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let flight = InFlight(self.clone());
@@ -201,13 +201,13 @@ mod tests {
     #[tokio::test]
     async fn a_drain_refuses_new_uploads_and_waits_for_those_in_flight() {
         let life = Arc::new(Lifecycle::default());
-        let flight = life.admit().expect("admitted before the drain");
+        let flight = life.begin_upload().expect("admitted before the drain");
         let drain = {
             let life = life.clone();
             tokio::spawn(async move { life.drain(Duration::from_secs(10)).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(life.admit().is_none(), "refused while draining");
+        assert!(life.begin_upload().is_none(), "refused while draining");
         assert_eq!(life.readiness().unwrap_err().reason, "draining");
         assert!(!drain.is_finished());
         drop(flight);
@@ -221,7 +221,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn uploads_that_outlive_the_grace_are_told_to_stop_before_it_ends() {
         let life = Arc::new(Lifecycle::default());
-        let flight = life.admit().unwrap();
+        let flight = life.begin_upload().unwrap();
         let stop = life.stop_uploads();
         let released = tokio::spawn(async move {
             stop.cancelled().await;

@@ -7,11 +7,17 @@ use prometheus::{
 };
 
 pub struct GatewayMetrics {
-    /// Uploads finished, by `method` (direct|chunked), `outcome` (success|client_error|box_error|...)
-    /// and `key` (the API key's name, `passthrough` or `anonymous`; never the key itself).
+    /// Uploads that ended, plain and tus alike (`routes/outcome.rs`), by `method` (direct|chunked;
+    /// unknown when refused before Box accepted the destination), `outcome` (success|client_error|
+    /// conflict|rate_limited|gateway_busy|box_error|internal_error|cancelled|expired) and `key` (the
+    /// API key's name, `passthrough` or `anonymous`; never the key itself). A tus upload counts once,
+    /// when it lands, fails for good, is terminated (cancelled) or expires; a request refused before
+    /// its upload exists counts as one that ended with that refusal.
     pub uploads: IntCounterVec,
     /// File bytes received from clients, by `method` and `key`.
     pub upload_bytes: IntCounterVec,
+    /// From an upload's first request to its answer (tus: from creation to landing), of those that
+    /// landed, by method.
     pub upload_duration: HistogramVec,
     /// Chunked-upload parts, by `outcome` (uploaded|failed).
     pub parts: IntCounterVec,
@@ -22,6 +28,7 @@ pub struct GatewayMetrics {
     /// Box calls, by `endpoint` and `status` (HTTP status, or timeout|connection).
     pub box_calls: IntCounterVec,
     pub box_call_duration: HistogramVec,
+    /// Upload requests being answered now: plain uploads, tus creations and PATCHes.
     pub uploads_in_flight: IntGauge,
     /// Bytes of file content held in memory, against `memory_budget_bytes`.
     pub buffered_bytes: IntGauge,
@@ -90,6 +97,10 @@ pub struct GatewayMetrics {
     /// Uploads refused with 429 `rate_limited` by their key's own quota, by `key` and `quota`
     /// (uploads_per_minute|bytes_per_day).
     pub key_quota_refused: IntCounterVec,
+    /// What admissions took and gave back because their upload was refused (or its client left)
+    /// before it reached Box, by `what` (uploads_per_minute|bytes_per_day|box_admission|open_upload|
+    /// link_slot): a refusal costs the key, its link and its Box user nothing.
+    pub admission_given_back: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -100,7 +111,7 @@ impl GatewayMetrics {
             uploads: IntCounterVec::new(
                 Opts::new(
                     "gateway_uploads_total",
-                    "Uploads finished, by method, outcome and API key name.",
+                    "Uploads that ended (plain and tus; a tus upload once), by method, outcome and API key name.",
                 ),
                 &["method", "outcome", "key"],
             )?,
@@ -114,7 +125,7 @@ impl GatewayMetrics {
             upload_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "gateway_upload_duration_seconds",
-                    "Time from request to answer, by method.",
+                    "Time from an upload's first request to its answer (tus: from creation to landing), of uploads that landed, by method.",
                 )
                 .buckets(upload_buckets),
                 &["method"],
@@ -152,7 +163,10 @@ impl GatewayMetrics {
                 .buckets(call_buckets),
                 &["endpoint"],
             )?,
-            uploads_in_flight: IntGauge::new("gateway_uploads_in_flight", "Uploads being received now.")?,
+            uploads_in_flight: IntGauge::new(
+                "gateway_uploads_in_flight",
+                "Upload requests being answered now (plain uploads, tus creations and PATCHes).",
+            )?,
             buffered_bytes: IntGauge::new(
                 "gateway_buffered_bytes",
                 "File bytes held in memory now, taken from the memory budget.",
@@ -316,6 +330,13 @@ impl GatewayMetrics {
                 ),
                 &["key", "quota"],
             )?,
+            admission_given_back: IntCounterVec::new(
+                Opts::new(
+                    "gateway_admission_given_back_total",
+                    "What admissions took and gave back because their upload never reached Box, by what (uploads_per_minute|bytes_per_day|box_admission|open_upload|link_slot).",
+                ),
+                &["what"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -353,6 +374,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.box_calls_by_principal.clone()))?;
         registry.register(Box::new(m.box_rate_refused.clone()))?;
         registry.register(Box::new(m.key_quota_refused.clone()))?;
+        registry.register(Box::new(m.admission_given_back.clone()))?;
         Ok(m)
     }
 }

@@ -214,7 +214,7 @@ impl Application {
                 )
                 .service(
                     web::scope("/v1")
-                        .wrap(middleware::from_fn(routes::admit))
+                        .wrap(middleware::from_fn(routes::drain_gate))
                         .service(
                             upload_route("/folders/{folder_id}/files", "POST")
                                 .post(upload::multipart_to_folder),
@@ -323,7 +323,7 @@ fn upload_route(
     let method = actix_web::http::Method::from_bytes(allow.as_bytes()).expect("an HTTP method");
     web::resource(path)
         .wrap(middleware::from_fn(move |req, next| {
-            idempotency::once(req, next, method.clone())
+            idempotency::idempotent(req, next, method.clone())
         }))
         .default_service(not_allowed(allow))
 }

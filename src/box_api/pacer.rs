@@ -6,9 +6,10 @@
 //! calls and 240 upload calls (new sessions, direct uploads) a minute, and answers 429 past them. The
 //! pacer keeps two GCRA lanes per principal (`state/rate.rs`): calls, and upload calls. Two kinds of
 //! waiting:
-//! - a new upload is *admitted* (`admit`) before any byte of its body is read: it waits at most
-//!   `wait` for an upload call and a call, fairly among the API keys waiting for the same principal
-//!   (round-robin, in this process), then is refused (503 `box_rate_limited` with `Retry-After`);
+//! - a new upload reserves its first upload call (`reserve_upload_call`) before any byte of its body
+//!   is read: it waits at most `wait` for an upload call and a call, fairly among the API keys waiting
+//!   for the same principal (round-robin, in this process), then is refused (503 `box_rate_limited`
+//!   with `Retry-After`); an upload refused before it made that call gives it back (`give_back`);
 //! - every other call (parts, commits, checks, an upload's retries) waits as long as it takes
 //!   (`call`): an upload under way is never failed for the limiter. Those waits stay short because
 //!   admissions are paced to what the call budget can carry.
@@ -265,7 +266,7 @@ impl Pacer {
 
     /// Waits, at most `settings.wait` and fairly among `who`s (API key names) waiting for the same
     /// principal, for one upload call and one call: the new upload's first call is paid for.
-    pub async fn admit(&self, key: &PaceKey, who: &str) -> Result<Admission, NoCapacity> {
+    pub async fn reserve_upload_call(&self, key: &PaceKey, who: &str) -> Result<Admission, NoCapacity> {
         let started = tokio::time::Instant::now();
         if self.settings.uploads_per_minute == 0 && self.settings.calls_per_minute == 0 {
             return Ok(Admission::default());
@@ -327,6 +328,23 @@ impl Pacer {
         let retry_after = Duration::from_secs_f64((interval * (ahead + 1) as f64).clamp(1.0, 60.0));
         self.metrics.box_rate_refused.with_label_values(&[&who]).inc();
         Err(NoCapacity { waited, retry_after })
+    }
+
+    /// Gives the prepaid call of `admission` back to `key`'s budget, unless it was made: its upload
+    /// was refused before it reached Box (a later gate, its client gone). Whether it was given back.
+    pub async fn give_back(&self, key: &PaceKey, admission: &Admission) -> bool {
+        if !admission.take() {
+            return false;
+        }
+        let take = self.take_of(true, true);
+        if take.lanes.iter().all(Option::is_none) {
+            return false;
+        }
+        if let Err(err) = self.store.rate_give_back(&key.key, take).await {
+            tracing::warn!(error = %err, "the state store could not take back an unused Box admission");
+            return false;
+        }
+        true
     }
 
     /// Box answered 429 to a call for `key`: every replica pauses that principal until `retry_after`
@@ -456,7 +474,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         pacer.call(&key, false).await;
         // Half the call burst is spent: a new upload waits (and is refused after the wait) ...
-        assert!(pacer.admit(&key, "k").await.is_err());
+        assert!(pacer.reserve_upload_call(&key, "k").await.is_err());
         // ... while a call of an upload under way still goes at once.
         pacer.call(&key, false).await;
         assert!(
@@ -484,7 +502,7 @@ mod tests {
         for _ in 0..8 {
             let (pacer, key, order) = (pacer.clone(), key.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let got = pacer.admit(&key, "hammer").await;
+                let got = pacer.reserve_upload_call(&key, "hammer").await;
                 if got.is_ok() {
                     order.lock().unwrap().push("hammer");
                 }
@@ -493,7 +511,7 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (p, k) = (pacer.clone(), key.clone());
-        let occasional = p.admit(&k, "occasional").await;
+        let occasional = p.reserve_upload_call(&k, "occasional").await;
         assert!(occasional.is_ok(), "the occasional key got its turn");
         order.lock().unwrap().push("occasional");
         let mut refused = Vec::new();

@@ -242,6 +242,18 @@ impl Pipeline {
             .await??)
     }
 
+    /// 413 past the gateway's own `max_file_size_bytes`: checked again by `prepare`, and by the
+    /// routes before an upload is admitted (a refusal that costs nothing).
+    pub fn check_size(&self, size: u64) -> Result<(), UploadError> {
+        match self.settings.max_file_size_bytes.filter(|l| size > *l) {
+            Some(limit) => Err(UploadError::TooLarge {
+                limit,
+                what: "max_file_size_bytes",
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Asks Box for the destination before any byte is read: a chunked session (whose creation runs
     /// Box's name, permission and quota checks) or a direct-upload preflight. Name conflicts are
     /// resolved here, by `on_conflict`.
@@ -251,12 +263,7 @@ impl Pipeline {
             on_conflict,
             expected_sha1,
         } = request;
-        if let Some(limit) = self.settings.max_file_size_bytes.filter(|l| upload.size > *l) {
-            return Err(UploadError::TooLarge {
-                limit,
-                what: "max_file_size_bytes",
-            });
-        }
+        self.check_size(upload.size)?;
         let original = upload.target.clone();
         let mut chunked = upload.size >= self.settings.chunked_threshold_bytes;
         let mut renames = 0;

@@ -10,10 +10,9 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-use super::multipart_scan::{file_data_offset, suffix_len, HeadScan, Scan};
-use super::params::{header_u64, validate_id, validate_name, UploadParams};
-use super::tus::{parse_checksum, parse_metadata};
-use super::upload::{boundary, content_length};
+use super::params::{boundary, content_length, header_u64, validate_id, validate_name, UploadParams};
+use super::tus::protocol::{parse_checksum, parse_metadata};
+use super::upload::{file_data_offset, suffix_len, HeadScan, Scan};
 use crate::error::ApiError;
 
 fn config() -> Config {

@@ -2,15 +2,19 @@
 //! again with the same key and gets the first answer (status and body) instead of a second file, or
 //! 409 `idempotency_key_in_use` while the first is still running.
 //!
-//! Keys are scoped by caller (the API key's name; with pass-through and no key, the caller's Box
-//! token) and bound to the request's fingerprint (SHA-256 of method, path, query, declared size and
+//! It runs after authentication and the route's own check (a link's caller on a plain endpoint is
+//! refused first, `admission::plain_caller`, sharing the request's one authentication). Keys are
+//! scoped by the caller's owner (`Owner`: an API key, one link, a Box user, a token's digest; with a
+//! bearer token, that token too), never by a key's name alone: a link's holder never reaches the key's
+//! answers, nor claims its keys. Each key is bound to the request's fingerprint (SHA-256 of method, path, query, declared size and
 //! the client's digest): the same key on another request is 422 `idempotency_key_reused`. The
 //! answer is kept in the state store for `idempotency_window_secs`, so a retry that reaches another
 //! replica is answered the same. Only successes are kept: a failed upload leaves nothing in Box, so
 //! its retry simply runs again (and a 5xx that was Box's hiccup can then succeed).
 //!
 //! While the upload runs, the key is claimed by a lock of `idempotency_claim_secs`, extended every
-//! third of that for as long as the upload runs: after a crash the key is free again that soon. The
+//! third of that for as long as the upload runs (a `Lease`): after a crash the key is free again
+//! that soon. The
 //! upload runs in its own task, which holds the claim until the upload has ended: a client that
 //! leaves does not free the key while its upload may still land (its retry then waits with 409, and
 //! gets the first answer once it landed).
@@ -27,10 +31,10 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::AppState;
+use super::{admission, AppState};
 use crate::access::Caller;
 use crate::error::ApiError;
-use crate::state::{Lock, StoreError};
+use crate::state::{Lease, StoreError};
 
 pub const HEADER: &str = "idempotency-key";
 /// What an older gateway stored while the first request ran (read, never written).
@@ -61,15 +65,15 @@ impl Stored {
 
 /// What a claim attempt found.
 enum Claimed {
-    /// This request runs the upload, holding the lock.
-    Run(Lock),
+    /// This request runs the upload, holding the claim.
+    Run(Lease),
     /// It is answered without running: the first answer, 409 or 422.
     Answer(HttpResponse),
 }
 
 /// Runs the upload once per `Idempotency-Key` (when the request has one). `method` is the one the
 /// route takes: any other goes on to its 405, key or not (the key binds only the upload itself).
-pub async fn once(
+pub async fn idempotent(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
     method: Method,
@@ -79,17 +83,17 @@ pub async fn once(
     let Some(state) = state.filter(|_| upload && req.headers().contains_key(HEADER)) else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    let key = state
-        .access
-        .authenticate(req.headers())
-        .and_then(|caller| store_key(req.request(), &caller));
+    let key = match admission::plain_caller(req.request(), &state).await {
+        Ok(caller) => store_key(req.request(), &caller),
+        Err(err) => Err(err),
+    };
     let key = match key {
         Ok(key) => key,
         Err(err) => return Ok(req.into_response(err.error_response())),
     };
     let fingerprint = fingerprint(req.request());
-    let lock = match claim(&state, &key, &fingerprint).await {
-        Ok(Claimed::Run(lock)) => lock,
+    let lease = match claim(&state, &key, &fingerprint).await {
+        Ok(Claimed::Run(lease)) => lease,
         Ok(Claimed::Answer(answer)) => return Ok(req.into_response(answer)),
         Err(err) => return Ok(req.into_response(err.error_response())),
     };
@@ -99,24 +103,30 @@ pub async fn once(
     let (tx, rx) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
         // The drain waits for it too, though its client is gone.
-        let _flight = state.lifecycle.admit();
+        let _flight = state.lifecycle.begin_upload();
         let work = async {
             let response = next.call(req).await?;
             keep_answer(&state, &key, &fingerprint, response).await
         };
-        let result = tokio::select! {
-            result = work => result,
-            never = extend_claim(&state, &lock) => never,
-        };
+        // Another request may run the same upload once the claim is lost; this one is not stopped,
+        // since it may be landing, but the operator is told.
+        let result = lease
+            .during(work, || {
+                tracing::warn!("lost the claim on an Idempotency-Key while its upload ran");
+                state
+                    .metrics
+                    .idempotent_requests
+                    .with_label_values(&["claim_lost"])
+                    .inc();
+            })
+            .await;
         if !matches!(&result, Ok(r) if r.status() == StatusCode::CREATED) {
             // Nothing landed: the key is free for any request again.
             if let Err(err) = state.store.delete(&key).await {
                 tracing::warn!(error = %err, "could not free an Idempotency-Key; its claim expires by itself");
             }
         }
-        if let Err(err) = state.store.unlock(&lock).await {
-            tracing::warn!(error = %err, "could not release an Idempotency-Key's claim; it expires by itself");
-        }
+        lease.release().await;
         let _ = tx.send(result);
     });
     rx.await.unwrap_or_else(|_| {
@@ -162,43 +172,21 @@ async fn keep_answer(
     ))
 }
 
-/// Extends the claim every third of its life, for as long as it is polled (never returns).
-async fn extend_claim<T>(state: &AppState, lock: &Lock) -> T {
-    loop {
-        tokio::time::sleep(state.idempotency.claim / 3).await;
-        match state.store.extend(lock, state.idempotency.claim).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Another request may now run the same upload; this one is not stopped, since it
-                // may be landing, but the operator is told.
-                tracing::warn!("lost the claim on an Idempotency-Key while its upload ran");
-                state
-                    .metrics
-                    .idempotent_requests
-                    .with_label_values(&["claim_lost"])
-                    .inc();
-                return std::future::pending().await;
-            }
-            Err(err) => tracing::warn!(error = %err, "could not extend an Idempotency-Key's claim"),
-        }
-    }
-}
-
 /// Claims the key for this request, or answers for it: the first answer again, 409 while another
 /// request holds the claim, 422 when the key was used for another request.
 async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed, ApiError> {
     let outcome = |o: &str| state.metrics.idempotent_requests.with_label_values(&[o]).inc();
-    let claim_key = format!("{key}:claim");
-    let lock = state.store.lock(&claim_key, state.idempotency.claim).await?;
+    let claim_key = crate::state::keys::idempotency_claim(key);
+    let lease = Lease::take(&state.store, &claim_key, state.idempotency.claim).await?;
     let stored = state.store.get(key).await?.map(|b| Stored::parse(&b));
-    let release = |lock: Option<Lock>| async move {
-        if let Some(lock) = lock {
-            let _ = state.store.unlock(&lock).await;
+    let release = |lease: Option<Lease>| async move {
+        if let Some(lease) = lease {
+            lease.release().await;
         }
     };
     match stored {
         Some(stored) if !stored.matches(fingerprint) => {
-            release(lock).await;
+            release(lease).await;
             outcome("mismatch");
             Ok(Claimed::Answer(
                 ApiError::new(
@@ -212,7 +200,7 @@ async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed
         Some(Stored {
             answer: Some(answer), ..
         }) => {
-            release(lock).await;
+            release(lease).await;
             outcome("replayed");
             serde_json::from_str::<serde_json::Value>(&answer)
                 .map_err(|_| StoreError("a stored answer cannot be read".into()))?;
@@ -226,8 +214,8 @@ async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed
             Ok(Claimed::Answer(response))
         }
         // Claimed by this request; a claim left by a request that crashed has expired by now.
-        _ => match lock {
-            Some(lock) => {
+        _ => match lease {
+            Some(lease) => {
                 // The key is bound to this request's fingerprint from now on.
                 let bound = Stored {
                     fingerprint: fingerprint.to_owned(),
@@ -235,11 +223,11 @@ async fn claim(state: &AppState, key: &str, fingerprint: &str) -> Result<Claimed
                 };
                 let value = serde_json::to_vec(&bound).map_err(|e| StoreError(e.to_string()))?;
                 if let Err(err) = state.store.put(key, value, state.idempotency.window).await {
-                    release(Some(lock)).await;
+                    release(Some(lease)).await;
                     return Err(err.into());
                 }
                 outcome("first");
-                Ok(Claimed::Run(lock))
+                Ok(Claimed::Run(lease))
             }
             None => {
                 outcome("in_progress");
@@ -273,7 +261,8 @@ fn fingerprint(req: &HttpRequest) -> String {
     hex::encode(h.finalize())
 }
 
-/// `idem:<caller>:<SHA-256 of the key>`; the key itself is the client's and may be anything printable.
+/// `idem:<owner>:<SHA-256 of the key>` (`state/keys.rs`); the key itself is the client's and may be
+/// anything printable.
 fn store_key(req: &HttpRequest, caller: &Caller) -> Result<String, ApiError> {
     let value = req.headers().get(HEADER).map_or(&[][..], HeaderValue::as_bytes);
     let key = value;
@@ -286,15 +275,14 @@ fn store_key(req: &HttpRequest, caller: &Caller) -> Result<String, ApiError> {
     let mut scope = Sha256::new();
     scope.update(key);
     // (The endpoint is not part of the scope but of the fingerprint: the same key on another
-    // endpoint is 422, not a second upload.) Callers without a key of their own are told apart
-    // by their Box token.
+    // endpoint is 422, not a second upload.) The owner is the store key's own part; callers who share
+    // an owner (a key used with pass-through by several Box users) are told apart by their Box token.
     if let Some(auth) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
         scope.update(b"\0");
         scope.update(auth.as_bytes());
     }
-    Ok(format!(
-        "idem:{}:{}",
-        caller.key_label(),
-        hex::encode(scope.finalize())
+    Ok(crate::state::keys::idempotency(
+        &caller.owner().to_string(),
+        &hex::encode(scope.finalize()),
     ))
 }

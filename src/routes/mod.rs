@@ -1,13 +1,20 @@
 //! Thin handlers: parse the request into a typed upload, hand its body to the pipeline, shape the
-//! answer. Every route is registered in `startup.rs`.
+//! answer. Every route is registered in `startup.rs`. The plumbing they share has rooms of its own:
+//! - `admission.rs`: the one order in which every upload is let in, and what it gives back if refused
+//! - `outcome.rs`: how an upload that ends is counted, told (completion event) and logged
+//! - `client_body.rs`: the deadlines on a client's body (idle, minimum rate)
+//! - `params.rs`: the upload's parameters and the headers that shape a body
+//! - `idempotency.rs`: `Idempotency-Key` on the plain endpoints (a middleware)
+pub mod admission;
+pub mod client_body;
 #[cfg(test)]
 mod fuzz;
 pub mod health;
 pub mod idempotency;
 pub mod links;
-mod multipart_scan;
+pub mod outcome;
 pub mod page;
-mod params;
+pub mod params;
 pub mod tus;
 pub mod upload;
 
@@ -42,7 +49,8 @@ pub struct AppState {
     /// Readiness and the drain: uploads are admitted through it.
     pub lifecycle: Arc<Lifecycle>,
     /// State shared by requests and replicas (embedded or Redis): tus uploads, `Idempotency-Key`
-    /// answers, quotas, pacer rates, the events' outbox, link slots, open-upload sets.
+    /// answers, quotas, pacer rates, the events' outbox, link slots, open-upload sets (`state/keys.rs`
+    /// lists its keys).
     pub store: Arc<dyn StateStore>,
     pub tus: TusSettings,
     pub idempotency: IdempotencySettings,
@@ -50,13 +58,13 @@ pub struct AppState {
     pub events: Arc<crate::events::Events>,
     /// Upload links and their page.
     pub upload_links: LinkSettings,
-    /// Box's rate limits: new uploads are admitted through it (`upload::admit_upload`).
+    /// Box's rate limits: new uploads reserve their first upload call through it (`admission.rs`).
     pub pacer: Arc<crate::box_api::Pacer>,
 }
 
-/// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; an admitted
-/// one counts as in flight until its answer is ready, and the drain waits for it.
-pub async fn admit(
+/// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; one let
+/// through counts as in flight until its answer is ready, and the drain waits for it.
+pub async fn drain_gate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
@@ -71,7 +79,7 @@ pub async fn admit(
     let lifecycle = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.lifecycle.clone());
-    let flight = lifecycle.as_ref().map(|l| l.admit());
+    let flight = lifecycle.as_ref().map(|l| l.begin_upload());
     if let Some(None) = flight {
         let refusal = ApiError::draining(
             "the gateway is shutting down and takes no new uploads: send it again (another replica takes it)",

@@ -1,6 +1,7 @@
-//! The upload's parameters, from the query string and from text fields before the file, parsed once
-//! into typed values with a clear error for each.
-use actix_web::http::header::HeaderMap;
+//! The upload's parameters, from the query string and from text fields before the file, and the
+//! headers that shape a body (`Content-Length`, a multipart boundary), parsed once into typed values
+//! with a clear error for each.
+use actix_web::http::header::{self, HeaderMap};
 use base64::Engine;
 use serde::Deserialize;
 
@@ -118,6 +119,32 @@ pub fn header_u64(headers: &HeaderMap, name: &str, code: &'static str) -> Result
             .map(Some)
             .ok_or_else(|| ApiError::bad_request(code, format!("{name} is not a whole number of bytes"))),
     }
+}
+
+/// `Content-Length`, if the request has one.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    header_u64(headers, "Content-Length", "invalid_request")
+}
+
+/// The boundary of a `multipart/form-data` body (400 `invalid_multipart` for any other body).
+pub fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_multipart",
+            "Content-Type must be multipart/form-data with a boundary",
+        )
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(invalid)?;
+    let mime: mime::Mime = content_type.parse().map_err(|_| invalid())?;
+    if mime.essence_str() != "multipart/form-data" {
+        return Err(invalid());
+    }
+    mime.get_param(mime::BOUNDARY)
+        .map(|b| b.as_str().to_owned())
+        .ok_or_else(invalid)
 }
 
 /// Box's name rules (box-api.md), checked before Box is asked so the client hears of them at once.

@@ -1,0 +1,283 @@
+//! The one way in. Every new upload, whatever its endpoint (the four plain ones, tus creation), is
+//! admitted in this order, and every other upload request (tus PATCH, HEAD, DELETE) goes through its
+//! first step:
+//!
+//! 1. **Authenticate**, once per request (`caller`): the `Caller` is kept in the request's extensions,
+//!    so the `Idempotency-Key` middleware and the handler share it.
+//! 2. **Cheap local refusals**, which cost nothing: the route (a link's caller on a plain endpoint is
+//!    403 `link_not_allowed`, `plain_caller`), the parameters, the folder, the size limits, the names;
+//!    then, for tus creation, the owner's open-upload cap and its link's file slot (atomic counts in
+//!    the store: taken here, given back if a later gate refuses). A new version's file is looked up at
+//!    Box last (`Caller::check_file`, one read), once every local check has passed.
+//! 3. **The key's quotas** (`max_uploads_per_minute`, then `max_bytes_per_day` when the size is known).
+//! 4. **The Box pacer**: the principal's capacity for one upload call, waited for at most
+//!    `box_rate_wait_secs` (`Pacer::reserve_upload_call`).
+//! 5. **The memory budget**, taken by the pipeline for each part as it fills (`pipeline/budget.rs`),
+//!    after Box has accepted the destination: a 503 `busy` there aborts the session.
+//! 6. The upload is **started** (its Box destination asked for, or its body spooled) and tracked
+//!    (`outcome.rs`): only from here on is a completion event written.
+//!
+//! Nothing that costs (a quota, a pacer admission, a Box call, a store write, an event) happens before
+//! every cheap refusal has been made. What steps 2 to 4 took is held by a `Reservation`, a drop guard
+//! (garage's habit, like the pipeline's `SessionGuard`): whatever is refused after a take, the
+//! reservation gives back what the upload did not use, so no refusal has to undo anything by hand.
+//! Given back: the quotas, unless the upload reached Box; the pacer's prepaid upload call, unless it
+//! was made; the open-upload and link slots, the sweeper's entry and a Box session opened for nothing,
+//! unless the tus upload was created (`keep`). A body of unknown size is spooled after step 4 (the
+//! spool is not cheap, and a key past its quota must not make the gateway spool), so its bytes quota
+//! comes after the pacer, and a refusal there gives everything back.
+//!
+//! `settle` gives back at once, awaited, before the answer goes out (a client that retries at once
+//! finds its quota there); a reservation dropped unsettled (the client left, a panic) gives back in
+//! the background.
+use std::sync::Arc;
+
+use actix_web::{web, HttpMessage, HttpRequest};
+
+use super::AppState;
+use crate::access::{Caller, LinkSlot, QuotaCost, QuotaTaken};
+use crate::box_api::{Admission, PaceKey};
+use crate::error::ApiError;
+use crate::pipeline::{Pipeline, Resumable};
+
+/// The request's caller: authenticated on the first call (with pass-through, its token checked with
+/// Box), then the same one for the rest of the request.
+pub async fn caller(req: &HttpRequest, state: &AppState) -> Result<Arc<Caller>, ApiError> {
+    let known = req.extensions().get::<Arc<Caller>>().cloned();
+    if let Some(caller) = known {
+        return Ok(caller);
+    }
+    let caller = Arc::new(state.access.authenticate_checked(req.headers()).await?);
+    req.extensions_mut().insert(caller.clone());
+    Ok(caller)
+}
+
+/// The caller of a plain upload endpoint: a link's caller is refused here (403 `link_not_allowed`),
+/// before anything is read, counted or claimed.
+pub async fn plain_caller(req: &HttpRequest, state: &AppState) -> Result<Arc<Caller>, ApiError> {
+    let caller = caller(req, state).await?;
+    caller.check_plain_upload()?;
+    Ok(caller)
+}
+
+/// What a new upload costs beyond its quota of uploads, known before its body is read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost<'a> {
+    /// The file's size, when it is known before the body (declared, or a body's length).
+    pub size: Option<u64>,
+    /// A tus creation: the upload's id and expiry (Unix seconds), counted among its owner's open
+    /// uploads (`tus_max_open_uploads_per_key`) and its link's files.
+    pub tus: Option<(&'a str, u64)>,
+}
+
+/// Steps 2 (its counted part) to 4 for a new upload whose cheap checks have passed: the open-upload
+/// cap and link slot (tus), the key's quotas, then Box capacity. A refusal gives back what the steps
+/// before it took.
+pub async fn admit(
+    state: &web::Data<AppState>,
+    caller: &Caller,
+    cost: Cost<'_>,
+) -> Result<Reservation, ApiError> {
+    let mut reservation = Reservation::new(state.clone());
+    match reservation.take(state, caller, cost).await {
+        Ok(()) => Ok(reservation),
+        Err(err) => {
+            reservation.settle().await;
+            Err(err)
+        }
+    }
+}
+
+/// What an admission took, given back unless the upload used it (see the module's doc).
+pub struct Reservation {
+    state: web::Data<AppState>,
+    held: Held,
+    /// The upload reached Box (its destination was asked for): its quotas are spent.
+    reached_box: bool,
+    /// The tus upload exists (its record is saved): its slots and its session are its own now.
+    kept: bool,
+}
+
+/// What a reservation holds until it is settled.
+#[derive(Default)]
+struct Held {
+    quotas: Vec<QuotaTaken>,
+    box_admission: Option<(PaceKey, Admission)>,
+    /// (owner, upload id) counted among the owner's open uploads.
+    open_upload: Option<(String, String)>,
+    link_slot: Option<LinkSlot>,
+    /// A tus upload's id in the sweeper's schedule.
+    scheduled: Option<String>,
+    /// A tus upload's Box session, opened for a record that was never saved.
+    session: Option<(Pipeline, Resumable)>,
+}
+
+impl Reservation {
+    fn new(state: web::Data<AppState>) -> Self {
+        Self {
+            state,
+            held: Held::default(),
+            reached_box: false,
+            kept: false,
+        }
+    }
+
+    async fn take(&mut self, state: &AppState, caller: &Caller, cost: Cost<'_>) -> Result<(), ApiError> {
+        if let Some((id, expires_at)) = cost.tus {
+            // Counted before Box is asked for a session, so a caller at its cap costs Box nothing.
+            let owner = caller.owner().to_string();
+            let max_open = state.tus.max_open_uploads_per_key;
+            if !state
+                .store
+                .open_upload(&owner, id, expires_at, crate::state::now_secs(), max_open)
+                .await?
+            {
+                state
+                    .metrics
+                    .tus_refused
+                    .with_label_values(&["too_many_open_uploads"])
+                    .inc();
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_open_uploads",
+                    format!("this caller has {max_open} resumable uploads open (tus_max_open_uploads_per_key): finish or DELETE one first"),
+                ));
+            }
+            self.held.open_upload = Some((owner, id.to_owned()));
+            self.held.link_slot = state.access.take_link_slot(caller, id).await?;
+        }
+        self.held
+            .quotas
+            .extend(state.access.take_quota(caller, QuotaCost::Upload).await?);
+        if let Some(size) = cost.size {
+            self.take_bytes(caller, size).await?;
+        }
+        let pace_key = caller.principal.pace_key();
+        let admission = state
+            .pacer
+            .reserve_upload_call(&pace_key, caller.key_label())
+            .await
+            .map_err(|no| {
+                tracing::warn!(key = %caller.key_label(), waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
+                ApiError::box_rate_limited(no.waited, no.retry_after)
+            })?;
+        self.held.box_admission = Some((pace_key, admission));
+        Ok(())
+    }
+
+    /// The bytes quota of an upload whose size became known after its admission (a body of unknown
+    /// size, once spooled).
+    pub async fn take_bytes(&mut self, caller: &Caller, size: u64) -> Result<(), ApiError> {
+        let taken = self
+            .state
+            .access
+            .take_quota(caller, QuotaCost::Bytes(size))
+            .await?;
+        self.held.quotas.extend(taken);
+        Ok(())
+    }
+
+    /// The pacer's admission, to hand to the pipeline with the upload (its first upload call is
+    /// paid for).
+    pub fn box_admission(&self) -> Option<Admission> {
+        self.held.box_admission.as_ref().map(|(_, a)| a.clone())
+    }
+
+    /// The upload's destination is about to be asked of Box: its quotas are spent from here on.
+    pub fn reached_box(&mut self) {
+        self.reached_box = true;
+    }
+
+    /// A tus upload's Box session, aborted unless the upload is kept.
+    pub fn hold_session(&mut self, pipeline: Pipeline, resumable: Resumable) {
+        self.held.session = Some((pipeline, resumable));
+    }
+
+    /// A tus upload's entry in the sweeper's schedule, removed unless the upload is kept.
+    pub fn hold_schedule(&mut self, id: &str) {
+        self.held.scheduled = Some(id.to_owned());
+    }
+
+    /// The tus upload exists: its open-upload count, link slot, schedule and session are its own.
+    pub fn keep(&mut self) {
+        self.reached_box = true;
+        self.kept = true;
+    }
+
+    /// Gives back, now, what the upload did not use.
+    pub async fn settle(mut self) {
+        let held = self.unused();
+        give_back(&self.state, held).await;
+    }
+
+    /// What is to be given back (taken out, so it is given back once).
+    fn unused(&mut self) -> Held {
+        let mut held = std::mem::take(&mut self.held);
+        if self.reached_box {
+            held.quotas.clear();
+        }
+        if self.kept {
+            held.open_upload = None;
+            held.link_slot = None;
+            held.scheduled = None;
+            held.session = None;
+        }
+        held
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let held = self.unused();
+        let empty = held.quotas.is_empty()
+            && held.box_admission.is_none()
+            && held.open_upload.is_none()
+            && held.link_slot.is_none()
+            && held.scheduled.is_none()
+            && held.session.is_none();
+        if !empty {
+            let state = self.state.clone();
+            tokio::spawn(async move { give_back(&state, held).await });
+        }
+    }
+}
+
+async fn give_back(state: &AppState, held: Held) {
+    let count = |what: &str| {
+        state
+            .metrics
+            .admission_given_back
+            .with_label_values(&[what])
+            .inc()
+    };
+    if let Some((pipeline, resumable)) = held.session {
+        pipeline.abort_resumable(&resumable, "error").await;
+    }
+    if let Some(id) = held.scheduled {
+        if let Err(err) = state.store.unschedule(&id).await {
+            tracing::warn!(upload_id = %id, error = %err, "could not unschedule an upload never created; the sweeper finds nothing");
+        }
+    }
+    if let Some((owner, id)) = held.open_upload {
+        match state.store.close_upload(&owner, &id).await {
+            Ok(()) => count("open_upload"),
+            Err(err) => {
+                tracing::warn!(upload_id = %id, error = %err, "an upload never created stays counted as open until its expiry")
+            }
+        }
+    }
+    if let Some(slot) = held.link_slot {
+        state.access.give_back_link_slot(slot).await;
+        count("link_slot");
+    }
+    for taken in held.quotas {
+        let what = taken.quota;
+        state.access.give_back_quota(taken).await;
+        count(what);
+    }
+    if let Some((key, admission)) = held.box_admission {
+        if state.pacer.give_back(&key, &admission).await {
+            count("box_admission");
+        }
+    }
+}

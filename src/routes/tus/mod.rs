@@ -1,0 +1,60 @@
+//! Resumable uploads: tus 1.0.0 (<https://tus.io/protocols/resumable-upload>) onto one Box upload
+//! session, at `/v1/tus/`.
+//! - `OPTIONS /v1/tus/`       what the server supports (no key needed)
+//! - `POST    /v1/tus/`       creation (and creation-with-upload): opens the Box session (`create.rs`)
+//! - `HEAD    /v1/tus/{id}`   where the upload stands (`Upload-Offset`; `Upload-Box-File-Id` once landed)
+//! - `PATCH   /v1/tus/{id}`   appends at `Upload-Offset`; the last byte commits (`patch.rs`)
+//! - `DELETE  /v1/tus/{id}`   termination: aborts the Box session (`head_delete.rs`)
+//!
+//! The upload's state (Box session, offset, the whole file's SHA-1 state, its owner, expiry, the
+//! landed file's id) is one small record in the state store (`record.rs`), so a restarted gateway or
+//! another replica takes the next request; the bytes of the part not yet full are stored apart, read
+//! only by a PATCH, never by HEAD, and counted against `tus_max_pending_bytes`. Each owner has at most
+//! `tus_max_open_uploads_per_key` uploads open. Expired uploads are swept (`sweep.rs`).
+//!
+//! A lock per upload, held for the whole of a PATCH or DELETE, keeps two requests (on any replicas)
+//! from writing the same upload: the second gets 409 `upload_locked`. It is taken only once the id,
+//! the owner and the expiry were checked: another caller's request is 404 and takes no lock. Every
+//! write is fenced by that lock (the store checks the lock's token atomically with the write), and a
+//! request that loses its lock stops: a stale PATCH can never move the offset backwards.
+mod create;
+mod head_delete;
+mod patch;
+pub mod protocol;
+mod record;
+mod sweep;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+pub use protocol::{BOX_FILE_ID, FAILURE_CODE, TUS_VERSION};
+pub use sweep::sweep;
+
+use super::AppState;
+
+pub async fn options(state: web::Data<AppState>) -> HttpResponse {
+    let mut response = HttpResponse::NoContent();
+    response
+        .insert_header(("Tus-Version", TUS_VERSION))
+        .insert_header(("Tus-Extension", protocol::EXTENSIONS))
+        .insert_header(("Tus-Checksum-Algorithm", "sha1"));
+    if let Some(max) = state.tus.max_size {
+        response.insert_header(("Tus-Max-Size", max));
+    }
+    protocol::answer(Ok(response.finish()))
+}
+
+pub async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    protocol::answer(create::create_upload(&req, payload, &state).await)
+}
+
+pub async fn head(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    protocol::answer(head_delete::head_upload(&req, &state).await)
+}
+
+pub async fn patch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    protocol::answer(patch::patch_upload(&req, payload, &state).await)
+}
+
+pub async fn delete(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    protocol::answer(head_delete::delete_upload(&req, &state).await)
+}

@@ -1,0 +1,244 @@
+//! `PATCH /v1/tus/{id}`: appends at `Upload-Offset`; the last byte commits (or, for a small file,
+//! sends the one direct upload). Then the upload lands, is moved back to the first part Box lacks, or
+//! fails for good.
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use sha1::{Digest, Sha1};
+
+use super::protocol::{failed_answer, parse_checksum, progress, upload_id, OCTETS};
+use super::record::{load, load_record, save, take_lock, while_locked, Failure, Record};
+use crate::access::Caller;
+use crate::error::ApiError;
+use crate::pipeline::{spool, UploadError};
+use crate::routes::admission;
+use crate::routes::client_body::{client_body, from_payload};
+use crate::routes::outcome::{Source, UploadReport};
+use crate::routes::params::{content_length, header_u64};
+use crate::routes::AppState;
+use crate::state::Lock;
+
+pub(super) async fn patch_upload(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    super::protocol::check_version(req)?;
+    let caller = admission::caller(req, state).await?;
+    if req.headers().get(header::CONTENT_TYPE).map(HeaderValue::as_bytes) != Some(OCTETS.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_content_type",
+            format!("a PATCH's Content-Type must be {OCTETS}"),
+        ));
+    }
+    let offset = header_u64(req.headers(), "Upload-Offset", "invalid_offset")?
+        .ok_or_else(|| ApiError::bad_request("invalid_offset", "Upload-Offset is required"))?;
+    let id = upload_id(req);
+    // The id, the owner and the expiry before the lock: a stranger's PATCH is 404 and touches
+    // nothing (no lock, no write), so it cannot make its owner's PATCHes fail with 409. A PATCH at the
+    // wrong offset is told so without its unfinished part being read.
+    let record = load_record(state, &id, &caller).await?;
+    if let Some(failure) = &record.failed {
+        return Ok(failed_answer(failure));
+    }
+    check_offset(offset, &record)?;
+    let lease = take_lock(state, &id).await?;
+    let result = while_locked(state, &lease, async {
+        // Again under the lock: another request may have moved the upload since.
+        let (mut record, pending) = load(state, &id, &caller).await?;
+        if let Some(failure) = &record.failed {
+            return Ok(Err(failed_answer(failure)));
+        }
+        check_offset(offset, &record)?;
+        if record.file_id.is_none() {
+            let source = Source::Tus {
+                id: id.clone(),
+                created_ms: record.created_ms,
+            };
+            let report = UploadReport::begin(state, &caller, req, source);
+            append(
+                req,
+                payload,
+                state,
+                &caller,
+                lease.lock(),
+                &id,
+                &mut record,
+                pending,
+                &report,
+            )
+            .await?;
+        }
+        Ok(Ok(record))
+    })
+    .await;
+    lease.release().await;
+    let record = match result? {
+        Ok(record) => record,
+        Err(failed) => return Ok(failed),
+    };
+    let mut response = HttpResponse::NoContent();
+    progress(&mut response, &record);
+    Ok(response.finish())
+}
+
+fn check_offset(offset: u64, record: &Record) -> Result<(), ApiError> {
+    if offset != record.resumable.offset {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "offset_mismatch",
+            format!(
+                "Upload-Offset is {offset} but the upload is at {}",
+                record.resumable.offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends the request's body at the upload's offset (after checking its `Upload-Checksum`), keeps
+/// what is durable in the store, and lands the file when its last byte is in. `report` tells the
+/// upload's end when this request ends it (landed, failed for good); otherwise the upload goes on.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn append(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    caller: &Caller,
+    lock: &Lock,
+    id: &str,
+    record: &mut Record,
+    mut pending: Bytes,
+    report: &UploadReport<'_>,
+) -> Result<(), ApiError> {
+    report.set_target(&record.resumable.upload.target);
+    report.started();
+    if let Ok(metadata) = super::protocol::parse_metadata(&record.metadata) {
+        report.set_upload_metadata(metadata);
+    }
+    let size = record.resumable.upload.size;
+    let offset = record.resumable.offset;
+    let checksum = parse_checksum(req.headers())?;
+    // Checked: a Content-Length near 2^64 must not wrap past the length.
+    if let Some(len) =
+        content_length(req.headers())?.filter(|len| offset.checked_add(*len).is_none_or(|end| end > size))
+    {
+        return Err(ApiError::bad_request(
+            "size_mismatch",
+            format!("{len} bytes at offset {offset} pass the upload's length ({size})"),
+        ));
+    }
+    let received = state
+        .metrics
+        .tus_received_bytes
+        .with_label_values(&[caller.key_label()]);
+    let body = client_body(payload, state)
+        .map_err(from_payload)
+        .inspect_ok(move |chunk| received.inc_by(chunk.len() as u64));
+    let pipeline = state.pipeline.acting_as(&caller.principal);
+    let appended = match checksum {
+        None => pipeline.append(&mut record.resumable, &mut pending, body).await,
+        Some(want) => {
+            // The chunk is checked whole before any of it goes to Box (whose parts cannot be taken
+            // back): it is spooled to disk, not held in memory, while its SHA-1 is computed.
+            let mut hasher = Sha1::new();
+            let body = body.inspect_ok(|chunk| hasher.update(chunk));
+            // Bounded like any spooled body: by `spool_max_bytes` for this chunk, and by the spool
+            // of all uploads together.
+            let limit = (size - offset).min(state.spool.max_bytes);
+            let too_large = || {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
+                    format!(
+                        "a chunk with Upload-Checksum is checked on disk before it goes to Box, and this one is larger than spool_max_bytes ({}): send smaller chunks",
+                        state.spool.max_bytes
+                    ),
+                )
+            };
+            if state.spool.max_bytes == 0 {
+                return Err(too_large());
+            }
+            let spooled = match spool(body, &state.spool.dir, limit, &state.spool_space).await {
+                Err(UploadError::TooLarge { .. }) if limit < size - offset => return Err(too_large()),
+                other => other.map_err(|e| caller.box_error(ApiError::logged(e)))?,
+            };
+            if <[u8; 20]>::from(hasher.finalize()) != want {
+                return Err(ApiError::new(
+                    StatusCode::from_u16(460).expect("460 is a valid status"),
+                    "checksum_mismatch",
+                    "the chunk's SHA-1 differs from Upload-Checksum; it was dropped",
+                ));
+            }
+            let body = spooled.stream().await.map_err(ApiError::logged)?;
+            pipeline.append(&mut record.resumable, &mut pending, body).await
+        }
+    };
+    // What is durable is kept, whether the body came whole or not.
+    save(state, lock, id, record, &pending).await?;
+    appended.map_err(|e| match e {
+        // Unlike a plain upload's, the session stays: the client resumes from HEAD's offset.
+        UploadError::ShuttingDown => ApiError::draining(
+            "the gateway is shutting down; what reached Box is kept: ask HEAD for the offset and resume (another replica takes it)",
+        ),
+        e => caller.box_error(ApiError::logged(e)),
+    })?;
+    if !record.resumable.is_complete() {
+        return Ok(());
+    }
+    report.received().set(record.resumable.offset);
+    match pipeline.complete(&mut record.resumable, pending).await {
+        Ok(outcome) => {
+            // The event is stored before the record says landed: a crash in between still tells
+            // (the file is in Box), where the other order could lose the event.
+            report.landed(&outcome).await;
+            record.file_id = outcome.file.id().map(str::to_owned);
+            save(state, lock, id, record, &Bytes::new()).await?;
+            // Landed: no longer counted among the owner's open uploads (HEAD still finds it).
+            if let Err(err) = state.store.close_upload(&record.owner, id).await {
+                tracing::warn!(upload_id = %id, error = %err, "a landed upload stays counted as open until it expires");
+            }
+            state
+                .metrics
+                .tus_uploads
+                .with_label_values(&["completed", caller.key_label()])
+                .inc();
+            Ok(())
+        }
+        // Box lacks parts: the upload was moved back to the first hole, and goes on from there.
+        Err(err @ UploadError::Rewound { .. }) => {
+            save(state, lock, id, record, &Bytes::new()).await?;
+            state
+                .metrics
+                .tus_uploads
+                .with_label_values(&["rewound", caller.key_label()])
+                .inc();
+            Err(ApiError::logged(err))
+        }
+        // Nothing half-done stays in Box: the session is aborted. The record stays, saying so, for
+        // HEAD and PATCH on any replica (never a full offset without a file), until DELETE or expiry.
+        Err(err) => {
+            pipeline.abort_resumable(&record.resumable, "error").await;
+            let err = caller.box_error(ApiError::logged(err));
+            record.failed = Some(Failure {
+                code: err.code.to_owned(),
+                message: err.message.clone(),
+            });
+            report.failed(&err).await;
+            save(state, lock, id, record, &Bytes::new()).await?;
+            // Failed: no longer counted among the owner's open uploads (HEAD still answers it).
+            if let Err(err) = state.store.close_upload(&record.owner, id).await {
+                tracing::warn!(upload_id = %id, error = %err, "a failed upload stays counted as open until it expires");
+            }
+            state
+                .metrics
+                .tus_uploads
+                .with_label_values(&["failed", caller.key_label()])
+                .inc();
+            Err(err)
+        }
+    }
+}
