@@ -59,6 +59,14 @@ impl Prepared {
 }
 
 impl Resumable {
+    /// How Box receives it: a session's parts, or one direct upload.
+    pub fn method(&self) -> super::UploadMethod {
+        match self.session {
+            Some(_) => super::UploadMethod::Chunked,
+            None => super::UploadMethod::Direct,
+        }
+    }
+
     pub fn is_complete(&self) -> bool {
         self.offset == self.upload.size
     }

@@ -225,13 +225,9 @@ pub fn count_tus_end(
     outcome: &str,
     key_label: &str,
 ) {
-    let method = match resumable.session {
-        Some(_) => UploadMethod::Chunked,
-        None => UploadMethod::Direct,
-    };
     state
         .metrics
         .uploads
-        .with_label_values(&[method.as_str(), outcome, key_label])
+        .with_label_values(&[resumable.method().as_str(), outcome, key_label])
         .inc();
 }

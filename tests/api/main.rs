@@ -1,4 +1,5 @@
 //! One integration binary: every test talks HTTP to servers spawned on port 0.
+mod admission;
 mod emulator;
 mod fuzz;
 mod gateway_auth;

@@ -115,7 +115,7 @@ pub(super) async fn append(
     report: &UploadReport<'_>,
 ) -> Result<(), ApiError> {
     report.set_target(&record.resumable.upload.target);
-    report.started();
+    report.set_method(record.resumable.method());
     if let Ok(metadata) = super::protocol::parse_metadata(&record.metadata) {
         report.set_upload_metadata(metadata);
     }
