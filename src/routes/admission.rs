@@ -34,11 +34,12 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpMessage, HttpRequest};
 
+use super::outcome::UploadReport;
 use super::AppState;
 use crate::access::{Caller, LinkSlot, QuotaCost, QuotaTaken};
 use crate::box_api::{Admission, PaceKey};
 use crate::error::ApiError;
-use crate::pipeline::{Pipeline, Resumable};
+use crate::pipeline::{Pipeline, Prepared, Resumable, UploadRequest};
 
 /// The request's caller: authenticated on the first call (with pass-through, its token checked with
 /// Box), then the same one for the rest of the request.
@@ -86,6 +87,31 @@ pub async fn admit(
             Err(err)
         }
     }
+}
+
+/// Step 6: the admitted upload is started. Box is asked for its destination (a session, or a direct
+/// upload's preflight) by the pipeline acting as the caller, its first upload call paid for by the
+/// admission; from here on its quotas are spent and its end writes an event. The pipeline, for the
+/// upload's bytes.
+pub async fn start(
+    state: &AppState,
+    caller: &Caller,
+    reservation: &mut Reservation,
+    report: &UploadReport<'_>,
+    request: UploadRequest,
+) -> Result<(Pipeline, Prepared), ApiError> {
+    let pipeline = state
+        .pipeline
+        .acting_as(&caller.principal)
+        .admitted(reservation.box_admission());
+    reservation.reached_box();
+    report.started();
+    let prepared = pipeline
+        .prepare(request)
+        .await
+        .map_err(|e| caller.box_error(ApiError::logged(e)))?;
+    report.set_method(prepared.method());
+    Ok((pipeline, prepared))
 }
 
 /// What an admission took, given back unless the upload used it (see the module's doc).
@@ -179,12 +205,12 @@ impl Reservation {
 
     /// The pacer's admission, to hand to the pipeline with the upload (its first upload call is
     /// paid for).
-    pub fn box_admission(&self) -> Option<Admission> {
+    fn box_admission(&self) -> Option<Admission> {
         self.held.box_admission.as_ref().map(|(_, a)| a.clone())
     }
 
     /// The upload's destination is about to be asked of Box: its quotas are spent from here on.
-    pub fn reached_box(&mut self) {
+    fn reached_box(&mut self) {
         self.reached_box = true;
     }
 

@@ -178,6 +178,24 @@ fn key(k: &str) -> String {
     format!("{PREFIX}{k}")
 }
 
+/// `RATE_TAKE` or `RATE_GIVE_BACK` on `k`, with a take's arguments: now, recovery, then per lane
+/// interval (0: no such lane), burst, cost.
+fn rate_invocation<'a>(
+    script: &'a Script,
+    k: &str,
+    take: &super::rate::RateTake,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(key(k)).arg(take.now_ms).arg(take.recovery_ms);
+    for lane in take.lanes {
+        match lane {
+            Some(l) => invocation.arg(l.interval_ms).arg(l.burst).arg(l.cost),
+            None => invocation.arg(0).arg(0).arg(0),
+        };
+    }
+    invocation
+}
+
 fn ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
@@ -522,15 +540,10 @@ impl StateStore for RedisStore {
         async move {
             let mut c = self.conn().await?;
             let script = Script::new(RATE_TAKE);
-            let mut script = script.prepare_invoke();
-            script.key(key(k)).arg(take.now_ms).arg(take.recovery_ms);
-            for lane in take.lanes {
-                match lane {
-                    Some(l) => script.arg(l.interval_ms).arg(l.burst).arg(l.cost),
-                    None => script.arg(0).arg(0).arg(0),
-                };
-            }
-            let wait: i64 = script.invoke_async(&mut c).await.map_err(err)?;
+            let wait: i64 = rate_invocation(&script, k, &take)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
             Ok(wait.max(0) as u64)
         }
         .boxed()
@@ -544,16 +557,11 @@ impl StateStore for RedisStore {
         async move {
             let mut c = self.conn().await?;
             let script = Script::new(RATE_GIVE_BACK);
-            let mut script = script.prepare_invoke();
-            script.key(key(k)).arg(take.now_ms).arg(take.recovery_ms);
-            for lane in take.lanes {
-                match lane {
-                    Some(l) => script.arg(l.interval_ms).arg(l.burst).arg(l.cost),
-                    None => script.arg(0).arg(0).arg(0),
-                };
-            }
             // The hash keeps its time to live: giving back only ever shortens what it must remember.
-            let _: i64 = script.invoke_async(&mut c).await.map_err(err)?;
+            let _: i64 = rate_invocation(&script, k, &take)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
             Ok(())
         }
         .boxed()

@@ -134,6 +134,26 @@ async fn put_as_team(app: &TestApp, name: &str, body: Vec<u8>) -> (u16, Value) {
     .await
 }
 
+/// `POST /v1/tus/` with the team key: the upload's URL.
+async fn create_as_team(app: &TestApp, size: u64, name: &str) -> String {
+    let created = app
+        .http
+        .post(format!("{}/v1/tus/", app.address))
+        .header("X-API-Key", secret(TEAM))
+        .header("Tus-Resumable", TUS)
+        .header("Upload-Length", size)
+        .header("Upload-Metadata", metadata(&[("filename", name)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    format!(
+        "{}{}",
+        app.address,
+        created.headers()["location"].to_str().unwrap()
+    )
+}
+
 async fn admissions(app: &TestApp) -> f64 {
     app.metric_with("gateway_box_rate_wait_seconds_count", &["kind=\"admission\""])
         .await
@@ -307,22 +327,7 @@ async fn a_tus_upload_that_box_fails_counts_in_uploads_total_with_its_outcome() 
     // Arrange: a tus upload whose commit Box refuses for good.
     let app = gateway(vec![key("team", TEAM, None)], |_| {}).await;
     let size = 4 * PART;
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
-        .header("X-API-Key", secret(TEAM))
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", metadata(&[("filename", "doomed.bin")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let url = format!(
-        "{}{}",
-        app.address,
-        created.headers()["location"].to_str().unwrap()
-    );
+    let url = create_as_team(&app, size, "doomed.bin").await;
     app.emulator.set_faults(FaultPlan {
         rules: vec![FaultRule {
             endpoint: Endpoint::Commit,
@@ -476,22 +481,7 @@ async fn a_stranger_hammering_an_uploads_patch_gets_404_while_its_owner_lands_it
     let size = 8 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
-        .header("X-API-Key", secret(TEAM))
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", metadata(&[("filename", "owned.bin")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let url = format!(
-        "{}{}",
-        app.address,
-        created.headers()["location"].to_str().unwrap()
-    );
+    let url = create_as_team(&app, size, "owned.bin").await;
     let stop = Arc::new(AtomicBool::new(false));
     let strangers: Vec<_> = [
         ("X-API-Key", secret(ADMIN).to_owned()),

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
-use super::patch::append;
+use super::patch::{append, TusWrite};
 use super::protocol::{check_version, parse_metadata, progress, OCTETS};
 use super::record::{save, take_lock, while_locked, Record};
 use crate::access::Caller;
@@ -59,20 +59,16 @@ pub(super) async fn create_upload(
         .is_some_and(|v| v.as_bytes() == OCTETS.as_bytes());
     if with_body || size == 0 {
         let lease = take_lock(state, &id).await?;
+        let write = TusWrite {
+            state,
+            caller: &caller,
+            lock: lease.lock(),
+            id: &id,
+        };
         let appended = while_locked(
             state,
             &lease,
-            append(
-                req,
-                payload,
-                state,
-                &caller,
-                lease.lock(),
-                &id,
-                &mut record,
-                Bytes::new(),
-                &report,
-            ),
+            append(req, payload, write, &mut record, Bytes::new(), &report),
         )
         .await;
         lease.release().await;
@@ -180,17 +176,7 @@ async fn create(
     )
     .await?;
     let created = async {
-        let pipeline = state
-            .pipeline
-            .acting_as(&caller.principal)
-            .admitted(reservation.box_admission());
-        reservation.reached_box();
-        report.started();
-        let prepared = pipeline
-            .prepare(request)
-            .await
-            .map_err(|e| caller.box_error(ApiError::logged(e)))?;
-        report.set_method(prepared.method());
+        let (pipeline, prepared) = admission::start(state, caller, &mut reservation, report, request).await?;
         let resumable = prepared.into_resumable();
         reservation.hold_session(pipeline.clone(), resumable.clone());
         let mut record = Record::new(caller, expires_at, raw_metadata, resumable);

@@ -59,18 +59,13 @@ pub(super) async fn patch_upload(
                 created_ms: record.created_ms,
             };
             let report = UploadReport::begin(state, &caller, req, source);
-            append(
-                req,
-                payload,
+            let write = TusWrite {
                 state,
-                &caller,
-                lease.lock(),
-                &id,
-                &mut record,
-                pending,
-                &report,
-            )
-            .await?;
+                caller: &caller,
+                lock: lease.lock(),
+                id: &id,
+            };
+            append(req, payload, write, &mut record, pending, &report).await?;
         }
         Ok(Ok(record))
     })
@@ -99,21 +94,31 @@ fn check_offset(offset: u64, record: &Record) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Where an append writes: the upload, its owner, and the lock its writes are fenced by.
+pub(super) struct TusWrite<'a> {
+    pub state: &'a AppState,
+    pub caller: &'a Caller,
+    pub lock: &'a Lock,
+    pub id: &'a str,
+}
+
 /// Appends the request's body at the upload's offset (after checking its `Upload-Checksum`), keeps
 /// what is durable in the store, and lands the file when its last byte is in. `report` tells the
 /// upload's end when this request ends it (landed, failed for good); otherwise the upload goes on.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn append(
     req: &HttpRequest,
     payload: web::Payload,
-    state: &AppState,
-    caller: &Caller,
-    lock: &Lock,
-    id: &str,
+    write: TusWrite<'_>,
     record: &mut Record,
     mut pending: Bytes,
     report: &UploadReport<'_>,
 ) -> Result<(), ApiError> {
+    let TusWrite {
+        state,
+        caller,
+        lock,
+        id,
+    } = write;
     report.set_target(&record.resumable.upload.target);
     report.set_method(record.resumable.method());
     if let Ok(metadata) = super::protocol::parse_metadata(&record.metadata) {

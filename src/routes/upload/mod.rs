@@ -45,29 +45,8 @@ pub async fn multipart_to_folder(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = admission::plain_caller(&req, &state).await?;
-    let report = UploadReport::begin(&state, &caller, &req, Source::Plain);
-    let result = async {
-        let folder_id = validate_id(&path, "folder")?;
-        caller.check_folder(&folder_id)?;
-        multipart(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            &report,
-            |name, filename| {
-                Ok(Target::NewFile {
-                    folder_id: folder_id.clone(),
-                    name: validate_name(&name.unwrap_or(filename))?,
-                })
-            },
-        )
-        .await
-    }
-    .await;
-    answer(report, result).await
+    let endpoint = Endpoint::MultipartToFolder(path.into_inner());
+    handle(req, endpoint, query.into_inner(), payload, state).await
 }
 
 pub async fn multipart_new_version(
@@ -77,29 +56,8 @@ pub async fn multipart_new_version(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = admission::plain_caller(&req, &state).await?;
-    let report = UploadReport::begin(&state, &caller, &req, Source::Plain);
-    let result = async {
-        let file_id = validate_id(&path, "file")?;
-        multipart(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            &report,
-            |name, _filename| {
-                // A new version keeps its name unless `name` asks for another; the part's filename does not.
-                Ok(Target::NewVersion {
-                    file_id: file_id.clone(),
-                    name: name.as_deref().map(validate_name).transpose()?,
-                })
-            },
-        )
-        .await
-    }
-    .await;
-    answer(report, result).await
+    let endpoint = Endpoint::MultipartNewVersion(path.into_inner());
+    handle(req, endpoint, query.into_inner(), payload, state).await
 }
 
 pub async fn raw_to_folder(
@@ -109,27 +67,9 @@ pub async fn raw_to_folder(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = admission::plain_caller(&req, &state).await?;
-    let report = UploadReport::begin(&state, &caller, &req, Source::Plain);
-    let result = async {
-        let (folder_id, name) = path.into_inner();
-        let target = Target::NewFile {
-            folder_id: validate_id(&folder_id, "folder")?,
-            name: validate_name(&name)?,
-        };
-        raw(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            target,
-            &report,
-        )
-        .await
-    }
-    .await;
-    answer(report, result).await
+    let (folder_id, name) = path.into_inner();
+    let endpoint = Endpoint::RawToFolder(folder_id, name);
+    handle(req, endpoint, query.into_inner(), payload, state).await
 }
 
 pub async fn raw_new_version(
@@ -139,23 +79,69 @@ pub async fn raw_new_version(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let endpoint = Endpoint::RawNewVersion(path.into_inner());
+    handle(req, endpoint, query.into_inner(), payload, state).await
+}
+
+/// Which of the four endpoints, with its path's ids (and a raw upload's name).
+enum Endpoint {
+    MultipartToFolder(String),
+    MultipartNewVersion(String),
+    RawToFolder(String, String),
+    RawNewVersion(String),
+}
+
+/// What the four endpoints share: the caller (a link's is refused here), the upload's report, the
+/// destination from the path, and the answer.
+async fn handle(
+    req: HttpRequest,
+    endpoint: Endpoint,
+    params: UploadParams,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let caller = admission::plain_caller(&req, &state).await?;
     let report = UploadReport::begin(&state, &caller, &req, Source::Plain);
+    let (req, state, caller, report) = (&req, &state, &caller, &report);
     let result = async {
-        let target = Target::NewVersion {
-            file_id: validate_id(&path, "file")?,
-            name: query.name.as_deref().map(validate_name).transpose()?,
-        };
-        raw(
-            &req,
-            query.into_inner(),
-            payload,
-            &state,
-            &caller,
-            target,
-            &report,
-        )
-        .await
+        match endpoint {
+            Endpoint::MultipartToFolder(folder_id) => {
+                let folder_id = validate_id(&folder_id, "folder")?;
+                multipart(req, params, payload, state, caller, report, |name, filename| {
+                    Ok(Target::NewFile {
+                        folder_id,
+                        name: validate_name(&name.unwrap_or(filename))?,
+                    })
+                })
+                .await
+            }
+            Endpoint::MultipartNewVersion(file_id) => {
+                let file_id = validate_id(&file_id, "file")?;
+                multipart(req, params, payload, state, caller, report, |name, _filename| {
+                    // A new version keeps its name unless `name` asks for another; the part's
+                    // filename does not.
+                    Ok(Target::NewVersion {
+                        file_id,
+                        name: name.as_deref().map(validate_name).transpose()?,
+                    })
+                })
+                .await
+            }
+            Endpoint::RawToFolder(folder_id, name) => {
+                let target = Target::NewFile {
+                    folder_id: validate_id(&folder_id, "folder")?,
+                    name: validate_name(&name)?,
+                };
+                raw(req, params, payload, state, caller, target, report).await
+            }
+            Endpoint::RawNewVersion(file_id) => {
+                let target = Target::NewVersion {
+                    file_id: validate_id(&file_id, "file")?,
+                    name: params.name.as_deref().map(validate_name).transpose()?,
+                };
+                raw(req, params, payload, state, caller, target, report).await
+            }
+        }
     }
     .await;
     answer(report, result).await
@@ -163,7 +149,7 @@ pub async fn raw_new_version(
 
 /// The 201 with Box's file object and how it went up, or the error; counted and told either way.
 async fn answer(
-    report: UploadReport<'_>,
+    report: &UploadReport<'_>,
     result: Result<UploadOutcome, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     match result {
@@ -342,20 +328,11 @@ impl Upload {
                 on_conflict,
                 expected_sha1,
             };
-            let pipeline = state
-                .pipeline
-                .acting_as(&caller.principal)
-                .admitted(reservation.box_admission());
-            reservation.reached_box();
-            report.started();
             // The upload's span (a child of the request's): the Box calls below are its children.
             let span = tracing::info_span!("upload", size, method = tracing::field::Empty);
             async {
-                let prepared = pipeline
-                    .prepare(request)
-                    .await
-                    .map_err(|e| caller.box_error(ApiError::logged(e)))?;
-                report.set_method(prepared.method());
+                let (pipeline, prepared) =
+                    admission::start(state, caller, &mut reservation, report, request).await?;
                 tracing::Span::current().record("method", prepared.method().as_str());
                 pipeline.send(prepared, body).await.map_err(|mut err| {
                     if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
