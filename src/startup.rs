@@ -1,13 +1,13 @@
-//! Builds the application from validated settings: the Box client, the pipeline, the metrics, and
-//! every route in one block. Binds before it runs, so tests can ask for port 0 and read the port.
+//! Builds the application from validated settings: wires the Box client, the pipeline, the metrics
+//! and the state store together, starts the background tasks, and serves `routes::configure` behind
+//! the request middleware. Binds before it runs, so tests can ask for port 0 and read the port.
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::http::{header, Method};
-use actix_web::{middleware, web, App, HttpResponse, HttpServer, ResponseError};
+use actix_web::{middleware, web, App, HttpServer};
 use prometheus::Registry;
 
 use crate::access::Access;
@@ -15,12 +15,10 @@ use crate::box_api::{
     BoxClient, DeveloperToken, Grant, MintedToken, NoCredentials, Pacer, Principal, Secret, TokenProvider,
 };
 use crate::config::{BoxAuth, ValidSettings};
-use crate::error::{extractor_error, ApiError};
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::{MemoryBudget, Pipeline};
-use crate::routes::{self, health, idempotency, links, page, tus, upload, AppState};
-use crate::telemetry;
+use crate::routes::{self, tus, AppState};
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
 const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
@@ -84,6 +82,15 @@ impl Application {
             auth,
             as_user: box_side.as_user.clone(),
         });
+        let store = crate::state::open(
+            settings.state.redis_url.as_ref().map(Secret::expose),
+            &settings.state.dir,
+        )
+        .map_err(std::io::Error::other)?;
+        tracing::info!(
+            state_store = store.kind(),
+            "state store for resumable uploads, idempotency keys, rate limits and the webhook outbox"
+        );
         let access = Access::new(
             &settings.access.api_keys,
             own.clone(),
@@ -93,15 +100,7 @@ impl Application {
                 _ => Arc::new(NoCredentials),
             },
             metrics.clone(),
-        );
-        let store = crate::state::open(
-            settings.state.redis_url.as_ref().map(Secret::expose),
-            &settings.state.dir,
-        )
-        .map_err(std::io::Error::other)?;
-        tracing::info!(
-            state_store = store.kind(),
-            "state store for resumable uploads, idempotency keys, rate limits and the webhook outbox"
+            store.clone(),
         );
         // Box's rate limits, per principal, shared by the replicas through the state store.
         let pacer = Arc::new(Pacer::new(store.clone(), box_side.pacer, metrics.clone()));
@@ -118,7 +117,6 @@ impl Application {
         .acting_as_user(box_side.as_user.as_deref())
         .with_pacer(pacer.clone());
         let access = access
-            .with_state_store(store.clone())
             .with_token_check(client.clone())
             .with_upload_links(crate::access::LinkKeys::new(settings.links.secrets.clone()));
         let lifecycle = Arc::new(Lifecycle::default());
@@ -183,72 +181,9 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(middleware::from_fn(telemetry::trace_request))
+                .wrap(middleware::from_fn(routes::middleware::trace_request))
                 .app_data(state.clone())
-                .app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error(e)))
-                .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e)))
-                .service(
-                    web::resource("/healthz")
-                        .get(health::healthz)
-                        .default_service(not_allowed("GET")),
-                )
-                .service(
-                    web::resource("/readyz")
-                        .get(health::readyz)
-                        .default_service(not_allowed("GET")),
-                )
-                .service(
-                    web::resource("/metrics")
-                        .get(health::metrics)
-                        .default_service(not_allowed("GET")),
-                )
-                .service(
-                    web::resource(format!("{}{{token}}", page::PAGE_PREFIX))
-                        .get(page::show)
-                        .default_service(not_allowed("GET")),
-                )
-                .service(
-                    web::resource("/assets/{name}")
-                        .get(page::asset)
-                        .default_service(not_allowed("GET")),
-                )
-                .service(
-                    web::scope("/v1")
-                        .wrap(middleware::from_fn(routes::drain_gate))
-                        .service(
-                            upload_route("/folders/{folder_id}/files", "POST")
-                                .post(upload::multipart_to_folder),
-                        )
-                        .service(
-                            upload_route("/folders/{folder_id}/files/{name}", "PUT")
-                                .put(upload::raw_to_folder),
-                        )
-                        .service(
-                            upload_route("/files/{file_id}/versions", "POST")
-                                .post(upload::multipart_new_version),
-                        )
-                        .service(upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version))
-                        .service(
-                            web::resource("/upload-links")
-                                .post(links::create)
-                                .default_service(not_allowed("POST")),
-                        )
-                        .service(
-                            web::resource("/tus/")
-                                .route(web::method(Method::OPTIONS).to(tus::options))
-                                .post(tus::create)
-                                .default_service(not_allowed("OPTIONS, POST")),
-                        )
-                        .service(
-                            web::resource("/tus/{id}")
-                                .route(web::method(Method::OPTIONS).to(tus::options))
-                                .route(web::head().to(tus::head))
-                                .route(web::method(Method::PATCH).to(tus::patch))
-                                .delete(tus::delete)
-                                .default_service(not_allowed("OPTIONS, HEAD, PATCH, DELETE")),
-                        ),
-                )
-                .default_service(web::to(not_found))
+                .configure(routes::configure)
         })
         .workers(settings.server.workers)
         // actix counts connections per worker; a worker at its share stops accepting until one
@@ -305,48 +240,4 @@ impl Application {
         handle.stop(true).await;
         server.await.map_err(std::io::Error::other)?
     }
-}
-
-/// The plain upload endpoints: each takes an `Idempotency-Key`.
-fn upload_route(
-    path: &str,
-    allow: &'static str,
-) -> actix_web::Resource<
-    impl actix_web::dev::ServiceFactory<
-        actix_web::dev::ServiceRequest,
-        Config = (),
-        Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    let method = actix_web::http::Method::from_bytes(allow.as_bytes()).expect("an HTTP method");
-    web::resource(path)
-        .wrap(middleware::from_fn(move |req, next| {
-            idempotency::idempotent(req, next, method.clone())
-        }))
-        .default_service(not_allowed(allow))
-}
-
-/// 405 with the `Allow` header RFC 9110 requires (schemathesis checks it), naming the path's method.
-fn not_allowed(allow: &'static str) -> actix_web::Route {
-    web::to(move || async move {
-        let mut res = ApiError::new(
-            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this endpoint does not take that method; see openapi.yaml",
-        )
-        .error_response();
-        res.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-        res
-    })
-}
-
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint; see openapi.yaml",
-    ))
 }

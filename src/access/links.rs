@@ -165,7 +165,7 @@ impl Access {
             return Ok(None);
         };
         let counted = self
-            .store()?
+            .store
             .open_upload(
                 &crate::state::keys::link_files(&link.id),
                 upload_id,
@@ -200,14 +200,8 @@ impl Access {
 
     /// Gives a link's file slot back.
     pub async fn give_back_link_slot(&self, slot: LinkSlot) {
-        let given = match self.store() {
-            Ok(store) => store
-                .close_upload(&crate::state::keys::link_files(&slot.link_id), &slot.upload_id)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.message),
-        };
-        if let Err(err) = given {
+        let set = crate::state::keys::link_files(&slot.link_id);
+        if let Err(err) = self.store.close_upload(&set, &slot.upload_id).await {
             tracing::warn!(upload_id = %slot.upload_id, error = %err, "an upload link's file slot stays taken");
         }
     }

@@ -60,17 +60,19 @@ pub struct Access {
     /// Keys' own quotas, by key name (only keys that have one).
     quotas: HashMap<Arc<str>, KeyQuota>,
     /// Where quotas and link slots are counted (shared by the replicas with Redis).
-    store: Option<Arc<dyn StateStore>>,
+    store: Arc<dyn StateStore>,
 }
 
 impl Access {
     /// `default_principal` is the gateway's own (None with pass-through); `mint` makes a token provider
-    /// for a key's own subject (only called for keys that name one, i.e. with minted tokens).
+    /// for a key's own subject (only called for keys that name one, i.e. with minted tokens); `store`
+    /// counts the keys' quotas and the links' file slots.
     pub fn new(
         keys: &[ApiKeyConfig],
         default_principal: Option<Principal>,
         mint: &dyn Fn(Subject) -> Arc<dyn TokenProvider>,
         metrics: Arc<GatewayMetrics>,
+        store: Arc<dyn StateStore>,
     ) -> Self {
         let quotas = keys
             .iter()
@@ -85,7 +87,7 @@ impl Access {
             token_check: None,
             links: None,
             quotas,
-            store: None,
+            store,
         }
     }
 
@@ -94,30 +96,11 @@ impl Access {
         Self { links: keys, ..self }
     }
 
-    /// Quotas and link slots counted in `store`.
-    pub fn with_state_store(self, store: Arc<dyn StateStore>) -> Self {
-        Self {
-            store: Some(store),
-            ..self
-        }
-    }
-
     /// With pass-through, callers' tokens are checked with Box (`GET /users/me`, through `client`)
     /// by `authenticate_checked`; otherwise nothing changes.
     pub fn with_token_check(self, client: BoxClient) -> Self {
         let token_check = self.passthrough.then(|| TokenCheck::new(client));
         Self { token_check, ..self }
-    }
-
-    fn store(&self) -> Result<&Arc<dyn StateStore>, ApiError> {
-        self.store.as_ref().ok_or_else(|| {
-            tracing::error!("the access rules were built without a state store (a startup bug)");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the gateway failed; see its logs",
-            )
-        })
     }
 
     /// `authenticate`, and with pass-through the caller's token checked with Box (its verdict cached
@@ -300,7 +283,10 @@ mod tests {
             auth: Arc::new(StaticToken::new(Secret::new("own"))),
             as_user: None,
         };
-        Access::new(keys, Some(own), &|_| unreachable!(), metrics)
+        // Never written by these tests (no quotas, no link slots): the file stays empty.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        Access::new(keys, Some(own), &|_| unreachable!(), metrics, store)
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -71,7 +71,7 @@ impl Access {
             },
             quota: what,
         };
-        let wait = match self.store()?.rate_take(&taken.store_key, taken.take).await {
+        let wait = match self.store.rate_take(&taken.store_key, taken.take).await {
             Ok(wait) => wait,
             Err(err) => {
                 tracing::warn!(key = %caller.key_label, error = %err, "the state store could not check a key's quota; the upload goes");
@@ -105,14 +105,7 @@ impl Access {
             now_ms: crate::state::now_ms(),
             ..taken.take
         };
-        let given = match self.store() {
-            Ok(store) => store
-                .rate_give_back(&taken.store_key, take)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.message),
-        };
-        if let Err(err) = given {
+        if let Err(err) = self.store.rate_give_back(&taken.store_key, take).await {
             tracing::warn!(error = %err, quota = taken.quota, "could not give a key's quota back; it refills by itself");
         }
     }

@@ -1,10 +1,12 @@
 //! Thin handlers: parse the request into a typed upload, hand its body to the pipeline, shape the
-//! answer. Every route is registered in `startup.rs`. The plumbing they share has rooms of its own:
+//! answer. Every route is registered here, in one table (`configure`). The plumbing the handlers
+//! share has rooms of its own:
 //! - `admission.rs`: the one order in which every upload is let in, and what it gives back if refused
 //! - `outcome.rs`: how an upload that ends is counted, told (completion event) and logged
 //! - `client_body.rs`: the deadlines on a client's body (idle, minimum rate)
 //! - `params.rs`: the upload's parameters and the headers that shape a body
 //! - `idempotency.rs`: `Idempotency-Key` on the plain endpoints (a middleware)
+//! - `middleware.rs`: the request's span and id, the drain gate
 pub mod admission;
 pub mod client_body;
 #[cfg(test)]
@@ -12,6 +14,7 @@ mod fuzz;
 pub mod health;
 pub mod idempotency;
 pub mod links;
+pub mod middleware;
 pub mod outcome;
 pub mod page;
 pub mod params;
@@ -20,14 +23,12 @@ pub mod upload;
 
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::http::{header, Method};
+use actix_web::{middleware as actix_middleware, web, HttpResponse, ResponseError};
 
 use crate::access::Access;
 use crate::config::{ClientLimits, IdempotencySettings, LinkSettings, SpoolSettings, TusSettings};
-use crate::error::ApiError;
+use crate::error::{extractor_error, ApiError};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
@@ -62,31 +63,108 @@ pub struct AppState {
     pub pacer: Arc<crate::box_api::Pacer>,
 }
 
-/// Middleware on `/v1`: while the gateway drains, a new upload is answered 503 `draining`; one let
-/// through counts as in flight until its answer is ready, and the drain waits for it.
-pub async fn drain_gate(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    // A tus HEAD (and OPTIONS) only reads: answered even while draining, so a client that was cut
-    // learns where to resume; not counted, the drain need not wait for it.
-    if matches!(
-        *req.method(),
-        actix_web::http::Method::HEAD | actix_web::http::Method::OPTIONS
-    ) {
-        return Ok(next.call(req).await?.map_into_left_body());
-    }
-    let lifecycle = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.lifecycle.clone());
-    let flight = lifecycle.as_ref().map(|l| l.begin_upload());
-    if let Some(None) = flight {
-        let refusal = ApiError::draining(
-            "the gateway is shutting down and takes no new uploads: send it again (another replica takes it)",
-        );
-        return Ok(req.into_response(refusal.error_response()).map_into_right_body());
-    }
-    let response = next.call(req).await?;
-    drop(flight);
-    Ok(response.map_into_left_body())
+/// Every route, with RFC-correct 405 `Allow` answers and a JSON 404 for the rest (zero2prod's `run()`;
+/// `startup.rs` wraps it in the request middleware).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| extractor_error(e)))
+        .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e)))
+        .service(
+            web::resource("/healthz")
+                .get(health::healthz)
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/readyz")
+                .get(health::readyz)
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/metrics")
+                .get(health::metrics)
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource(format!("{}{{token}}", page::PAGE_PREFIX))
+                .get(page::show)
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/assets/{name}")
+                .get(page::asset)
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::scope("/v1")
+                .wrap(actix_middleware::from_fn(middleware::drain_gate))
+                .service(upload_route("/folders/{folder_id}/files", "POST").post(upload::multipart_to_folder))
+                .service(upload_route("/folders/{folder_id}/files/{name}", "PUT").put(upload::raw_to_folder))
+                .service(
+                    upload_route("/files/{file_id}/versions", "POST").post(upload::multipart_new_version),
+                )
+                .service(upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version))
+                .service(
+                    web::resource("/upload-links")
+                        .post(links::create)
+                        .default_service(not_allowed("POST")),
+                )
+                .service(
+                    web::resource("/tus/")
+                        .route(web::method(Method::OPTIONS).to(tus::options))
+                        .post(tus::create)
+                        .default_service(not_allowed("OPTIONS, POST")),
+                )
+                .service(
+                    web::resource("/tus/{id}")
+                        .route(web::method(Method::OPTIONS).to(tus::options))
+                        .route(web::head().to(tus::head))
+                        .route(web::method(Method::PATCH).to(tus::patch))
+                        .delete(tus::delete)
+                        .default_service(not_allowed("OPTIONS, HEAD, PATCH, DELETE")),
+                ),
+        )
+        .default_service(web::to(not_found));
+}
+
+/// The plain upload endpoints: each takes an `Idempotency-Key`.
+fn upload_route(
+    path: &str,
+    allow: &'static str,
+) -> actix_web::Resource<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let method = Method::from_bytes(allow.as_bytes()).expect("an HTTP method");
+    web::resource(path)
+        .wrap(actix_middleware::from_fn(move |req, next| {
+            idempotency::idempotent(req, next, method.clone())
+        }))
+        .default_service(not_allowed(allow))
+}
+
+/// 405 with the `Allow` header RFC 9110 requires (schemathesis checks it), naming the path's method.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        let mut res = ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method; see openapi.yaml",
+        )
+        .error_response();
+        res.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        res
+    })
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see openapi.yaml",
+    ))
 }

@@ -20,13 +20,13 @@ use std::time::Instant;
 
 use actix_web::{HttpMessage, HttpRequest};
 
+use super::middleware::RequestId;
 use super::AppState;
 use crate::access::Caller;
 use crate::box_api::Target;
 use crate::error::ApiError;
 use crate::events::{Completed, Event, Failed};
 use crate::pipeline::{UploadMethod, UploadOutcome};
-use crate::telemetry::RequestId;
 
 /// Where the upload came in.
 pub enum Source {

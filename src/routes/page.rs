@@ -15,7 +15,7 @@ use sha1::{Digest, Sha1};
 use super::AppState;
 
 /// Where a link's page lives: `{base}/upload/{token}`. Paths under it are kept out of the logs
-/// (`telemetry::loggable_path`): the token is a credential.
+/// (`middleware::loggable_path`): the token is a credential.
 pub const PAGE_PREFIX: &str = "/upload/";
 
 const PAGE_HTML: &str = include_str!("../../assets/upload.html");
