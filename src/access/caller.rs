@@ -7,12 +7,16 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 
 use super::link_token::LinkClaims;
-use super::links::link_not_allowed;
 use super::REALM;
 use crate::box_api::Principal;
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
 use crate::pipeline::Pipeline;
+
+/// 403 `link_not_allowed`: what an upload link's holder may not do.
+pub fn link_not_allowed(why: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "link_not_allowed", why)
+}
 
 /// Whose resumable uploads and `Idempotency-Key`s these are: only the same owner sees them. Stored
 /// (tus records, open-upload sets, idempotency keys) in its `Display` form, which is fixed: records

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 
-use super::caller::{Caller, Owner};
+use super::caller::{link_not_allowed, Caller, Owner};
 use super::keys::ApiKey;
 use super::link_token::{LinkClaims, LinkRefusal};
 use super::{key_principal, Access};
@@ -222,9 +222,4 @@ fn links_disabled() -> ApiError {
         "upload_links_disabled",
         "upload links are off: the gateway has no upload_link_secret",
     )
-}
-
-/// 403 `link_not_allowed`: what an upload link's holder may not do.
-pub fn link_not_allowed(why: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "link_not_allowed", why)
 }

@@ -24,11 +24,11 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
 use sha2::{Digest, Sha256};
 
-pub use caller::{Caller, Owner};
+pub use caller::{link_not_allowed, Caller, Owner};
 pub use keys::{check_keys, load_keys_file, ApiKeyConfig};
 use keys::{find_key, ApiKey};
 pub use link_token::{parse_secrets, LinkClaims, LinkKeys, LinkRefusal, MAX_NOTE_CHARS, MIN_SECRET_LEN};
-pub use links::{link_not_allowed, LinkRequest, LinkSlot};
+pub use links::{LinkRequest, LinkSlot};
 use quota::KeyQuota;
 pub use quota::{QuotaCost, QuotaTaken};
 use token_check::{TokenCheck, Verdict};
