@@ -36,7 +36,7 @@ pub async fn create(
     mut payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.access.authenticate_checked(req.headers()).await?;
+    let caller = super::admission::caller(&req, &state).await?;
     state.access.check_link_maker(&caller)?;
     let mut bytes = Vec::new();
     while let Some(chunk) = payload.next().await {

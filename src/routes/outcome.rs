@@ -98,13 +98,14 @@ impl<'a> UploadReport<'a> {
         self.started.set(true);
     }
 
-    /// The upload started: its Box destination is being asked for, or its file bytes began to come.
-    /// From here on its end writes a completion event.
+    /// The upload started: its Box destination is being asked for. From here on its end writes a
+    /// completion event (as it does once file bytes were received: `received`).
     pub fn started(&self) {
         self.started.set(true);
     }
 
-    /// The count of file bytes received, for the body to add to as they come.
+    /// The count of file bytes received, for the body to add to as they come (the first of them
+    /// starts the upload).
     pub fn received(&self) -> Rc<Cell<u64>> {
         self.received.clone()
     }
@@ -163,7 +164,7 @@ impl<'a> UploadReport<'a> {
             .uploads
             .with_label_values(&[self.method_label(), err.outcome(), &self.key_label])
             .inc();
-        if !self.started.get() {
+        if !self.started.get() && self.received.get() == 0 {
             return;
         }
         let (name, folder_id) = self.target.borrow().clone();

@@ -301,7 +301,6 @@ impl Upload {
                 Size::Declared(n) => (n, false, body, None),
                 Size::Derived(n) => (n, true, body, None),
                 Size::Unknown => {
-                    report.started();
                     // The key's limit bounds the spool too; a larger body is refused as it arrives.
                     let limit = caller
                         .max_file_size_bytes()
