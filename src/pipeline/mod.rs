@@ -221,7 +221,7 @@ impl Pipeline {
         }
     }
 
-    /// The same pipeline for an upload the pacer admitted (`Pacer::admit`): its first upload call is
+    /// The same pipeline for an upload the pacer admitted (`Pacer::reserve_upload_call`): its first upload call is
     /// paid for. None: the calls take their own places (the upload waits as long as it takes).
     pub fn admitted(self, admission: Option<crate::box_api::Admission>) -> Self {
         match admission {
