@@ -14,8 +14,13 @@
 //!    `box_rate_wait_secs` (`Pacer::reserve_upload_call`).
 //! 5. **The memory budget**, taken by the pipeline for each part as it fills (`pipeline/budget.rs`),
 //!    after Box has accepted the destination: a 503 `busy` there aborts the session.
-//! 6. The upload is **started** (its Box destination asked for, or its body spooled) and tracked
-//!    (`outcome.rs`): only from here on is a completion event written.
+//! 6. The upload is **started** (its Box destination asked for, `start`; or its file bytes began to
+//!    come, a body of unknown size being spooled) and tracked (`outcome.rs`): only from here on is a
+//!    completion event written.
+//!
+//! (Step 5 comes after Box was asked because the budget is taken per part, as bytes are read; issue
+//! 24's fair memory budget keeps that place.) A multipart form's head (at most 64 KiB) is read in step
+//! 2: its fields are parameters.
 //!
 //! Nothing that costs (a quota, a pacer admission, a Box call, a store write, an event) happens before
 //! every cheap refusal has been made. What steps 2 to 4 took is held by a `Reservation`, a drop guard
