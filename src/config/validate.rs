@@ -143,11 +143,13 @@ impl Settings {
                     self.box_retry_max_delay_ms.max(self.box_retry_base_delay_ms),
                 ),
                 deadline: Duration::from_secs(self.box_call_deadline_secs),
+                max_retry_after: crate::box_api::MAX_RETRY_AFTER,
             },
             pacer: PacerSettings {
                 calls_per_minute: self.box_rate_calls_per_minute,
                 uploads_per_minute: self.box_rate_uploads_per_minute,
                 wait: Duration::from_secs(self.box_rate_wait_secs),
+                max_pause: crate::box_api::MAX_RETRY_AFTER,
             },
         })
     }
