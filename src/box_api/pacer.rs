@@ -518,19 +518,33 @@ mod tests {
         assert_eq!((fair.head(), fair.count, fair.turns.len()), (None, 0, 0));
     }
 
-    #[tokio::test]
-    async fn calls_of_uploads_under_way_come_before_new_uploads() {
+    /// A pacer over a fresh embedded store (kept alive by the returned directory).
+    fn pacer_of(settings: PacerSettings) -> (Pacer, Arc<GatewayMetrics>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn StateStore> =
             Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
         let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-        let settings = PacerSettings {
+        (Pacer::new(store, settings, metrics.clone()), metrics, dir)
+    }
+
+    /// The defaults' rates, with `max_pause`.
+    fn paced(max_pause: Duration) -> (Pacer, Arc<GatewayMetrics>, tempfile::TempDir) {
+        pacer_of(PacerSettings {
+            calls_per_minute: 900,
+            uploads_per_minute: 220,
+            wait: Duration::from_secs(10),
+            max_pause,
+        })
+    }
+
+    #[tokio::test]
+    async fn calls_of_uploads_under_way_come_before_new_uploads() {
+        let (pacer, _metrics, _dir) = pacer_of(PacerSettings {
             calls_per_minute: 60, // one a second, two at once
             uploads_per_minute: 600,
             wait: Duration::from_millis(300),
             max_pause: Duration::from_secs(120),
-        };
-        let pacer = Pacer::new(store, settings, metrics);
+        });
         let key = PaceKey::of("gateway", None);
         let started = tokio::time::Instant::now();
         let deadline = started + Duration::from_secs(60);
@@ -548,17 +562,13 @@ mod tests {
 
     #[tokio::test]
     async fn admissions_are_bounded_and_fair() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn StateStore> =
-            Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
-        let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-        let settings = PacerSettings {
+        let (pacer, _metrics, _dir) = pacer_of(PacerSettings {
             calls_per_minute: 6000,
             uploads_per_minute: 60, // one a second, two at once
             wait: Duration::from_secs(3),
             max_pause: Duration::from_secs(120),
-        };
-        let pacer = Arc::new(Pacer::new(store, settings, metrics.clone()));
+        });
+        let pacer = Arc::new(pacer);
         let key = PaceKey::of("gateway", None);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -594,20 +604,6 @@ mod tests {
             assert!(r.retry_after >= Duration::from_secs(1), "{r:?}");
             assert!(r.waited >= Duration::from_millis(900), "{r:?}");
         }
-    }
-
-    fn paced(max_pause: Duration) -> (Pacer, Arc<GatewayMetrics>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn StateStore> =
-            Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
-        let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-        let settings = PacerSettings {
-            calls_per_minute: 900,
-            uploads_per_minute: 220,
-            wait: Duration::from_secs(10),
-            max_pause,
-        };
-        (Pacer::new(store, settings, metrics.clone()), metrics, dir)
     }
 
     /// The header: `Retry-After: 100000000000000000000`, read as the parser's ceiling (an
