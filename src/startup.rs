@@ -147,8 +147,8 @@ impl Application {
             settings.webhooks.clone(),
             metrics.clone(),
         ));
-        // A secret is required as soon as any webhook URL is set: without one there is nothing to send.
-        if settings.webhooks.secret.is_some() {
+        // Validation gives every receiver its secret: with none configured there is nothing to send.
+        if settings.webhooks.any_receiver() {
             tokio::spawn(crate::events::worker::run(
                 events.clone(),
                 lifecycle.stop_background(),

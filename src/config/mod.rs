@@ -136,8 +136,9 @@ pub struct Settings {
     /// Where completion events are POSTed (`GATEWAY_WEBHOOK_URL`); an API key's own `webhook_url`
     /// takes its uploads' events instead. Empty: no events (except those keys').
     pub webhook_url: Option<String>,
-    /// Standard Webhooks secrets `whsec_<base64>`, whitespace-separated during a rotation (each
-    /// signs) (`GATEWAY_WEBHOOK_SECRET`).
+    /// Standard Webhooks secrets `whsec_<base64>` of at least 24 bytes, whitespace-separated during a
+    /// rotation (each signs) (`GATEWAY_WEBHOOK_SECRET`): they sign the events sent to `webhook_url`
+    /// only (a key with its own `webhook_url` has its own `webhook_secret`).
     #[serde(serialize_with = "redacted")]
     pub webhook_secret: Option<Secret>,
     /// A file holding them instead (read at each delivery: a rotated Secret needs no restart).
@@ -147,8 +148,22 @@ pub struct Settings {
     pub webhook_max_age_secs: u64,
     /// Bound on one delivery attempt (connecting included).
     pub webhook_timeout_secs: u64,
+    /// Bound on connecting to a receiver (a receiver that is down or black-holed costs this much).
+    pub webhook_connect_timeout_ms: u64,
     /// Deliveries in flight at once, per replica.
     pub webhook_concurrency: usize,
+    /// Deliveries in flight at once to one receiver (the gateway's, or a key's), per replica: a
+    /// receiver that never answers holds this many of the `webhook_concurrency` slots, no more.
+    pub webhook_receiver_concurrency: usize,
+    /// Failed attempts in a row after which a receiver is paused (for the retries' backoff schedule),
+    /// then probed with one event at a time until one goes through.
+    pub webhook_receiver_pause_after_failures: u32,
+    /// Events the outbox holds at most, all keys together (all replicas with Redis); past it, a
+    /// new event is not stored.
+    pub webhook_outbox_max_events: u64,
+    /// Events the outbox holds at most for one API key (`passthrough` and `anonymous` callers count
+    /// as one key each); past it, that key's new events are not stored.
+    pub webhook_outbox_max_events_per_key: u64,
     /// The first retry's delay; each next one doubles, up to `webhook_max_backoff_secs` (with jitter).
     pub webhook_min_backoff_ms: u64,
     pub webhook_max_backoff_secs: u64,
@@ -200,6 +215,17 @@ fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
         Scalar::Float(n) => n.to_string(),
         Scalar::Bool(b) => b.to_string(),
     }))
+}
+
+fn redact_urls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains("://") => {
+            *s = crate::http_client::loggable_url(s);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_urls),
+        serde_json::Value::Object(map) => map.values_mut().for_each(redact_urls),
+        _ => {}
+    }
 }
 
 fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
@@ -270,7 +296,17 @@ impl Default for Settings {
             webhook_secret_file: None,
             webhook_max_age_secs: 24 * 3600,
             webhook_timeout_secs: 10,
+            // A receiver on the same continent connects in well under a second; a lost SYN is
+            // retransmitted after 1 s: 2 s allows one retransmission.
+            webhook_connect_timeout_ms: 2000,
             webhook_concurrency: 8,
+            // A quarter of the slots: four receivers that never answer leave half of them free.
+            webhook_receiver_concurrency: 2,
+            webhook_receiver_pause_after_failures: 5,
+            // About 1 KB an event: at most about 100 MB of Redis (or of the state volume).
+            webhook_outbox_max_events: 100_000,
+            // 45 minutes of Box's 220 uploads a minute with a receiver down.
+            webhook_outbox_max_events_per_key: 10_000,
             webhook_min_backoff_ms: 1000,
             webhook_max_backoff_secs: 3600,
             upload_link_secret: None,
@@ -295,6 +331,20 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The settings as the startup log shows them: secrets redacted (by their type), and every
+    /// string that is a URL with a host (webhook URLs, keys' too, `otlp_endpoint`, Box's URLs, and
+    /// any added later) without user info, query or fragment, where URLs carry credentials.
+    pub fn for_log(&self) -> String {
+        let shown = serde_json::to_value(self).and_then(|mut value| {
+            redact_urls(&mut value);
+            serde_json::from_value::<Settings>(value)
+        });
+        match shown {
+            Ok(settings) => format!("{settings:?}"),
+            Err(_) => "[not shown: the settings could not be redacted]".into(),
+        }
+    }
+
     /// Defaults, then the TOML file (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
         let known: Vec<String> = match serde_json::to_value(Settings::default()) {
@@ -329,6 +379,8 @@ impl Settings {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    use crate::access::ApiKeyConfig;
 
     #[test]
     fn defaults_need_only_credentials_and_callers() {
@@ -472,6 +524,12 @@ mod tests {
         assert!(both.validate().unwrap_err()[0].contains("not both"));
     }
 
+    /// `whsec_` and the base64 of `text` (at least 24 bytes for a secret that is accepted).
+    fn whsec(text: &str) -> String {
+        use base64::Engine;
+        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(text))
+    }
+
     #[test]
     fn webhook_keys_are_checked_and_the_secret_never_shown() {
         let base = Settings {
@@ -486,28 +544,169 @@ mod tests {
         };
         let problems = unsigned.validate().unwrap_err().join("\n");
         assert!(problems.contains("webhook_secret"), "{problems}");
+        let (one, two) = (
+            whsec("gateway-secret-one-of-24-bytes"),
+            whsec("gateway-secret-two-of-24-bytes"),
+        );
         let bad = Settings {
-            webhook_url: Some("ftp://x".into()),
-            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 hunter2")),
+            webhook_url: Some("ftp://user:hunter2@x/?token=t0ken".into()),
+            webhook_secret: Some(Secret::new(format!("{one} hunter2"))),
             webhook_concurrency: 0,
+            webhook_receiver_concurrency: 3,
+            webhook_connect_timeout_ms: 60_000,
+            webhook_outbox_max_events: 10,
+            webhook_outbox_max_events_per_key: 11,
             ..base.clone()
         };
         let problems = bad.validate().unwrap_err().join("\n");
-        for key in ["webhook_url", "webhook_secret", "webhook_concurrency"] {
+        for key in [
+            "webhook_url",
+            "webhook_secret",
+            "webhook_concurrency",
+            "webhook_receiver_concurrency",
+            "webhook_connect_timeout_ms",
+            "webhook_outbox_max_events_per_key",
+        ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
         }
+        for shown in ["hunter2", "t0ken", one.trim_start_matches("whsec_")] {
+            assert!(!problems.contains(shown), "{shown} in {problems}");
+        }
+        // A 1-byte secret is refused (Standard Webhooks: 24 to 64 bytes).
+        let weak = Settings {
+            webhook_secret: Some(Secret::new("whsec_YQ==")),
+            ..unsigned.clone()
+        };
+        let problems = weak.validate().unwrap_err().join("\n");
         assert!(
-            !problems.contains("hunter2") && !problems.contains("c2VjcmV0"),
+            problems.contains("webhook_secret: secret 1 is 1 bytes"),
             "{problems}"
         );
         let good = Settings {
-            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 whsec_b3RoZXI=")),
+            webhook_secret: Some(Secret::new(format!("{one} {two}"))),
             ..unsigned
         };
         let valid = good.validate().unwrap();
-        assert_eq!(valid.webhooks.url.as_deref(), Some("http://127.0.0.1:9/hooks"));
-        assert!(!format!("{valid:?}").contains("c2VjcmV0"));
-        assert!(!serde_json::to_string(&good).unwrap().contains("c2VjcmV0"));
+        let global = valid.webhooks.global.as_ref().unwrap();
+        assert_eq!(global.url, "http://127.0.0.1:9/hooks");
+        assert_eq!(valid.webhooks.receiver_concurrency, 2);
+        let encoded = one.trim_start_matches("whsec_");
+        assert!(!format!("{valid:?}").contains(encoded));
+        assert!(!serde_json::to_string(&good).unwrap().contains(encoded));
+    }
+
+    fn key_with_webhook(name: &str, secret: Option<&str>, file: Option<&str>) -> ApiKeyConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name)),
+            "folders": ["1"],
+            "webhook_url": format!("https://u:hunter2@{name}.example/hooks?token=t0ken"),
+            "webhook_secret": secret,
+            "webhook_secret_file": file,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_key_with_its_own_webhook_url_needs_its_own_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b-secret");
+        std::fs::write(&file, format!("{}\n", whsec("the-secret-of-key-b-24-bytes"))).unwrap();
+        let file = file.display().to_string();
+        let global = whsec("the-gateway-s-own-secret-24");
+        let a_secret = whsec("the-secret-of-key-a-24-bytes");
+        let with = |keys: Vec<ApiKeyConfig>| Settings {
+            box_developer_token: Some(Secret::new("t")),
+            webhook_url: Some("https://gateway.example/hooks".into()),
+            webhook_secret: Some(Secret::new(global.clone())),
+            api_keys: keys,
+            ..Default::default()
+        };
+        let ok = with(vec![
+            key_with_webhook("a", Some(&a_secret), None),
+            key_with_webhook("b", None, Some(&file)),
+        ]);
+        let valid = ok.validate().unwrap();
+        assert_eq!(
+            valid.webhooks.keys.keys().collect::<Vec<_>>(),
+            ["a", "b"],
+            "each key its own receiver"
+        );
+        let shown = format!("{valid:?} {ok:?}");
+        for secret_or_credential in ["hunter2", "t0ken", a_secret.trim_start_matches("whsec_")] {
+            assert!(
+                !shown.contains(secret_or_credential),
+                "{secret_or_credential}: {shown}"
+            );
+        }
+        // No secret of its own; one byte; the gateway's secret reused; another key's reused.
+        let problems = with(vec![
+            key_with_webhook("none", None, None),
+            key_with_webhook("weak", Some("whsec_YQ=="), None),
+            key_with_webhook("reuses-global", Some(&global), None),
+            key_with_webhook("a", Some(&a_secret), None),
+            key_with_webhook(
+                "reuses-a",
+                Some(&format!("{} {a_secret}", whsec("a-fresh-secret-of-24-bytes!"))),
+                None,
+            ),
+            key_with_webhook("both", Some(&a_secret), Some(&file)),
+        ])
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "api key \"none\": webhook_url needs the key's own webhook_secret",
+            "api key \"weak\": webhook_secret: secret 1 is 1 bytes",
+            "api key \"reuses-global\": uses a webhook secret of the gateway's webhook_secret",
+            "api key \"reuses-a\": uses a webhook secret of api key \"a\"",
+            "api key \"both\": set either webhook_secret or webhook_secret_file",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} missing in {problems}");
+        }
+        for secret_or_credential in ["hunter2", "t0ken", a_secret.trim_start_matches("whsec_"), "YQ=="] {
+            assert!(
+                !problems.contains(secret_or_credential),
+                "{secret_or_credential}: {problems}"
+            );
+        }
+        // A secret without a URL is a mistake: the key's events would not be signed with it.
+        let mut stray = key_with_webhook("stray", Some(&a_secret), None);
+        stray.webhook_url = None;
+        let problems = with(vec![stray]).validate().unwrap_err().join("\n");
+        assert!(
+            problems.contains("api key \"stray\": webhook_secret without webhook_url"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn the_logged_settings_show_no_credentials_of_any_url() {
+        let settings = Settings {
+            webhook_url: Some("https://user:hunter2@gateway.example/hooks?token=t0ken".into()),
+            otlp_endpoint: Some("http://otel:hunter2@collector:4318/?api_key=t0ken".into()),
+            box_api_url: "https://box:hunter2@api.box.com/2.0?x=t0ken".into(),
+            webhook_secret: Some(Secret::new(whsec("the-gateway-s-own-secret-24"))),
+            api_keys: vec![key_with_webhook(
+                "a",
+                Some(&whsec("the-secret-of-key-a-24-bytes")),
+                None,
+            )],
+            ..Default::default()
+        };
+        let shown = settings.for_log();
+        for hidden in ["hunter2", "t0ken", "dGhl"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        for kept in [
+            "https://gateway.example/hooks",
+            "http://collector:4318/",
+            "https://api.box.com/2.0",
+            "https://a.example/hooks",
+            "[redacted]",
+        ] {
+            assert!(shown.contains(kept), "{kept} missing in {shown}");
+        }
     }
 
     #[test]
