@@ -23,4 +23,5 @@ mod soak_tus;
 mod tus;
 mod tus_honesty;
 mod tus_state;
+mod webhook_tenants;
 mod webhooks;
