@@ -31,9 +31,10 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 /// `<owner>\0<upload id>` -> when that open upload expires (Unix seconds).
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
-/// Outbox entry id -> created, due, expires (Unix ms), lane, source, value.
-const OUTBOX_ENTRIES: TableDefinition<&str, (u64, u64, u64, &str, &str, &[u8])> =
-    TableDefinition::new("outbox_entries");
+/// An outbox entry as stored: created, due, expires (Unix ms), lane, source, value.
+type OutboxEntry<'a> = (u64, u64, u64, &'a str, &'a str, &'a [u8]);
+/// Outbox entry id -> the entry.
+const OUTBOX_ENTRIES: TableDefinition<&str, OutboxEntry> = TableDefinition::new("outbox_entries");
 /// (lane, due in Unix ms, id) of every outbox entry: what the delivery worker takes next, per lane.
 const OUTBOX_LANE_DUE: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox_lane_due");
 /// (created in Unix ms, id) of every outbox entry: the age of the oldest without a scan.
