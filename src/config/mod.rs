@@ -65,7 +65,8 @@ pub struct Settings {
     #[serde(deserialize_with = "string_like")]
     pub box_as_user: Option<String>,
     /// A TOML file of `[[keys]]` (`access::ApiKeyConfig`: name, sha256, folders and optional limits,
-    /// Box subject, webhook_url and quotas; docs/configuration.md shows every field).
+    /// Box subject, webhook_url and its webhook_secret, quotas; docs/configuration.md shows every
+    /// field).
     #[serde(deserialize_with = "string_like")]
     pub api_keys_file: Option<String>,
     /// API keys given in the settings file itself, in the same form as the keys file's `[[keys]]`.
