@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use box_upload_gateway::box_api::Secret;
-use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan, FaultRule};
 use serde_json::Value;
 
 use crate::gateway_process::{emulator_env, env_refs, Gateway};
@@ -585,24 +584,7 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     let key = secret("api_key_team");
     let quota = serde_json::json!({"max_uploads_per_minute": 1});
     let app = team_app(&gateway_receiver, &team_receiver, quota, true).await;
-    let link: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("x-api-key", key)
-        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = link["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = make_link(&app, key).await;
     let link_id = link_id_of(&token);
 
     // Act: one upload through the link, then a second one past the key's quota.
@@ -637,6 +619,23 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     assert_eq!(second_body["error"]["code"], "rate_limited", "{second_body}");
 }
 
+/// A link to folder 0 made by the API key `key`: its token.
+async fn make_link(app: &TestApp, key: &str) -> String {
+    let link: Value = app
+        .http
+        .post(format!("{}/v1/upload-links", app.address))
+        .header("x-api-key", key)
+        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = link["url"].as_str().unwrap();
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
 /// The id of the link whose token this is (its claims, the token's first part, say it).
 fn link_id_of(token: &str) -> String {
     let claims = token.split('.').next().unwrap();
@@ -656,24 +655,7 @@ async fn a_failed_upload_through_a_link_names_the_link() {
     let team_receiver = Receiver::started_checking(&[secret("webhook_secret_team")]).await;
     let key = secret("api_key_team");
     let app = team_app(&gateway_receiver, &team_receiver, serde_json::json!({}), true).await;
-    let link: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("x-api-key", key)
-        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = link["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = make_link(&app, key).await;
 
     // Act: the key's own upload, then one through the link that Box refuses.
     let own = app
@@ -697,22 +679,10 @@ async fn a_failed_upload_through_a_link_names_the_link() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    app.emulator.set_faults(FaultPlan {
-        rules: vec![FaultRule {
-            endpoint: Endpoint::DirectUpload,
-            nth: None,
-            fraction: None,
-            seed: None,
-            times: Some(1),
-            action: FaultAction::Status {
-                status: 400,
-                code: Some("bad_request".into()),
-                message: None,
-                retry_after: None,
-            },
-        }],
-        ..FaultPlan::default()
-    });
+    let refuse_once = serde_json::json!({"rules": [{"endpoint": "direct_upload", "times": 1,
+        "action": {"type": "status", "status": 400, "code": "bad_request"}}]});
+    app.emulator
+        .set_faults(serde_json::from_value(refuse_once).unwrap());
     let location = created.headers()["location"].to_str().unwrap().to_owned();
     let url = match location.starts_with("http") {
         true => location,
