@@ -329,6 +329,8 @@ impl Events {
             return Ok(Sent::Nothing);
         };
         let name = receiver.name();
+        // An entry of an older gateway named its receiver by URL, which a retry does not write back.
+        entry.receiver = Some(name.clone());
         if self.store.get(&gone_key(&target.url)).await?.is_some() {
             self.metrics.webhook_dead.with_label_values(&["gone"]).inc();
             tracing::warn!(webhook_id = %id, receiver = %name, "event dropped: its receiver answered 410 Gone to an earlier event");

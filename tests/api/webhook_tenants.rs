@@ -417,21 +417,25 @@ async fn a_flooding_key_is_bounded_across_replicas_and_another_keys_events_arriv
 }
 
 /// What is stored names a receiver; only the configuration says where it is. An event stored by the
-/// gateway before receivers were named (with its URL) goes to the configured receiver with that URL;
-/// one whose URL is configured nowhere is dropped, never sent; one whose key is gone is dropped.
+/// gateway before receivers were named (with its URL) goes to the configured receiver with that URL,
+/// after retries too; one whose URL is configured nowhere is dropped, never sent; one whose key is
+/// gone is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_events_go_only_where_the_configuration_says() {
     // Arrange: in Redis, two entries as the older gateway wrote them: one for the gateway's receiver
-    // (and its URL), one for a URL nobody configured.
+    // (and its URL), one for a URL nobody configured, one for the key "later", whose receiver is
+    // down at first.
     let redis = RedisServer::start().await;
     let gateway_receiver = Receiver::started().await;
     let elsewhere = Blackhole::start().await;
+    let mut later_receiver = Receiver::planned_with(&[secret(OTHER)]);
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let now = box_upload_gateway::state::now_ms();
     for (id, url) in [
         ("msg_older", gateway_receiver.url()),
         ("msg_elsewhere", elsewhere.url()),
+        ("msg_later", later_receiver.url()),
     ] {
         let body = json!({"type": "upload.completed", "timestamp": "2026-12-01T00:00:00.000Z",
             "data": {"file_id": id, "key": "team"}})
@@ -457,7 +461,10 @@ async fn stored_events_go_only_where_the_configuration_says() {
     // The key "gone" has a receiver that is down: its event waits in the outbox.
     let gone_receiver = Receiver::planned_with(&[]);
     let keys = |with_gone: bool| {
-        let mut keys = vec![key("team", "api_key_team", None)];
+        let mut keys = vec![
+            key("team", "api_key_team", None),
+            key("later", "caller_box_token", Some((later_receiver.url(), OTHER))),
+        ];
         if with_gone {
             keys.push(key("gone", "api_key_admin", Some((gone_receiver.url(), TEAM))));
         }
@@ -491,12 +498,42 @@ async fn stored_events_go_only_where_the_configuration_says() {
         dead("no_receiver") == 2
     })
     .await;
+    // msg_later is tried, and written back for its retries, while its receiver is down; then it
+    // comes up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg("box-upload-gateway:outbox:e:msg_later")
+            .arg("value")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let entry: Value = serde_json::from_str(&stored.expect("msg_later waits")).unwrap();
+        if entry["attempts"].as_u64().unwrap() >= 2 {
+            assert_eq!(entry["receiver"], "key:later", "{entry}");
+            assert!(entry.get("url").is_none(), "{entry}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "msg_later not retried: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    later_receiver.start().await;
+    let later = later_receiver.wait_for(1, Duration::from_secs(20)).await;
 
     // Assert: the older entry went to the configured receiver, signed with its secret; the other
     // never left the gateway; the key that is gone had its event dropped by the replica without it.
     assert_eq!(got.len(), 1, "{got:?}");
     assert_verified(&got);
     assert_eq!(got[0]["id"], "msg_older");
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_verified(&later);
+    assert_eq!(
+        later[0]["id"], "msg_later",
+        "still for its receiver after its retries"
+    );
     assert_eq!(
         elsewhere.accepted.load(Ordering::SeqCst),
         0,
