@@ -8,6 +8,7 @@ mod faults;
 mod routes;
 mod state;
 mod storage;
+mod wire;
 
 pub use cli::{run, EmulatorArgs};
 pub use errors::BoxApiError;
@@ -15,10 +16,11 @@ pub use faults::{Endpoint, FaultAction, FaultPlan, FaultRule, FiredFault, Garbag
 pub use state::{
     Counters, FileView, FolderView, Inspection, PartView, SessionState, SessionView, ROOT_FOLDER_ID,
 };
+pub use wire::{LinkShape, TlsSource, WireConfig, H2_DEFAULT_WINDOW_BYTES, H2_MAX_WINDOW_BYTES};
 
 use actix_web::dev::ServerHandle;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -68,6 +70,9 @@ pub struct EmulatorConfig {
     /// written (implies `trust_digests`), so the emulator costs one socket read per byte. Downloads of
     /// such files answer zeros.
     pub discard_content: bool,
+    /// TLS and per-connection shaping (round trip, bandwidth, HTTP/2 windows); default: plain HTTP/1.1
+    /// at loopback speed.
+    pub wire: WireConfig,
 }
 
 impl EmulatorConfig {
@@ -96,6 +101,7 @@ impl Default for EmulatorConfig {
             faults: FaultPlan::default(),
             trust_digests: false,
             discard_content: false,
+            wire: WireConfig::default(),
         }
     }
 }
@@ -139,6 +145,10 @@ pub struct Emulator;
 
 impl Emulator {
     pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+        config
+            .wire
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (root, temp) = match &config.data_dir {
             Some(dir) => (dir.clone(), None),
             None => {
@@ -146,6 +156,18 @@ impl Emulator {
                 (t.path().to_owned(), Some(t))
             }
         };
+        let tls = config.wire.tls.as_ref().map(wire::server_tls).transpose()?;
+        let ca_file = match tls.as_ref().and_then(|t| t.ca_pem.as_ref()) {
+            Some(pem) => {
+                let dir = root.join("tls");
+                std::fs::create_dir_all(&dir)?;
+                let file = dir.join("ca.pem");
+                std::fs::write(&file, pem)?;
+                Some(file)
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let shared = Arc::new(Shared {
             storage: storage::Storage::open(&root)?,
             state: Mutex::new(state::State::new()),
@@ -154,12 +176,14 @@ impl Emulator {
         });
         let listener = std::net::TcpListener::bind(shared.config.listen)?;
         let addr = listener.local_addr()?;
-        let server = routes::server(shared.clone(), listener)?;
+        let server = wire::serve(shared.clone(), listener, tls.map(|t| t.config))?;
         let server_handle = server.handle();
         let task = tokio::spawn(server);
         Ok(EmulatorHandle {
             shared,
             addr,
+            scheme,
+            ca_file,
             server: server_handle,
             task,
             _temp: temp,
@@ -170,6 +194,8 @@ impl Emulator {
 pub struct EmulatorHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    scheme: &'static str,
+    ca_file: Option<PathBuf>,
     server: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     _temp: Option<tempfile::TempDir>,
@@ -181,7 +207,13 @@ impl EmulatorHandle {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The PEM file of the CA that signed a generated TLS certificate: what a client trusts the
+    /// emulator with. None without TLS or with a certificate from files.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn api_url(&self) -> String {
