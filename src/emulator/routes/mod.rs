@@ -127,6 +127,10 @@ fn with_request_id<B: MessageBody + 'static>(
 /// A duplicate of the connection's socket, so a `cut_connection` fault can reset it.
 pub struct ConnSocket(pub OwnedFd);
 
+/// Which connection a request came on (numbered from 1 in the order they were accepted).
+#[derive(Clone, Copy)]
+pub struct ConnId(pub u64);
+
 /// What the fault plan decided for one request that passed the gate.
 pub struct Gate {
     pub action: Option<FaultAction>,

@@ -10,7 +10,7 @@
 mod link;
 mod tls;
 
-use super::routes::{self, ConnSocket};
+use super::routes::{self, ConnId, ConnSocket};
 use super::Shared;
 use actix_http::{HttpService, Protocol};
 use actix_server::Server;
@@ -97,8 +97,23 @@ pub struct LinkShape {
     pub bytes_per_sec: Option<u64>,
 }
 
-/// The TLS handshake's deadline, on top of the added round trips.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deadline for a TLS handshake or a plain connection's first bytes, on top of the added round
+/// trips.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// On plain HTTP: HTTP/2 when the client opens with h2c's preface (RFC 9113 §3.3, prior knowledge, as
+/// reqwest's `http2_prior_knowledge` does), else HTTP/1.1. Peeked, so the bytes stay for the parser;
+/// one look, as actix-http's own h2c detection does (a client sends the 24-byte preface in one write).
+async fn plain_protocol(stream: &TcpStream) -> io::Result<Protocol> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut head = [0; PREFACE.len()];
+    let n = stream.peek(&mut head).await?;
+    Ok(if head[..n] == *PREFACE {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    })
+}
 
 /// Marks a connection that came over TLS: `routes::absolute` answers `https` URLs on it.
 pub struct Secure;
@@ -124,6 +139,7 @@ pub(crate) fn serve(
                 let acceptor = acceptor.clone();
                 async move { Conn::accept(stream, link, acceptor).await }
             });
+            let counted = data.clone();
             let app = routes::app(data.clone())
                 .into_factory()
                 .map_err(|e| e.error_response());
@@ -133,13 +149,20 @@ pub(crate) fn serve(
                 .local_addr(addr)
                 .h2_initial_window_size(wire.h2_stream_window_bytes)
                 .h2_initial_connection_window_size(wire.h2_connection_window_bytes)
-                .on_connect_ext(|conn: &Conn, ext: &mut actix_http::Extensions| {
+                .on_connect_ext(move |conn: &Conn, ext: &mut actix_http::Extensions| {
                     if let Ok(fd) = conn.socket.try_clone() {
                         ext.insert(ConnSocket(fd));
                     }
                     if matches!(conn.transport, Transport::Tls(_)) {
                         ext.insert(Secure);
                     }
+                    let mut state = counted.lock();
+                    let counters = &mut state.counters;
+                    counters.connections += 1;
+                    if conn.protocol == Protocol::Http2 {
+                        counters.http2_connections += 1;
+                    }
+                    ext.insert(ConnId(counters.connections));
                 })
                 .finish(map_config(app, |_| AppConfig::default()));
             accept.and_then(http)
@@ -151,6 +174,7 @@ pub(crate) fn serve(
 /// One accepted connection as the HTTP layer sees it.
 pub struct Conn {
     transport: Transport,
+    protocol: Protocol,
     /// A duplicate of the TCP socket, so a `cut_connection` fault can reset it under TLS too.
     socket: OwnedFd,
 }
@@ -170,24 +194,29 @@ impl Conn {
         // Small HTTP/2 frames (WINDOW_UPDATE) and answers go out at once, as a server's would.
         let _ = stream.set_nodelay(true);
         let socket = stream.as_fd().try_clone_to_owned()?;
-        let link = Link::new(stream, shape);
+        let deadline = HANDSHAKE_TIMEOUT + 2 * shape.rtt;
+        let timed_out = |_| io::Error::new(io::ErrorKind::TimedOut, "no handshake in time");
         let Some(acceptor) = tls else {
+            let protocol = tokio::time::timeout(deadline, plain_protocol(&stream))
+                .await
+                .map_err(timed_out)??;
             let conn = Conn {
-                transport: Transport::Plain(link),
+                transport: Transport::Plain(Link::new(stream, shape)),
+                protocol,
                 socket,
             };
-            return Ok((conn, Protocol::Http1, peer));
+            return Ok((conn, protocol, peer));
         };
-        let deadline = TLS_HANDSHAKE_TIMEOUT + 2 * shape.rtt;
-        let stream = tokio::time::timeout(deadline, acceptor.accept(link))
+        let stream = tokio::time::timeout(deadline, acceptor.accept(Link::new(stream, shape)))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            .map_err(timed_out)??;
         let protocol = match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Protocol::Http2,
             _ => Protocol::Http1,
         };
         let conn = Conn {
             transport: Transport::Tls(Box::new(stream)),
+            protocol,
             socket,
         };
         Ok((conn, protocol, peer))
