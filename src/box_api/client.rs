@@ -1,4 +1,4 @@
-//! One method per Box upload endpoint, over one `reqwest::Client` built at start.
+//! One method per Box upload endpoint, over the clients built at start (`BoxHttp`).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use super::error::{parse_retry_after, BoxError, BoxErrorKind};
 use super::pacer::{Admission, PaceKey, Pacer};
 use super::retry::RetryPolicy;
 use super::types::*;
+use crate::http_client::BoxHttp;
 use crate::metrics::GatewayMetrics;
 use crate::secret::Secret;
 
@@ -81,7 +82,7 @@ impl Principal {
 
 #[derive(Clone)]
 pub struct BoxClient {
-    http: reqwest::Client,
+    http: BoxHttp,
     urls: Arc<BoxUrls>,
     auth: Arc<dyn TokenProvider>,
     as_user: Option<Arc<str>>,
@@ -97,7 +98,7 @@ pub struct BoxClient {
 
 impl BoxClient {
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<BoxHttp>,
         urls: BoxUrls,
         auth: Arc<dyn TokenProvider>,
         retry: RetryPolicy,
@@ -105,7 +106,7 @@ impl BoxClient {
     ) -> Self {
         let pace_key = PaceKey::of(&auth.principal_id(), None);
         Self {
-            http,
+            http: http.into(),
             urls: Arc::new(urls),
             auth,
             as_user: None,
@@ -179,7 +180,7 @@ impl BoxClient {
         };
         let session: UploadSession = self
             .retried("create_session", |t| {
-                self.http.post(&url).bearer_auth(t.expose()).json(&body)
+                self.http.client().post(&url).bearer_auth(t.expose()).json(&body)
             })
             .await?;
         if let Err(why) = check_session(&session, upload.size) {
@@ -221,7 +222,9 @@ impl BoxClient {
         // Set when an attempt failed in a way that may still have stored the part.
         let maybe_stored = std::sync::atomic::AtomicBool::new(false);
         let maybe_stored = &maybe_stored;
-        let (digest, range, expected) = (&digest, &range, &expected);
+        // Held to the last attempt: the part keeps a connection of its own (see `BoxHttp`).
+        let lane = self.http.part_lane();
+        let (digest, range, expected, lane) = (&digest, &range, &expected, &lane);
         self.retry
             .run(&self.metrics, |attempt| async move {
                 if maybe_stored.swap(false, Ordering::Relaxed) {
@@ -231,7 +234,7 @@ impl BoxClient {
                 }
                 let result = self
                     .call("upload_part", attempt.deadline, |t| {
-                        self.http
+                        lane.client()
                             .put(&session.session_endpoints.upload_part)
                             .bearer_auth(t.expose())
                             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -270,6 +273,7 @@ impl BoxClient {
             let page: PartsPage = self
                 .retried("list_parts", |t| {
                     self.http
+                        .client()
                         .get(&session.session_endpoints.list_parts)
                         .query(&query)
                         .bearer_auth(t.expose())
@@ -311,6 +315,7 @@ impl BoxClient {
         let response = self
             .send("commit", deadline, |t| {
                 self.http
+                    .client()
                     .post(&session.session_endpoints.commit)
                     .bearer_auth(t.expose())
                     .header("Digest", digest.as_str())
@@ -330,6 +335,7 @@ impl BoxClient {
     pub async fn abort(&self, session: &UploadSession) -> Result<(), BoxError> {
         self.deleted("abort", |t| {
             self.http
+                .client()
                 .delete(&session.session_endpoints.abort)
                 .bearer_auth(t.expose())
         })
@@ -343,6 +349,7 @@ impl BoxClient {
         // An abort does not wait for the pacer (`send`): no deadline to give.
         self.send("abort", tokio::time::Instant::now(), |t| {
             self.http
+                .client()
                 .delete(&session.session_endpoints.abort)
                 .bearer_auth(t.expose())
         })
@@ -370,6 +377,7 @@ impl BoxClient {
         let _: serde::de::IgnoredAny = self
             .retried("preflight", |t| {
                 self.http
+                    .client()
                     .request(Method::OPTIONS, &url)
                     .bearer_auth(t.expose())
                     .json(&body)
@@ -421,6 +429,7 @@ impl BoxClient {
         let parts: Arc<[Bytes]> = parts.into();
         let build = &|t: &Secret| {
             self.http
+                .client()
                 .post(&url)
                 .bearer_auth(t.expose())
                 .header(
@@ -544,7 +553,7 @@ impl BoxClient {
             ];
             let page: ItemsPage = self
                 .retried("folder_items", |t| {
-                    self.http.get(&url).query(&query).bearer_auth(t.expose())
+                    self.http.client().get(&url).query(&query).bearer_auth(t.expose())
                 })
                 .await?;
             let found = page.entries.iter().find(|item| {
@@ -575,9 +584,11 @@ impl BoxClient {
     /// `GET {api}/files/{id}`.
     pub async fn get_file(&self, file_id: &str) -> Result<FileObject, BoxError> {
         let url = format!("{}/files/{file_id}", self.urls.api);
-        self.retried("get_file", |t| self.http.get(&url).bearer_auth(t.expose()))
-            .await
-            .map(FileObject)
+        self.retried("get_file", |t| {
+            self.http.client().get(&url).bearer_auth(t.expose())
+        })
+        .await
+        .map(FileObject)
     }
 
     /// `DELETE {api}/files/{id}`: a file the gateway created, removed (to the trash) because it is
@@ -585,8 +596,10 @@ impl BoxClient {
     #[tracing::instrument(name = "box.delete_file", skip_all)]
     pub async fn delete_file(&self, file_id: &str) -> Result<(), BoxError> {
         let url = format!("{}/files/{file_id}", self.urls.api);
-        self.deleted("delete_file", |t| self.http.delete(&url).bearer_auth(t.expose()))
-            .await
+        self.deleted("delete_file", |t| {
+            self.http.client().delete(&url).bearer_auth(t.expose())
+        })
+        .await
     }
 
     /// `DELETE {api}/files/{id}/versions/{version_id}`: a version the gateway added, removed because
@@ -595,7 +608,7 @@ impl BoxClient {
     pub async fn delete_file_version(&self, file_id: &str, version_id: &str) -> Result<(), BoxError> {
         let url = format!("{}/files/{file_id}/versions/{version_id}", self.urls.api);
         self.deleted("delete_file_version", |t| {
-            self.http.delete(&url).bearer_auth(t.expose())
+            self.http.client().delete(&url).bearer_auth(t.expose())
         })
         .await
     }
@@ -632,6 +645,7 @@ impl BoxClient {
         let me: Me = self
             .retried("users_me", |t| {
                 self.http
+                    .client()
                     .get(&url)
                     .query(&[("fields", "id")])
                     .bearer_auth(t.expose())
@@ -654,6 +668,7 @@ impl BoxClient {
         let file: WithParent = self
             .retried("get_file", |t| {
                 self.http
+                    .client()
                     .get(&url)
                     .query(&[("fields", "parent")])
                     .bearer_auth(t.expose())
@@ -674,7 +689,7 @@ impl BoxClient {
         const ENDPOINT: &str = "probe";
         let url = format!("{}/folders/0", self.urls.api);
         if !with_credentials {
-            let request = self.http.get(&url).query(&[("fields", "id")]);
+            let request = self.http.client().get(&url).query(&[("fields", "id")]);
             let response = self.counted(ENDPOINT, request).await?;
             return match response.status().is_server_error() {
                 true => Err(error_from(ENDPOINT, response).await),
@@ -684,6 +699,7 @@ impl BoxClient {
         let answer = self
             .send(ENDPOINT, tokio::time::Instant::now(), |t| {
                 self.http
+                    .client()
                     .get(&url)
                     .query(&[("fields", "id")])
                     .bearer_auth(t.expose())

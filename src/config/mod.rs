@@ -112,6 +112,14 @@ pub struct Settings {
     pub box_call_deadline_secs: u64,
     /// How long a commit may keep answering 202 / a transient parts_mismatch.
     pub commit_timeout_secs: u64,
+    /// The HTTP version offered to Box's hosts: `http1` (a connection per part in flight), `http2`
+    /// (one connection per lane, as many lanes as parts can be in flight), or `auto` (both offered by
+    /// ALPN, the host picks; over `http://`, HTTP/1.1).
+    pub box_http_version: String,
+    /// A PEM file of CA certificates trusted for Box's hosts on top of the system's (a TLS-inspecting
+    /// proxy's CA, the emulator's `tls/ca.pem`).
+    #[serde(deserialize_with = "string_like")]
+    pub box_ca_file: Option<String>,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`). Unset: the
@@ -280,6 +288,8 @@ impl Default for Settings {
             // One full-length attempt (300 s) plus a few more at the backoff cap: a part that Box
             // keeps refusing fails in 15 minutes, never hangs an upload for the whole retry count.
             box_call_deadline_secs: 900,
+            box_http_version: "http1".into(),
+            box_ca_file: None,
             commit_timeout_secs: 600,
             log_format: "auto".into(),
             otlp_endpoint: None,
@@ -398,6 +408,62 @@ mod tests {
             ok.validate().unwrap().box_side.urls.upload,
             "https://upload.box.com/api/2.0"
         );
+    }
+
+    #[test]
+    fn box_connections_default_to_http1_sized_by_the_memory_budget() {
+        let settings = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Settings::default()
+        };
+        let c = settings.validate().unwrap().box_side.connections;
+        assert_eq!(c.version, crate::http_client::BoxHttpVersion::Http1);
+        // 256 MiB of budget holds 32 parts of Box's common 8 MiB.
+        assert_eq!((c.parts_in_flight, c.extra_roots.len()), (32, 0));
+        let small = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            memory_budget_bytes: 24 << 20,
+            part_concurrency: 8,
+            ..Settings::default()
+        };
+        // Never fewer than one upload's parts, whatever the budget.
+        assert_eq!(small.validate().unwrap().box_side.connections.parts_in_flight, 8);
+    }
+
+    #[test]
+    fn box_http_version_and_box_ca_file_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        for (version, file, bad) in [
+            ("h3", None, "box_http_version"),
+            ("http2", Some(dir.path().join("missing.pem")), "box_ca_file"),
+            ("auto", Some(not_pem), "box_ca_file"),
+        ] {
+            let settings = Settings {
+                box_developer_token: Some(Secret::new("t")),
+                allow_anonymous: true,
+                box_http_version: version.into(),
+                box_ca_file: file.map(|f| f.display().to_string()),
+                ..Settings::default()
+            };
+            let problems = settings.validate().unwrap_err().join("\n");
+            assert!(problems.starts_with(bad), "{problems}");
+        }
+        let ca = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem() + &ca.cert.pem()).unwrap();
+        let trusting = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            box_http_version: "http2".into(),
+            box_ca_file: Some(ca_file.display().to_string()),
+            ..Settings::default()
+        };
+        let c = trusting.validate().unwrap().box_side.connections;
+        assert_eq!((c.version.as_str(), c.extra_roots.len()), ("http2", 2));
     }
 
     #[test]

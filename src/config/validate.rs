@@ -10,8 +10,18 @@ use super::{Settings, MAX_CHUNKED_THRESHOLD};
 use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, JwtApp, PacerSettings, RetryPolicy, Subject, SubjectType};
 use crate::events::{ReceiverSettings, WebhookSettings};
+use crate::http_client::{BoxConnections, BoxHttpVersion};
 use crate::pipeline::PipelineSettings;
 use crate::secret::SecretSource;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// The part size Box picks for most files (box-api.md, "Minimum size and limits"): 8 MiB.
+const BOX_COMMON_PART_BYTES: u64 = 8 << 20;
+
+/// The most connections (HTTP/2 lanes, idle HTTP/1.1 connections) the gateway keeps to Box: past it,
+/// parts share connections rather than the gateway holding hundreds of TLS sessions.
+const MAX_BOX_LANES: usize = 64;
 
 /// Box discards an upload session 7 days after its creation: a tus upload must expire before.
 const BOX_SESSION_LIFE_SECS: u64 = 7 * 24 * 3600;
@@ -139,8 +149,10 @@ impl Settings {
                 self.box_rate_wait_secs
             ));
         }
+        let connections = self.box_connections(problems);
         Some(BoxSettings {
             urls,
+            connections,
             auth: auth?,
             as_user: self.box_as_user.clone().filter(|u| !u.is_empty()),
             connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
@@ -161,6 +173,48 @@ impl Settings {
                 max_pause: Duration::from_secs(self.box_rate_max_pause_secs),
             },
         })
+    }
+
+    /// `box_http_version`, `box_ca_file`, and how many parts the process can have in flight (a
+    /// connection each).
+    fn box_connections(&self, problems: &mut Problems) -> BoxConnections {
+        let version = BoxHttpVersion::parse(&self.box_http_version).unwrap_or_else(|| {
+            problems.push(format!(
+                "box_http_version: {:?} is not http1, http2 or auto",
+                self.box_http_version
+            ));
+            BoxHttpVersion::Http1
+        });
+        let extra_roots = match self.box_ca_file.as_deref().filter(|f| !f.is_empty()) {
+            Some(file) => {
+                match CertificateDer::pem_file_iter(file).and_then(|c| c.collect::<Result<Vec<_>, _>>()) {
+                    Ok(roots) if !roots.is_empty() => roots,
+                    Ok(_) => {
+                        problems.push(format!("box_ca_file: {file} holds no PEM certificate"));
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        problems.push(format!("box_ca_file: {file}: {e}"));
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        // Each part in flight holds its bytes in the memory budget, so the budget bounds the parts in
+        // flight over all uploads, at Box's common part size; uploads are bounded by the connections
+        // clients may open.
+        let by_budget = (self.memory_budget_bytes / BOX_COMMON_PART_BYTES) as usize;
+        let by_uploads = self.part_concurrency.saturating_mul(self.max_connections);
+        BoxConnections {
+            version,
+            parts_in_flight: by_budget
+                .min(by_uploads)
+                .clamp(self.part_concurrency.max(1), MAX_BOX_LANES),
+            extra_roots,
+            connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
+            request_timeout: Duration::from_secs(self.box_request_timeout_secs),
+        }
     }
 
     /// The Box credentials of `box_auth`, each missing or contradictory key named.

@@ -20,6 +20,7 @@ pub mod python;
 mod rate_limits;
 mod soak;
 mod soak_tus;
+mod tls;
 mod tus;
 mod tus_honesty;
 mod tus_state;
