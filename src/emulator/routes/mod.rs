@@ -127,6 +127,9 @@ fn with_request_id<B: MessageBody + 'static>(
 /// A duplicate of the connection's socket, so a `cut_connection` fault can reset it.
 pub struct ConnSocket(pub OwnedFd);
 
+/// Marks a connection that came over TLS: `absolute` answers `https` URLs on it.
+pub struct ConnTls;
+
 /// Which connection a request came on (numbered from 1 in the order they were accepted).
 #[derive(Clone, Copy)]
 pub struct ConnId(pub u64);
@@ -327,7 +330,7 @@ fn record_as_user(shared: &Shared, req: &HttpRequest) {
 pub fn absolute(req: &HttpRequest, path: &str) -> String {
     let info = req.connection_info();
     // An HTTP/1.1 request line carries no scheme: the connection knows.
-    let scheme = match req.conn_data::<super::wire::Secure>() {
+    let scheme = match req.conn_data::<ConnTls>() {
         Some(_) => "https",
         None => info.scheme(),
     };

@@ -17,6 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::either::Either;
 
 /// The link moves bytes in pieces of this size, so the cap is kept to within one piece.
 const PIECE_BYTES: usize = 16 << 10;
@@ -30,36 +31,32 @@ const SLACK: Duration = Duration::from_millis(4);
 /// cap it is twice the bandwidth-delay product, so the link, not this buffer, sets the pace.
 const UNCAPPED_WINDOW_BYTES: u64 = 4 << 20;
 
-/// A connection: direct when nothing is shaped (no cost), else a link.
-pub enum Link {
-    Direct(TcpStream),
-    Shaped(Box<Shaped>),
-}
+/// A connection: the bare socket when nothing is shaped (no cost), else a shaped link.
+pub type Link = Either<TcpStream, Box<Shaped>>;
 
-impl Link {
-    pub fn new(stream: TcpStream, shape: LinkShape) -> Link {
-        if shape.rtt.is_zero() && shape.bytes_per_sec.is_none() {
-            return Link::Direct(stream);
-        }
-        let (read, write) = stream.into_split();
-        let window = match shape.bytes_per_sec {
-            Some(rate) => (2.0 * rate as f64 * shape.rtt.as_secs_f64()) as u64,
-            None => UNCAPPED_WINDOW_BYTES,
-        };
-        let pieces = (window / PIECE_BYTES as u64).clamp(16, 4096) as usize;
-        let (tx, rx) = mpsc::channel(pieces);
-        // Reads on while the server is busy, as the network does; the channel's bound is the window.
-        tokio::spawn(carry_in(read, tx, shape));
-        Link::Shaped(Box::new(Shaped {
-            arrivals: rx,
-            next: None,
-            arrival_wait: Box::pin(sleep_until(Instant::now())),
-            write,
-            send_wait: Box::pin(sleep_until(Instant::now())),
-            rate: shape.bytes_per_sec,
-            send_free_at: Instant::now(),
-        }))
+pub fn link(stream: TcpStream, shape: LinkShape) -> Link {
+    if shape.rtt.is_zero() && shape.bytes_per_sec.is_none() {
+        return Either::Left(stream);
     }
+    let (read, write) = stream.into_split();
+    let window = match shape.bytes_per_sec {
+        Some(rate) => (2.0 * rate as f64 * shape.rtt.as_secs_f64()) as u64,
+        None => UNCAPPED_WINDOW_BYTES,
+    };
+    let pieces = (window / PIECE_BYTES as u64).clamp(16, 4096) as usize;
+    let (tx, rx) = mpsc::channel(pieces);
+    // Reads on while the server is busy, as the network does; the channel's bound is the window.
+    tokio::spawn(carry_in(read, tx, shape));
+    Either::Right(Box::new(Shaped {
+        arrivals: rx,
+        next: None,
+        arrival_wait: Box::pin(sleep_until(Instant::now())),
+        write,
+        send_wait: Box::pin(sleep_until(Instant::now())),
+        rate: shape.bytes_per_sec,
+        send_free_at: Instant::now(),
+        send_start: None,
+    }))
 }
 
 /// Bytes that reach the server at `at`; an empty piece is the client's end of stream.
@@ -74,6 +71,8 @@ pub struct Shaped {
     rate: Option<u64>,
     /// When the link towards the client has sent what it was given so far.
     send_free_at: Instant,
+    /// When the piece being written started across the link (set until it is written).
+    send_start: Option<Instant>,
 }
 
 fn transfer_time(bytes: usize, rate: u64) -> Duration {
@@ -155,13 +154,20 @@ impl AsyncWrite for Shaped {
         let Some(rate) = this.rate else {
             return Pin::new(&mut this.write).poll_write(cx, data);
         };
-        if this.send_free_at > Instant::now() + SLACK {
-            this.send_wait.as_mut().reset(this.send_free_at - SLACK);
+        // A piece reaches the client once it has crossed the link: when the link is free, plus its
+        // own transfer time (as `carry_in` stamps the other way).
+        let piece = &data[..data.len().min(PIECE_BYTES)];
+        let start = *this
+            .send_start
+            .get_or_insert_with(|| this.send_free_at.max(Instant::now()));
+        let crossed = start + transfer_time(piece.len(), rate);
+        if crossed > Instant::now() + SLACK {
+            this.send_wait.as_mut().reset(crossed - SLACK);
             ready!(this.send_wait.as_mut().poll(cx));
         }
-        let piece = &data[..data.len().min(PIECE_BYTES)];
         let n = ready!(Pin::new(&mut this.write).poll_write(cx, piece))?;
-        this.send_free_at = this.send_free_at.max(Instant::now()) + transfer_time(n, rate);
+        this.send_start = None;
+        this.send_free_at = start + transfer_time(n, rate);
         Poll::Ready(Ok(n))
     }
 
@@ -171,56 +177,6 @@ impl AsyncWrite for Shaped {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.write).poll_shutdown(cx)
-    }
-}
-
-impl AsyncRead for Link {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Link::Direct(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Shaped(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Link {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Link::Direct(s) => Pin::new(s).poll_write(cx, data),
-            Link::Shaped(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Link::Direct(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Link::Shaped(s) => {
-                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
-                Pin::new(s.as_mut()).poll_write(cx, first)
-            }
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        matches!(self, Link::Direct(_))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Link::Direct(s) => Pin::new(s).poll_flush(cx),
-            Link::Shaped(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Link::Direct(s) => Pin::new(s).poll_shutdown(cx),
-            Link::Shaped(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 
@@ -235,10 +191,16 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (client, Link::new(server, shape))
+        (client, link(server, shape))
     }
 
     // Lower bounds only: a loaded machine may make the link slower, never faster.
+
+    const RATE: u64 = 2_000_000;
+    const CAPPED: LinkShape = LinkShape {
+        rtt: Duration::ZERO,
+        bytes_per_sec: Some(RATE),
+    };
 
     #[tokio::test]
     async fn bytes_arrive_one_round_trip_after_they_were_sent() {
@@ -258,12 +220,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_capped_link_keeps_to_its_rate_and_delivers_every_byte_in_order() {
-        let rate = 2_000_000;
-        let (mut client, mut server) = pair(LinkShape {
-            rtt: Duration::ZERO,
-            bytes_per_sec: Some(rate),
-        })
-        .await;
+        let (mut client, mut server) = pair(CAPPED).await;
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         let sent = Instant::now();
         let writer = {
@@ -282,7 +239,7 @@ mod tests {
             got.len(),
             data.len()
         );
-        let floor = transfer_time(data.len(), rate).saturating_sub(SLACK);
+        let floor = transfer_time(data.len(), RATE).saturating_sub(SLACK);
         assert!(
             sent.elapsed() >= floor,
             "{:?} is faster than the cap ({floor:?})",
@@ -292,12 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_leave_at_the_capped_rate() {
-        let rate = 2_000_000;
-        let (mut client, mut server) = pair(LinkShape {
-            rtt: Duration::ZERO,
-            bytes_per_sec: Some(rate),
-        })
-        .await;
+        let (mut client, mut server) = pair(CAPPED).await;
         let data = vec![7u8; 400_000];
         let sent = Instant::now();
         let reader = tokio::spawn(async move {
@@ -309,7 +261,7 @@ mod tests {
         server.shutdown().await.unwrap();
         drop(server);
         assert_eq!(reader.await.unwrap(), data.len());
-        let floor = transfer_time(data.len(), rate).saturating_sub(SLACK);
+        let floor = transfer_time(data.len(), RATE).saturating_sub(SLACK);
         assert!(
             sent.elapsed() >= floor,
             "{:?} is faster than the cap ({floor:?})",

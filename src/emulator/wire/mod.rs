@@ -10,14 +10,14 @@
 mod link;
 mod tls;
 
-use super::routes::{self, ConnId, ConnSocket};
+use super::routes::{self, ConnId, ConnSocket, ConnTls};
 use super::Shared;
 use actix_http::{HttpService, Protocol};
 use actix_server::Server;
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
 use actix_web::web;
-use link::Link;
+use link::{link, Link};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 
 pub(crate) use tls::server_tls;
 
@@ -115,9 +116,6 @@ async fn plain_protocol(stream: &TcpStream) -> io::Result<Protocol> {
     })
 }
 
-/// Marks a connection that came over TLS: `routes::absolute` answers `https` URLs on it.
-pub struct Secure;
-
 /// Serves the routes on `listener`, each connection shaped, then TLS (when configured), then HTTP/1.1
 /// or HTTP/2 as ALPN chose.
 pub(crate) fn serve(
@@ -153,8 +151,8 @@ pub(crate) fn serve(
                     if let Ok(fd) = conn.socket.try_clone() {
                         ext.insert(ConnSocket(fd));
                     }
-                    if matches!(conn.transport, Transport::Tls(_)) {
-                        ext.insert(Secure);
+                    if matches!(conn.transport, Either::Right(_)) {
+                        ext.insert(ConnTls);
                     }
                     let mut state = counted.lock();
                     let counters = &mut state.counters;
@@ -179,10 +177,8 @@ pub struct Conn {
     socket: OwnedFd,
 }
 
-enum Transport {
-    Plain(Link),
-    Tls(Box<TlsStream<Link>>),
-}
+/// Plain, or TLS over the link.
+type Transport = Either<Link, Box<TlsStream<Link>>>;
 
 impl Conn {
     async fn accept(
@@ -201,13 +197,13 @@ impl Conn {
                 .await
                 .map_err(timed_out)??;
             let conn = Conn {
-                transport: Transport::Plain(Link::new(stream, shape)),
+                transport: Either::Left(link(stream, shape)),
                 protocol,
                 socket,
             };
             return Ok((conn, protocol, peer));
         };
-        let stream = tokio::time::timeout(deadline, acceptor.accept(Link::new(stream, shape)))
+        let stream = tokio::time::timeout(deadline, acceptor.accept(link(stream, shape)))
             .await
             .map_err(timed_out)??;
         let protocol = match stream.get_ref().1.alpn_protocol() {
@@ -215,7 +211,7 @@ impl Conn {
             _ => Protocol::Http1,
         };
         let conn = Conn {
-            transport: Transport::Tls(Box::new(stream)),
+            transport: Either::Right(Box::new(stream)),
             protocol,
             socket,
         };
@@ -225,19 +221,13 @@ impl Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().transport).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().transport {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, data),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
+        Pin::new(&mut self.get_mut().transport).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -245,30 +235,18 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().transport {
-            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().transport).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.transport {
-            Transport::Plain(s) => s.is_write_vectored(),
-            Transport::Tls(s) => s.is_write_vectored(),
-        }
+        self.transport.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().transport).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().transport).poll_shutdown(cx)
     }
 }
