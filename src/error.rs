@@ -204,6 +204,17 @@ impl From<UploadError> for ApiError {
             UploadError::Body(message) => {
                 Self::bad_request("body_read_failed", format!("reading the request body failed: {message}"))
             }
+            UploadError::AccessExpired { at_unix_secs } => {
+                let at = chrono::DateTime::from_timestamp(at_unix_secs as i64, 0).unwrap_or_default();
+                Self::new(
+                    S::GONE,
+                    "link_expired",
+                    format!(
+                        "this upload link expired at {} while the upload was being sent; nothing more of it is accepted: ask for a new link",
+                        at.to_rfc3339()
+                    ),
+                )
+            }
             UploadError::ClientTimeout => Self::new(
                 S::REQUEST_TIMEOUT,
                 "client_timeout",

@@ -102,6 +102,9 @@ pub enum UploadError {
     Body(String),
     #[error("the client stopped sending the body")]
     ClientTimeout,
+    /// The caller's access (an upload link) expired while the body was being read.
+    #[error("the caller's access expired (at {at_unix_secs}) while the body was being read")]
+    AccessExpired { at_unix_secs: u64 },
     /// The body came slower than `client_min_bytes_per_sec` over `client_rate_window_secs` of waiting.
     #[error("the client sent {received} bytes in {window:?} of waiting, below {min_bytes_per_sec} bytes/s")]
     ClientTooSlow {

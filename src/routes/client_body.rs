@@ -1,6 +1,7 @@
 //! The request body as the gateway reads it from a client, with two deadlines: an idle timeout and a
 //! minimum rate over a window of waiting (`client_idle_timeout_secs`, `client_min_bytes_per_sec`,
-//! `client_rate_window_secs`). Every body an upload reads goes through it (plain and tus alike).
+//! `client_rate_window_secs`). Every body the gateway reads goes through it (plain and tus uploads,
+//! `POST /v1/upload-links`). A link's upload has a third: the link's expiry (`client_body_until`).
 use std::io::ErrorKind;
 use std::time::Duration;
 
@@ -27,6 +28,13 @@ struct TooSlow {
     received: u64,
     window: Duration,
     min_bytes_per_sec: u64,
+}
+
+/// The caller's access (an upload link) expired while its body was being read.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload link expired at {at_unix_secs} while the body was being read")]
+struct AccessEnded {
+    at_unix_secs: u64,
 }
 
 /// Waiting time and bytes within the current window of a `MinRate`. Only time spent waiting for the
@@ -82,21 +90,38 @@ pub fn client_body(
     payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
     state: &AppState,
 ) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
+    client_body_until(payload, state, None)
+}
+
+/// `client_body`, cut when `until` (Unix seconds: an upload link's expiry) passes: a link's upload
+/// ends with its link (410 `link_expired`, `from_payload`), however long one of its requests runs.
+/// The time waiting between polls counts too (the link's expiry is wall-clock time).
+pub fn client_body_until(
+    payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+    state: &AppState,
+    until: Option<u64>,
+) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
     let limits = state.client;
     let rate = (limits.min_bytes_per_sec > 0).then_some(MinRate {
         min_bytes_per_sec: limits.min_bytes_per_sec,
         window: limits.rate_window,
     });
-    body_deadlines(payload, limits.idle_timeout, rate)
+    let until = until.map(|at| {
+        let left = at.saturating_sub(crate::state::now_secs());
+        (tokio::time::Instant::now() + Duration::from_secs(left), at)
+    });
+    body_deadlines(payload, limits.idle_timeout, rate, until)
 }
 
 fn body_deadlines(
     payload: impl Stream<Item = Result<Bytes, PayloadError>> + Unpin,
     idle: Duration,
     rate: Option<MinRate>,
+    until: Option<(tokio::time::Instant, u64)>,
 ) -> impl Stream<Item = Result<Bytes, PayloadError>> + Unpin {
     use tokio::time::Instant;
     let too_slow = |slow: TooSlow| PayloadError::Io(std::io::Error::other(slow));
+    let ended = |at_unix_secs| PayloadError::Io(std::io::Error::other(AccessEnded { at_unix_secs }));
     Box::pin(
         stream::unfold(
             Some((payload, rate.map(RateWindow::new))),
@@ -106,9 +131,13 @@ fn body_deadlines(
                 let idle_deadline = Instant::now() + idle;
                 loop {
                     let started = Instant::now();
+                    if let Some((_, at)) = until.filter(|(end, _)| started >= *end) {
+                        return Some((Err(ended(at)), None));
+                    }
                     let deadline = window
                         .as_ref()
                         .map_or(idle_deadline, |w| idle_deadline.min(started + w.left()));
+                    let deadline = until.map_or(deadline, |(end, _)| deadline.min(end));
                     // `next()` is cancel-safe: a wait cut at the window's end loses no bytes.
                     match tokio::time::timeout_at(deadline, payload.next()).await {
                         Ok(Some(item)) => {
@@ -120,6 +149,9 @@ fn body_deadlines(
                             return Some((item, Some((payload, window))));
                         }
                         Ok(None) => return None,
+                        Err(_) if until.is_some_and(|(end, _)| Instant::now() >= end) => {
+                            // Checked at the top of the loop.
+                        }
                         Err(_) if Instant::now() >= idle_deadline => {
                             return Some((
                                 Err(PayloadError::Io(std::io::Error::new(
@@ -147,14 +179,21 @@ fn body_deadlines(
 pub fn from_payload(err: PayloadError) -> UploadError {
     match err {
         PayloadError::Io(e) if e.kind() == ErrorKind::TimedOut => UploadError::ClientTimeout,
-        PayloadError::Io(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<TooSlow>()) {
-            Some(slow) => UploadError::ClientTooSlow {
-                received: slow.received,
-                window: slow.window,
-                min_bytes_per_sec: slow.min_bytes_per_sec,
-            },
-            None => UploadError::Body(PayloadError::Io(e).to_string()),
-        },
+        PayloadError::Io(e) => {
+            if let Some(ended) = e.get_ref().and_then(|inner| inner.downcast_ref::<AccessEnded>()) {
+                return UploadError::AccessExpired {
+                    at_unix_secs: ended.at_unix_secs,
+                };
+            }
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<TooSlow>()) {
+                Some(slow) => UploadError::ClientTooSlow {
+                    received: slow.received,
+                    window: slow.window,
+                    min_bytes_per_sec: slow.min_bytes_per_sec,
+                },
+                None => UploadError::Body(PayloadError::Io(e).to_string()),
+            }
+        }
         other => UploadError::Body(other.to_string()),
     }
 }
@@ -249,7 +288,7 @@ mod tests {
             min_bytes_per_sec: 1000,
             window: Duration::from_secs(10),
         };
-        let mut body = body_deadlines(rx, Duration::from_secs(60), Some(rate));
+        let mut body = body_deadlines(rx, Duration::from_secs(60), Some(rate), None);
         // 8000 bytes in the window, a minute apart each: the window sees them arrive at once.
         for _ in 0..4 {
             tx.send(Ok(Bytes::from(vec![0u8; 2000]))).unwrap();
@@ -272,8 +311,38 @@ mod tests {
             min_bytes_per_sec: 1000,
             window: Duration::from_secs(60),
         };
-        let mut body = body_deadlines(rx, Duration::from_secs(5), Some(rate));
+        let mut body = body_deadlines(rx, Duration::from_secs(5), Some(rate), None);
         let err = body.next().await.unwrap().unwrap_err();
         assert!(matches!(from_payload(err), UploadError::ClientTimeout));
+    }
+
+    /// A link's body is cut at the link's expiry, whether the client is sending or the gateway is
+    /// busy elsewhere, and however fast it comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_links_body_ends_at_the_links_expiry() {
+        let (tx, rx) = channel();
+        let end = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut body = body_deadlines(rx, Duration::from_secs(20), None, Some((end, 1234)));
+        // A fast client, a chunk every 10 s: never idle, yet cut at 30 s.
+        for _ in 0..3 {
+            tx.send(Ok(Bytes::from_static(b"abc"))).unwrap();
+            assert!(body.next().await.unwrap().is_ok());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        tx.send(Ok(Bytes::from_static(b"late"))).unwrap();
+        let err = body.next().await.unwrap().unwrap_err();
+        assert!(matches!(
+            from_payload(err),
+            UploadError::AccessExpired { at_unix_secs: 1234 }
+        ));
+        assert!(body.next().await.is_none());
+        // A wait for a client that sends nothing is cut at the expiry, before the idle timeout.
+        let (_tx, rx) = channel();
+        let started = tokio::time::Instant::now();
+        let end = started + Duration::from_secs(5);
+        let mut body = body_deadlines(rx, Duration::from_secs(20), None, Some((end, 9)));
+        let err = body.next().await.unwrap().unwrap_err();
+        assert!(matches!(from_payload(err), UploadError::AccessExpired { .. }));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

@@ -14,7 +14,7 @@ use crate::access::Caller;
 use crate::error::ApiError;
 use crate::pipeline::{spool, UploadError};
 use crate::routes::admission;
-use crate::routes::client_body::{client_body, from_payload};
+use crate::routes::client_body::{client_body_until, from_payload};
 use crate::routes::outcome::{Source, UploadReport};
 use crate::routes::params::{content_length, header_u64};
 use crate::routes::AppState;
@@ -140,7 +140,8 @@ pub(super) async fn append(
         .metrics
         .tus_received_bytes
         .with_label_values(&[caller.key_label()]);
-    let body = client_body(payload, state)
+    // A link's upload stops with its link, even in the middle of this request's body.
+    let body = client_body_until(payload, state, caller.link().map(|l| l.expires_at))
         .map_err(from_payload)
         .inspect_ok(move |chunk| received.inc_by(chunk.len() as u64));
     let pipeline = state.pipeline.acting_as(&caller.principal);
