@@ -159,6 +159,15 @@ impl BoxClient {
         &self.retry
     }
 
+    /// A session endpoint, checked before any call that would carry the bearer token to it: a
+    /// session is stored state (a tus record, in a Redis others may write), so its URLs are pinned
+    /// to the configured upload host (`check_session_host`).
+    fn session_url<'u>(&self, endpoint: &'static str, url: &'u str) -> Result<&'u str, BoxError> {
+        check_session_host(&self.urls.upload, url)
+            .map_err(|why| BoxError::protocol(endpoint, format!("session endpoint {endpoint}: {why}")))?;
+        Ok(url)
+    }
+
     /// `POST {upload}/files/upload_sessions` or `POST {upload}/files/{id}/upload_sessions`.
     #[tracing::instrument(name = "box.create_session", skip_all)]
     pub async fn create_session(&self, upload: &NewUpload) -> Result<UploadSession, BoxError> {
@@ -183,9 +192,12 @@ impl BoxClient {
                 self.http.client().post(&url).bearer_auth(t.expose()).json(&body)
             })
             .await?;
-        if let Err(why) = check_session(&session, upload.size) {
+        let checked = check_session(&session, upload.size)
+            .and_then(|()| check_session_hosts(&self.urls.upload, &session));
+        if let Err(why) = checked {
             // Box made a session the gateway will not use: it must not linger until it expires.
-            // Aborted only when its abort URL is one (a garbage URL would not be Box's anyway).
+            // Aborted only when its abort URL is one on Box's upload host (`abort` checks it): the
+            // token never goes elsewhere.
             if reqwest::Url::parse(&session.session_endpoints.abort).is_ok() {
                 if let Err(err) = self.abort(&session).await {
                     tracing::warn!(session_id = %session.id, error = %err, "could not abort a session Box described wrongly");
@@ -232,10 +244,11 @@ impl BoxClient {
                         return check_echo(&part, expected);
                     }
                 }
+                let url = self.session_url("upload_part", &session.session_endpoints.upload_part)?;
                 let result = self
                     .call("upload_part", attempt.deadline, |t| {
                         lane.client()
-                            .put(&session.session_endpoints.upload_part)
+                            .put(url)
                             .bearer_auth(t.expose())
                             .header(header::CONTENT_TYPE, "application/octet-stream")
                             .header(header::CONTENT_LENGTH, size)
@@ -267,16 +280,13 @@ impl BoxClient {
     #[tracing::instrument(name = "box.list_parts", skip_all)]
     pub async fn list_parts(&self, session: &UploadSession) -> Result<Vec<UploadPart>, BoxError> {
         const LIMIT: usize = 1000;
+        let url = self.session_url("list_parts", &session.session_endpoints.list_parts)?;
         let mut parts = Vec::new();
         loop {
             let query = [("offset", parts.len()), ("limit", LIMIT)];
             let page: PartsPage = self
                 .retried("list_parts", |t| {
-                    self.http
-                        .client()
-                        .get(&session.session_endpoints.list_parts)
-                        .query(&query)
-                        .bearer_auth(t.expose())
+                    self.http.client().get(url).query(&query).bearer_auth(t.expose())
                 })
                 .await?;
             let got = page.entries.len();
@@ -312,11 +322,12 @@ impl BoxClient {
             body["attributes"] = Value::Object(attributes);
         }
         let digest = format!("sha={}", b64(sha1));
+        let url = self.session_url("commit", &session.session_endpoints.commit)?;
         let response = self
             .send("commit", deadline, |t| {
                 self.http
                     .client()
-                    .post(&session.session_endpoints.commit)
+                    .post(url)
                     .bearer_auth(t.expose())
                     .header("Digest", digest.as_str())
                     .json(&body)
@@ -333,11 +344,9 @@ impl BoxClient {
     /// earlier attempt did it); never held back by the pacer (`send`).
     #[tracing::instrument(name = "box.abort", skip_all)]
     pub async fn abort(&self, session: &UploadSession) -> Result<(), BoxError> {
+        let url = self.session_url("abort", &session.session_endpoints.abort)?;
         self.deleted("abort", |t| {
-            self.http
-                .client()
-                .delete(&session.session_endpoints.abort)
-                .bearer_auth(t.expose())
+            self.http.client().delete(url).bearer_auth(t.expose())
         })
         .await
     }
@@ -346,12 +355,10 @@ impl BoxClient {
     /// client is answered (`SessionGuard` retries a failure in the background).
     #[tracing::instrument(name = "box.abort", skip_all)]
     pub async fn abort_once(&self, session: &UploadSession) -> Result<(), BoxError> {
+        let url = self.session_url("abort", &session.session_endpoints.abort)?;
         // An abort does not wait for the pacer (`send`): no deadline to give.
         self.send("abort", tokio::time::Instant::now(), |t| {
-            self.http
-                .client()
-                .delete(&session.session_endpoints.abort)
-                .bearer_auth(t.expose())
+            self.http.client().delete(url).bearer_auth(t.expose())
         })
         .await
         .map(drop)
@@ -926,6 +933,52 @@ pub(crate) fn check_session(session: &UploadSession, size: u64) -> Result<(), St
     Ok(())
 }
 
+/// Every endpoint of a new session on the configured upload host (`check_session_host`).
+fn check_session_hosts(upload_base: &str, session: &UploadSession) -> Result<(), String> {
+    let e = &session.session_endpoints;
+    for (name, url) in [
+        ("upload_part", &e.upload_part),
+        ("commit", &e.commit),
+        ("abort", &e.abort),
+        ("list_parts", &e.list_parts),
+    ] {
+        check_session_host(upload_base, url).map_err(|why| format!("session endpoint {name}: {why}"))?;
+    }
+    Ok(())
+}
+
+/// Whether `url` may receive the gateway's Box token as a session endpoint: on the configured upload
+/// host (`box_upload_url`), or another host under that host's parent domain (box-api.md: Box may
+/// answer on another upload host; `upload.box.com` admits `*.box.com`, an IP address or a one-label
+/// host only itself); on the same port; over https when the configured URL is; without user info.
+/// The reason names the configured host, never the URL (stored state, whoever wrote it).
+pub(crate) fn check_session_host(upload_base: &str, url: &str) -> Result<(), String> {
+    let base = reqwest::Url::parse(upload_base).map_err(|_| "box_upload_url is not a URL".to_owned())?;
+    let base_host = base.host_str().unwrap_or_default();
+    let not_ours = || format!("not on the Box upload host ({base_host})");
+    let url = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") || (base.scheme() == "https" && url.scheme() != "https") {
+        return Err(format!("not {}", base.scheme()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(not_ours());
+    }
+    let host = url.host_str().unwrap_or_default();
+    // An IP address has no parent domain; `Url` gives IPv6 addresses in brackets.
+    let is_domain = |h: &str| !h.starts_with('[') && h.parse::<std::net::IpAddr>().is_err();
+    let parent = Some(base_host)
+        .filter(|h| is_domain(h))
+        .and_then(|h| h.split_once('.'))
+        .map(|(_, p)| p.to_ascii_lowercase())
+        .filter(|p| p.contains('.'));
+    let same_host = host.eq_ignore_ascii_case(base_host)
+        || parent.is_some_and(|p| is_domain(host) && host.to_ascii_lowercase().ends_with(&format!(".{p}")));
+    if !same_host || url.port_or_known_default() != base.port_or_known_default() {
+        return Err(not_ours());
+    }
+    Ok(())
+}
+
 /// A careful client checks the echo of each part (offset, size, sha1) against what it sent.
 fn check_echo(echo: &UploadPart, sent: &UploadPart) -> Result<UploadPart, BoxError> {
     let sha_ok = echo
@@ -963,6 +1016,44 @@ fn b64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_endpoints_are_pinned_to_the_upload_host() {
+        let box_base = "https://upload.box.com/api/2.0";
+        let ok = |url: &str| check_session_host(box_base, url).is_ok();
+        assert!(ok("https://upload.box.com/api/2.0/files/upload_sessions/F1"));
+        assert!(ok(
+            "https://UPLOAD.box.com:443/api/2.0/files/upload_sessions/F1/commit"
+        ));
+        assert!(ok(
+            "https://upload-las.app.box.com/api/2.0/files/upload_sessions/F1"
+        ));
+        for bad in [
+            "http://upload.box.com/api/2.0/files/upload_sessions/F1",
+            "https://upload.box.com:8443/api/2.0/files/upload_sessions/F1",
+            "https://attacker.example/api/2.0/files/upload_sessions/F1",
+            "https://box.com.attacker.example/x",
+            "https://evilbox.com/x",
+            "https://user:pass@upload.box.com/x",
+            "https://10.0.0.1/x",
+            "not a url",
+        ] {
+            let why = check_session_host(box_base, bad).unwrap_err();
+            assert!(!why.contains("attacker") && !why.contains("pass"), "{why}");
+        }
+        // The emulator on loopback: that address and port only.
+        let local = "http://127.0.0.1:4000/api/2.0";
+        assert!(check_session_host(local, "http://127.0.0.1:4000/api/2.0/files/upload_sessions/S").is_ok());
+        for bad in [
+            "http://127.0.0.1:4001/api/2.0/files/upload_sessions/S",
+            "http://localhost:4000/api/2.0/files/upload_sessions/S",
+            "http://127.0.0.2:4000/x",
+        ] {
+            assert!(check_session_host(local, bad).is_err(), "{bad}");
+        }
+        // A one-label host (a Kubernetes service) admits only itself.
+        assert!(check_session_host("http://emulator:8080/api/2.0", "http://other:8080/x").is_err());
+    }
 
     #[test]
     fn echo_must_match_what_was_sent() {
