@@ -54,6 +54,19 @@ impl Access {
         if amount == 0 {
             return Ok(None);
         }
+        // A take is clipped to the quota's size (`state/rate.rs`): a file larger than a whole day's
+        // bytes would otherwise pass with a full bucket and cost only one day. It never fits.
+        if matches!(cost, QuotaCost::Bytes(_)) && amount > per {
+            self.metrics
+                .key_quota_refused
+                .with_label_values(&[&caller.key_label, what])
+                .inc();
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!("the file ({amount} bytes) is larger than this API key's whole daily quota ({per} bytes a day)"),
+            ));
+        }
         let taken = QuotaTaken {
             store_key: crate::state::keys::quota(what, &caller.key_label),
             take: RateTake {
