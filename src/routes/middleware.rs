@@ -37,13 +37,74 @@ impl RequestId {
     }
 }
 
-/// The request's path for the logs: an upload link's page (`/upload/<token>`, routes/page.rs) carries
-/// its token, a credential, in the path; it is logged as `/upload/[link]`.
-pub fn loggable_path(path: &str) -> &str {
-    match path.starts_with(super::page::PAGE_PREFIX) {
-        true => "/upload/[link]",
-        false => path,
+/// The request's path as logs (and trace spans) may show it. An upload link's page
+/// (`/upload/<token>`, routes/page.rs) carries its token, a credential, in the path, and a client may
+/// spell that path many ways: actix routes on the percent-decoded path (`/%75pload/<token>` is the
+/// page), and 404s (`//upload/<token>`, `/UPLOAD/<token>`) are logged too. So, segment by segment,
+/// each read percent-decoded (repeatedly: `%2575` is `%75` once decoded):
+/// - everything after a segment that reads `upload` (in any case) is `[link]`: the page's route, and
+///   every near miss of it;
+/// - a segment holding a run of `TOKEN_RUN` or more base64url characters is `[redacted]`: a token's
+///   MAC alone is 43 of them, wherever in a path it is put. (Upload ids are 32 hex digits, kept; a
+///   file name with such a run loses it from the request's line only.)
+///
+/// The route actix matched (`match_pattern`) is logged beside it when the request ends.
+pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut out = Vec::with_capacity(segments.len());
+    let mut changed = false;
+    for (i, segment) in segments.iter().enumerate() {
+        let decoded = fully_decoded(segment);
+        match looks_like_token(&decoded) {
+            true => {
+                out.push("[redacted]");
+                changed = true;
+            }
+            false => out.push(segment),
+        }
+        if i > 0 && i + 1 < segments.len() && decoded.eq_ignore_ascii_case("upload") {
+            out.push("[link]");
+            changed = true;
+            break;
+        }
     }
+    match changed {
+        true => std::borrow::Cow::Owned(out.join("/")),
+        false => std::borrow::Cow::Borrowed(path),
+    }
+}
+
+/// The shortest run of base64url characters taken for (a piece of) a link token: a token's MAC is 43.
+const TOKEN_RUN: usize = 40;
+
+fn looks_like_token(segment: &str) -> bool {
+    let mut run = 0;
+    for b in segment.bytes() {
+        run = match b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            true => run + 1,
+            false => 0,
+        };
+        if run >= TOKEN_RUN {
+            return true;
+        }
+    }
+    false
+}
+
+/// A path segment percent-decoded until it no longer changes (at most a few times: each pass
+/// shortens it), invalid UTF-8 replaced.
+fn fully_decoded(segment: &str) -> String {
+    let mut text = segment.to_owned();
+    for _ in 0..4 {
+        let next = percent_encoding::percent_decode_str(&text)
+            .decode_utf8_lossy()
+            .into_owned();
+        if next == text {
+            break;
+        }
+        text = next;
+    }
+    text
 }
 
 /// Middleware: every request gets a span with a request id (the caller's `X-Request-Id` if it sent a
@@ -80,9 +141,11 @@ pub async fn trace_request(
     let mut response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     let duration_ms = started.elapsed().as_millis() as u64;
+    // The route as registered (`/upload/{token}`, `/v1/tus/{id}`), never its values; none for a 404.
+    let route = response.request().match_pattern().unwrap_or_default();
     span.in_scope(|| match quiet && status < 400 {
-        true => tracing::debug!(status, duration_ms, "request finished"),
-        false => tracing::info!(status, duration_ms, "request finished"),
+        true => tracing::debug!(status, duration_ms, route, "request finished"),
+        false => tracing::info!(status, duration_ms, route, "request finished"),
     });
     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(
@@ -120,4 +183,54 @@ pub async fn drain_gate(
     let response = next.call(req).await?;
     drop(flight);
     Ok(response.map_into_left_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "eyJpIjoiMDEyMzQ1Njc4OWFiY2RlZiIsImsiOiJ0ZWFtIiwiZCI6IkFBQUFBQUFBQUFBQUFBQUEiLCJmIjoiMCIsImUiOjE3MDAwMDAwMDB9.Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXU";
+
+    #[test]
+    fn a_link_token_never_survives_in_any_spelling_of_the_path() {
+        let tag = TOKEN.rsplit('.').next().unwrap();
+        let encoded: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+        let cut = format!("{}%00{}", &TOKEN[..60], &TOKEN[60..]);
+        for path in [
+            format!("/upload/{TOKEN}"),
+            format!("//upload/{TOKEN}"),
+            format!("/UPLOAD/{TOKEN}"),
+            format!("/%75pload/{TOKEN}"),
+            format!("/%2575pload/{TOKEN}"),
+            format!("/upload/{TOKEN}/"),
+            format!("/upload//{TOKEN}"),
+            format!("/upload/{TOKEN}x"),
+            format!("/v1/../upload/{TOKEN}"),
+            format!("/elsewhere/{TOKEN}"),
+            format!("/elsewhere/{encoded}"),
+            format!("/x/{cut}"),
+            format!("/upload/{}", &TOKEN[..30]),
+            format!("/{tag}"),
+        ] {
+            let logged = loggable_path(&path);
+            assert!(!logged.contains(tag), "{path} -> {logged}");
+            assert!(!logged.contains(&TOKEN[..30]), "{path} -> {logged}");
+        }
+        assert_eq!(loggable_path(&format!("/upload/{TOKEN}")), "/upload/[link]");
+        assert_eq!(loggable_path(&format!("//upload/{TOKEN}")), "//upload/[link]");
+    }
+
+    #[test]
+    fn other_paths_are_logged_as_they_are() {
+        for path in [
+            "/v1/tus/0123456789abcdef0123456789abcdef",
+            "/v1/folders/12345/files/Quarterly%20report%202026.pdf",
+            "/v1/upload-links",
+            "/upload",
+            "/assets/upload-page.js",
+            "/",
+        ] {
+            assert_eq!(loggable_path(path), path);
+        }
+    }
 }
