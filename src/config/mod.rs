@@ -127,8 +127,9 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// Where the embedded state store keeps its file (tus uploads, idempotency answers).
     pub state_dir: String,
-    /// A Redis shared by every replica for that state (`GATEWAY_REDIS_URL`); empty: the embedded store.
-    /// A Secret: the URL may carry a password.
+    /// A Redis shared by every replica for that state (`GATEWAY_REDIS_URL`): `redis://`, `rediss://`
+    /// (TLS, rustls, the system's roots or `SSL_CERT_FILE`) or `redis+unix://`; empty: the embedded
+    /// store. A Secret: the URL may carry a password.
     #[serde(serialize_with = "redacted")]
     pub redis_url: Option<Secret>,
     /// A tus upload not finished this long after its creation is aborted (its Box session too).
@@ -801,6 +802,16 @@ mod tests {
             "redis_url",
         ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
+        }
+        for url in [
+            "rediss://:hunter2@redis.example:6380/0",
+            "redis+unix:///run/redis.sock",
+        ] {
+            let ok = Settings {
+                redis_url: Some(Secret::new(url)),
+                ..base.clone()
+            };
+            assert!(ok.validate().is_ok(), "{url}");
         }
         let with_password = Settings {
             redis_url: Some(Secret::new("redis://:hunter2@redis:6379/0")),

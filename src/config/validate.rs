@@ -427,14 +427,12 @@ impl Settings {
     fn state(&self, problems: &mut Problems) -> StateSettings {
         let redis_url = self.redis_url.clone().filter(|u| !u.expose().trim().is_empty());
         if let Some(url) = redis_url.as_ref().map(|u| u.expose()) {
-            // The redis crate is built without TLS (one TLS stack less to build): say so at start
-            // rather than fail at the first upload.
-            if url.starts_with("rediss://") {
-                problems.push(
-                    "redis_url: rediss:// (TLS) is not supported; use redis:// on a trusted network".into(),
-                );
-            } else if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
-                problems.push("redis_url: must start with redis:// or redis+unix://".into());
+            // `rediss://` is TLS through rustls (the gateway's one TLS stack, ring provider).
+            if !["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                problems.push("redis_url: must start with redis://, rediss:// (TLS) or redis+unix://".into());
             }
         }
         if redis_url.is_none() && self.state_dir.is_empty() {

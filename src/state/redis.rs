@@ -295,7 +295,11 @@ fn ms(ttl: Duration) -> u64 {
 }
 
 impl RedisStore {
+    /// `url`: `redis://`, `rediss://` (TLS through rustls, its server checked against the system's
+    /// roots, or those of `SSL_CERT_FILE`) or `redis+unix://`.
     pub fn new(url: &str) -> StoreResult<Self> {
+        // rustls's process-wide provider (ring), which `rediss://` connections are made with.
+        crate::http_client::install_tls_provider();
         let client =
             redis::Client::open(url).map_err(|_| StoreError("redis_url is not a valid Redis URL".into()))?;
         Ok(Self {
