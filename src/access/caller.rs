@@ -32,6 +32,10 @@ pub enum Owner {
     /// With pass-through, once Box checked the token (`authenticate_checked`): `box-user:<id>` of the
     /// Box user it acts as, so a refreshed token still reaches its uploads.
     BoxUser(Arc<str>),
+    /// With pass-through and an API key, once Box checked the token: `key:<name>:box-user:<id>`. Box
+    /// users who share a key do not share their uploads (each PATCH, HEAD and DELETE acts with its own
+    /// user's token at Box). No bare key name starts with `key:` (no `:` in a name).
+    KeyBoxUser { key: Arc<str>, box_user_id: Arc<str> },
     /// An upload link's caller: `link:<key>:<link id>`. One link's holder never reaches the key's
     /// other uploads, nor another link's.
     Link { key: Arc<str>, link_id: Arc<str> },
@@ -46,6 +50,7 @@ impl fmt::Display for Owner {
             Self::Key(name) => f.write_str(name),
             Self::Token { sha256_hex } => write!(f, "sha256:{sha256_hex}"),
             Self::BoxUser(id) => write!(f, "box-user:{id}"),
+            Self::KeyBoxUser { key, box_user_id } => write!(f, "key:{key}:box-user:{box_user_id}"),
             Self::Link { key, link_id } => write!(f, "link:{key}:{link_id}"),
             Self::Anonymous => f.write_str("anonymous"),
         }
@@ -64,6 +69,15 @@ impl Owner {
         if let Some(id) = stored.strip_prefix("box-user:") {
             return Self::BoxUser(Arc::from(id));
         }
+        if let Some((key, id)) = stored
+            .strip_prefix("key:")
+            .and_then(|r| r.split_once(":box-user:"))
+        {
+            return Self::KeyBoxUser {
+                key: Arc::from(key),
+                box_user_id: Arc::from(id),
+            };
+        }
         if let Some((key, link_id)) = stored.strip_prefix("link:").and_then(|r| r.split_once(':')) {
             return Self::Link {
                 key: Arc::from(key),
@@ -76,7 +90,7 @@ impl Owner {
     /// The API key whose rules the owner's uploads follow (a link's is the key that made it).
     pub fn key_name(&self) -> Option<&str> {
         match self {
-            Self::Key(name) | Self::Link { key: name, .. } => Some(name),
+            Self::Key(name) | Self::Link { key: name, .. } | Self::KeyBoxUser { key: name, .. } => Some(name),
             _ => None,
         }
     }
@@ -243,17 +257,25 @@ mod tests {
                 key: Arc::from("team"),
                 link_id: Arc::from("0123456789abcdef"),
             },
+            Owner::KeyBoxUser {
+                key: Arc::from("team"),
+                box_user_id: Arc::from("77"),
+            },
         ];
         let stored: Vec<String> = owners.iter().map(ToString::to_string).collect();
         assert_eq!(stored[0], "team");
         assert_eq!(stored[1], format!("sha256:{}", "ab".repeat(32)));
         assert_eq!(stored[2], "box-user:77");
         assert_eq!(stored[3], "link:team:0123456789abcdef");
+        assert_eq!(stored[4], "key:team:box-user:77");
         for (owner, stored) in owners.iter().zip(&stored) {
             assert_eq!(&Owner::parse(stored), owner);
         }
         assert_eq!(Owner::Anonymous.to_string(), "anonymous");
         assert_eq!(owners[3].key_name(), Some("team"));
         assert_eq!(owners[2].key_name(), None);
+        assert_eq!(owners[4].key_name(), Some("team"));
+        // A key's own owner is unchanged: its bare name, whatever it is.
+        assert_eq!(Owner::parse("key"), Owner::Key(Arc::from("key")));
     }
 }

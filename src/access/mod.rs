@@ -117,11 +117,17 @@ impl Access {
             .map_err(|err| caller.box_error(ApiError::from(crate::pipeline::UploadError::Box(err))))?;
         match verdict {
             Verdict::Accepted(id) => {
-                // Without a key, the uploads are the Box user's: a token refreshed mid-upload (Box's
-                // last an hour) still reaches them, and another user's token does not.
-                if matches!(caller.owner, Owner::Token { .. }) {
-                    caller.owner = Owner::BoxUser(id.clone());
-                }
+                // The uploads are the Box user's: a token refreshed mid-upload (Box's last an hour)
+                // still reaches them, and another user's token does not, with a key or without
+                // (users who share a key do not share their uploads).
+                caller.owner = match caller.owner {
+                    Owner::Token { .. } => Owner::BoxUser(id.clone()),
+                    Owner::Key(key) => Owner::KeyBoxUser {
+                        key,
+                        box_user_id: id.clone(),
+                    },
+                    other => other,
+                };
                 caller.box_user_id = Some(id);
                 Ok(caller)
             }
