@@ -184,13 +184,21 @@ impl Caller {
         }
     }
 
-    /// 403 `link_not_allowed` when a link's caller would add a version to an existing file by name.
-    pub fn check_on_conflict(&self, on_conflict: &crate::pipeline::OnConflict) -> Result<(), ApiError> {
-        match (&self.link, on_conflict) {
-            (Some(_), crate::pipeline::OnConflict::Version) => Err(self.refuse(link_not_allowed(
-                "an upload link adds new files only: on_conflict=version is not allowed (use rename or error)",
+    /// What a name clash does for this caller. A link is write-only: its holder must not learn which
+    /// names exist in the folder, so its clashes are always renamed (`on_conflict` `error`, or none,
+    /// is taken as `rename`: both answers then look the same); `version` is 403 `link_not_allowed`
+    /// (a link adds new files only), whether or not the name exists.
+    pub fn on_conflict(
+        &self,
+        asked: crate::pipeline::OnConflict,
+    ) -> Result<crate::pipeline::OnConflict, ApiError> {
+        use crate::pipeline::OnConflict;
+        match (&self.link, asked) {
+            (Some(_), OnConflict::Version) => Err(self.refuse(link_not_allowed(
+                "an upload link adds new files only: on_conflict=version is not allowed (a clash is renamed)",
             ))),
-            _ => Ok(()),
+            (Some(_), _) => Ok(OnConflict::Rename),
+            (None, asked) => Ok(asked),
         }
     }
 
@@ -218,7 +226,12 @@ impl Caller {
     }
 
     /// With pass-through, Box refusing the token is the caller's problem: 401, not the gateway's 502.
+    /// A link's caller is told nothing Box said about the folder beyond the code: no file id (a name
+    /// clash's `existing_file_id`, an id in the message), no Box detail.
     pub fn box_error(&self, err: ApiError) -> ApiError {
+        if self.link.is_some() {
+            return link_safe(err);
+        }
         if self.passthrough && err.code == "box_auth_failed" {
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
@@ -238,6 +251,23 @@ impl Caller {
             .with_label_values(&[&self.key_label, err.code])
             .inc();
         err
+    }
+}
+
+/// An error as a link's holder may see it: without `existing_file_id` and Box's own detail, and a
+/// name clash (only possible in a race: a link's clashes are renamed) without the name's id.
+fn link_safe(err: ApiError) -> ApiError {
+    let message = match err.code {
+        "name_conflict" => {
+            "another file took this name while the upload was under way; upload the file again".into()
+        }
+        _ => err.message,
+    };
+    ApiError {
+        existing_file_id: None,
+        box_info: None,
+        message,
+        ..err
     }
 }
 

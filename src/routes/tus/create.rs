@@ -150,8 +150,8 @@ async fn create(
     report.set_target(&target);
     caller.check_size(size)?;
     state.pipeline.check_size(size).map_err(ApiError::from)?;
-    let on_conflict = params.on_conflict()?;
-    caller.check_on_conflict(&on_conflict)?;
+    // A link's clash is always renamed (write-only: `Caller::on_conflict`).
+    let on_conflict = caller.on_conflict(params.on_conflict()?)?;
     let request = UploadRequest {
         upload: NewUpload {
             target,
