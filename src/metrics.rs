@@ -89,6 +89,8 @@ pub struct GatewayMetrics {
     pub webhook_outbox_oldest_age: IntGauge,
     /// Upload links made (`POST /v1/upload-links`), by `key`.
     pub upload_links: IntCounterVec,
+    /// Upload links revoked (`DELETE /v1/upload-links/{id}`), by `key`.
+    pub upload_links_revoked: IntCounterVec,
     /// Bytes of tus PATCH bodies received from clients (a chunk sent again counts again), by `key`:
     /// against what landed, it shows how much resuming saved.
     pub tus_received_bytes: IntCounterVec,
@@ -315,6 +317,13 @@ impl GatewayMetrics {
                 ),
                 &["key"],
             )?,
+            upload_links_revoked: IntCounterVec::new(
+                Opts::new(
+                    "gateway_upload_links_revoked_total",
+                    "Upload links revoked (DELETE /v1/upload-links/{id}), by API key name.",
+                ),
+                &["key"],
+            )?,
             tus_received_bytes: IntCounterVec::new(
                 Opts::new(
                     "gateway_tus_received_bytes_total",
@@ -412,6 +421,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.webhook_outbox_depth.clone()))?;
         registry.register(Box::new(m.webhook_outbox_oldest_age.clone()))?;
         registry.register(Box::new(m.upload_links.clone()))?;
+        registry.register(Box::new(m.upload_links_revoked.clone()))?;
         registry.register(Box::new(m.tus_received_bytes.clone()))?;
         registry.register(Box::new(m.box_rate_wait.clone()))?;
         registry.register(Box::new(m.box_rate_limited.clone()))?;

@@ -123,9 +123,14 @@ impl Application {
         )
         .acting_as_user(box_side.as_user.as_deref())
         .with_pacer(pacer.clone());
-        let access = access
-            .with_token_check(client.clone())
-            .with_upload_links(crate::access::LinkKeys::new(settings.links.secrets.clone()));
+        let access = access.with_token_check(client.clone()).with_upload_links(
+            crate::access::LinkKeys::new(settings.links.secrets.clone()),
+            crate::access::LinkPolicy {
+                default_max_file_size_bytes: settings.links.default_max_file_size_bytes,
+                max_expiry: settings.links.max_expiry,
+                per_minute_per_key: settings.links.per_minute_per_key,
+            },
+        );
         let lifecycle = Arc::new(Lifecycle::default());
         tokio::spawn(crate::readiness::check_box(
             client.clone(),

@@ -27,8 +27,10 @@ use sha2::{Digest, Sha256};
 pub use caller::{link_not_allowed, Caller, Owner};
 pub use keys::{check_keys, load_keys_file, ApiKeyConfig};
 use keys::{find_key, ApiKey};
-pub use link_token::{parse_secrets, LinkClaims, LinkKeys, LinkRefusal, MAX_NOTE_CHARS, MIN_SECRET_LEN};
-pub use links::{LinkRequest, LinkSlot};
+pub use link_token::{
+    note_problem, parse_secrets, LinkClaims, LinkKeys, LinkRefusal, MAX_NOTE_CHARS, MIN_SECRET_LEN,
+};
+pub use links::{LinkPolicy, LinkRequest, LinkSlot};
 use quota::KeyQuota;
 pub use quota::{QuotaCost, QuotaTaken};
 use token_check::{TokenCheck, Verdict};
@@ -57,6 +59,8 @@ pub struct Access {
     token_check: Option<TokenCheck>,
     /// Upload links' secrets; None: links are off.
     links: Option<LinkKeys>,
+    /// How links are given out (their default size limit, longest life, rate per key).
+    link_policy: LinkPolicy,
     /// Keys' own quotas, by key name (only keys that have one).
     quotas: HashMap<Arc<str>, KeyQuota>,
     /// Where quotas and link slots are counted (shared by the replicas with Redis).
@@ -86,14 +90,23 @@ impl Access {
             metrics,
             token_check: None,
             links: None,
+            link_policy: LinkPolicy {
+                default_max_file_size_bytes: u64::MAX,
+                max_expiry: std::time::Duration::from_secs(365 * 24 * 3600),
+                per_minute_per_key: u32::MAX,
+            },
             quotas,
             store,
         }
     }
 
-    /// Upload links signed and checked with `keys` (None: links are off).
-    pub fn with_upload_links(self, keys: Option<LinkKeys>) -> Self {
-        Self { links: keys, ..self }
+    /// Upload links signed and checked with `keys` (None: links are off), given out by `policy`.
+    pub fn with_upload_links(self, keys: Option<LinkKeys>, policy: LinkPolicy) -> Self {
+        Self {
+            links: keys,
+            link_policy: policy,
+            ..self
+        }
     }
 
     /// With pass-through, callers' tokens are checked with Box (`GET /users/me`, through `client`)
@@ -106,7 +119,13 @@ impl Access {
     /// `authenticate`, and with pass-through the caller's token checked with Box (its verdict cached
     /// by the token's SHA-256, `token_check.rs`): a token Box refuses is 401 `unauthenticated` before
     /// any byte of the body is read, spooled or buffered. Box out of reach: 503.
+    ///
+    /// An upload link's caller (`X-Upload-Link`) is checked here too, its revocation included (a read
+    /// of the state store): this is the only way a request is authenticated.
     pub async fn authenticate_checked(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if let Some(token) = headers.get(LINK_HEADER) {
+            return self.authenticate_link(token.to_str().unwrap_or_default()).await;
+        }
         let mut caller = self.authenticate(headers)?;
         let (Some(check), Some(token)) = (&self.token_check, bearer_token(headers)) else {
             return Ok(caller);
@@ -150,12 +169,10 @@ impl Access {
         !self.keys.is_empty()
     }
 
-    /// Who sent the request: 401 `unauthenticated` when a required key or token is missing or wrong.
-    /// (Pass-through tokens are checked with Box by `authenticate_checked`, which the routes call.)
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        if let Some(token) = headers.get(LINK_HEADER) {
-            return self.authenticate_link(token.to_str().unwrap_or_default());
-        }
+    /// Who sent a request without a link: 401 `unauthenticated` when a required key or token is
+    /// missing or wrong. (Pass-through tokens are checked with Box, and links, by
+    /// `authenticate_checked`, which the routes call.)
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let bearer = match self.passthrough {
             true => Some(bearer_token(headers).ok_or_else(|| {
                 self.unauthenticated("send your Box access token as `Authorization: Bearer <token>`")
@@ -290,7 +307,8 @@ mod tests {
             auth: Arc::new(StaticToken::new(Secret::new("own"))),
             as_user: None,
         };
-        // Never written by these tests (no quotas, no link slots): the file stays empty.
+        // Written by the link tests only (revocations, the link rate). The directory goes at the end
+        // of this function; the open file lives on, unlinked, for the test (Linux).
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
         Access::new(keys, Some(own), &|_| unreachable!(), metrics, store)
@@ -378,13 +396,26 @@ mod tests {
         assert_eq!(nobody.owner(), &Owner::Anonymous);
     }
 
-    #[test]
-    fn link_callers_act_as_their_key_in_the_link_folder_only() {
+    fn policy() -> LinkPolicy {
+        LinkPolicy {
+            default_max_file_size_bytes: 1000,
+            max_expiry: std::time::Duration::from_secs(3600),
+            per_minute_per_key: 2,
+        }
+    }
+
+    async fn link_caller(a: &Access, token: &str) -> Result<Caller, ApiError> {
+        a.authenticate_checked(&headers(&[("x-upload-link", token)]))
+            .await
+    }
+
+    #[tokio::test]
+    async fn link_callers_act_as_their_key_in_the_link_folder_only() {
         let mut k = key("a", "alpha-key");
         k.folders = vec!["1".into(), "2".into()];
         k.max_file_size_bytes = Some(100);
         let secrets = || LinkKeys::new(vec![Secret::new("s".repeat(32))]);
-        let a = access(std::slice::from_ref(&k)).with_upload_links(secrets());
+        let a = access(std::slice::from_ref(&k)).with_upload_links(secrets(), policy());
         let maker = a.authenticate(&headers(&[("x-api-key", "alpha-key")])).unwrap();
         let request = LinkRequest {
             folder_id: "1".into(),
@@ -394,7 +425,7 @@ mod tests {
             note: None,
         };
         let (token, claims) = a.issue_link(&maker, request.clone()).unwrap();
-        let caller = a.authenticate(&headers(&[("x-upload-link", &token)])).unwrap();
+        let caller = link_caller(&a, &token).await.unwrap();
         assert_eq!(&**caller.key_label(), "a");
         assert_eq!(caller.owner().to_string(), format!("link:a:{}", claims.id));
         assert!(caller.check_folder("1").is_ok());
@@ -421,7 +452,7 @@ mod tests {
         );
         let elsewhere = LinkRequest {
             folder_id: "3".into(),
-            ..request
+            ..request.clone()
         };
         assert_eq!(
             a.issue_link(&maker, elsewhere).err().unwrap().code,
@@ -433,17 +464,72 @@ mod tests {
         assert_eq!(code(off.check_link_maker(&maker)), "upload_links_disabled");
         let nobody = access(&[]).authenticate(&headers(&[])).unwrap();
         assert_eq!(
-            code(access(&[]).with_upload_links(secrets()).check_link_maker(&nobody)),
+            code(
+                access(&[])
+                    .with_upload_links(secrets(), policy())
+                    .check_link_maker(&nobody)
+            ),
             "unauthenticated"
         );
+        // A link that would outlive upload_link_max_expiry_secs (made when it was higher) is refused.
+        let (long, _) = a
+            .issue_link(
+                &maker,
+                LinkRequest {
+                    expires_at: crate::state::now_secs() + 7200,
+                    ..request
+                },
+            )
+            .unwrap();
+        assert_eq!(link_caller(&a, &long).await.err().unwrap().code, "link_invalid");
         // The key gone, or no longer listing the folder: the link is revoked.
         k.folders = vec!["2".into()];
-        let narrowed = access(&[k]).with_upload_links(secrets());
-        let err = narrowed
-            .authenticate(&headers(&[("x-upload-link", &token)]))
-            .err()
-            .unwrap();
+        let narrowed = access(std::slice::from_ref(&k)).with_upload_links(secrets(), policy());
+        let err = link_caller(&narrowed, &token).await.err().unwrap();
         assert_eq!((err.status.as_u16(), err.code), (401, "link_invalid"));
+        // The key's secret rotated under the same name: its links die with the old secret.
+        k.folders = vec!["1".into()];
+        let same = access(std::slice::from_ref(&k)).with_upload_links(secrets(), policy());
+        assert!(link_caller(&same, &token).await.is_ok());
+        k.sha256 = hex::encode(Sha256::digest(b"alpha-key-rotated"));
+        let rotated = access(&[k]).with_upload_links(secrets(), policy());
+        let err = link_caller(&rotated, &token).await.err().unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (401, "link_invalid"));
+    }
+
+    #[tokio::test]
+    async fn links_always_carry_a_size_limit_and_are_revoked_one_by_one() {
+        let k = key("a", "alpha-key");
+        let a = access(&[k]).with_upload_links(LinkKeys::new(vec![Secret::new("s".repeat(32))]), policy());
+        let maker = a.authenticate(&headers(&[("x-api-key", "alpha-key")])).unwrap();
+        let request = LinkRequest {
+            folder_id: "1".into(),
+            expires_at: crate::state::now_secs() + 60,
+            max_file_size_bytes: None,
+            max_files: None,
+            note: None,
+        };
+        let (one, claims) = a.issue_link(&maker, request.clone()).unwrap();
+        let (two, _) = a.issue_link(&maker, request).unwrap();
+        // The key has no size limit: the link gets upload_link_default_max_file_size_bytes.
+        assert_eq!(claims.max_file_size_bytes, Some(1000));
+        assert_eq!(
+            link_caller(&a, &one).await.unwrap().max_file_size_bytes(),
+            Some(1000)
+        );
+        a.revoke_link(&maker, &claims.id).await.unwrap();
+        let err = link_caller(&a, &one).await.err().unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (401, "link_revoked"));
+        assert!(link_caller(&a, &two).await.is_ok(), "another link of the key");
+        assert_eq!(
+            a.revoke_link(&maker, "../x").await.err().unwrap().code,
+            "not_found"
+        );
+        // Two a minute, made or revoked: the revocation took one (the refused id none).
+        assert!(a.take_link_rate(&maker).await.is_ok());
+        let err = a.take_link_rate(&maker).await.err().unwrap();
+        assert_eq!((err.status.as_u16(), err.code), (429, "rate_limited"));
+        assert!(err.retry_after_secs.is_some_and(|s| (1..=30).contains(&s)));
     }
 
     #[test]

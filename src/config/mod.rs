@@ -186,10 +186,17 @@ pub struct Settings {
     #[serde(deserialize_with = "string_like")]
     pub upload_link_secret_file: Option<String>,
     /// The gateway's address as people reach it (`https://upload.example.com`): upload links start
-    /// with it. Unset: the scheme and host of the request that made the link.
+    /// with it. Required with links on (a link's address never comes from a request's headers).
     pub public_base_url: Option<String>,
-    /// The longest life an upload link may be given (`expires_in_secs`).
+    /// The longest life an upload link may be given (`expires_in_secs`); also how long a revoked
+    /// link is remembered.
     pub upload_link_max_expiry_secs: u64,
+    /// A link's largest file when neither the link's request nor its key gives a limit: every link
+    /// has one.
+    pub upload_link_default_max_file_size_bytes: u64,
+    /// Upload links an API key may make or revoke per minute, all replicas together (a minute's
+    /// worth at once); past it 429 `rate_limited`.
+    pub upload_links_per_minute_per_key: u32,
     /// The upload page sends files in PATCHes of this many bytes.
     pub upload_page_chunk_bytes: u64,
     /// Box calls per minute per Box principal (service account, `As-User`, token), all replicas
@@ -325,6 +332,11 @@ impl Default for Settings {
             upload_link_secret_file: None,
             public_base_url: None,
             upload_link_max_expiry_secs: 30 * 24 * 3600,
+            // 2 GiB (Box Starter's largest file): a stranger's upload is bounded unless the key
+            // holder asks for more, within the key's own limit.
+            upload_link_default_max_file_size_bytes: 2 * 1024 * 1024 * 1024,
+            // One a second on average: a backend making a link per customer, not a flood of them.
+            upload_links_per_minute_per_key: 60,
             // Box's usual part size: a PATCH fills a part; a cut one is kept up to where it broke.
             upload_page_chunk_bytes: 8 * 1024 * 1024,
             // A little under Box's 1,000 and 240: room for the readiness checks and for clocks.
@@ -844,12 +856,16 @@ mod tests {
             valid.links.public_base_url.as_deref(),
             Some("https://up.example.com")
         );
+        assert_eq!(valid.links.per_minute_per_key, 60);
+        assert_eq!(valid.links.default_max_file_size_bytes, 2 << 30);
         let problems = Settings {
             upload_link_secret: Some(Secret::new("short-one")),
             public_base_url: Some("up.example.com".into()),
             upload_link_max_expiry_secs: 0,
             upload_page_chunk_bytes: 1,
-            ..base
+            upload_links_per_minute_per_key: 0,
+            upload_link_default_max_file_size_bytes: 0,
+            ..base.clone()
         }
         .validate()
         .unwrap_err()
@@ -859,10 +875,21 @@ mod tests {
             "public_base_url",
             "upload_link_max_expiry_secs",
             "upload_page_chunk_bytes",
+            "upload_links_per_minute_per_key",
+            "upload_link_default_max_file_size_bytes",
         ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
         }
         assert!(!problems.contains("short-one"));
+        // With links on, a link's address never comes from the request's headers.
+        let problems = Settings {
+            upload_link_secret: Some(Secret::new(long)),
+            ..base
+        }
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        assert!(problems.contains("public_base_url: required"), "{problems}");
     }
 
     #[test]

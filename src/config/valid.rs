@@ -124,10 +124,14 @@ pub struct IdempotencySettings {
 pub struct LinkSettings {
     /// Empty: upload links are off. The first signs; all are accepted.
     pub secrets: Vec<Secret>,
-    /// Without a trailing `/`.
+    /// Without a trailing `/`. Always set when links are on.
     pub public_base_url: Option<String>,
     pub max_expiry: Duration,
     pub page_chunk_bytes: u64,
+    /// A link's size limit when neither its request nor its key gives one.
+    pub default_max_file_size_bytes: u64,
+    /// Links a key may make or revoke per minute.
+    pub per_minute_per_key: u32,
 }
 
 /// How the gateway authenticates to Box.

@@ -520,6 +520,18 @@ impl Settings {
                 problems.push(format!("public_base_url: {u:?} is not an http(s) URL"));
             }
         }
+        if public_base_url.is_none() && !secrets.is_empty() {
+            problems.push(
+                "public_base_url: required with upload links on (upload_link_secret): a link's address must not come from the request's Host or X-Forwarded-Host headers"
+                    .into(),
+            );
+        }
+        if self.upload_links_per_minute_per_key == 0 {
+            problems.push("upload_links_per_minute_per_key: must be at least 1".into());
+        }
+        if self.upload_link_default_max_file_size_bytes == 0 {
+            problems.push("upload_link_default_max_file_size_bytes: must be at least 1".into());
+        }
         if !(1..=365 * 24 * 3600).contains(&self.upload_link_max_expiry_secs) {
             problems.push(format!(
                 "upload_link_max_expiry_secs: {} is not within 1..=31536000 (a year)",
@@ -537,6 +549,8 @@ impl Settings {
             public_base_url,
             max_expiry: Duration::from_secs(self.upload_link_max_expiry_secs),
             page_chunk_bytes: self.upload_page_chunk_bytes,
+            default_max_file_size_bytes: self.upload_link_default_max_file_size_bytes,
+            per_minute_per_key: self.upload_links_per_minute_per_key,
         }
     }
 

@@ -1,13 +1,15 @@
 //! `POST /v1/upload-links`: an API key's holder makes a link that lets someone without a key upload
 //! into one of the key's folders until it expires (the link's page is `routes/page.rs`).
+//! `DELETE /v1/upload-links/{id}`: the key's holder revokes one of its links.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use super::client_body::{client_body, from_payload};
 use super::params::validate_id;
 use super::AppState;
-use crate::access::{LinkRequest, MAX_NOTE_CHARS};
+use crate::access::{note_problem, LinkRequest};
 use crate::error::ApiError;
 use crate::state::now_secs;
 
@@ -33,14 +35,21 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 pub async fn create(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = super::admission::caller(&req, &state).await?;
     state.access.check_link_maker(&caller)?;
     let mut bytes = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| invalid(format!("the body could not be read: {e}")))?;
+    // The body has the deadlines of any body the gateway reads (idle timeout, minimum rate): a
+    // client that declares one and never sends it is 408, not a connection held for ever.
+    let mut body = client_body(payload, &state);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| match from_payload(e) {
+            e @ (crate::pipeline::UploadError::ClientTimeout
+            | crate::pipeline::UploadError::ClientTooSlow { .. }) => ApiError::from(e),
+            e => invalid(format!("the body could not be read: {e}")),
+        })?;
         if bytes.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(invalid(format!("the body is larger than {MAX_BODY_BYTES} bytes")));
         }
@@ -68,15 +77,11 @@ pub async fn create(
     if body.max_file_size_bytes == Some(0) || body.max_files == Some(0) {
         return Err(invalid("max_file_size_bytes and max_files must be at least 1"));
     }
-    if body
-        .note
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS)
-    {
-        return Err(invalid(format!(
-            "note is longer than {MAX_NOTE_CHARS} characters"
-        )));
+    if let Some(problem) = body.note.as_deref().and_then(note_problem) {
+        return Err(invalid(problem));
     }
+    // Links that would be refused are not counted: a caller fixing its request is not held back.
+    state.access.take_link_rate(&caller).await?;
     let (token, claims) = state.access.issue_link(
         &caller,
         LinkRequest {
@@ -87,13 +92,8 @@ pub async fn create(
             note: body.note,
         },
     )?;
-    let base = match &state.upload_links.public_base_url {
-        Some(base) => base.clone(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        }
-    };
+    // Required with links on (settings): never the request's Host or X-Forwarded-Host.
+    let base = state.upload_links.public_base_url.as_deref().unwrap_or_default();
     state
         .metrics
         .upload_links
@@ -107,7 +107,21 @@ pub async fn create(
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(serde_json::json!({
+            "id": claims.id,
             "url": format!("{base}{}{token}", super::page::PAGE_PREFIX),
             "expires_at": expires_at,
         })))
+}
+
+/// `DELETE /v1/upload-links/{id}`: 204, and the key's link `id` is refused from now on (its page, and
+/// every tus request made with it, on every replica). Any id of the right form is accepted: the
+/// gateway keeps no list of the links it made.
+pub async fn revoke(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = super::admission::caller(&req, &state).await?;
+    state.access.check_link_maker(&caller)?;
+    let id = req.match_info().get("id").unwrap_or_default();
+    state.access.revoke_link(&caller, id).await?;
+    Ok(HttpResponse::NoContent()
+        .insert_header(("Cache-Control", "no-store"))
+        .finish())
 }

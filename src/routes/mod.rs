@@ -108,6 +108,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .default_service(not_allowed("POST")),
                 )
                 .service(
+                    web::resource("/upload-links/{id}")
+                        .delete(links::revoke)
+                        .default_service(not_allowed("DELETE")),
+                )
+                .service(
                     web::resource("/tus/")
                         .route(web::method(Method::OPTIONS).to(tus::options))
                         .post(tus::create)

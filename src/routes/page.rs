@@ -3,7 +3,7 @@
 //! internet). The script uploads over the tus endpoints with the link's token (`X-Upload-Link`).
 //!
 //! - `GET /upload/{token}`  the page; 401 / 410 / 404 with a page that says why when the link is
-//!   forged, expired, or links are off
+//!   forged, revoked, expired, or links are off
 //! - `GET /assets/{name}`   its stylesheet and script
 use std::sync::OnceLock;
 
@@ -14,8 +14,8 @@ use sha1::{Digest, Sha1};
 
 use super::AppState;
 
-/// Where a link's page lives: `{base}/upload/{token}`. Paths under it are kept out of the logs
-/// (`middleware::loggable_path`): the token is a credential.
+/// Where a link's page lives: `{base}/upload/{token}`. The token is a credential: it is kept out of
+/// the logs in any spelling of this path (`middleware::loggable_path`).
 pub const PAGE_PREFIX: &str = "/upload/";
 
 const PAGE_HTML: &str = include_str!("../../assets/upload.html");
@@ -77,7 +77,7 @@ fn html(status: StatusCode, body: String) -> HttpResponse {
 
 pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let token = req.match_info().get("token").unwrap_or_default();
-    match state.access.check_link(token) {
+    match state.access.check_link(token).await {
         Ok(link) => {
             let note = link.note.as_deref().map(escape).unwrap_or_default();
             let opt = |v: Option<String>| v.unwrap_or_default();
@@ -108,6 +108,10 @@ pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                 "link_expired" => (
                     "This upload link has expired",
                     "The link you followed is no longer valid. Ask the person who sent it for a new one.",
+                ),
+                "link_revoked" => (
+                    "This upload link has been withdrawn",
+                    "The person who sent it has revoked it. Ask them for a new one.",
                 ),
                 "upload_links_disabled" => (
                     "Upload links are off",

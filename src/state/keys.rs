@@ -6,9 +6,10 @@
 //! | `tus:<id>` | a tus upload's record (JSON behind its length) | its expiry + an hour |
 //! | `tus:<id>:pending` | the upload's unfinished part (bytes) | it goes with its record |
 //! | `link-files:<link id>` | the uploads made through a link with `max_files` (an owner's set) | the link's expiry |
+//! | `link-revoked:<key name>:<link id>` | a link its key revoked | `upload_link_max_expiry_secs` |
 //! | `idem:<owner>:<digest>` | an `Idempotency-Key`'s fingerprint and kept answer | `idempotency_window_secs` |
 //! | `idem:<owner>:<digest>:claim` | the claim while its upload runs (a lock) | `idempotency_claim_secs`, extended |
-//! | `quota:<quota>:<key name>` | a key's own quota (GCRA state) | while it matters |
+//! | `quota:<quota>:<key name>` | a key's own quota, and its links made or revoked (`upload_links`) (GCRA state) | while it matters |
 //! | `pace:<digest>` | a Box principal's rate state, shared by the replicas | while it matters |
 //! | `webhook-lease:<event id>` | a delivery under way (a lock) | `webhook_timeout_secs` + 30 s |
 //! | `webhook-gone:<digest of the URL>` | a receiver that answered 410 | a day |
@@ -34,6 +35,12 @@ pub fn tus_pending(id: &str) -> String {
 /// The set (an owner of `StateStore::open_upload`) of the uploads made through a link with `max_files`.
 pub fn link_files(link_id: &str) -> String {
     format!("link-files:{link_id}")
+}
+
+/// A link revoked by its key (`DELETE /v1/upload-links/{id}`): under the key's name, so a key revokes
+/// only its own links.
+pub fn link_revoked(key_name: &str, link_id: &str) -> String {
+    format!("link-revoked:{key_name}:{link_id}")
 }
 
 /// An `Idempotency-Key`, by the owner that sent it (`Owner`'s stored form) and the digest of the key.

@@ -55,6 +55,7 @@ async fn gateway(keys: Vec<ApiKeyConfig>, change: impl FnOnce(&mut Settings) + '
             s.allow_anonymous = false;
             s.api_keys = keys;
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
+            s.public_base_url = Some("https://uploads.example.test".into());
             s.box_rate_calls_per_minute = 600;
             s.box_rate_uploads_per_minute = 120;
             s.webhook_url = Some(dead_receiver());

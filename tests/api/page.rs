@@ -15,6 +15,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The team key's folder is the root; the admin key's is another.
 const ADMIN_FOLDER: &str = "4321";
+/// Links start with `public_base_url` (required with links on); the tests reach the page through the
+/// test gateway's own address, with the link's token.
+const PUBLIC_BASE: &str = "https://uploads.example.test";
 
 fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
     ApiKeyConfig {
@@ -45,6 +48,7 @@ async fn links_app(chunk: u64) -> TestApp {
                 key("admin", "api_key_admin", ADMIN_FOLDER),
             ];
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
+            s.public_base_url = Some(PUBLIC_BASE.into());
             s.upload_page_chunk_bytes = chunk;
         })),
         ..Options::default()
@@ -67,6 +71,11 @@ async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, V
 
 fn token_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
+}
+
+/// The page of the link `url` on the test's gateway.
+fn page_url(app: &TestApp, url: &str) -> String {
+    format!("{}/upload/{}", app.address, token_of(url))
 }
 
 /// POST /v1/tus/ with a link's token: the status and the answer's error code.
@@ -142,12 +151,13 @@ async fn upload_links_are_signed_scoped_limited_and_expire() {
     .await;
     assert_eq!(status, 201, "{answer}");
     let url = answer["url"].as_str().unwrap();
-    assert!(url.starts_with(&format!("{}/upload/", app.address)), "{url}");
+    assert!(url.starts_with(&format!("{PUBLIC_BASE}/upload/")), "{url}");
+    assert_eq!(answer["id"].as_str().map(str::len), Some(16), "{answer}");
     let expires = chrono::DateTime::parse_from_rfc3339(answer["expires_at"].as_str().unwrap()).unwrap();
     let left = expires.timestamp() - chrono::Utc::now().timestamp();
     assert!((590..=601).contains(&left), "{left}");
     let token = token_of(url).to_owned();
-    let page = app.http.get(url).send().await.unwrap();
+    let page = app.http.get(page_url(&app, url)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -264,7 +274,7 @@ async fn upload_links_are_signed_scoped_limited_and_expire() {
 
     // Expired: 410 on both
     let (_, answer) = make_link(&app, Some(team), json!({"folder_id": "0", "expires_in_secs": 1})).await;
-    let expired = answer["url"].as_str().unwrap().to_owned();
+    let expired = page_url(&app, answer["url"].as_str().unwrap());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, code, _) = tus_create(&app, token_of(&expired), 5, &[("filename", "late.txt")]).await;
     assert_eq!((status, code.as_str()), (410, "link_expired"));
@@ -354,14 +364,15 @@ async fn the_page_uploads_dropped_files_resumes_after_a_reload_and_refuses_expir
         Some(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/upload-page.png"),
         None => Path::new(env!("CARGO_TARGET_TMPDIR")).join("upload-page.png"),
     };
-    let base = json!({"chromium": CHROMIUM, "chromedriver": CHROMEDRIVER, "url": link["url"]});
+    let base = json!({"chromium": CHROMIUM, "chromedriver": CHROMEDRIVER,
+        "url": page_url(&app, link["url"].as_str().unwrap())});
 
     // Act 1: one file picked, one dropped
     let mut config = base.clone();
     config["scenario"] = "upload".into();
     config["picked"] = big.display().to_string().into();
     config["dropped"] = small.display().to_string().into();
-    config["expired_url"] = expired["url"].clone();
+    config["expired_url"] = page_url(&app, expired["url"].as_str().unwrap()).into();
     config["screenshot"] = screenshot.display().to_string().into();
     let shown = drive_page(config).await;
 

@@ -542,6 +542,7 @@ async fn team_app(
         s.api_keys = vec![serde_json::from_value(key).unwrap()];
         if links {
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
+            s.public_base_url = Some("https://uploads.example.test".into());
         }
     }));
     spawn_app_with(o).await
