@@ -1082,6 +1082,7 @@ async fn the_state_store_is_reached_over_tls_with_rediss_and_its_certificate_is_
     let dir = tempfile::tempdir().unwrap();
     if make_certificates(dir.path()).is_none() {
         println!("SKIPPED rediss: openssl is missing or failed (Debian: apt-get install openssl)");
+        eprintln!("SKIPPED rediss: openssl is missing or failed (Debian: apt-get install openssl)");
         return;
     }
     let redis = RedisServer::start().await;
