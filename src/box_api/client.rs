@@ -918,13 +918,7 @@ pub(crate) fn check_session(session: &UploadSession, size: u64) -> Result<(), St
             session.total_parts
         ));
     }
-    let e = &session.session_endpoints;
-    for (name, url) in [
-        ("upload_part", &e.upload_part),
-        ("commit", &e.commit),
-        ("abort", &e.abort),
-        ("list_parts", &e.list_parts),
-    ] {
+    for (name, url) in called_endpoints(session) {
         match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => return Err(format!("session endpoint {name} is not an http(s) URL")),
@@ -933,15 +927,20 @@ pub(crate) fn check_session(session: &UploadSession, size: u64) -> Result<(), St
     Ok(())
 }
 
-/// Every endpoint of a new session on the configured upload host (`check_session_host`).
-fn check_session_hosts(upload_base: &str, session: &UploadSession) -> Result<(), String> {
+/// The endpoints of a session the gateway calls, by name (`status` and `log_event` it never calls).
+fn called_endpoints(session: &UploadSession) -> [(&'static str, &str); 4] {
     let e = &session.session_endpoints;
-    for (name, url) in [
+    [
         ("upload_part", &e.upload_part),
         ("commit", &e.commit),
         ("abort", &e.abort),
         ("list_parts", &e.list_parts),
-    ] {
+    ]
+}
+
+/// Every endpoint of a new session on the configured upload host (`check_session_host`).
+fn check_session_hosts(upload_base: &str, session: &UploadSession) -> Result<(), String> {
+    for (name, url) in called_endpoints(session) {
         check_session_host(upload_base, url).map_err(|why| format!("session endpoint {name}: {why}"))?;
     }
     Ok(())

@@ -59,6 +59,14 @@ async fn make_link(gw: &str, secret_name: &str, body: Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// The token of a 201 of `POST /v1/upload-links`: the last segment of its URL.
+fn token_of(answer: &Value) -> String {
+    let url = answer["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no link in {answer}"));
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
 /// A link of `secret_name`'s key for folder 0 living `secs`: its id and token.
 async fn link(gw: &str, secret_name: &str, secs: u64) -> (String, String) {
     let (status, answer) = make_link(
@@ -70,10 +78,7 @@ async fn link(gw: &str, secret_name: &str, secs: u64) -> (String, String) {
     assert_eq!(status, 201, "{answer}");
     let url = answer["url"].as_str().unwrap();
     assert!(url.starts_with(&format!("{PUBLIC_BASE}/upload/")), "{url}");
-    (
-        answer["id"].as_str().unwrap().to_owned(),
-        url.rsplit('/').next().unwrap().to_owned(),
-    )
+    (answer["id"].as_str().unwrap().to_owned(), token_of(&answer))
 }
 
 /// What an answer shows its caller: status, header names (their values carry ids and dates), body.
@@ -475,13 +480,7 @@ async fn a_link_is_bounded_when_it_is_made_and_so_is_the_body_that_asks_for_it()
     )
     .await;
     assert_eq!(status, 201, "{answer}");
-    let token = answer["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = token_of(&answer);
     assert_eq!(page(&app.address, &token).await.0, 200);
     // The key has no size limit: the link has the default one.
     let (_, token) = link(&app.address, "api_key_team", 60).await;
@@ -616,13 +615,7 @@ async fn no_spelling_of_a_link_path_puts_its_token_in_the_log() {
         .json()
         .await
         .unwrap();
-    let token = answer["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = token_of(&answer);
     let (payload, tag) = token.split_once('.').unwrap();
     let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
     let altered = format!(
