@@ -91,6 +91,7 @@ impl Application {
         });
         let store = crate::state::open(
             settings.state.redis_url.as_ref().map(Secret::expose),
+            settings.state.redis_ca_file.as_deref(),
             &settings.state.dir,
         )
         .map_err(std::io::Error::other)?;

@@ -128,10 +128,15 @@ pub struct Settings {
     /// Where the embedded state store keeps its file (tus uploads, idempotency answers).
     pub state_dir: String,
     /// A Redis shared by every replica for that state (`GATEWAY_REDIS_URL`): `redis://`, `rediss://`
-    /// (TLS, rustls, the system's roots or `SSL_CERT_FILE`) or `redis+unix://`; empty: the embedded
-    /// store. A Secret: the URL may carry a password.
+    /// (TLS through rustls, Redis's certificate checked against the system's roots, or
+    /// `redis_ca_file`) or `redis+unix://`; empty: the embedded store. A Secret: the URL may carry a
+    /// password.
     #[serde(serialize_with = "redacted")]
     pub redis_url: Option<Secret>,
+    /// With `rediss://`: a PEM file of the CA certificates Redis's certificate is checked against,
+    /// instead of the system's (a managed Redis signed by its own CA). Read at start.
+    #[serde(deserialize_with = "string_like")]
+    pub redis_ca_file: Option<String>,
     /// A tus upload not finished this long after its creation is aborted (its Box session too).
     pub tus_expiration_secs: u64,
     /// How long an `Idempotency-Key`'s answer is kept for retries.
@@ -303,6 +308,7 @@ impl Default for Settings {
             otlp_endpoint: None,
             state_dir: "./gateway-state".into(),
             redis_url: None,
+            redis_ca_file: None,
             tus_expiration_secs: 24 * 3600,
             idempotency_window_secs: 24 * 3600,
             idempotency_claim_secs: 60,
@@ -824,6 +830,33 @@ mod tests {
                 ..base.clone()
             };
             assert!(ok.validate().is_ok(), "{url}");
+        }
+        // redis_ca_file: with rediss:// only, and a file of PEM certificates.
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        for (url, file, why) in [
+            (
+                "redis://redis:6379/0",
+                dir.path().join("ca.pem"),
+                "only with a rediss://",
+            ),
+            (
+                "rediss://redis:6380/0",
+                dir.path().join("missing.pem"),
+                "redis_ca_file:",
+            ),
+            ("rediss://redis:6380/0", not_pem, "holds no PEM certificate"),
+        ] {
+            let problems = Settings {
+                redis_url: Some(Secret::new(url)),
+                redis_ca_file: Some(file.display().to_string()),
+                ..base.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .join("\n");
+            assert!(problems.contains(why), "{url}: {problems}");
         }
         let with_password = Settings {
             redis_url: Some(Secret::new("redis://:hunter2@redis:6379/0")),

@@ -95,6 +95,8 @@ pub struct SpoolSettings {
 pub struct StateSettings {
     pub dir: PathBuf,
     pub redis_url: Option<Secret>,
+    /// With `rediss://`: the CAs Redis's certificate is checked against, instead of the system's.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// Resumable (tus) uploads.

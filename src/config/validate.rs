@@ -438,9 +438,24 @@ impl Settings {
         if redis_url.is_none() && self.state_dir.is_empty() {
             problems.push("state_dir: must name a directory (created if missing)".into());
         }
+        let redis_ca_file = self.redis_ca_file.as_deref().filter(|f| !f.is_empty());
+        if let Some(file) = redis_ca_file {
+            let tls = redis_url
+                .as_ref()
+                .is_some_and(|u| u.expose().starts_with("rediss://"));
+            match CertificateDer::pem_file_iter(file).and_then(|c| c.collect::<Result<Vec<_>, _>>()) {
+                _ if !tls => problems.push("redis_ca_file: only with a rediss:// redis_url".into()),
+                Ok(roots) if roots.is_empty() => {
+                    problems.push(format!("redis_ca_file: {file} holds no PEM certificate"))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("redis_ca_file: {file}: {e}")),
+            }
+        }
         StateSettings {
             dir: PathBuf::from(&self.state_dir),
             redis_url,
+            redis_ca_file: redis_ca_file.map(PathBuf::from),
         }
     }
 

@@ -194,10 +194,15 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, StoreResult<()>>;
 }
 
-/// The store the settings ask for: Redis when `redis_url` is set, else the embedded file.
-pub fn open(redis_url: Option<&str>, state_dir: &std::path::Path) -> StoreResult<Arc<dyn StateStore>> {
+/// The store the settings ask for: Redis when `redis_url` is set (over TLS with `rediss://`, its
+/// certificate checked against `redis_ca_file`'s CAs when given), else the embedded file.
+pub fn open(
+    redis_url: Option<&str>,
+    redis_ca_file: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+) -> StoreResult<Arc<dyn StateStore>> {
     Ok(match redis_url {
-        Some(url) => Arc::new(RedisStore::new(url)?),
+        Some(url) => Arc::new(RedisStore::new(url, redis_ca_file)?),
         None => {
             std::fs::create_dir_all(state_dir)
                 .map_err(|e| StoreError(format!("state_dir {}: {e}", state_dir.display())))?;

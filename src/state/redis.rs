@@ -295,13 +295,26 @@ fn ms(ttl: Duration) -> u64 {
 }
 
 impl RedisStore {
-    /// `url`: `redis://`, `rediss://` (TLS through rustls, its server checked against the system's
-    /// roots, or those of `SSL_CERT_FILE`) or `redis+unix://`.
-    pub fn new(url: &str) -> StoreResult<Self> {
+    /// `url`: `redis://`, `rediss://` (TLS through rustls, the server's certificate checked against
+    /// the system's roots, or against `ca_file`'s CAs alone when given) or `redis+unix://`.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> StoreResult<Self> {
         // rustls's process-wide provider (ring), which `rediss://` connections are made with.
         crate::http_client::install_tls_provider();
-        let client =
-            redis::Client::open(url).map_err(|_| StoreError("redis_url is not a valid Redis URL".into()))?;
+        let invalid = |_| StoreError("redis_url is not a valid Redis URL".into());
+        let client = match ca_file {
+            None => redis::Client::open(url).map_err(invalid)?,
+            Some(file) => {
+                let root_cert = std::fs::read(file)
+                    .map_err(|e| StoreError(format!("redis_ca_file {}: {e}", file.display())))?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                // The URL is never part of the error: it may carry a password.
+                redis::Client::build_with_tls(url, certificates)
+                    .map_err(|e| StoreError(format!("redis_url with redis_ca_file: {}", e.category())))?
+            }
+        };
         Ok(Self {
             client,
             conn: tokio::sync::OnceCell::new(),

@@ -1071,7 +1071,7 @@ async fn tus_status(http: &reqwest::Client, gateway: &Gateway) -> u16 {
 async fn the_state_store_is_reached_over_tls_with_rediss_and_its_certificate_is_checked() {
     // Arrange: Redis behind TLS (the venv's redis-server has no TLS of its own: a proxy speaks it),
     // its certificate signed by a CA of the test's; two gateway processes at rediss://localhost,
-    // one trusting that CA (SSL_CERT_FILE) and one trusting only the system's roots.
+    // one trusting that CA (redis_ca_file) and one trusting only the system's roots.
     let dir = tempfile::tempdir().unwrap();
     if make_certificates(dir.path()).is_none() {
         println!("SKIPPED rediss: openssl is missing or failed (Debian: apt-get install openssl)");
@@ -1088,7 +1088,7 @@ async fn the_state_store_is_reached_over_tls_with_rediss_and_its_certificate_is_
             ("GATEWAY_ALLOW_ANONYMOUS", "true".to_owned()),
             ("GATEWAY_REDIS_URL", format!("rediss://localhost:{port}/")),
         ]);
-        env.extend(trust.map(|ca| ("SSL_CERT_FILE", ca.display().to_string())));
+        env.extend(trust.map(|ca| ("GATEWAY_REDIS_CA_FILE", ca.display().to_string())));
         env
     };
     let trusting_env = env_with(Some(&dir.path().join("ca.pem")));

@@ -617,7 +617,7 @@ impl RedisServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_store_behaves_as_the_embedded_one() {
     let redis = RedisServer::start().await;
-    let store = box_upload_gateway::state::RedisStore::new(&redis.url).unwrap();
+    let store = box_upload_gateway::state::RedisStore::new(&redis.url, None).unwrap();
     box_upload_gateway::state::check_store(&store).await;
 }
 
