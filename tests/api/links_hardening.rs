@@ -605,16 +605,12 @@ async fn no_spelling_of_a_link_path_puts_its_token_in_the_log() {
     ]);
     let gateway = Gateway::start(&env_refs(&env)).await;
     let address = gateway.url("");
-    let answer: Value = reqwest::Client::new()
-        .post(gateway.url("/v1/upload-links"))
-        .header("X-API-Key", secret("api_key_team"))
-        .json(&json!({"folder_id": "0", "expires_in_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = make_link(
+        &address,
+        "api_key_team",
+        json!({"folder_id": "0", "expires_in_secs": 600}),
+    )
+    .await;
     let token = token_of(&answer);
     let (payload, tag) = token.split_once('.').unwrap();
     let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
@@ -756,11 +752,7 @@ async fn users_sharing_a_key_with_pass_through_do_not_share_their_tus_uploads() 
     assert_eq!(own.status(), 204);
     let file_id = own.headers()["upload-box-file-id"].to_str().unwrap().to_owned();
     crate::tus::assert_file(&app, &file_id, &sha1_hex(&bytes), size);
-    let mut r = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = redis_conn(&redis).await;
     let stored: Vec<u8> = redis::cmd("GET")
         .arg(format!("box-upload-gateway:tus:{id}"))
         .query_async(&mut r)
@@ -768,6 +760,15 @@ async fn users_sharing_a_key_with_pass_through_do_not_share_their_tus_uploads() 
         .unwrap();
     let record: Value = serde_json::from_slice(&stored[4..]).unwrap();
     assert_eq!(record["owner"], "key:team:box-user:7");
+}
+
+/// A connection to the test's Redis, to read and change what the gateway stored.
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// A Redis-backed gateway with tus uploads expiring after `expiration_secs` (the sweeper runs every
@@ -800,11 +801,7 @@ async fn the_sweeper_expires_every_due_upload_in_one_round_and_looks_past_locked
         .await;
         ids.extend(made.into_iter().map(|l| l.rsplit('/').next().unwrap().to_owned()));
     }
-    let mut r = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = redis_conn(&redis).await;
     let mut sorted = ids.clone();
     sorted.sort();
     let locked = &sorted[..3];
@@ -887,11 +884,7 @@ async fn a_tus_record_pointing_its_session_elsewhere_never_gets_the_box_token() 
     let location = crate::tus::create(&app.http, &app.address, size, "tampered.bin").await;
     let id = location.rsplit('/').next().unwrap();
     let record_key = format!("box-upload-gateway:tus:{id}");
-    let mut r = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = redis_conn(&redis).await;
     let stored: Vec<u8> = redis::cmd("GET")
         .arg(&record_key)
         .query_async(&mut r)
@@ -1107,11 +1100,7 @@ async fn the_state_store_is_reached_over_tls_with_rediss_and_its_certificate_is_
     // with it, the upload's record is in Redis, reached through TLS handshakes.
     assert_eq!(refused, 503);
     assert_eq!(created, 201);
-    let mut r = redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut r = redis_conn(&redis).await;
     let records: Vec<String> = redis::cmd("KEYS")
         .arg("box-upload-gateway:tus:*")
         .query_async(&mut r)
