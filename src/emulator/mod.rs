@@ -241,6 +241,11 @@ impl EmulatorHandle {
         self.shared.lock().create_folder(parent_id, name)
     }
 
+    /// Removes a folder and everything below it, as `DELETE /2.0/folders/{id}?recursive=true` does.
+    pub fn delete_folder(&self, id: &str) {
+        self.shared.lock().delete_folder(id);
+    }
+
     /// Adds a metadata template (or replaces the one of its scope and key), as
     /// `POST /_emulator/metadata_templates` does.
     pub fn put_metadata_template(&self, template: MetadataTemplate) -> Result<(), String> {

@@ -229,6 +229,26 @@ impl State {
         self.templates.insert(key, template);
     }
 
+    /// Removes a folder with everything below it.
+    pub fn delete_folder(&mut self, id: &str) {
+        let mut gone = vec![id.to_owned()];
+        let mut at = 0;
+        while at < gone.len() {
+            let parent = gone[at].clone();
+            gone.extend(
+                self.folders
+                    .values()
+                    .filter(|d| d.parent_id.as_deref() == Some(parent.as_str()))
+                    .map(|d| d.id.clone()),
+            );
+            at += 1;
+        }
+        for folder in &gone {
+            self.folders.remove(folder);
+            self.files.retain(|_, f| &f.parent_id != folder);
+        }
+    }
+
     pub fn create_folder(&mut self, parent_id: &str, name: &str) -> String {
         let id = self.next_id();
         self.folders.insert(

@@ -131,6 +131,42 @@ fn create_folder(shared: &Shared, body: &[u8]) -> Reply {
     Ok(HttpResponse::Created().json(folder_json(&state, &state.folders[&id])))
 }
 
+/// `DELETE /2.0/folders/{id}[?recursive=true]`: 204. Box moves the folder to the trash; here it is
+/// gone, with everything in it. A folder with items needs `recursive=true` (400 `folder_not_empty`).
+pub async fn delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DeleteQuery>,
+    shared: web::Data<Shared>,
+) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    let mut state = shared.lock();
+    if path.as_str() == super::super::ROOT_FOLDER_ID {
+        return Err(BoxApiError::new(
+            403,
+            "access_denied_insufficient_permissions",
+            "The root folder cannot be deleted",
+        ));
+    }
+    if !folder_exists(&state, &path) {
+        return Err(BoxApiError::not_found(format!("Folder {path} not found")));
+    }
+    if !query.recursive.unwrap_or(false) && !children(&state, &path).is_empty() {
+        return Err(BoxApiError::new(
+            400,
+            "folder_not_empty",
+            "The folder is not empty",
+        ));
+    }
+    state.delete_folder(&path);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(serde::Deserialize)]
+pub struct DeleteQuery {
+    recursive: Option<bool>,
+}
+
 fn folder_json(state: &State, d: &FolderRec) -> Value {
     let entries: Vec<Value> = children(state, &d.id)
         .into_iter()

@@ -100,7 +100,11 @@ fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/2.0/users/me", web::get().to(files::users_me))
         .route("/2.0/folders", web::post().to(folders::create))
-        .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
+        .service(
+            web::resource("/2.0/folders/{folder_id}")
+                .route(web::get().to(folders::get))
+                .route(web::delete().to(folders::delete)),
+        )
         .route("/2.0/folders/{folder_id}/items", web::get().to(folders::items))
         .route("/oauth2/token", web::post().to(token::token))
         .configure(control::configure)

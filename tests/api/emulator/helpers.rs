@@ -272,6 +272,35 @@ impl TestEmulator {
     }
 }
 
+/// A fault rule on every request of `endpoint` (once, as rules without `fraction` fire).
+pub fn rule(
+    endpoint: box_upload_gateway::emulator::Endpoint,
+    action: box_upload_gateway::emulator::FaultAction,
+) -> box_upload_gateway::emulator::FaultRule {
+    box_upload_gateway::emulator::FaultRule {
+        endpoint,
+        nth: None,
+        fraction: None,
+        seed: None,
+        times: None,
+        action,
+    }
+}
+
+/// Box's error body with this status (`code` defaults from it).
+pub fn status(
+    status: u16,
+    code: Option<&str>,
+    retry_after: Option<u64>,
+) -> box_upload_gateway::emulator::FaultAction {
+    box_upload_gateway::emulator::FaultAction::Status {
+        status,
+        code: code.map(str::to_owned),
+        message: None,
+        retry_after,
+    }
+}
+
 /// Asserts Box's error body and its `request_id` matching the `BOX-REQUEST-ID` header; returns it.
 /// Sends a request that must succeed at the HTTP level and reads its JSON answer.
 pub trait SendJson {

@@ -1,22 +1,11 @@
 //! `PUT /2.0/files/{id}` (description, tags, shared link), `GET /2.0/files/{id}?fields=`, and the
 //! deletion of files and versions, with their faults.
 use super::helpers::*;
-use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan, FaultRule};
+use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan};
 use serde_json::{json, Value};
 
 fn file_url(emu: &TestEmulator, id: &str) -> String {
     emu.api(&format!("/files/{id}"))
-}
-
-fn rule(endpoint: Endpoint, action: FaultAction) -> FaultRule {
-    FaultRule {
-        endpoint,
-        nth: None,
-        fraction: None,
-        seed: None,
-        times: None,
-        action,
-    }
 }
 
 #[tokio::test]
@@ -165,24 +154,8 @@ async fn files_and_versions_are_deleted_and_their_faults_fire() {
         .to_owned();
     emu.handle.set_faults(FaultPlan {
         rules: vec![
-            rule(
-                Endpoint::DeleteFileVersion,
-                FaultAction::Status {
-                    status: 503,
-                    code: None,
-                    message: None,
-                    retry_after: None,
-                },
-            ),
-            rule(
-                Endpoint::DeleteFile,
-                FaultAction::Status {
-                    status: 500,
-                    code: None,
-                    message: None,
-                    retry_after: None,
-                },
-            ),
+            rule(Endpoint::DeleteFileVersion, status(503, None, None)),
+            rule(Endpoint::DeleteFile, status(500, None, None)),
             rule(Endpoint::UpdateFile, FaultAction::StoreThenFail),
         ],
         ..FaultPlan::default()

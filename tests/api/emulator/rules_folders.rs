@@ -1,7 +1,7 @@
 //! `POST /2.0/folders`: Box's name rules, the conflicts that name the item in the way, and one
 //! creation when many ask for the same name at once.
 use super::helpers::*;
-use box_upload_gateway::emulator::{EmulatorConfig, Endpoint, FaultAction, FaultPlan, FaultRule};
+use box_upload_gateway::emulator::{EmulatorConfig, Endpoint, FaultAction, FaultPlan};
 use serde_json::Value;
 
 #[tokio::test]
@@ -112,14 +112,7 @@ async fn twenty_creations_of_one_name_at_once_make_one_folder() {
 async fn a_lost_answer_to_a_folder_creation_still_created_it() {
     let emu = spawn().await;
     emu.handle.set_faults(FaultPlan {
-        rules: vec![FaultRule {
-            endpoint: Endpoint::CreateFolder,
-            nth: None,
-            fraction: None,
-            seed: None,
-            times: None,
-            action: FaultAction::StoreThenFail,
-        }],
+        rules: vec![rule(Endpoint::CreateFolder, FaultAction::StoreThenFail)],
         ..FaultPlan::default()
     });
     assert_box_error(
@@ -135,4 +128,38 @@ async fn a_lost_answer_to_a_folder_creation_still_created_it() {
         .expect("created although the answer was lost");
     assert_eq!(again["context_info"]["conflicts"]["id"], lost.id.as_str());
     assert_eq!(seen.faults_fired[0].endpoint, Endpoint::CreateFolder);
+}
+
+#[tokio::test]
+async fn a_folder_is_deleted_with_what_it_holds_only_when_asked() {
+    let emu = spawn().await;
+    let res = emu.create_folder_raw("0", "Old").await;
+    let old: Value = res.json().await.unwrap();
+    let old = old["id"].as_str().unwrap().to_owned();
+    let inner = emu.handle.create_folder(&old, "Inner");
+    let file_id = emu.small_file(&inner, "f.txt").await;
+
+    let plain = emu
+        .delete(&emu.api(&format!("/folders/{old}")))
+        .send()
+        .await
+        .unwrap();
+    assert_box_error(plain, 400, "folder_not_empty").await;
+    let root = emu
+        .delete(&emu.api("/folders/0?recursive=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_box_error(root, 403, "access_denied_insufficient_permissions").await;
+    let gone = emu
+        .delete(&emu.api(&format!("/folders/{old}?recursive=true")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    let seen = emu.inspect();
+    assert_eq!(seen.folders.len(), 1);
+    assert!(seen.file(&file_id).is_none());
+    // Creating under it is now 404, as for any missing parent.
+    assert_box_error(emu.create_folder_raw(&inner, "x").await, 404, "not_found").await;
 }

@@ -1,7 +1,7 @@
 //! Metadata templates and instances: the schema as Box answers it, the schema check with Box's error
 //! codes and bodies, reading instances back, JSON Patch updates, and the control API.
 use super::helpers::*;
-use box_upload_gateway::emulator::{EmulatorConfig, Endpoint, FaultAction, FaultPlan, FaultRule};
+use box_upload_gateway::emulator::{EmulatorConfig, Endpoint, FaultAction, FaultPlan};
 use serde_json::{json, Value};
 
 fn metadata_url(emu: &TestEmulator, file_id: &str, scope: &str, key: &str) -> String {
@@ -304,35 +304,11 @@ async fn a_bad_template_stops_the_emulator_from_starting() {
 async fn the_metadata_calls_have_their_faults() {
     let emu = spawn_with_invoice().await;
     let file_id = emu.small_file("0", "f.pdf").await;
-    let rule = |endpoint, action| FaultRule {
-        endpoint,
-        nth: None,
-        fraction: None,
-        seed: None,
-        times: None,
-        action,
-    };
     emu.handle.set_faults(FaultPlan {
         rules: vec![
-            rule(
-                Endpoint::GetMetadataTemplate,
-                FaultAction::Status {
-                    status: 503,
-                    code: None,
-                    message: None,
-                    retry_after: Some(2),
-                },
-            ),
+            rule(Endpoint::GetMetadataTemplate, status(503, None, Some(2))),
             rule(Endpoint::CreateMetadata, FaultAction::StoreThenFail),
-            rule(
-                Endpoint::UpdateMetadata,
-                FaultAction::Status {
-                    status: 500,
-                    code: None,
-                    message: None,
-                    retry_after: None,
-                },
-            ),
+            rule(Endpoint::UpdateMetadata, status(500, None, None)),
         ],
         ..FaultPlan::default()
     });
