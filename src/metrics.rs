@@ -17,7 +17,7 @@ pub struct GatewayMetrics {
     pub parts: IntCounterVec,
     pub part_duration: Histogram,
     /// Retries of Box calls, by `endpoint` and `reason` (rate_limited|server_error|timeout|connection|
-    /// name_reserved|commit_pending|parts_mismatch|token_expired).
+    /// name_reserved|operation_blocked|commit_pending|parts_mismatch|token_expired).
     pub box_retries: IntCounterVec,
     /// Box calls, by `endpoint` and `status` (HTTP status, or timeout|connection).
     pub box_calls: IntCounterVec,

@@ -68,7 +68,8 @@ pub struct EmulatorArgs {
     #[arg(long)]
     pub rate_uploads_per_minute: Option<u32>,
     /// Metadata templates, a JSON file: a list of templates in the shape of Box's create-template
-    /// body (`scope`, `templateKey`, `fields` of `type`, `key`, `options`), or `{"entries": [...]}`.
+    /// body (`scope`, `templateKey`, `fields` of `type`, `key`, `options`), or `{"entries": [...]}`
+    /// (see docs/emulator.md, "Metadata").
     #[arg(long)]
     pub metadata_templates: Option<PathBuf>,
 }
