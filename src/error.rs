@@ -280,6 +280,32 @@ impl From<UploadError> for ApiError {
             UploadError::Internal(_) => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")
             }
+            // Found before any byte was read: nothing was sent to Box.
+            UploadError::Fields(err) if err.is_metadata() => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_metadata",
+                format!("{err}; nothing was stored"),
+            ),
+            UploadError::Fields(err) => Self::bad_request("invalid_field", format!("{err}; nothing was stored")),
+            UploadError::Path(err @ crate::pipeline::PathError::Conflict { .. }) => {
+                Self::new(S::CONFLICT, "path_conflict", format!("{err}; nothing was stored"))
+            }
+            UploadError::Path(err @ crate::pipeline::PathError::NotFound { .. }) => Self::new(
+                S::NOT_FOUND,
+                "folder_not_found",
+                format!("{err} (create_folders=false); nothing was stored"),
+            ),
+            UploadError::FieldsNotApplied { file_id, what, removed, .. } => {
+                let undone = match removed {
+                    true => format!("the {what} it created ({file_id}) was deleted, so nothing of this upload is stored"),
+                    false => format!("deleting the {what} it created ({file_id}) failed: remove it in Box"),
+                };
+                Self::new(
+                    S::BAD_GATEWAY,
+                    "box_fields_failed",
+                    format!("Box did not take the file's description, tags, shared link or metadata; {undone}"),
+                )
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `box-upload-gateway emulator ...`
-use super::{Emulator, EmulatorConfig, FaultPlan, BOX_MIN_CHUNKED_SIZE};
+use super::{Emulator, EmulatorConfig, FaultPlan, BOX_MIN_CHUNKED_SIZE, DEFAULT_ENTERPRISE_ID};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +67,11 @@ pub struct EmulatorArgs {
     /// The same for upload calls (new sessions, direct uploads).
     #[arg(long)]
     pub rate_uploads_per_minute: Option<u32>,
+    /// Metadata templates, a JSON file: a list of templates in the shape of Box's create-template
+    /// body (`scope`, `templateKey`, `fields` of `type`, `key`, `options`), or `{"entries": [...]}`
+    /// (see docs/emulator.md, "Metadata").
+    #[arg(long)]
+    pub metadata_templates: Option<PathBuf>,
 }
 
 fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -94,6 +99,18 @@ impl EmulatorArgs {
             .iter()
             .map(|(kid, file)| Ok((kid.clone(), std::fs::read_to_string(file)?)))
             .collect::<std::io::Result<_>>()?;
+        let metadata_templates = match &self.metadata_templates {
+            Some(file) => {
+                let enterprise = self.enterprise_id.as_deref().unwrap_or(DEFAULT_ENTERPRISE_ID);
+                super::metadata::parse_templates(&std::fs::read(file)?, enterprise).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("--metadata-templates {}: {e}", file.display()),
+                    )
+                })?
+            }
+            None => Vec::new(),
+        };
         Ok(EmulatorConfig {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -111,6 +128,7 @@ impl EmulatorArgs {
             faults,
             trust_digests: self.trust_digests,
             discard_content: self.discard_content,
+            metadata_templates,
         })
     }
 }
@@ -229,6 +247,35 @@ mod tests {
         assert_eq!(c.faults.rules.len(), 1);
         assert_eq!(c.data_dir, Some(PathBuf::from("d")));
         assert!(c.trust_digests);
+    }
+
+    #[test]
+    fn metadata_templates_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(
+            &good,
+            r#"[{"scope": "enterprise", "templateKey": "invoiceData", "fields": [{"type": "float", "key": "amount"}]}]"#,
+        )
+        .unwrap();
+        let c = config(&[
+            "--metadata-templates",
+            good.to_str().unwrap(),
+            "--enterprise-id",
+            "42",
+        ]);
+        assert_eq!(c.metadata_templates[0].scope, "enterprise_42");
+        assert_eq!(
+            c.metadata_templates[0].fields[0].kind,
+            super::super::FieldKind::Float
+        );
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"[{"scope": "enterprise", "templateKey": "9lives"}]"#).unwrap();
+        let args = Cli::try_parse_from(["emulator", "--metadata-templates", bad.to_str().unwrap()])
+            .unwrap()
+            .args;
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.contains("templateKey"), "{err}");
     }
 
     #[test]
