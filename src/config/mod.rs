@@ -175,6 +175,25 @@ pub struct Settings {
     pub box_rate_uploads_per_minute: u32,
     /// How long a new upload may wait for Box capacity before 503 `box_rate_limited`.
     pub box_rate_wait_secs: u64,
+    /// The folder id uploads by path start from when the caller has no API key (`GATEWAY_PATH_ROOT`;
+    /// a key's own `path_root` is its root). `0` is the Box user's All Files.
+    #[serde(deserialize_with = "text_like")]
+    pub path_root: String,
+    /// How long a folder resolved for an upload by path is trusted without asking Box: a folder
+    /// renamed or moved in Box receives uploads by its old path this long at most (0: not cached).
+    pub path_cache_ttl_secs: u64,
+    /// Resolved folders kept per replica (the oldest go first).
+    pub path_cache_max_entries: usize,
+    /// How long a metadata template's schema is trusted: a field added to a template is accepted
+    /// this much later at worst (0: read at every upload that carries metadata).
+    pub metadata_schema_cache_ttl_secs: u64,
+    /// Template schemas kept per replica.
+    pub metadata_schema_cache_max_entries: usize,
+}
+
+/// `string_like` for a key that always has a value (its default fills it in).
+fn text_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    string_like(d).map(Option::unwrap_or_default)
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -279,6 +298,14 @@ impl Default for Settings {
             box_rate_calls_per_minute: 900,
             box_rate_uploads_per_minute: 220,
             box_rate_wait_secs: 10,
+            path_root: "0".into(),
+            // A few minutes: a burst of uploads into one path asks Box once, and a folder moved in
+            // Box stops receiving uploads by its old path soon after.
+            path_cache_ttl_secs: 180,
+            // About 1 MB of ids and paths.
+            path_cache_max_entries: 10_000,
+            metadata_schema_cache_ttl_secs: 300,
+            metadata_schema_cache_max_entries: 1_000,
         }
     }
 }

@@ -89,8 +89,8 @@ pub enum PathError {
     NotFound { segment: String, path: String },
 }
 
-/// Settings of upload by path and of the fields that land with a file. Not in the configuration
-/// yet: phase 2 exposes them (`path_cache_ttl_secs`, `metadata_schema_cache_ttl_secs`).
+/// Settings of upload by path and of the fields that land with a file (`path_cache_ttl_secs`,
+/// `path_cache_max_entries`, `metadata_schema_cache_ttl_secs`, `metadata_schema_cache_max_entries`).
 #[derive(Debug, Clone)]
 pub struct PathSettings {
     /// How long a resolved folder is trusted without asking Box. A folder renamed or moved in Box

@@ -61,6 +61,8 @@ pub struct AppState {
     pub upload_links: LinkSettings,
     /// Box's rate limits: new uploads reserve their first upload call through it (`admission.rs`).
     pub pacer: Arc<crate::box_api::Pacer>,
+    /// The folder id uploads by path start from for callers without an API key (`path_root`).
+    pub path_root: String,
 }
 
 /// Every route, with RFC-correct 405 `Allow` answers and a JSON 404 for the rest (zero2prod's `run()`;

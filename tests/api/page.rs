@@ -21,6 +21,7 @@ fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
         name: name.into(),
         sha256: sha256_hex(secret(secret_name)),
         folders: vec![folder.into()],
+        path_root: None,
         max_file_size_bytes: Some(200_000_000),
         as_user: None,
         subject_type: None,
