@@ -104,6 +104,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     upload_route("/files/{file_id}/versions", "POST").post(upload::multipart_new_version),
                 )
                 .service(upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version))
+                // Upload by path: the tail (any number of segments) is read from the raw URI by the
+                // handlers (`params::raw_path_tail`), not from this match.
+                .service(
+                    upload_route("/paths/{tail:.*}", "POST, PUT")
+                        .post(upload::multipart_to_path)
+                        .put(upload::raw_to_path),
+                )
                 .service(
                     web::resource("/upload-links")
                         .post(links::create)
@@ -127,7 +134,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// The plain upload endpoints: each takes an `Idempotency-Key`.
+/// The plain upload endpoints: each takes an `Idempotency-Key` (on the methods in `allow`).
 fn upload_route(
     path: &str,
     allow: &'static str,
@@ -140,10 +147,13 @@ fn upload_route(
         InitError = (),
     >,
 > {
-    let method = Method::from_bytes(allow.as_bytes()).expect("an HTTP method");
+    let methods: Arc<[Method]> = allow
+        .split(", ")
+        .map(|m| Method::from_bytes(m.as_bytes()).expect("an HTTP method"))
+        .collect();
     web::resource(path)
         .wrap(actix_middleware::from_fn(move |req, next| {
-            idempotency::idempotent(req, next, method.clone())
+            idempotency::idempotent(req, next, methods.clone())
         }))
         .default_service(not_allowed(allow))
 }
