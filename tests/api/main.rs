@@ -15,6 +15,7 @@ mod gateway_sizes;
 pub mod helpers;
 mod hostile;
 mod page;
+mod paths;
 mod pipeline;
 pub mod python;
 mod rate_limits;

@@ -26,7 +26,7 @@ fn free_port() -> u16 {
 }
 
 /// The receiver process; what it got is in its log file, one JSON line per request.
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     log: std::path::PathBuf,
     _dir: std::sync::Arc<tempfile::TempDir>,
@@ -48,13 +48,13 @@ impl Receiver {
         }
     }
 
-    async fn started() -> Self {
+    pub(crate) async fn started() -> Self {
         let mut r = Self::planned();
         r.start().await;
         r
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks", self.port)
     }
 
@@ -90,7 +90,7 @@ impl Receiver {
     }
 
     /// Waits (generously) until `n` requests came in.
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
+    pub(crate) async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let got = self.received();
@@ -102,7 +102,7 @@ impl Receiver {
     }
 }
 
-fn with_webhooks(url: String, o: Options) -> Options {
+pub(crate) fn with_webhooks(url: String, o: Options) -> Options {
     let previous = o.gateway;
     Options {
         gateway: Some(Box::new(move |s, e| {
