@@ -20,6 +20,8 @@ RUN mkdir src \
     && rm -rf src
 
 COPY src ./src
+# The release profile (Cargo.toml) leaves debug info out: the binary is 21 MB, not 108 MB, and a
+# panic's backtrace (RUST_BACKTRACE=1) still names every function, without file:line.
 # COPY keeps the files' own modification times, which may be older than the stand-in's build: touch
 # them so cargo rebuilds the crate instead of keeping the empty stand-in.
 RUN touch src/main.rs src/lib.rs \

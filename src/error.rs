@@ -74,7 +74,7 @@ impl ApiError {
     /// nothing was read or sent. `Retry-After`: when capacity may be there.
     pub fn box_rate_limited(waited: std::time::Duration, retry_after: std::time::Duration) -> Self {
         Self {
-            retry_after_secs: Some(retry_after.as_secs().max(1)),
+            retry_after_secs: Some((retry_after.as_millis().div_ceil(1000) as u64).max(1)),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "box_rate_limited",
@@ -337,7 +337,10 @@ fn from_box(err: BoxError) -> ApiError {
             request_id: err.request_id().map(str::to_owned),
         })
     });
-    let retry_after_secs = err.retry_after().map(|d| d.as_secs().max(1));
+    // Rounded up: a client back a fraction of a second early would meet the same pause.
+    let retry_after_secs = err
+        .retry_after()
+        .map(|d| (d.as_millis().div_ceil(1000) as u64).max(1));
     let code = err.code().unwrap_or_default();
     let (status, ours, message) = match (&err.kind, err.status().unwrap_or(0), code) {
         // Box refused the gateway's own credentials at the token endpoint, or they could not be used.
@@ -363,6 +366,12 @@ fn from_box(err: BoxError) -> ApiError {
                 "Box did not answer within the call's deadline of {}s (box_call_deadline_secs)",
                 limit.as_secs()
             ),
+        ),
+        // The principal is paused (Box answered 429) past the call's deadline: nothing was sent.
+        (BoxErrorKind::Paced { .. }, ..) => (
+            S::SERVICE_UNAVAILABLE,
+            "box_rate_limited",
+            "Box's rate limit for this principal leaves no room for the upload's calls within box_call_deadline_secs; try again after Retry-After".into(),
         ),
         (BoxErrorKind::Connection(_) | BoxErrorKind::Unreachable(_), ..) => (
             S::SERVICE_UNAVAILABLE,
@@ -525,5 +534,34 @@ mod tests {
             );
             assert_eq!(e.box_info.unwrap().request_id.as_deref(), Some("r1"));
         }
+    }
+
+    /// The pacer's refusal of a call (a pause past its deadline) is Box's rate limit to the client:
+    /// 503 `box_rate_limited`, no `box` details (Box was not asked), and a `Retry-After` rounded up
+    /// so the client does not come back before the room. Box's own `Retry-After` is capped before
+    /// it gets here (`BoxError::capped`).
+    #[test]
+    fn a_call_the_pacer_cannot_fit_is_box_rate_limited() {
+        let paced = BoxError::new(
+            "upload_part",
+            BoxErrorKind::Paced {
+                retry_after: std::time::Duration::from_millis(119_200),
+            },
+        );
+        assert!(paced.retry_reason().is_none() && !paced.may_have_landed());
+        let e = from_box(paced);
+        assert_eq!((e.status.as_u16(), e.code), (503, "box_rate_limited"));
+        assert_eq!(e.retry_after_secs, Some(120));
+        assert!(e.box_info.is_none());
+        let capped = BoxError::new(
+            "upload_part",
+            BoxErrorKind::Status {
+                status: 429,
+                body: Box::default(),
+                retry_after: Some(crate::box_api::MAX_RETRY_AFTER),
+            },
+        )
+        .capped(std::time::Duration::from_secs(120));
+        assert_eq!(from_box(capped).retry_after_secs, Some(120));
     }
 }

@@ -94,6 +94,12 @@ pub struct GatewayMetrics {
     pub box_calls_by_principal: IntCounterVec,
     /// New uploads refused with 503 `box_rate_limited` (no Box capacity within the wait), by `key`.
     pub box_rate_refused: IntCounterVec,
+    /// Calls of uploads under way failed at once by the pacer (503 `box_rate_limited`): no room for
+    /// them before their deadline, e.g. a pause past it, by `endpoint`.
+    pub box_rate_calls_refused: IntCounterVec,
+    /// Cleanup calls (aborts, deletes) sent without room in the pacer's budget (a pause, a spent
+    /// budget) rather than held back, by `endpoint`.
+    pub box_rate_cleanups_unpaced: IntCounterVec,
     /// Uploads refused with 429 `rate_limited` by their key's own quota, by `key` and `quota`
     /// (uploads_per_minute|bytes_per_day).
     pub key_quota_refused: IntCounterVec,
@@ -333,6 +339,20 @@ impl GatewayMetrics {
                 ),
                 &["key"],
             )?,
+            box_rate_calls_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_rate_calls_refused_total",
+                    "Calls of uploads under way failed at once with 503 box_rate_limited: the pacer had no room for them before their deadline (box_call_deadline_secs), by endpoint.",
+                ),
+                &["endpoint"],
+            )?,
+            box_rate_cleanups_unpaced: IntCounterVec::new(
+                Opts::new(
+                    "gateway_box_rate_cleanups_unpaced_total",
+                    "Cleanup calls (session aborts, deletes) sent to Box without room in the pacer's budget (a pause, a spent budget) rather than held back, by endpoint.",
+                ),
+                &["endpoint"],
+            )?,
             key_quota_refused: IntCounterVec::new(
                 Opts::new(
                     "gateway_key_quota_refused_total",
@@ -408,6 +428,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.box_rate_limited.clone()))?;
         registry.register(Box::new(m.box_calls_by_principal.clone()))?;
         registry.register(Box::new(m.box_rate_refused.clone()))?;
+        registry.register(Box::new(m.box_rate_calls_refused.clone()))?;
+        registry.register(Box::new(m.box_rate_cleanups_unpaced.clone()))?;
         registry.register(Box::new(m.key_quota_refused.clone()))?;
         registry.register(Box::new(m.admission_given_back.clone()))?;
         registry.register(Box::new(m.folders_created.clone()))?;

@@ -229,14 +229,14 @@ impl BoxClient {
         let maybe_stored = &maybe_stored;
         let (digest, range, expected) = (&digest, &range, &expected);
         self.retry
-            .run(&self.metrics, |_attempt| async move {
+            .run(&self.metrics, |attempt| async move {
                 if maybe_stored.swap(false, Ordering::Relaxed) {
                     if let Some(part) = self.find_part(session, offset).await? {
                         return check_echo(&part, expected);
                     }
                 }
                 let result = self
-                    .call("upload_part", |t| {
+                    .call("upload_part", attempt.deadline, |t| {
                         self.http
                             .put(&session.session_endpoints.upload_part)
                             .bearer_auth(t.expose())
@@ -297,7 +297,8 @@ impl BoxClient {
         }
     }
 
-    /// `POST {session.commit}`, one attempt: the caller loops on `Pending` within its time budget.
+    /// `POST {session.commit}`, one attempt: the caller loops on `Pending` within its time budget,
+    /// which is also `deadline`, the bound of this attempt's wait for the pacer's room.
     #[tracing::instrument(name = "box.commit", skip_all, fields(parts = parts.len()))]
     pub async fn commit(
         &self,
@@ -305,6 +306,7 @@ impl BoxClient {
         upload: &NewUpload,
         sha1: &[u8; 20],
         parts: &[UploadPart],
+        deadline: tokio::time::Instant,
     ) -> Result<CommitAnswer, BoxError> {
         let mut body = json!({"parts": parts});
         let attributes = upload.timestamps();
@@ -313,7 +315,7 @@ impl BoxClient {
         }
         let digest = format!("sha={}", b64(sha1));
         let response = self
-            .send("commit", |t| {
+            .send("commit", deadline, |t| {
                 self.http
                     .post(&session.session_endpoints.commit)
                     .bearer_auth(t.expose())
@@ -328,20 +330,30 @@ impl BoxClient {
         first_file_of("commit", files).map(CommitAnswer::Committed)
     }
 
-    /// `DELETE {session.abort}`: the parts are discarded.
+    /// `DELETE {session.abort}`: the parts are discarded. Retried (a 404 after a retry means an
+    /// earlier attempt did it); never held back by the pacer (`send`).
     #[tracing::instrument(name = "box.abort", skip_all)]
     pub async fn abort(&self, session: &UploadSession) -> Result<(), BoxError> {
-        self.retry
-            .run(&self.metrics, |_| async {
-                self.send("abort", |t| {
-                    self.http
-                        .delete(&session.session_endpoints.abort)
-                        .bearer_auth(t.expose())
-                })
-                .await
-                .map(drop)
-            })
-            .await
+        self.deleted("abort", |t| {
+            self.http
+                .delete(&session.session_endpoints.abort)
+                .bearer_auth(t.expose())
+        })
+        .await
+    }
+
+    /// `DELETE {session.abort}`, one attempt, at once: what a failed upload waits for before its
+    /// client is answered (`SessionGuard` retries a failure in the background).
+    #[tracing::instrument(name = "box.abort", skip_all)]
+    pub async fn abort_once(&self, session: &UploadSession) -> Result<(), BoxError> {
+        // An abort does not wait for the pacer (`send`): no deadline to give.
+        self.send("abort", tokio::time::Instant::now(), |t| {
+            self.http
+                .delete(&session.session_endpoints.abort)
+                .bearer_auth(t.expose())
+        })
+        .await
+        .map(drop)
     }
 
     /// `OPTIONS {api}/files/content` (or `/files/{id}/content`): the name, permission and quota checks
@@ -434,13 +446,13 @@ impl BoxClient {
         let size = upload.size;
         let result = self
             .retry
-            .run(&self.metrics, |_attempt| async move {
+            .run(&self.metrics, |attempt| async move {
                 if lost.load(Ordering::Relaxed) {
                     if let Some(file) = self.recover("direct_upload", upload, sha1, size).await {
                         return Ok(file);
                     }
                 }
-                let answer = self.call("direct_upload", build).await;
+                let answer = self.call("direct_upload", attempt.deadline, build).await;
                 if let Err(err) = &answer {
                     lost.fetch_or(err.may_have_landed(), Ordering::Relaxed);
                 }
@@ -758,11 +770,11 @@ impl BoxClient {
     ) -> Result<(), BoxError> {
         self.retry
             .run(&self.metrics, |attempt| {
-                let sent = self.send(endpoint, &build);
+                let sent = self.send(endpoint, attempt.deadline, &build);
                 async move {
                     match sent.await {
                         Ok(_) => Ok(()),
-                        Err(err) if attempt > 1 && err.status() == Some(404) => Ok(()),
+                        Err(err) if attempt.number > 1 && err.status() == Some(404) => Ok(()),
                         Err(err) => Err(err),
                     }
                 }
@@ -817,7 +829,9 @@ impl BoxClient {
     /// One cheap call (`GET /folders/0?fields=id`), not retried, for the readiness check: whether Box
     /// answers and, `with_credentials`, accepts the token (minting one if needed). Without credentials
     /// (pass-through) any answer below 500 means Box is there. With them, a 403 or 404 (a user who
-    /// cannot see All Files) and a 429 still mean Box took the token.
+    /// cannot see All Files) and a 429 still mean Box took the token. It does not wait for the
+    /// pacer: no room now means Box answered this principal 429 lately (a pause) or the gateway is
+    /// spending the whole budget, and either way Box is there; the next check asks again.
     pub async fn probe(&self, with_credentials: bool) -> Result<(), BoxError> {
         const ENDPOINT: &str = "probe";
         let url = format!("{}/folders/0", self.urls.api);
@@ -830,7 +844,7 @@ impl BoxClient {
             };
         }
         let answer = self
-            .send(ENDPOINT, |t| {
+            .send(ENDPOINT, tokio::time::Instant::now(), |t| {
                 self.http
                     .get(&url)
                     .query(&[("fields", "id")])
@@ -839,6 +853,7 @@ impl BoxClient {
             .await;
         match answer {
             Err(err) if matches!(err.status(), Some(403 | 404 | 429)) => Ok(()),
+            Err(err) if matches!(err.kind, BoxErrorKind::Paced { .. }) => Ok(()),
             other => other.map(drop),
         }
     }
@@ -850,7 +865,9 @@ impl BoxClient {
         build: impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<T, BoxError> {
         self.retry
-            .run(&self.metrics, |_| self.call(endpoint, &build))
+            .run(&self.metrics, |attempt| {
+                self.call(endpoint, attempt.deadline, &build)
+            })
             .await
     }
 
@@ -858,9 +875,10 @@ impl BoxClient {
     async fn call<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
+        deadline: tokio::time::Instant,
         build: impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<T, BoxError> {
-        decode(endpoint, self.send(endpoint, build).await?).await
+        decode(endpoint, self.send(endpoint, deadline, build).await?).await
     }
 
     /// One call: authorise, send, count, and turn any non-2xx answer into a typed error.
@@ -868,9 +886,15 @@ impl BoxClient {
     /// `MAX_REFRESHES` times: a token can expire between its refresh and its use (Box revokes and
     /// expires tokens on its own schedule), and one unlucky second 401 must not fail an upload as
     /// `box_auth_failed`. A refused grant fails at the token endpoint instead, at once.
+    ///
+    /// The pacer's room is waited for until `deadline` (the attempt's), and a call it has no room for
+    /// by then fails at once (`Paced`, answered 503 `box_rate_limited` with `Retry-After`). Cleanup
+    /// (`abort`, `delete_file`, `delete_file_version`) never waits for it. A `Retry-After` is taken
+    /// at most `max_retry_after` (`box_rate_max_pause_secs`) long, for the pause and the error alike.
     async fn send(
         &self,
         endpoint: &'static str,
+        deadline: tokio::time::Instant,
         build: impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<Response, BoxError> {
         const MAX_REFRESHES: u32 = 3;
@@ -880,8 +904,19 @@ impl BoxClient {
             if let Some(pacer) = &self.pacer {
                 // Box's upload limit counts new sessions and direct uploads (each attempt is one).
                 let upload = matches!(endpoint, "create_session" | "direct_upload");
-                if !(upload && self.prepaid.as_ref().is_some_and(Admission::take)) {
-                    pacer.call(&self.pace_key, upload).await;
+                let cleanup = matches!(endpoint, "abort" | "delete_file" | "delete_file_version");
+                if cleanup {
+                    pacer.cleanup(&self.pace_key, endpoint).await;
+                } else if !(upload && self.prepaid.as_ref().is_some_and(Admission::take)) {
+                    if let Err(no_room) = pacer.call(&self.pace_key, upload, deadline).await {
+                        self.metrics
+                            .box_rate_calls_refused
+                            .with_label_values(&[endpoint])
+                            .inc();
+                        let retry_after = no_room.retry_after;
+                        return Err(BoxError::new(endpoint, BoxErrorKind::Paced { retry_after })
+                            .capped(self.retry.max_retry_after));
+                    }
                 }
                 pacer.count(&self.pace_key);
             }
@@ -907,7 +942,9 @@ impl BoxClient {
                 refreshes += 1;
                 continue;
             }
-            let mut err = error_from(endpoint, response).await;
+            let mut err = error_from(endpoint, response)
+                .await
+                .capped(self.retry.max_retry_after);
             err.stale_token = refreshable;
             return Err(err);
         }

@@ -33,6 +33,11 @@ pub enum BoxErrorKind {
     /// under way was dropped, or the wait Box asked for would have ended after it.
     #[error("no answer within the call's deadline of {0:?}")]
     Deadline(Duration),
+    /// The pacer found no room for the call before its deadline: the principal is paused (Box
+    /// answered 429) or its budget is spent until past it. Nothing was sent; `retry_after` is when
+    /// the pacer expects room.
+    #[error("no Box capacity for this principal before the call's deadline (room in {retry_after:?})")]
+    Paced { retry_after: Duration },
     /// A timeout or dropped connection seen by another caller (a token refresh shared with its
     /// waiters), kept as text since the transport's error cannot be copied.
     #[error("Box could not be reached: {0}")]
@@ -92,8 +97,23 @@ impl BoxError {
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.kind {
             BoxErrorKind::Status { retry_after, .. } => *retry_after,
+            BoxErrorKind::Paced { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// The same error with its `Retry-After` no longer than `cap` (`box_rate_max_pause_secs`): what
+    /// the gateway waits, pauses for and passes on to its client is one number.
+    pub fn capped(mut self, cap: Duration) -> Self {
+        if let BoxErrorKind::Status {
+            retry_after: Some(asked),
+            ..
+        }
+        | BoxErrorKind::Paced { retry_after: asked } = &mut self.kind
+        {
+            *asked = (*asked).min(cap);
+        }
+        self
     }
 
     /// The same error for another caller: a refresh's outcome shared with the uploads that waited
@@ -115,6 +135,9 @@ impl BoxError {
             BoxErrorKind::Protocol(m) => BoxErrorKind::Protocol(m.clone()),
             BoxErrorKind::Credentials(m) => BoxErrorKind::Credentials(m.clone()),
             BoxErrorKind::Deadline(d) => BoxErrorKind::Deadline(*d),
+            BoxErrorKind::Paced { retry_after } => BoxErrorKind::Paced {
+                retry_after: *retry_after,
+            },
             BoxErrorKind::Unreachable(m) => BoxErrorKind::Unreachable(m.clone()),
         };
         Self {
@@ -146,7 +169,8 @@ impl BoxError {
             BoxErrorKind::Status { .. } | BoxErrorKind::Protocol(_) | BoxErrorKind::Credentials(_) => None,
             BoxErrorKind::Timeout(_) => Some("timeout"),
             BoxErrorKind::Connection(_) => Some("connection"),
-            BoxErrorKind::Deadline(_) => None,
+            // The pacer already knows no room comes before the deadline.
+            BoxErrorKind::Deadline(_) | BoxErrorKind::Paced { .. } => None,
             BoxErrorKind::Unreachable(_) => Some("connection"),
         }
     }
@@ -173,10 +197,13 @@ impl BoxError {
     /// Whether Box may have done the work although the answer says otherwise or never came: a 5xx,
     /// a timeout, a dropped connection, an answer that could not be read. A part may be stored, a
     /// commit or direct upload may have created the file (box-api.md); only a 4xx, or a call never
-    /// made (no usable credentials), is sure to have changed nothing.
+    /// made (no usable credentials, no room in the pacer), is sure to have changed nothing.
     pub fn may_have_landed(&self) -> bool {
         !matches!(&self.kind, BoxErrorKind::Status { status, .. } if *status < 500)
-            && !matches!(self.kind, BoxErrorKind::Credentials(_))
+            && !matches!(
+                self.kind,
+                BoxErrorKind::Credentials(_) | BoxErrorKind::Paced { .. }
+            )
     }
 }
 
@@ -187,9 +214,11 @@ pub const NAME_RESERVED: &str = "name_temporarily_reserved";
 /// be retried at a later point" (OpenAPI, `POST /folders`).
 pub const OPERATION_BLOCKED: &str = "operation_blocked_temporary";
 
-/// The longest wait the gateway takes from Box's `Retry-After` (a constant, not a setting): a larger
-/// value (a proxy's mistake, or a day-long ban) is read as this, then the call's deadline decides
-/// whether to wait at all. An hour also keeps every later `Duration` arithmetic far from overflow.
+/// The longest `Retry-After` the parser returns: a larger value (a proxy's mistake, or a day-long
+/// ban) is read as this. It is the ceiling of `box_rate_max_pause_secs`, which caps what the gateway
+/// then waits, pauses a principal for and passes on (`RetryPolicy::max_retry_after`,
+/// `PacerSettings::max_pause`). An hour also keeps every later `Duration` arithmetic far from
+/// overflow.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// `Retry-After` (RFC 9110 10.2.3): delay-seconds or an HTTP-date, from Box or a proxy in front of

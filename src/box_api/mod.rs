@@ -15,10 +15,10 @@ mod hostile_answers;
 pub use crate::secret::{Secret, SecretSource};
 pub use auth::{DeveloperToken, MintedToken, NoCredentials, StaticToken, TokenProvider};
 pub use client::{BoxClient, BoxUrls, CommitAnswer, NewUpload, Principal, Target};
-pub use error::{BoxError, BoxErrorKind};
+pub use error::{BoxError, BoxErrorKind, MAX_RETRY_AFTER};
 pub use grants::{Grant, JwtApp, Subject, SubjectType};
 pub use pacer::{Admission, NoCapacity, PaceKey, Pacer, PacerSettings};
-pub use retry::RetryPolicy;
+pub use retry::{Attempt, RetryPolicy};
 pub use types::{
     BoxErrorBody, Conflict, FileObject, FileUpdate, FolderCreated, FolderError, MetadataField,
     MetadataOption, MetadataTemplate, SessionEndpoints, SharedLinkUpdate, UploadPart, UploadSession,

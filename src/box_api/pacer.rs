@@ -4,20 +4,26 @@
 //!
 //! Box limits each user (the service account, each `As-User`, each token's own user) to about 1,000
 //! calls and 240 upload calls (new sessions, direct uploads) a minute, and answers 429 past them. The
-//! pacer keeps two GCRA lanes per principal (`state/rate.rs`): calls, and upload calls. Two kinds of
+//! pacer keeps two GCRA lanes per principal (`state/rate.rs`): calls, and upload calls. Three kinds of
 //! waiting:
 //! - a new upload reserves its first upload call (`reserve_upload_call`) before any byte of its body
 //!   is read: it waits at most `wait` for an upload call and a call, fairly among the API keys waiting
 //!   for the same principal (round-robin, in this process), then is refused (503 `box_rate_limited`
 //!   with `Retry-After`); an upload refused before it made that call gives it back (`give_back`);
-//! - every other call (parts, commits, checks, an upload's retries) waits as long as it takes
-//!   (`call`): an upload under way is never failed for the limiter. Those waits stay short because
-//!   admissions are paced to what the call budget can carry.
+//! - every other call of an upload (parts, commits, checks, retries) waits for its place until the
+//!   call's deadline (`call`, `box_call_deadline_secs`): when the room comes later than that (a pause
+//!   past it), it fails at once with the time the room is expected (503 `box_rate_limited` with
+//!   `Retry-After`), like any other Box failure, instead of holding the upload. Those waits are
+//!   otherwise short: admissions are paced to what the call budget can carry;
+//! - cleanup (aborting a session, deleting a file that is not what was sent) never waits
+//!   (`cleanup`): it takes its place when there is one and goes anyway when there is not, since
+//!   held back it would keep the client, a drain and the session waiting.
 //!
-//! A 429 from Box (`throttled`) pauses the principal for every replica until its `Retry-After` and
-//! halves the rate, which climbs back linearly over `RECOVERY` (a lower limit than configured, such as
-//! Box's temporary ones, is found instead of fought). If the state store fails, calls go unpaced
-//! (logged): Box's own 429s and the retries still hold the line.
+//! A 429 from Box (`throttled`) pauses the principal for every replica until its `Retry-After`, at
+//! most `max_pause` (`box_rate_max_pause_secs`), and halves the rate, which climbs back linearly
+//! over `RECOVERY` (a lower limit than configured, such as Box's temporary ones, is found instead of
+//! fought). If the state store fails, calls go unpaced (logged): Box's own 429s and the retries
+//! still hold the line.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +56,9 @@ pub struct PacerSettings {
     pub uploads_per_minute: u32,
     /// How long a new upload may wait for capacity before 503 `box_rate_limited`.
     pub wait: Duration,
+    /// The longest principal-wide pause a 429 starts, whatever its `Retry-After`
+    /// (`box_rate_max_pause_secs`).
+    pub max_pause: Duration,
 }
 
 /// A principal as the pacer knows it: a digest, never a token or a user id in the clear.
@@ -98,12 +107,13 @@ impl Admission {
     }
 }
 
-/// An admission that found no capacity within the wait.
+/// An admission that found no capacity within the wait, or a call none before its deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct NoCapacity {
     pub waited: Duration,
-    /// A fair guess of when capacity may be there: the upload interval times the uploads waiting
-    /// ahead of this one.
+    /// A fair guess of when capacity may be there: for an admission, the upload interval times the
+    /// uploads waiting ahead of this one; for a call, when the store expects its room (the pause's
+    /// end, or the budget's next place).
     pub retry_after: Duration,
 }
 
@@ -242,18 +252,56 @@ impl Pacer {
         }
     }
 
-    /// Waits for the call's place in its principal's budget, however long it takes (the call is part
-    /// of an upload under way, or a check that must happen).
-    pub async fn call(&self, key: &PaceKey, upload: bool) {
+    /// Waits for the call's place in its principal's budget until `deadline` (the call's, across its
+    /// retries): a place that comes later (a pause past it) is not waited for at all, the call fails
+    /// at once with when the room is expected.
+    pub async fn call(
+        &self,
+        key: &PaceKey,
+        upload: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NoCapacity> {
         let started = tokio::time::Instant::now();
         loop {
             let wait = self.try_take(key, upload, false).await;
             if wait == 0 {
                 break;
             }
+            let room_in = Duration::from_millis(wait);
+            if tokio::time::Instant::now() + room_in > deadline {
+                let waited = started.elapsed();
+                self.observe("call", waited);
+                tracing::warn!(
+                    principal = key.label(),
+                    ?room_in,
+                    "no Box capacity for this principal before the call's deadline: the call fails instead of waiting"
+                );
+                return Err(NoCapacity {
+                    waited,
+                    retry_after: room_in,
+                });
+            }
             tokio::time::sleep(nap(wait)).await;
         }
         self.observe("call", started.elapsed());
+        Ok(())
+    }
+
+    /// A cleanup call (an abort, a delete): it takes its place when there is one, so the budget
+    /// knows of it, and goes at once either way (counted). Box may answer it 429 during a pause; the
+    /// caller retries it then (`SessionGuard`, in the background).
+    pub async fn cleanup(&self, key: &PaceKey, endpoint: &'static str) {
+        if self.try_take(key, false, false).await > 0 {
+            tracing::info!(
+                endpoint,
+                principal = key.label(),
+                "a cleanup call goes to Box at once although the pacer has no room for it now"
+            );
+            self.metrics
+                .box_rate_cleanups_unpaced
+                .with_label_values(&[endpoint])
+                .inc();
+        }
     }
 
     /// Counts a call that goes to Box for `key` (by hashed principal).
@@ -283,6 +331,8 @@ impl Pacer {
             ticket,
             served: false,
         };
+        // What the store last said this upload would wait, as the head: a pause's rest.
+        let mut room_in = Duration::ZERO;
         loop {
             let notified = queue.notify.notified();
             tokio::pin!(notified);
@@ -297,6 +347,7 @@ impl Pacer {
                     self.observe("admission", started.elapsed());
                     return Ok(Admission(Arc::new(AtomicBool::new(true))));
                 }
+                room_in = Duration::from_millis(wait);
                 let until = tokio::time::Instant::now() + nap(wait);
                 if until > deadline {
                     break;
@@ -311,7 +362,8 @@ impl Pacer {
             }
         }
         // Each refused upload is told when its turn would have come (its place in the queue), so
-        // the refused come back spread out and keep the budget busy, not all at once.
+        // the refused come back spread out and keep the budget busy, not all at once; and not
+        // before the room the store named (the rest of a pause, at most `max_pause`).
         let ahead = queue
             .state
             .lock()
@@ -325,7 +377,8 @@ impl Pacer {
             n => n,
         };
         let interval = 60.0 / per_minute.max(1) as f64;
-        let retry_after = Duration::from_secs_f64((interval * (ahead + 1) as f64).clamp(1.0, 60.0));
+        let retry_after =
+            Duration::from_secs_f64((interval * (ahead + 1) as f64).clamp(1.0, 60.0)).max(room_in);
         self.metrics.box_rate_refused.with_label_values(&[&who]).inc();
         Err(NoCapacity { waited, retry_after })
     }
@@ -348,10 +401,10 @@ impl Pacer {
     }
 
     /// Box answered 429 to a call for `key`: every replica pauses that principal until `retry_after`
-    /// and slows down.
+    /// (at most `max_pause`) and slows down.
     pub async fn throttled(&self, key: &PaceKey, endpoint: &'static str, retry_after: Option<Duration>) {
         let now = now_ms();
-        let pause = retry_after.unwrap_or(DEFAULT_PAUSE);
+        let pause = self.pause_of(retry_after);
         let throttle = RateThrottle {
             now_ms: now,
             until_ms: now + pause.as_millis() as u64,
@@ -370,6 +423,13 @@ impl Pacer {
         }
         // Counted once the pause is in the store: whoever sees the count also sees the pause.
         self.metrics.box_rate_limited.with_label_values(&[endpoint]).inc();
+    }
+
+    /// How long a 429 with this `Retry-After` pauses its principal. An hour-long pause (a proxy's
+    /// odd header, `Retry-After: 100000000000000000000` read as the parser's ceiling) would stop every
+    /// upload of that Box user on every replica; past `max_pause`, Box's next 429 pauses again.
+    fn pause_of(&self, retry_after: Option<Duration>) -> Duration {
+        retry_after.unwrap_or(DEFAULT_PAUSE).min(self.settings.max_pause)
     }
 
     fn queue(&self, key: &PaceKey) -> Arc<FairQueue> {
@@ -458,25 +518,41 @@ mod tests {
         assert_eq!((fair.head(), fair.count, fair.turns.len()), (None, 0, 0));
     }
 
-    #[tokio::test]
-    async fn calls_of_uploads_under_way_come_before_new_uploads() {
+    /// A pacer over a fresh embedded store (kept alive by the returned directory).
+    fn pacer_of(settings: PacerSettings) -> (Pacer, Arc<GatewayMetrics>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn StateStore> =
             Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
         let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-        let settings = PacerSettings {
+        (Pacer::new(store, settings, metrics.clone()), metrics, dir)
+    }
+
+    /// The defaults' rates, with `max_pause`.
+    fn paced(max_pause: Duration) -> (Pacer, Arc<GatewayMetrics>, tempfile::TempDir) {
+        pacer_of(PacerSettings {
+            calls_per_minute: 900,
+            uploads_per_minute: 220,
+            wait: Duration::from_secs(10),
+            max_pause,
+        })
+    }
+
+    #[tokio::test]
+    async fn calls_of_uploads_under_way_come_before_new_uploads() {
+        let (pacer, _metrics, _dir) = pacer_of(PacerSettings {
             calls_per_minute: 60, // one a second, two at once
             uploads_per_minute: 600,
             wait: Duration::from_millis(300),
-        };
-        let pacer = Pacer::new(store, settings, metrics);
+            max_pause: Duration::from_secs(120),
+        });
         let key = PaceKey::of("gateway", None);
         let started = tokio::time::Instant::now();
-        pacer.call(&key, false).await;
+        let deadline = started + Duration::from_secs(60);
+        pacer.call(&key, false, deadline).await.unwrap();
         // Half the call burst is spent: a new upload waits (and is refused after the wait) ...
         assert!(pacer.reserve_upload_call(&key, "k").await.is_err());
         // ... while a call of an upload under way still goes at once.
-        pacer.call(&key, false).await;
+        pacer.call(&key, false, deadline).await.unwrap();
         assert!(
             started.elapsed() < Duration::from_millis(900),
             "{:?}",
@@ -486,16 +562,13 @@ mod tests {
 
     #[tokio::test]
     async fn admissions_are_bounded_and_fair() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn StateStore> =
-            Arc::new(crate::state::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
-        let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-        let settings = PacerSettings {
+        let (pacer, _metrics, _dir) = pacer_of(PacerSettings {
             calls_per_minute: 6000,
             uploads_per_minute: 60, // one a second, two at once
             wait: Duration::from_secs(3),
-        };
-        let pacer = Arc::new(Pacer::new(store, settings, metrics.clone()));
+            max_pause: Duration::from_secs(120),
+        });
+        let pacer = Arc::new(pacer);
         let key = PaceKey::of("gateway", None);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -531,5 +604,93 @@ mod tests {
             assert!(r.retry_after >= Duration::from_secs(1), "{r:?}");
             assert!(r.waited >= Duration::from_millis(900), "{r:?}");
         }
+    }
+
+    /// The header: `Retry-After: 100000000000000000000`, read as the parser's ceiling (an
+    /// hour), pauses the principal for `max_pause` only; a call whose deadline comes before the
+    /// pause's end does not wait for it at all, and is told when the room comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_is_capped_and_a_call_it_outlasts_fails_at_once() {
+        let (pacer, _metrics, _dir) = paced(Duration::from_secs(120));
+        let key = PaceKey::of("gateway", None);
+        let asked =
+            crate::box_api::error::retry_after_value("100000000000000000000", std::time::SystemTime::now());
+        assert_eq!(asked, Some(crate::box_api::MAX_RETRY_AFTER));
+        pacer.throttled(&key, "upload_part", asked).await;
+        let started = tokio::time::Instant::now();
+        let refused = pacer
+            .call(&key, false, started + Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::ZERO, "not waited for");
+        assert!(
+            refused.retry_after > Duration::from_secs(110) && refused.retry_after <= Duration::from_secs(120),
+            "the capped pause, not an hour: {refused:?}"
+        );
+        // Another principal is not paused.
+        let other = PaceKey::of("gateway", Some("7"));
+        pacer
+            .call(&other, true, started + Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+
+    /// No `Retry-After` pauses for `DEFAULT_PAUSE`; a `max_pause` below that caps it too.
+    #[test]
+    fn pauses_are_capped_by_the_setting() {
+        let (pacer, _metrics, _dir) = paced(Duration::from_secs(120));
+        assert_eq!(pacer.pause_of(None), DEFAULT_PAUSE);
+        assert_eq!(
+            pacer.pause_of(Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            pacer.pause_of(Some(crate::box_api::MAX_RETRY_AFTER)),
+            Duration::from_secs(120)
+        );
+        let (short, _metrics, _dir) = paced(Duration::from_secs(1));
+        assert_eq!(short.pause_of(None), Duration::from_secs(1));
+    }
+
+    /// A pause that ends before the deadline is waited out (on the wall clock the store keeps).
+    #[tokio::test]
+    async fn a_call_waits_for_a_pause_that_ends_before_its_deadline() {
+        let (pacer, _metrics, _dir) = paced(Duration::from_secs(120));
+        let key = PaceKey::of("gateway", None);
+        pacer
+            .throttled(&key, "upload_part", Some(Duration::from_millis(300)))
+            .await;
+        let started = tokio::time::Instant::now();
+        pacer
+            .call(&key, false, started + Duration::from_secs(5))
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+    }
+
+    /// Cleanup is never held by a pause: it goes at once, counted as unpaced.
+    #[tokio::test(start_paused = true)]
+    async fn cleanup_goes_at_once_during_a_pause() {
+        let (pacer, metrics, _dir) = paced(Duration::from_secs(120));
+        let key = PaceKey::of("gateway", None);
+        let started = tokio::time::Instant::now();
+        pacer.cleanup(&key, "abort").await;
+        let unpaced = || {
+            metrics
+                .box_rate_cleanups_unpaced
+                .with_label_values(&["abort"])
+                .get()
+        };
+        assert_eq!(unpaced(), 0, "there was room: it took its place");
+        pacer
+            .throttled(&key, "upload_part", Some(Duration::from_secs(3600)))
+            .await;
+        pacer.cleanup(&key, "abort").await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(unpaced(), 1);
     }
 }

@@ -17,25 +17,47 @@ pub struct RetryPolicy {
     /// deadline is dropped, and a wait that would end after it is not started (the last error is
     /// answered, with its `Retry-After` for the gateway's client).
     pub deadline: Duration,
+    /// The longest wait taken from a `Retry-After` (`box_rate_max_pause_secs`), and the longest one
+    /// a failed call's error carries on to the gateway's client.
+    pub max_retry_after: Duration,
+}
+
+/// One attempt of a call: its number (from 1) and the call's deadline, which bounds its wait for
+/// the pacer's room too.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub number: u32,
+    pub deadline: tokio::time::Instant,
 }
 
 impl RetryPolicy {
     /// Delay before attempt `attempt + 1` (attempt counts from 1): full jitter over a capped
-    /// exponential, but never shorter than what Box asked for with `Retry-After`.
+    /// exponential, but never shorter than what Box asked for with `Retry-After` (itself at most
+    /// `max_retry_after`).
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .base_delay
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let capped = exp.min(self.max_delay);
         let jittered = capped.mul_f64(fastrand::f64());
-        retry_after.map_or(jittered, |asked| asked.max(jittered))
+        retry_after.map_or(jittered, |asked| asked.min(self.max_retry_after).max(jittered))
     }
 
-    /// Runs `call` until it succeeds, fails for good, or the attempts are spent.
-    /// `on_retry` runs before each new attempt (e.g. to list parts after a 5xx on a part).
-    pub async fn run<T, F, Fut>(&self, metrics: &GatewayMetrics, mut call: F) -> Result<T, BoxError>
+    /// Runs `call` until it succeeds, fails for good, or the attempts are spent. The error answered
+    /// carries a `Retry-After` of at most `max_retry_after`.
+    pub async fn run<T, F, Fut>(&self, metrics: &GatewayMetrics, call: F) -> Result<T, BoxError>
     where
-        F: FnMut(u32) -> Fut,
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, BoxError>>,
+    {
+        self.attempts(metrics, call)
+            .await
+            .map_err(|err| err.capped(self.max_retry_after))
+    }
+
+    async fn attempts<T, F, Fut>(&self, metrics: &GatewayMetrics, mut call: F) -> Result<T, BoxError>
+    where
+        F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, BoxError>>,
     {
         let started = Instant::now();
@@ -44,7 +66,11 @@ impl RetryPolicy {
         // The deadline's error is named after the endpoint that failed last, if any did.
         let mut endpoint = "call";
         loop {
-            let answer = match tokio::time::timeout_at(deadline, call(attempt)).await {
+            let this = Attempt {
+                number: attempt,
+                deadline,
+            };
+            let answer = match tokio::time::timeout_at(deadline, call(this)).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     let err = BoxError::new(endpoint, BoxErrorKind::Deadline(self.deadline));
@@ -95,6 +121,7 @@ mod tests {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
             deadline: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(120),
         }
     }
 
@@ -140,6 +167,39 @@ mod tests {
         assert_eq!(err.status(), Some(429));
         assert_eq!(calls.into_inner(), 1);
         assert_eq!(started.elapsed(), Duration::ZERO);
+        // The client hears the capped wait, not the hour Box (or a proxy) asked for.
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    }
+
+    /// A `Retry-After` longer than `max_retry_after` is waited for only that long, within the
+    /// deadline: the call lands after the capped wait, not after the hour asked for.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_is_waited_for_at_most_the_cap() {
+        let metrics = GatewayMetrics::new(&prometheus::Registry::new()).unwrap();
+        let policy = RetryPolicy {
+            deadline: Duration::from_secs(900),
+            ..policy()
+        };
+        let started = tokio::time::Instant::now();
+        let answer = policy
+            .run(&metrics, |attempt| async move {
+                assert_eq!(attempt.deadline, started + Duration::from_secs(900));
+                match attempt.number {
+                    1 => Err(BoxError::new(
+                        "upload_part",
+                        BoxErrorKind::Status {
+                            status: 429,
+                            body: Box::default(),
+                            retry_after: Some(Duration::from_secs(3600)),
+                        },
+                    )),
+                    n => Ok(n),
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, 2);
+        assert_eq!(started.elapsed(), Duration::from_secs(120));
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub struct Settings {
     pub box_rate_uploads_per_minute: u32,
     /// How long a new upload may wait for Box capacity before 503 `box_rate_limited`.
     pub box_rate_wait_secs: u64,
+    /// The longest wait taken from a `Retry-After` of Box (or a proxy): a 429's pause of its
+    /// principal on every replica, a retry's wait, and the `Retry-After` passed on to clients
+    /// (`BOX_RATE_MAX_PAUSE_SECS`); 1 to 3600.
+    pub box_rate_max_pause_secs: u64,
     /// The folder id uploads by path start from when the caller has no API key (`GATEWAY_PATH_ROOT`;
     /// a key's own `path_root` is its root). `0` is the Box user's All Files.
     #[serde(deserialize_with = "text_like")]
@@ -298,6 +302,13 @@ impl Default for Settings {
             box_rate_calls_per_minute: 900,
             box_rate_uploads_per_minute: 220,
             box_rate_wait_secs: 10,
+            // Box counts its limits per minute (box-api.md): an honest Retry-After is the rest of
+            // the current minute, at most 60 s. Twice that leaves room for Box's temporary lower
+            // limits, while an odd header (`Retry-After: 100000000000000000000` from a proxy)
+            // stops a Box user's uploads for two minutes instead of an hour. A longer real ban is
+            // still honoured, one pause at a time: the first call after a pause meets Box's 429
+            // again and pauses again.
+            box_rate_max_pause_secs: 120,
             path_root: "0".into(),
             // A few minutes: a burst of uploads into one path asks Box once, and a folder moved in
             // Box stops receiving uploads by its old path soon after.
@@ -371,30 +382,44 @@ mod tests {
             box_rate_calls_per_minute: 100,
             box_rate_uploads_per_minute: 200,
             box_rate_wait_secs: 7200,
+            box_rate_max_pause_secs: 3601,
             ..Default::default()
         };
         let problems = bad.validate().unwrap_err().join("\n");
         assert!(problems.contains("box_rate_uploads_per_minute"), "{problems}");
         assert!(problems.contains("box_rate_wait_secs"), "{problems}");
+        assert!(problems.contains("box_rate_max_pause_secs: 3601"), "{problems}");
+        let no_pause = Settings {
+            box_rate_max_pause_secs: 0,
+            ..bad
+        };
+        let problems = no_pause.validate().unwrap_err().join("\n");
+        assert!(problems.contains("box_rate_max_pause_secs"), "{problems}");
         let ok = Settings {
             box_developer_token: Some(Secret::new("t")),
             allow_anonymous: true,
             ..Default::default()
         };
-        let pacer = ok.validate().unwrap().box_side.pacer;
+        let box_side = ok.validate().unwrap().box_side;
+        let pacer = box_side.pacer;
         assert_eq!((pacer.calls_per_minute, pacer.uploads_per_minute), (900, 220));
+        // One cap for the pause and for every Retry-After the retries take or pass on.
+        assert_eq!(pacer.max_pause, Duration::from_secs(120));
+        assert_eq!(box_side.retry.max_retry_after, pacer.max_pause);
         figment::Jail::expect_with(|jail| {
             jail.set_env("BOX_RATE_CALLS_PER_MINUTE", "500");
             jail.set_env("BOX_RATE_UPLOADS_PER_MINUTE", "100");
             jail.set_env("BOX_RATE_WAIT_SECS", "3");
+            jail.set_env("BOX_RATE_MAX_PAUSE_SECS", "30");
             let s = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(
                 (
                     s.box_rate_calls_per_minute,
                     s.box_rate_uploads_per_minute,
-                    s.box_rate_wait_secs
+                    s.box_rate_wait_secs,
+                    s.box_rate_max_pause_secs
                 ),
-                (500, 100, 3)
+                (500, 100, 3, 30)
             );
             Ok(())
         });

@@ -110,6 +110,8 @@ impl Settings {
                 ("box_connect_timeout_secs", self.box_connect_timeout_secs),
                 ("box_request_timeout_secs", self.box_request_timeout_secs),
                 ("box_retry_max_attempts", self.box_retry_max_attempts as u64),
+                // 0 would not pause at all: the retries would meet Box's 429 again at once.
+                ("box_rate_max_pause_secs", self.box_rate_max_pause_secs),
             ],
         );
         if self.box_call_deadline_secs < self.box_request_timeout_secs {
@@ -124,6 +126,12 @@ impl Settings {
             problems.push(format!(
                 "box_rate_uploads_per_minute: {} is above box_rate_calls_per_minute ({}); every upload call is a call too",
                 self.box_rate_uploads_per_minute, self.box_rate_calls_per_minute
+            ));
+        }
+        if self.box_rate_max_pause_secs > crate::box_api::MAX_RETRY_AFTER.as_secs() {
+            problems.push(format!(
+                "box_rate_max_pause_secs: {} is over an hour (the longest Retry-After the gateway reads); one odd header would stop a Box user's uploads that long",
+                self.box_rate_max_pause_secs
             ));
         }
         if self.box_rate_wait_secs > 3600 {
@@ -145,11 +153,13 @@ impl Settings {
                     self.box_retry_max_delay_ms.max(self.box_retry_base_delay_ms),
                 ),
                 deadline: Duration::from_secs(self.box_call_deadline_secs),
+                max_retry_after: Duration::from_secs(self.box_rate_max_pause_secs),
             },
             pacer: PacerSettings {
                 calls_per_minute: self.box_rate_calls_per_minute,
                 uploads_per_minute: self.box_rate_uploads_per_minute,
                 wait: Duration::from_secs(self.box_rate_wait_secs),
+                max_pause: Duration::from_secs(self.box_rate_max_pause_secs),
             },
         })
     }

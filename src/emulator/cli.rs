@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Run the strict Box-compatible emulator.
+/// Session and token lifetimes are added to the clock as dates: a huge one would overflow them.
+const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
 #[derive(Debug, clap::Args)]
 pub struct EmulatorArgs {
     /// Address to listen on.
@@ -28,11 +31,11 @@ pub struct EmulatorArgs {
     /// Send 409 context_info.conflicts as an array instead of an object.
     #[arg(long)]
     pub conflicts_as_array: bool,
-    /// Upload session lifetime in seconds.
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    /// Upload session lifetime in seconds (at most ten years: dates past that are not Box's).
+    #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
     pub session_ttl_secs: u64,
-    /// expires_in of issued tokens, in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// expires_in of issued tokens, in seconds (at most ten years).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
     pub token_ttl_secs: u64,
     /// JWT public key to verify assertions signed with that key id: KID=PEM_FILE (repeatable).
     #[arg(long = "jwt-public-key", value_parser = parse_key_arg)]
@@ -190,6 +193,14 @@ mod tests {
         );
         assert_eq!(c.session_ttl, Duration::from_secs(7 * 24 * 3600));
         assert!(c.tokens.is_empty() && c.faults == FaultPlan::default());
+    }
+
+    #[test]
+    fn lifetimes_that_would_overflow_a_date_are_refused() {
+        for flag in ["--session-ttl-secs", "--token-ttl-secs"] {
+            let argv = ["emulator", flag, "18446744073709551615"];
+            assert!(Cli::try_parse_from(argv).is_err(), "{flag}");
+        }
     }
 
     #[test]

@@ -1031,7 +1031,9 @@ impl Pipeline {
         let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
         let budget = self.settings.commit_timeout;
         self.on_rt(async move {
-            let deadline = Instant::now() + budget;
+            // Also the bound of each attempt's wait for the pacer's room: a commit that cannot have
+            // room in time fails at once (503 `box_rate_limited`) and the session is aborted.
+            let deadline = tokio::time::Instant::now() + budget;
             let policy = client.retry_policy().clone();
             // Counts the commit's failures only: 202s (Box still processing the parts) are polled
             // apart, bounded by `commit_timeout` alone, so they never spend the error retries.
@@ -1039,7 +1041,7 @@ impl Pipeline {
             let mut lost = false;
             let mut mismatch_since = None;
             loop {
-                let err = match client.commit(&session, &upload, &sha1, &parts).await {
+                let err = match client.commit(&session, &upload, &sha1, &parts, deadline).await {
                     Ok(CommitAnswer::Committed(file)) => return Ok(Committed::Answered(file)),
                     Ok(CommitAnswer::Pending(retry_after)) => {
                         // A `Retry-After: 0` (or none) still waits a little: a Box that answers 202
@@ -1128,13 +1130,13 @@ enum Committed {
 
 /// Sleeps before another commit attempt, unless that would pass the commit's deadline.
 async fn wait_within(
-    deadline: Instant,
+    deadline: tokio::time::Instant,
     budget: Duration,
     delay: Duration,
     metrics: &GatewayMetrics,
     reason: &'static str,
 ) -> Result<(), UploadError> {
-    if Instant::now() + delay > deadline {
+    if tokio::time::Instant::now() + delay > deadline {
         return Err(UploadError::CommitTimedOut(budget));
     }
     metrics.box_retries.with_label_values(&["commit", reason]).inc();

@@ -14,6 +14,7 @@ mod gateway_ready;
 mod gateway_sizes;
 pub mod helpers;
 mod hostile;
+mod pacer_deadline;
 mod page;
 mod paths;
 mod pipeline;

@@ -339,6 +339,7 @@ async fn a_direct_uploads_bytes_stay_in_the_budget_until_box_has_them() {
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(10),
             deadline: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(60),
         },
     );
     let (pipeline, metrics) = (&replica.pipeline, &replica.metrics);

@@ -44,6 +44,7 @@ impl Replica {
                 base_delay: Duration::from_millis(10),
                 max_delay: Duration::from_millis(50),
                 deadline: Duration::from_secs(30),
+                max_retry_after: Duration::from_secs(60),
             },
         )
     }
