@@ -50,7 +50,9 @@ use super::AppState;
 use crate::access::{Caller, LinkSlot, QuotaCost, QuotaTaken};
 use crate::box_api::{Admission, PaceKey};
 use crate::error::ApiError;
-use crate::pipeline::{Pipeline, Prepared, ResolvedFolder, Resumable, UploadRequest};
+use crate::pipeline::{
+    CheckedFields, FileFields, Pipeline, Prepared, ResolvedFolder, Resumable, UploadRequest,
+};
 use crate::routes::params::PathUpload;
 
 /// The request's caller: authenticated on the first call (with pass-through, its token checked with
@@ -71,6 +73,22 @@ pub async fn plain_caller(req: &HttpRequest, state: &AppState) -> Result<Arc<Cal
     let caller = caller(req, state).await?;
     caller.check_plain_upload()?;
     Ok(caller)
+}
+
+/// The last of step 2's Box reads: the fields' metadata checked against its templates' schemas, as
+/// the caller's principal sees them (422 `invalid_metadata` naming the field; no Box call when there
+/// is no metadata, or its schemas are cached).
+pub async fn check_fields(
+    state: &AppState,
+    caller: &Caller,
+    fields: FileFields,
+) -> Result<CheckedFields, ApiError> {
+    state
+        .pipeline
+        .acting_as(&caller.principal)
+        .check_fields(fields)
+        .await
+        .map_err(|e| caller.box_error(ApiError::logged(e)))
 }
 
 /// What a new upload costs beyond its quota of uploads, known before its body is read.

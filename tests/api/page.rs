@@ -51,7 +51,7 @@ async fn links_app(chunk: u64) -> TestApp {
     .await
 }
 
-async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, Value) {
+pub(crate) async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, Value) {
     let mut request = app
         .http
         .post(format!("{}/v1/upload-links", app.address))
@@ -64,7 +64,7 @@ async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, V
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-fn token_of(url: &str) -> &str {
+pub(crate) fn token_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 

@@ -196,12 +196,7 @@ async fn create(
     if let Target::NewVersion { file_id, .. } = &request.upload.target {
         caller.check_file(&state.pipeline, file_id).await?;
     }
-    let fields = state
-        .pipeline
-        .acting_as(&caller.principal)
-        .check_fields(fields)
-        .await
-        .map_err(|e| caller.box_error(ApiError::logged(e)))?;
+    let fields = admission::check_fields(state, caller, fields).await?;
     let expires_at = now_secs() + state.tus.expiration.as_secs();
     let mut reservation = admission::admit(
         state,

@@ -394,12 +394,7 @@ impl Upload {
             (Target::NewFile { folder_id, .. }, None) => caller.check_folder(folder_id)?,
             (Target::NewVersion { file_id, .. }, None) => caller.check_file(&state.pipeline, file_id).await?,
         }
-        let fields = state
-            .pipeline
-            .acting_as(&caller.principal)
-            .check_fields(fields)
-            .await
-            .map_err(|e| caller.box_error(ApiError::logged(e)))?;
+        let fields = admission::check_fields(state, caller, fields).await?;
         let mut reservation = admission::admit(
             state,
             caller,
