@@ -426,6 +426,43 @@ mod tests {
     }
 
     #[test]
+    fn upload_by_path_settings_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            // A folder id from the environment arrives as a number: it is taken as its text.
+            jail.set_env("GATEWAY_PATH_ROOT", "250000");
+            jail.set_env("GATEWAY_PATH_CACHE_TTL_SECS", "60");
+            jail.set_env("GATEWAY_METADATA_SCHEMA_CACHE_MAX_ENTRIES", "10");
+            let s = Settings {
+                box_developer_token: Some(Secret::new("t")),
+                allow_anonymous: true,
+                ..Settings::load(None).map_err(|e| e.to_string())?
+            };
+            let paths = s.validate().unwrap().paths;
+            assert_eq!(paths.default_root, "250000");
+            assert_eq!(paths.caches.path_cache_ttl, Duration::from_secs(60));
+            assert_eq!(paths.caches.schema_cache_max_entries, 10);
+            assert_eq!(paths.caches.schema_cache_ttl, Duration::from_secs(300));
+            Ok(())
+        });
+        let bad = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            path_root: "All Files".into(),
+            path_cache_max_entries: 0,
+            metadata_schema_cache_ttl_secs: 90_000,
+            ..Default::default()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in [
+            "path_root",
+            "path_cache_max_entries",
+            "metadata_schema_cache_ttl_secs",
+        ] {
+            assert!(problems.contains(key), "{key} not named: {problems}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_named() {
         let bad = Settings {
             listen: "nowhere".into(),
