@@ -18,6 +18,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,11 @@ FULL = {
     "rl_clients": 24,
     # Longer than Box's one-minute window, so the unpaced runs meet the storm, not a fresh minute.
     "rl_seconds": 120,
+    # The wire (issue 27): TLS, 50 ms round trips, 25 MB/s per connection.
+    "wire_bytes": 200_000_000,
+    "wire_concurrency": [1, 4, 8, 16, 32],
+    "wire_rtt_ms": 50,
+    "wire_bandwidth": 25_000_000,
 }
 SMOKE = {
     "cpu_bytes": 48 * MIB,
@@ -90,6 +96,10 @@ SMOKE = {
     "hostile_chunks": [1, 7, 1024, 64 * 1024],
     "rl_clients": 8,
     "rl_seconds": 12,
+    "wire_bytes": 24_000_000,
+    "wire_concurrency": [1, 4],
+    "wire_rtt_ms": 5,
+    "wire_bandwidth": 50_000_000,
 }
 
 
@@ -132,13 +142,14 @@ def stop(proc):
         proc.wait()
 
 
-def wait_http(url, proc, what):
+def wait_http(url, proc, what, context=None):
+    """`context`: a callable giving the TLS context to trust the server with (None until it can)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}; see {proc.args}")
         try:
-            urllib.request.urlopen(url, timeout=1).read()
+            urllib.request.urlopen(url, timeout=1, context=context and context()).read()
             return
         except Exception:
             time.sleep(0.05)
@@ -149,21 +160,34 @@ class Emulator:
     """`box-upload-gateway emulator` in its own process; `--discard-content` keeps it out of the CPU
     figures (chunked bytes are checked against Box's rules but neither hashed nor written)."""
 
-    def __init__(self, binary, logs, delay_ms=0, bandwidth=None, extra=()):
+    def __init__(self, binary, logs, delay_ms=0, bandwidth=None, extra=(), tls=False):
+        """`tls`: HTTPS with a certificate the emulator makes, trusted through its CA file; `extra`
+        adds its shaping (`--rtt-ms`, `--conn-bytes-per-sec`, `--h2-*-window-bytes`)."""
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix="box-bench-emulator-", dir="/dev/shm")
+        self.ca_file = os.path.join(self.data_dir, "tls", "ca.pem") if tls else None
+        self.context = None
         args = [binary, "emulator", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir,
-                "--discard-content", "--delay-ms", str(delay_ms), *extra]
+                "--discard-content", "--delay-ms", str(delay_ms), *extra] + (["--tls"] if tls else [])
         if bandwidth:
             args += ["--bandwidth-bytes-per-sec", str(bandwidth)]
         self.log = open(os.path.join(logs, f"emulator-{self.port}.log"), "w")
         env = dict(os.environ, RUST_LOG="warn")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        wait_http(f"{self.base}/_emulator/state", self.proc, "the emulator")
+        wait_http(f"{self.base}/_emulator/state", self.proc, "the emulator", self.tls_context if tls else None)
+
+    def tls_context(self):
+        if self.context is None and os.path.exists(self.ca_file):
+            self.context = ssl.create_default_context(cafile=self.ca_file)
+        return self.context
 
     def state(self):
-        return json.load(urllib.request.urlopen(f"{self.base}/_emulator/state"))
+        return json.load(urllib.request.urlopen(f"{self.base}/_emulator/state", context=self.context))
+
+    def reset_max_in_flight(self):
+        request = urllib.request.Request(f"{self.base}/_emulator/reset-max-parts-in-flight", method="POST")
+        urllib.request.urlopen(request, context=self.context).read()
 
     def stop(self):
         stop(self.proc)
@@ -185,6 +209,7 @@ class Gateway:
                    GATEWAY_STATE_DIR=os.path.join(logs, f"gateway-state-{self.port}"),
                    BOX_API_URL=f"{emulator.base}/2.0", BOX_UPLOAD_URL=f"{emulator.base}/api/2.0",
                    BOX_TOKEN_URL=f"{emulator.base}/oauth2/token", BOX_DEVELOPER_TOKEN=TOKEN,
+                   **({"BOX_CA_FILE": emulator.ca_file} if emulator.ca_file else {}),
                    **(env or {}))
         self.log = open(os.path.join(logs, f"gateway-{self.port}.log"), "w")
         self.proc = subprocess.Popen([binary, "serve"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -299,8 +324,11 @@ def measure_cpu(ctx, emulator, path, size):
     speed meanwhile (the floors move by 20 % between minutes on a shared host) weighs on both sides.
     """
     floors, twin_floors, fused = [], [], None
-    runs = {"multipart": [], "raw": []}
+    runs = {"multipart": [], "raw": [], "raw_tls": []}
+    # The same raw upload to an emulator that serves TLS (no shaping): what TLS adds to the gateway.
+    tls_emulator = Emulator(ctx.gateway, ctx.logs, tls=True)
     gw = Gateway(ctx.gateway, emulator, ctx.logs)
+    tls_gw = Gateway(ctx.gateway, tls_emulator, ctx.logs)
     try:
         for _ in range(ctx.cfg["cpu_runs"]):
             out = subprocess.run([ctx.tools, "floor", str(size)], capture_output=True, check=True, text=True)
@@ -310,20 +338,23 @@ def measure_cpu(ctx, emulator, path, size):
             twin_floors.append(twin["cpu_seconds"] * GIB / size)
             fused = twin["fused"]
             for kind in runs:
-                g0, e0 = cpu_seconds(gw.pid), cpu_seconds(emulator.proc.pid)
+                g, e = (tls_gw, tls_emulator) if kind == "raw_tls" else (gw, emulator)
+                g0, e0 = cpu_seconds(g.pid), cpu_seconds(e.proc.pid)
                 if kind == "multipart":
-                    wall, answer = multipart_upload(gw, path)
+                    wall, answer = multipart_upload(g, path)
                 else:
-                    wall, answer = raw_upload(raw_url(gw), path)
+                    wall, answer = raw_upload(raw_url(g), path)
                 check_landed(answer, size)
                 runs[kind].append({
-                    "gateway_cpu_per_gib": (cpu_seconds(gw.pid) - g0) * GIB / size,
-                    "emulator_cpu_per_gib": (cpu_seconds(emulator.proc.pid) - e0) * GIB / size,
+                    "gateway_cpu_per_gib": (cpu_seconds(g.pid) - g0) * GIB / size,
+                    "emulator_cpu_per_gib": (cpu_seconds(e.proc.pid) - e0) * GIB / size,
                     "wall": wall,
                 })
                 log(f"cpu {kind}: {runs[kind][-1]}")
     finally:
         gw.stop()
+        tls_gw.stop()
+        tls_emulator.stop()
     floor, twin_floor = median(floors), median(twin_floors)
     result = {"floor_cpu_per_gib": floor, "floor_runs": floors, "twin_floor_cpu_per_gib": twin_floor,
               "twin_floor_runs": twin_floors, "fused": fused, "bytes": size}
@@ -504,6 +535,111 @@ def measure_small(ctx, emulator, _path=None, _size=None):
     finally:
         gw.stop()
     return result
+
+
+# ------------------------------------------------------------------------------------------- the wire
+
+# (key, label, box_http_version, the emulator's HTTP/2 windows: stream, connection; None: 65,535)
+WIRE_POLICIES = [
+    ("http1", "HTTP/1.1 (the default)", "http1", None),
+    ("http2", "HTTP/2, emulator windows 64 KiB", "http2", None),
+    ("http2_tuned", "HTTP/2, emulator windows 4 MiB / 16 MiB", "http2", (4 * MIB, 16 * MIB)),
+]
+
+
+def ideal_wall(size, part_size, in_flight, rtt, bandwidth):
+    """The schedule a perfect client keeps on this wire: a round trip for the session, then the parts
+    in rounds of `in_flight` (each round as long as its largest part at the per-connection bandwidth,
+    plus a round trip), then a round trip for the commit. No handshakes, no CPU."""
+    sizes = [min(part_size, size - offset) for offset in range(0, size, part_size)]
+    rounds = [sizes[i:i + in_flight] for i in range(0, len(sizes), in_flight)]
+    return rtt + sum(max(r) / bandwidth + rtt for r in rounds) + rtt
+
+
+def measure_wire(ctx, _emulator, path, size):
+    """A raw PUT through the gateway to an emulator over TLS with a round trip and a bandwidth cap per
+    connection, by `box_http_version` and the HTTP/2 windows the emulator advertises, by parts in
+    flight; against the ideal schedule. A fresh gateway per run (its connections start cold)."""
+    cfg = ctx.cfg
+    rtt, bandwidth = cfg["wire_rtt_ms"] / 1000, cfg["wire_bandwidth"]
+    result = {"bytes": size, "rtt_ms": cfg["wire_rtt_ms"], "bandwidth": bandwidth, "policies": []}
+    for key, label, version, windows in WIRE_POLICIES:
+        extra = ["--rtt-ms", str(cfg["wire_rtt_ms"]), "--conn-bytes-per-sec", str(bandwidth)]
+        if windows:
+            extra += ["--h2-stream-window-bytes", str(windows[0]), "--h2-connection-window-bytes", str(windows[1])]
+        emulator = Emulator(ctx.gateway, ctx.logs, extra=extra, tls=True)
+        rows = []
+        try:
+            for c in cfg["wire_concurrency"]:
+                # Room in the budget for every part in flight (Box's 8 MiB parts), so only the wire limits.
+                budget = max(256 * MIB, (c + 2) * 8 * MIB)
+                gw = Gateway(ctx.gateway, emulator, ctx.logs, part_concurrency=c,
+                             env={"BOX_HTTP_VERSION": version, "GATEWAY_MEMORY_BUDGET_BYTES": str(budget)})
+                try:
+                    before = emulator.state()["counters"]
+                    emulator.reset_max_in_flight()
+                    g0 = cpu_seconds(gw.pid)
+                    wall, answer = raw_upload(raw_url(gw), path)
+                    cpu = cpu_seconds(gw.pid) - g0
+                    after = emulator.state()["counters"]
+                finally:
+                    gw.stop()
+                upload = check_landed(answer, size)
+                ideal = ideal_wall(size, upload["part_size"], c, rtt, bandwidth)
+                rows.append({"part_concurrency": c, "wall": wall, "mb_s": size / wall / 1e6, "ideal_wall": ideal,
+                             "ideal_mb_s": size / ideal / 1e6, "of_ideal": ideal / wall,
+                             "gateway_cpu_per_gib": cpu * GIB / size, "part_size": upload["part_size"],
+                             "connections": after["connections"] - before["connections"],
+                             "http2_parts": after["part_uploads_http2"] - before["part_uploads_http2"],
+                             "max_parts_in_flight": after["max_parts_in_flight"],
+                             "max_parts_per_connection": after["max_parts_in_flight_per_connection"]})
+                log(f"wire {key}: {rows[-1]}")
+        finally:
+            emulator.stop()
+        result["policies"].append({"key": key, "label": label, "version": version, "windows": windows, "rows": rows})
+    return result
+
+
+def render_wire(w):
+    rows0 = w["policies"][0]["rows"]
+    out = ["### The wire: TLS, round trips, a bandwidth cap per connection", "",
+           f"A {fmt_size(w['bytes'])} random file, `curl -T` through a fresh gateway per run, to an emulator serving "
+           f"TLS (`--tls`, trusted through `BOX_CA_FILE`) that adds {w['rtt_ms']} ms to every round trip and caps each "
+           f"connection at {w['bandwidth'] / 1e6:.0f} MB/s each way (`--rtt-ms`, `--conn-bytes-per-sec`), by "
+           "`box_http_version` and by the HTTP/2 windows the emulator advertises (default 65,535 bytes, as many "
+           "servers keep). Ideal: a round trip for the session, the parts in rounds of *parts in flight* (each "
+           "round its largest part at the cap, plus a round trip), a round trip for the commit; no handshakes, no "
+           "CPU. Connections: what the emulator accepted during the run (the gateway's readiness check and calls "
+           "included); *parts/conn*: the most part uploads the emulator had at once on one connection. Gateway CPU "
+           "with TLS included. One run each.", "",
+           "| policy | parts in flight | MB/s | ideal MB/s | **of ideal** | wall | connections | parts/conn "
+           "| parts over HTTP/2 | gateway CPU-s/GiB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in w["policies"]:
+        for r in p["rows"]:
+            out.append(f"| {p['label']} | {r['part_concurrency']} | {r['mb_s']:.1f} | {r['ideal_mb_s']:.1f} | "
+                       f"**{r['of_ideal'] * 100:.0f} %** | {r['wall']:.1f} s | {r['connections']} | "
+                       f"{r['max_parts_per_connection']} | {r['http2_parts']} | {r['gateway_cpu_per_gib']:.2f} |")
+    return out + ["", f"Part size {mib(rows0[0]['part_size'])}.", ""]
+
+
+def wire_chart(plt, w, out_dir):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [r["part_concurrency"] for r in w["policies"][0]["rows"]]
+    ax.plot(xs, [r["ideal_mb_s"] for r in w["policies"][0]["rows"]], linestyle="--", color="grey",
+            label="ideal schedule")
+    for p in w["policies"]:
+        ax.plot([r["part_concurrency"] for r in p["rows"]], [r["mb_s"] for r in p["rows"]], marker="o",
+                label=p["label"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("part_concurrency (parts in flight)")
+    ax.set_ylabel("MB/s")
+    ax.set_title(f"{fmt_size(w['bytes'])} over TLS, {w['rtt_ms']} ms RTT, "
+                 f"{w['bandwidth'] / 1e6:.0f} MB/s per connection")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "wire.png"), dpi=110)
 
 
 # ------------------------------------------------------------------------------------ hostile clients
@@ -820,6 +956,7 @@ SECTIONS = [
     ("rss", "peak RSS by size", measure_rss, None),
     ("many", "concurrent uploads against the memory budget", measure_many, "many_bytes"),
     ("throughput", "throughput by part concurrency, against the Box SDK", measure_throughput, "tp_bytes"),
+    ("wire", "the wire: TLS, round trips and a cap per connection, by HTTP version", measure_wire, "wire_bytes"),
     ("small", "small files", measure_small, None),
     ("hostile", "hostile clients", measure_hostile, None),
     ("ratelimits", "Box's rate limits, 1 and 2 replicas, pacer on and off", measure_rate_limits, None),
@@ -872,6 +1009,8 @@ def report(r):
         out += render_many(many)
     if tp:
         out += render_throughput(tp)
+    if r.get("wire"):
+        out += render_wire(r["wire"])
     if small:
         out += render_small(small)
     if r.get("hostile"):
@@ -891,15 +1030,20 @@ def render_cpu(cpu):
             f"Fused floor: `bench-tools twin-floor`, the same bytes in the same pieces through the gateway's own "
             f"`TwinSha1` (both chains in one pass; fused two-lane SHA-NI on this CPU: "
             f"{'yes' if cpu['fused'] else 'no'}), median of {len(cpu['twin_floor_runs'])}: the gateway's ratio "
-            "against it is what is left beside the hashing. Each round runs both floors, then both uploads: "
+            "against it is what is left beside the hashing. *Raw, Box over TLS*: the same raw upload through a "
+            "second gateway to a second emulator that serves HTTPS (`--tls`, no shaping; the gateway trusts it "
+            "through `BOX_CA_FILE`, default `box_http_version` http1): the gateway's CPU with TLS included, as "
+            "against Box. Each round runs both floors, then the three uploads: "
             f"the floors ranged {min(cpu['floor_runs']):.2f} to {max(cpu['floor_runs']):.2f} and "
             f"{min(cpu['twin_floor_runs']):.2f} to {max(cpu['twin_floor_runs']):.2f} CPU-s/GiB in this run.", "",
             "| body | gateway CPU-s/GiB | floor CPU-s/GiB | **ratio** | fused floor CPU-s/GiB | ratio to fused floor "
             "| emulator CPU-s/GiB | wall | MB/s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for kind in ("multipart", "raw"):
+    for kind, label in (("multipart", "multipart"), ("raw", "raw"), ("raw_tls", "raw, Box over TLS")):
+        if kind not in cpu:
+            continue
         k = cpu[kind]
-        out.append(f"| {kind} | {k['gateway_cpu_per_gib']:.2f} | {cpu['floor_cpu_per_gib']:.2f} | **{k['ratio']:.2f}** | "
+        out.append(f"| {label} | {k['gateway_cpu_per_gib']:.2f} | {cpu['floor_cpu_per_gib']:.2f} | **{k['ratio']:.2f}** | "
                    f"{cpu['twin_floor_cpu_per_gib']:.2f} | {k['twin_ratio']:.2f} | "
                    f"{k['emulator_cpu_per_gib']:.2f} | {k['wall']:.2f} s | {k['throughput_mb_s']:.0f} |")
 
@@ -1011,7 +1155,7 @@ def render_hostile_memory(rows):
 
 
 def charts(r, out_dir):
-    if "throughput" not in r and "rss" not in r:
+    if "throughput" not in r and "rss" not in r and "wire" not in r:
         return  # no chart to draw: no need for matplotlib
     import matplotlib
 
@@ -1022,6 +1166,8 @@ def charts(r, out_dir):
         throughput_chart(plt, r["throughput"], out_dir)
     if "rss" in r:
         rss_chart(plt, r["rss"], out_dir)
+    if "wire" in r:
+        wire_chart(plt, r["wire"], out_dir)
 
 
 def throughput_chart(plt, tp, out_dir):
@@ -1097,7 +1243,7 @@ def main():
         f.write(text)
     charts(r, args.out)
     print(text)
-    log(f"written: {args.out}/results.md, results.json, throughput.png, rss_10gib.png")
+    log(f"written: {args.out}/results.md, results.json, throughput.png, rss_10gib.png, wire.png")
 
 
 if __name__ == "__main__":

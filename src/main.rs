@@ -73,7 +73,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let (box_side, access) = (&valid.box_side, &valid.access);
     tracing::info!(%listen, port = app.port(), box_api = %box_side.urls.api, box_upload = %box_side.urls.upload,
         box_auth = box_side.auth.mode(), api_keys = access.api_keys.len(), allow_anonymous = access.allow_anonymous,
-        settings = ?settings, "gateway listening");
+        settings = %settings.for_log(), "gateway listening");
     app.run_until_stopped().await.map_err(|e| e.to_string())?;
     if let Some(emulator) = emulator {
         emulator.stop().await;

@@ -73,8 +73,16 @@ pub struct GatewayMetrics {
     /// Attempts that will be retried, by `reason` (status_<code>|timeout|connection|secret).
     pub webhook_retried: IntCounterVec,
     /// Events given up, by `reason` (expired: not delivered within webhook_max_age_secs | gone:
-    /// the receiver answered 410 | unreadable).
+    /// the receiver answered 410 | no_receiver: its key is gone or names no URL any more |
+    /// unreadable).
     pub webhook_dead: IntCounterVec,
+    /// Events not stored because the outbox was full, by `key` (the caller's key name,
+    /// `passthrough` or `anonymous`) and `cap` (key: webhook_outbox_max_events_per_key | total:
+    /// webhook_outbox_max_events).
+    pub webhook_outbox_refused: IntCounterVec,
+    /// Times a receiver was paused after failing webhook_receiver_pause_after_failures attempts in
+    /// a row, by `receiver` (`global`, or the key's name).
+    pub webhook_receiver_paused: IntCounterVec,
     /// Events in the outbox (all replicas with Redis), as last read by the delivery worker.
     pub webhook_outbox_depth: IntGauge,
     /// Age in seconds of the oldest event in the outbox (0 when empty).
@@ -284,9 +292,23 @@ impl GatewayMetrics {
             webhook_dead: IntCounterVec::new(
                 Opts::new(
                     "gateway_webhook_dead_total",
-                    "Webhook events given up, by reason (expired: past webhook_max_age_secs|gone: the receiver answered 410|unreadable).",
+                    "Webhook events given up, by reason (expired: past webhook_max_age_secs|gone: the receiver answered 410|no_receiver: its key is gone or names no webhook_url|unreadable).",
                 ),
                 &["reason"],
+            )?,
+            webhook_outbox_refused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_webhook_outbox_refused_total",
+                    "Completion events not stored because the outbox was full, by API key name and cap (key: webhook_outbox_max_events_per_key|total: webhook_outbox_max_events).",
+                ),
+                &["key", "cap"],
+            )?,
+            webhook_receiver_paused: IntCounterVec::new(
+                Opts::new(
+                    "gateway_webhook_receiver_paused_total",
+                    "Webhook receivers paused after failing webhook_receiver_pause_after_failures attempts in a row, by receiver (global, or the API key name).",
+                ),
+                &["receiver"],
             )?,
             webhook_outbox_depth: IntGauge::new(
                 "gateway_webhook_outbox_depth",
@@ -420,6 +442,8 @@ impl GatewayMetrics {
         registry.register(Box::new(m.webhook_delivered.clone()))?;
         registry.register(Box::new(m.webhook_retried.clone()))?;
         registry.register(Box::new(m.webhook_dead.clone()))?;
+        registry.register(Box::new(m.webhook_outbox_refused.clone()))?;
+        registry.register(Box::new(m.webhook_receiver_paused.clone()))?;
         registry.register(Box::new(m.webhook_outbox_depth.clone()))?;
         registry.register(Box::new(m.webhook_outbox_oldest_age.clone()))?;
         registry.register(Box::new(m.upload_links.clone()))?;

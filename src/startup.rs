@@ -62,12 +62,19 @@ impl Application {
         let registry = Registry::new();
         let metrics = Arc::new(GatewayMetrics::new(&registry).map_err(std::io::Error::other)?);
         metrics.memory_budget_bytes.set(memory.budget_bytes as i64);
-        let http = crate::http_client::box_client(box_side.connect_timeout, box_side.request_timeout)
-            .map_err(std::io::Error::other)?;
+        let http =
+            crate::http_client::BoxHttp::build(&box_side.connections).map_err(std::io::Error::other)?;
+        tracing::info!(
+            box_http_version = box_side.connections.version.as_str(),
+            parts_in_flight = box_side.connections.parts_in_flight,
+            lanes = http.lanes(),
+            extra_cas = box_side.connections.extra_roots.len(),
+            "connections to Box"
+        );
         let mint = |grant: Grant| -> Arc<dyn TokenProvider> {
             Arc::new(MintedToken::new(
                 grant,
-                http.clone(),
+                http.client().clone(),
                 box_side.urls.token.clone(),
                 box_side.retry.clone(),
                 metrics.clone(),
@@ -148,8 +155,8 @@ impl Application {
             settings.webhooks.clone(),
             metrics.clone(),
         ));
-        // A secret is required as soon as any webhook URL is set: without one there is nothing to send.
-        if settings.webhooks.secret.is_some() {
+        // Validation gives every receiver its secret: with none configured there is nothing to send.
+        if settings.webhooks.any_receiver() {
             tokio::spawn(crate::events::worker::run(
                 events.clone(),
                 lifecycle.stop_background(),

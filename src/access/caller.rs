@@ -101,8 +101,6 @@ pub struct Caller {
     pub(super) box_user_id: Option<Arc<str>>,
     /// An upload link's caller: what the link allows (it acts as the key that made it).
     pub(super) link: Option<Arc<LinkClaims>>,
-    /// Where the completion events of the caller's uploads go, when its key names its own URL.
-    pub(super) webhook_url: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -113,11 +111,6 @@ impl Caller {
 
     pub fn owner(&self) -> &Owner {
         &self.owner
-    }
-
-    /// The caller's key's own `webhook_url`, if it names one (events go to the gateway's otherwise).
-    pub fn webhook_url(&self) -> Option<&str> {
-        self.webhook_url.as_deref()
     }
 
     /// Pass-through: the Box user the caller's token acts as (Box's answer to `GET /users/me`, kept

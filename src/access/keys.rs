@@ -11,6 +11,14 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::box_api::{Subject, SubjectType, TokenProvider};
+use crate::secret::Secret;
+
+fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
 
 /// One `[[keys]]` entry of the API keys file (or of `api_keys` in the settings file).
 #[derive(Clone, Serialize, Deserialize)]
@@ -43,6 +51,14 @@ pub struct ApiKeyConfig {
     /// Where this key's completion events go, instead of the gateway's `webhook_url`.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The Standard Webhooks secrets (`whsec_<base64>`, whitespace-separated during a rotation) that
+    /// sign this key's events, required with `webhook_url`: each receiver holds only its own secret,
+    /// so one receiver's operator cannot sign events another receiver would accept.
+    #[serde(default, serialize_with = "redacted")]
+    pub webhook_secret: Option<Secret>,
+    /// A file holding them instead (read at each delivery: a rotated Secret needs no restart).
+    #[serde(default)]
+    pub webhook_secret_file: Option<String>,
     /// The key's own quota of new uploads a minute (429 `rate_limited` past it), whatever Box allows.
     #[serde(default)]
     pub max_uploads_per_minute: Option<u32>,
@@ -60,7 +76,12 @@ impl fmt::Debug for ApiKeyConfig {
             .field("max_file_size_bytes", &self.max_file_size_bytes)
             .field("as_user", &self.as_user)
             .field("subject_id", &self.subject_id)
-            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_deref().map(crate::http_client::loggable_url),
+            )
+            .field("webhook_secret", &self.webhook_secret)
+            .field("webhook_secret_file", &self.webhook_secret_file)
             .field("max_uploads_per_minute", &self.max_uploads_per_minute)
             .field("max_bytes_per_day", &self.max_bytes_per_day)
             .finish_non_exhaustive()
@@ -156,9 +177,10 @@ pub fn check_keys(keys: &[ApiKeyConfig], minted: bool) -> Vec<String> {
             _ => {}
         }
         if let Some(url) = key.webhook_url.as_deref().filter(|u| !u.is_empty()) {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            // The value is not repeated: a URL may carry credentials (user info, a query token).
+            if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
                 problems.push(format!(
-                    "api key {name:?}: webhook_url {url:?} is not an http:// or https:// URL"
+                    "api key {name:?}: webhook_url is not an http:// or https:// URL"
                 ));
             }
         }
@@ -183,8 +205,6 @@ pub(super) struct ApiKey {
     pub as_user: Option<String>,
     /// The key's own token provider (its own subject), else the gateway's.
     pub auth: Option<Arc<dyn TokenProvider>>,
-    /// Where the key's completion events go, if not to the gateway's `webhook_url`.
-    pub webhook_url: Option<Arc<str>>,
 }
 
 impl ApiKey {
@@ -198,7 +218,6 @@ impl ApiKey {
             max_file_size_bytes: k.max_file_size_bytes,
             as_user: k.as_user.clone().filter(|u| !u.is_empty()),
             auth: k.subject().map(mint),
-            webhook_url: k.webhook_url.as_deref().filter(|u| !u.is_empty()).map(Arc::from),
         }
     }
 }

@@ -150,7 +150,6 @@ impl Access {
             metrics: self.metrics.clone(),
             box_user_id: None,
             link: Some(Arc::new(claims)),
-            webhook_url: key.webhook_url.clone(),
         })
     }
 

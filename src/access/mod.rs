@@ -204,7 +204,6 @@ impl Access {
             metrics: self.metrics.clone(),
             box_user_id: None,
             link: None,
-            webhook_url: key.and_then(|k| k.webhook_url.clone()),
         })
     }
 
@@ -274,6 +273,8 @@ mod tests {
             subject_type: None,
             subject_id: None,
             webhook_url: None,
+            webhook_secret: None,
+            webhook_secret_file: None,
             max_uploads_per_minute: None,
             max_bytes_per_day: None,
         }
@@ -300,17 +301,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn a_keys_own_webhook_url_comes_with_its_callers() {
-        let mut k = key("a", "alpha-key");
-        k.webhook_url = Some("https://hooks.example/a".into());
-        let a = access(&[k, key("b", "beta-key")]);
-        let with = a.authenticate(&headers(&[("x-api-key", "alpha-key")])).unwrap();
-        let without = a.authenticate(&headers(&[("x-api-key", "beta-key")])).unwrap();
-        assert_eq!(with.webhook_url(), Some("https://hooks.example/a"));
-        assert_eq!(without.webhook_url(), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One method per Box upload endpoint, over one `reqwest::Client` built at start.
+//! One method per Box upload endpoint, over the clients built at start (`BoxHttp`).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use super::error::{parse_retry_after, BoxError, BoxErrorKind};
 use super::pacer::{Admission, PaceKey, Pacer};
 use super::retry::RetryPolicy;
 use super::types::*;
+use crate::http_client::BoxHttp;
 use crate::metrics::GatewayMetrics;
 use crate::secret::Secret;
 
@@ -81,7 +82,7 @@ impl Principal {
 
 #[derive(Clone)]
 pub struct BoxClient {
-    http: reqwest::Client,
+    http: BoxHttp,
     urls: Arc<BoxUrls>,
     auth: Arc<dyn TokenProvider>,
     as_user: Option<Arc<str>>,
@@ -97,7 +98,7 @@ pub struct BoxClient {
 
 impl BoxClient {
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<BoxHttp>,
         urls: BoxUrls,
         auth: Arc<dyn TokenProvider>,
         retry: RetryPolicy,
@@ -105,7 +106,7 @@ impl BoxClient {
     ) -> Self {
         let pace_key = PaceKey::of(&auth.principal_id(), None);
         Self {
-            http,
+            http: http.into(),
             urls: Arc::new(urls),
             auth,
             as_user: None,
@@ -185,7 +186,7 @@ impl BoxClient {
         };
         let session: UploadSession = self
             .retried("create_session", |t| {
-                self.http.post(&url).bearer_auth(t.expose()).json(&body)
+                self.http.client().post(&url).bearer_auth(t.expose()).json(&body)
             })
             .await?;
         if let Err(why) = check_session(&session, upload.size) {
@@ -227,7 +228,9 @@ impl BoxClient {
         // Set when an attempt failed in a way that may still have stored the part.
         let maybe_stored = std::sync::atomic::AtomicBool::new(false);
         let maybe_stored = &maybe_stored;
-        let (digest, range, expected) = (&digest, &range, &expected);
+        // Held to the last attempt: the part keeps a connection of its own (see `BoxHttp`).
+        let lane = self.http.part_lane();
+        let (digest, range, expected, lane) = (&digest, &range, &expected, &lane);
         self.retry
             .run(&self.metrics, |attempt| async move {
                 if maybe_stored.swap(false, Ordering::Relaxed) {
@@ -237,7 +240,7 @@ impl BoxClient {
                 }
                 let result = self
                     .call("upload_part", attempt.deadline, |t| {
-                        self.http
+                        lane.client()
                             .put(&session.session_endpoints.upload_part)
                             .bearer_auth(t.expose())
                             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -276,6 +279,7 @@ impl BoxClient {
             let page: PartsPage = self
                 .retried("list_parts", |t| {
                     self.http
+                        .client()
                         .get(&session.session_endpoints.list_parts)
                         .query(&query)
                         .bearer_auth(t.expose())
@@ -317,6 +321,7 @@ impl BoxClient {
         let response = self
             .send("commit", deadline, |t| {
                 self.http
+                    .client()
                     .post(&session.session_endpoints.commit)
                     .bearer_auth(t.expose())
                     .header("Digest", digest.as_str())
@@ -336,6 +341,7 @@ impl BoxClient {
     pub async fn abort(&self, session: &UploadSession) -> Result<(), BoxError> {
         self.deleted("abort", |t| {
             self.http
+                .client()
                 .delete(&session.session_endpoints.abort)
                 .bearer_auth(t.expose())
         })
@@ -349,6 +355,7 @@ impl BoxClient {
         // An abort does not wait for the pacer (`send`): no deadline to give.
         self.send("abort", tokio::time::Instant::now(), |t| {
             self.http
+                .client()
                 .delete(&session.session_endpoints.abort)
                 .bearer_auth(t.expose())
         })
@@ -376,6 +383,7 @@ impl BoxClient {
         let _: serde::de::IgnoredAny = self
             .retried("preflight", |t| {
                 self.http
+                    .client()
                     .request(Method::OPTIONS, &url)
                     .bearer_auth(t.expose())
                     .json(&body)
@@ -427,6 +435,7 @@ impl BoxClient {
         let parts: Arc<[Bytes]> = parts.into();
         let build = &|t: &Secret| {
             self.http
+                .client()
                 .post(&url)
                 .bearer_auth(t.expose())
                 .header(
@@ -558,7 +567,7 @@ impl BoxClient {
             ];
             let page: ItemsPage = self
                 .retried("folder_items", |t| {
-                    self.http.get(&url).query(&query).bearer_auth(t.expose())
+                    self.http.client().get(&url).query(&query).bearer_auth(t.expose())
                 })
                 .await?;
             let found = page.entries.iter().find(|item| {
@@ -611,7 +620,11 @@ impl BoxClient {
         let body = json!({"name": name, "parent": {"id": parent_id}});
         let answer: Result<Created, BoxError> = self
             .retried("create_folder", |t| {
-                self.http.post(url.clone()).bearer_auth(t.expose()).json(&body)
+                self.http
+                    .client()
+                    .post(url.clone())
+                    .bearer_auth(t.expose())
+                    .json(&body)
             })
             .await;
         let err = match answer {
@@ -647,7 +660,7 @@ impl BoxClient {
         )?;
         let answer = self
             .retried("get_metadata_template", |t| {
-                self.http.get(url.clone()).bearer_auth(t.expose())
+                self.http.client().get(url.clone()).bearer_auth(t.expose())
             })
             .await;
         match answer {
@@ -664,6 +677,7 @@ impl BoxClient {
         let url = self.api_path(&["files", file_id], "update_file")?;
         self.retried("update_file", |t| {
             self.http
+                .client()
                 .put(url.clone())
                 .query(&[("fields", "description,tags,shared_link")])
                 .bearer_auth(t.expose())
@@ -686,7 +700,11 @@ impl BoxClient {
     ) -> Result<Value, BoxError> {
         let url = self.api_path(&["files", file_id, "metadata", scope, key], "create_metadata")?;
         self.retried("create_metadata", |t| {
-            self.http.post(url.clone()).bearer_auth(t.expose()).json(values)
+            self.http
+                .client()
+                .post(url.clone())
+                .bearer_auth(t.expose())
+                .json(values)
         })
         .await
     }
@@ -714,6 +732,7 @@ impl BoxClient {
         let body = serde_json::to_vec(&ops).unwrap_or_default();
         self.retried("update_metadata", |t| {
             self.http
+                .client()
                 .put(url.clone())
                 .bearer_auth(t.expose())
                 .header(header::CONTENT_TYPE, "application/json-patch+json")
@@ -737,9 +756,11 @@ impl BoxClient {
     /// `GET {api}/files/{id}`.
     pub async fn get_file(&self, file_id: &str) -> Result<FileObject, BoxError> {
         let url = format!("{}/files/{file_id}", self.urls.api);
-        self.retried("get_file", |t| self.http.get(&url).bearer_auth(t.expose()))
-            .await
-            .map(FileObject)
+        self.retried("get_file", |t| {
+            self.http.client().get(&url).bearer_auth(t.expose())
+        })
+        .await
+        .map(FileObject)
     }
 
     /// `DELETE {api}/files/{id}`: a file the gateway created, removed (to the trash) because it is
@@ -747,8 +768,10 @@ impl BoxClient {
     #[tracing::instrument(name = "box.delete_file", skip_all)]
     pub async fn delete_file(&self, file_id: &str) -> Result<(), BoxError> {
         let url = format!("{}/files/{file_id}", self.urls.api);
-        self.deleted("delete_file", |t| self.http.delete(&url).bearer_auth(t.expose()))
-            .await
+        self.deleted("delete_file", |t| {
+            self.http.client().delete(&url).bearer_auth(t.expose())
+        })
+        .await
     }
 
     /// `DELETE {api}/files/{id}/versions/{version_id}`: a version the gateway added, removed because
@@ -757,7 +780,7 @@ impl BoxClient {
     pub async fn delete_file_version(&self, file_id: &str, version_id: &str) -> Result<(), BoxError> {
         let url = format!("{}/files/{file_id}/versions/{version_id}", self.urls.api);
         self.deleted("delete_file_version", |t| {
-            self.http.delete(&url).bearer_auth(t.expose())
+            self.http.client().delete(&url).bearer_auth(t.expose())
         })
         .await
     }
@@ -794,6 +817,7 @@ impl BoxClient {
         let me: Me = self
             .retried("users_me", |t| {
                 self.http
+                    .client()
                     .get(&url)
                     .query(&[("fields", "id")])
                     .bearer_auth(t.expose())
@@ -816,6 +840,7 @@ impl BoxClient {
         let file: WithParent = self
             .retried("get_file", |t| {
                 self.http
+                    .client()
                     .get(&url)
                     .query(&[("fields", "parent")])
                     .bearer_auth(t.expose())
@@ -836,7 +861,7 @@ impl BoxClient {
         const ENDPOINT: &str = "probe";
         let url = format!("{}/folders/0", self.urls.api);
         if !with_credentials {
-            let request = self.http.get(&url).query(&[("fields", "id")]);
+            let request = self.http.client().get(&url).query(&[("fields", "id")]);
             let response = self.counted(ENDPOINT, request).await?;
             return match response.status().is_server_error() {
                 true => Err(error_from(ENDPOINT, response).await),
@@ -846,6 +871,7 @@ impl BoxClient {
         let answer = self
             .send(ENDPOINT, tokio::time::Instant::now(), |t| {
                 self.http
+                    .client()
                     .get(&url)
                     .query(&[("fields", "id")])
                     .bearer_auth(t.expose())

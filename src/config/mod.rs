@@ -65,7 +65,8 @@ pub struct Settings {
     #[serde(deserialize_with = "string_like")]
     pub box_as_user: Option<String>,
     /// A TOML file of `[[keys]]` (`access::ApiKeyConfig`: name, sha256, folders and optional limits,
-    /// Box subject, webhook_url and quotas; docs/configuration.md shows every field).
+    /// Box subject, webhook_url and its webhook_secret, quotas; docs/configuration.md shows every
+    /// field).
     #[serde(deserialize_with = "string_like")]
     pub api_keys_file: Option<String>,
     /// API keys given in the settings file itself, in the same form as the keys file's `[[keys]]`.
@@ -111,6 +112,14 @@ pub struct Settings {
     pub box_call_deadline_secs: u64,
     /// How long a commit may keep answering 202 / a transient parts_mismatch.
     pub commit_timeout_secs: u64,
+    /// The HTTP version offered to Box's hosts: `http1` (a connection per part in flight), `http2`
+    /// (one connection per lane, as many lanes as parts can be in flight), or `auto` (both offered by
+    /// ALPN, the host picks; over `http://`, HTTP/1.1).
+    pub box_http_version: String,
+    /// A PEM file of CA certificates trusted for Box's hosts on top of the system's (a TLS-inspecting
+    /// proxy's CA, the emulator's `tls/ca.pem`).
+    #[serde(deserialize_with = "string_like")]
+    pub box_ca_file: Option<String>,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`). Unset: the
@@ -136,8 +145,9 @@ pub struct Settings {
     /// Where completion events are POSTed (`GATEWAY_WEBHOOK_URL`); an API key's own `webhook_url`
     /// takes its uploads' events instead. Empty: no events (except those keys').
     pub webhook_url: Option<String>,
-    /// Standard Webhooks secrets `whsec_<base64>`, whitespace-separated during a rotation (each
-    /// signs) (`GATEWAY_WEBHOOK_SECRET`).
+    /// Standard Webhooks secrets `whsec_<base64>` of at least 24 bytes, whitespace-separated during a
+    /// rotation (each signs) (`GATEWAY_WEBHOOK_SECRET`): they sign the events sent to `webhook_url`
+    /// only (a key with its own `webhook_url` has its own `webhook_secret`).
     #[serde(serialize_with = "redacted")]
     pub webhook_secret: Option<Secret>,
     /// A file holding them instead (read at each delivery: a rotated Secret needs no restart).
@@ -147,8 +157,22 @@ pub struct Settings {
     pub webhook_max_age_secs: u64,
     /// Bound on one delivery attempt (connecting included).
     pub webhook_timeout_secs: u64,
+    /// Bound on connecting to a receiver (a receiver that is down or black-holed costs this much).
+    pub webhook_connect_timeout_ms: u64,
     /// Deliveries in flight at once, per replica.
     pub webhook_concurrency: usize,
+    /// Deliveries in flight at once to one receiver (the gateway's, or a key's), per replica: a
+    /// receiver that never answers holds this many of the `webhook_concurrency` slots, no more.
+    pub webhook_receiver_concurrency: usize,
+    /// Failed attempts in a row after which a receiver is paused (for the retries' backoff schedule),
+    /// then probed with one event at a time until one goes through.
+    pub webhook_receiver_pause_after_failures: u32,
+    /// Events the outbox holds at most, all keys together (all replicas with Redis); past it, a
+    /// new event is not stored.
+    pub webhook_outbox_max_events: u64,
+    /// Events the outbox holds at most for one API key (`passthrough` and `anonymous` callers count
+    /// as one key each); past it, that key's new events are not stored.
+    pub webhook_outbox_max_events_per_key: u64,
     /// The first retry's delay; each next one doubles, up to `webhook_max_backoff_secs` (with jitter).
     pub webhook_min_backoff_ms: u64,
     pub webhook_max_backoff_secs: u64,
@@ -221,6 +245,17 @@ fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
     }))
 }
 
+fn redact_urls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains("://") => {
+            *s = crate::http_client::loggable_url(s);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_urls),
+        serde_json::Value::Object(map) => map.values_mut().for_each(redact_urls),
+        _ => {}
+    }
+}
+
 fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => s.serialize_some("[redacted]"),
@@ -272,6 +307,8 @@ impl Default for Settings {
             // One full-length attempt (300 s) plus a few more at the backoff cap: a part that Box
             // keeps refusing fails in 15 minutes, never hangs an upload for the whole retry count.
             box_call_deadline_secs: 900,
+            box_http_version: "http1".into(),
+            box_ca_file: None,
             commit_timeout_secs: 600,
             log_format: "auto".into(),
             otlp_endpoint: None,
@@ -289,7 +326,17 @@ impl Default for Settings {
             webhook_secret_file: None,
             webhook_max_age_secs: 24 * 3600,
             webhook_timeout_secs: 10,
+            // A receiver on the same continent connects in well under a second; a lost SYN is
+            // retransmitted after 1 s: 2 s allows one retransmission.
+            webhook_connect_timeout_ms: 2000,
             webhook_concurrency: 8,
+            // A quarter of the slots: four receivers that never answer leave half of them free.
+            webhook_receiver_concurrency: 2,
+            webhook_receiver_pause_after_failures: 5,
+            // About 1 KB an event: at most about 100 MB of Redis (or of the state volume).
+            webhook_outbox_max_events: 100_000,
+            // 45 minutes of Box's 220 uploads a minute with a receiver down.
+            webhook_outbox_max_events_per_key: 10_000,
             webhook_min_backoff_ms: 1000,
             webhook_max_backoff_secs: 3600,
             upload_link_secret: None,
@@ -322,6 +369,20 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The settings as the startup log shows them: secrets redacted (by their type), and every
+    /// string that is a URL with a host (webhook URLs, keys' too, `otlp_endpoint`, Box's URLs, and
+    /// any added later) without user info, query or fragment, where URLs carry credentials.
+    pub fn for_log(&self) -> String {
+        let shown = serde_json::to_value(self).and_then(|mut value| {
+            redact_urls(&mut value);
+            serde_json::from_value::<Settings>(value)
+        });
+        match shown {
+            Ok(settings) => format!("{settings:?}"),
+            Err(_) => "[not shown: the settings could not be redacted]".into(),
+        }
+    }
+
     /// Defaults, then the TOML file (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
         let known: Vec<String> = match serde_json::to_value(Settings::default()) {
@@ -357,6 +418,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    use crate::access::ApiKeyConfig;
+
     #[test]
     fn defaults_need_only_credentials_and_callers() {
         let problems = Settings::default().validate().unwrap_err();
@@ -372,6 +435,62 @@ mod tests {
             ok.validate().unwrap().box_side.urls.upload,
             "https://upload.box.com/api/2.0"
         );
+    }
+
+    #[test]
+    fn box_connections_default_to_http1_sized_by_the_memory_budget() {
+        let settings = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            ..Settings::default()
+        };
+        let c = settings.validate().unwrap().box_side.connections;
+        assert_eq!(c.version, crate::http_client::BoxHttpVersion::Http1);
+        // 256 MiB of budget holds 32 parts of Box's common 8 MiB.
+        assert_eq!((c.parts_in_flight, c.extra_roots.len()), (32, 0));
+        let small = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            memory_budget_bytes: 24 << 20,
+            part_concurrency: 8,
+            ..Settings::default()
+        };
+        // Never fewer than one upload's parts, whatever the budget.
+        assert_eq!(small.validate().unwrap().box_side.connections.parts_in_flight, 8);
+    }
+
+    #[test]
+    fn box_http_version_and_box_ca_file_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        for (version, file, bad) in [
+            ("h3", None, "box_http_version"),
+            ("http2", Some(dir.path().join("missing.pem")), "box_ca_file"),
+            ("auto", Some(not_pem), "box_ca_file"),
+        ] {
+            let settings = Settings {
+                box_developer_token: Some(Secret::new("t")),
+                allow_anonymous: true,
+                box_http_version: version.into(),
+                box_ca_file: file.map(|f| f.display().to_string()),
+                ..Settings::default()
+            };
+            let problems = settings.validate().unwrap_err().join("\n");
+            assert!(problems.starts_with(bad), "{problems}");
+        }
+        let ca = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem() + &ca.cert.pem()).unwrap();
+        let trusting = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            box_http_version: "http2".into(),
+            box_ca_file: Some(ca_file.display().to_string()),
+            ..Settings::default()
+        };
+        let c = trusting.validate().unwrap().box_side.connections;
+        assert_eq!((c.version.as_str(), c.extra_roots.len()), ("http2", 2));
     }
 
     #[test]
@@ -536,6 +655,12 @@ mod tests {
         assert!(both.validate().unwrap_err()[0].contains("not both"));
     }
 
+    /// `whsec_` and the base64 of `text` (at least 24 bytes for a secret that is accepted).
+    fn whsec(text: &str) -> String {
+        use base64::Engine;
+        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(text))
+    }
+
     #[test]
     fn webhook_keys_are_checked_and_the_secret_never_shown() {
         let base = Settings {
@@ -550,28 +675,169 @@ mod tests {
         };
         let problems = unsigned.validate().unwrap_err().join("\n");
         assert!(problems.contains("webhook_secret"), "{problems}");
+        let (one, two) = (
+            whsec("gateway-secret-one-of-24-bytes"),
+            whsec("gateway-secret-two-of-24-bytes"),
+        );
         let bad = Settings {
-            webhook_url: Some("ftp://x".into()),
-            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 hunter2")),
+            webhook_url: Some("ftp://user:hunter2@x/?token=t0ken".into()),
+            webhook_secret: Some(Secret::new(format!("{one} hunter2"))),
             webhook_concurrency: 0,
+            webhook_receiver_concurrency: 3,
+            webhook_connect_timeout_ms: 60_000,
+            webhook_outbox_max_events: 10,
+            webhook_outbox_max_events_per_key: 11,
             ..base.clone()
         };
         let problems = bad.validate().unwrap_err().join("\n");
-        for key in ["webhook_url", "webhook_secret", "webhook_concurrency"] {
+        for key in [
+            "webhook_url",
+            "webhook_secret",
+            "webhook_concurrency",
+            "webhook_receiver_concurrency",
+            "webhook_connect_timeout_ms",
+            "webhook_outbox_max_events_per_key",
+        ] {
             assert!(problems.contains(key), "{key} missing in {problems}");
         }
+        for shown in ["hunter2", "t0ken", one.trim_start_matches("whsec_")] {
+            assert!(!problems.contains(shown), "{shown} in {problems}");
+        }
+        // A 1-byte secret is refused (Standard Webhooks: 24 to 64 bytes).
+        let weak = Settings {
+            webhook_secret: Some(Secret::new("whsec_YQ==")),
+            ..unsigned.clone()
+        };
+        let problems = weak.validate().unwrap_err().join("\n");
         assert!(
-            !problems.contains("hunter2") && !problems.contains("c2VjcmV0"),
+            problems.contains("webhook_secret: secret 1 is 1 bytes"),
             "{problems}"
         );
         let good = Settings {
-            webhook_secret: Some(Secret::new("whsec_c2VjcmV0 whsec_b3RoZXI=")),
+            webhook_secret: Some(Secret::new(format!("{one} {two}"))),
             ..unsigned
         };
         let valid = good.validate().unwrap();
-        assert_eq!(valid.webhooks.url.as_deref(), Some("http://127.0.0.1:9/hooks"));
-        assert!(!format!("{valid:?}").contains("c2VjcmV0"));
-        assert!(!serde_json::to_string(&good).unwrap().contains("c2VjcmV0"));
+        let global = valid.webhooks.global.as_ref().unwrap();
+        assert_eq!(global.url, "http://127.0.0.1:9/hooks");
+        assert_eq!(valid.webhooks.receiver_concurrency, 2);
+        let encoded = one.trim_start_matches("whsec_");
+        assert!(!format!("{valid:?}").contains(encoded));
+        assert!(!serde_json::to_string(&good).unwrap().contains(encoded));
+    }
+
+    fn key_with_webhook(name: &str, secret: Option<&str>, file: Option<&str>) -> ApiKeyConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name)),
+            "folders": ["1"],
+            "webhook_url": format!("https://u:hunter2@{name}.example/hooks?token=t0ken"),
+            "webhook_secret": secret,
+            "webhook_secret_file": file,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_key_with_its_own_webhook_url_needs_its_own_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b-secret");
+        std::fs::write(&file, format!("{}\n", whsec("the-secret-of-key-b-24-bytes"))).unwrap();
+        let file = file.display().to_string();
+        let global = whsec("the-gateway-s-own-secret-24");
+        let a_secret = whsec("the-secret-of-key-a-24-bytes");
+        let with = |keys: Vec<ApiKeyConfig>| Settings {
+            box_developer_token: Some(Secret::new("t")),
+            webhook_url: Some("https://gateway.example/hooks".into()),
+            webhook_secret: Some(Secret::new(global.clone())),
+            api_keys: keys,
+            ..Default::default()
+        };
+        let ok = with(vec![
+            key_with_webhook("a", Some(&a_secret), None),
+            key_with_webhook("b", None, Some(&file)),
+        ]);
+        let valid = ok.validate().unwrap();
+        assert_eq!(
+            valid.webhooks.keys.keys().collect::<Vec<_>>(),
+            ["a", "b"],
+            "each key its own receiver"
+        );
+        let shown = format!("{valid:?} {ok:?}");
+        for secret_or_credential in ["hunter2", "t0ken", a_secret.trim_start_matches("whsec_")] {
+            assert!(
+                !shown.contains(secret_or_credential),
+                "{secret_or_credential}: {shown}"
+            );
+        }
+        // No secret of its own; one byte; the gateway's secret reused; another key's reused.
+        let problems = with(vec![
+            key_with_webhook("none", None, None),
+            key_with_webhook("weak", Some("whsec_YQ=="), None),
+            key_with_webhook("reuses-global", Some(&global), None),
+            key_with_webhook("a", Some(&a_secret), None),
+            key_with_webhook(
+                "reuses-a",
+                Some(&format!("{} {a_secret}", whsec("a-fresh-secret-of-24-bytes!"))),
+                None,
+            ),
+            key_with_webhook("both", Some(&a_secret), Some(&file)),
+        ])
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "api key \"none\": webhook_url needs the key's own webhook_secret",
+            "api key \"weak\": webhook_secret: secret 1 is 1 bytes",
+            "api key \"reuses-global\": uses a webhook secret of the gateway's webhook_secret",
+            "api key \"reuses-a\": uses a webhook secret of api key \"a\"",
+            "api key \"both\": set either webhook_secret or webhook_secret_file",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} missing in {problems}");
+        }
+        for secret_or_credential in ["hunter2", "t0ken", a_secret.trim_start_matches("whsec_"), "YQ=="] {
+            assert!(
+                !problems.contains(secret_or_credential),
+                "{secret_or_credential}: {problems}"
+            );
+        }
+        // A secret without a URL is a mistake: the key's events would not be signed with it.
+        let mut stray = key_with_webhook("stray", Some(&a_secret), None);
+        stray.webhook_url = None;
+        let problems = with(vec![stray]).validate().unwrap_err().join("\n");
+        assert!(
+            problems.contains("api key \"stray\": webhook_secret without webhook_url"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn the_logged_settings_show_no_credentials_of_any_url() {
+        let settings = Settings {
+            webhook_url: Some("https://user:hunter2@gateway.example/hooks?token=t0ken".into()),
+            otlp_endpoint: Some("http://otel:hunter2@collector:4318/?api_key=t0ken".into()),
+            box_api_url: "https://box:hunter2@api.box.com/2.0?x=t0ken".into(),
+            webhook_secret: Some(Secret::new(whsec("the-gateway-s-own-secret-24"))),
+            api_keys: vec![key_with_webhook(
+                "a",
+                Some(&whsec("the-secret-of-key-a-24-bytes")),
+                None,
+            )],
+            ..Default::default()
+        };
+        let shown = settings.for_log();
+        for hidden in ["hunter2", "t0ken", "dGhl"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        for kept in [
+            "https://gateway.example/hooks",
+            "http://collector:4318/",
+            "https://api.box.com/2.0",
+            "https://a.example/hooks",
+            "[redacted]",
+        ] {
+            assert!(shown.contains(kept), "{kept} missing in {shown}");
+        }
     }
 
     #[test]

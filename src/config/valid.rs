@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, PacerSettings, RetryPolicy};
 use crate::events::WebhookSettings;
+use crate::http_client::BoxConnections;
 use crate::pipeline::{PathSettings, PipelineSettings};
 use crate::secret::{Secret, SecretSource};
 
@@ -52,6 +53,8 @@ pub struct ServerSettings {
 #[derive(Debug, Clone)]
 pub struct BoxSettings {
     pub urls: BoxUrls,
+    /// HTTP version, trust, and how many connections.
+    pub connections: BoxConnections,
     pub auth: BoxAuth,
     pub as_user: Option<String>,
     pub connect_timeout: Duration,

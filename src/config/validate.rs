@@ -9,8 +9,19 @@ use super::valid::*;
 use super::{Settings, MAX_CHUNKED_THRESHOLD};
 use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, JwtApp, PacerSettings, RetryPolicy, Subject, SubjectType};
-use crate::events::WebhookSettings;
+use crate::events::{ReceiverSettings, WebhookSettings};
+use crate::http_client::{BoxConnections, BoxHttpVersion};
 use crate::pipeline::{PathSettings, PipelineSettings};
+use crate::secret::SecretSource;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// The part size Box picks for most files (box-api.md, "Minimum size and limits"): 8 MiB.
+const BOX_COMMON_PART_BYTES: u64 = 8 << 20;
+
+/// The most connections (HTTP/2 lanes, idle HTTP/1.1 connections) the gateway keeps to Box: past it,
+/// parts share connections rather than the gateway holding hundreds of TLS sessions.
+const MAX_BOX_LANES: usize = 64;
 
 /// Box discards an upload session 7 days after its creation: a tus upload must expire before.
 const BOX_SESSION_LIFE_SECS: u64 = 7 * 24 * 3600;
@@ -140,8 +151,10 @@ impl Settings {
                 self.box_rate_wait_secs
             ));
         }
+        let connections = self.box_connections(problems);
         Some(BoxSettings {
             urls,
+            connections,
             auth: auth?,
             as_user: self.box_as_user.clone().filter(|u| !u.is_empty()),
             connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
@@ -162,6 +175,48 @@ impl Settings {
                 max_pause: Duration::from_secs(self.box_rate_max_pause_secs),
             },
         })
+    }
+
+    /// `box_http_version`, `box_ca_file`, and how many parts the process can have in flight (a
+    /// connection each).
+    fn box_connections(&self, problems: &mut Problems) -> BoxConnections {
+        let version = BoxHttpVersion::parse(&self.box_http_version).unwrap_or_else(|| {
+            problems.push(format!(
+                "box_http_version: {:?} is not http1, http2 or auto",
+                self.box_http_version
+            ));
+            BoxHttpVersion::Http1
+        });
+        let extra_roots = match self.box_ca_file.as_deref().filter(|f| !f.is_empty()) {
+            Some(file) => {
+                match CertificateDer::pem_file_iter(file).and_then(|c| c.collect::<Result<Vec<_>, _>>()) {
+                    Ok(roots) if !roots.is_empty() => roots,
+                    Ok(_) => {
+                        problems.push(format!("box_ca_file: {file} holds no PEM certificate"));
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        problems.push(format!("box_ca_file: {file}: {e}"));
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        // Each part in flight holds its bytes in the memory budget, so the budget bounds the parts in
+        // flight over all uploads, at Box's common part size; uploads are bounded by the connections
+        // clients may open.
+        let by_budget = (self.memory_budget_bytes / BOX_COMMON_PART_BYTES) as usize;
+        let by_uploads = self.part_concurrency.saturating_mul(self.max_connections);
+        BoxConnections {
+            version,
+            parts_in_flight: by_budget
+                .min(by_uploads)
+                .clamp(self.part_concurrency.max(1), MAX_BOX_LANES),
+            extra_roots,
+            connect_timeout: Duration::from_secs(self.box_connect_timeout_secs),
+            request_timeout: Duration::from_secs(self.box_request_timeout_secs),
+        }
     }
 
     /// The Box credentials of `box_auth`, each missing or contradictory key named.
@@ -489,58 +544,156 @@ impl Settings {
         }
     }
 
-    /// The webhook settings: a secret is needed as soon as any URL (the gateway's or a key's) is set.
+    /// The webhook settings: one receiver per URL, each with its own secret (the gateway's URL with
+    /// `webhook_secret`, a key's with the key's `webhook_secret`), none shared.
     fn webhooks(&self, keys: &[ApiKeyConfig], problems: &mut Problems) -> WebhookSettings {
         let url = self.webhook_url.clone().filter(|u| !u.trim().is_empty());
         if let Some(url) = &url {
+            // Not repeated: a URL may carry credentials.
             if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
-                problems.push(format!("webhook_url: {url:?} is not an http(s) URL"));
+                problems.push("webhook_url: not an http(s) URL".into());
             }
         }
-        let any_url = url.is_some()
-            || keys
-                .iter()
-                .any(|k| k.webhook_url.as_deref().is_some_and(|u| !u.is_empty()));
         let secret = secret_source(
             "webhook_secret",
             self.webhook_secret.as_ref(),
             self.webhook_secret_file.as_deref(),
             problems,
         );
-        match &secret {
-            Ok(Some(source)) => {
-                if let Err(why) = source.read().and_then(|s| crate::events::sign::parse_secrets(&s)) {
-                    problems.push(format!(
+        // Each receiver's keys, to refuse one secret signing for two receivers.
+        let mut signers: Vec<(String, Vec<crate::secret::Secret>)> = Vec::new();
+        let global = match (url, secret) {
+            (Some(url), Ok(Some(source))) => {
+                match source.read().and_then(|s| crate::events::sign::parse_secrets(&s)) {
+                    Ok(keys) => signers.push(("the gateway's webhook_secret".into(), keys)),
+                    Err(why) => problems.push(format!(
                         "webhook_secret: {why} (expected whsec_<base64>, space-separated)"
+                    )),
+                }
+                Some(ReceiverSettings { url, secret: source })
+            }
+            (Some(_), Ok(None)) => {
+                problems.push(
+                    "webhook_secret: webhook_url is set: its events must be signed; set webhook_secret or \
+                     webhook_secret_file (env GATEWAY_WEBHOOK_SECRET)"
+                        .into(),
+                );
+                None
+            }
+            (_, _) => None,
+        };
+        let mut key_receivers = std::collections::BTreeMap::new();
+        for key in keys {
+            let name = &key.name;
+            let url = key.webhook_url.clone().filter(|u| !u.trim().is_empty());
+            let inline = key
+                .webhook_secret
+                .as_ref()
+                .filter(|s| !s.expose().trim().is_empty());
+            let file = key
+                .webhook_secret_file
+                .as_deref()
+                .filter(|f| !f.trim().is_empty());
+            let source = match (inline, file) {
+                (Some(_), Some(_)) => {
+                    problems.push(format!(
+                        "api key {name:?}: set either webhook_secret or webhook_secret_file, not both"
+                    ));
+                    continue;
+                }
+                (Some(s), None) => Some(SecretSource::Inline(s.clone())),
+                (None, Some(f)) => Some(SecretSource::File(PathBuf::from(f))),
+                (None, None) => None,
+            };
+            match (url, source) {
+                (Some(url), Some(source)) => {
+                    match source.read().and_then(|s| crate::events::sign::parse_secrets(&s)) {
+                        Ok(keys) => signers.push((format!("api key {name:?}"), keys)),
+                        Err(why) => problems.push(format!(
+                            "api key {name:?}: webhook_secret{}: {why} (expected whsec_<base64>, space-separated)",
+                            if file.is_some() { "_file" } else { "" }
+                        )),
+                    }
+                    key_receivers.insert(name.clone(), ReceiverSettings { url, secret: source });
+                }
+                (Some(_), None) => problems.push(format!(
+                    "api key {name:?}: webhook_url needs the key's own webhook_secret or webhook_secret_file \
+                     (whsec_<base64>): the gateway's webhook_secret signs only the gateway's webhook_url, \
+                     so no receiver holds a secret another one accepts"
+                )),
+                (None, Some(_)) => problems.push(format!(
+                    "api key {name:?}: webhook_secret without webhook_url; its events go to the gateway's \
+                     webhook_url, signed with the gateway's webhook_secret"
+                )),
+                (None, None) => {}
+            }
+        }
+        for (i, (who, keys)) in signers.iter().enumerate() {
+            for (other, other_keys) in &signers[..i] {
+                if keys.iter().any(|k| other_keys.contains(k)) {
+                    problems.push(format!(
+                        "{who}: uses a webhook secret of {other}; each receiver needs its own, or either \
+                         receiver's operator could sign events the other accepts"
                     ));
                 }
             }
-            Ok(None) if any_url => problems.push(
-                "webhook_secret: a webhook_url is set (the gateway's or a key's): events must be signed; \
-                 set webhook_secret or webhook_secret_file (env GATEWAY_WEBHOOK_SECRET)"
-                    .into(),
-            ),
-            _ => {}
         }
         at_least_one(
             problems,
             &[
                 ("webhook_max_age_secs", self.webhook_max_age_secs),
                 ("webhook_timeout_secs", self.webhook_timeout_secs),
+                ("webhook_connect_timeout_ms", self.webhook_connect_timeout_ms),
                 ("webhook_concurrency", self.webhook_concurrency as u64),
+                (
+                    "webhook_receiver_concurrency",
+                    self.webhook_receiver_concurrency as u64,
+                ),
+                (
+                    "webhook_receiver_pause_after_failures",
+                    self.webhook_receiver_pause_after_failures as u64,
+                ),
                 ("webhook_min_backoff_ms", self.webhook_min_backoff_ms),
                 ("webhook_max_backoff_secs", self.webhook_max_backoff_secs),
+                ("webhook_outbox_max_events", self.webhook_outbox_max_events),
+                (
+                    "webhook_outbox_max_events_per_key",
+                    self.webhook_outbox_max_events_per_key,
+                ),
             ],
         );
+        if self.webhook_receiver_concurrency > self.webhook_concurrency {
+            problems.push(format!(
+                "webhook_receiver_concurrency: {} is above webhook_concurrency ({}), the slots of all receivers together",
+                self.webhook_receiver_concurrency, self.webhook_concurrency
+            ));
+        }
+        if self.webhook_connect_timeout_ms > self.webhook_timeout_secs.saturating_mul(1000) {
+            problems.push(format!(
+                "webhook_connect_timeout_ms: {} is longer than webhook_timeout_secs ({} s), which bounds the whole attempt",
+                self.webhook_connect_timeout_ms, self.webhook_timeout_secs
+            ));
+        }
+        if self.webhook_outbox_max_events_per_key > self.webhook_outbox_max_events {
+            problems.push(format!(
+                "webhook_outbox_max_events_per_key: {} is above webhook_outbox_max_events ({}); one key could fill the outbox",
+                self.webhook_outbox_max_events_per_key, self.webhook_outbox_max_events
+            ));
+        }
         WebhookSettings {
-            url,
-            secret: secret.ok().flatten(),
+            global,
+            keys: key_receivers,
             max_age: Duration::from_secs(self.webhook_max_age_secs),
             timeout: Duration::from_secs(self.webhook_timeout_secs),
+            connect_timeout: Duration::from_millis(self.webhook_connect_timeout_ms),
             concurrency: self.webhook_concurrency.max(1),
+            receiver_concurrency: self.webhook_receiver_concurrency.max(1),
+            pause_after_failures: self.webhook_receiver_pause_after_failures.max(1),
             min_backoff: Duration::from_millis(self.webhook_min_backoff_ms),
             max_backoff: Duration::from_secs(self.webhook_max_backoff_secs)
                 .max(Duration::from_millis(self.webhook_min_backoff_ms)),
+            outbox_max_events: self.webhook_outbox_max_events,
+            outbox_max_events_per_key: self.webhook_outbox_max_events_per_key,
         }
     }
 
@@ -548,9 +701,7 @@ impl Settings {
     fn telemetry(&self, problems: &mut Problems) {
         if let Some(url) = self.otlp_endpoint.as_deref().filter(|u| !u.is_empty()) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.push(format!(
-                    "otlp_endpoint: {url:?} is not an http:// or https:// URL"
-                ));
+                problems.push("otlp_endpoint: not an http:// or https:// URL".into());
             }
         }
         if !matches!(self.log_format.as_str(), "json" | "pretty" | "auto") {

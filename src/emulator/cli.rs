@@ -1,5 +1,8 @@
 //! `box-upload-gateway emulator ...`
-use super::{Emulator, EmulatorConfig, FaultPlan, BOX_MIN_CHUNKED_SIZE, DEFAULT_ENTERPRISE_ID};
+use super::{
+    Emulator, EmulatorConfig, FaultPlan, LinkShape, TlsSource, WireConfig, BOX_MIN_CHUNKED_SIZE,
+    DEFAULT_ENTERPRISE_ID, H2_DEFAULT_WINDOW_BYTES,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +78,29 @@ pub struct EmulatorArgs {
     /// (see docs/emulator.md, "Metadata").
     #[arg(long)]
     pub metadata_templates: Option<PathBuf>,
+    /// Serve HTTPS, offering h2 and http/1.1 by ALPN as Box's hosts do. Without --tls-cert, with a
+    /// certificate for localhost, 127.0.0.1 and ::1 made at start, signed by a CA whose PEM is written
+    /// to DATA_DIR/tls/ca.pem (give it to clients: BOX_CA_FILE, curl --cacert).
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve HTTPS with this PEM certificate chain (implies --tls; needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Add this many milliseconds to every round trip on every connection, as a WAN link does.
+    #[arg(long, default_value_t = 0)]
+    pub rtt_ms: u64,
+    /// Cap each connection at this many bytes per second each way (below TLS, as a link would).
+    #[arg(long)]
+    pub conn_bytes_per_sec: Option<u64>,
+    /// The HTTP/2 window the emulator gives each stream (request), in bytes.
+    #[arg(long, default_value_t = H2_DEFAULT_WINDOW_BYTES)]
+    pub h2_stream_window_bytes: u32,
+    /// The HTTP/2 window the emulator gives each connection, shared by its streams, in bytes.
+    #[arg(long, default_value_t = H2_DEFAULT_WINDOW_BYTES)]
+    pub h2_connection_window_bytes: u32,
 }
 
 fn parse_key_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -114,6 +140,20 @@ impl EmulatorArgs {
             }
             None => Vec::new(),
         };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSource::Files { cert, key }),
+            _ if self.tls => Some(TlsSource::Generated),
+            _ => None,
+        };
+        let wire = WireConfig {
+            tls,
+            link: LinkShape {
+                rtt: Duration::from_millis(self.rtt_ms),
+                bytes_per_sec: self.conn_bytes_per_sec,
+            },
+            h2_stream_window_bytes: self.h2_stream_window_bytes,
+            h2_connection_window_bytes: self.h2_connection_window_bytes,
+        };
         Ok(EmulatorConfig {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -132,6 +172,7 @@ impl EmulatorArgs {
             trust_digests: self.trust_digests,
             discard_content: self.discard_content,
             metadata_templates,
+            wire,
         })
     }
 }
@@ -162,6 +203,9 @@ pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
         handle.upload_url(),
         handle.token_url()
     );
+    if let Some(ca) = handle.ca_file() {
+        println!("Box emulator: TLS certificate's CA in {}", ca.display());
+    }
     crate::lifecycle::shutdown_signal().await;
     handle.stop().await;
     Ok(())
@@ -193,6 +237,7 @@ mod tests {
         );
         assert_eq!(c.session_ttl, Duration::from_secs(7 * 24 * 3600));
         assert!(c.tokens.is_empty() && c.faults == FaultPlan::default());
+        assert_eq!(c.wire, WireConfig::default());
     }
 
     #[test]
@@ -238,7 +283,32 @@ mod tests {
             "40",
             "--faults",
             r#"{"rules": [{"endpoint": "commit", "action": {"type": "parts_mismatch"}}]}"#,
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--rtt-ms",
+            "50",
+            "--conn-bytes-per-sec",
+            "25000000",
+            "--h2-stream-window-bytes",
+            "1048576",
+            "--h2-connection-window-bytes",
+            "4194304",
         ]);
+        let tls = TlsSource::Files {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        assert_eq!(c.wire.tls, Some(tls));
+        assert_eq!(
+            (c.wire.link.rtt, c.wire.link.bytes_per_sec),
+            (Duration::from_millis(50), Some(25_000_000))
+        );
+        assert_eq!(
+            (c.wire.h2_stream_window_bytes, c.wire.h2_connection_window_bytes),
+            (1 << 20, 4 << 20)
+        );
         assert_eq!(c.tokens, ["a", "b"]);
         assert_eq!(
             (c.faults.rate_calls_per_minute, c.faults.rate_uploads_per_minute),
@@ -287,6 +357,12 @@ mod tests {
             .args;
         let err = args.into_config().unwrap_err().to_string();
         assert!(err.contains("templateKey"), "{err}");
+    }
+
+    #[test]
+    fn tls_alone_makes_a_certificate_and_a_key_needs_its_certificate() {
+        assert_eq!(config(&["--tls"]).wire.tls, Some(TlsSource::Generated));
+        assert!(Cli::try_parse_from(["emulator", "--tls-key", "k.pem"]).is_err());
     }
 
     #[test]

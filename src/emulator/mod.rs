@@ -9,6 +9,7 @@ mod metadata;
 mod routes;
 mod state;
 mod storage;
+mod wire;
 
 pub use cli::{run, EmulatorArgs};
 pub use errors::BoxApiError;
@@ -20,10 +21,11 @@ pub use state::{
     Counters, FileView, FolderView, Inspection, PartView, SessionState, SessionView, SharedLink,
     ROOT_FOLDER_ID,
 };
+pub use wire::{LinkShape, TlsSource, WireConfig, H2_DEFAULT_WINDOW_BYTES, H2_MAX_WINDOW_BYTES};
 
 use actix_web::dev::ServerHandle;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,6 +78,9 @@ pub struct EmulatorConfig {
     /// Metadata templates there from the start (`--metadata-templates FILE`), besides Box's built-in
     /// `global.properties`; checked by `Emulator::spawn`.
     pub metadata_templates: Vec<MetadataTemplate>,
+    /// TLS and per-connection shaping (round trip, bandwidth, HTTP/2 windows); default: plain HTTP/1.1
+    /// at loopback speed.
+    pub wire: WireConfig,
 }
 
 impl EmulatorConfig {
@@ -105,6 +110,7 @@ impl Default for EmulatorConfig {
             trust_digests: false,
             discard_content: false,
             metadata_templates: Vec::new(),
+            wire: WireConfig::default(),
         }
     }
 }
@@ -156,6 +162,10 @@ pub struct Emulator;
 
 impl Emulator {
     pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+        config
+            .wire
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (root, temp) = match &config.data_dir {
             Some(dir) => (dir.clone(), None),
             None => {
@@ -173,6 +183,18 @@ impl Emulator {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             state.put_template(metadata::StoredTemplate::new(t));
         }
+        let tls = config.wire.tls.as_ref().map(wire::server_tls).transpose()?;
+        let ca_file = match tls.as_ref().and_then(|t| t.ca_pem.as_ref()) {
+            Some(pem) => {
+                let dir = root.join("tls");
+                std::fs::create_dir_all(&dir)?;
+                let file = dir.join("ca.pem");
+                std::fs::write(&file, pem)?;
+                Some(file)
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let shared = Arc::new(Shared {
             storage: storage::Storage::open(&root)?,
             state: Mutex::new(state),
@@ -181,12 +203,14 @@ impl Emulator {
         });
         let listener = std::net::TcpListener::bind(shared.config.listen)?;
         let addr = listener.local_addr()?;
-        let server = routes::server(shared.clone(), listener)?;
+        let server = wire::serve(shared.clone(), listener, tls.map(|t| t.config))?;
         let server_handle = server.handle();
         let task = tokio::spawn(server);
         Ok(EmulatorHandle {
             shared,
             addr,
+            scheme,
+            ca_file,
             server: server_handle,
             task,
             _temp: temp,
@@ -197,6 +221,8 @@ impl Emulator {
 pub struct EmulatorHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    scheme: &'static str,
+    ca_file: Option<PathBuf>,
     server: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     _temp: Option<tempfile::TempDir>,
@@ -208,7 +234,13 @@ impl EmulatorHandle {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The PEM file of the CA that signed a generated TLS certificate: what a client trusts the
+    /// emulator with. None without TLS or with a certificate from files.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn api_url(&self) -> String {

@@ -153,6 +153,19 @@ pub struct Counters {
     /// `rate_uploads_per_minute`), not by fault rules.
     #[serde(default)]
     pub rate_limited: u64,
+    /// Connections accepted (after the TLS handshake on a TLS listener).
+    #[serde(default)]
+    pub connections: u64,
+    /// Of those, the ones that speak HTTP/2 (`h2` by ALPN, or h2c's preface on plain HTTP).
+    #[serde(default)]
+    pub http2_connections: u64,
+    /// Part uploads that came over HTTP/2.
+    #[serde(default)]
+    pub part_uploads_http2: u64,
+    /// Most part uploads in flight at once on one connection since start or the last reset: above 1,
+    /// parts share a connection (HTTP/2 streams) and its window and bandwidth.
+    #[serde(default)]
+    pub max_parts_in_flight_per_connection: u64,
 }
 
 #[derive(Default)]
@@ -169,6 +182,8 @@ pub struct State {
     pub rate_windows: HashMap<String, RateWindows>,
     /// By (scope id, template key); `global.properties` is always there, as at Box.
     pub templates: BTreeMap<(String, String), StoredTemplate>,
+    /// Part uploads in flight per connection (by `wire::ConnId`), connections with none left out.
+    pub parts_per_connection: HashMap<u64, u64>,
     next_id: u64,
 }
 

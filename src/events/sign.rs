@@ -9,6 +9,9 @@ use sha2::Sha256;
 use crate::secret::Secret;
 
 const PREFIX: &str = "whsec_";
+/// The shortest key accepted, in bytes after base64 decoding: Standard Webhooks' secrets are 24 to 64
+/// bytes ("Signature scheme"); a shorter HMAC key can be guessed offline from one signed event.
+pub const MIN_KEY_BYTES: usize = 24;
 
 /// The keys of a `webhook_secret` value: whitespace-separated `whsec_<base64>` secrets. Errors
 /// never repeat a secret, only its position.
@@ -21,8 +24,12 @@ pub fn parse_secrets(value: &Secret) -> Result<Vec<Secret>, String> {
         let key = B64
             .decode(encoded)
             .map_err(|_| format!("secret {} is not {PREFIX}<base64>", i + 1))?;
-        if key.is_empty() {
-            return Err(format!("secret {} is empty", i + 1));
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "secret {} is {} bytes; at least {MIN_KEY_BYTES} are needed (32 random bytes, base64)",
+                i + 1,
+                key.len()
+            ));
         }
         // The key's bytes are held as base64 text so they stay behind the redacted type.
         keys.push(Secret::new(B64.encode(key)));
@@ -65,7 +72,8 @@ mod tests {
 
     #[test]
     fn each_secret_of_a_rotation_signs() {
-        let keys = parse_secrets(&Secret::new("whsec_YWFh  whsec_YmJi\n")).unwrap();
+        let (a, b) = (B64.encode([b'a'; 24]), B64.encode([b'b'; 32]));
+        let keys = parse_secrets(&Secret::new(format!("whsec_{a}  whsec_{b}\n"))).unwrap();
         let sig = signature(&keys, "id", 1, b"{}");
         let parts: Vec<_> = sig.split(' ').collect();
         assert_eq!(parts.len(), 2);
@@ -80,5 +88,20 @@ mod tests {
             let err = parse_secrets(&Secret::new(bad)).unwrap_err();
             assert!(bad.trim().is_empty() || !err.contains(bad.trim()), "{err}");
         }
+    }
+
+    #[test]
+    fn keys_shorter_than_24_bytes_are_refused() {
+        // `whsec_YQ==` is one byte: an HMAC key anyone can guess from one signed event.
+        let err = parse_secrets(&Secret::new("whsec_YQ==")).unwrap_err();
+        assert!(err.contains("1 bytes") && err.contains("24"), "{err}");
+        let short = B64.encode([7u8; 23]);
+        assert!(parse_secrets(&Secret::new(format!("whsec_{short}"))).is_err());
+        let enough = B64.encode([7u8; 24]);
+        assert!(parse_secrets(&Secret::new(format!("whsec_{enough}"))).is_ok());
+        // One short secret of a rotation is enough to refuse the whole value.
+        let err = parse_secrets(&Secret::new(format!("whsec_{enough} whsec_YQ=="))).unwrap_err();
+        assert!(err.starts_with("secret 2 "), "{err}");
+        assert!(!err.contains("YQ=="), "{err}");
     }
 }

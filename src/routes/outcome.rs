@@ -22,7 +22,7 @@ use actix_web::{HttpMessage, HttpRequest};
 
 use super::middleware::RequestId;
 use super::AppState;
-use crate::access::Caller;
+use crate::access::{Caller, Owner};
 use crate::box_api::Target;
 use crate::error::ApiError;
 use crate::events::{Completed, Event, Failed};
@@ -43,7 +43,10 @@ pub enum Source {
 pub struct UploadReport<'a> {
     state: &'a AppState,
     key_label: Arc<str>,
-    webhook_url: Option<String>,
+    /// The caller's API key (a link's: the key that made it): its own webhook receiver, if any.
+    key_name: Option<Arc<str>>,
+    /// The upload link the caller came through: its events say so.
+    link_id: Option<Arc<str>>,
     request_id: Option<String>,
     began: Instant,
     source: Source,
@@ -69,7 +72,11 @@ impl<'a> UploadReport<'a> {
         Self {
             state,
             key_label: caller.key_label().clone(),
-            webhook_url: caller.webhook_url().map(str::to_owned),
+            key_name: caller.owner().key_name().map(Arc::from),
+            link_id: match caller.owner() {
+                Owner::Link { link_id, .. } => Some(link_id.clone()),
+                _ => None,
+            },
             request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
             began: Instant::now(),
             source,
@@ -148,11 +155,12 @@ impl<'a> UploadReport<'a> {
             sha1: outcome.sha1_hex.clone(),
             method: outcome.method.as_str().to_owned(),
             key: self.key_label.to_string(),
+            link_id: self.link_id.as_deref().map(str::to_owned),
             request_id: self.request_id.clone(),
             tus_id: tus_id.clone(),
             upload_metadata,
         });
-        self.state.events.emit(self.webhook_url.as_deref(), event).await;
+        self.emit(event).await;
         let m = &self.state.metrics;
         let method = outcome.method.as_str();
         let duration = self.duration();
@@ -190,13 +198,22 @@ impl<'a> UploadReport<'a> {
             path: self.path.borrow().clone(),
             bytes_received: self.received.get(),
             key: self.key_label.to_string(),
+            link_id: self.link_id.as_deref().map(str::to_owned),
             request_id: self.request_id.clone(),
             tus_id: match &self.source {
                 Source::Plain => None,
                 Source::Tus { id, .. } => Some(id.clone()),
             },
         });
-        self.state.events.emit(self.webhook_url.as_deref(), event).await;
+        self.emit(event).await;
+    }
+
+    /// To the key's own receiver or the gateway's, counted against the caller's key label.
+    async fn emit(&self, event: Event) {
+        self.state
+            .events
+            .emit(&self.key_label, self.key_name.as_deref(), event)
+            .await;
     }
 
     /// `unknown` when the upload ended before Box accepted its destination.

@@ -15,7 +15,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{new_token, now_ms, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreResult};
+use super::{
+    new_token, now_ms, Fenced, FencedWrite, Lock, OutboxAdd, OutboxAdded, StateStore, StoreError, StoreResult,
+};
 
 /// key -> expiry (Unix milliseconds, big-endian) followed by the value.
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
@@ -29,12 +31,25 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 /// `<owner>\0<upload id>` -> when that open upload expires (Unix seconds).
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
-/// Outbox entry id -> created (Unix ms, big-endian), due (Unix ms, big-endian), then the value.
-const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
-/// (due in Unix ms, id) of every outbox entry: what the delivery worker takes next.
-const OUTBOX_DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox_due");
+/// An outbox entry as stored: created, due, expires (Unix ms), lane, source, value.
+type OutboxEntry<'a> = (u64, u64, u64, &'a str, &'a str, &'a [u8]);
+/// Outbox entry id -> the entry.
+const OUTBOX_ENTRIES: TableDefinition<&str, OutboxEntry> = TableDefinition::new("outbox_entries");
+/// (lane, due in Unix ms, id) of every outbox entry: what the delivery worker takes next, per lane.
+const OUTBOX_LANE_DUE: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox_lane_due");
 /// (created in Unix ms, id) of every outbox entry: the age of the oldest without a scan.
 const OUTBOX_AGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox_age");
+/// (expires in Unix ms, id) of every outbox entry: what the purge removes, oldest first.
+const OUTBOX_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox_expiry");
+/// Lane -> its entries; source -> its entries (the per-source cap), kept in the same transactions.
+const OUTBOX_LANES: TableDefinition<&str, u64> = TableDefinition::new("outbox_lanes");
+const OUTBOX_SOURCES: TableDefinition<&str, u64> = TableDefinition::new("outbox_sources");
+/// The outbox as gateways before lanes wrote it (id -> created, due, value; and by due time):
+/// `outbox_migrate` empties them into the legacy lane.
+const LEGACY_OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+const LEGACY_OUTBOX_DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox_due");
+/// Expired outbox entries purged per add, so one add's transaction stays short.
+const OUTBOX_PURGE_BATCH: usize = 100;
 const PENDING_BYTES: &str = "pending_bytes";
 /// Expired values purged per call of `due`, so one sweep's transaction stays short.
 const PURGE_BATCH: usize = 1000;
@@ -107,9 +122,14 @@ impl EmbeddedStore {
             txn.open_table(PENDING).map_err(err)?;
             txn.open_table(COUNTS).map_err(err)?;
             txn.open_table(OPEN).map_err(err)?;
-            txn.open_table(OUTBOX).map_err(err)?;
-            txn.open_table(OUTBOX_DUE).map_err(err)?;
+            txn.open_table(LEGACY_OUTBOX).map_err(err)?;
+            txn.open_table(LEGACY_OUTBOX_DUE).map_err(err)?;
+            txn.open_table(OUTBOX_ENTRIES).map_err(err)?;
+            txn.open_table(OUTBOX_LANE_DUE).map_err(err)?;
             txn.open_table(OUTBOX_AGE).map_err(err)?;
+            txn.open_table(OUTBOX_EXPIRY).map_err(err)?;
+            txn.open_table(OUTBOX_LANES).map_err(err)?;
+            txn.open_table(OUTBOX_SOURCES).map_err(err)?;
             let mut index = txn.open_table(VALUE_EXPIRY).map_err(err)?;
             // A file written before the index existed: index its values once.
             if index.is_empty().map_err(err)? {
@@ -389,46 +409,114 @@ impl StateStore for EmbeddedStore {
         "embedded"
     }
 
-    fn outbox_put<'a>(
+    fn outbox_add<'a>(&'a self, add: OutboxAdd<'a>) -> BoxFuture<'a, StoreResult<OutboxAdded>> {
+        let (id, lane, source) = (add.id.to_owned(), add.lane.to_owned(), add.source.to_owned());
+        let OutboxAdd {
+            value,
+            created_ms,
+            due_ms,
+            keep,
+            max_events,
+            max_events_per_source,
+            ..
+        } = add;
+        self.write(move |txn| {
+            let now = now_ms();
+            purge_expired_outbox(txn, now)?;
+            let entries = txn.open_table(OUTBOX_ENTRIES)?;
+            let mut sources = txn.open_table(OUTBOX_SOURCES)?;
+            let of_source = sources.get(source.as_str())?.map_or(0, |v| v.value());
+            if of_source >= max_events_per_source {
+                return Ok(OutboxAdded::SourceFull);
+            }
+            if entries.len()? >= max_events {
+                return Ok(OutboxAdded::Full);
+            }
+            drop(entries);
+            sources.insert(source.as_str(), of_source + 1)?;
+            let expires = now + keep.as_millis() as u64;
+            txn.open_table(OUTBOX_ENTRIES)?.insert(
+                id.as_str(),
+                (
+                    created_ms,
+                    due_ms,
+                    expires,
+                    lane.as_str(),
+                    source.as_str(),
+                    value.as_slice(),
+                ),
+            )?;
+            txn.open_table(OUTBOX_LANE_DUE)?
+                .insert((lane.as_str(), due_ms, id.as_str()), ())?;
+            txn.open_table(OUTBOX_AGE)?
+                .insert((created_ms, id.as_str()), ())?;
+            txn.open_table(OUTBOX_EXPIRY)?
+                .insert((expires, id.as_str()), ())?;
+            count(&mut txn.open_table(OUTBOX_LANES)?, &lane, 1)?;
+            Ok(OutboxAdded::Added)
+        })
+    }
+
+    fn outbox_reschedule<'a>(
         &'a self,
         id: &'a str,
+        _lane: &'a str,
         value: Vec<u8>,
-        created_ms: u64,
         due_ms: u64,
     ) -> BoxFuture<'a, StoreResult<()>> {
         let id = id.to_owned();
         self.write(move |txn| {
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let mut due = txn.open_table(OUTBOX_DUE)?;
-            let mut age = txn.open_table(OUTBOX_AGE)?;
-            let old = outbox.get(id.as_str())?.and_then(|v| outbox_times(v.value()));
-            let created_ms = match old {
-                Some((created, old_due)) => {
-                    due.remove((old_due, id.as_str()))?;
-                    created
-                }
-                None => {
-                    age.insert((created_ms, id.as_str()), ())?;
-                    created_ms
-                }
+            let mut entries = txn.open_table(OUTBOX_ENTRIES)?;
+            let Some((created, old_due, expires, lane, source)) = entries.get(id.as_str())?.map(|v| {
+                let (c, d, e, l, s, _) = v.value();
+                (c, d, e, l.to_owned(), s.to_owned())
+            }) else {
+                return Ok(());
             };
-            let mut stored = Vec::with_capacity(16 + value.len());
-            stored.extend_from_slice(&created_ms.to_be_bytes());
-            stored.extend_from_slice(&due_ms.to_be_bytes());
-            stored.extend_from_slice(&value);
-            outbox.insert(id.as_str(), stored.as_slice())?;
-            due.insert((due_ms, id.as_str()), ())?;
+            let mut due = txn.open_table(OUTBOX_LANE_DUE)?;
+            due.remove((lane.as_str(), old_due, id.as_str()))?;
+            due.insert((lane.as_str(), due_ms, id.as_str()), ())?;
+            entries.insert(
+                id.as_str(),
+                (
+                    created,
+                    due_ms,
+                    expires,
+                    lane.as_str(),
+                    source.as_str(),
+                    value.as_slice(),
+                ),
+            )?;
             Ok(())
         })
     }
 
-    fn outbox_due<'a>(&'a self, now_ms: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+    fn outbox_lanes(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let lanes = txn.open_table(OUTBOX_LANES)?;
+            let mut names = Vec::new();
+            for entry in lanes.iter()? {
+                names.push(entry?.0.value().to_owned());
+            }
+            Ok(names)
+        })
+    }
+
+    fn outbox_due<'a>(
+        &'a self,
+        lane: &'a str,
+        now_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        let lane = lane.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
-            let due = txn.open_table(OUTBOX_DUE)?;
+            let due = txn.open_table(OUTBOX_LANE_DUE)?;
             let mut ids = Vec::new();
-            for entry in due.range::<(u64, &str)>(..=(now_ms, "\u{10FFFF}"))?.take(limit) {
-                ids.push(entry?.0.value().1.to_owned());
+            let range = (lane.as_str(), 0, "")..=(lane.as_str(), now_ms, "\u{10FFFF}");
+            for entry in due.range::<(&str, u64, &str)>(range)?.take(limit) {
+                ids.push(entry?.0.value().2.to_owned());
             }
             Ok(ids)
         })
@@ -438,33 +526,40 @@ impl StateStore for EmbeddedStore {
         let id = id.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
-            let outbox = txn.open_table(OUTBOX)?;
-            Ok(outbox
-                .get(id.as_str())?
-                .and_then(|v| v.value().get(16..).map(<[u8]>::to_vec)))
+            let entries = txn.open_table(OUTBOX_ENTRIES)?;
+            let now = now_ms();
+            Ok(entries.get(id.as_str())?.and_then(|v| {
+                let (_, _, expires, _, _, value) = v.value();
+                (expires > now).then(|| value.to_vec())
+            }))
         })
     }
 
-    fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+    fn outbox_remove<'a>(&'a self, id: &'a str, _lane: &'a str) -> BoxFuture<'a, StoreResult<()>> {
         let id = id.to_owned();
-        self.write(move |txn| {
-            let mut outbox = txn.open_table(OUTBOX)?;
-            let old = outbox.remove(id.as_str())?.and_then(|v| outbox_times(v.value()));
-            if let Some((created, due)) = old {
-                txn.open_table(OUTBOX_DUE)?.remove((due, id.as_str()))?;
-                txn.open_table(OUTBOX_AGE)?.remove((created, id.as_str()))?;
-            }
-            Ok(())
-        })
+        self.write(move |txn| remove_outbox_entry(txn, &id))
     }
 
     fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>> {
         self.blocking(|db| {
             let txn = db.begin_read()?;
-            let outbox = txn.open_table(OUTBOX)?;
+            let entries = txn.open_table(OUTBOX_ENTRIES)?;
             let age = txn.open_table(OUTBOX_AGE)?;
             let oldest = age.first()?.map(|(k, _)| k.value().0);
-            Ok((outbox.len()?, oldest))
+            Ok((entries.len()?, oldest))
+        })
+    }
+
+    fn outbox_migrate(&self, keep: Duration) -> BoxFuture<'_, StoreResult<u64>> {
+        self.blocking(move |db| {
+            // A read first: once migrated (the usual case), no write transaction is taken.
+            if db.begin_read()?.open_table(LEGACY_OUTBOX)?.is_empty()? {
+                return Ok(0);
+            }
+            let txn = db.begin_write()?;
+            let moved = migrate_legacy_outbox(&txn, keep)?;
+            txn.commit()?;
+            Ok(moved)
         })
     }
 
@@ -506,11 +601,87 @@ impl StateStore for EmbeddedStore {
     }
 }
 
-/// (created, due) of a stored outbox entry.
-fn outbox_times(stored: &[u8]) -> Option<(u64, u64)> {
-    let created = u64::from_be_bytes(stored.get(..8)?.try_into().ok()?);
-    let due = u64::from_be_bytes(stored.get(8..16)?.try_into().ok()?);
-    Some((created, due))
+/// Adds `by` (+1 or -1) to `name`'s count; a count back at zero is removed (a lane with no entry
+/// is no lane).
+fn count(table: &mut redb::Table<&str, u64>, name: &str, by: i64) -> Result<(), redb::Error> {
+    let now = table.get(name)?.map_or(0, |v| v.value());
+    match now.saturating_add_signed(by) {
+        0 => table.remove(name)?,
+        n => table.insert(name, n)?,
+    };
+    Ok(())
+}
+
+/// Removes an outbox entry and it from every index and count.
+fn remove_outbox_entry(txn: &redb::WriteTransaction, id: &str) -> Result<(), redb::Error> {
+    let mut entries = txn.open_table(OUTBOX_ENTRIES)?;
+    let Some((created, due, expires, lane, source)) = entries.remove(id)?.map(|v| {
+        let (c, d, e, l, s, _) = v.value();
+        (c, d, e, l.to_owned(), s.to_owned())
+    }) else {
+        return Ok(());
+    };
+    txn.open_table(OUTBOX_LANE_DUE)?
+        .remove((lane.as_str(), due, id))?;
+    txn.open_table(OUTBOX_AGE)?.remove((created, id))?;
+    txn.open_table(OUTBOX_EXPIRY)?.remove((expires, id))?;
+    count(&mut txn.open_table(OUTBOX_LANES)?, &lane, -1)?;
+    if !source.is_empty() {
+        count(&mut txn.open_table(OUTBOX_SOURCES)?, &source, -1)?;
+    }
+    Ok(())
+}
+
+/// Removes (a batch of) the outbox entries whose time is up: the embedded store's time to live.
+fn purge_expired_outbox(txn: &redb::WriteTransaction, now: u64) -> Result<(), redb::Error> {
+    let mut expired = Vec::new();
+    for entry in txn
+        .open_table(OUTBOX_EXPIRY)?
+        .range::<(u64, &str)>(..=(now, "\u{10FFFF}"))?
+        .take(OUTBOX_PURGE_BATCH)
+    {
+        expired.push(entry?.0.value().1.to_owned());
+    }
+    for id in expired {
+        remove_outbox_entry(txn, &id)?;
+    }
+    Ok(())
+}
+
+/// Moves the entries of the outbox as gateways before lanes wrote it (created and due, big-endian
+/// Unix ms, then the value) into the legacy lane, with no source (they count toward no key's cap).
+fn migrate_legacy_outbox(txn: &redb::WriteTransaction, keep: Duration) -> Result<u64, redb::Error> {
+    let mut legacy = txn.open_table(LEGACY_OUTBOX)?;
+    let mut old: Vec<(String, u64, u64, Vec<u8>)> = Vec::new();
+    for entry in legacy.iter()? {
+        let (id, stored) = entry?;
+        let stored = stored.value();
+        let time = |at: usize| {
+            stored
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        if let (Some(created), Some(due)) = (time(0), time(8)) {
+            old.push((id.value().to_owned(), created, due, stored[16..].to_vec()));
+        }
+    }
+    let expires = now_ms() + keep.as_millis() as u64;
+    let lane = super::OUTBOX_LEGACY_LANE;
+    for (id, created, due, value) in &old {
+        txn.open_table(OUTBOX_ENTRIES)?
+            .insert(id.as_str(), (*created, *due, expires, lane, "", value.as_slice()))?;
+        txn.open_table(OUTBOX_LANE_DUE)?
+            .insert((lane, *due, id.as_str()), ())?;
+        // The age index is the same table as before: the entry is there already.
+        txn.open_table(OUTBOX_AGE)?.insert((*created, id.as_str()), ())?;
+        txn.open_table(OUTBOX_EXPIRY)?
+            .insert((expires, id.as_str()), ())?;
+        count(&mut txn.open_table(OUTBOX_LANES)?, lane, 1)?;
+    }
+    legacy.retain(|_, _| false)?;
+    txn.open_table(LEGACY_OUTBOX_DUE)?.retain(|_, _| false)?;
+    Ok(old.len() as u64)
 }
 
 #[cfg(test)]
@@ -562,5 +733,41 @@ mod tests {
             (50, 50),
             "the expired value went, the others stay"
         );
+    }
+
+    #[tokio::test]
+    async fn events_stored_by_an_older_gateway_move_into_the_legacy_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        // As the gateway before lanes wrote them: created and due (big-endian), then the value.
+        store
+            .write(|txn| {
+                let mut stored = 7u64.to_be_bytes().to_vec();
+                stored.extend_from_slice(&9u64.to_be_bytes());
+                stored.extend_from_slice(b"{old}");
+                txn.open_table(LEGACY_OUTBOX)?
+                    .insert("msg_old", stored.as_slice())?;
+                txn.open_table(LEGACY_OUTBOX_DUE)?.insert((9, "msg_old"), ())?;
+                txn.open_table(OUTBOX_AGE)?.insert((7, "msg_old"), ())?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let keep = Duration::from_secs(3600);
+
+        assert_eq!(store.outbox_migrate(keep).await.unwrap(), 1);
+        assert_eq!(store.outbox_migrate(keep).await.unwrap(), 0, "once");
+
+        let lane = super::super::OUTBOX_LEGACY_LANE;
+        assert_eq!(store.outbox_lanes().await.unwrap(), [lane]);
+        assert_eq!(store.outbox_due(lane, 10, 10).await.unwrap(), ["msg_old"]);
+        assert_eq!(
+            store.outbox_get("msg_old").await.unwrap().as_deref(),
+            Some(&b"{old}"[..])
+        );
+        assert_eq!(store.outbox_stats().await.unwrap(), (1, Some(7)));
+        store.outbox_remove("msg_old", lane).await.unwrap();
+        assert_eq!(store.outbox_stats().await.unwrap(), (0, None));
+        assert!(store.outbox_lanes().await.unwrap().is_empty());
     }
 }

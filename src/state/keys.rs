@@ -15,7 +15,11 @@
 //!
 //! Kept by the stores themselves: `lock:<key>` (a lock on `<key>`, Redis), `open:<owner>` (an owner's
 //! open tus uploads, scored by expiry), `expiry` (the sweeper's index), `pending-bytes`, and the
-//! outbox (`outbox`, `outbox-due`, `outbox-age`). Owners are `Owner`'s stored form (`access/caller.rs`).
+//! outbox: `outbox:e:<event id>` (an event, its lane and source; `webhook_max_age_secs` + an hour),
+//! `outbox-lanes`, `outbox-due:<lane>`, `outbox-created`, `outbox-expiry` and `outbox-source:<key>`
+//! (indexes and counts, living as long as their newest event), and, until the delivery worker has
+//! moved them, an older gateway's `outbox`, `outbox-due` and `outbox-age` (no TTL). Owners are
+//! `Owner`'s stored form (`access/caller.rs`).
 
 /// A tus upload's record.
 pub fn tus_record(id: &str) -> String {

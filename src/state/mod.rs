@@ -8,7 +8,8 @@
 //!   upload; locks are `SET NX PX` with a random token, released only by their holder.
 //!
 //! Keys are plain strings, every one made in `keys.rs`; values are opaque bytes. Every value has a
-//! time to live, so nothing stays for ever (the outbox's entries stay until delivered or dead).
+//! time to live, so nothing stays for ever (the outbox's entries too: delivered, dead, or at the
+//! latest when the time they were given is up).
 //!
 //! A tus upload's unfinished part (up to one Box part, or a direct upload's whole file) is kept apart
 //! from its small record, written only by a fenced write (`put_fenced`: atomic with the check that
@@ -74,6 +75,37 @@ pub enum Fenced {
     Full,
 }
 
+/// The lane of outbox entries written before the outbox had lanes (`StateStore::outbox_migrate`).
+pub const OUTBOX_LEGACY_LANE: &str = "legacy";
+
+/// A new outbox entry (`StateStore::outbox_add`).
+#[derive(Debug)]
+pub struct OutboxAdd<'a> {
+    pub id: &'a str,
+    /// Its delivery lane (its receiver's name): the worker takes due entries lane by lane.
+    pub lane: &'a str,
+    /// Whose event it is (a key's name): what `max_events_per_source` counts.
+    pub source: &'a str,
+    pub value: Vec<u8>,
+    /// Orders entries by age (Unix ms).
+    pub created_ms: u64,
+    pub due_ms: u64,
+    /// How long the store keeps it by itself.
+    pub keep: Duration,
+    pub max_events: u64,
+    pub max_events_per_source: u64,
+}
+
+/// What `outbox_add` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxAdded {
+    Added,
+    /// The source holds `max_events_per_source` entries: nothing was written.
+    SourceFull,
+    /// The outbox holds `max_events` entries: nothing was written.
+    Full,
+}
+
 /// The one interface both stores implement (object-safe: the gateway holds an `Arc<dyn StateStore>`).
 pub trait StateStore: Send + Sync + 'static {
     /// The value under `key`, unless it is absent or its time is up.
@@ -115,24 +147,39 @@ pub trait StateStore: Send + Sync + 'static {
     fn close_upload<'a>(&'a self, owner: &'a str, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// `embedded` or `redis`, for the log.
     fn kind(&self) -> &'static str;
-    /// Stores the outbox entry `id` (a completion event waiting for delivery) with `value`, due at
-    /// `due_ms` (Unix milliseconds); `created_ms` orders the entries by age (kept from the first put
-    /// of `id`). The entry and its place in the queue are written together (atomic), and stay until
-    /// `outbox_remove`: the outbox has no time to live, the delivery worker decides when an entry
-    /// is dead.
-    fn outbox_put<'a>(
+    /// Adds the outbox entry `add.id` (a completion event waiting for delivery) to its lane, unless
+    /// its source already has `max_events_per_source` entries or the outbox `max_events` (checked and
+    /// written together, atomic). The store keeps it at most `add.keep` by itself (a TTL in Redis,
+    /// a purge in the embedded store); until then it stays until `outbox_remove`.
+    fn outbox_add<'a>(&'a self, add: OutboxAdd<'a>) -> BoxFuture<'a, StoreResult<OutboxAdded>>;
+    /// A retry: the entry's new value and due time (Unix ms), in the lane it was listed from; its age,
+    /// source and time to live stay. An entry removed meanwhile stays removed.
+    fn outbox_reschedule<'a>(
         &'a self,
         id: &'a str,
+        lane: &'a str,
         value: Vec<u8>,
-        created_ms: u64,
         due_ms: u64,
     ) -> BoxFuture<'a, StoreResult<()>>;
-    /// Ids of outbox entries due by `now_ms`, earliest first, at most `limit`.
-    fn outbox_due<'a>(&'a self, now_ms: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+    /// The lanes that hold entries.
+    fn outbox_lanes(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+    /// Ids of `lane`'s entries due by `now_ms`, earliest first, at most `limit`. An id may name an
+    /// entry the store has just let expire: `outbox_get` then finds nothing.
+    fn outbox_due<'a>(
+        &'a self,
+        lane: &'a str,
+        now_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>>;
     fn outbox_get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>>;
-    fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>>;
+    /// Removes the entry `id` of `lane` (the lane it was listed from), and it from every count.
+    fn outbox_remove<'a>(&'a self, id: &'a str, lane: &'a str) -> BoxFuture<'a, StoreResult<()>>;
     /// How many entries the outbox holds, and the `created_ms` of the oldest.
     fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>>;
+    /// Moves entries written by gateways before the outbox had lanes into the lane
+    /// `OUTBOX_LEGACY_LANE` (their value unchanged, kept `keep`), at most a batch per call: how many
+    /// it moved. With Redis, replicas not yet upgraded may still write them.
+    fn outbox_migrate(&self, keep: Duration) -> BoxFuture<'_, StoreResult<u64>>;
     /// Box rate limits and per-key quotas: takes `take`'s lanes from the rate state under `key`,
     /// all or none (atomic): 0 when taken, else the milliseconds to wait before asking again.
     fn rate_take<'a>(&'a self, key: &'a str, take: rate::RateTake) -> BoxFuture<'a, StoreResult<u64>>;
@@ -226,31 +273,142 @@ pub async fn check_store(store: &dyn StateStore) {
     check_rates(store, &k).await;
 }
 
+fn outbox_entry<'a>(
+    id: &'a str,
+    lane: &'a str,
+    source: &'a str,
+    created_ms: u64,
+    due_ms: u64,
+) -> OutboxAdd<'a> {
+    OutboxAdd {
+        id,
+        lane,
+        source,
+        value: b"one".to_vec(),
+        created_ms,
+        due_ms,
+        keep: Duration::from_secs(3600),
+        max_events: u64::MAX,
+        max_events_per_source: 2,
+    }
+}
+
+async fn add(store: &dyn StateStore, entry: OutboxAdd<'_>) -> OutboxAdded {
+    store.outbox_add(entry).await.unwrap()
+}
+
 async fn check_outbox(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
     let (depth, _) = store.outbox_stats().await.unwrap();
-    store.outbox_put(&k("e1"), b"one".to_vec(), 5, 100).await.unwrap();
-    store.outbox_put(&k("e2"), b"two".to_vec(), 7, 50).await.unwrap();
-    let due = store.outbox_due(120, 1000).await.unwrap();
-    let mine: Vec<_> = due.iter().filter(|id| id.starts_with(&k(""))).collect();
-    assert_eq!(mine, [&k("e2"), &k("e1")], "earliest first");
-    assert!(!store.outbox_due(60, 1000).await.unwrap().contains(&k("e1")));
-    // A retry moves the entry's due time and value, never its age.
+    let t = now_ms();
+    let (lane, other_lane, src, src2, src3) = (k("lane"), k("lane2"), k("src"), k("src2"), k("src3"));
+    let [e1, e2, e3, e4, e5, e6, e7] = ["e1", "e2", "e3", "e4", "e5", "e6", "e7"].map(k);
+    assert_eq!(
+        add(store, outbox_entry(&e1, &lane, &src, t + 5, t + 100)).await,
+        OutboxAdded::Added
+    );
+    assert_eq!(
+        add(store, outbox_entry(&e2, &lane, &src, t + 7, t + 50)).await,
+        OutboxAdded::Added
+    );
+    assert_eq!(
+        add(store, outbox_entry(&e3, &other_lane, &src2, t + 8, t + 60)).await,
+        OutboxAdded::Added
+    );
+    let lanes = store.outbox_lanes().await.unwrap();
+    assert!(lanes.contains(&lane) && lanes.contains(&other_lane), "{lanes:?}");
+    assert_eq!(
+        store.outbox_due(&lane, t + 120, 1000).await.unwrap(),
+        [e2.as_str(), e1.as_str()],
+        "earliest first"
+    );
+    assert_eq!(
+        store.outbox_due(&other_lane, t + 120, 1000).await.unwrap(),
+        [e3.as_str()],
+        "per lane"
+    );
+    assert_eq!(
+        store.outbox_due(&lane, t + 60, 1000).await.unwrap(),
+        [e2.as_str()]
+    );
+    assert_eq!(
+        store.outbox_due(&lane, t + 120, 1).await.unwrap(),
+        [e2.as_str()],
+        "at most the limit"
+    );
+    // A source at its cap is refused whole, another source is not; then the whole outbox's cap.
+    assert_eq!(
+        add(store, outbox_entry(&e4, &lane, &src, t + 9, t)).await,
+        OutboxAdded::SourceFull
+    );
+    assert_eq!(store.outbox_get(&e4).await.unwrap(), None);
+    let full = OutboxAdd {
+        max_events: depth + 3,
+        ..outbox_entry(&e5, &other_lane, &src3, t + 9, t)
+    };
+    assert_eq!(add(store, full).await, OutboxAdded::Full);
+    assert_eq!(store.outbox_get(&e5).await.unwrap(), None);
+    // A retry moves the entry's due time and value, never its age or its place in the counts.
     store
-        .outbox_put(&k("e2"), b"two'".to_vec(), 9, 500)
+        .outbox_reschedule(&e2, &lane, b"two'".to_vec(), t + 500)
         .await
         .unwrap();
-    assert!(!store.outbox_due(120, 1000).await.unwrap().contains(&k("e2")));
     assert_eq!(
-        store.outbox_get(&k("e2")).await.unwrap().as_deref(),
+        store.outbox_due(&lane, t + 120, 1000).await.unwrap(),
+        [e1.as_str()]
+    );
+    assert_eq!(
+        store.outbox_get(&e2).await.unwrap().as_deref(),
         Some(&b"two'"[..])
     );
     let (n, oldest) = store.outbox_stats().await.unwrap();
-    assert_eq!(n, depth + 2);
-    assert!(oldest.is_some_and(|o| o <= 5), "{oldest:?}");
-    store.outbox_remove(&k("e1")).await.unwrap();
-    store.outbox_remove(&k("e2")).await.unwrap();
-    assert_eq!(store.outbox_get(&k("e1")).await.unwrap(), None);
-    assert!(!store.outbox_due(1000, 1000).await.unwrap().contains(&k("e2")));
+    assert_eq!(n, depth + 3);
+    assert!(oldest.is_some_and(|o| o <= t + 5), "{oldest:?}");
+    assert_eq!(
+        add(store, outbox_entry(&e4, &lane, &src, t + 9, t)).await,
+        OutboxAdded::SourceFull
+    );
+    // Removed: gone from its lane, its source's count and the outbox's; an empty lane is no lane.
+    for (id, l) in [(&e1, &lane), (&e2, &lane), (&e3, &other_lane)] {
+        store.outbox_remove(id, l).await.unwrap();
+    }
+    assert_eq!(store.outbox_get(&e1).await.unwrap(), None);
+    assert!(store.outbox_due(&lane, t + 1000, 1000).await.unwrap().is_empty());
+    let lanes = store.outbox_lanes().await.unwrap();
+    assert!(
+        !lanes.contains(&lane) && !lanes.contains(&other_lane),
+        "{lanes:?}"
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().0, depth);
+    // A retry of an entry removed meanwhile (by another replica) does not bring it back.
+    store
+        .outbox_reschedule(&e1, &lane, b"x".to_vec(), t)
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_get(&e1).await.unwrap(), None);
+    assert!(store.outbox_due(&lane, t + 1000, 1000).await.unwrap().is_empty());
+    assert_eq!(
+        add(store, outbox_entry(&e4, &lane, &src, t + 9, t)).await,
+        OutboxAdded::Added
+    );
+    store.outbox_remove(&e4, &lane).await.unwrap();
+    // The store keeps an entry no longer than it was asked to, whether or not anyone removes it,
+    // and an entry it let go no longer counts.
+    let brief = |id| OutboxAdd {
+        keep: Duration::from_millis(30),
+        max_events_per_source: 1,
+        ..outbox_entry(id, &lane, &src, now_ms(), now_ms())
+    };
+    assert_eq!(add(store, brief(&e6)).await, OutboxAdded::Added);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.outbox_get(&e6).await.unwrap(), None, "expired");
+    assert_eq!(
+        add(store, brief(&e7)).await,
+        OutboxAdded::Added,
+        "the expired one no longer counts"
+    );
+    for id in [e6.as_str(), e7.as_str()] {
+        store.outbox_remove(id, &lane).await.unwrap();
+    }
     assert_eq!(store.outbox_stats().await.unwrap().0, depth);
 }
 

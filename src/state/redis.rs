@@ -17,31 +17,125 @@ use futures_util::FutureExt;
 use redis::aio::ConnectionManager;
 use redis::{cmd, Script};
 
-use super::{new_token, Fenced, FencedWrite, Lock, StateStore, StoreError, StoreResult};
+use super::{
+    new_token, Fenced, FencedWrite, Lock, OutboxAdd, OutboxAdded, StateStore, StoreError, StoreResult,
+    OUTBOX_LEGACY_LANE,
+};
 
 const PREFIX: &str = "box-upload-gateway:";
 const EXPIRY: &str = "box-upload-gateway:expiry";
 const PENDING_BYTES: &str = "box-upload-gateway:pending-bytes";
-/// The outbox: a hash of entries, a sorted set by due time, one by creation time.
-const OUTBOX: &str = "box-upload-gateway:outbox";
-const OUTBOX_DUE: &str = "box-upload-gateway:outbox-due";
-const OUTBOX_AGE: &str = "box-upload-gateway:outbox-age";
+/// The outbox: each entry a hash (`outbox:e:<id>`: value, lane, source) with its own time to live;
+/// the lanes that hold entries (a set); per lane, its ids by due time; all ids by creation time (the
+/// oldest's age) and by expiry (the count); per source, its ids by expiry (its count). Ids whose
+/// entry expired drop out of the counts at the next add (by their expiry score) and out of their
+/// lane when the worker finds the entry gone. Every structure's time to live is pushed back to the
+/// newest entry's by each add, so an outbox nobody adds to disappears whole when its last entry does.
+const OUTBOX_ENTRY: &str = "box-upload-gateway:outbox:e:";
+const OUTBOX_LANES: &str = "box-upload-gateway:outbox-lanes";
+const OUTBOX_LANE_DUE: &str = "box-upload-gateway:outbox-due:";
+const OUTBOX_CREATED: &str = "box-upload-gateway:outbox-created";
+const OUTBOX_EXPIRY: &str = "box-upload-gateway:outbox-expiry";
+const OUTBOX_SOURCE: &str = "box-upload-gateway:outbox-source:";
+/// The outbox as gateways before lanes wrote it: a hash of entries, a sorted set by due time, one by
+/// creation time, none with a time to live (`outbox_migrate` empties them).
+const LEGACY_OUTBOX: &str = "box-upload-gateway:outbox";
+const LEGACY_OUTBOX_DUE: &str = "box-upload-gateway:outbox-due";
+const LEGACY_OUTBOX_AGE: &str = "box-upload-gateway:outbox-age";
 
-/// KEYS: outbox, due, age. ARGV: id, value, created ms, due ms. The age keeps its first score (NX).
-const OUTBOX_PUT: &str = r#"
-redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
-redis.call("ZADD", KEYS[2], ARGV[4], ARGV[1])
-redis.call("ZADD", KEYS[3], "NX", ARGV[3], ARGV[1])
+/// Keeps an existing key at least `ms` more milliseconds (never shortens its time to live; gives one
+/// to a key that has none, -1). Used by the outbox scripts.
+const KEEP_AT_LEAST: &str = r#"
+local function keep(key, ms)
+  local left = redis.call("PTTL", key)
+  if left == -1 or (left >= 0 and left < ms) then redis.call("PEXPIRE", key, ms) end
+end
+"#;
+
+/// KEYS: entry, lanes, lane's due, created, expiry, source. ARGV: id, value, lane, source, created
+/// ms, due ms, keep ms, now ms, max events, max per source. 0: added; 1: the source is full; 2:
+/// the outbox is full.
+const OUTBOX_ADD: &str = r#"
+local now = tonumber(ARGV[8])
+local gone = redis.call("ZRANGEBYSCORE", KEYS[5], "-inf", now, "LIMIT", 0, 1000)
+for _, id in ipairs(gone) do
+  redis.call("ZREM", KEYS[5], id)
+  redis.call("ZREM", KEYS[4], id)
+end
+redis.call("ZREMRANGEBYSCORE", KEYS[6], "-inf", now)
+if redis.call("ZCARD", KEYS[6]) >= tonumber(ARGV[10]) then return 1 end
+if redis.call("ZCARD", KEYS[5]) >= tonumber(ARGV[9]) then return 2 end
+local ms = tonumber(ARGV[7])
+local expires = now + ms
+redis.call("HSET", KEYS[1], "value", ARGV[2], "lane", ARGV[3], "source", ARGV[4])
+redis.call("PEXPIRE", KEYS[1], ms)
+redis.call("SADD", KEYS[2], ARGV[3])
+redis.call("ZADD", KEYS[3], ARGV[6], ARGV[1])
+redis.call("ZADD", KEYS[4], ARGV[5], ARGV[1])
+redis.call("ZADD", KEYS[5], expires, ARGV[1])
+redis.call("ZADD", KEYS[6], expires, ARGV[1])
+for i = 2, 6 do keep(KEYS[i], ms) end
+return 0
+"#;
+
+/// KEYS: entry, lanes, lane's due. ARGV: id, value, due ms, lane. Only an entry that is still there.
+const OUTBOX_RESCHEDULE: &str = r#"
+local left = redis.call("PTTL", KEYS[1])
+if left < 0 then return 0 end
+redis.call("HSET", KEYS[1], "value", ARGV[2])
+redis.call("ZADD", KEYS[3], ARGV[3], ARGV[1])
+redis.call("SADD", KEYS[2], ARGV[4])
+keep(KEYS[2], left)
+keep(KEYS[3], left)
 return 1
 "#;
 
-/// KEYS: outbox, due, age. ARGV: id.
+/// KEYS: entry, lanes, lane's due, created, expiry. ARGV: id, lane, the source keys' prefix. The
+/// source is read from the entry (gone with an expired entry, whose source count dropped it already).
 const OUTBOX_REMOVE: &str = r#"
-redis.call("HDEL", KEYS[1], ARGV[1])
-redis.call("ZREM", KEYS[2], ARGV[1])
+local source = redis.call("HGET", KEYS[1], "source")
+redis.call("DEL", KEYS[1])
 redis.call("ZREM", KEYS[3], ARGV[1])
+redis.call("ZREM", KEYS[4], ARGV[1])
+redis.call("ZREM", KEYS[5], ARGV[1])
+if source then redis.call("ZREM", ARGV[3] .. source, ARGV[1]) end
+if redis.call("ZCARD", KEYS[3]) == 0 then redis.call("SREM", KEYS[2], ARGV[2]) end
 return 1
 "#;
+
+/// KEYS: legacy entries, legacy due, legacy age, lanes, the legacy lane's due, created, expiry.
+/// ARGV: keep ms, now ms, the entry keys' prefix, lane name, batch. Moves up to a batch of the
+/// earliest-due legacy entries into the legacy lane (no source: they count toward no key's cap).
+const OUTBOX_MIGRATE: &str = r#"
+local ids = redis.call("ZRANGE", KEYS[2], 0, tonumber(ARGV[5]) - 1)
+local ms = tonumber(ARGV[1])
+for _, id in ipairs(ids) do
+  local value = redis.call("HGET", KEYS[1], id)
+  local due = redis.call("ZSCORE", KEYS[2], id)
+  local created = redis.call("ZSCORE", KEYS[3], id) or due
+  if value then
+    local entry = ARGV[3] .. id
+    redis.call("HSET", entry, "value", value, "lane", ARGV[4], "source", "")
+    redis.call("PEXPIRE", entry, ms)
+    redis.call("SADD", KEYS[4], ARGV[4])
+    redis.call("ZADD", KEYS[5], due, id)
+    redis.call("ZADD", KEYS[6], created, id)
+    redis.call("ZADD", KEYS[7], tonumber(ARGV[2]) + ms, id)
+  end
+  redis.call("HDEL", KEYS[1], id)
+  redis.call("ZREM", KEYS[2], id)
+  redis.call("ZREM", KEYS[3], id)
+end
+if #ids > 0 then for i = 4, 7 do keep(KEYS[i], ms) end end
+return #ids
+"#;
+
+/// Legacy entries moved per `outbox_migrate` call.
+const MIGRATE_BATCH: usize = 100;
+
+fn outbox_script(body: &str) -> Script {
+    Script::new(&format!("{KEEP_AT_LEAST}{body}"))
+}
 
 const UNLOCK: &str =
     r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
@@ -448,23 +542,55 @@ impl StateStore for RedisStore {
         "redis"
     }
 
-    fn outbox_put<'a>(
+    fn outbox_add<'a>(&'a self, add: OutboxAdd<'a>) -> BoxFuture<'a, StoreResult<OutboxAdded>> {
+        async move {
+            let mut c = self.conn().await?;
+            let n: i64 = outbox_script(OUTBOX_ADD)
+                .key(format!("{OUTBOX_ENTRY}{}", add.id))
+                .key(OUTBOX_LANES)
+                .key(format!("{OUTBOX_LANE_DUE}{}", add.lane))
+                .key(OUTBOX_CREATED)
+                .key(OUTBOX_EXPIRY)
+                .key(format!("{OUTBOX_SOURCE}{}", add.source))
+                .arg(add.id)
+                .arg(add.value)
+                .arg(add.lane)
+                .arg(add.source)
+                .arg(add.created_ms)
+                .arg(add.due_ms)
+                .arg(ms(add.keep))
+                .arg(super::now_ms())
+                .arg(add.max_events)
+                .arg(add.max_events_per_source)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(match n {
+                0 => OutboxAdded::Added,
+                1 => OutboxAdded::SourceFull,
+                _ => OutboxAdded::Full,
+            })
+        }
+        .boxed()
+    }
+
+    fn outbox_reschedule<'a>(
         &'a self,
         id: &'a str,
+        lane: &'a str,
         value: Vec<u8>,
-        created_ms: u64,
         due_ms: u64,
     ) -> BoxFuture<'a, StoreResult<()>> {
         async move {
             let mut c = self.conn().await?;
-            let _: i64 = Script::new(OUTBOX_PUT)
-                .key(OUTBOX)
-                .key(OUTBOX_DUE)
-                .key(OUTBOX_AGE)
+            let _: i64 = outbox_script(OUTBOX_RESCHEDULE)
+                .key(format!("{OUTBOX_ENTRY}{id}"))
+                .key(OUTBOX_LANES)
+                .key(format!("{OUTBOX_LANE_DUE}{lane}"))
                 .arg(id)
                 .arg(value)
-                .arg(created_ms)
                 .arg(due_ms)
+                .arg(lane)
                 .invoke_async(&mut c)
                 .await
                 .map_err(err)?;
@@ -473,11 +599,28 @@ impl StateStore for RedisStore {
         .boxed()
     }
 
-    fn outbox_due<'a>(&'a self, now_ms: u64, limit: usize) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+    fn outbox_lanes(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        async move {
+            let mut c = self.conn().await?;
+            cmd("SMEMBERS")
+                .arg(OUTBOX_LANES)
+                .query_async(&mut c)
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn outbox_due<'a>(
+        &'a self,
+        lane: &'a str,
+        now_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         async move {
             let mut c = self.conn().await?;
             cmd("ZRANGEBYSCORE")
-                .arg(OUTBOX_DUE)
+                .arg(format!("{OUTBOX_LANE_DUE}{lane}"))
                 .arg("-inf")
                 .arg(now_ms)
                 .arg("LIMIT")
@@ -494,8 +637,8 @@ impl StateStore for RedisStore {
         async move {
             let mut c = self.conn().await?;
             cmd("HGET")
-                .arg(OUTBOX)
-                .arg(id)
+                .arg(format!("{OUTBOX_ENTRY}{id}"))
+                .arg("value")
                 .query_async(&mut c)
                 .await
                 .map_err(err)
@@ -503,14 +646,18 @@ impl StateStore for RedisStore {
         .boxed()
     }
 
-    fn outbox_remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+    fn outbox_remove<'a>(&'a self, id: &'a str, lane: &'a str) -> BoxFuture<'a, StoreResult<()>> {
         async move {
             let mut c = self.conn().await?;
-            let _: i64 = Script::new(OUTBOX_REMOVE)
-                .key(OUTBOX)
-                .key(OUTBOX_DUE)
-                .key(OUTBOX_AGE)
+            let _: i64 = outbox_script(OUTBOX_REMOVE)
+                .key(format!("{OUTBOX_ENTRY}{id}"))
+                .key(OUTBOX_LANES)
+                .key(format!("{OUTBOX_LANE_DUE}{lane}"))
+                .key(OUTBOX_CREATED)
+                .key(OUTBOX_EXPIRY)
                 .arg(id)
+                .arg(lane)
+                .arg(OUTBOX_SOURCE)
                 .invoke_async(&mut c)
                 .await
                 .map_err(err)?;
@@ -522,9 +669,13 @@ impl StateStore for RedisStore {
     fn outbox_stats(&self) -> BoxFuture<'_, StoreResult<(u64, Option<u64>)>> {
         async move {
             let mut c = self.conn().await?;
-            let depth: u64 = cmd("HLEN").arg(OUTBOX).query_async(&mut c).await.map_err(err)?;
+            let depth: u64 = cmd("ZCARD")
+                .arg(OUTBOX_CREATED)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
             let oldest: Vec<(String, f64)> = cmd("ZRANGE")
-                .arg(OUTBOX_AGE)
+                .arg(OUTBOX_CREATED)
                 .arg(0)
                 .arg(0)
                 .arg("WITHSCORES")
@@ -532,6 +683,30 @@ impl StateStore for RedisStore {
                 .await
                 .map_err(err)?;
             Ok((depth, oldest.first().map(|(_, score)| *score as u64)))
+        }
+        .boxed()
+    }
+
+    fn outbox_migrate(&self, keep: Duration) -> BoxFuture<'_, StoreResult<u64>> {
+        async move {
+            let mut c = self.conn().await?;
+            let moved: u64 = outbox_script(OUTBOX_MIGRATE)
+                .key(LEGACY_OUTBOX)
+                .key(LEGACY_OUTBOX_DUE)
+                .key(LEGACY_OUTBOX_AGE)
+                .key(OUTBOX_LANES)
+                .key(format!("{OUTBOX_LANE_DUE}{OUTBOX_LEGACY_LANE}"))
+                .key(OUTBOX_CREATED)
+                .key(OUTBOX_EXPIRY)
+                .arg(ms(keep))
+                .arg(super::now_ms())
+                .arg(OUTBOX_ENTRY)
+                .arg(OUTBOX_LEGACY_LANE)
+                .arg(MIGRATE_BATCH)
+                .invoke_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(moved)
         }
         .boxed()
     }

@@ -31,6 +31,8 @@ fn key(name: &str, secret_name: &str, max_uploads_per_minute: Option<u32>) -> Ap
         subject_type: None,
         subject_id: None,
         webhook_url: None,
+        webhook_secret: None,
+        webhook_secret_file: None,
         max_uploads_per_minute,
         max_bytes_per_day: None,
     }

@@ -27,6 +27,8 @@ fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
         subject_type: None,
         subject_id: None,
         webhook_url: None,
+        webhook_secret: None,
+        webhook_secret_file: None,
         max_uploads_per_minute: None,
         max_bytes_per_day: None,
     }

@@ -17,7 +17,7 @@ fn secrets() -> String {
     format!("{} {}", secret("webhook_secret"), secret("webhook_secret_next"))
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -33,11 +33,21 @@ pub(crate) struct Receiver {
     child: Option<tokio::process::Child>,
     /// What it answers a verified event.
     status: u16,
+    /// The secrets it checks each request with, each on its own (`verified` has one entry each).
+    secrets: Vec<&'static str>,
+    /// Accepts a request that one secret verifies (not only one that all do).
+    accept_any: bool,
 }
 
 impl Receiver {
-    /// Where it will listen, not started yet (a receiver that is down).
-    fn planned() -> Self {
+    /// Where it will listen, not started yet (a receiver that is down); it checks the gateway's
+    /// secrets.
+    pub(crate) fn planned() -> Self {
+        Self::planned_with(&[secret("webhook_secret"), secret("webhook_secret_next")])
+    }
+
+    /// `planned`, checking with `secrets`.
+    pub(crate) fn planned_with(secrets: &[&'static str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         Self {
             port: free_port(),
@@ -45,6 +55,8 @@ impl Receiver {
             _dir: std::sync::Arc::new(dir),
             child: None,
             status: 204,
+            secrets: secrets.to_vec(),
+            accept_any: false,
         }
     }
 
@@ -54,18 +66,33 @@ impl Receiver {
         r
     }
 
+    /// A receiver that checks each request with every one of `secrets` and takes it when one of
+    /// them verifies (its log says which).
+    pub(crate) async fn started_checking(secrets: &[&'static str]) -> Self {
+        let mut r = Self::planned_with(secrets);
+        r.accept_any = true;
+        r.start().await;
+        r
+    }
+
     pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks", self.port)
     }
 
-    async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(python())
+        let mut command = tokio::process::Command::new(python());
+        command
             .arg(script("webhook_receiver.py"))
             .arg(self.port.to_string())
-            .arg(&self.log)
-            .args(["--secret", secret("webhook_secret")])
-            .args(["--secret", secret("webhook_secret_next")])
+            .arg(&self.log);
+        for s in &self.secrets {
+            command.args(["--secret", s]);
+        }
+        if self.accept_any {
+            command.args(["--accept", "any"]);
+        }
+        let mut child = command
             .args(["--status", &self.status.to_string()])
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -81,7 +108,7 @@ impl Receiver {
         self.child = Some(child);
     }
 
-    fn received(&self) -> Vec<Value> {
+    pub(crate) fn received(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -119,10 +146,11 @@ pub(crate) fn with_webhooks(url: String, o: Options) -> Options {
     }
 }
 
-/// Every request the receiver got was signed by both secrets, and is an event.
-fn assert_verified(got: &[Value]) {
+/// Every request the receiver got was signed by every secret it checks with, and is an event.
+pub(crate) fn assert_verified(got: &[Value]) {
     for g in got {
-        assert_eq!(g["verified"], serde_json::json!([true, true]), "{g}");
+        let verified = g["verified"].as_array().unwrap();
+        assert!(verified.iter().all(|v| v == true), "{g}");
         assert!(g["id"].as_str().unwrap().starts_with("msg_"), "{g}");
         assert!(g["event"]["timestamp"].is_string(), "{g}");
     }
@@ -488,7 +516,8 @@ async fn a_refused_event_is_retried_with_the_same_id_until_it_is_too_old() {
 }
 
 /// A gateway whose events go to `gateway_receiver`, with one API key, "team", whose own go to
-/// `team_receiver`; `more` adds fields to the key, `links` turns upload links on.
+/// `team_receiver`, signed with its own secret; `more` adds fields to the key, `links` turns upload
+/// links on.
 async fn team_app(
     gateway_receiver: &Receiver,
     team_receiver: &Receiver,
@@ -500,6 +529,7 @@ async fn team_app(
         "sha256": crate::helpers::sha256_hex(secret("api_key_team")),
         "folders": ["0"],
         "webhook_url": team_receiver.url(),
+        "webhook_secret": secret("webhook_secret_team"),
     });
     key.as_object_mut()
         .unwrap()
@@ -520,7 +550,8 @@ async fn team_app(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
     // Arrange: the gateway's receiver, and the key "team"'s own.
-    let (gateway_receiver, team_receiver) = (Receiver::started().await, Receiver::started().await);
+    let gateway_receiver = Receiver::started().await;
+    let team_receiver = Receiver::started_checking(&[secret("webhook_secret_team")]).await;
     let key = secret("api_key_team");
     let app = team_app(&gateway_receiver, &team_receiver, serde_json::json!({}), false).await;
 
@@ -544,32 +575,17 @@ async fn a_key_with_its_own_webhook_url_gets_its_uploads_events() {
 }
 
 /// An upload through an upload link is the key's that made the link: its completion event names the
-/// key and goes to the key's own receiver, and it counts against the key's quota.
+/// key and the link, and goes to the key's own receiver, and it counts against the key's quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     // Arrange: the key "team" with its own receiver and a quota of one upload a minute; links on.
-    let (gateway_receiver, team_receiver) = (Receiver::started().await, Receiver::started().await);
+    let gateway_receiver = Receiver::started().await;
+    let team_receiver = Receiver::started_checking(&[secret("webhook_secret_team")]).await;
     let key = secret("api_key_team");
     let quota = serde_json::json!({"max_uploads_per_minute": 1});
     let app = team_app(&gateway_receiver, &team_receiver, quota, true).await;
-    let link: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("x-api-key", key)
-        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = link["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = make_link(&app, key).await;
+    let link_id = link_id_of(&token);
 
     // Act: one upload through the link, then a second one past the key's quota.
     let link_header = [("X-Upload-Link", token.as_str())];
@@ -595,9 +611,111 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     let data = &got[0]["event"]["data"];
     assert_eq!(got[0]["event"]["type"], "upload.completed");
     assert_eq!(data["key"], "team", "{data}");
+    assert_eq!(data["link_id"], link_id.as_str(), "{data}");
     assert_eq!(data["file_id"], file_id.as_str(), "{data}");
     assert!(data["tus_id"].is_string(), "{data}");
     assert!(gateway_receiver.received().is_empty());
     assert_eq!(second_status, 429, "{second_body}");
     assert_eq!(second_body["error"]["code"], "rate_limited", "{second_body}");
+}
+
+/// A link to folder 0 made by the API key `key`: its token.
+async fn make_link(app: &TestApp, key: &str) -> String {
+    let link: Value = app
+        .http
+        .post(format!("{}/v1/upload-links", app.address))
+        .header("x-api-key", key)
+        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = link["url"].as_str().unwrap();
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
+/// The id of the link whose token this is (its claims, the token's first part, say it).
+fn link_id_of(token: &str) -> String {
+    let claims = token.split('.').next().unwrap();
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&claims).unwrap();
+    claims["i"].as_str().unwrap().to_owned()
+}
+
+/// A key's events carry no link id; an upload through a link, failing, says which link it came
+/// through in its `upload.failed` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_through_a_link_names_the_link() {
+    // Arrange
+    let gateway_receiver = Receiver::started().await;
+    let team_receiver = Receiver::started_checking(&[secret("webhook_secret_team")]).await;
+    let key = secret("api_key_team");
+    let app = team_app(&gateway_receiver, &team_receiver, serde_json::json!({}), true).await;
+    let token = make_link(&app, key).await;
+
+    // Act: the key's own upload, then one through the link that Box refuses.
+    let own = app
+        .http
+        .put(format!("{}/v1/folders/0/files/own.bin", app.address))
+        .header("x-api-key", key)
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 201);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let created = app
+        .http
+        .post(format!("{}/v1/tus/", app.address))
+        .header("Tus-Resumable", "1.0.0")
+        .header("X-Upload-Link", &token)
+        .header("Upload-Length", "10")
+        .header("Upload-Metadata", format!("filename {}", b64("refused.bin")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let refuse_once = serde_json::json!({"rules": [{"endpoint": "direct_upload", "times": 1,
+        "action": {"type": "status", "status": 400, "code": "bad_request"}}]});
+    app.emulator
+        .set_faults(serde_json::from_value(refuse_once).unwrap());
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let url = match location.starts_with("http") {
+        true => location,
+        false => format!("{}{location}", app.address),
+    };
+    let patched = app
+        .http
+        .patch(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("X-Upload-Link", &token)
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(vec![2u8; 10])
+        .send()
+        .await
+        .unwrap();
+    let got = team_receiver.wait_for(2, Duration::from_secs(30)).await;
+
+    // Assert
+    assert_eq!(patched.status(), 502, "Box refused it");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_verified(&got);
+    let of = |t: &str| {
+        got.iter()
+            .find(|g| g["event"]["type"] == t)
+            .unwrap_or_else(|| panic!("no {t}: {got:?}"))["event"]["data"]
+            .clone()
+    };
+    assert!(
+        of("upload.completed").get("link_id").is_none(),
+        "the key's own upload"
+    );
+    let failed = of("upload.failed");
+    assert_eq!(failed["link_id"], link_id_of(&token).as_str(), "{failed}");
+    assert_eq!(failed["key"], "team", "{failed}");
 }

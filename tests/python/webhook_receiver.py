@@ -1,10 +1,11 @@
 """A webhook receiver, as an application's author would write one with the `standardwebhooks` package.
 
-usage: webhook_receiver.py PORT LOG --secret WHSEC [--secret WHSEC ...] [--status CODE]
+usage: webhook_receiver.py PORT LOG --secret WHSEC [--secret WHSEC ...] [--status CODE] [--accept any]
 Listens on 127.0.0.1:PORT, checks every POST's signature with each secret on its own (the
 `standardwebhooks` library: webhook-id, webhook-timestamp, webhook-signature), and appends one JSON
 line per request to LOG: {"id", "verified": [bool per secret], "event"}. Answers --status (204 by
-default) when every secret verifies, 401 otherwise. Prints "listening" once it accepts connections.
+default) when every secret verifies (with --accept any: when one does), 401 otherwise. Prints
+"listening" once it accepts connections.
 """
 import argparse
 import json
@@ -20,6 +21,7 @@ def main():
     p.add_argument("log")
     p.add_argument("--secret", action="append", required=True)
     p.add_argument("--status", type=int, default=204)
+    p.add_argument("--accept", choices=["all", "any"], default="all")
     a = p.parse_args()
     hooks = [Webhook(s) for s in a.secret]
 
@@ -38,7 +40,8 @@ def main():
             with open(a.log, "a") as f:
                 f.write(json.dumps({"id": headers.get("webhook-id"), "verified": verified,
                                     "event": event if event is not None else json.loads(body)}) + "\n")
-            self.send_response(a.status if all(verified) else 401)
+            accepted = any(verified) if a.accept == "any" else all(verified)
+            self.send_response(a.status if accepted else 401)
             self.send_header("content-length", "0")
             self.end_headers()
 

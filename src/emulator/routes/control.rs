@@ -105,4 +105,6 @@ pub fn expire_issued(shared: &Shared) {
 pub fn reset_max_in_flight(shared: &Shared) {
     let mut state = shared.lock();
     state.counters.max_parts_in_flight = state.counters.parts_in_flight;
+    state.counters.max_parts_in_flight_per_connection =
+        state.parts_per_connection.values().copied().max().unwrap_or(0);
 }

@@ -15,36 +15,35 @@ pub mod token;
 use super::errors::{BoxApiError, BOX_REQUEST_ID};
 use super::faults::{Endpoint, FaultAction};
 use super::{Shared, DEV_TOKEN};
-use actix_web::body::MessageBody;
-use actix_web::dev::{Extensions, Server, Service, ServiceResponse};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, App, HttpRequest, HttpServer};
-use std::any::Any;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use actix_web::{web, App, HttpRequest};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-pub fn server(shared: Arc<Shared>, listener: std::net::TcpListener) -> std::io::Result<Server> {
-    let data = web::Data::from(shared);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            // Commit bodies list up to ~10,000 parts.
-            .app_data(web::PayloadConfig::new(16 << 20))
-            .wrap_fn(|req, srv| {
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                let fut = srv.call(req);
-                async move { fut.await.map(|res| with_request_id(res, &id)) }
-            })
-            .configure(configure)
-    })
-    .on_connect(keep_socket)
-    .workers(2)
-    // Whoever embeds the emulator decides when it stops (`serve --emulator` drains the gateway first).
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok(server)
+/// The emulator's application; `wire::serve` puts it on the network.
+pub fn app(
+    data: web::Data<Shared>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(data)
+        // Commit bodies list up to ~10,000 parts.
+        .app_data(web::PayloadConfig::new(16 << 20))
+        .wrap_fn(|req, srv| {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let fut = srv.call(req);
+            async move { fut.await.map(|res| with_request_id(res, &id)) }
+        })
+        .configure(configure)
 }
 
 fn configure(cfg: &mut web::ServiceConfig) {
@@ -146,13 +145,12 @@ fn with_request_id<B: MessageBody + 'static>(
 /// A duplicate of the connection's socket, so a `cut_connection` fault can reset it.
 pub struct ConnSocket(pub OwnedFd);
 
-fn keep_socket(conn: &dyn Any, ext: &mut Extensions) {
-    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
-            ext.insert(ConnSocket(fd));
-        }
-    }
-}
+/// Marks a connection that came over TLS: `absolute` answers `https` URLs on it.
+pub struct ConnTls;
+
+/// Which connection a request came on (numbered from 1 in the order they were accepted).
+#[derive(Clone, Copy)]
+pub struct ConnId(pub u64);
 
 /// What the fault plan decided for one request that passed the gate.
 pub struct Gate {
@@ -349,7 +347,12 @@ fn record_as_user(shared: &Shared, req: &HttpRequest) {
 /// Absolute URL on the host the client used, as Box builds `session_endpoints`.
 pub fn absolute(req: &HttpRequest, path: &str) -> String {
     let info = req.connection_info();
-    format!("{}://{}{}", info.scheme(), info.host(), path)
+    // An HTTP/1.1 request line carries no scheme: the connection knows.
+    let scheme = match req.conn_data::<ConnTls>() {
+        Some(_) => "https",
+        None => info.scheme(),
+    };
+    format!("{scheme}://{}{}", info.host(), path)
 }
 
 pub fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {

@@ -6,7 +6,8 @@ use super::super::storage::PositionalWriter;
 use super::super::Shared;
 use super::body::{drain, shaped, store_then, Body, Shaping};
 use super::sessions::open_session_mut;
-use super::{commit, gate, header_str};
+use super::{commit, gate, header_str, ConnId};
+use actix_web::http::Version;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -22,7 +23,7 @@ pub async fn upload(
     payload: web::Payload,
     shared: web::Data<Shared>,
 ) -> Reply {
-    let _flight = InFlight::enter(&shared);
+    let _flight = InFlight::enter(&shared, &req);
     let (gate, mut body) = match gate(&shared, &req, Some(Endpoint::UploadPart), true).await {
         Ok(g) => {
             let cut = match g.action {
@@ -46,22 +47,42 @@ pub async fn upload(
     result
 }
 
-/// Counts part uploads in flight, for `max_parts_in_flight`.
-struct InFlight(web::Data<Shared>);
+/// Counts part uploads in flight, in all and per connection, for `max_parts_in_flight` and
+/// `max_parts_in_flight_per_connection`.
+struct InFlight(web::Data<Shared>, Option<u64>);
 
 impl InFlight {
-    fn enter(shared: &web::Data<Shared>) -> Self {
+    fn enter(shared: &web::Data<Shared>, req: &HttpRequest) -> Self {
+        let conn = req.conn_data::<ConnId>().map(|c| c.0);
         let mut state = shared.lock();
+        let state = &mut *state;
         let c = &mut state.counters;
         c.parts_in_flight += 1;
         c.max_parts_in_flight = c.max_parts_in_flight.max(c.parts_in_flight);
-        InFlight(shared.clone())
+        if req.version() == Version::HTTP_2 {
+            c.part_uploads_http2 += 1;
+        }
+        if let Some(id) = conn {
+            let on_conn = state.parts_per_connection.entry(id).or_default();
+            *on_conn += 1;
+            c.max_parts_in_flight_per_connection = c.max_parts_in_flight_per_connection.max(*on_conn);
+        }
+        InFlight(shared.clone(), conn)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.lock().counters.parts_in_flight -= 1;
+        let mut state = self.0.lock();
+        state.counters.parts_in_flight -= 1;
+        if let Some(id) = self.1 {
+            if let Some(n) = state.parts_per_connection.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    state.parts_per_connection.remove(&id);
+                }
+            }
+        }
     }
 }
 
