@@ -1,7 +1,8 @@
 //! The gateway's one error type at the HTTP edge: a stable snake_case code, its HTTP status, and one
 //! JSON rendering used everywhere (handlers, extractors, multipart, unknown routes).
 //!
-//! `{"error": {"code", "message", "box": {"status", "code", "request_id"}?, "existing_file_id"?}}`.
+//! `{"error": {"code", "message", "box": {"status", "code", "request_id"}?, "existing_file_id"?,
+//! "field"?}}`.
 //! 5xx messages stay generic; the full cause chain goes to the log.
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -21,11 +22,15 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub box_info: Option<Box<BoxInfo>>,
-    pub existing_file_id: Option<String>,
+    pub existing_file_id: Option<Box<str>>,
+    /// The field a 400 `invalid_field` or 422 `invalid_metadata` is about, as the client named it
+    /// (`description`, `enterprise.invoiceData.amount`).
+    pub field: Option<Box<str>>,
     /// Seconds a client should wait before trying again (429/503 passed on from Box).
     pub retry_after_secs: Option<u64>,
-    /// The challenge of a 401 (`WWW-Authenticate`).
-    pub www_authenticate: Option<String>,
+    /// The challenge of a 401 (`WWW-Authenticate`). (This, `field` and `existing_file_id` are boxed
+    /// `str`s, not `String`s: `ApiError` stays below clippy's bound for an `Err`, 128 bytes.)
+    pub www_authenticate: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +48,7 @@ impl ApiError {
             message: message.into(),
             box_info: None,
             existing_file_id: None,
+            field: None,
             retry_after_secs: None,
             www_authenticate: None,
         }
@@ -50,7 +56,7 @@ impl ApiError {
 
     pub fn with_www_authenticate(self, challenge: String) -> Self {
         Self {
-            www_authenticate: Some(challenge),
+            www_authenticate: Some(challenge.into()),
             ..self
         }
     }
@@ -124,6 +130,8 @@ struct Body<'a> {
     box_info: Option<&'a BoxInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     existing_file_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl ResponseError for ApiError {
@@ -136,8 +144,8 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             response.insert_header(("Retry-After", secs.to_string()));
         }
-        if let Some(challenge) = &self.www_authenticate {
-            response.insert_header(("WWW-Authenticate", challenge.as_str()));
+        if let Some(challenge) = self.www_authenticate.as_deref() {
+            response.insert_header(("WWW-Authenticate", challenge));
         }
         response.json(Envelope {
             error: Body {
@@ -145,6 +153,7 @@ impl ResponseError for ApiError {
                 message: &self.message,
                 box_info: self.box_info.as_deref(),
                 existing_file_id: self.existing_file_id.as_deref(),
+                field: self.field.as_deref(),
             },
         })
     }
@@ -180,7 +189,7 @@ impl From<UploadError> for ApiError {
         match err {
             UploadError::Box(err) => from_box(err),
             UploadError::Conflict { existing_id, kind } => Self {
-                existing_file_id: Some(existing_id.clone()),
+                existing_file_id: Some(existing_id.as_str().into()),
                 ..Self::new(S::CONFLICT, "name_conflict", format!("a {kind} with this name already exists (id {existing_id}); pass on_conflict=version or on_conflict=rename"))
             },
             UploadError::NoFreeName(name) => {
@@ -290,6 +299,36 @@ impl From<UploadError> for ApiError {
             ),
             UploadError::Internal(_) => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed; see its logs")
+            }
+            // Found before any byte was read: nothing was sent to Box.
+            UploadError::Fields(err) => {
+                let (status, code) = match err.is_metadata() {
+                    true => (S::UNPROCESSABLE_ENTITY, "invalid_metadata"),
+                    false => (S::BAD_REQUEST, "invalid_field"),
+                };
+                Self {
+                    field: Some(err.field().into()),
+                    ..Self::new(status, code, format!("{err}; nothing was stored"))
+                }
+            }
+            UploadError::Path(err @ crate::pipeline::PathError::Conflict { .. }) => {
+                Self::new(S::CONFLICT, "path_conflict", format!("{err}; nothing was stored"))
+            }
+            UploadError::Path(err @ crate::pipeline::PathError::NotFound { .. }) => Self::new(
+                S::NOT_FOUND,
+                "folder_not_found",
+                format!("{err} (create_folders=false); nothing was stored"),
+            ),
+            UploadError::FieldsNotApplied { file_id, what, removed, .. } => {
+                let undone = match removed {
+                    true => format!("the {what} it created ({file_id}) was deleted, so nothing of this upload is stored"),
+                    false => format!("deleting the {what} it created ({file_id}) failed: remove it in Box"),
+                };
+                Self::new(
+                    S::BAD_GATEWAY,
+                    "box_fields_failed",
+                    format!("Box did not take the file's description, tags, shared link or metadata; {undone}"),
+                )
             }
         }
     }
@@ -428,7 +467,7 @@ fn from_box(err: BoxError) -> ApiError {
             format!("Box refused the upload ({code})"),
         ),
     };
-    let existing_file_id = err.body().and_then(|b| b.conflict()).map(|c| c.id);
+    let existing_file_id = err.body().and_then(|b| b.conflict()).map(|c| c.id.into());
     // A 503 always says when to come back: Box's own `Retry-After` when it sent one, else a hint.
     let retry_after_secs = match status {
         S::SERVICE_UNAVAILABLE => retry_after_secs.or(Some(BOX_UNAVAILABLE_RETRY_AFTER_SECS)),
@@ -440,6 +479,7 @@ fn from_box(err: BoxError) -> ApiError {
         message,
         box_info,
         existing_file_id,
+        field: None,
         retry_after_secs,
         www_authenticate: None,
     }

@@ -23,7 +23,7 @@ pub struct GatewayMetrics {
     pub parts: IntCounterVec,
     pub part_duration: Histogram,
     /// Retries of Box calls, by `endpoint` and `reason` (rate_limited|server_error|timeout|connection|
-    /// name_reserved|commit_pending|parts_mismatch|token_expired).
+    /// name_reserved|operation_blocked|commit_pending|parts_mismatch|token_expired).
     pub box_retries: IntCounterVec,
     /// Box calls, by `endpoint` and `status` (HTTP status, or timeout|connection).
     pub box_calls: IntCounterVec,
@@ -117,6 +117,16 @@ pub struct GatewayMetrics {
     /// before it reached Box, by `what` (uploads_per_minute|bytes_per_day|box_admission|open_upload|
     /// link_slot): a refusal costs the key, its link and its Box user nothing.
     pub admission_given_back: IntCounterVec,
+    /// Folders the gateway created in Box for uploads by path.
+    pub folders_created: prometheus::IntCounter,
+    /// Path resolutions, by `result` (hit: the whole path was cached | miss: Box was asked | stale: a
+    /// cached folder was gone and the path was resolved again).
+    pub path_cache: IntCounterVec,
+    /// Metadata template schemas needed to check an upload's metadata, by `result` (hit|miss).
+    pub schema_cache: IntCounterVec,
+    /// Uploads whose fields (description, tags, shared link, metadata) could not be applied after the
+    /// commit, by `what` was removed (file|version) and `outcome` of the removal (deleted|failed).
+    pub fields_cleanups: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -388,6 +398,31 @@ impl GatewayMetrics {
                 ),
                 &["what"],
             )?,
+            folders_created: prometheus::IntCounter::new(
+                "gateway_box_folders_created_total",
+                "Folders the gateway created in Box for uploads by path.",
+            )?,
+            path_cache: IntCounterVec::new(
+                Opts::new(
+                    "gateway_path_resolutions_total",
+                    "Folder paths resolved for uploads by path, by result (hit: all cached | miss: Box asked | stale: a cached folder was gone, resolved again).",
+                ),
+                &["result"],
+            )?,
+            schema_cache: IntCounterVec::new(
+                Opts::new(
+                    "gateway_metadata_schema_lookups_total",
+                    "Metadata template schemas looked up to check an upload's metadata, by result (hit|miss).",
+                ),
+                &["result"],
+            )?,
+            fields_cleanups: IntCounterVec::new(
+                Opts::new(
+                    "gateway_fields_cleanups_total",
+                    "Uploads whose fields could not be applied after the commit, by what was removed (file|version) and outcome of the removal (deleted|failed).",
+                ),
+                &["what", "outcome"],
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -431,6 +466,10 @@ impl GatewayMetrics {
         registry.register(Box::new(m.box_rate_cleanups_unpaced.clone()))?;
         registry.register(Box::new(m.key_quota_refused.clone()))?;
         registry.register(Box::new(m.admission_given_back.clone()))?;
+        registry.register(Box::new(m.folders_created.clone()))?;
+        registry.register(Box::new(m.path_cache.clone()))?;
+        registry.register(Box::new(m.schema_cache.clone()))?;
+        registry.register(Box::new(m.fields_cleanups.clone()))?;
         Ok(m)
     }
 }

@@ -154,7 +154,8 @@ impl Application {
             metrics.clone(),
             tokio::runtime::Handle::current(),
             lifecycle.stop_uploads(),
-        );
+        )
+        .with_path_settings(&settings.paths.caches);
         let events = Arc::new(crate::events::Events::new(
             store.clone(),
             settings.webhooks.clone(),
@@ -185,6 +186,7 @@ impl Application {
             events,
             upload_links: settings.links.clone(),
             pacer,
+            path_root: settings.paths.default_root.clone(),
         });
         // Expired uploads are looked for a few times per expiration period, at most once a minute.
         let sweep_every =

@@ -104,6 +104,9 @@ pub struct Caller {
     pub(super) owner: Owner,
     /// None: any folder.
     pub(super) folders: Option<Arc<HashSet<String>>>,
+    /// The key's `path_root`: where its uploads by path start (a key without one cannot upload by
+    /// path; a caller without a key starts from the gateway's `path_root`).
+    pub(super) path_root: Option<Arc<str>>,
     pub(super) max_file_size_bytes: Option<u64>,
     pub principal: Principal,
     pub(super) passthrough: bool,
@@ -153,6 +156,39 @@ impl Caller {
                 StatusCode::FORBIDDEN,
                 "forbidden_folder",
                 format!("this API key may not upload into folder {folder_id}"),
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The folder an upload by path starts from, and below which it stays: the key's `path_root`, or,
+    /// for a caller without a key, `default_root` (the gateway's `path_root` setting). 403
+    /// `forbidden_folder` for a key without one; 403 `link_not_allowed` for a link's caller, whose
+    /// holder is a stranger confined to the link's one folder.
+    pub fn path_root(&self, default_root: &str) -> Result<String, ApiError> {
+        if self.link.is_some() {
+            return Err(self.refuse(link_not_allowed(
+                "an upload link uploads into its own folder only: not by path",
+            )));
+        }
+        match (&self.folders, &self.path_root) {
+            (_, Some(root)) => Ok(root.to_string()),
+            (Some(_), None) => Err(self.refuse(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_folder",
+                "this API key has no path_root: it may not upload by path",
+            ))),
+            (None, None) => Ok(default_root.to_owned()),
+        }
+    }
+
+    /// 403 `link_not_allowed` when a link's caller sends fields that land with the file: the link's
+    /// holder is a stranger, and a description, tags, a shared link (an `open` one would publish the
+    /// file) or metadata (which retention and workflows act on) are the key holder's to set.
+    pub fn check_fields_allowed(&self, has_fields: bool) -> Result<(), ApiError> {
+        match (&self.link, has_fields) {
+            (Some(_), true) => Err(self.refuse(link_not_allowed(
+                "an upload link uploads the file only: description, tags, shared_link and metadata are not taken from it",
             ))),
             _ => Ok(()),
         }

@@ -29,7 +29,14 @@ pub struct ApiKeyConfig {
     /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
     pub sha256: String,
     /// Folder ids the key may upload into, and whose files it may add versions to.
+    #[serde(default)]
     pub folders: Vec<String>,
+    /// A folder id: the key may upload by path (`/v1/paths/...`, tus `path`) into it and any folder
+    /// below it, creating what is missing. A grant of its own, beside `folders` (which keeps saying
+    /// where the key uploads by id): it need not be listed there, and the folders made below it are
+    /// not added there. Without it, the key cannot upload by path.
+    #[serde(default)]
+    pub path_root: Option<String>,
     #[serde(default)]
     pub max_file_size_bytes: Option<u64>,
     /// The managed user this key's uploads act as (`As-User`).
@@ -65,6 +72,7 @@ impl fmt::Debug for ApiKeyConfig {
         f.debug_struct("ApiKeyConfig")
             .field("name", &self.name)
             .field("folders", &self.folders)
+            .field("path_root", &self.path_root)
             .field("max_file_size_bytes", &self.max_file_size_bytes)
             .field("as_user", &self.as_user)
             .field("subject_id", &self.subject_id)
@@ -135,12 +143,12 @@ pub fn check_keys(keys: &[ApiKeyConfig], minted: bool) -> Vec<String> {
             }
             Some(_) => {}
         }
-        if key.folders.is_empty() {
+        if key.folders.is_empty() && key.path_root.is_none() {
             problems.push(format!(
-                "api key {name:?}: folders is empty; list the folder ids it may upload into"
+                "api key {name:?}: folders is empty; list the folder ids it may upload into (or give it a path_root)"
             ));
         }
-        for folder in &key.folders {
+        for folder in key.folders.iter().chain(&key.path_root) {
             if folder.is_empty() || !folder.bytes().all(|b| b.is_ascii_digit()) {
                 problems.push(format!(
                     "api key {name:?}: folder {folder:?} is not a Box folder id"
@@ -191,6 +199,8 @@ pub(super) struct ApiKey {
     pub name: Arc<str>,
     pub digest: [u8; 32],
     pub folders: Arc<HashSet<String>>,
+    /// Where the key's uploads by path start (None: it may not upload by path).
+    pub path_root: Option<Arc<str>>,
     pub max_file_size_bytes: Option<u64>,
     pub as_user: Option<String>,
     /// The key's own token provider (its own subject), else the gateway's.
@@ -204,6 +214,7 @@ impl ApiKey {
             name: Arc::from(k.name.as_str()),
             digest: parse_digest(&k.sha256).unwrap_or_default(),
             folders: Arc::new(k.folders.iter().cloned().collect()),
+            path_root: k.path_root.as_deref().map(Arc::from),
             max_file_size_bytes: k.max_file_size_bytes,
             as_user: k.as_user.clone().filter(|u| !u.is_empty()),
             auth: k.subject().map(mint),

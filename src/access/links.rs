@@ -267,6 +267,8 @@ impl Access {
                 link_id: Arc::from(claims.id.as_str()),
             },
             folders: Some(Arc::new(HashSet::from([claims.folder_id.clone()]))),
+            // A link's holder uploads into its one folder, never by path (`Caller::path_root`).
+            path_root: None,
             max_file_size_bytes,
             principal: key_principal(Some(key), own),
             passthrough: false,

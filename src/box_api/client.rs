@@ -168,6 +168,12 @@ impl BoxClient {
         Ok(url)
     }
 
+    /// Whom Box counts this client's calls against (its token's principal and `As-User`): what
+    /// decides which folders and templates the calls can see.
+    pub fn principal(&self) -> &PaceKey {
+        &self.pace_key
+    }
+
     /// `POST {upload}/files/upload_sessions` or `POST {upload}/files/{id}/upload_sessions`.
     #[tracing::instrument(name = "box.create_session", skip_all)]
     pub async fn create_session(&self, upload: &NewUpload) -> Result<UploadSession, BoxError> {
@@ -528,13 +534,15 @@ impl BoxClient {
                 && item.get("size").and_then(Value::as_u64) == Some(size)
         };
         match &upload.target {
-            Target::NewFile { folder_id, name } => match self.find_in_folder(folder_id, name).await? {
-                Some(item) if same(&item) => {
-                    let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
-                    self.get_file(id).await.map(Some)
+            Target::NewFile { folder_id, name } => {
+                match self.find_in_folder(folder_id, name, Some("file")).await? {
+                    Some(item) if same(&item) => {
+                        let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+                        self.get_file(id).await.map(Some)
+                    }
+                    _ => Ok(None),
                 }
-                _ => Ok(None),
-            },
+            }
             Target::NewVersion { file_id, name } => {
                 let file = self.get_file(file_id).await?;
                 let named = name
@@ -545,9 +553,15 @@ impl BoxClient {
         }
     }
 
-    /// The file named `name` in the folder: `GET {api}/folders/{id}/items`, page by page (at most 1000
-    /// a page), with `fields=name,sha1,size`. Box names are unique in a folder regardless of case.
-    async fn find_in_folder(&self, folder_id: &str, name: &str) -> Result<Option<Value>, BoxError> {
+    /// The item named `name` in the folder (of type `kind`, if given): `GET {api}/folders/{id}/items`,
+    /// page by page (at most 1000 a page), with `fields=name,sha1,size`. Box names are unique in a
+    /// folder regardless of case.
+    async fn find_in_folder(
+        &self,
+        folder_id: &str,
+        name: &str,
+        kind: Option<&str>,
+    ) -> Result<Option<Value>, BoxError> {
         const LIMIT: u64 = 1000;
         let url = format!("{}/folders/{folder_id}/items", self.urls.api);
         let lower = name.to_lowercase();
@@ -564,7 +578,7 @@ impl BoxClient {
                 })
                 .await?;
             let found = page.entries.iter().find(|item| {
-                item.get("type").and_then(Value::as_str) == Some("file")
+                kind.is_none_or(|k| item.get("type").and_then(Value::as_str) == Some(k))
                     && item
                         .get("name")
                         .and_then(Value::as_str)
@@ -586,6 +600,164 @@ impl BoxClient {
                 ));
             }
         }
+    }
+
+    /// The item named `name` in a folder, whatever its type: (`type`, `id`), e.g. (`folder`, `123`).
+    /// A 404 is the folder gone (or hidden).
+    pub async fn find_item(&self, folder_id: &str, name: &str) -> Result<Option<(String, String)>, BoxError> {
+        let item = self.find_in_folder(folder_id, name, None).await?;
+        Ok(item.and_then(|item| {
+            let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
+            Some((text("type")?, text("id")?))
+        }))
+    }
+
+    /// `POST {api}/folders` with `{"name", "parent": {"id"}}`, retried like any call. A 409
+    /// `item_name_in_use` is an answer, not a failure: the folder in the way is the one asked for
+    /// (`Existing`), anything else in the way is `ItemInTheWay`. Box compares names regardless of
+    /// case, so `Existing` may differ from `name` in case. After a lost answer (a 5xx that had
+    /// created the folder), the retry meets the folder itself and answers `Existing`.
+    #[tracing::instrument(name = "box.create_folder", skip_all)]
+    pub async fn create_folder(&self, parent_id: &str, name: &str) -> Result<FolderCreated, FolderError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: String,
+        }
+        let url = self.api_path(&["folders"], "create_folder")?;
+        let body = json!({"name": name, "parent": {"id": parent_id}});
+        let answer: Result<Created, BoxError> = self
+            .retried("create_folder", |t| {
+                self.http
+                    .client()
+                    .post(url.clone())
+                    .bearer_auth(t.expose())
+                    .json(&body)
+            })
+            .await;
+        let err = match answer {
+            Ok(created) => return Ok(FolderCreated::Created { id: created.id }),
+            Err(err) => err,
+        };
+        let conflict = err
+            .body()
+            .filter(|_| err.status() == Some(409) && err.code() == Some("item_name_in_use"))
+            .and_then(|b| b.conflict());
+        match conflict {
+            Some(c) if c.kind == "folder" => Ok(FolderCreated::Existing { id: c.id }),
+            Some(c) => Err(FolderError::ItemInTheWay {
+                name: name.to_owned(),
+                id: c.id,
+                kind: c.kind,
+            }),
+            None => Err(err.into()),
+        }
+    }
+
+    /// `GET {api}/metadata_templates/{scope}/{key}/schema`; `None` when Box has no such template
+    /// (404), or does not know the scope (400 `bad_request`, OpenAPI).
+    #[tracing::instrument(name = "box.get_metadata_template", skip_all)]
+    pub async fn metadata_template(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<MetadataTemplate>, BoxError> {
+        let url = self.api_path(
+            &["metadata_templates", scope, key, "schema"],
+            "get_metadata_template",
+        )?;
+        let answer = self
+            .retried("get_metadata_template", |t| {
+                self.http.client().get(url.clone()).bearer_auth(t.expose())
+            })
+            .await;
+        match answer {
+            Ok(template) => Ok(Some(template)),
+            Err(err) if matches!(err.status(), Some(404)) || err.code() == Some("bad_request") => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `PUT {api}/files/{id}?fields=description,tags,shared_link`: the answer is the mini file object
+    /// plus those three (Box answers only what `fields` names, and `tags` only when named).
+    #[tracing::instrument(name = "box.update_file", skip_all)]
+    pub async fn update_file(&self, file_id: &str, update: &FileUpdate) -> Result<FileObject, BoxError> {
+        let url = self.api_path(&["files", file_id], "update_file")?;
+        self.retried("update_file", |t| {
+            self.http
+                .client()
+                .put(url.clone())
+                .query(&[("fields", "description,tags,shared_link")])
+                .bearer_auth(t.expose())
+                .json(update)
+        })
+        .await
+        .map(FileObject)
+    }
+
+    /// `POST {api}/files/{id}/metadata/{scope}/{key}` with the values: 201 answers the instance.
+    /// A 409 (`tuple_already_exists` as documented, `conflict` as seen, box-openapi#393) means the
+    /// file has an instance already: see `update_metadata`.
+    #[tracing::instrument(name = "box.create_metadata", skip_all)]
+    pub async fn create_metadata(
+        &self,
+        file_id: &str,
+        scope: &str,
+        key: &str,
+        values: &serde_json::Map<String, Value>,
+    ) -> Result<Value, BoxError> {
+        let url = self.api_path(&["files", file_id, "metadata", scope, key], "create_metadata")?;
+        self.retried("create_metadata", |t| {
+            self.http
+                .client()
+                .post(url.clone())
+                .bearer_auth(t.expose())
+                .json(values)
+        })
+        .await
+    }
+
+    /// `PUT {api}/files/{id}/metadata/{scope}/{key}`: sets each value with a JSON Patch `add`, which
+    /// overwrites a value already there (OpenAPI, the update's `value`), so sending it again is
+    /// harmless. Box applies the patch whole or not at all.
+    #[tracing::instrument(name = "box.update_metadata", skip_all)]
+    pub async fn update_metadata(
+        &self,
+        file_id: &str,
+        scope: &str,
+        key: &str,
+        values: &serde_json::Map<String, Value>,
+    ) -> Result<Value, BoxError> {
+        let url = self.api_path(&["files", file_id, "metadata", scope, key], "update_metadata")?;
+        let ops: Vec<Value> = values
+            .iter()
+            .map(|(k, v)| {
+                // JSON Pointer (RFC 6901) escapes `~` and `/` in a key.
+                let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
+                json!({"op": "add", "path": path, "value": v})
+            })
+            .collect();
+        let body = serde_json::to_vec(&ops).unwrap_or_default();
+        self.retried("update_metadata", |t| {
+            self.http
+                .client()
+                .put(url.clone())
+                .bearer_auth(t.expose())
+                .header(header::CONTENT_TYPE, "application/json-patch+json")
+                .body(body.clone())
+        })
+        .await
+    }
+
+    /// `{api}/a/b/...` with each segment percent-encoded: an id, scope or key that came from a caller
+    /// can never change the path's shape (`..`, `/`, `?`).
+    fn api_path(&self, segments: &[&str], endpoint: &'static str) -> Result<reqwest::Url, BoxError> {
+        let mut url = reqwest::Url::parse(&self.urls.api)
+            .map_err(|e| BoxError::protocol(endpoint, format!("the Box API URL does not parse: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| BoxError::protocol(endpoint, "the Box API URL cannot take a path"))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
     }
 
     /// `GET {api}/files/{id}`.

@@ -147,7 +147,8 @@ impl BoxError {
     }
 
     /// Why a retry may succeed, as a metrics label; `None` when retrying cannot help. Retried: 429,
-    /// 408, 409 `name_temporarily_reserved` (another upload of the name is committing), 500, 502, 503,
+    /// 408, 409 `name_temporarily_reserved` (another upload of the name is committing) and
+    /// `operation_blocked_temporary` (a folder locked by another operation), 500, 502, 503,
     /// 504, timeouts and dropped connections. Never: 501 and other 5xx (not implemented, out of space,
     /// ...), any other 4xx, and answers that cannot be understood: the same request would fail again.
     pub fn retry_reason(&self) -> Option<&'static str> {
@@ -157,6 +158,9 @@ impl BoxError {
             BoxErrorKind::Status { status: 408, .. } => Some("timeout"),
             BoxErrorKind::Status { status: 409, .. } if self.code() == Some(NAME_RESERVED) => {
                 Some("name_reserved")
+            }
+            BoxErrorKind::Status { status: 409, .. } if self.code() == Some(OPERATION_BLOCKED) => {
+                Some("operation_blocked")
             }
             BoxErrorKind::Status {
                 status: 500 | 502 | 503 | 504,
@@ -205,6 +209,10 @@ impl BoxError {
 
 /// 409: Box holds the name while another upload of it is being committed; transient.
 pub const NAME_RESERVED: &str = "name_temporarily_reserved";
+
+/// 409 on a folder creation: the parent is locked by a move, copy, delete or restore under way; "can
+/// be retried at a later point" (OpenAPI, `POST /folders`).
+pub const OPERATION_BLOCKED: &str = "operation_blocked_temporary";
 
 /// The longest `Retry-After` the parser returns: a larger value (a proxy's mistake, or a day-long
 /// ban) is read as this. It is the ceiling of `box_rate_max_pause_secs`, which caps what the gateway
@@ -263,6 +271,7 @@ mod tests {
             (429, "rate_limit_exceeded", "rate_limited"),
             (408, "request_timeout", "timeout"),
             (409, NAME_RESERVED, "name_reserved"),
+            (409, OPERATION_BLOCKED, "operation_blocked"),
             (500, "internal_server_error", "server_error"),
             (502, "bad_gateway", "server_error"),
             (503, "unavailable", "server_error"),

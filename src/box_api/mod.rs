@@ -19,4 +19,7 @@ pub use error::{BoxError, BoxErrorKind, MAX_RETRY_AFTER};
 pub use grants::{Grant, JwtApp, Subject, SubjectType};
 pub use pacer::{Admission, NoCapacity, PaceKey, Pacer, PacerSettings};
 pub use retry::{Attempt, RetryPolicy};
-pub use types::{BoxErrorBody, Conflict, FileObject, SessionEndpoints, UploadPart, UploadSession};
+pub use types::{
+    BoxErrorBody, Conflict, FileObject, FileUpdate, FolderCreated, FolderError, MetadataField,
+    MetadataOption, MetadataTemplate, SessionEndpoints, SharedLinkUpdate, UploadPart, UploadSession,
+};

@@ -76,6 +76,71 @@ impl FileObject {
     }
 }
 
+/// `POST {api}/folders`: what Box said about the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderCreated {
+    /// 201: the folder is new.
+    Created { id: String },
+    /// 409 `item_name_in_use` naming a folder: it was there already (or another request, on this
+    /// replica or another, made it first).
+    Existing { id: String },
+}
+
+/// A folder creation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// 409 `item_name_in_use` naming a file (or web link): no folder can have this name here.
+    #[error("a {kind} (id {id}) holds the name {name:?}")]
+    ItemInTheWay { name: String, id: String, kind: String },
+    #[error(transparent)]
+    Box(#[from] super::BoxError),
+}
+
+/// A metadata template's schema (`GET {api}/metadata_templates/{scope}/{key}/schema`), the parts
+/// values are checked against. Field types stay text: Box adds types (`taxonomy`) now and then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataTemplate {
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub template_key: String,
+    #[serde(default)]
+    pub fields: Vec<MetadataField>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetadataField {
+    /// `string`, `float`, `date`, `enum`, `multiSelect`, `integer` (deprecated), `taxonomy`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub key: String,
+    #[serde(default)]
+    pub options: Vec<MetadataOption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataOption {
+    pub key: String,
+}
+
+/// What `PUT {api}/files/{id}` changes; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FileUpdate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// `{"access": "open" | "company" | "collaborators"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_link: Option<SharedLinkUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedLinkUpdate {
+    pub access: String,
+}
+
 /// Box's error body. Every field is optional: a proxy in front of Box may answer anything.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct BoxErrorBody {

@@ -216,6 +216,25 @@ pub struct Settings {
     /// principal on every replica, a retry's wait, and the `Retry-After` passed on to clients
     /// (`BOX_RATE_MAX_PAUSE_SECS`); 1 to 3600.
     pub box_rate_max_pause_secs: u64,
+    /// The folder id uploads by path start from when the caller has no API key (`GATEWAY_PATH_ROOT`;
+    /// a key's own `path_root` is its root). `0` is the Box user's All Files.
+    #[serde(deserialize_with = "text_like")]
+    pub path_root: String,
+    /// How long a folder resolved for an upload by path is trusted without asking Box: a folder
+    /// renamed or moved in Box receives uploads by its old path this long at most (0: not cached).
+    pub path_cache_ttl_secs: u64,
+    /// Resolved folders kept per replica (the oldest go first).
+    pub path_cache_max_entries: usize,
+    /// How long a metadata template's schema is trusted: a field added to a template is accepted
+    /// this much later at worst (0: read at every upload that carries metadata).
+    pub metadata_schema_cache_ttl_secs: u64,
+    /// Template schemas kept per replica.
+    pub metadata_schema_cache_max_entries: usize,
+}
+
+/// `string_like` for a key that always has a value (its default fills it in).
+fn text_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    string_like(d).map(Option::unwrap_or_default)
 }
 
 /// Ids from the environment arrive parsed (`BOX_SUBJECT_ID=12345` is a number to figment): take any
@@ -356,6 +375,14 @@ impl Default for Settings {
             // still honoured, one pause at a time: the first call after a pause meets Box's 429
             // again and pauses again.
             box_rate_max_pause_secs: 120,
+            path_root: "0".into(),
+            // A few minutes: a burst of uploads into one path asks Box once, and a folder moved in
+            // Box stops receiving uploads by its old path soon after.
+            path_cache_ttl_secs: 180,
+            // About 1 MB of ids and paths.
+            path_cache_max_entries: 10_000,
+            metadata_schema_cache_ttl_secs: 300,
+            metadata_schema_cache_max_entries: 1_000,
         }
     }
 }
@@ -534,6 +561,43 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn upload_by_path_settings_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            // A folder id from the environment arrives as a number: it is taken as its text.
+            jail.set_env("GATEWAY_PATH_ROOT", "250000");
+            jail.set_env("GATEWAY_PATH_CACHE_TTL_SECS", "60");
+            jail.set_env("GATEWAY_METADATA_SCHEMA_CACHE_MAX_ENTRIES", "10");
+            let s = Settings {
+                box_developer_token: Some(Secret::new("t")),
+                allow_anonymous: true,
+                ..Settings::load(None).map_err(|e| e.to_string())?
+            };
+            let paths = s.validate().unwrap().paths;
+            assert_eq!(paths.default_root, "250000");
+            assert_eq!(paths.caches.path_cache_ttl, Duration::from_secs(60));
+            assert_eq!(paths.caches.schema_cache_max_entries, 10);
+            assert_eq!(paths.caches.schema_cache_ttl, Duration::from_secs(300));
+            Ok(())
+        });
+        let bad = Settings {
+            box_developer_token: Some(Secret::new("t")),
+            allow_anonymous: true,
+            path_root: "All Files".into(),
+            path_cache_max_entries: 0,
+            metadata_schema_cache_ttl_secs: 90_000,
+            ..Default::default()
+        };
+        let problems = bad.validate().unwrap_err().join("\n");
+        for key in [
+            "path_root",
+            "path_cache_max_entries",
+            "metadata_schema_cache_ttl_secs",
+        ] {
+            assert!(problems.contains(key), "{key} not named: {problems}");
+        }
     }
 
     #[test]

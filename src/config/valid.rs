@@ -9,7 +9,7 @@ use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, PacerSettings, RetryPolicy};
 use crate::events::WebhookSettings;
 use crate::http_client::BoxConnections;
-use crate::pipeline::PipelineSettings;
+use crate::pipeline::{PathSettings, PipelineSettings};
 use crate::secret::{Secret, SecretSource};
 
 #[derive(Debug, Clone)]
@@ -26,6 +26,16 @@ pub struct ValidSettings {
     pub idempotency: IdempotencySettings,
     pub links: LinkSettings,
     pub webhooks: WebhookSettings,
+    pub paths: PathUploadSettings,
+}
+
+/// Upload by path and the fields that land with a file.
+#[derive(Debug, Clone)]
+pub struct PathUploadSettings {
+    /// Where uploads by path start for callers without an API key (a folder id).
+    pub default_root: String,
+    /// The pipeline's caches of resolved folders and of metadata templates' schemas.
+    pub caches: PathSettings,
 }
 
 /// The HTTP server and the process around it.

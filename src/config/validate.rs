@@ -11,7 +11,7 @@ use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, JwtApp, PacerSettings, RetryPolicy, Subject, SubjectType};
 use crate::events::{ReceiverSettings, WebhookSettings};
 use crate::http_client::{BoxConnections, BoxHttpVersion};
-use crate::pipeline::PipelineSettings;
+use crate::pipeline::{PathSettings, PipelineSettings};
 use crate::secret::SecretSource;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -46,6 +46,7 @@ impl Settings {
         let idempotency = self.idempotency(p);
         let links = self.links(passthrough, p);
         let webhooks = self.webhooks(&access.api_keys, p);
+        let paths = self.paths(p);
         self.telemetry(p);
         match (problems.is_empty(), server, box_side) {
             (true, Some(server), Some(box_side)) => Ok(ValidSettings {
@@ -61,6 +62,7 @@ impl Settings {
                 idempotency,
                 links,
                 webhooks,
+                paths,
             }),
             _ => Err(problems),
         }
@@ -734,6 +736,48 @@ impl Settings {
                 "log_format: {:?} is not json, pretty or auto",
                 self.log_format
             ));
+        }
+    }
+
+    /// Upload by path: the root of callers without a key, and the caches of its resolver.
+    fn paths(&self, problems: &mut Problems) -> PathUploadSettings {
+        if self.path_root.is_empty() || !self.path_root.bytes().all(|b| b.is_ascii_digit()) {
+            problems.push(format!(
+                "path_root: {:?} is not a Box folder id (0 is All Files)",
+                self.path_root
+            ));
+        }
+        at_least_one(
+            problems,
+            &[
+                ("path_cache_max_entries", self.path_cache_max_entries as u64),
+                (
+                    "metadata_schema_cache_max_entries",
+                    self.metadata_schema_cache_max_entries as u64,
+                ),
+            ],
+        );
+        for (key, secs) in [
+            ("path_cache_ttl_secs", self.path_cache_ttl_secs),
+            (
+                "metadata_schema_cache_ttl_secs",
+                self.metadata_schema_cache_ttl_secs,
+            ),
+        ] {
+            if secs > 24 * 3600 {
+                problems.push(format!(
+                    "{key}: {secs} is over a day; Box's folders and templates change meanwhile"
+                ));
+            }
+        }
+        PathUploadSettings {
+            default_root: self.path_root.clone(),
+            caches: PathSettings {
+                path_cache_ttl: Duration::from_secs(self.path_cache_ttl_secs),
+                path_cache_max_entries: self.path_cache_max_entries,
+                schema_cache_ttl: Duration::from_secs(self.metadata_schema_cache_ttl_secs),
+                schema_cache_max_entries: self.metadata_schema_cache_max_entries,
+            },
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `box-upload-gateway emulator ...`
 use super::{
     Emulator, EmulatorConfig, FaultPlan, LinkShape, TlsSource, WireConfig, BOX_MIN_CHUNKED_SIZE,
-    H2_DEFAULT_WINDOW_BYTES,
+    DEFAULT_ENTERPRISE_ID, H2_DEFAULT_WINDOW_BYTES,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +73,11 @@ pub struct EmulatorArgs {
     /// The same for upload calls (new sessions, direct uploads).
     #[arg(long)]
     pub rate_uploads_per_minute: Option<u32>,
+    /// Metadata templates, a JSON file: a list of templates in the shape of Box's create-template
+    /// body (`scope`, `templateKey`, `fields` of `type`, `key`, `options`), or `{"entries": [...]}`
+    /// (see docs/emulator.md, "Metadata").
+    #[arg(long)]
+    pub metadata_templates: Option<PathBuf>,
     /// Serve HTTPS, offering h2 and http/1.1 by ALPN as Box's hosts do. Without --tls-cert, with a
     /// certificate for localhost, 127.0.0.1 and ::1 made at start, signed by a CA whose PEM is written
     /// to DATA_DIR/tls/ca.pem (give it to clients: BOX_CA_FILE, curl --cacert).
@@ -123,6 +128,18 @@ impl EmulatorArgs {
             .iter()
             .map(|(kid, file)| Ok((kid.clone(), std::fs::read_to_string(file)?)))
             .collect::<std::io::Result<_>>()?;
+        let metadata_templates = match &self.metadata_templates {
+            Some(file) => {
+                let enterprise = self.enterprise_id.as_deref().unwrap_or(DEFAULT_ENTERPRISE_ID);
+                super::metadata::parse_templates(&std::fs::read(file)?, enterprise).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("--metadata-templates {}: {e}", file.display()),
+                    )
+                })?
+            }
+            None => Vec::new(),
+        };
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsSource::Files { cert, key }),
             _ if self.tls => Some(TlsSource::Generated),
@@ -154,6 +171,7 @@ impl EmulatorArgs {
             faults,
             trust_digests: self.trust_digests,
             discard_content: self.discard_content,
+            metadata_templates,
             wire,
         })
     }
@@ -310,6 +328,35 @@ mod tests {
         assert_eq!(c.faults.rules.len(), 1);
         assert_eq!(c.data_dir, Some(PathBuf::from("d")));
         assert!(c.trust_digests);
+    }
+
+    #[test]
+    fn metadata_templates_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(
+            &good,
+            r#"[{"scope": "enterprise", "templateKey": "invoiceData", "fields": [{"type": "float", "key": "amount"}]}]"#,
+        )
+        .unwrap();
+        let c = config(&[
+            "--metadata-templates",
+            good.to_str().unwrap(),
+            "--enterprise-id",
+            "42",
+        ]);
+        assert_eq!(c.metadata_templates[0].scope, "enterprise_42");
+        assert_eq!(
+            c.metadata_templates[0].fields[0].kind,
+            super::super::FieldKind::Float
+        );
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"[{"scope": "enterprise", "templateKey": "9lives"}]"#).unwrap();
+        let args = Cli::try_parse_from(["emulator", "--metadata-templates", bad.to_str().unwrap()])
+            .unwrap()
+            .args;
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.contains("templateKey"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct BoxApiError {
     pub retry_after: Option<u64>,
     /// OAuth-style body (`{"error", "error_description"}`) for the token endpoint.
     pub oauth: bool,
+    /// Box's metadata-instance errors (OpenAPI `MetadataError`, box/box-openapi#393): only `code`,
+    /// `message` and `request_id`, no `type` or `status`.
+    pub metadata: bool,
     /// The fault plan's answers that are not Box's (boxed: rare, and the error stays small).
     pub raw: Option<Box<RawAnswer>>,
 }
@@ -37,6 +40,7 @@ impl BoxApiError {
             context_info: None,
             retry_after: None,
             oauth: false,
+            metadata: false,
             raw: None,
         }
     }
@@ -74,9 +78,19 @@ impl BoxApiError {
         e
     }
 
+    /// The shape Box answers the creation of a metadata instance with when it refuses it.
+    pub fn metadata(status: u16, code: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(status, code, message);
+        e.metadata = true;
+        e
+    }
+
     pub fn body(&self, request_id: &str) -> Value {
         if self.oauth {
             return json!({"error": self.code, "error_description": self.message});
+        }
+        if self.metadata {
+            return json!({"code": self.code, "message": self.message, "request_id": request_id});
         }
         json!({
             "type": "error",

@@ -37,6 +37,20 @@ pub enum Endpoint {
     DirectUpload,
     Preflight,
     Token,
+    /// `POST /2.0/folders`.
+    CreateFolder,
+    /// `GET /2.0/metadata_templates/{scope}/{key}/schema`.
+    GetMetadataTemplate,
+    /// `POST /2.0/files/{id}/metadata/{scope}/{key}`.
+    CreateMetadata,
+    /// `PUT /2.0/files/{id}/metadata/{scope}/{key}` (JSON Patch).
+    UpdateMetadata,
+    /// `PUT /2.0/files/{id}` (description, tags, shared link, name).
+    UpdateFile,
+    /// `DELETE /2.0/files/{id}`.
+    DeleteFile,
+    /// `DELETE /2.0/files/{id}/versions/{version_id}`.
+    DeleteFileVersion,
     /// Matches every request; counted over all endpoints.
     Any,
 }
@@ -72,11 +86,12 @@ pub enum FaultAction {
         #[serde(default)]
         retry_after: Option<u64>,
     },
-    /// upload_part, commit, direct_upload: do the work (store the part, commit the file, store the
+    /// upload_part, commit, direct_upload, create_folder, create_metadata, update_file: do the work
+    /// (store the part, commit the file, store the file, create the folder or instance, update the
     /// file), then answer 500 as if it had failed: the lost answer.
     StoreThenFail,
-    /// upload_part, commit, direct_upload: do the work, then reset the connection instead of
-    /// answering: the client sees a transport error although the part or file is stored.
+    /// The same endpoints as `store_then_fail`: do the work, then reset the connection instead of
+    /// answering: the client sees a transport error although the work is done.
     StoreThenCut,
     /// commit: answer 202, empty body, `Retry-After`.
     CommitAccepted {

@@ -5,6 +5,7 @@
 mod cli;
 mod errors;
 mod faults;
+mod metadata;
 mod routes;
 mod state;
 mod storage;
@@ -13,8 +14,12 @@ mod wire;
 pub use cli::{run, EmulatorArgs};
 pub use errors::BoxApiError;
 pub use faults::{Endpoint, FaultAction, FaultPlan, FaultRule, FiredFault, Garbage};
+pub use metadata::{
+    parse_templates, FieldKind, MetadataTemplate, TemplateField, TemplateOption, DEFAULT_ENTERPRISE_ID,
+};
 pub use state::{
-    Counters, FileView, FolderView, Inspection, PartView, SessionState, SessionView, ROOT_FOLDER_ID,
+    Counters, FileView, FolderView, Inspection, PartView, SessionState, SessionView, SharedLink,
+    ROOT_FOLDER_ID,
 };
 pub use wire::{LinkShape, TlsSource, WireConfig, H2_DEFAULT_WINDOW_BYTES, H2_MAX_WINDOW_BYTES};
 
@@ -70,6 +75,9 @@ pub struct EmulatorConfig {
     /// written (implies `trust_digests`), so the emulator costs one socket read per byte. Downloads of
     /// such files answer zeros.
     pub discard_content: bool,
+    /// Metadata templates there from the start (`--metadata-templates FILE`), besides Box's built-in
+    /// `global.properties`; checked by `Emulator::spawn`.
+    pub metadata_templates: Vec<MetadataTemplate>,
     /// TLS and per-connection shaping (round trip, bandwidth, HTTP/2 windows); default: plain HTTP/1.1
     /// at loopback speed.
     pub wire: WireConfig,
@@ -101,6 +109,7 @@ impl Default for EmulatorConfig {
             faults: FaultPlan::default(),
             trust_digests: false,
             discard_content: false,
+            metadata_templates: Vec::new(),
             wire: WireConfig::default(),
         }
     }
@@ -139,6 +148,14 @@ impl Shared {
     pub fn part_size(&self, file_size: u64) -> u64 {
         self.config.part_size.unwrap_or_else(|| part_size_for(file_size))
     }
+
+    /// The enterprise an `enterprise` metadata scope stands for.
+    pub fn enterprise_id(&self) -> &str {
+        self.config
+            .enterprise_id
+            .as_deref()
+            .unwrap_or(metadata::DEFAULT_ENTERPRISE_ID)
+    }
 }
 
 pub struct Emulator;
@@ -156,6 +173,16 @@ impl Emulator {
                 (t.path().to_owned(), Some(t))
             }
         };
+        let enterprise_id = config
+            .enterprise_id
+            .as_deref()
+            .unwrap_or(metadata::DEFAULT_ENTERPRISE_ID);
+        let mut state = state::State::new();
+        for t in &config.metadata_templates {
+            let t = metadata::checked(t.clone(), enterprise_id)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            state.put_template(metadata::StoredTemplate::new(t));
+        }
         let tls = config.wire.tls.as_ref().map(wire::server_tls).transpose()?;
         let ca_file = match tls.as_ref().and_then(|t| t.ca_pem.as_ref()) {
             Some(pem) => {
@@ -170,7 +197,7 @@ impl Emulator {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let shared = Arc::new(Shared {
             storage: storage::Storage::open(&root)?,
-            state: Mutex::new(state::State::new()),
+            state: Mutex::new(state),
             faults: Mutex::new(faults::FaultEngine::new(config.faults.clone())),
             config,
         });
@@ -244,6 +271,19 @@ impl EmulatorHandle {
 
     pub fn create_folder(&self, parent_id: &str, name: &str) -> String {
         self.shared.lock().create_folder(parent_id, name)
+    }
+
+    /// Removes a folder and everything below it, as `DELETE /2.0/folders/{id}?recursive=true` does.
+    pub fn delete_folder(&self, id: &str) {
+        self.shared.lock().delete_folder(id);
+    }
+
+    /// Adds a metadata template (or replaces the one of its scope and key), as
+    /// `POST /_emulator/metadata_templates` does.
+    pub fn put_metadata_template(&self, template: MetadataTemplate) -> Result<(), String> {
+        let t = metadata::checked(template, self.shared.enterprise_id())?;
+        self.shared.lock().put_template(metadata::StoredTemplate::new(t));
+        Ok(())
     }
 
     /// The access tokens issued so far (tests check that none of them shows in a log).

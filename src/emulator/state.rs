@@ -1,5 +1,6 @@
 //! Everything the emulator remembers, behind one mutex (never held across an await).
 use super::faults::FiredFault;
+use super::metadata::{Instance, MetadataTemplate, StoredTemplate};
 use super::storage::Fold;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,29 @@ pub struct FileRec {
     pub modified_at: DateTime<Utc>,
     pub content_created_at: Option<String>,
     pub content_modified_at: Option<String>,
+    /// Box answers `""` for a file without one.
+    pub description: String,
+    pub tags: Vec<String>,
+    pub shared_link: Option<SharedLink>,
+    /// By (scope id, template key), e.g. (`enterprise_12345`, `invoiceData`).
+    pub metadata: BTreeMap<(String, String), Instance>,
+}
+
+/// A file's shared link (`PUT /files/{id}` with `shared_link`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharedLink {
+    /// `open`, `company` or `collaborators`.
+    pub access: String,
+    /// Built on the host the client used, as `session_endpoints` are.
+    pub url: String,
+    pub download_url: String,
+    #[serde(default)]
+    pub vanity_name: Option<String>,
+    #[serde(default)]
+    pub unshared_at: Option<String>,
+    #[serde(default)]
+    pub password_set: bool,
+    pub can_download: bool,
 }
 
 impl FileRec {
@@ -156,6 +180,8 @@ pub struct State {
     pub as_user: Vec<String>,
     /// Per token and `As-User`: when its calls, and its upload calls, of the last 60 s came.
     pub rate_windows: HashMap<String, RateWindows>,
+    /// By (scope id, template key); `global.properties` is always there, as at Box.
+    pub templates: BTreeMap<(String, String), StoredTemplate>,
     /// Part uploads in flight per connection (by `wire::ConnId`), connections with none left out.
     pub parts_per_connection: HashMap<u64, u64>,
     next_id: u64,
@@ -173,6 +199,7 @@ impl State {
             next_id: 1_000_000 + fastrand::u64(..1_000_000),
             ..State::default()
         };
+        state.put_template(StoredTemplate::properties());
         state.folders.insert(
             ROOT_FOLDER_ID.to_owned(),
             FolderRec {
@@ -211,6 +238,32 @@ impl State {
             .map(Item::Folder)
     }
 
+    /// Adds a (checked) template, or replaces the one of the same scope and key.
+    pub fn put_template(&mut self, template: StoredTemplate) {
+        let key = (template.spec.scope.clone(), template.spec.template_key.clone());
+        self.templates.insert(key, template);
+    }
+
+    /// Removes a folder with everything below it.
+    pub fn delete_folder(&mut self, id: &str) {
+        let mut gone = vec![id.to_owned()];
+        let mut at = 0;
+        while at < gone.len() {
+            let parent = gone[at].clone();
+            gone.extend(
+                self.folders
+                    .values()
+                    .filter(|d| d.parent_id.as_deref() == Some(parent.as_str()))
+                    .map(|d| d.id.clone()),
+            );
+            at += 1;
+        }
+        for folder in &gone {
+            self.folders.remove(folder);
+            self.files.retain(|_, f| &f.parent_id != folder);
+        }
+    }
+
     pub fn create_folder(&mut self, parent_id: &str, name: &str) -> String {
         let id = self.next_id();
         self.folders.insert(
@@ -241,6 +294,9 @@ pub struct Inspection {
     pub faults_fired: Vec<FiredFault>,
     /// Every `As-User` header value seen, in order.
     pub as_user: Vec<String>,
+    /// Sorted by scope and key, `global.properties` included.
+    #[serde(default)]
+    pub metadata_templates: Vec<MetadataTemplate>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -267,6 +323,15 @@ pub struct FileView {
     pub version_count: usize,
     pub file_version_id: String,
     pub etag: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub shared_link: Option<SharedLink>,
+    /// User values by `{scope id}.{template key}`, e.g. `enterprise_12345.invoiceData`.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -283,6 +348,22 @@ impl Inspection {
 
     pub fn file(&self, id: &str) -> Option<&FileView> {
         self.files.iter().find(|f| f.id == id)
+    }
+
+    /// The folder named `name` (Box compares names case-insensitively) in `parent_id`.
+    pub fn child_folder(&self, parent_id: &str, name: &str) -> Option<&FolderView> {
+        let lower = name.to_lowercase();
+        self.folders
+            .iter()
+            .find(|d| d.parent_id.as_deref() == Some(parent_id) && d.name.to_lowercase() == lower)
+    }
+
+    /// The file named `name` in `folder_id`.
+    pub fn file_named(&self, folder_id: &str, name: &str) -> Option<&FileView> {
+        let lower = name.to_lowercase();
+        self.files
+            .iter()
+            .find(|f| f.parent_id == folder_id && f.name.to_lowercase() == lower)
     }
 }
 
@@ -309,6 +390,7 @@ impl State {
             counters: self.counters.clone(),
             faults_fired: self.faults_fired.clone(),
             as_user: self.as_user.clone(),
+            metadata_templates: self.templates.values().map(|t| t.spec.clone()).collect(),
         }
     }
 }
@@ -338,5 +420,13 @@ fn file_view(f: &FileRec) -> FileView {
         version_count: f.versions.len(),
         file_version_id: v.id.clone(),
         etag: f.etag(),
+        description: f.description.clone(),
+        tags: f.tags.clone(),
+        shared_link: f.shared_link.clone(),
+        metadata: f
+            .metadata
+            .iter()
+            .map(|((scope, key), i)| (format!("{scope}.{key}"), i.values.clone()))
+            .collect(),
     }
 }

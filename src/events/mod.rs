@@ -162,6 +162,11 @@ pub struct Completed {
     pub file_version_id: Option<String>,
     pub name: Option<String>,
     pub folder_id: Option<String>,
+    /// An upload by path: the folder path below its root, as the client gave it
+    /// (`Finance/Invoices/2026-12`); `folder_id` is where it led. (No shared link URL: see
+    /// docs/api.md, "Fields that land with the file".)
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
     pub size: u64,
     pub sha1: String,
     /// `direct` or `chunked`: how Box received it.
@@ -188,6 +193,9 @@ pub struct Failed {
     pub message: String,
     pub name: Option<String>,
     pub folder_id: Option<String>,
+    /// An upload by path: the folder path below its root.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
     /// File bytes the gateway had received from the client when the upload failed.
     pub bytes_received: u64,
     pub key: String,

@@ -7,9 +7,11 @@
 //! both digests (each part's and the whole file's) in one pass (`hash.rs`).
 mod budget;
 mod chunker;
+mod fields;
 mod guard;
 mod hash;
 mod names;
+mod paths;
 mod resumable;
 mod spool;
 
@@ -26,14 +28,20 @@ use tracing::Instrument;
 
 pub use budget::{BudgetError, BudgetPermit, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
+pub use fields::{
+    check_values, AppliedFields, CheckedFields, FieldError, FileFields, MetadataValues, RawFields,
+    SharedLink, SharedLinkAccess, MAX_DESCRIPTION_CHARS, MAX_TAGS, MAX_TEMPLATES,
+};
 pub use guard::SessionGuard;
 pub use hash::{ResumableSha1, TwinSha1};
 pub use names::numbered_name;
+pub use paths::{CreatedFolder, FolderPath, PathError, PathSettings, ResolvedFolder};
 pub use resumable::Resumable;
 pub use spool::{spool, SpoolSpace, Spooled};
 
 use crate::box_api::{
-    BoxClient, BoxError, CommitAnswer, FileObject, NewUpload, Principal, Target, UploadPart, UploadSession,
+    BoxClient, BoxError, CommitAnswer, FileObject, FileUpdate, NewUpload, Principal, SharedLinkUpdate,
+    Target, UploadPart, UploadSession,
 };
 use crate::metrics::GatewayMetrics;
 
@@ -80,6 +88,9 @@ pub struct UploadOutcome {
     pub part_size: Option<u64>,
     pub parts: Option<u64>,
     pub session_id: Option<String>,
+    /// The fields applied after the commit (`Prepared::with_fields`), as Box answered them; they are
+    /// in `file` too, where Box keeps them (`description`, `tags`, `shared_link`, `metadata`).
+    pub fields: Option<AppliedFields>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +153,23 @@ pub enum UploadError {
     /// first byte Box lacks, and the client sends from there.
     #[error("Box lacks the bytes from {offset} on; the upload was moved back there")]
     Rewound { offset: u64 },
+    /// A field that cannot land as sent, found before any byte (`FileFields::parse`,
+    /// `Pipeline::check_fields`).
+    #[error(transparent)]
+    Fields(#[from] FieldError),
+    /// A folder path that cannot be resolved (`Pipeline::resolve_folder`).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The file landed but its fields could not be applied (after the retries): the file the upload
+    /// created, or the version it added, was removed (`removed`), so nothing of the upload stays.
+    #[error("the fields could not be applied to the file: {detail}")]
+    FieldsNotApplied {
+        detail: String,
+        file_id: String,
+        /// `file` or `version`.
+        what: &'static str,
+        removed: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +188,10 @@ pub struct Pipeline {
     client: BoxClient,
     budget: MemoryBudget,
     settings: Arc<PipelineSettings>,
+    /// Upload by path: resolved folders and one resolution per path at a time (this process).
+    paths: Arc<paths::PathResolver>,
+    /// Metadata templates' schemas, to check an upload's metadata before its bytes.
+    schemas: Arc<fields::SchemaCache>,
     metrics: Arc<GatewayMetrics>,
     rt: Handle,
     /// Fires when the drain's grace period is over: uploads stop before their commit (`lifecycle.rs`).
@@ -171,6 +203,8 @@ pub struct Prepared {
     upload: NewUpload,
     expected_sha1: Option<[u8; 20]>,
     route: Route,
+    /// Applied after the commit; the upload fails (and leaves nothing) if they cannot be.
+    fields: Option<CheckedFields>,
 }
 
 enum Route {
@@ -183,6 +217,14 @@ impl Prepared {
         match self.route {
             Route::Direct => UploadMethod::Direct,
             Route::Chunked(_) => UploadMethod::Chunked,
+        }
+    }
+
+    /// The fields to apply once the file is committed (no Box call is added when they are empty).
+    pub fn with_fields(self, fields: CheckedFields) -> Self {
+        Self {
+            fields: (!fields.is_empty()).then_some(fields),
+            ..self
         }
     }
 }
@@ -206,13 +248,32 @@ impl Pipeline {
             // The sha1 crate uses the CPU's own SHA-1 instructions where it finds them (ARMv8).
             tracing::info!("SHA-1: each digest of a chunked upload in its own pass (fused on x86_64 only)");
         }
+        let path_settings = PathSettings::default();
         Self {
             client,
             budget,
             settings: Arc::new(settings),
+            paths: Arc::new(paths::PathResolver::new(&path_settings)),
+            schemas: Arc::new(fields::SchemaCache::new(
+                path_settings.schema_cache_ttl,
+                path_settings.schema_cache_max_entries,
+            )),
             metrics,
             rt,
             stop,
+        }
+    }
+
+    /// The same pipeline with other cache settings for uploads by path and metadata schemas (its
+    /// caches start empty).
+    pub fn with_path_settings(self, settings: &PathSettings) -> Self {
+        Self {
+            paths: Arc::new(paths::PathResolver::new(settings)),
+            schemas: Arc::new(fields::SchemaCache::new(
+                settings.schema_cache_ttl,
+                settings.schema_cache_max_entries,
+            )),
+            ..self
         }
     }
 
@@ -297,6 +358,7 @@ impl Pipeline {
                         upload,
                         expected_sha1,
                         route: Route::Chunked(guard),
+                        fields: None,
                     });
                 }
                 Ok(None) => {
@@ -304,6 +366,7 @@ impl Pipeline {
                         upload,
                         expected_sha1,
                         route: Route::Direct,
+                        fields: None,
                     })
                 }
                 Err(err) => err,
@@ -365,10 +428,11 @@ impl Pipeline {
             upload,
             expected_sha1,
             route,
+            fields,
         } = prepared;
         let mut body = Rechunker::new(body);
         match route {
-            Route::Direct => self.send_direct(&upload, expected_sha1, &mut body).await,
+            Route::Direct => self.send_direct(&upload, expected_sha1, &mut body, fields).await,
             Route::Chunked(guard) => {
                 let mut parts = JoinSet::new();
                 let session = guard.session().clone();
@@ -404,6 +468,7 @@ impl Pipeline {
                     Some(*guard),
                     digests.finalize(),
                     done,
+                    fields,
                 )
                 .await
                 .map(|(outcome, _)| outcome)
@@ -416,6 +481,7 @@ impl Pipeline {
         upload: &NewUpload,
         expected_sha1: Option<[u8; 20]>,
         body: &mut Rechunker<S>,
+        fields: Option<CheckedFields>,
     ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -446,7 +512,7 @@ impl Pipeline {
             })
             .await??;
         let file = self.verified(upload, file, &sha1).await?;
-        Ok(UploadOutcome {
+        let outcome = UploadOutcome {
             file,
             method: UploadMethod::Direct,
             size: upload.size,
@@ -454,7 +520,18 @@ impl Pipeline {
             part_size: None,
             parts: None,
             session_id: None,
-        })
+            fields: None,
+        };
+        match fields {
+            None => Ok(outcome),
+            // In a task of its own: a client that leaves now does not stop the fields, or the
+            // removal of a file whose fields failed.
+            Some(fields) => {
+                let (this, upload) = (self.clone(), upload.clone());
+                self.on_rt(async move { this.finish_fields(&upload, outcome, &fields).await })
+                    .await?
+            }
+        }
     }
 
     /// Commits the parts of a chunked upload whose every byte went up, and checks what Box made of
@@ -468,6 +545,7 @@ impl Pipeline {
     ///
     /// A file Box answers that differs from what was sent (`box_integrity_error`) is removed: the
     /// file, if the upload created it, or the version it added.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_chunked(
         &self,
         upload: &NewUpload,
@@ -476,6 +554,7 @@ impl Pipeline {
         guard: Option<SessionGuard>,
         sha1: [u8; 20],
         mut parts: Vec<UploadPart>,
+        fields: Option<CheckedFields>,
     ) -> Result<(UploadOutcome, bool), UploadError> {
         let size = upload.size;
         let part_size = session.part_size;
@@ -515,6 +594,12 @@ impl Pipeline {
                 part_size: Some(part_size),
                 parts: Some(size.div_ceil(part_size)),
                 session_id: Some(session.id.clone()),
+                fields: None,
+            };
+            // In this task, so a client that leaves now does not stop them (or the removal).
+            let outcome = match fields {
+                Some(fields) => this.finish_fields(&upload, outcome, &fields).await?,
+                None => outcome,
             };
             Ok((outcome, recovered))
         };
@@ -534,29 +619,7 @@ impl Pipeline {
             Err(detail) => detail,
         };
         let file_id = file.id().unwrap_or_default().to_owned();
-        let (what, removed) = match &upload.target {
-            Target::NewFile { .. } => ("file", self.client.delete_file(&file_id).await),
-            Target::NewVersion { .. } => {
-                let version = file
-                    .0
-                    .get("file_version")
-                    .and_then(|v| v.get("id"))
-                    .and_then(serde_json::Value::as_str);
-                match version {
-                    Some(version) => (
-                        "version",
-                        self.client.delete_file_version(&file_id, version).await,
-                    ),
-                    None => (
-                        "version",
-                        Err(BoxError::protocol(
-                            "commit",
-                            "the answered file names no file_version",
-                        )),
-                    ),
-                }
-            }
-        };
+        let (what, removed) = self.remove_landed(upload, &file).await;
         let removed = match removed {
             Ok(()) => {
                 tracing::warn!(file_id, what, %detail, "Box stored other bytes than were sent; the {what} was deleted");
@@ -577,6 +640,269 @@ impl Pipeline {
             what,
             removed,
         })
+    }
+
+    /// Removes what an upload made in Box: the file, if it created one, or the version it added
+    /// (the file's previous version becomes current again). Returns which, and how it went.
+    async fn remove_landed(
+        &self,
+        upload: &NewUpload,
+        file: &FileObject,
+    ) -> (&'static str, Result<(), BoxError>) {
+        let file_id = file.id().unwrap_or_default();
+        match &upload.target {
+            Target::NewFile { .. } => ("file", self.client.delete_file(file_id).await),
+            Target::NewVersion { .. } => {
+                let version = file
+                    .0
+                    .get("file_version")
+                    .and_then(|v| v.get("id"))
+                    .and_then(serde_json::Value::as_str);
+                match version {
+                    Some(version) => ("version", self.client.delete_file_version(file_id, version).await),
+                    None => (
+                        "version",
+                        Err(BoxError::protocol(
+                            "commit",
+                            "the answered file names no file_version",
+                        )),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The finish step after the commit: one `PUT /files/{id}` for description, tags and shared link,
+    /// then one call per metadata template, each with the retries of any Box call. If they cannot be
+    /// applied, what the upload made is removed (`remove_landed`) and the upload fails with
+    /// `FieldsNotApplied`: the file lands with its fields or not at all.
+    async fn finish_fields(
+        &self,
+        upload: &NewUpload,
+        mut outcome: UploadOutcome,
+        fields: &CheckedFields,
+    ) -> Result<UploadOutcome, UploadError> {
+        let file_id = outcome.file.id().unwrap_or_default().to_owned();
+        match self.apply_fields(&file_id, fields.fields()).await {
+            Ok((applied, answered)) => {
+                merge_fields(&mut outcome.file, answered);
+                outcome.fields = Some(applied);
+                Ok(outcome)
+            }
+            Err(err) => {
+                let (what, removed) = self.remove_landed(upload, &outcome.file).await;
+                let outcome_label = if removed.is_ok() { "deleted" } else { "failed" };
+                self.metrics
+                    .fields_cleanups
+                    .with_label_values(&[what, outcome_label])
+                    .inc();
+                match &removed {
+                    Ok(()) => {
+                        tracing::warn!(file_id, what, error = %err, "the upload's fields could not be applied; the {what} was deleted")
+                    }
+                    Err(e) => {
+                        tracing::error!(file_id, what, error = %err, removal = %e, "the upload's fields could not be applied, and the {what} could not be deleted")
+                    }
+                }
+                Err(UploadError::FieldsNotApplied {
+                    detail: err.to_string(),
+                    file_id,
+                    what,
+                    removed: removed.is_ok(),
+                })
+            }
+        }
+    }
+
+    /// Applies the fields to a landed file; returns them as Box answered, and the pieces of Box's file
+    /// object to merge into the outcome's (`description`, `tags`, `shared_link`, `metadata`).
+    async fn apply_fields(
+        &self,
+        file_id: &str,
+        fields: &FileFields,
+    ) -> Result<(AppliedFields, serde_json::Map<String, serde_json::Value>), BoxError> {
+        use serde_json::{json, Value};
+        let mut applied = AppliedFields::default();
+        let mut answered = serde_json::Map::new();
+        if fields.updates_file() {
+            let update = FileUpdate {
+                description: fields.description.clone(),
+                tags: fields.tags.clone(),
+                shared_link: fields.shared_link.map(|a| SharedLinkUpdate {
+                    access: a.as_str().to_owned(),
+                }),
+            };
+            let file = self.client.update_file(file_id, &update).await?;
+            for key in ["description", "tags", "shared_link"] {
+                if let Some(v) = file.0.get(key) {
+                    answered.insert(key.to_owned(), v.clone());
+                }
+            }
+            applied.description = fields.description.as_ref().and(
+                file.0
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            );
+            applied.tags = fields.tags.as_ref().and(
+                file.0
+                    .get("tags")
+                    .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok()),
+            );
+            if fields.shared_link.is_some() {
+                let link = file.0.get("shared_link");
+                let text = |k: &str| {
+                    link.and_then(|l| l.get(k))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                match (text("access"), text("url")) {
+                    (Some(access), Some(url)) => applied.shared_link = Some(SharedLink { access, url }),
+                    _ => {
+                        return Err(BoxError::protocol(
+                            "update_file",
+                            "the answer has no shared link with an access and a URL",
+                        ))
+                    }
+                }
+            }
+        }
+        let mut metadata = serde_json::Map::new();
+        for m in &fields.metadata {
+            let created = self
+                .client
+                .create_metadata(file_id, &m.scope, &m.template_key, &m.values)
+                .await;
+            let instance = match created {
+                // The file has an instance of the template already (a new version of a file that had
+                // one, or an attempt whose answer was lost): the values are set on it instead.
+                Err(err) if err.status() == Some(409) => {
+                    self.client
+                        .update_metadata(file_id, &m.scope, &m.template_key, &m.values)
+                        .await?
+                }
+                other => other?,
+            };
+            let values: serde_json::Map<String, Value> = instance
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, _)| !k.starts_with('$'))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            applied.metadata.insert(m.name(), Value::Object(values));
+            // Box's own form (`fields=metadata.<scope>.<key>`): by the instance's scope id.
+            let scope = instance
+                .get("$scope")
+                .and_then(Value::as_str)
+                .unwrap_or(&m.scope)
+                .to_owned();
+            let entry = metadata.entry(scope).or_insert_with(|| json!({}));
+            entry[m.template_key.as_str()] = instance;
+        }
+        if !metadata.is_empty() {
+            answered.insert("metadata".to_owned(), Value::Object(metadata));
+        }
+        Ok((applied, answered))
+    }
+
+    /// Checks the fields' metadata against their templates' schemas (fetched from Box as this
+    /// pipeline's principal, cached `schema_cache_ttl`): known templates and fields, values of their
+    /// fields' types. Call it before any byte of the body is read: a refusal is
+    /// `UploadError::Fields` naming the field; a Box failure to answer is `UploadError::Box`.
+    pub async fn check_fields(&self, fields: FileFields) -> Result<CheckedFields, UploadError> {
+        for m in &fields.metadata {
+            let schema = if m.scope == "global" && m.template_key == "properties" {
+                None
+            } else {
+                self.schema(&m.scope, &m.template_key).await?
+            };
+            check_values(m, schema.as_deref())?;
+        }
+        Ok(CheckedFields::new(fields))
+    }
+
+    async fn schema(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<Arc<crate::box_api::MetadataTemplate>>, UploadError> {
+        let who = self.client.principal().clone();
+        if let Some(hit) = self.schemas.get(&who, scope, key, std::time::Instant::now()) {
+            self.metrics.schema_cache.with_label_values(&["hit"]).inc();
+            return Ok(Some(hit));
+        }
+        self.metrics.schema_cache.with_label_values(&["miss"]).inc();
+        let client = self.client.clone();
+        let (s, k) = (scope.to_owned(), key.to_owned());
+        let found = self
+            .on_rt(async move { client.metadata_template(&s, &k).await })
+            .await??
+            .map(Arc::new);
+        if let Some(schema) = &found {
+            self.schemas
+                .put(&who, scope, key, schema.clone(), std::time::Instant::now());
+        }
+        Ok(found)
+    }
+
+    /// Resolves a folder path under `root` (a folder id) to a folder id, as this pipeline's principal:
+    /// missing levels are created when `create` (else `PathError::NotFound`), a file in the way is
+    /// `PathError::Conflict`. No Box call when the whole path is cached.
+    pub async fn resolve_folder(
+        &self,
+        root: &str,
+        path: &FolderPath,
+        create: bool,
+    ) -> Result<ResolvedFolder, UploadError> {
+        let (paths, client, metrics) = (self.paths.clone(), self.client.clone(), self.metrics.clone());
+        let (root, path) = (root.to_owned(), path.clone());
+        // On the shared runtime: a client that leaves mid-way does not cut a level's creation short
+        // (it would be harmless: the next resolution meets the folder with a 409).
+        let resolved = self
+            .on_rt(async move { paths.resolve(&client, &metrics, &root, &path, create).await })
+            .await?;
+        resolved.map_err(|e| match e {
+            paths::ResolveError::Path(e) => UploadError::Path(e),
+            paths::ResolveError::Box(e) => UploadError::Box(e),
+        })
+    }
+
+    /// `prepare` for an upload by path: resolves `path` under `root`, puts the file there (the
+    /// request's target must be `Target::NewFile`; its `folder_id` is replaced), and prepares it. If
+    /// Box answers 404 for a folder that came from the cache (deleted since), the path is forgotten,
+    /// resolved again, and the upload prepared once more.
+    pub async fn prepare_at_path(
+        &self,
+        root: &str,
+        path: &FolderPath,
+        create: bool,
+        request: UploadRequest,
+    ) -> Result<(Prepared, ResolvedFolder), UploadError> {
+        let Target::NewFile { name, .. } = &request.upload.target else {
+            return Err(UploadError::Internal("an upload by path makes a new file".into()));
+        };
+        let name = name.clone();
+        let mut again = false;
+        loop {
+            let folder = self.resolve_folder(root, path, create).await?;
+            let mut r = request.clone();
+            r.upload.target = Target::NewFile {
+                folder_id: folder.folder_id.clone(),
+                name: name.clone(),
+            };
+            match self.prepare(r).await {
+                Err(UploadError::Box(err)) if err.status() == Some(404) && folder.cached && !again => {
+                    tracing::info!(path = %path.display(), "the cached folder of an upload by path is gone from Box; resolving it again");
+                    self.metrics.path_cache.with_label_values(&["stale"]).inc();
+                    self.paths.forget(self.client.principal(), root, path);
+                    again = true;
+                }
+                other => return other.map(|prepared| (prepared, folder)),
+            }
+        }
     }
 
     /// One part's upload with its retries, on the shared runtime (its digest, `sha1`, was taken while
@@ -897,6 +1223,13 @@ fn check_expected(expected: Option<[u8; 20]>, actual: &[u8; 20]) -> Result<(), U
             actual: hex::encode(actual),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Puts the fields Box answered into the file object, where Box keeps them.
+fn merge_fields(file: &mut FileObject, answered: serde_json::Map<String, serde_json::Value>) {
+    if let Some(object) = file.0.as_object_mut() {
+        object.extend(answered);
     }
 }
 

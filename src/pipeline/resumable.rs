@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{
-    Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard, TwinSha1, UploadError, UploadOutcome,
+    CheckedFields, Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard, TwinSha1, UploadError,
+    UploadOutcome,
 };
 use crate::box_api::{NewUpload, UploadPart, UploadSession};
 
@@ -41,7 +42,9 @@ pub struct Resumable {
 
 impl Prepared {
     /// Box accepted the destination: from here on the upload lives in the state store, and its
-    /// session is aborted by termination or expiry, not when this request ends.
+    /// session is aborted by termination or expiry, not when this request ends. Fields given with
+    /// `with_fields` are not part of it: the caller keeps them beside it and hands them to
+    /// `complete_with_fields`.
     pub fn into_resumable(self) -> Resumable {
         Resumable {
             session: match self.route {
@@ -293,11 +296,24 @@ impl Pipeline {
     /// answer is `Rewound` (the caller keeps the upload; the client resends from there). On another
     /// error the caller aborts the session (`abort_resumable`).
     pub async fn complete(&self, r: &mut Resumable, pending: Bytes) -> Result<UploadOutcome, UploadError> {
+        self.complete_with_fields(r, pending, None).await
+    }
+
+    /// `complete`, then the fields applied as a plain upload's are (`Prepared::with_fields`): the
+    /// caller keeps them beside the upload between requests (`CheckedFields` is serializable).
+    pub async fn complete_with_fields(
+        &self,
+        r: &mut Resumable,
+        pending: Bytes,
+        fields: Option<CheckedFields>,
+    ) -> Result<UploadOutcome, UploadError> {
+        let fields = fields.filter(|f| !f.is_empty());
         let Some(session) = r.session.clone() else {
             let prepared = Prepared {
                 upload: r.upload.clone(),
                 expected_sha1: r.expected_sha1,
                 route: Route::Direct,
+                fields,
             };
             return self
                 .send(prepared, stream::iter([Ok::<_, UploadError>(pending)]))
@@ -306,7 +322,7 @@ impl Pipeline {
         let parts = r.parts.values().cloned().collect();
         let sha1 = r.sha1.clone().finalize();
         match self
-            .finish_chunked(&r.upload, r.expected_sha1, &session, None, sha1, parts)
+            .finish_chunked(&r.upload, r.expected_sha1, &session, None, sha1, parts, fields)
             .await
         {
             Ok((outcome, recovered)) => {

@@ -5,18 +5,24 @@
 //! 1. **Authenticate**, once per request (`caller`): the `Caller` is kept in the request's extensions,
 //!    so the `Idempotency-Key` middleware and the handler share it.
 //! 2. **Cheap local refusals**, which cost nothing: the route (a link's caller on a plain endpoint is
-//!    403 `link_not_allowed`, `plain_caller`), the parameters, the folder, the size limits, the names;
-//!    then, for tus creation, the owner's open-upload cap and its link's file slot (atomic counts in
-//!    the store: taken here, given back if a later gate refuses). A new version's file is looked up at
-//!    Box last (`Caller::check_file`, one read), once every local check has passed.
+//!    403 `link_not_allowed`, `plain_caller`), the parameters, the folder (or an upload by path's
+//!    root, `Caller::path_root`, and its path's syntax, `params::folder_path`), the size limits, the
+//!    names, the syntax of the fields that land with the file (`UploadParams::fields`); then, for tus
+//!    creation, the owner's open-upload cap and its link's file slot (atomic counts in the store:
+//!    taken here, given back if a later gate refuses). **Box reads** come last in this step, once
+//!    every local check has passed: a new version's file (`Caller::check_file`, one read), then the
+//!    metadata templates' schemas the fields' metadata must fit (`Pipeline::check_fields`, one read
+//!    per template not cached; 422 `invalid_metadata`), before any quota is spent or byte read.
 //! 3. **The key's quotas** (`max_uploads_per_minute`, then `max_bytes_per_day` when the size is known).
 //! 4. **The Box pacer**: the principal's capacity for one upload call, waited for at most
 //!    `box_rate_wait_secs` (`Pacer::reserve_upload_call`).
 //! 5. **The memory budget**, taken by the pipeline for each part as it fills (`pipeline/budget.rs`),
 //!    after Box has accepted the destination: a 503 `busy` there aborts the session.
-//! 6. The upload is **started** (its Box destination asked for, `start`; or its file bytes began to
-//!    come, a body of unknown size being spooled) and tracked (`outcome.rs`): only from here on is a
-//!    completion event written.
+//! 6. The upload is **started** (its Box destination asked for, `start`, an upload by path's folders
+//!    resolved and the missing ones made first; or its file bytes began to come, a body of unknown
+//!    size being spooled) and tracked (`outcome.rs`): only from here on is a completion event
+//!    written. (Folders are made here, not in step 2: they are Box writes, which a refused upload
+//!    must not cost.)
 //!
 //! (Step 5 comes after Box was asked because the budget is taken per part, as bytes are read; issue
 //! 24's fair memory budget keeps that place.) A multipart form's head (at most 64 KiB) is read in step
@@ -44,7 +50,10 @@ use super::AppState;
 use crate::access::{Caller, LinkSlot, QuotaCost, QuotaTaken};
 use crate::box_api::{Admission, PaceKey};
 use crate::error::ApiError;
-use crate::pipeline::{Pipeline, Prepared, Resumable, UploadRequest};
+use crate::pipeline::{
+    CheckedFields, FileFields, Pipeline, Prepared, ResolvedFolder, Resumable, UploadRequest,
+};
+use crate::routes::params::PathUpload;
 
 /// The request's caller: authenticated on the first call (with pass-through, its token checked with
 /// Box), then the same one for the rest of the request.
@@ -64,6 +73,22 @@ pub async fn plain_caller(req: &HttpRequest, state: &AppState) -> Result<Arc<Cal
     let caller = caller(req, state).await?;
     caller.check_plain_upload()?;
     Ok(caller)
+}
+
+/// The last of step 2's Box reads: the fields' metadata checked against its templates' schemas, as
+/// the caller's principal sees them (422 `invalid_metadata` naming the field; no Box call when there
+/// is no metadata, or its schemas are cached).
+pub async fn check_fields(
+    state: &AppState,
+    caller: &Caller,
+    fields: FileFields,
+) -> Result<CheckedFields, ApiError> {
+    state
+        .pipeline
+        .acting_as(&caller.principal)
+        .check_fields(fields)
+        .await
+        .map_err(|e| caller.box_error(ApiError::logged(e)))
 }
 
 /// What a new upload costs beyond its quota of uploads, known before its body is read.
@@ -94,29 +119,51 @@ pub async fn admit(
     }
 }
 
+/// An upload Box accepted the destination of (`start`).
+pub struct Started {
+    /// The pipeline acting as the caller, for the upload's bytes.
+    pub pipeline: Pipeline,
+    pub prepared: Prepared,
+    /// An upload by path: the folder its path led to, and the folders made on the way.
+    pub folder: Option<ResolvedFolder>,
+}
+
 /// Step 6: the admitted upload is started. Box is asked for its destination (a session, or a direct
 /// upload's preflight) by the pipeline acting as the caller, its first upload call paid for by the
-/// admission; from here on its quotas are spent and its end writes an event. The pipeline, for the
-/// upload's bytes.
+/// admission; from here on its quotas are spent and its end writes an event. An upload by path has
+/// its path resolved first (missing folders made: Box calls that come after the quotas and the
+/// pacer, so a refused upload makes no folder; a file in the way is 409 `path_conflict`).
 pub async fn start(
     state: &AppState,
     caller: &Caller,
     reservation: &mut Reservation,
     report: &UploadReport<'_>,
     request: UploadRequest,
-) -> Result<(Pipeline, Prepared), ApiError> {
+    by_path: Option<&PathUpload>,
+) -> Result<Started, ApiError> {
     let pipeline = state
         .pipeline
         .acting_as(&caller.principal)
         .admitted(reservation.box_admission());
     reservation.reached_box();
     report.started();
-    let prepared = pipeline
-        .prepare(request)
-        .await
-        .map_err(|e| caller.box_error(ApiError::logged(e)))?;
+    let prepared = match by_path {
+        None => pipeline.prepare(request).await.map(|p| (p, None)),
+        Some(at) => pipeline
+            .prepare_at_path(&at.root, &at.folder, at.create_folders, request)
+            .await
+            .map(|(p, folder)| (p, Some(folder))),
+    };
+    let (prepared, folder) = prepared.map_err(|e| caller.box_error(ApiError::logged(e)))?;
+    if let Some(folder) = &folder {
+        report.set_folder(&folder.folder_id);
+    }
     report.set_method(prepared.method());
-    Ok((pipeline, prepared))
+    Ok(Started {
+        pipeline,
+        prepared,
+        folder,
+    })
 }
 
 /// What an admission took, given back unless the upload used it (see the module's doc).

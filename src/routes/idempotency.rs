@@ -19,7 +19,7 @@
 //! leaves does not free the key while its upload may still land (its retry then waits with 409, and
 //! gets the first answer once it landed).
 //!
-//! It wraps the four upload routes as a middleware (registered in `startup.rs`), so the handlers do
+//! It wraps the plain upload routes (by folder id, by file id, by path) as a middleware (registered in `startup.rs`), so the handlers do
 //! not know of it.
 
 use actix_web::body::{to_bytes, BoxBody, MessageBody};
@@ -71,15 +71,15 @@ enum Claimed {
     Answer(HttpResponse),
 }
 
-/// Runs the upload once per `Idempotency-Key` (when the request has one). `method` is the one the
+/// Runs the upload once per `Idempotency-Key` (when the request has one). `methods` are the ones the
 /// route takes: any other goes on to its 405, key or not (the key binds only the upload itself).
 pub async fn idempotent(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-    method: Method,
+    methods: std::sync::Arc<[Method]>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let upload = *req.method() == method;
+    let upload = methods.contains(req.method());
     let Some(state) = state.filter(|_| upload && req.headers().contains_key(HEADER)) else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };

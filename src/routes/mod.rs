@@ -61,6 +61,8 @@ pub struct AppState {
     pub upload_links: LinkSettings,
     /// Box's rate limits: new uploads reserve their first upload call through it (`admission.rs`).
     pub pacer: Arc<crate::box_api::Pacer>,
+    /// The folder id uploads by path start from for callers without an API key (`path_root`).
+    pub path_root: String,
 }
 
 /// Every route, with RFC-correct 405 `Allow` answers and a JSON 404 for the rest (zero2prod's `run()`;
@@ -102,6 +104,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     upload_route("/files/{file_id}/versions", "POST").post(upload::multipart_new_version),
                 )
                 .service(upload_route("/files/{file_id}/content", "PUT").put(upload::raw_new_version))
+                // Upload by path: the tail (any number of segments) is read from the raw URI by the
+                // handlers (`params::raw_path_tail`), not from this match.
+                .service(
+                    upload_route("/paths/{tail:.*}", "POST, PUT")
+                        .post(upload::multipart_to_path)
+                        .put(upload::raw_to_path),
+                )
                 .service(
                     web::resource("/upload-links")
                         .post(links::create)
@@ -130,7 +139,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// The plain upload endpoints: each takes an `Idempotency-Key`.
+/// The plain upload endpoints: each takes an `Idempotency-Key` (on the methods in `allow`).
 fn upload_route(
     path: &str,
     allow: &'static str,
@@ -143,10 +152,13 @@ fn upload_route(
         InitError = (),
     >,
 > {
-    let method = Method::from_bytes(allow.as_bytes()).expect("an HTTP method");
+    let methods: Arc<[Method]> = allow
+        .split(", ")
+        .map(|m| Method::from_bytes(m.as_bytes()).expect("an HTTP method"))
+        .collect();
     web::resource(path)
         .wrap(actix_middleware::from_fn(move |req, next| {
-            idempotency::idempotent(req, next, method.clone())
+            idempotency::idempotent(req, next, methods.clone())
         }))
         .default_service(not_allowed(allow))
 }

@@ -54,6 +54,8 @@ pub struct UploadReport<'a> {
     method: Cell<Option<UploadMethod>>,
     /// The destination's name and folder, once known (for the failure event).
     target: RefCell<(Option<String>, Option<String>)>,
+    /// An upload by path: its folder path below the root (both events name it).
+    path: RefCell<Option<String>>,
     /// File bytes received from the client (a tus upload: its offset).
     received: Rc<Cell<u64>>,
     /// A tus upload's `Upload-Metadata`, decoded, for its completion event.
@@ -80,6 +82,7 @@ impl<'a> UploadReport<'a> {
             source,
             method: Cell::default(),
             target: RefCell::default(),
+            path: RefCell::default(),
             received: Rc::default(),
             upload_metadata: RefCell::default(),
             started: Cell::new(false),
@@ -92,6 +95,16 @@ impl<'a> UploadReport<'a> {
             Target::NewFile { folder_id, name } => (Some(name.clone()), Some(folder_id.clone())),
             Target::NewVersion { name, .. } => (name.clone(), None),
         };
+    }
+
+    /// An upload by path's folder, once its path led there.
+    pub fn set_folder(&self, folder_id: &str) {
+        self.target.borrow_mut().1 = Some(folder_id.to_owned());
+    }
+
+    /// An upload by path: its folder path below the root, for the events.
+    pub fn set_path(&self, path: Option<String>) {
+        *self.path.borrow_mut() = path;
     }
 
     /// A tus upload's `Upload-Metadata`, decoded (the completion event carries it).
@@ -137,6 +150,7 @@ impl<'a> UploadReport<'a> {
             file_version_id: text(&file["file_version"]["id"]),
             name: text(&file["name"]),
             folder_id: text(&file["parent"]["id"]),
+            path: self.path.borrow().clone(),
             size: outcome.size,
             sha1: outcome.sha1_hex.clone(),
             method: outcome.method.as_str().to_owned(),
@@ -181,6 +195,7 @@ impl<'a> UploadReport<'a> {
             message: err.message.clone(),
             name,
             folder_id,
+            path: self.path.borrow().clone(),
             bytes_received: self.received.get(),
             key: self.key_label.to_string(),
             link_id: self.link_id.as_deref().map(str::to_owned),

@@ -25,6 +25,7 @@ fn key(name: &str, secret_name: &str, max_uploads_per_minute: Option<u32>) -> Ap
         name: name.into(),
         sha256: sha256_hex(secret(secret_name)),
         folders: vec!["0".into()],
+        path_root: None,
         max_file_size_bytes: None,
         as_user: None,
         subject_type: None,

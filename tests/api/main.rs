@@ -17,6 +17,8 @@ mod hostile;
 mod links_hardening;
 mod pacer_deadline;
 mod page;
+mod paths;
+mod pipeline;
 pub mod python;
 mod rate_limits;
 mod soak;

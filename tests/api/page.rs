@@ -24,6 +24,7 @@ fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
         name: name.into(),
         sha256: sha256_hex(secret(secret_name)),
         folders: vec![folder.into()],
+        path_root: None,
         max_file_size_bytes: Some(200_000_000),
         as_user: None,
         subject_type: None,
@@ -56,7 +57,7 @@ async fn links_app(chunk: u64) -> TestApp {
     .await
 }
 
-async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, Value) {
+pub(crate) async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, Value) {
     let mut request = app
         .http
         .post(format!("{}/v1/upload-links", app.address))
@@ -69,7 +70,7 @@ async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, V
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-fn token_of(url: &str) -> &str {
+pub(crate) fn token_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 

@@ -233,7 +233,7 @@ async fn the_protocol_is_advertised_and_bad_requests_are_refused_clearly() {
     assert_eq!(nameless.status(), 400);
     assert_eq!(
         nameless.json::<Value>().await.unwrap()["error"]["code"],
-        "invalid_metadata"
+        "invalid_upload_metadata"
     );
     // Unknown upload.
     let unknown = head(&app.http, &format!("{base}nosuchupload")).await;

@@ -129,7 +129,7 @@ impl Receiver {
     }
 }
 
-fn with_webhooks(url: String, o: Options) -> Options {
+pub(crate) fn with_webhooks(url: String, o: Options) -> Options {
     let previous = o.gateway;
     Options {
         gateway: Some(Box::new(move |s, e| {

@@ -345,6 +345,10 @@ pub fn add_version<'a>(
         modified_at: now,
         content_created_at: None,
         content_modified_at: None,
+        description: String::new(),
+        tags: Vec::new(),
+        shared_link: None,
+        metadata: Default::default(),
     });
     f.name = name.to_owned();
     f.modified_at = now;

@@ -1,5 +1,7 @@
-//! `/_emulator/...`: inspection and fault control for tests and benchmarks (no auth).
+//! `/_emulator/...`: inspection, fault and metadata-template control for tests and benchmarks (no
+//! auth).
 use super::super::faults::{FaultEngine, FaultPlan};
+use super::super::metadata::{parse_templates, StoredTemplate};
 use super::super::Shared;
 use actix_web::{web, HttpResponse};
 
@@ -10,6 +12,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_faults))
                 .route(web::put().to(put_faults))
                 .route(web::delete().to(clear_faults)),
+        )
+        .service(
+            web::resource("/_emulator/metadata_templates")
+                .route(web::get().to(get_templates))
+                .route(web::put().to(put_templates))
+                .route(web::post().to(add_templates)),
         )
         .route("/_emulator/expire-tokens", web::post().to(expire_tokens))
         .route(
@@ -39,6 +47,42 @@ async fn put_faults(body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse
 async fn clear_faults(shared: web::Data<Shared>) -> HttpResponse {
     *shared.faults() = FaultEngine::new(FaultPlan::default());
     HttpResponse::NoContent().finish()
+}
+
+/// Every template, in Box's schema shape (with ids), `global.properties` included.
+async fn get_templates(shared: web::Data<Shared>) -> HttpResponse {
+    let state = shared.lock();
+    let entries: Vec<serde_json::Value> = state.templates.values().map(StoredTemplate::json).collect();
+    HttpResponse::Ok().json(serde_json::json!({ "entries": entries }))
+}
+
+/// Replaces every template but `global.properties` with the body's (the `--metadata-templates`
+/// file's format). Instances of removed templates stay on their files but are no longer answered.
+async fn put_templates(body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    load_templates(&body, &shared, true)
+}
+
+/// Adds the body's templates, replacing those of the same scope and key.
+async fn add_templates(body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    load_templates(&body, &shared, false)
+}
+
+fn load_templates(body: &[u8], shared: &Shared, replace: bool) -> HttpResponse {
+    match parse_templates(body, shared.enterprise_id()) {
+        Ok(templates) => {
+            let mut state = shared.lock();
+            if replace {
+                state.templates.retain(|_, t| t.is_properties());
+            }
+            for t in templates {
+                state.put_template(StoredTemplate::new(t));
+            }
+            let entries: Vec<serde_json::Value> =
+                state.templates.values().map(StoredTemplate::json).collect();
+            HttpResponse::Ok().json(serde_json::json!({ "entries": entries }))
+        }
+        Err(e) => HttpResponse::BadRequest().json(serde_json::json!({"error": e})),
+    }
 }
 
 async fn expire_tokens(shared: web::Data<Shared>) -> HttpResponse {

@@ -1,11 +1,11 @@
 //! Read and create folders.
 use super::super::errors::{BoxApiError, Reply};
+use super::super::faults::Endpoint;
 use super::super::state::{FolderRec, State};
 use super::super::Shared;
+use super::body::store_then;
 use super::gate;
-use super::items::{
-    check_conflict, file_json, file_mini, folder_exists, folder_mini, missing_parent, validate_name,
-};
+use super::items::{check_conflict, file_json, file_mini, folder_exists, folder_mini, validate_name};
 use super::sessions::json_object;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -98,9 +98,18 @@ fn children(state: &State, folder_id: &str) -> Vec<((u8, String), Value, Value)>
     items
 }
 
+/// `POST /2.0/folders`: 201 with the folder. The name check and the creation happen under one lock,
+/// so of two requests for one name exactly one creates it and the other gets 409 `item_name_in_use`
+/// naming it (what makes "create each folder once" safe across gateway replicas). A missing parent
+/// is 404 `not_found` here (OpenAPI `POST /folders`), unlike uploads' `invalid_parameter`.
 pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> Reply {
-    gate(&shared, &req, None, true).await?;
-    let fields = json_object(&body)?;
+    let gate = gate(&shared, &req, Some(Endpoint::CreateFolder), true).await?;
+    let result = create_folder(&shared, &body);
+    store_then(&req, result, gate.action.as_ref(), "folder")
+}
+
+fn create_folder(shared: &Shared, body: &[u8]) -> Reply {
+    let fields = json_object(body)?;
     let name = fields
         .get("name")
         .and_then(Value::as_str)
@@ -113,11 +122,49 @@ pub async fn create(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     validate_name(name)?;
     let mut state = shared.lock();
     if !folder_exists(&state, parent) {
-        return Err(missing_parent(parent));
+        return Err(BoxApiError::not_found(format!(
+            "Parent folder {parent} not found"
+        )));
     }
-    check_conflict(&shared, &state, parent, name, None)?;
+    check_conflict(shared, &state, parent, name, None)?;
     let id = state.create_folder(parent, name);
     Ok(HttpResponse::Created().json(folder_json(&state, &state.folders[&id])))
+}
+
+/// `DELETE /2.0/folders/{id}[?recursive=true]`: 204. Box moves the folder to the trash; here it is
+/// gone, with everything in it. A folder with items needs `recursive=true` (400 `folder_not_empty`).
+pub async fn delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DeleteQuery>,
+    shared: web::Data<Shared>,
+) -> Reply {
+    gate(&shared, &req, None, true).await?;
+    let mut state = shared.lock();
+    if path.as_str() == super::super::ROOT_FOLDER_ID {
+        return Err(BoxApiError::new(
+            403,
+            "access_denied_insufficient_permissions",
+            "The root folder cannot be deleted",
+        ));
+    }
+    if !folder_exists(&state, &path) {
+        return Err(BoxApiError::not_found(format!("Folder {path} not found")));
+    }
+    if !query.recursive.unwrap_or(false) && !children(&state, &path).is_empty() {
+        return Err(BoxApiError::new(
+            400,
+            "folder_not_empty",
+            "The folder is not empty",
+        ));
+    }
+    state.delete_folder(&path);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(serde::Deserialize)]
+pub struct DeleteQuery {
+    recursive: Option<bool>,
 }
 
 fn folder_json(state: &State, d: &FolderRec) -> Value {

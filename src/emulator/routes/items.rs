@@ -53,11 +53,11 @@ pub fn file_json(state: &State, f: &FileRec) -> Value {
         "modified_at": f.modified_at.to_rfc3339(),
         "content_created_at": f.content_created_at.clone().unwrap_or_else(|| f.created_at.to_rfc3339()),
         "content_modified_at": f.content_modified_at.clone().unwrap_or_else(|| f.modified_at.to_rfc3339()),
-        "description": "",
+        "description": f.description,
         "item_status": "active",
         "trashed_at": null,
         "purged_at": null,
-        "shared_link": null,
+        "shared_link": f.shared_link.as_ref().map(super::files::shared_link_json),
     })
 }
 

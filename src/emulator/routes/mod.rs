@@ -7,6 +7,7 @@ pub mod direct;
 pub mod files;
 pub mod folders;
 pub mod items;
+pub mod metadata;
 pub mod parts;
 pub mod sessions;
 pub mod token;
@@ -77,7 +78,20 @@ fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/2.0/files/{file_id}")
                 .route(web::get().to(files::get))
+                .route(web::put().to(files::update))
                 .route(web::delete().to(files::delete)),
+        )
+        .route("/2.0/files/{file_id}/metadata", web::get().to(metadata::list))
+        .service(
+            web::resource("/2.0/files/{file_id}/metadata/{scope}/{template_key}")
+                .route(web::get().to(metadata::get))
+                .route(web::post().to(metadata::create))
+                .route(web::put().to(metadata::update))
+                .route(web::delete().to(metadata::delete)),
+        )
+        .route(
+            "/2.0/metadata_templates/{scope}/{template_key}/schema",
+            web::get().to(metadata::schema),
         )
         .route(
             "/2.0/files/{file_id}/versions/{version_id}",
@@ -85,7 +99,11 @@ fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/2.0/users/me", web::get().to(files::users_me))
         .route("/2.0/folders", web::post().to(folders::create))
-        .route("/2.0/folders/{folder_id}", web::get().to(folders::get))
+        .service(
+            web::resource("/2.0/folders/{folder_id}")
+                .route(web::get().to(folders::get))
+                .route(web::delete().to(folders::delete)),
+        )
         .route("/2.0/folders/{folder_id}/items", web::get().to(folders::items))
         .route("/oauth2/token", web::post().to(token::token))
         .configure(control::configure)

@@ -1,6 +1,9 @@
 //! `POST /v1/tus/`: creation (and creation-with-upload). The upload is admitted the way every new
 //! upload is (`admission.rs`), its Box session opened, and its record saved; a body, if any, is its
-//! first chunk (`patch::append`).
+//! first chunk (`patch::append`). `Upload-Metadata` carries the upload's parameters: `filename`,
+//! `folder_id` or `path` (an upload by path, below the caller's root) or `file_id`, and the fields that
+//! land with the file (`description`, `tags`, `shared_link`, `metadata`), checked here and kept in the
+//! record until the last PATCH applies them.
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -14,7 +17,9 @@ use crate::error::ApiError;
 use crate::pipeline::UploadRequest;
 use crate::routes::admission::{self, Cost};
 use crate::routes::outcome::{Source, UploadReport};
-use crate::routes::params::{header_u64, validate_id, validate_name, UploadParams};
+use crate::routes::params::{
+    folder_path, header_u64, validate_id, validate_name, PathText, PathUpload, UploadParams,
+};
 use crate::routes::AppState;
 use crate::state::now_secs;
 
@@ -124,30 +129,56 @@ async fn create(
         params.set(key, value.clone());
     }
     let name = params.name.clone().or_else(|| metadata.get("filename").cloned());
-    let target = match (metadata.get("file_id"), metadata.get("folder_id")) {
-        (Some(file_id), _) => Target::NewVersion {
+    let named = |name: Option<String>| {
+        name.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_upload_metadata",
+                "Upload-Metadata needs a filename (or a file_id)",
+            )
+        })
+    };
+    let mut by_path = None;
+    let target = match (metadata.get("file_id"), metadata.get("folder_id"), metadata.get("path")) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_upload_metadata",
+                "Upload-Metadata gives path and folder_id (or file_id): path names the folder, below the caller's root; send one",
+            ))
+        }
+        (Some(file_id), _, None) => Target::NewVersion {
             file_id: validate_id(file_id, "file")?,
             name: params.name.as_deref().map(validate_name).transpose()?,
         },
-        (None, folder_id) => {
+        (None, None, Some(path)) => {
+            let folder = folder_path(path, PathText::Plain)?;
+            let root = caller.path_root(&state.path_root)?;
+            let target = Target::NewFile {
+                folder_id: root.clone(),
+                name: validate_name(&named(name)?)?,
+            };
+            by_path = Some(PathUpload {
+                root,
+                folder,
+                create_folders: params.create_folders()?,
+            });
+            target
+        }
+        (None, folder_id, None) => {
             // A link's page may leave the folder out: the link names it.
             let default = caller.link().map_or("0", |l| l.folder_id.as_str());
             let folder_id = validate_id(folder_id.map_or(default, String::as_str), "folder")?;
             caller.check_folder(&folder_id)?;
-            let name = name.ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_metadata",
-                    "Upload-Metadata needs a filename (or a file_id)",
-                )
-            })?;
             Target::NewFile {
                 folder_id,
-                name: validate_name(&name)?,
+                name: validate_name(&named(name)?)?,
             }
         }
     };
+    caller.check_fields_allowed(params.has_fields())?;
+    let fields = params.fields()?;
     report.set_upload_metadata(metadata);
     report.set_target(&target);
+    report.set_path(by_path.as_ref().map(|p| p.folder.display()));
     caller.check_size(size)?;
     state.pipeline.check_size(size).map_err(ApiError::from)?;
     // A link's clash is always renamed (write-only: `Caller::on_conflict`).
@@ -165,6 +196,7 @@ async fn create(
     if let Target::NewVersion { file_id, .. } = &request.upload.target {
         caller.check_file(&state.pipeline, file_id).await?;
     }
+    let fields = admission::check_fields(state, caller, fields).await?;
     let expires_at = now_secs() + state.tus.expiration.as_secs();
     let mut reservation = admission::admit(
         state,
@@ -176,10 +208,13 @@ async fn create(
     )
     .await?;
     let created = async {
-        let (pipeline, prepared) = admission::start(state, caller, &mut reservation, report, request).await?;
-        let resumable = prepared.into_resumable();
-        reservation.hold_session(pipeline.clone(), resumable.clone());
+        let started =
+            admission::start(state, caller, &mut reservation, report, request, by_path.as_ref()).await?;
+        let resumable = started.prepared.into_resumable();
+        reservation.hold_session(started.pipeline.clone(), resumable.clone());
         let mut record = Record::new(caller, expires_at, raw_metadata, resumable);
+        record.fields = (!fields.is_empty()).then_some(fields);
+        record.path = by_path.as_ref().map(|p| p.folder.display());
         // Scheduled first: a record the sweeper cannot find would hold its Box session for 7 days.
         state.store.schedule(id, expires_at).await?;
         reservation.hold_schedule(id);

@@ -120,6 +120,7 @@ pub(super) async fn append(
         id,
     } = write;
     report.set_target(&record.resumable.upload.target);
+    report.set_path(record.path.clone());
     report.set_method(record.resumable.method());
     if let Ok(metadata) = super::protocol::parse_metadata(&record.metadata) {
         report.set_upload_metadata(metadata);
@@ -196,7 +197,11 @@ pub(super) async fn append(
         return Ok(());
     }
     report.received().set(record.resumable.offset);
-    match pipeline.complete(&mut record.resumable, pending).await {
+    let fields = record.fields.clone();
+    match pipeline
+        .complete_with_fields(&mut record.resumable, pending, fields)
+        .await
+    {
         Ok(outcome) => {
             // The event is stored before the record says landed: a crash in between still tells
             // (the file is in Box), where the other order could lose the event.

@@ -83,9 +83,12 @@ fn http_date(secs: u64) -> String {
         .to_string()
 }
 
-/// `Upload-Metadata`: `key base64,key base64,key` (tus 1.0.0, creation).
+/// `Upload-Metadata`: `key base64,key base64,key` (tus 1.0.0, creation). A malformed header is 400
+/// `invalid_upload_metadata` (it was `invalid_metadata` before the Box `metadata` field came, whose
+/// refusal is 422 `invalid_metadata`: one code, one meaning).
 pub fn parse_metadata(raw: &str) -> Result<HashMap<String, String>, ApiError> {
-    let invalid = |why: String| ApiError::bad_request("invalid_metadata", format!("Upload-Metadata: {why}"));
+    let invalid =
+        |why: String| ApiError::bad_request("invalid_upload_metadata", format!("Upload-Metadata: {why}"));
     let mut out = HashMap::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
@@ -150,7 +153,11 @@ mod tests {
         assert_eq!(m["folder_id"], "123");
         assert_eq!(parse_metadata("").unwrap().len(), 0);
         for bad in ["filename !!", "a YQ==,a Yg==", "name /w=="] {
-            assert_eq!(parse_metadata(bad).unwrap_err().code, "invalid_metadata", "{bad}");
+            assert_eq!(
+                parse_metadata(bad).unwrap_err().code,
+                "invalid_upload_metadata",
+                "{bad}"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::Caller;
 use crate::error::ApiError;
-use crate::pipeline::Resumable;
+use crate::pipeline::{CheckedFields, Resumable};
 use crate::routes::AppState;
 use crate::state::keys::{tus_pending, tus_record};
 use crate::state::{now_secs, Fenced, FencedWrite, Lease, LeaseLost, Lock};
@@ -56,6 +56,12 @@ pub(super) struct Record {
     /// and PATCH answer from then on, on any replica, until DELETE or expiry.
     #[serde(default)]
     pub failed: Option<Failure>,
+    /// The fields that land with the file, checked at creation, applied when the upload completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<CheckedFields>,
+    /// An upload by path: its folder path below the caller's root, for the completion event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Why an upload failed for good: the answer its last PATCH got.
@@ -81,6 +87,8 @@ impl Record {
             loaded_pending: Bytes::new(),
             pending_inline: false,
             failed: None,
+            fields: None,
+            path: None,
         }
     }
 }
@@ -355,9 +363,12 @@ mod tests {
             },
             file_id: None,
             failed: None,
+            fields: None,
+            path: Some("Scans/2026".into()),
         };
         let (back, inline) = decode(encode(&record).unwrap()).unwrap();
         assert_eq!((back.owner.as_str(), back.resumable.offset), ("k", 3));
+        assert_eq!(back.path.as_deref(), Some("Scans/2026"));
         assert!(inline.is_empty(), "the unfinished part is stored apart");
         // A record of the previous layout, its unfinished part inline, is still read.
         let mut old = encode(&record).unwrap();

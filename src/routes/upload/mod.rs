@@ -3,10 +3,14 @@
 //! - `PUT  /v1/folders/{folder_id}/files/{name}` raw body, a new file
 //! - `POST /v1/files/{file_id}/versions`      multipart, a new version
 //! - `PUT  /v1/files/{file_id}/content`       raw body, a new version
+//! - `POST /v1/paths/{folder path}`           multipart, a new file by path (issue 25)
+//! - `PUT  /v1/paths/{folder path}/{name}`    raw body, a new file by path
 //!
 //! Each handler takes the request apart (the path, the query, a form's head: `multipart.rs`) into a
-//! destination, a size and parameters; `upload` then admits it (`admission.rs`), hands the body to the
-//! pipeline, and the report (`outcome.rs`) counts and tells how it ended.
+//! destination, a size and parameters (the fields that land with the file among them); `upload` then
+//! admits it (`admission.rs`), hands the body to the pipeline, and the report (`outcome.rs`) counts
+//! and tells how it ended. An upload by path starts from the caller's root (`Caller::path_root`): its
+//! `Target::NewFile` names the root until the path is resolved, at the upload's start.
 mod multipart;
 mod multipart_scan;
 
@@ -22,12 +26,15 @@ use self::multipart::{read_head, Body};
 use super::admission::{self, Cost};
 use super::client_body::{client_body, from_payload};
 use super::outcome::{Source, UploadReport};
-use super::params::{content_length, validate_id, validate_name, UploadParams};
+use super::params::{
+    content_length, file_path, folder_path, raw_path_tail, validate_id, validate_name, PathText, PathUpload,
+    UploadParams,
+};
 use super::AppState;
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;
-use crate::pipeline::{spool, UploadError, UploadOutcome, UploadRequest};
+use crate::pipeline::{spool, FolderPath, ResolvedFolder, UploadError, UploadOutcome, UploadRequest};
 
 /// Where the size of the file comes from; Box needs it before the first byte.
 enum Size {
@@ -83,15 +90,42 @@ pub async fn raw_new_version(
     handle(req, endpoint, query.into_inner(), payload, state).await
 }
 
-/// Which of the four endpoints, with its path's ids (and a raw upload's name).
+/// `POST /v1/paths/{folder path}`: the path is read from the raw URI (`params::raw_path_tail`), not
+/// from actix's partly decoded match.
+pub async fn multipart_to_path(
+    req: HttpRequest,
+    query: web::Query<UploadParams>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = Endpoint::MultipartToPath(raw_path_tail(&req).to_owned());
+    handle(req, endpoint, query.into_inner(), payload, state).await
+}
+
+/// `PUT /v1/paths/{folder path}/{name}`.
+pub async fn raw_to_path(
+    req: HttpRequest,
+    query: web::Query<UploadParams>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = Endpoint::RawToPath(raw_path_tail(&req).to_owned());
+    handle(req, endpoint, query.into_inner(), payload, state).await
+}
+
+/// Which endpoint, with its path's ids (and a raw upload's name), or its raw folder path.
 enum Endpoint {
     MultipartToFolder(String),
     MultipartNewVersion(String),
     RawToFolder(String, String),
     RawNewVersion(String),
+    /// The folder path, percent-encoded as sent.
+    MultipartToPath(String),
+    /// The folder path and the file's name, percent-encoded as sent.
+    RawToPath(String),
 }
 
-/// What the four endpoints share: the caller (a link's is refused here), the upload's report, the
+/// What the endpoints share: the caller (a link's is refused here), the upload's report, the
 /// destination from the path, and the answer.
 async fn handle(
     req: HttpRequest,
@@ -111,7 +145,8 @@ async fn handle(
                     Ok(Target::NewFile {
                         folder_id,
                         name: validate_name(&name.unwrap_or(filename))?,
-                    })
+                    }
+                    .into())
                 })
                 .await
             }
@@ -123,7 +158,8 @@ async fn handle(
                     Ok(Target::NewVersion {
                         file_id,
                         name: name.as_deref().map(validate_name).transpose()?,
-                    })
+                    }
+                    .into())
                 })
                 .await
             }
@@ -132,14 +168,33 @@ async fn handle(
                     folder_id: validate_id(&folder_id, "folder")?,
                     name: validate_name(&name)?,
                 };
-                raw(req, params, payload, state, caller, target, report).await
+                raw(req, params, payload, state, caller, target.into(), report).await
             }
             Endpoint::RawNewVersion(file_id) => {
                 let target = Target::NewVersion {
                     file_id: validate_id(&file_id, "file")?,
                     name: params.name.as_deref().map(validate_name).transpose()?,
                 };
-                raw(req, params, payload, state, caller, target, report).await
+                raw(req, params, payload, state, caller, target.into(), report).await
+            }
+            Endpoint::MultipartToPath(tail) => {
+                // The path and the root before the form is read: a bad one costs no body byte.
+                let folder = folder_path(&tail, PathText::Url)?;
+                let root = caller.path_root(&state.path_root)?;
+                multipart(req, params, payload, state, caller, report, |name, filename| {
+                    Ok(Destination::at_path(
+                        root,
+                        folder,
+                        validate_name(&name.unwrap_or(filename))?,
+                    ))
+                })
+                .await
+            }
+            Endpoint::RawToPath(tail) => {
+                let (folder, name) = file_path(&tail)?;
+                let root = caller.path_root(&state.path_root)?;
+                let destination = Destination::at_path(root, folder, validate_name(&name)?);
+                raw(req, params, payload, state, caller, destination, report).await
             }
         }
     }
@@ -147,15 +202,46 @@ async fn handle(
     answer(report, result).await
 }
 
+/// Where a plain upload goes: its target, and for an upload by path the folders below its root
+/// (the target's folder is the root until the path is resolved).
+struct Destination {
+    target: Target,
+    path: Option<(String, FolderPath)>,
+}
+
+impl Destination {
+    fn at_path(root: String, folder: FolderPath, name: String) -> Self {
+        Self {
+            target: Target::NewFile {
+                folder_id: root.clone(),
+                name,
+            },
+            path: Some((root, folder)),
+        }
+    }
+}
+
+impl From<Target> for Destination {
+    fn from(target: Target) -> Self {
+        Self { target, path: None }
+    }
+}
+
+/// A landed upload: its outcome, and where its path led (an upload by path).
+struct Landed {
+    outcome: UploadOutcome,
+    path: Option<(PathUpload, ResolvedFolder)>,
+}
+
 /// The 201 with Box's file object and how it went up, or the error; counted and told either way.
 async fn answer(
     report: &UploadReport<'_>,
-    result: Result<UploadOutcome, ApiError>,
+    result: Result<Landed, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     match result {
-        Ok(outcome) => {
+        Ok(Landed { outcome, path }) => {
             report.landed(&outcome).await;
-            Ok(HttpResponse::Created().json(json!({
+            let mut body = json!({
                 "file": outcome.file.0,
                 "upload": {
                     "method": outcome.method,
@@ -166,7 +252,19 @@ async fn answer(
                     "session_id": outcome.session_id,
                     "duration_ms": report.elapsed().as_millis() as u64,
                 }
-            })))
+            });
+            if let Some(fields) = &outcome.fields {
+                body["fields"] = json!(fields);
+            }
+            if let Some((at, folder)) = path {
+                body["path"] = json!({
+                    "root_id": at.root,
+                    "folder": at.folder.display(),
+                    "folder_id": folder.folder_id,
+                    "created": folder.created,
+                });
+            }
+            Ok(HttpResponse::Created().json(body))
         }
         Err(err) => {
             report.failed(&err).await;
@@ -181,9 +279,9 @@ async fn raw(
     payload: web::Payload,
     state: &web::Data<AppState>,
     caller: &Caller,
-    target: Target,
+    destination: Destination,
     report: &UploadReport<'_>,
-) -> Result<UploadOutcome, ApiError> {
+) -> Result<Landed, ApiError> {
     let size = match (
         params.declared_size(req.headers())?,
         content_length(req.headers())?,
@@ -196,7 +294,7 @@ async fn raw(
     let upload = Upload {
         params,
         expected_sha1,
-        target,
+        destination,
         size,
     };
     upload.send(state, caller, report, body).await
@@ -210,15 +308,15 @@ async fn multipart(
     state: &web::Data<AppState>,
     caller: &Caller,
     report: &UploadReport<'_>,
-    // Builds the target from the explicit `name` (if any) and the file part's filename.
-    target: impl FnOnce(Option<String>, String) -> Result<Target, ApiError>,
-) -> Result<UploadOutcome, ApiError> {
+    // Builds the destination from the explicit `name` (if any) and the file part's filename.
+    destination: impl FnOnce(Option<String>, String) -> Result<Destination, ApiError>,
+) -> Result<Landed, ApiError> {
     // Held until the upload ends: the slow path's file Field reads through its form.
     let head = read_head(req, payload, state).await?;
     for (key, value) in &head.fields {
         params.set(key, value.clone());
     }
-    let target = target(params.name.clone(), head.filename.clone())?;
+    let destination = destination(params.name.clone(), head.filename.clone())?;
     let size = match params.declared_size(req.headers())? {
         Some(n) => Size::Declared(n),
         None => head.derived_size()?.map_or(Size::Unknown, Size::Derived),
@@ -228,7 +326,7 @@ async fn multipart(
     let upload = Upload {
         params,
         expected_sha1,
-        target,
+        destination,
         size,
     };
     upload.send(state, caller, report, file).await
@@ -238,31 +336,41 @@ async fn multipart(
 struct Upload {
     params: UploadParams,
     expected_sha1: Option<[u8; 20]>,
-    target: Target,
+    destination: Destination,
     size: Size,
 }
 
 impl Upload {
-    /// The admission's order (`admission.rs`), then the pipeline: the last local checks, the file's
-    /// folder at Box for a new version, quotas and Box capacity, a spool for a body of unknown size,
-    /// the Box destination, the bytes.
+    /// The admission's order (`admission.rs`), then the pipeline: the last local checks (the fields'
+    /// syntax among them), the Box reads (a new version's folder, the metadata's templates), quotas
+    /// and Box capacity, a spool for a body of unknown size, the Box destination (an upload by path's
+    /// folders first), the bytes, the fields applied after the commit.
     async fn send(
         self,
         state: &web::Data<AppState>,
         caller: &Caller,
         report: &UploadReport<'_>,
         body: Body,
-    ) -> Result<UploadOutcome, ApiError> {
+    ) -> Result<Landed, ApiError> {
         let Self {
             params,
             expected_sha1,
-            target,
+            destination: Destination { target, path },
             size,
         } = self;
         let on_conflict = params.on_conflict()?;
         let content_created_at = UploadParams::timestamp(&params.content_created_at, "content_created_at")?;
         let content_modified_at =
             UploadParams::timestamp(&params.content_modified_at, "content_modified_at")?;
+        let fields = params.fields()?;
+        let by_path = match path {
+            Some((root, folder)) => Some(PathUpload {
+                root,
+                folder,
+                create_folders: params.create_folders()?,
+            }),
+            None => None,
+        };
         let known_size = match size {
             Size::Declared(n) | Size::Derived(n) => {
                 caller.check_size(n)?;
@@ -279,10 +387,14 @@ impl Upload {
             Size::Unknown => None,
         };
         report.set_target(&target);
-        match &target {
-            Target::NewFile { folder_id, .. } => caller.check_folder(folder_id)?,
-            Target::NewVersion { file_id, .. } => caller.check_file(&state.pipeline, file_id).await?,
+        report.set_path(by_path.as_ref().map(|p| p.folder.display()));
+        match (&target, &by_path) {
+            // Its root is the caller's own (`Caller::path_root`), checked with the path.
+            (_, Some(_)) => {}
+            (Target::NewFile { folder_id, .. }, None) => caller.check_folder(folder_id)?,
+            (Target::NewVersion { file_id, .. }, None) => caller.check_file(&state.pipeline, file_id).await?,
         }
+        let fields = admission::check_fields(state, caller, fields).await?;
         let mut reservation = admission::admit(
             state,
             caller,
@@ -330,14 +442,20 @@ impl Upload {
             // The upload's span (a child of the request's): the Box calls below are its children.
             let span = tracing::info_span!("upload", size, method = tracing::field::Empty);
             async {
-                let (pipeline, prepared) =
-                    admission::start(state, caller, &mut reservation, report, request).await?;
-                tracing::Span::current().record("method", prepared.method().as_str());
-                pipeline.send(prepared, body).await.map_err(|mut err| {
+                let started =
+                    admission::start(state, caller, &mut reservation, report, request, by_path.as_ref())
+                        .await?;
+                tracing::Span::current().record("method", started.prepared.method().as_str());
+                let prepared = started.prepared.with_fields(fields);
+                let outcome = started.pipeline.send(prepared, body).await.map_err(|mut err| {
                     if let UploadError::SizeMismatch { derived: d, .. } = &mut err {
                         *d = derived;
                     }
                     caller.box_error(ApiError::logged(err))
+                })?;
+                Ok(Landed {
+                    outcome,
+                    path: by_path.zip(started.folder),
                 })
             }
             .instrument(span)

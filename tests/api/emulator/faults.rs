@@ -8,30 +8,10 @@ use std::time::{Duration, Instant};
 
 const SIZE: u64 = 2_600_000;
 
-fn rule(endpoint: Endpoint, action: FaultAction) -> FaultRule {
-    FaultRule {
-        endpoint,
-        nth: None,
-        fraction: None,
-        seed: None,
-        times: None,
-        action,
-    }
-}
-
 fn plan(rules: Vec<FaultRule>) -> FaultPlan {
     FaultPlan {
         rules,
         ..FaultPlan::default()
-    }
-}
-
-fn status(status: u16, code: Option<&str>, retry_after: Option<u64>) -> FaultAction {
-    FaultAction::Status {
-        status,
-        code: code.map(str::to_owned),
-        message: None,
-        retry_after,
     }
 }
 

@@ -78,6 +78,31 @@ impl TestEmulator {
         self.client.get(url).bearer_auth(DEV_TOKEN)
     }
 
+    pub fn put(&self, url: &str) -> RequestBuilder {
+        self.client.put(url).bearer_auth(DEV_TOKEN)
+    }
+
+    pub fn delete(&self, url: &str) -> RequestBuilder {
+        self.client.delete(url).bearer_auth(DEV_TOKEN)
+    }
+
+    /// `POST /2.0/folders`.
+    pub async fn create_folder_raw(&self, parent_id: &str, name: &str) -> Response {
+        self.post(&self.api("/folders"))
+            .json(&json!({"name": name, "parent": {"id": parent_id}}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A small file in `folder_id` by direct upload; its id.
+    pub async fn small_file(&self, folder_id: &str, name: &str) -> String {
+        let res = self.direct_new(folder_id, name, b"fields land here").await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        body["entries"][0]["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn create_session_raw(&self, body: Value) -> Response {
         self.post(&self.upload("/files/upload_sessions"))
             .json(&body)
@@ -247,6 +272,35 @@ impl TestEmulator {
     }
 }
 
+/// A fault rule on every request of `endpoint` (once, as rules without `fraction` fire).
+pub fn rule(
+    endpoint: box_upload_gateway::emulator::Endpoint,
+    action: box_upload_gateway::emulator::FaultAction,
+) -> box_upload_gateway::emulator::FaultRule {
+    box_upload_gateway::emulator::FaultRule {
+        endpoint,
+        nth: None,
+        fraction: None,
+        seed: None,
+        times: None,
+        action,
+    }
+}
+
+/// Box's error body with this status (`code` defaults from it).
+pub fn status(
+    status: u16,
+    code: Option<&str>,
+    retry_after: Option<u64>,
+) -> box_upload_gateway::emulator::FaultAction {
+    box_upload_gateway::emulator::FaultAction::Status {
+        status,
+        code: code.map(str::to_owned),
+        message: None,
+        retry_after,
+    }
+}
+
 /// Asserts Box's error body and its `request_id` matching the `BOX-REQUEST-ID` header; returns it.
 /// Sends a request that must succeed at the HTTP level and reads its JSON answer.
 pub trait SendJson {
@@ -257,6 +311,46 @@ impl SendJson for RequestBuilder {
     async fn send_json<T: serde::de::DeserializeOwned>(self) -> T {
         self.send().await.unwrap().json().await.unwrap()
     }
+}
+
+/// Box's `MetadataError` body (a metadata instance refused): `code`, `message`, `request_id`, and
+/// neither `type` nor `status` (box/box-openapi#393).
+pub async fn assert_metadata_error(res: Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let header_id = res.headers()["box-request-id"].to_str().unwrap().to_owned();
+    let body: Value = res.json().await.expect("a JSON error body");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_eq!(body["request_id"], header_id, "{body}");
+    assert!(
+        body.get("type").is_none() && body.get("status").is_none(),
+        "{body}"
+    );
+    body
+}
+
+/// An invoice template with one field of each type Box has (the example).
+pub fn invoice_template() -> box_upload_gateway::emulator::MetadataTemplate {
+    serde_json::from_value(json!({
+        "scope": "enterprise", "templateKey": "invoiceData", "displayName": "Invoice data",
+        "fields": [
+            {"type": "float", "key": "amount", "displayName": "Amount"},
+            {"type": "string", "key": "vendor"},
+            {"type": "date", "key": "dueDate"},
+            {"type": "enum", "key": "status", "options": [{"key": "open"}, {"key": "paid"}]},
+            {"type": "multiSelect", "key": "regions", "options": [{"key": "EU"}, {"key": "US"}, {"key": "APAC"}]}
+        ]
+    }))
+    .unwrap()
+}
+
+/// An emulator with Box's defaults plus the invoice template.
+pub async fn spawn_with_invoice() -> TestEmulator {
+    spawn_with(EmulatorConfig {
+        metadata_templates: vec![invoice_template()],
+        ..small_config()
+    })
+    .await
 }
 
 pub async fn assert_box_error(res: Response, status: u16, code: &str) -> Value {

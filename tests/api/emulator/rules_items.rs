@@ -64,7 +64,7 @@ async fn folders_are_created_listed_and_conflict_by_name() {
         .send()
         .await
         .unwrap();
-    assert_box_error(orphan, 404, "invalid_parameter").await;
+    assert_box_error(orphan, 404, "not_found").await;
     let bad = emu
         .post(&emu.api("/folders"))
         .json(&json!({"name": "a/b", "parent": {"id": "0"}}))

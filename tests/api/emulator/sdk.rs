@@ -5,27 +5,40 @@ use box_upload_gateway::emulator::{EmulatorConfig, DEV_CLIENT_ID, DEV_CLIENT_SEC
 use serde_json::Value;
 use std::process::Command;
 
-#[tokio::test]
-async fn the_python_sdk_round_trips_through_the_emulator() {
-    let emu = spawn_with(EmulatorConfig::default()).await;
-    let base = emu.handle.base_url();
-
+/// Runs one of tests/python's SDK scripts; its one line of JSON.
+async fn run_script(name: &'static str, args: Vec<String>) -> Value {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .arg(script("sdk_roundtrip.py"))
-            .args([base.as_str(), DEV_TOKEN, DEV_CLIENT_ID, DEV_CLIENT_SECRET])
+            .arg(script(name))
+            .args(&args)
             .output()
             .expect("run python")
     })
     .await
     .unwrap();
-
     assert!(
         out.status.success(),
-        "sdk_roundtrip.py failed:\n{}",
+        "{name} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[tokio::test]
+async fn the_python_sdk_round_trips_through_the_emulator() {
+    let emu = spawn_with(EmulatorConfig::default()).await;
+    let base = emu.handle.base_url();
+
+    let report = run_script(
+        "sdk_roundtrip.py",
+        vec![
+            base,
+            DEV_TOKEN.into(),
+            DEV_CLIENT_ID.into(),
+            DEV_CLIENT_SECRET.into(),
+        ],
+    )
+    .await;
     let seen = emu.inspect();
     let big = seen
         .file(report["big_id"].as_str().unwrap())
@@ -54,5 +67,87 @@ async fn the_python_sdk_round_trips_through_the_emulator() {
     assert_eq!(
         c.max_parts_in_flight, 1,
         "the generated SDK uploads one part at a time"
+    );
+}
+
+/// The fields the gateway's pipeline applies are where Box keeps them: the official SDK reads the
+/// description, tags, shared link and metadata back, and its own writes of the same land in the
+/// emulator as the pipeline's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_reads_back_the_fields_the_pipeline_applied() {
+    use crate::pipeline::helpers::{emulator, new_file, send, Replica};
+    use box_upload_gateway::pipeline::{FileFields, RawFields};
+
+    let emu = emulator().await;
+    let replica = Replica::new(&emu);
+    let p = &replica.pipeline;
+    let fields = FileFields::parse(RawFields {
+        description: Some("December invoice"),
+        tags: Some("invoice,2026"),
+        shared_link: Some("company"),
+        metadata: Some(r#"{"enterprise.invoiceData": {"amount": 1250.5, "status": "open", "dueDate": "2026-12-31T00:00:00Z"}}"#),
+    })
+    .unwrap();
+    let checked = p.check_fields(fields).await.unwrap();
+    let prepared = p
+        .prepare(new_file("0", "inv.pdf", 3))
+        .await
+        .unwrap()
+        .with_fields(checked);
+    let landed = send(p, prepared, b"pdf").await.unwrap();
+    let file_id = landed.file.id().unwrap().to_owned();
+    let other = send(p, p.prepare(new_file("0", "other.pdf", 3)).await.unwrap(), b"doc")
+        .await
+        .unwrap();
+    let other_id = other.file.id().unwrap().to_owned();
+
+    let seen_by_sdk = run_script(
+        "sdk_fields.py",
+        vec![
+            emu.base_url(),
+            DEV_TOKEN.into(),
+            file_id.clone(),
+            other_id.clone(),
+        ],
+    )
+    .await;
+
+    let seen = emu.inspect();
+    let file = seen.file(&file_id).unwrap();
+    let link = file.shared_link.as_ref().unwrap();
+    assert_eq!(seen_by_sdk["description"], file.description.as_str());
+    assert_eq!(seen_by_sdk["tags"], serde_json::json!(file.tags));
+    assert_eq!(seen_by_sdk["shared_link"]["url"], link.url.as_str());
+    assert_eq!(seen_by_sdk["shared_link"]["access"], "company");
+    assert_eq!(seen_by_sdk["shared_link"]["effective_access"], "company");
+    let kept = &file.metadata["enterprise_12345.invoiceData"];
+    assert_eq!(seen_by_sdk["metadata_via_fields"]["amount"], kept["amount"]);
+    let instance = &seen_by_sdk["instance"];
+    assert_eq!(instance["scope"], "enterprise_12345");
+    assert_eq!(instance["template"], "invoiceData");
+    assert_eq!(instance["parent"], format!("file_{file_id}"));
+    assert_eq!(instance["values"]["amount"], 1250.5);
+    assert_eq!(instance["values"]["dueDate"], kept["dueDate"]);
+    assert_eq!(seen_by_sdk["listed"], 1);
+    assert_eq!(
+        seen_by_sdk["template_fields"],
+        serde_json::json!(["amount", "vendor", "dueDate", "status", "regions"])
+    );
+    // What the SDK wrote is kept as the pipeline's writes are.
+    let written = seen.file(&other_id).unwrap();
+    assert_eq!(written.description, "Written by the SDK");
+    assert_eq!(written.tags, ["sdk", "written"]);
+    let written_link = written.shared_link.as_ref().unwrap();
+    assert_eq!(written_link.access, "open");
+    assert_eq!(
+        seen_by_sdk["written"]["shared_link_url"],
+        written_link.url.as_str()
+    );
+    assert_eq!(seen_by_sdk["created_version"], 0);
+    assert_eq!(seen_by_sdk["patched"]["version"], 1);
+    let invoice = &written.metadata["enterprise_12345.invoiceData"];
+    assert_eq!(
+        (invoice["amount"].as_f64(), invoice["status"].as_str()),
+        (Some(10.5), Some("paid"))
     );
 }

@@ -325,27 +325,15 @@ async fn multipart_post_alternating_large_and_tiny_chunks_stays_within_the_budge
 /// dropped by hand (over HTTP, actix-web did not drop the handler when the client left).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_uploads_bytes_stay_in_the_budget_until_box_has_them() {
-    use box_upload_gateway::box_api::{
-        BoxClient, BoxUrls, NewUpload, RetryPolicy, Secret, StaticToken, Target,
-    };
-    use box_upload_gateway::metrics::GatewayMetrics;
-    use box_upload_gateway::pipeline::{MemoryBudget, OnConflict, Pipeline, PipelineSettings, UploadRequest};
-    use std::sync::Arc;
+    use crate::pipeline::helpers::{new_file, Replica};
+    use box_upload_gateway::box_api::RetryPolicy;
 
     // Box reads the body at 256 KiB/s: the 1 MiB file takes about 4 s to go up.
     let mut config = EmulatorConfig::default();
     config.faults.bandwidth_bytes_per_sec = Some(256 * 1024);
     let emulator = Emulator::spawn(config).await.unwrap();
-    let metrics = Arc::new(GatewayMetrics::new(&prometheus::Registry::new()).unwrap());
-    box_upload_gateway::http_client::install_tls_provider();
-    let client = BoxClient::new(
-        reqwest::Client::new(),
-        BoxUrls {
-            api: emulator.api_url(),
-            upload: emulator.upload_url(),
-            token: emulator.token_url(),
-        },
-        Arc::new(StaticToken::new(Secret::new(DEV_TOKEN))),
+    let replica = Replica::with_retry(
+        &emulator,
         RetryPolicy {
             max_attempts: 1,
             base_delay: Duration::from_millis(10),
@@ -353,42 +341,12 @@ async fn a_direct_uploads_bytes_stay_in_the_budget_until_box_has_them() {
             deadline: Duration::from_secs(60),
             max_retry_after: Duration::from_secs(60),
         },
-        metrics.clone(),
     );
-    let budget = MemoryBudget::new(
-        64 * MIB,
-        metrics.buffered_bytes.clone(),
-        metrics.buffered_bytes_peak.clone(),
-    );
-    let pipeline = Pipeline::new(
-        client,
-        budget,
-        PipelineSettings {
-            part_concurrency: 4,
-            chunked_threshold_bytes: 20_000_000,
-            commit_timeout: Duration::from_secs(30),
-            max_file_size_bytes: None,
-        },
-        metrics.clone(),
-        tokio::runtime::Handle::current(),
-        tokio_util::sync::CancellationToken::new(),
-    );
+    let (pipeline, metrics) = (&replica.pipeline, &replica.metrics);
     let size = MIB as usize;
     let data = file_bytes(size);
     let prepared = pipeline
-        .prepare(UploadRequest {
-            upload: NewUpload {
-                target: Target::NewFile {
-                    folder_id: "0".into(),
-                    name: "left-early.bin".into(),
-                },
-                size: size as u64,
-                content_created_at: None,
-                content_modified_at: None,
-            },
-            on_conflict: OnConflict::Error,
-            expected_sha1: None,
-        })
+        .prepare(new_file("0", "left-early.bin", size as u64))
         .await
         .unwrap();
     let body = futures_util::stream::iter(
