@@ -231,6 +231,7 @@ impl Reservation {
             self.take_bytes(caller, size).await?;
         }
         let pace_key = caller.principal.pace_key();
+        let waiting = std::time::Instant::now();
         let admission = state
             .pacer
             .reserve_upload_call(&pace_key, caller.key_label())
@@ -239,6 +240,13 @@ impl Reservation {
                 tracing::warn!(key = %caller.key_label(), waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
                 ApiError::box_rate_limited(no.waited, no.retry_after)
             })?;
+        // On the request's span, so its log lines say where a paced upload's time went: past the
+        // pacer's burst, a client sending small files back to back waits 60 s /
+        // `box_rate_uploads_per_minute` here (272 ms at the default 220), with its request already
+        // in the socket and no Box call made yet; a packet capture of that shows an idle wire and
+        // invites a hunt for a Nagle or delayed-ACK stall that is not there (docs/benchmark.md,
+        // "Small files").
+        tracing::Span::current().record("box_rate_wait_ms", waiting.elapsed().as_millis() as u64);
         self.held.box_admission = Some((pace_key, admission));
         Ok(())
     }
