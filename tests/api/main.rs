@@ -21,6 +21,7 @@ mod paths;
 mod pipeline;
 pub mod python;
 mod rate_limits;
+mod small_files;
 mod soak;
 mod soak_tus;
 mod tls;
