@@ -120,6 +120,9 @@ pub struct Settings {
     /// proxy's CA, the emulator's `tls/ca.pem`).
     #[serde(deserialize_with = "string_like")]
     pub box_ca_file: Option<String>,
+    /// How long a commit's `parts_mismatch` is taken for Box still digesting the last parts (seen
+    /// for a second or two after them); past it, a part is missing and the commit fails.
+    pub parts_mismatch_window_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`). Unset: the
@@ -139,6 +142,9 @@ pub struct Settings {
     pub redis_ca_file: Option<String>,
     /// A tus upload not finished this long after its creation is aborted (its Box session too).
     pub tus_expiration_secs: u64,
+    /// A tus request's lock on its upload lives this long unless renewed (every third of it, while
+    /// the request runs): a replica that died mid-`PATCH` holds the upload at most this long.
+    pub tus_lock_ttl_secs: u64,
     /// How long an `Idempotency-Key`'s answer is kept for retries.
     pub idempotency_window_secs: u64,
     /// How long a claim on an `Idempotency-Key` lives unless the upload holding it extends it (it
@@ -323,12 +329,14 @@ impl Default for Settings {
             box_http_version: "http1".into(),
             box_ca_file: None,
             commit_timeout_secs: 600,
+            parts_mismatch_window_secs: 5,
             log_format: "auto".into(),
             otlp_endpoint: None,
             state_dir: "./gateway-state".into(),
             redis_url: None,
             redis_ca_file: None,
             tus_expiration_secs: 24 * 3600,
+            tus_lock_ttl_secs: 30,
             idempotency_window_secs: 24 * 3600,
             idempotency_claim_secs: 60,
             // 1 GiB: 16 uploads paused mid-part at Box's largest part (64 MiB), 128 at its usual

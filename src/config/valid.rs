@@ -113,6 +113,9 @@ pub struct StateSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct TusSettings {
     pub expiration: Duration,
+    /// A PATCH extends its lock every third of this while it runs; a replica that died mid-PATCH
+    /// holds the upload at most this long.
+    pub lock_ttl: Duration,
     /// The gateway's own largest file (`max_file_size_bytes`), advertised as `Tus-Max-Size`.
     pub max_size: Option<u64>,
     /// All unfinished parts in the state store together (0: every PATCH must end on a part

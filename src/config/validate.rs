@@ -362,11 +362,18 @@ impl Settings {
                 self.chunked_threshold_bytes
             ));
         }
-        at_least_one(problems, &[("commit_timeout_secs", self.commit_timeout_secs)]);
+        at_least_one(
+            problems,
+            &[
+                ("commit_timeout_secs", self.commit_timeout_secs),
+                ("parts_mismatch_window_secs", self.parts_mismatch_window_secs),
+            ],
+        );
         PipelineSettings {
             part_concurrency: self.part_concurrency,
             chunked_threshold_bytes: self.chunked_threshold_bytes,
             commit_timeout: Duration::from_secs(self.commit_timeout_secs),
+            parts_mismatch_window: Duration::from_secs(self.parts_mismatch_window_secs),
             max_file_size_bytes: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
         }
     }
@@ -471,8 +478,10 @@ impl Settings {
         if self.tus_max_open_uploads_per_key == 0 {
             problems.push("tus_max_open_uploads_per_key: must be at least 1".into());
         }
+        at_least_one(problems, &[("tus_lock_ttl_secs", self.tus_lock_ttl_secs)]);
         TusSettings {
             expiration: Duration::from_secs(self.tus_expiration_secs),
+            lock_ttl: Duration::from_secs(self.tus_lock_ttl_secs),
             max_size: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
             max_pending_bytes: self.tus_max_pending_bytes,
             max_open_uploads_per_key: self.tus_max_open_uploads_per_key,

@@ -179,6 +179,10 @@ pub struct PipelineSettings {
     pub chunked_threshold_bytes: u64,
     /// How long a commit may keep answering 202 or a transient `parts_mismatch`.
     pub commit_timeout: Duration,
+    /// How long a commit's `parts_mismatch` is taken for Box still digesting the last parts (seen
+    /// for a second or two after them); past it, a part is missing and the commit fails with that
+    /// answer.
+    pub parts_mismatch_window: Duration,
     pub max_file_size_bytes: Option<u64>,
 }
 
@@ -1033,6 +1037,7 @@ impl Pipeline {
         let client = self.client.clone();
         let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
         let budget = self.settings.commit_timeout;
+        let mismatch_window = self.settings.parts_mismatch_window;
         self.on_rt(async move {
             // Also the bound of each attempt's wait for the pacer's room: a commit that cannot have
             // room in time fails at once (503 `box_rate_limited`) and the session is aborted.
@@ -1069,8 +1074,7 @@ impl Pipeline {
                     // Transient right after the last part; past a short window Box lacks a part,
                     // and retrying cannot bring it (a resumable upload moves back to the hole).
                     (Some("parts_mismatch"), _)
-                        if mismatch_since.get_or_insert_with(Instant::now).elapsed()
-                            < PARTS_MISMATCH_WINDOW =>
+                        if mismatch_since.get_or_insert_with(Instant::now).elapsed() < mismatch_window =>
                     {
                         "parts_mismatch"
                     }
@@ -1098,10 +1102,6 @@ impl Pipeline {
 }
 
 const MAX_RENAMES: u32 = 100;
-
-/// How long a commit's `parts_mismatch` is taken as Box still digesting the last parts (seen for a
-/// second or two after them); past it, a part is missing and the commit fails with that answer.
-pub const PARTS_MISMATCH_WINDOW: Duration = Duration::from_secs(5);
 
 fn join(
     done: Option<Result<Result<UploadPart, UploadError>, tokio::task::JoinError>>,

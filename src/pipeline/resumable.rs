@@ -291,7 +291,7 @@ impl Pipeline {
     }
 
     /// Lands a complete upload: the commit (with the whole file's SHA-1), or the direct upload of the
-    /// held bytes. A commit whose `parts_mismatch` outlasts `PARTS_MISMATCH_WINDOW` means Box lacks a
+    /// held bytes. A commit whose `parts_mismatch` outlasts `parts_mismatch_window` means Box lacks a
     /// part: the session's parts are listed, `r` is moved back to the first hole (`rewind`) and the
     /// answer is `Rewound` (the caller keeps the upload; the client resends from there). On another
     /// error the caller aborts the session (`abort_resumable`).

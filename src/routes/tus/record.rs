@@ -14,9 +14,6 @@ use crate::routes::AppState;
 use crate::state::keys::{tus_pending, tus_record};
 use crate::state::{now_secs, Fenced, FencedWrite, Lease, LeaseLost, Lock};
 
-/// A PATCH extends its lock every third of this while it runs; a replica that died mid-PATCH
-/// holds the upload at most this long.
-const LOCK_TTL: Duration = Duration::from_secs(30);
 /// A record outlives its expiry by this much, so the sweeper still finds it to abort its session.
 const GRACE: Duration = Duration::from_secs(3600);
 /// `Retry-After` of 503 `tus_storage_full`: other uploads' parts fill and leave the store meanwhile.
@@ -295,7 +292,7 @@ pub(super) async fn forget(
 /// The upload's lock: 409 `upload_locked` while another request holds it. Taken only for an upload
 /// whose owner was checked first (`load_record`), so a stranger can never hold an owner's upload.
 pub(super) async fn take_lock(state: &AppState, id: &str) -> Result<Lease, ApiError> {
-    Lease::take(&state.store, &tus_record(id), LOCK_TTL)
+    Lease::take(&state.store, &tus_record(id), state.tus.lock_ttl)
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -308,7 +305,7 @@ pub(super) async fn take_lock(state: &AppState, id: &str) -> Result<Lease, ApiEr
 
 /// The sweeper's lock on an upload: None while a request writes it (the next sweep takes it).
 pub(super) async fn try_lock(state: &AppState, id: &str) -> Result<Option<Lease>, ApiError> {
-    Ok(Lease::take(&state.store, &tus_record(id), LOCK_TTL).await?)
+    Ok(Lease::take(&state.store, &tus_record(id), state.tus.lock_ttl).await?)
 }
 
 /// Runs `work` while keeping the upload's lock alive; when the lock is lost (it expired, or another
