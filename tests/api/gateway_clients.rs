@@ -2,7 +2,7 @@
 //! PUT, fields after the file, wrong sizes, non-ASCII names, client digests, new versions.
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn python_requests(
     mode: &str,
@@ -11,7 +11,7 @@ async fn python_requests(
     filename: &str,
     fields: &[&str],
 ) -> (u16, Value) {
-    let out = tokio::process::Command::new(crate::python::python())
+    let out = tokio::process::Command::new(crate::support::python::python())
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/python/requests_upload.py"

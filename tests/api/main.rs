@@ -1,4 +1,5 @@
-//! One integration binary: every test talks HTTP to servers spawned on port 0.
+//! One integration binary: every test talks HTTP to servers spawned on port 0. What several files
+//! need is in `support/`.
 mod admission;
 mod emulator;
 mod fuzz;
@@ -12,18 +13,17 @@ mod gateway_lost_answers;
 mod gateway_process;
 mod gateway_ready;
 mod gateway_sizes;
-pub mod helpers;
 mod hostile;
 mod links_hardening;
 mod pacer_deadline;
 mod page;
 mod paths;
 mod pipeline;
-pub mod python;
 mod rate_limits;
 mod small_files;
 mod soak;
 mod soak_tus;
+pub mod support;
 mod tls;
 mod tus;
 mod tus_honesty;

@@ -11,8 +11,8 @@
 //! (60 s / 220). See docs/benchmark.md, "Small files".
 use serde_json::Value;
 
-use crate::gateway_process::{emulator_env, env_refs, Gateway};
-use crate::helpers::*;
+use crate::support::process::{emulator_env, env_refs, Gateway};
+use crate::support::*;
 use box_upload_gateway::emulator::{Emulator, EmulatorConfig, DEV_TOKEN};
 
 /// One run of `sequential_uploads.py`: the uploads of one size, one path, one kind of connection.
@@ -43,8 +43,8 @@ async fn sequential_uploads(
     sizes: &str,
     runs: &str,
 ) -> Vec<Run> {
-    let out = tokio::process::Command::new(crate::python::python())
-        .arg(crate::python::script("sequential_uploads.py"))
+    let out = tokio::process::Command::new(crate::support::python::python())
+        .arg(crate::support::python::script("sequential_uploads.py"))
         .args([gateway, emulator, DEV_TOKEN, &count.to_string(), sizes, runs])
         .output()
         .await

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const CONCURRENCY: usize = 16;
 const BUDGET: u64 = 4 * 1024 * 1024;
@@ -535,14 +535,11 @@ fn judge(app: &TestApp, seen: &Inspection, u: &Upload) -> Verdict {
 /// Aborts after failures run in the background (and meet faults too): waits for them, bounded.
 /// Returns how many sessions are still open.
 async fn wait_for_sessions_to_close(app: &TestApp) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let open = open_sessions(&app.emulator);
-        if open == 0 || Instant::now() > deadline {
-            return open;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    holds_within(Duration::from_secs(30), || {
+        std::future::ready(open_sessions(&app.emulator) == 0)
+    })
+    .await;
+    open_sessions(&app.emulator)
 }
 
 fn fault_kinds(seen: &Inspection) -> String {

@@ -1,6 +1,6 @@
 //! The official Python SDK (box-sdk-gen), unmodified, against a spawned emulator with Box's defaults.
 use super::helpers::*;
-use crate::python::{python, script};
+use crate::support::python::{python, script};
 use box_upload_gateway::emulator::{EmulatorConfig, DEV_CLIENT_ID, DEV_CLIENT_SECRET, DEV_TOKEN};
 use serde_json::Value;
 use std::process::Command;

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::EmulatorHandle;
 
-use crate::helpers::*;
+use crate::support::tus_client;
+use crate::support::*;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -47,14 +48,13 @@ async fn tricklers_cannot_hold_the_budget_from_a_good_upload() {
         })
         .collect();
     // Until the tricklers hold the whole budget.
-    let held = Instant::now();
-    while app.metric("gateway_buffered_bytes ").await < (64 * MIB) as f64 {
-        assert!(
-            held.elapsed() < Duration::from_secs(20),
-            "the tricklers never held the budget"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let app_ref = &app;
+    eventually(
+        "the tricklers to hold the budget",
+        Duration::from_secs(20),
+        || async move { app_ref.metric("gateway_buffered_bytes ").await >= (64 * MIB) as f64 },
+    )
+    .await;
 
     let (file, sha1) = make_file(24 * MIB);
     let started = Instant::now();
@@ -136,14 +136,13 @@ async fn a_wait_for_the_budget_ends_in_503_busy() {
         )
         .await
     });
-    let held = Instant::now();
-    while app.metric("gateway_buffered_bytes ").await < MIB as f64 {
-        assert!(
-            held.elapsed() < Duration::from_secs(10),
-            "the stalled upload never held the budget"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let app_ref = &app;
+    eventually(
+        "the stalled upload to hold the budget",
+        Duration::from_secs(10),
+        || async move { app_ref.metric("gateway_buffered_bytes ").await >= MIB as f64 },
+    )
+    .await;
 
     let started = Instant::now();
     let answer = app
@@ -169,15 +168,8 @@ async fn a_wait_for_the_budget_ends_in_503_busy() {
             .iter()
             .any(|s| s["state"] == "aborted" && s["file_name"] == "waiting.bin")
     };
-    let since = Instant::now();
-    while !waiting_aborted() {
-        assert!(
-            since.elapsed() < Duration::from_secs(5),
-            "{:#?}",
-            sessions(&app.emulator)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let aborted = holds_within(Duration::from_secs(5), || std::future::ready(waiting_aborted())).await;
+    assert!(aborted, "{:#?}", sessions(&app.emulator));
     stalled.abort();
     app.assert_no_open_session().await;
 }
@@ -296,8 +288,6 @@ async fn a_budget_below_boxs_part_size_is_503_budget_too_small() {
 /// `spool_max_bytes` (not by the rest of the file) and counted in the spool of all uploads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tus_chunk_with_a_checksum_is_bounded_by_spool_max_bytes() {
-    use base64::Engine;
-    use sha1::{Digest, Sha1};
     let app = spawn_app_with(Options {
         spool_max_bytes: MIB,
         ..Options::default()
@@ -306,13 +296,8 @@ async fn a_tus_chunk_with_a_checksum_is_bounded_by_spool_max_bytes() {
     let size = 3 * MIB;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
-    let path = crate::tus::create(&app.http, &app.address, size, "checked.bin").await;
-    let checksum = |b: &[u8]| {
-        format!(
-            "sha1 {}",
-            base64::engine::general_purpose::STANDARD.encode(Sha1::digest(b))
-        )
-    };
+    let path = tus_client::create(&app.http, &app.address, size, "checked.bin").await;
+    let checksum = |b: &[u8]| format!("sha1 {}", sha1_b64(b));
     let patch_head = |offset: u64, len: usize, sum: &str| {
         format!(
             "PATCH {path} HTTP/1.1\r\nHost: gateway\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n\
@@ -351,7 +336,7 @@ async fn a_tus_chunk_with_a_checksum_is_bounded_by_spool_max_bytes() {
     for offset in (0..size).step_by(MIB as usize) {
         let chunk = bytes[offset as usize..(offset + MIB) as usize].to_vec();
         let sum = checksum(&chunk);
-        let answer = crate::tus::patch(&app.http, &url, offset, chunk, Some(&sum)).await;
+        let answer = tus_client::patch(&app.http, &url, offset, chunk, Some(&sum)).await;
         assert_eq!(answer.status(), 204, "{:?}", answer.text().await);
     }
     let files = inspect(&app.emulator)["files"].as_array().unwrap().clone();

@@ -1,8 +1,9 @@
 //! A Python virtualenv with tests/python/requirements.txt, built once and reused across runs.
 //!
 //! Built under the target dir; a stamp file holding the requirements' SHA-1 skips the reinstall. A
-//! lock file serialises test processes (nextest runs each test in its own). A failure to build it
-//! fails the test: it never skips.
+//! lock file serialises test processes (nextest runs each test in its own; `.ci/run` builds the venv
+//! first, through the test below, so they do not queue on the lock). A failure to build it fails the
+//! test: it never skips.
 use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,4 +110,29 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every pinned requirement is installed at its pinned version, and pip finds nothing broken.
+#[test]
+fn the_venv_holds_every_pinned_requirement() {
+    let python = python();
+    let freeze = Command::new(&python)
+        .args(["-m", "pip", "freeze", "--disable-pip-version-check"])
+        .output()
+        .unwrap();
+    let installed = String::from_utf8_lossy(&freeze.stdout).to_lowercase();
+    let requirements = std::fs::read_to_string(REQUIREMENTS).unwrap();
+    for pin in requirements
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        // pip freeze writes names as the index spells them; `_` and `-` are one character to pip.
+        let pin = pin.to_lowercase().replace('_', "-");
+        assert!(
+            installed.lines().any(|l| l.replace('_', "-") == pin),
+            "{pin} not in the venv: {installed}"
+        );
+    }
+    run(Command::new(&python).args(["-m", "pip", "check", "--disable-pip-version-check"]));
 }
