@@ -37,9 +37,12 @@ fn phase_in(window: Duration) -> Duration {
 }
 
 /// A gateway (and its emulator) with Box's limits counted over `window`, and the gateway paced to
-/// match: its settings count a minute, so `per window` times the windows in a minute.
+/// match: its settings count a minute, so `per window` times the windows in a minute. `wait_secs`,
+/// how long an admission may wait, is given for Box's minute and scaled the same way (whole seconds).
 fn limited(redis_url: Option<String>, wait_secs: u64, keys: Vec<ApiKey>, window: Duration) -> Options {
-    let per_minute = |per_window: u32| (per_window as f64 * 60.0 / window.as_secs_f64()).round() as u32;
+    let scale = window.as_secs_f64() / BOX_WINDOW.as_secs_f64();
+    let per_minute = |per_window: u32| (per_window as f64 / scale).round() as u32;
+    let wait_secs = ((wait_secs as f64 * scale).round() as u64).max(1);
     let mut o = Options::default();
     o.faults.rate_calls_per_minute = Some(BOX_CALLS_PER_WINDOW);
     o.faults.rate_uploads_per_minute = Some(BOX_UPLOADS_PER_WINDOW);
