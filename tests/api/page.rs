@@ -279,25 +279,8 @@ fn named_file(dir: &Path, name: &str, size: u64) -> (PathBuf, String) {
 }
 
 async fn drive_page(config: Value) -> Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(400),
-        tokio::process::Command::new(crate::support::python::python())
-            .arg(crate::support::python::script("upload_page.py"))
-            .arg(config.to_string())
-            .env("SE_OFFLINE", "true")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the browser run finishes within 400 s")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "upload_page.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (config, env) = (config.to_string(), [("SE_OFFLINE", "true")]);
+    crate::support::python::run_script("upload_page.py", &[&config], &env, Duration::from_secs(400)).await
 }
 
 fn landed(app: &TestApp, page_file: &Value, sha1: &str, size: u64) {

@@ -43,14 +43,10 @@ async fn sequential_uploads(
     sizes: &str,
     runs: &str,
 ) -> Vec<Run> {
-    let out = tokio::process::Command::new(crate::support::python::python())
-        .arg(crate::support::python::script("sequential_uploads.py"))
-        .args([gateway, emulator, DEV_TOKEN, &count.to_string(), sizes, runs])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let args = [gateway, emulator, DEV_TOKEN, &count.to_string(), sizes, runs];
+    let within = std::time::Duration::from_secs(300);
+    let out = crate::support::python::run_script("sequential_uploads.py", &args, &[], within).await;
+    let runs: Vec<Value> = serde_json::from_value(out).unwrap();
     runs.into_iter()
         .map(|r| Run {
             size: r["size"].as_u64().unwrap(),

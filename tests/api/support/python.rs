@@ -43,6 +43,40 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs tests/python/`name` with `args` and `env` in the venv, killed past `within`; its stdout, one
+/// JSON value. Panics, with its output, if it fails or says something else.
+pub async fn run_script(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        within,
+        tokio::process::Command::new(python())
+            .arg(script(name))
+            .args(args)
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} finishes within {within:?}"))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 fn venv_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-venv")
 }

@@ -113,24 +113,7 @@ pub async fn upload_whole(
 
 /// Runs tests/python/tus_upload.py (tuspy): each chunk to the next of `bases`. Panics on failure.
 pub async fn tuspy(bases: &[&str], path: &Path, chunk: u64, extra: &[&str]) -> Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(super::python::python())
-            .arg(super::python::script("tus_upload.py"))
-            .arg(bases.join(","))
-            .arg(path)
-            .arg(chunk.to_string())
-            .args(extra)
-            .output(),
-    )
-    .await
-    .expect("tuspy finishes within 2 minutes")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "tuspy failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (bases, path, chunk) = (bases.join(","), path.display().to_string(), chunk.to_string());
+    let args = [[bases.as_str(), &path, &chunk].as_slice(), extra].concat();
+    super::python::run_script("tus_upload.py", &args, &[], Duration::from_secs(120)).await
 }
