@@ -1,7 +1,7 @@
 //! The suite's knobs: environment variables that make a test run longer or harder than the default,
 //! which is sized to prove its point quickly on a 2-core machine. Every one keeps what the test
-//! asserts; only the clock and the sample counts move. The issue-length runs (docs: the tests'
-//! section) set them all: `RATE_WINDOW_SECS=60 RATE_PHASE_SECS=45 WEBHOOK_OUTAGE_SECS=30
+//! asserts; only the clock and the sample counts move. The issue-length run (docs/testing.md) sets
+//! them all: `RATE_WINDOW_SECS=60 RATE_PHASE_SECS=45 WEBHOOK_OUTAGE_SECS=30
 //! MEMORY_BODY_MIB=40 FUZZ_CASES=100000`.
 //!
 //! | variable | default | where |
