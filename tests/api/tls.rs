@@ -240,6 +240,9 @@ async fn https_proxy_carries_box_calls_and_no_proxy_bypasses_it() {
     env.extend([("BOX_CA_FILE", ca_file(&emulator)), ("HTTPS_PROXY", proxy)]);
     let (file, sha1) = make_file(3 * MIB);
     let body = std::fs::read(file.path()).unwrap();
+    // Before the first client: under nextest this test is a process of its own, and no earlier test
+    // installed the provider reqwest needs (`rustls-no-provider`).
+    box_upload_gateway::http_client::install_tls_provider();
     let http = reqwest::Client::new();
     let put = |gateway: &Gateway, name: &str| {
         http.put(gateway.url(&format!("/v1/folders/0/files/{name}")))
