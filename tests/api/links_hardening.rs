@@ -1076,6 +1076,9 @@ async fn the_state_store_is_reached_over_tls_with_rediss_and_its_certificate_is_
     };
     let trusting_env = env_with(Some(&dir.path().join("ca.pem")));
     let untrusting_env = env_with(None);
+    // Before the first client: under nextest no earlier test in this process installed the provider
+    // reqwest needs (`rustls-no-provider`).
+    box_upload_gateway::http_client::install_tls_provider();
     let http = reqwest::Client::new();
 
     // Act

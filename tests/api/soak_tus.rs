@@ -22,6 +22,14 @@ use crate::support::*;
 /// The upload lock's time to live here (the default is 30 s): a lock whose release Redis's restart
 /// swallowed holds its upload this long.
 const LOCK_TTL_SECS: u64 = 3;
+/// Uploads expire this long after their creation here (the default is a day).
+const EXPIRATION_SECS: u64 = 20;
+/// What the state store keeps past an upload's expiry at most: an owner's set of open uploads lives
+/// 60 s past the latest expiry in it (`OPEN_UPLOAD` in src/state/redis.rs). A creation refused after
+/// it took its open-upload slot gives the slot back, unless the store is down at that moment (Redis's
+/// restart here): then the slot stays "until its expiry" (routes/admission.rs, `give_back`), and the
+/// set with it until its own expiry.
+const OPEN_SET_SLACK_SECS: u64 = 60;
 
 /// The first byte of `name`'s session that Box lacks (its parts, walked from 0).
 fn box_holds(emulator: &EmulatorHandle, name: &str) -> u64 {
@@ -222,7 +230,7 @@ async fn soak_tus() {
         // between the record and its schedule, a gateway stopped) are swept within the soak.
         // Far longer than a lock that Redis's restart kept from being released, and than an
         // upload takes.
-        ("GATEWAY_TUS_EXPIRATION_SECS", "20".into()),
+        ("GATEWAY_TUS_EXPIRATION_SECS", EXPIRATION_SECS.to_string()),
         ("GATEWAY_REDIS_URL", redis.url.clone()),
         ("GATEWAY_BOX_RETRY_BASE_DELAY_MS", "10".into()),
         ("GATEWAY_BOX_RETRY_MAX_DELAY_MS", "200".into()),
@@ -281,12 +289,11 @@ async fn soak_tus() {
         .count();
     let clients_done = started.elapsed();
     let left_at_end = redis.keys().await.len();
-    // The records whose creation answer was lost go at their expiry (20 s) and the sweep after it.
+    // The records whose creation answer was lost go at their expiry and the sweep after it; an
+    // open-upload slot a refused creation could not give back goes with its set, 60 s later.
     let redis_ref = &redis;
-    holds_within(Duration::from_secs(40), || async move {
-        redis_ref.keys().await.is_empty()
-    })
-    .await;
+    let bound = Duration::from_secs(EXPIRATION_SECS + OPEN_SET_SLACK_SECS + 10);
+    holds_within(bound, || async move { redis_ref.keys().await.is_empty() }).await;
     let keys = redis.keys().await;
     let left = keys.len();
     let t = std::mem::take(&mut *tally.lock().unwrap());
