@@ -1,6 +1,7 @@
 //! One integration binary: every test talks HTTP to servers spawned on port 0.
 mod admission;
 mod emulator;
+mod fairness;
 mod fuzz;
 mod gateway_auth;
 mod gateway_clients;
