@@ -185,6 +185,10 @@ impl MemoryBudget {
         let (wake, woken) = oneshot::channel();
         let ticket = {
             let mut ledger = self.ledger();
+            if ledger.at_once(&request, &self.shared) {
+                ledger.apply(&request, &self.shared);
+                return Ok(());
+            }
             let ticket = ledger.next_id();
             ledger.waiters.push(Waiter {
                 ticket,
@@ -448,6 +452,29 @@ impl Ledger {
                 .saturating_add(request.bytes)
                 <= share
         })
+    }
+
+    /// Whether `request` may be granted without queueing: nobody it must let go first is waiting,
+    /// and it fits (the common case, so a piece costs no queue entry).
+    fn at_once(&self, request: &Request, shared: &Shared) -> bool {
+        let waiting = |kind: Kind| self.waiters.iter().any(|w| w.request.kind == kind);
+        match request.kind {
+            Kind::Reserve => {
+                !self.waiters.iter().any(|w| {
+                    w.request.kind == Kind::Reserve
+                        && w.request
+                            .holder
+                            .accounts
+                            .iter()
+                            .any(|a| request.holder.accounts.contains(a))
+                }) && self.fits_share(request, shared.share)
+            }
+            Kind::Charge => {
+                !waiting(Kind::Charge)
+                    && request.bytes <= shared.total - self.held
+                    && self.safe(request, shared.total)
+            }
+        }
     }
 
     /// The banker's rule: after `request` is granted, can every part being filled still be finished?

@@ -1232,8 +1232,14 @@ where
     Ok(part)
 }
 
-/// Up to `len` bytes from the body (fewer when it ends first), each chunk charged to `hold` as it
-/// joins the part.
+/// Bytes of a part charged at a time, at least: a piece that finds no budget charged for it takes
+/// this much (or what is left of its part), so a body in 1-byte HTTP chunks costs one charge per
+/// 64 KiB, not one per byte. What is charged ahead of the bytes is at most this per upload being
+/// read, and always within its part's reservation.
+const CHARGE_STEP_BYTES: u64 = 64 * 1024;
+
+/// Up to `len` bytes from the body (fewer when it ends first), charged to `hold` as they join the
+/// part (in steps of `CHARGE_STEP_BYTES`), before the next piece is read.
 async fn read_charged<S, E>(
     body: &mut Rechunker<S>,
     len: u64,
@@ -1244,8 +1250,19 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Into<UploadError>,
 {
+    // `credit`: charged, not arrived yet; `left`: the part's bytes not arrived yet (a piece never
+    // passes it: the rechunker cuts pieces at the part's end).
+    let (mut credit, mut left) = (0u64, len);
     body.next_part_charged(len as usize, seen, async |n| {
-        hold.charge(n as u64).await.map_err(UploadError::from)
+        let n = n as u64;
+        if n > credit {
+            let step = (n - credit).max(CHARGE_STEP_BYTES).min(left - credit);
+            hold.charge(step).await.map_err(UploadError::from)?;
+            credit += step;
+        }
+        credit -= n;
+        left -= n;
+        Ok(())
     })
     .await
 }

@@ -375,9 +375,11 @@ async fn a_key_pausing_near_the_end_of_six_20_mb_files_leaves_another_keys_uploa
     let senders = six_senders(&app, &Attacker::Key, size, size - short, 0).await;
     let (most, watching) = watch(&app, "admin");
     // Each holds its last part but for the bytes it did not send: 20,000,000 - 2 x 8 MiB - 100,000
-    // (and nothing else, once its first two parts are in Box).
+    // (and nothing else, once its first two parts are in Box), plus what was charged ahead of the
+    // bytes in its part (less than a 64 KiB step).
     let last_part = size - 2 * PART - short;
-    until_held(&app, "admin", |held| held == 6 * last_part, "its six last parts").await;
+    let holds_last_parts = |held: u64| (6 * last_part..6 * (last_part + 64 * 1024)).contains(&held);
+    until_held(&app, "admin", holds_last_parts, "its six last parts").await;
 
     let took = victim_lands(&app).await;
 
@@ -395,10 +397,9 @@ async fn a_key_pausing_near_the_end_of_six_20_mb_files_leaves_another_keys_uploa
         SHARE / MIB
     );
     assert!(most <= SHARE, "admin held {most} bytes, past its share");
-    assert_eq!(
-        held_now,
-        6 * last_part,
-        "the paused senders still hold their last parts"
+    assert!(
+        holds_last_parts(held_now),
+        "the paused senders still hold their last parts: {held_now}"
     );
 }
 
