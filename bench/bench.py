@@ -221,8 +221,9 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, RUST_LOG="warn", GATEWAY_LOG_FORMAT="json",
-                   # The bench is its own only caller, on loopback: no API keys.
-                   GATEWAY_ALLOW_ANONYMOUS="true",
+                   # The bench is its own only caller, on loopback: no API keys, and the whole memory
+                   # budget is that one caller's (the abuse section sets the default share back).
+                   GATEWAY_ALLOW_ANONYMOUS="true", GATEWAY_MEMORY_BUDGET_SHARE_PER_KEY="1",
                    GATEWAY_LISTEN=f"127.0.0.1:{self.port}",
                    GATEWAY_PART_CONCURRENCY=str(part_concurrency),
                    GATEWAY_STATE_DIR=os.path.join(logs, f"gateway-state-{self.port}"),
@@ -778,7 +779,8 @@ def measure_tricklers(ctx, emulator):
             t.start()
             threads.append(t)
         # Until every trickler is in: each holds what it sent, and the parts it fills are promised in
-        # its caller's share (all tricklers and the good upload are the one anonymous caller here).
+        # its caller's share (all tricklers and the good upload are the one anonymous caller here,
+        # whose share is the whole budget).
         deadline = time.monotonic() + 30
         while gw.metric("gateway_uploads_in_flight") < cfg["tricklers"] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -908,6 +910,7 @@ def abuse_gateway(ctx, emulator, workdir, extra=None):
             f.write(f'[[keys]]\nname = "{name}"\nsha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
                     'folders = ["0"]\n\n')
     env = {"GATEWAY_MEMORY_BUDGET_BYTES": str(ctx.cfg["abuse_budget"]), "GATEWAY_API_KEYS_FILE": keys,
+           "GATEWAY_MEMORY_BUDGET_SHARE_PER_KEY": "0.5",
            "GATEWAY_UPLOAD_LINK_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
            "GATEWAY_PUBLIC_BASE_URL": "http://127.0.0.1", **(extra or {})}
     gw = Gateway(ctx.gateway, emulator, ctx.logs, env=env)
