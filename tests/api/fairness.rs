@@ -8,16 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use box_upload_gateway::access::ApiKeyConfig;
 use box_upload_gateway::box_api::Secret;
 use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::{Emulator, EmulatorConfig};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway_process::{emulator_env, env_refs, Gateway};
-use crate::helpers::{inspect, make_file, raw_request, secret, sha256_hex, spawn_app_with, Options, TestApp};
+use crate::helpers::{
+    folder_zero_key, inspect, make_file, raw_request, secret, spawn_app_with, upload_link, Options, TestApp,
+};
+use crate::hostile::status_bytes;
 use crate::tus::{metadata, TUS};
 
 const MIB: u64 = 1 << 20;
@@ -33,24 +35,6 @@ const IN_TIME: Duration = Duration::from_secs(30);
 const VICTIM: &str = "api_key_team";
 const ATTACKER: &str = "api_key_admin";
 
-fn key(name: &str, secret_name: &str) -> ApiKeyConfig {
-    ApiKeyConfig {
-        name: name.into(),
-        sha256: sha256_hex(secret(secret_name)),
-        folders: vec!["0".into()],
-        max_file_size_bytes: None,
-        as_user: None,
-        subject_type: None,
-        subject_id: None,
-        webhook_url: None,
-        webhook_secret: None,
-        webhook_secret_file: None,
-        path_root: None,
-        max_uploads_per_minute: None,
-        max_bytes_per_day: None,
-    }
-}
-
 /// The gateway's defaults but a 64 MiB budget: keys `team` and `admin`, upload links on, Box's
 /// usual part size; `change` for the rest.
 async fn gateway(change: impl FnOnce(&mut Settings) + 'static) -> TestApp {
@@ -63,7 +47,10 @@ async fn gateway(change: impl FnOnce(&mut Settings) + 'static) -> TestApp {
         client_idle_timeout_secs: defaults.client_idle_timeout_secs,
         gateway: Some(Box::new(move |s, _| {
             s.allow_anonymous = false;
-            s.api_keys = vec![key("team", VICTIM), key("admin", ATTACKER)];
+            s.api_keys = vec![
+                folder_zero_key("team", VICTIM),
+                folder_zero_key("admin", ATTACKER),
+            ];
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
             s.public_base_url = Some("http://127.0.0.1".into());
             change(s);
@@ -75,21 +62,7 @@ async fn gateway(change: impl FnOnce(&mut Settings) + 'static) -> TestApp {
 
 /// A link made by `admin` for folder 0: its token.
 async fn link(app: &TestApp) -> String {
-    let answer: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("X-API-Key", secret(ATTACKER))
-        .json(&json!({"folder_id": "0", "expires_in_secs": 600, "max_file_size_bytes": 100_000_000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = answer["url"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a link: {answer}"));
-    url.rsplit('/').next().unwrap().to_owned()
+    upload_link(app, ATTACKER, 100_000_000).await
 }
 
 /// Who is attacking, and the header that says so.
@@ -489,15 +462,6 @@ async fn a_key_and_its_links_keep_at_most_their_share_of_unfinished_parts() {
     assert_eq!(deleted.status(), 204);
     let (status, _, at) = tus_patch(&app, two.header(), &second, 0, vec![2; 8 * MIB as usize]).await;
     assert_eq!((status, at), (204, 8 * MIB));
-}
-
-fn status_bytes(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"));
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
 /// Twelve tus uploads hold 12 MiB of unfinished part each in the store; PATCHes at a wrong offset

@@ -324,6 +324,50 @@ pub fn sha256_hex(key: &str) -> String {
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
+/// An API key named `name` for folder 0, with no limits of its own; its secret is `secret_name` in
+/// tests/secrets.txt.
+pub fn folder_zero_key(name: &str, secret_name: &str) -> box_upload_gateway::access::ApiKeyConfig {
+    box_upload_gateway::access::ApiKeyConfig {
+        name: name.into(),
+        sha256: sha256_hex(secret(secret_name)),
+        folders: vec!["0".into()],
+        max_file_size_bytes: None,
+        as_user: None,
+        subject_type: None,
+        subject_id: None,
+        webhook_url: None,
+        webhook_secret: None,
+        webhook_secret_file: None,
+        path_root: None,
+        max_uploads_per_minute: None,
+        max_bytes_per_day: None,
+    }
+}
+
+/// An upload link for folder 0, made by the key whose secret is `secret_name`, for files up to
+/// `max_file_size_bytes`: its token.
+pub async fn upload_link(app: &TestApp, secret_name: &str, max_file_size_bytes: u64) -> String {
+    let answer: Value = app
+        .http
+        .post(format!("{}/v1/upload-links", app.address))
+        .header("X-API-Key", secret(secret_name))
+        .json(&serde_json::json!({
+            "folder_id": "0",
+            "expires_in_secs": 3600,
+            "max_file_size_bytes": max_file_size_bytes,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = answer["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a link: {answer}"));
+    url.rsplit('/').next().unwrap().to_owned()
+}
+
 /// What a `raw_request` got back.
 #[derive(Debug)]
 pub struct RawAnswer {

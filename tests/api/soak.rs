@@ -74,7 +74,10 @@ async fn soak_under_random_faults() {
             s.box_subject_id = Some(ENTERPRISE.into());
             s.client_rate_window_secs = RATE_WINDOW_SECS;
             s.allow_anonymous = false;
-            s.api_keys = vec![key("soak", ORDINARY), key("partner", PARTNER)];
+            s.api_keys = vec![
+                folder_zero_key("soak", ORDINARY),
+                folder_zero_key("partner", PARTNER),
+            ];
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
             s.public_base_url = Some("http://127.0.0.1".into());
         })),
@@ -612,41 +615,9 @@ fn describe(counts: &BTreeMap<String, usize>) -> String {
 const ORDINARY: &str = "api_key_team";
 const PARTNER: &str = "api_key_admin";
 
-fn key(name: &str, secret_name: &str) -> box_upload_gateway::access::ApiKeyConfig {
-    box_upload_gateway::access::ApiKeyConfig {
-        name: name.into(),
-        sha256: sha256_hex(secret(secret_name)),
-        folders: vec!["0".into()],
-        max_file_size_bytes: None,
-        as_user: None,
-        subject_type: None,
-        subject_id: None,
-        webhook_url: None,
-        webhook_secret: None,
-        webhook_secret_file: None,
-        path_root: None,
-        max_uploads_per_minute: None,
-        max_bytes_per_day: None,
-    }
-}
-
-/// An upload link of the key `partner`, for folder 0: its token.
+/// An upload link of the key `partner`, for folder 0 and files up to the chunked threshold.
 async fn link(app: &TestApp) -> String {
-    let answer: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("X-API-Key", secret(PARTNER))
-        .json(&json!({"folder_id": "0", "expires_in_secs": 3600, "max_file_size_bytes": THRESHOLD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = answer["url"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a link: {answer}"));
-    url.rsplit('/').next().unwrap().to_owned()
+    upload_link(app, PARTNER, THRESHOLD).await
 }
 
 /// What the stranger did, and what it got: answers by status and code.

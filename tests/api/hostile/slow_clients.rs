@@ -8,25 +8,6 @@ use crate::helpers::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// A key named `name` whose secret is `secret_name` in tests/secrets.txt.
-fn key(name: &str, secret_name: &str) -> box_upload_gateway::access::ApiKeyConfig {
-    box_upload_gateway::access::ApiKeyConfig {
-        name: name.into(),
-        sha256: sha256_hex(secret(secret_name)),
-        folders: vec!["0".into()],
-        max_file_size_bytes: None,
-        as_user: None,
-        subject_type: None,
-        subject_id: None,
-        webhook_url: None,
-        webhook_secret: None,
-        webhook_secret_file: None,
-        path_root: None,
-        max_uploads_per_minute: None,
-        max_bytes_per_day: None,
-    }
-}
-
 /// 12 clients sending 1 KiB every 5 s: each holds only what it sent (the part it fills is promised
 /// in its caller's share, 4 parts of 8 MiB of a 64 MiB budget, and the others wait for room there);
 /// another caller's good upload then lands at once, and every trickler gets 408 `client_too_slow`
@@ -48,7 +29,10 @@ async fn tricklers_cannot_hold_the_budget_from_a_good_upload() {
             s.client_rate_window_secs = 8;
             s.budget_wait_secs = 30;
             // The tricklers come with one key, the good upload with another.
-            s.api_keys = vec![key("admin", "api_key_admin"), key("team", "api_key_team")];
+            s.api_keys = vec![
+                folder_zero_key("admin", "api_key_admin"),
+                folder_zero_key("team", "api_key_team"),
+            ];
         })),
         ..Options::default()
     })
