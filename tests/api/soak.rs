@@ -643,11 +643,18 @@ impl std::fmt::Display for Stranger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "stranger (one upload link): {} slow senders ({}), {} pauses near the end ({}), {} unfinished parts stored ({} bytes), {} PATCHes at a wrong offset ({})",
+            "stranger (one upload link): {} slow senders ({}), {} pauses near the end (answers: {}), {} unfinished parts stored ({} bytes), {} PATCHes at a wrong offset ({})",
             self.slow.values().sum::<usize>(),
             describe(&self.slow),
-            self.paused.values().sum::<usize>(),
-            describe(&self.paused),
+            self.paused.get("sent").copied().unwrap_or(0),
+            describe(
+                &self
+                    .paused
+                    .iter()
+                    .filter(|(k, _)| *k != "sent")
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            ),
             self.stored.0,
             self.stored.1,
             self.wrong_offsets.values().sum::<usize>(),
@@ -733,7 +740,9 @@ async fn stranger(app: &TestApp, token: &str, done: &tokio::sync::Notify) -> Str
             return std::future::pending().await;
         };
         loop {
-            // All but the last 1,000 bytes, then nothing: cut by client_idle_timeout_secs.
+            // All but the last 1,000 bytes, then nothing: cut by client_idle_timeout_secs. Counted
+            // as it starts (one still under way when the soak ends has no answer yet).
+            count(&paused, "sent".into());
             let head = tus_head(&path, 0, size);
             let answer = raw_request(
                 &address,
