@@ -379,16 +379,25 @@ impl Settings {
     }
 
     fn memory(&self, problems: &mut Problems) -> MemorySettings {
-        // A direct upload is held whole (its SHA-1 goes in a header), so it must fit the budget.
-        if self.memory_budget_bytes < self.chunked_threshold_bytes {
+        let share = self.memory_budget_share_per_key;
+        // NaN fails both comparisons.
+        if !(share > 0.0 && share <= 1.0) {
             problems.push(format!(
-                "memory_budget_bytes: {} is below chunked_threshold_bytes ({}); a direct upload is held whole in memory",
+                "memory_budget_share_per_key: {share} is not within (0, 1] (the fraction of memory_budget_bytes one caller may hold)"
+            ));
+        }
+        let share_bytes = (self.memory_budget_bytes as f64 * share.clamp(0.0, 1.0)) as u64;
+        // A direct upload is held whole (its SHA-1 goes in a header), so it must fit one share.
+        if share_bytes < self.chunked_threshold_bytes {
+            problems.push(format!(
+                "memory_budget_bytes: {} x memory_budget_share_per_key {share} = {share_bytes} is below chunked_threshold_bytes ({}); a direct upload is held whole in memory, within one caller's share",
                 self.memory_budget_bytes, self.chunked_threshold_bytes
             ));
         }
         at_least_one(problems, &[("budget_wait_secs", self.budget_wait_secs)]);
         MemorySettings {
             budget_bytes: self.memory_budget_bytes,
+            share_bytes,
             wait: Duration::from_secs(self.budget_wait_secs),
         }
     }
@@ -484,6 +493,7 @@ impl Settings {
             lock_ttl: Duration::from_secs(self.tus_lock_ttl_secs),
             max_size: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
             max_pending_bytes: self.tus_max_pending_bytes,
+            max_pending_bytes_per_key: self.tus_max_pending_bytes_per_key,
             max_open_uploads_per_key: self.tus_max_open_uploads_per_key,
         }
     }

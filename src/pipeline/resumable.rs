@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{
-    CheckedFields, Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard, TwinSha1, UploadError,
-    UploadOutcome,
+    read_charged, CheckedFields, Hold, Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard,
+    TwinSha1, UploadError, UploadOutcome, WholeFile,
 };
 use crate::box_api::{NewUpload, UploadPart, UploadSession};
 
@@ -143,6 +144,24 @@ fn collect(
 }
 
 impl Pipeline {
+    /// What an append to `r` holds of the memory budget: the part it goes on filling (a direct
+    /// upload's whole file) reserved in the caller's share, and its unfinished part's `pending_len`
+    /// stored bytes paid for, so they are read back from the state store only within the budget.
+    pub async fn hold_for(&self, r: &Resumable, pending_len: u64) -> Result<Hold, UploadError> {
+        let size = r.upload.size;
+        let unit = match &r.session {
+            None => size,
+            Some(session) => {
+                let start = r.offset.saturating_sub(pending_len);
+                session.part_size.min(size.saturating_sub(start))
+            }
+        };
+        let mut hold = self.hold();
+        hold.reserve_unit(unit).await?;
+        hold.prepay(pending_len).await?;
+        Ok(hold)
+    }
+
     /// Appends `body` at `r.offset`. On success every byte of `body` is durable. On an error the
     /// upload is left at the first byte Box lacks (see `first_hole`): a part that failed, or was
     /// never sent, is where the client resumes; parts Box holds past it are remembered in `parts`
@@ -151,12 +170,17 @@ impl Pipeline {
     /// last part is sent only once the body is seen to end with it.
     /// At the drain's stop, the append stops reading, keeps what Box holds and fails with
     /// `ShuttingDown` (the session stays open: the client resumes, here or on another replica).
+    ///
+    /// Every byte read (`pending`'s included) is held in `hold` (`hold_for`) until it is in Box or the
+    /// append ends. A direct upload whose last byte came answers its whole file, to land from
+    /// memory (`complete`): its bytes need not be stored first, and `pending` is left as it was.
     pub async fn append<S, E>(
         &self,
         r: &mut Resumable,
         pending: &mut Bytes,
+        hold: &mut Hold,
         body: S,
-    ) -> Result<(), UploadError>
+    ) -> Result<Option<WholeFile>, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
@@ -166,14 +190,21 @@ impl Pipeline {
         let mut body = Rechunker::new(stream::iter([Ok(pending.clone())]).chain(body));
         let Some(session) = r.session.clone() else {
             // Direct: the whole file is held until its last byte (it is below the chunked threshold).
-            let _permit = self.budget.acquire(size).await?;
-            let part = body.next_part((size + 1) as usize).await.map_err(Into::into)?;
-            if part.len as u64 > size {
+            hold.reserve_unit(size).await?;
+            let part = read_charged(&mut body, size, |_| (), hold).await?;
+            if (part.len as u64) < size {
+                *pending = concat(&part.chunks);
+                r.offset = pending.len() as u64;
+                return Ok(None);
+            }
+            if !body.is_at_end().await.map_err(Into::<UploadError>::into)? {
                 return Err(too_long(size));
             }
-            *pending = concat(&part.chunks);
-            r.offset = pending.len() as u64;
-            return Ok(());
+            r.offset = size;
+            return Ok(Some(WholeFile {
+                part,
+                permit: hold.take(),
+            }));
         };
         let part_size = session.part_size;
         let concurrency = self.settings.part_concurrency.max(1);
@@ -210,15 +241,16 @@ impl Pipeline {
                     collect(Some(done), &mut held)?;
                 }
                 let len = part_size.min(size - offset);
-                let permit = self.budget.acquire(len).await?;
+                hold.reserve_unit(len).await?;
                 // Hashed as the chunks arrive, like a plain upload's; a part that does not fill (the
-                // request ends, or breaks off) leaves the chains as they were.
+                // request ends, or breaks off) leaves the chains as they were, and its bytes stay in
+                // the hold until the append ends (they are stored as the unfinished part).
                 let before = digests.clone();
-                let part = match body.next_part_seen(len as usize, |c| digests.update(c)).await {
+                let part = match read_charged(&mut body, len, |c| digests.update(c), hold).await {
                     Ok(part) if part.len as u64 == len => part,
                     short => {
                         digests = before;
-                        return Ok(concat(&short.map_err(Into::into)?.chunks));
+                        return Ok(concat(&short?.chunks));
                     }
                 };
                 // The last part goes to Box only once the body is known to end with it: Box's parts
@@ -227,6 +259,7 @@ impl Pipeline {
                     overran = true;
                     return Err(too_long(size));
                 }
+                let permit = hold.take();
                 let part_sha1 = digests.finish_part();
                 chains.insert(offset + len, digests.clone().into_whole());
                 let known = r.parts.get(&offset).cloned();
@@ -276,7 +309,7 @@ impl Pipeline {
         if result.is_err() && reached == start {
             // Nothing of this append is in Box: the upload stays as it was, its stored unfinished
             // part included (it is still durable).
-            return result;
+            return result.map(|()| None);
         }
         r.sha1 = chains
             .get(&reached)
@@ -287,16 +320,21 @@ impl Pipeline {
             .extend(chains.into_iter().filter(|(at, _)| *at > 0 && *at <= reached));
         r.offset = reached + rest.len() as u64;
         *pending = rest;
-        result
+        result.map(|()| None)
     }
 
-    /// Lands a complete upload: the commit (with the whole file's SHA-1), or the direct upload of the
-    /// held bytes. A commit whose `parts_mismatch` outlasts `parts_mismatch_window` means Box lacks a
-    /// part: the session's parts are listed, `r` is moved back to the first hole (`rewind`) and the
-    /// answer is `Rewound` (the caller keeps the upload; the client resends from there). On another
-    /// error the caller aborts the session (`abort_resumable`).
-    pub async fn complete(&self, r: &mut Resumable, pending: Bytes) -> Result<UploadOutcome, UploadError> {
-        self.complete_with_fields(r, pending, None).await
+    /// Lands a complete upload: the commit (with the whole file's SHA-1), or the direct upload of its
+    /// whole file (`file`, as the append that brought its last byte answered it). A commit whose
+    /// `parts_mismatch` outlasts `parts_mismatch_window` means Box lacks a part: the session's parts
+    /// are listed, `r` is moved back to the first hole (`rewind`) and the answer is `Rewound` (the
+    /// caller keeps the upload; the client resends from there). On another error the caller aborts
+    /// the session (`abort_resumable`).
+    pub async fn complete(
+        &self,
+        r: &mut Resumable,
+        file: Option<WholeFile>,
+    ) -> Result<UploadOutcome, UploadError> {
+        self.complete_with_fields(r, file, None).await
     }
 
     /// `complete`, then the fields applied as a plain upload's are (`Prepared::with_fields`): the
@@ -304,19 +342,20 @@ impl Pipeline {
     pub async fn complete_with_fields(
         &self,
         r: &mut Resumable,
-        pending: Bytes,
+        file: Option<WholeFile>,
         fields: Option<CheckedFields>,
     ) -> Result<UploadOutcome, UploadError> {
         let fields = fields.filter(|f| !f.is_empty());
         let Some(session) = r.session.clone() else {
-            let prepared = Prepared {
-                upload: r.upload.clone(),
-                expected_sha1: r.expected_sha1,
-                route: Route::Direct,
-                fields,
-            };
+            let file = file.ok_or_else(|| {
+                UploadError::Internal("a direct upload was to land without its bytes".into())
+            })?;
+            let mut hasher = Sha1::new();
+            for chunk in file.part.chunks.iter() {
+                hasher.update(chunk);
+            }
             return self
-                .send(prepared, stream::iter([Ok::<_, UploadError>(pending)]))
+                .upload_direct(&r.upload, r.expected_sha1, file, hasher.finalize().into(), fields)
                 .await;
         };
         let parts = r.parts.values().cloned().collect();

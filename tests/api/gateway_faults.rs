@@ -299,6 +299,10 @@ async fn many_concurrent_uploads_within_a_small_budget() {
     let app = spawn_app_with(Options {
         memory_budget_bytes: budget,
         part_concurrency: 4,
+        gateway: Some(Box::new(|s, _| {
+            // One caller (anonymous) alone: the whole budget is its share.
+            s.memory_budget_share_per_key = 1.0;
+        })),
         ..Options::default()
     })
     .await;

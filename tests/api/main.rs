@@ -2,6 +2,7 @@
 //! need is in `support/`.
 mod admission;
 mod emulator;
+mod fairness;
 mod fuzz;
 mod gateway_auth;
 mod gateway_clients;

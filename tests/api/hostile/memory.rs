@@ -54,7 +54,7 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// A `key:` line of /proc/PID/status, in bytes.
-fn status_bytes(pid: u32, key: &str) -> u64 {
+pub(crate) fn status_bytes(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()

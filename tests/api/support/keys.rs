@@ -130,3 +130,33 @@ pub async fn keyed_app(dir: &Path) -> (TestApp, String) {
         .to_owned();
     (app, team_folder)
 }
+
+/// An API key named `name` for folder 0, with no limits of its own; its secret is `secret_name` in
+/// tests/secrets.txt.
+pub fn folder_zero_key(name: &str, secret_name: &str) -> ApiKeyConfig {
+    ApiKey::new(name, secret(secret_name)).config()
+}
+
+/// An upload link for folder 0, made by the key whose secret is `secret_name`, for files up to
+/// `max_file_size_bytes`: its token.
+pub async fn upload_link(app: &TestApp, secret_name: &str, max_file_size_bytes: u64) -> String {
+    let answer: Value = app
+        .http
+        .post(format!("{}/v1/upload-links", app.address))
+        .header("X-API-Key", secret(secret_name))
+        .json(&json!({
+            "folder_id": "0",
+            "expires_in_secs": 3600,
+            "max_file_size_bytes": max_file_size_bytes,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = answer["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a link: {answer}"));
+    url.rsplit('/').next().unwrap().to_owned()
+}
