@@ -75,6 +75,9 @@ FULL = {
     "rl_clients": 24,
     # Longer than Box's one-minute window, so the unpaced runs meet the storm, not a fresh minute.
     "rl_seconds": 120,
+    # How long after the end a client still waits for an answer (an unpaced upload stuck in Box's
+    # 429s otherwise takes minutes), and the replicas' shutdown grace.
+    "rl_late_secs": 20,
     # The wire (issue 27): TLS, 50 ms round trips, 25 MB/s per connection.
     "wire_bytes": 200_000_000,
     "wire_concurrency": [1, 4, 8, 16, 32],
@@ -113,8 +116,9 @@ SMOKE = {
     "abuse_store_bytes": 32 * MIB,
     "abuse_hammer_uploads": 4,
     "abuse_hammer_held": MIB,
-    "rl_clients": 8,
-    "rl_seconds": 12,
+    "rl_clients": 4,
+    "rl_seconds": 4,
+    "rl_late_secs": 2,
     "wire_bytes": 24_000_000,
     "wire_concurrency": [1, 4],
     "wire_rtt_ms": 5,
@@ -1226,14 +1230,14 @@ def measure_rate_limits(ctx, _emulator=None, _path=None, _size=None):
     every Retry-After."""
     import requests
 
-    clients, seconds = ctx.cfg["rl_clients"], ctx.cfg["rl_seconds"]
+    clients, seconds, late = ctx.cfg["rl_clients"], ctx.cfg["rl_seconds"], ctx.cfg["rl_late_secs"]
     result = []
     for replicas in (1, 2):
         for pacer in (True, False):
             emulator = Emulator(ctx.gateway, ctx.logs, extra=("--rate-calls-per-minute", str(RL_BOX_CALLS),
                                                               "--rate-uploads-per-minute", str(RL_BOX_UPLOADS)))
             redis = Redis(ctx.logs) if replicas > 1 else None
-            env = {"GATEWAY_READINESS_CHECK_INTERVAL_SECS": "60"}
+            env = {"GATEWAY_READINESS_CHECK_INTERVAL_SECS": "60", "GATEWAY_SHUTDOWN_GRACE_SECS": str(late)}
             env.update({"BOX_RATE_UPLOADS_PER_MINUTE": str(RL_GATEWAY_UPLOADS),
                         "BOX_RATE_CALLS_PER_MINUTE": str(RL_GATEWAY_CALLS)} if pacer else
                        {"BOX_RATE_UPLOADS_PER_MINUTE": "0", "BOX_RATE_CALLS_PER_MINUTE": "0"})
@@ -1250,10 +1254,10 @@ def measure_rate_limits(ctx, _emulator=None, _path=None, _size=None):
                 while (left := until - time.monotonic()) > 0:
                     url = f"{gateways[i % replicas].url}/v1/folders/0/files/{unique('rl')}"
                     try:
-                        # An upload sent before the end may finish after it: the pacer's admission wait
-                        # (box_rate_wait_secs, 10 s) and a margin; an unpaced one stuck in Box's 429s
+                        # An upload sent before the end may finish after it (the pacer's admission wait
+                        # is up to box_rate_wait_secs, 10 s); an unpaced one stuck in Box's 429s
                         # (Retry-After up to 60 s, 6 attempts) times out here.
-                        r = s.put(url, data=data, timeout=left + 20)
+                        r = s.put(url, data=data, timeout=left + late)
                     except requests.exceptions.RequestException:
                         tally["timeouts"] += 1
                         continue
@@ -1281,7 +1285,7 @@ def measure_rate_limits(ctx, _emulator=None, _path=None, _size=None):
             row = {k: sum(t[k] for t in tallies) for k in ("landed", "refused", "failed", "timeouts")}
             # Per minute over the run, or until the last 201 when uploads sent in time landed after it.
             span = max([seconds] + [t["last_201"] for t in tallies])
-            row.update(replicas=replicas, pacer=pacer, clients=clients, seconds=seconds, wall_s=wall,
+            row.update(replicas=replicas, pacer=pacer, clients=clients, seconds=seconds, late_s=late, wall_s=wall,
                        box_429=box_429, limit_per_min=RL_BOX_UPLOADS,
                        landed_per_min=row["landed"] * 60 / span)
             log(f"rate limits: {row}")
@@ -1297,7 +1301,7 @@ def render_rate_limits(rows):
            f"{RL_GATEWAY_UPLOADS}, `box_rate_calls_per_minute` {RL_GATEWAY_CALLS}, shared through Redis by 2 "
            "replicas; off: both 0 (each replica retries Box's 429s on its own). A run shorter than a minute "
            "meets Box's window fresh, so an unpaced gateway may land a whole minute's quota at once, then "
-           "the storm. Client timeouts: uploads still unanswered 20 s after the end (stuck in Box's 429s).", "",
+           f"the storm. Client timeouts: uploads still unanswered {rows[0]['late_s']} s after the end (stuck in Box's 429s).", "",
            "| replicas | pacer | landed | landed/min (limit) | Box 429s | client 429/503 | failed | client timeouts |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
