@@ -233,7 +233,7 @@ mod tests {
     fn a_piece_is_one_chunk_with_its_length_big_endian() {
         let out = framed(&[b"hello"], MAX_CHUNK_BYTES);
         assert_eq!(wire(&out), b"\x00\x00\x00\x05hello");
-        let big = vec![7u8; 0x0102_03];
+        let big = vec![7u8; 0x0001_0203];
         let out = framed(&[&big], MAX_CHUNK_BYTES);
         assert_eq!(&out[0][..], &[0x00, 0x01, 0x02, 0x03]);
     }

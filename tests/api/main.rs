@@ -1,4 +1,5 @@
 //! One integration binary: every test talks HTTP to servers spawned on port 0.
+mod clamd;
 mod emulator;
 mod fuzz;
 mod gateway_auth;
@@ -16,6 +17,7 @@ mod hostile;
 mod page;
 pub mod python;
 mod rate_limits;
+mod scan;
 mod soak;
 mod soak_tus;
 mod tus;
