@@ -47,9 +47,12 @@ pub struct ScannerSettings {
     /// finds none free within `timeout` fails (`busy`).
     pub max_connections: usize,
     /// The longest clamd may keep a scan waiting at any one step: a free connection and connecting,
-    /// each write of the stream, the verdict after the last byte. Not the upload's whole time: the
-    /// client sets the pace of the bytes in between.
+    /// each write of the stream, and (plus `min_scan_bytes_per_sec`'s allowance) the verdict after
+    /// the last byte. Not the upload's whole time: the client sets the pace of the bytes in between.
     pub timeout: Duration,
+    /// The slowest scan waited for: clamd scans a stream only once it has it whole, so the verdict
+    /// may come `timeout + size / min_scan_bytes_per_sec` after the last byte (0: `timeout` alone).
+    pub min_scan_bytes_per_sec: u64,
     /// Larger files are not scanned (`TooLarge`): at most `CLAMAV_MAX_FILE_BYTES`, and not above
     /// clamd's `StreamMaxLength`.
     pub max_bytes: u64,
@@ -91,6 +94,21 @@ impl Verdict {
 
     pub fn is_clean(&self) -> bool {
         matches!(self, Self::Clean)
+    }
+
+    /// clamd could not look at the file whole (`MaxFileSize`, `MaxScanSize`, `MaxScanTime`,
+    /// `MaxRecursion`...) and, with `AlertExceedsMax`, said so as a finding: not clean, but no
+    /// malware found either.
+    pub fn is_limits_exceeded(&self) -> bool {
+        matches!(self, Self::Infected { signature } if signature.starts_with("Heuristics.Limits.Exceeded"))
+    }
+}
+
+/// How long the verdict may take after the last byte of a stream of `size` bytes.
+fn verdict_wait(timeout: Duration, min_scan_bytes_per_sec: u64, size: u64) -> Duration {
+    match min_scan_bytes_per_sec {
+        0 => timeout,
+        rate => timeout + Duration::from_secs_f64(size as f64 / rate as f64),
     }
 }
 
@@ -384,21 +402,22 @@ async fn run(
         Ok::<_, ScanError>((lease, id, ended))
     }
     .await;
-    let (mut lease, id, last_byte) = match outcome {
-        Ok((lease, id, Some(last_byte))) => (lease, id, last_byte),
+    let (mut lease, id, (last_byte, size)) = match outcome {
+        Ok((lease, id, Some(ended))) => (lease, id, ended),
         // Abandoned: the caller dropped its `Scan`. The lease closes the connection.
         Ok((_, _, None)) => {
             return Verdict::Error(ScanError::new(ErrorKind::Internal, "abandoned"));
         }
         Err(err) => return fail(&inner, &room, &failed, rx, err),
     };
-    let answer = match timeout_at(last_byte + timeout, protocol::read_answer(&mut lease.conn.io)).await {
+    let wait = verdict_wait(timeout, inner.settings.min_scan_bytes_per_sec, size);
+    let answer = match timeout_at(last_byte + wait, protocol::read_answer(&mut lease.conn.io)).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(err)) => return fail(&inner, &room, &failed, rx, err),
         Err(_) => {
             let err = ScanError::new(
                 ErrorKind::Timeout,
-                format!("no verdict from clamd within {timeout:?} of the last byte"),
+                format!("no verdict from clamd within {wait:?} of the last byte ({size} bytes)"),
             );
             return fail(&inner, &room, &failed, rx, err);
         }
@@ -447,14 +466,16 @@ fn count(metrics: &GatewayMetrics, verdict: &Verdict) {
 
 /// Sends `INSTREAM` and the queue's bytes as they come, each write gathering what is queued (up to
 /// `WRITE_BATCH_BYTES`) into one vectored write; the end-of-stream chunk goes with the last bytes.
-/// `Some(when the last byte was written)`, or `None` when the caller abandoned the scan.
+/// `Some((when the last byte was written, the bytes written))`, or `None` when the caller abandoned
+/// the scan.
 async fn write_stream(
     conn: &mut Conn,
     id: u32,
     rx: &mut mpsc::UnboundedReceiver<Msg>,
     step: Duration,
     metrics: &GatewayMetrics,
-) -> Result<Option<Instant>, ScanError> {
+) -> Result<Option<(Instant, u64)>, ScanError> {
+    let mut written = 0;
     let mut wire: Vec<Bytes> = vec![Bytes::from_static(protocol::INSTREAM)];
     // The bytes being written, with their room and holds: dropped once written.
     let mut batch: Vec<Msg> = Vec::new();
@@ -493,9 +514,10 @@ async fn write_stream(
         }
         write_all(conn, id, &mut wire, step).await?;
         metrics.scan_bytes.inc_by(gathered as u64);
+        written += gathered as u64;
         batch.clear();
         if ended {
-            return Ok(Some(Instant::now()));
+            return Ok(Some((Instant::now(), written)));
         }
     }
 }
@@ -596,6 +618,25 @@ mod tests {
         assert_eq!(buf.chunk(), b"de");
         buf.advance(2);
         assert!(!buf.has_remaining());
+    }
+
+    #[test]
+    fn the_verdict_may_take_longer_for_larger_files() {
+        let t = Duration::from_secs(30);
+        assert_eq!(verdict_wait(t, 0, 2_000_000_000), t);
+        assert_eq!(verdict_wait(t, 4_000_000, 0), t);
+        assert_eq!(
+            verdict_wait(t, 4_000_000, 2_000_000_000),
+            Duration::from_secs(530)
+        );
+    }
+
+    #[test]
+    fn limit_alerts_are_told_apart_from_malware() {
+        let found = |s: &str| Verdict::Infected { signature: s.into() };
+        assert!(found("Heuristics.Limits.Exceeded.MaxScanTime").is_limits_exceeded());
+        assert!(!found("Win.Test.EICAR_HDB-1").is_limits_exceeded());
+        assert!(!Verdict::Clean.is_limits_exceeded());
     }
 
     #[test]

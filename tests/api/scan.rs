@@ -19,6 +19,7 @@ fn settings(clamd: &Clamd) -> ScannerSettings {
         address: clamd.address(),
         max_connections: 4,
         timeout: Duration::from_secs(10),
+        min_scan_bytes_per_sec: 0,
         max_bytes: CLAMAV_MAX_FILE_BYTES,
         queue_bytes: 16 * MIB,
         idle: Duration::from_secs(30),
@@ -288,12 +289,14 @@ async fn clamd_says_ok_past_its_limits_unless_told_to_alert() {
         return;
     };
     let (scanner, _) = new_scanner(settings(&clamd));
+    let verdict = scan_all(&scanner, &file).await;
     assert_eq!(
-        scan_all(&scanner, &file).await,
+        verdict,
         Verdict::Infected {
             signature: "Heuristics.Limits.Exceeded.MaxFileSize".into()
         }
     );
+    assert!(verdict.is_limits_exceeded());
     let deployed = Clamd::start_with(test, ClamdOptions::deployed()).await.unwrap();
     let (scanner, _) = new_scanner(settings(&deployed));
     assert_eq!(
