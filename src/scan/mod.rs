@@ -36,9 +36,11 @@ use crate::metrics::GatewayMetrics;
 use pool::{Conn, Pool};
 use protocol::{Answer, Finding};
 
-/// The largest file ClamAV looks at: it stops at 2 GiB − 1 and reports what lies past it as clean
-/// unless told otherwise (Cisco-Talos/clamav#344; since 1.0.4 `MaxFileSize` is capped there too).
-pub const CLAMAV_MAX_FILE_BYTES: u64 = (2 << 30) - 1;
+/// The largest file ClamAV looks at: 2 GiB − 3 (`INT_MAX - 2`, libclamav's `CL_ENGINE_MAX_FILESIZE`,
+/// which caps any larger `MaxFileSize` to it: clamd 1.4 logs "File size limit set to 2147483645
+/// bytes"). What lies past it is reported clean unless `AlertExceedsMax` is on
+/// (Cisco-Talos/clamav#344, #1030).
+pub const CLAMAV_MAX_FILE_BYTES: u64 = i32::MAX as u64 - 2;
 
 #[derive(Debug, Clone)]
 pub struct ScannerSettings {
@@ -641,7 +643,7 @@ mod tests {
 
     #[test]
     fn the_size_clamav_stops_at() {
-        assert_eq!(CLAMAV_MAX_FILE_BYTES, 2_147_483_647);
+        assert_eq!(CLAMAV_MAX_FILE_BYTES, 2_147_483_645);
     }
 
     #[test]

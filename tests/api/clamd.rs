@@ -42,12 +42,12 @@ pub struct ClamdOptions {
 }
 
 impl ClamdOptions {
-    /// The limits of deploy/base (clamd.conf): every file up to 2 GiB − 1 looked at whole, and what
+    /// The limits of deploy/base (clamd.conf): every file up to ClamAV's own limit looked at whole, and what
     /// clamd cannot look at reported.
     pub fn deployed() -> Self {
         Self {
-            stream_max_length: Some(2_147_483_647),
-            max_file_size: Some(2_147_483_647),
+            stream_max_length: Some(2_147_483_645),
+            max_file_size: Some(2_147_483_645),
             max_scan_size: Some(4 * 1024 * 1024 * 1024),
             alert_exceeds_max: true,
         }
