@@ -358,8 +358,8 @@ impl Scan {
         queue.send(msg).map_err(|_| self.failure())
     }
 
-    /// Ends the stream and waits for the verdict (at most the scan timeout once clamd has the last
-    /// byte).
+    /// Ends the stream and waits for the verdict: at most `timeout` for the last bytes to go, then
+    /// `timeout + size / min_scan_bytes_per_sec` for clamd's answer.
     pub async fn finish(self) -> Verdict {
         if let Some(verdict) = self.ended {
             return verdict;
@@ -639,6 +639,16 @@ mod tests {
         assert!(found("Heuristics.Limits.Exceeded.MaxScanTime").is_limits_exceeded());
         assert!(!found("Win.Test.EICAR_HDB-1").is_limits_exceeded());
         assert!(!Verdict::Clean.is_limits_exceeded());
+    }
+
+    /// The pipeline keeps a scan across awaits and may hand it to a task; every upload shares the
+    /// scanner.
+    #[test]
+    fn scans_move_between_tasks_and_the_scanner_is_shared() {
+        fn send<T: Send>() {}
+        fn shared<T: Send + Sync + Clone>() {}
+        send::<Scan>();
+        shared::<Scanner>();
     }
 
     #[test]
