@@ -119,8 +119,10 @@ impl Clamd {
              TCPAddr 127.0.0.1\n\
              DatabaseDirectory {db}\n\
              TemporaryDirectory {tmp}\n\
+             LocalSocket {socket}\n\
              LogFile {log}\n\
              LogClean yes\n",
+            socket = dir.join("clamd.sock").display(),
             db = dir.join("db").display(),
             tmp = dir.join("tmp").display(),
             log = dir.join("clamd.log").display(),
@@ -170,6 +172,11 @@ impl Clamd {
             host: "127.0.0.1".into(),
             port: self.port,
         }
+    }
+
+    /// The same clamd on its local (Unix) socket.
+    pub fn unix_address(&self) -> ClamdAddress {
+        ClamdAddress::Unix(self.dir.path().join("clamd.sock"))
     }
 
     pub fn pid(&self) -> u32 {

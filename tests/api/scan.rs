@@ -116,6 +116,33 @@ async fn the_eicar_string_is_found_and_named() {
     assert_eq!(metrics.scan_latency.get_sample_count(), 1);
 }
 
+/// `clamd_address = "unix:/path"`: the same scan over clamd's local socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_serves_as_well() {
+    let Some(clamd) = Clamd::start("scan::a_unix_socket_serves_as_well").await else {
+        return;
+    };
+    let address = format!(
+        "unix:{}",
+        clamd.unix_address().to_string().trim_start_matches("unix:")
+    );
+    let (scanner, metrics) = new_scanner(ScannerSettings {
+        address: address.parse().unwrap(),
+        ..settings(&clamd)
+    });
+
+    assert_eq!(scanner.ping().await, Ok(()));
+    assert_eq!(
+        scan_all(&scanner, &eicar()).await,
+        Verdict::Infected {
+            signature: SIGNATURE.into()
+        }
+    );
+    assert_eq!(scan_all(&scanner, b"clean").await, Verdict::Clean);
+    assert_eq!((scans(&metrics, "infected"), scans(&metrics, "clean")), (1, 1));
+    assert_eq!(metrics.scanner_up.get(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_file_is_clean_and_clamd_keeps_nothing() {
     let Some(clamd) = Clamd::start("scan::a_clean_file_is_clean_and_clamd_keeps_nothing").await else {
@@ -197,6 +224,15 @@ async fn clamd_stopped_mid_stream_is_an_error_not_clean() {
     push_parts(&mut scan, &data.slice(..10 * MIB), 8 * MIB, 256 * 1024, &hold)
         .await
         .unwrap();
+    // The stream is under way: clamd has taken bytes of it.
+    let started = Instant::now();
+    while metrics.scan_bytes.get() < MIB as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no byte reached clamd"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     clamd.stop().await;
     let pushed = push_parts(&mut scan, &data.slice(10 * MIB..), 8 * MIB, 256 * 1024, &hold).await;
     let verdict = scan.finish().await;
