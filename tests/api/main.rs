@@ -1,5 +1,6 @@
 //! One integration binary: every test talks HTTP to servers spawned on port 0.
 mod admission;
+mod clamd;
 mod emulator;
 mod fuzz;
 mod gateway_auth;
@@ -21,6 +22,7 @@ mod paths;
 mod pipeline;
 pub mod python;
 mod rate_limits;
+mod scan;
 mod soak;
 mod soak_tus;
 mod tls;
