@@ -80,6 +80,19 @@ impl fmt::Display for ClamdAddress {
 }
 
 impl ClamdAddress {
+    /// In this pod or host: a Unix socket, or TCP on a loopback address (`localhost`, 127.0.0.0/8,
+    /// `::1`). Such a clamd is this replica's own (a sidecar), not one every replica shares.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Unix(_) => true,
+            Self::Tcp { host, .. } => {
+                let host = Self::tcp_host(host);
+                host.eq_ignore_ascii_case("localhost")
+                    || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+
     /// The host as a resolver takes it: an IPv6 address without its brackets.
     pub(crate) fn tcp_host(host: &str) -> &str {
         host.strip_prefix('[')
@@ -96,6 +109,25 @@ mod tests {
         ClamdAddress::Tcp {
             host: host.into(),
             port,
+        }
+    }
+
+    #[test]
+    fn a_sidecar_is_local_and_a_service_is_not() {
+        for local in [
+            "tcp://127.0.0.1:3310",
+            "tcp://localhost:3310",
+            "tcp://[::1]:3310",
+            "unix:/run/c.ctl",
+        ] {
+            assert!(local.parse::<ClamdAddress>().unwrap().is_local(), "{local}");
+        }
+        for remote in [
+            "tcp://clamav.scan.svc:3310",
+            "tcp://10.0.0.7:3310",
+            "tcp://[fd00::1]:3310",
+        ] {
+            assert!(!remote.parse::<ClamdAddress>().unwrap().is_local(), "{remote}");
         }
     }
 

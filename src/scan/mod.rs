@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -103,6 +104,44 @@ impl Verdict {
     /// malware found either.
     pub fn is_limits_exceeded(&self) -> bool {
         matches!(self, Self::Infected { signature } if signature.starts_with("Heuristics.Limits.Exceeded"))
+    }
+}
+
+/// The one-line answer to "was this file scanned?", in the 201 and in `upload.completed`:
+/// `{"scanned": true, "verdict": "clean", "engine": "ClamAV 1.4.3/27471/..."}` or
+/// `{"scanned": false, "reason": "too_large"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanReport {
+    pub scanned: bool,
+    /// `clean` (the only verdict a landed file has) when scanned.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verdict: Option<String>,
+    /// clamd's engine and signature database (`VERSION`) when it last answered a ping.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine: Option<String>,
+    /// Why not scanned: `scanning_off`, `key_exempt` or `too_large`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+impl ScanReport {
+    pub fn clean(engine: Option<Arc<str>>) -> Self {
+        Self {
+            scanned: true,
+            verdict: Some("clean".into()),
+            engine: engine.map(|e| e.to_string()),
+            reason: None,
+        }
+    }
+
+    /// `reason`: `scanning_off`, `key_exempt` or `too_large`.
+    pub fn skipped(reason: &str) -> Self {
+        Self {
+            scanned: false,
+            verdict: None,
+            engine: None,
+            reason: Some(reason.into()),
+        }
     }
 }
 
@@ -188,6 +227,9 @@ struct Inner {
     settings: ScannerSettings,
     metrics: Arc<GatewayMetrics>,
     rt: Handle,
+    /// clamd's answer to `VERSION` at the last `ping`: the engine and database that scan, which an
+    /// upload's answer names.
+    engine: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 /// One upload's scan under way. Dropped without `finish`, it is abandoned: its connection is closed
@@ -240,8 +282,15 @@ impl Scanner {
                 settings,
                 metrics,
                 rt,
+                engine: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// clamd's engine and database (`ClamAV 1.4.3/27471/Sat Nov 22 09:25:02 2025`) as the last
+    /// `ping` found them; None before the first that answered.
+    pub fn engine(&self) -> Option<Arc<str>> {
+        self.inner.engine.lock().expect("engine lock").clone()
     }
 
     pub fn address(&self) -> &ClamdAddress {
@@ -251,6 +300,18 @@ impl Scanner {
     /// The largest upload this scanner scans.
     pub fn max_bytes(&self) -> u64 {
         self.inner.settings.max_bytes
+    }
+
+    /// Bytes one scan holds at most before its `push` waits (plus the piece being pushed).
+    pub fn queue_bytes(&self) -> u64 {
+        self.inner.settings.queue_bytes as u64
+    }
+
+    /// How long the verdict on a file of `size` bytes may take after its last byte: the slowest
+    /// pace this scanner waits for, which also bounds a staged file's download.
+    pub fn verdict_wait(&self, size: u64) -> Duration {
+        let s = &self.inner.settings;
+        verdict_wait(s.timeout, s.min_scan_bytes_per_sec, size)
     }
 
     /// Starts the scan of an upload of `size` bytes. Returns at once: the connection is taken (or
@@ -289,27 +350,49 @@ impl Scanner {
     }
 
     /// Whether clamd answers `PING` on a new connection within the scan timeout (for a readiness
-    /// check); sets `gateway_scanner_up`.
+    /// check); sets `gateway_scanner_up`. Then asks clamd's `VERSION` (`engine`), which changes
+    /// when freshclam brings a new database.
     pub async fn ping(&self) -> Result<(), ScanError> {
+        let result = self
+            .ask(protocol::PING, "PING")
+            .await
+            .and_then(|text| protocol::pong(&text, None));
+        self.inner.metrics.scanner_up.set(i64::from(result.is_ok()));
+        if result.is_ok() {
+            match self
+                .ask(protocol::VERSION, "VERSION")
+                .await
+                .and_then(|t| protocol::version(&t))
+            {
+                Ok(engine) => *self.inner.engine.lock().expect("engine lock") = Some(engine.into()),
+                Err(err) => {
+                    tracing::warn!(clamd = %self.address(), error = %err, "clamd did not say its VERSION")
+                }
+            }
+        }
+        result
+    }
+
+    /// One command outside a session (clamd answers it, then closes the connection), within the
+    /// scan timeout: the answer's text.
+    async fn ask(&self, command: &'static [u8], name: &'static str) -> Result<Vec<u8>, ScanError> {
         let address = self.inner.pool.address().clone();
-        let result = timeout(self.inner.settings.timeout, async move {
+        timeout(self.inner.settings.timeout, async move {
             // Outside a session: the same PING the official image's health check sends.
             let mut io = Conn::open_plain(&address).await?;
-            io.write_all(protocol::PING)
+            io.write_all(command)
                 .await
-                .map_err(|e| ScanError::new(ErrorKind::ConnectionLost, format!("sending PING: {e}")))?;
+                .map_err(|e| ScanError::new(ErrorKind::ConnectionLost, format!("sending {name}: {e}")))?;
             let Answer { text, .. } = protocol::read_answer(&mut io).await?;
-            protocol::pong(&text, None)
+            Ok(text)
         })
         .await
         .unwrap_or_else(|_| {
             Err(ScanError::new(
                 ErrorKind::Timeout,
-                "clamd did not answer PING in time",
+                format!("clamd did not answer {name} in time"),
             ))
-        });
-        self.inner.metrics.scanner_up.set(i64::from(result.is_ok()));
-        result
+        })
     }
 }
 

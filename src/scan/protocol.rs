@@ -22,6 +22,8 @@ use super::{ErrorKind, ScanError};
 pub const IDSESSION: &[u8] = b"zIDSESSION\0";
 pub const INSTREAM: &[u8] = b"zINSTREAM\0";
 pub const PING: &[u8] = b"zPING\0";
+/// Answered `ClamAV <engine version>/<database version>/<database date>`.
+pub const VERSION: &[u8] = b"zVERSION\0";
 /// The zero-length chunk that ends a stream.
 pub const END_OF_STREAM: &[u8] = &[0, 0, 0, 0];
 
@@ -145,6 +147,15 @@ pub fn pong(answer: &[u8], id: Option<u32>) -> Result<(), ScanError> {
     }
 }
 
+/// An answer to `VERSION`: `ClamAV 1.4.3/27471/Sat Nov 22 09:25:02 2025` (no session id: it is
+/// asked outside a session). Anything else is not clamd's.
+pub fn version(answer: &[u8]) -> Result<String, ScanError> {
+    match in_session(answer, None)? {
+        text if text.starts_with("ClamAV ") && text.len() <= 100 => Ok(text.to_owned()),
+        text => Err(other_answer(text)),
+    }
+}
+
 /// The answer's text past its session id, which must be `id`.
 fn in_session(answer: &[u8], id: Option<u32>) -> Result<&str, ScanError> {
     let garbage = || ScanError::new(ErrorKind::Protocol, format!("clamd answered {}", shown(answer)));
@@ -201,6 +212,16 @@ fn shown(text: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn version_answers_name_the_engine_and_database() {
+        assert_eq!(
+            super::version(b"ClamAV 1.4.3/27471/Sat Nov 22 09:25:02 2025").unwrap(),
+            "ClamAV 1.4.3/27471/Sat Nov 22 09:25:02 2025"
+        );
+        assert!(super::version(b"UNKNOWN COMMAND").is_err());
+        assert!(super::version(b"ClamAV \x07").is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 
