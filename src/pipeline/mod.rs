@@ -13,6 +13,7 @@ mod hash;
 mod names;
 mod paths;
 mod resumable;
+mod scanned;
 mod spool;
 
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub use hash::{ResumableSha1, TwinSha1};
 pub use names::numbered_name;
 pub use paths::{CreatedFolder, FolderPath, PathError, PathSettings, ResolvedFolder};
 pub use resumable::Resumable;
+use scanned::scan_all;
+pub use scanned::{
+    Destination, Gate, ScanGate, ScanOversize, ScanPlan, Staging, Unscanned, STAGING_FOLDER_NAME,
+};
 pub use spool::{spool, SpoolSpace, Spooled};
 
 use crate::box_api::{
@@ -91,6 +96,8 @@ pub struct UploadOutcome {
     /// The fields applied after the commit (`Prepared::with_fields`), as Box answered them; they are
     /// in `file` too, where Box keeps them (`description`, `tags`, `shared_link`, `metadata`).
     pub fields: Option<AppliedFields>,
+    /// Whether it was scanned for malware, and by what (`scanned.rs`).
+    pub scan: crate::scan::ScanReport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +167,10 @@ pub enum UploadError {
     /// A folder path that cannot be resolved (`Pipeline::resolve_folder`).
     #[error(transparent)]
     Path(#[from] PathError),
+    /// The malware gate kept the file out: clamd found something (`Infected`), could not give a
+    /// verdict (`Error`), or the file is larger than it scans (`TooLarge`). Nothing of it is in Box.
+    #[error("the scan did not find the file clean: {0:?}")]
+    Scan(crate::scan::Verdict),
     /// The file landed but its fields could not be applied (after the retries): the file the upload
     /// created, or the version it added, was removed (`removed`), so nothing of the upload stays.
     #[error("the fields could not be applied to the file: {detail}")]
@@ -196,6 +207,8 @@ pub struct Pipeline {
     rt: Handle,
     /// Fires when the drain's grace period is over: uploads stop before their commit (`lifecycle.rs`).
     stop: CancellationToken,
+    /// The malware gate; None: nothing is scanned (`clamd_address` unset).
+    scan_gate: Option<Arc<ScanGate>>,
 }
 
 /// An upload whose destination Box has accepted (conflicts resolved), waiting for its bytes.
@@ -205,6 +218,10 @@ pub struct Prepared {
     route: Route,
     /// Applied after the commit; the upload fails (and leaves nothing) if they cannot be.
     fields: Option<CheckedFields>,
+    /// What is done about its malware scan (`with_scan`): not scanned unless told.
+    scan: ScanPlan,
+    /// A chunked resumable upload committed into the staging folder to be scanned: where it lands.
+    gate: Option<Gate>,
 }
 
 enum Route {
@@ -226,6 +243,11 @@ impl Prepared {
             fields: (!fields.is_empty()).then_some(fields),
             ..self
         }
+    }
+
+    /// The upload's malware scan, as its admission decided (`ScanGate::plan`).
+    pub fn with_scan(self, scan: ScanPlan) -> Self {
+        Self { scan, ..self }
     }
 }
 
@@ -261,7 +283,21 @@ impl Pipeline {
             metrics,
             rt,
             stop,
+            scan_gate: None,
         }
+    }
+
+    /// The same pipeline with the malware gate: uploads whose plan says so are scanned.
+    pub fn with_scan_gate(self, gate: ScanGate) -> Self {
+        Self {
+            scan_gate: Some(Arc::new(gate)),
+            ..self
+        }
+    }
+
+    /// The malware gate, when `clamd_address` is set.
+    pub fn scan_gate(&self) -> Option<&ScanGate> {
+        self.scan_gate.as_deref()
     }
 
     /// The same pipeline with other cache settings for uploads by path and metadata schemas (its
@@ -359,6 +395,8 @@ impl Pipeline {
                         expected_sha1,
                         route: Route::Chunked(guard),
                         fields: None,
+                        scan: ScanPlan::default(),
+                        gate: None,
                     });
                 }
                 Ok(None) => {
@@ -367,6 +405,8 @@ impl Pipeline {
                         expected_sha1,
                         route: Route::Direct,
                         fields: None,
+                        scan: ScanPlan::default(),
+                        gate: None,
                     })
                 }
                 Err(err) => err,
@@ -418,7 +458,8 @@ impl Pipeline {
     }
 
     /// Streams the body into Box. The body must hold exactly `upload.size` bytes; otherwise the
-    /// session is aborted and nothing lands.
+    /// session is aborted and nothing lands. With a scan (`with_scan`), the bytes go to clamd as they
+    /// go to Box, and the commit waits for clamd's verdict: only a clean one commits.
     pub async fn send<S, E>(&self, prepared: Prepared, body: S) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -429,18 +470,30 @@ impl Pipeline {
             expected_sha1,
             route,
             fields,
+            scan: mut plan,
+            gate: _,
         } = prepared;
         let mut body = Rechunker::new(body);
         match route {
-            Route::Direct => self.send_direct(&upload, expected_sha1, &mut body, fields).await,
+            Route::Direct => {
+                self.send_direct(&upload, expected_sha1, &mut body, fields, plan)
+                    .await
+            }
             Route::Chunked(guard) => {
+                let scan = match self.start_scan(&mut plan, upload.size) {
+                    Ok(scan) => scan,
+                    Err(err) => {
+                        guard.abort("scan").await;
+                        return Err(err);
+                    }
+                };
                 let mut parts = JoinSet::new();
                 let session = guard.session().clone();
                 let mut digests = TwinSha1::new();
                 let mut done = Vec::with_capacity(session.total_parts as usize);
-                // Until every part is in Box, a drain's stop ends the upload (its session is then
-                // aborted); once the commit is under way it is let finish, since Box may be
-                // creating the file.
+                // Until every part is in Box (and clamd's verdict is in), a drain's stop ends the
+                // upload (its session is then aborted); once the commit is under way it is let
+                // finish, since Box may be creating the file.
                 let sent = self
                     .until_stopped(self.send_parts(
                         &upload,
@@ -449,17 +502,22 @@ impl Pipeline {
                         &mut parts,
                         &mut digests,
                         &mut done,
+                        scan,
                     ))
                     .await;
-                if let Err(err) = sent {
-                    parts.shutdown().await;
-                    let reason = match err {
-                        UploadError::ShuttingDown => "shutdown",
-                        _ => "error",
-                    };
-                    guard.abort(reason).await;
-                    return Err(err);
-                }
+                let report = match sent.and_then(|verdict| self.scan_report(plan, verdict)) {
+                    Ok(report) => report,
+                    Err(err) => {
+                        parts.shutdown().await;
+                        let reason = match err {
+                            UploadError::ShuttingDown => "shutdown",
+                            UploadError::Scan(_) => "scan",
+                            _ => "error",
+                        };
+                        guard.abort(reason).await;
+                        return Err(err);
+                    }
+                };
                 // The guard goes with the commit into its task: see `finish_chunked`.
                 self.finish_chunked(
                     &upload,
@@ -469,6 +527,7 @@ impl Pipeline {
                     digests.finalize(),
                     done,
                     fields,
+                    report,
                 )
                 .await
                 .map(|(outcome, _)| outcome)
@@ -482,11 +541,14 @@ impl Pipeline {
         expected_sha1: Option<[u8; 20]>,
         body: &mut Rechunker<S>,
         fields: Option<CheckedFields>,
+        mut plan: ScanPlan,
     ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
     {
+        // Started first: its connection to clamd is made while the body is read.
+        let mut scan = self.start_scan(&mut plan, upload.size)?;
         // The whole file is held so its SHA-1 can go in the request's header (and be re-sent on a
         // retry); it is small (below the chunked threshold, at most 50 MB) and counted in the budget.
         let mut hasher = Sha1::new();
@@ -501,6 +563,16 @@ impl Pipeline {
         let (permit, part) = part?;
         let sha1: [u8; 20] = hasher.finalize().into();
         check_expected(expected_sha1, &sha1)?;
+        // Scanned before a byte is sent: a direct upload lands at once, there is no commit to hold.
+        let permit = Arc::new(permit);
+        let verdict = match scan.take() {
+            Some(scan) => Some(
+                self.until_stopped(async { Ok(scan_all(scan, &part.chunks, &permit).await) })
+                    .await?,
+            ),
+            None => None,
+        };
+        let report = self.scan_report(plan, verdict)?;
         let client = self.client.clone();
         let u = upload.clone();
         // The permit goes with the bytes into the task that sends them: when the client leaves, this
@@ -521,6 +593,7 @@ impl Pipeline {
             parts: None,
             session_id: None,
             fields: None,
+            scan: report,
         };
         match fields {
             None => Ok(outcome),
@@ -555,6 +628,7 @@ impl Pipeline {
         sha1: [u8; 20],
         mut parts: Vec<UploadPart>,
         fields: Option<CheckedFields>,
+        scan: crate::scan::ScanReport,
     ) -> Result<(UploadOutcome, bool), UploadError> {
         let size = upload.size;
         let part_size = session.part_size;
@@ -595,6 +669,7 @@ impl Pipeline {
                 parts: Some(size.div_ceil(part_size)),
                 session_id: Some(session.id.clone()),
                 fields: None,
+                scan,
             };
             // In this task, so a client that leaves now does not stop them (or the removal).
             let outcome = match fields {
@@ -906,7 +981,8 @@ impl Pipeline {
     }
 
     /// One part's upload with its retries, on the shared runtime (its digest, `sha1`, was taken while
-    /// it was read). The budget permit is released when Box has answered. `known`: a part Box already
+    /// it was read). Its hold of the budget permit is released when Box has answered (a scan holds
+    /// another until clamd has the bytes). `known`: a part Box already
     /// holds at this offset (a resumable upload's bytes sent again after a failed append): the same
     /// bytes are not sent again (parts are immutable: Box would answer 416).
     #[allow(clippy::too_many_arguments)]
@@ -917,7 +993,7 @@ impl Pipeline {
         offset: u64,
         part: Part,
         sha1: [u8; 20],
-        permit: BudgetPermit,
+        permit: Arc<BudgetPermit>,
         known: Option<UploadPart>,
     ) -> impl std::future::Future<Output = Result<UploadPart, UploadError>> + Send + 'static {
         let client = self.client.clone();
@@ -952,7 +1028,11 @@ impl Pipeline {
 
     /// Reads the body into parts of exactly `part_size` bytes (the last may be shorter), hashing each
     /// into the whole file's SHA-1 and sending it, at most `part_concurrency` at once, until every
-    /// part is in Box.
+    /// part is in Box. With a `scan`, each part's pieces are pushed to it after the part's upload
+    /// started; the part's budget permit is shared by both and goes back once Box and clamd have
+    /// the bytes, so the bound below holds for clamd's queue too (a slow clamd stops the reading).
+    /// Returns clamd's verdict, waited for while the last parts go up.
+    #[allow(clippy::too_many_arguments)]
     async fn send_parts<S, E>(
         &self,
         upload: &NewUpload,
@@ -961,7 +1041,8 @@ impl Pipeline {
         in_flight: &mut JoinSet<Result<UploadPart, UploadError>>,
         digests: &mut TwinSha1,
         parts: &mut Vec<UploadPart>,
-    ) -> Result<(), UploadError>
+        mut scan: Option<crate::scan::Scan>,
+    ) -> Result<Option<crate::scan::Verdict>, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
@@ -972,12 +1053,12 @@ impl Pipeline {
         let mut offset = 0;
         while offset < size {
             // Per upload at most `part_concurrency` parts exist at once (filling or in flight), and each
-            // holds its bytes of the budget from before it is filled until Box has answered it.
+            // holds its bytes of the budget from before it is filled until Box (and clamd) have them.
             while in_flight.len() >= concurrency {
                 parts.push(join(in_flight.join_next().await)?);
             }
             let len = part_size.min(size - offset);
-            let permit = self.budget.acquire(len).await?;
+            let permit = Arc::new(self.budget.acquire(len).await?);
             // Hashed chunk by chunk as it arrives, while in cache; and the socket is read again
             // sooner than after one hashing burst per part (measured: 5 to 7 % less CPU, 20 % less
             // wall time, docs/benchmark.md "What made it cheaper").
@@ -985,21 +1066,51 @@ impl Pipeline {
                 .await
                 .map_err(|e| e.with_offset(offset))?;
             let part_sha1 = digests.finish_part();
+            let pieces = scan.is_some().then(|| part.chunks.clone());
             in_flight.spawn_on(
-                self.upload_part(session.clone(), size, offset, part, part_sha1, permit, None)
-                    .in_current_span(),
+                self.upload_part(
+                    session.clone(),
+                    size,
+                    offset,
+                    part,
+                    part_sha1,
+                    permit.clone(),
+                    None,
+                )
+                .in_current_span(),
                 &self.rt,
             );
+            if let (Some(scan), Some(pieces)) = (scan.as_mut(), pieces) {
+                // The same `Bytes` as the part's upload: no copy.
+                for piece in pieces.iter() {
+                    scan.push(piece.clone(), permit.clone())
+                        .await
+                        .map_err(UploadError::Scan)?;
+                }
+            }
             offset += len;
             while let Some(done) = in_flight.try_join_next() {
                 parts.push(join(Some(done))?);
             }
         }
         expect_end(body, size).await?;
-        while let Some(done) = in_flight.join_next().await {
-            parts.push(join(Some(done))?);
-        }
-        Ok(())
+        // clamd scans once it has the last byte: its verdict and the last parts' answers are waited
+        // for together.
+        let verdict = async {
+            match scan {
+                Some(scan) => Some(scan.finish().await),
+                None => None,
+            }
+        };
+        let joined = async {
+            while let Some(done) = in_flight.join_next().await {
+                parts.push(join(Some(done))?);
+            }
+            Ok::<_, UploadError>(())
+        };
+        let (verdict, joined) = tokio::join!(verdict, joined);
+        joined?;
+        Ok(verdict)
     }
 
     /// `work`, unless the drain's stop comes first.

@@ -35,6 +35,7 @@ fn key(name: &str, secret_name: &str, max_uploads_per_minute: Option<u32>) -> Ap
         webhook_secret_file: None,
         max_uploads_per_minute,
         max_bytes_per_day: None,
+        scan: None,
     }
 }
 

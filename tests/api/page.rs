@@ -34,6 +34,7 @@ fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
         webhook_secret_file: None,
         max_uploads_per_minute: None,
         max_bytes_per_day: None,
+        scan: None,
     }
 }
 
