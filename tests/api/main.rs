@@ -16,6 +16,7 @@ mod gateway_sizes;
 pub mod helpers;
 mod hostile;
 mod links_hardening;
+mod malware;
 mod pacer_deadline;
 mod page;
 mod paths;
