@@ -283,8 +283,8 @@ impl From<UploadError> for ApiError {
                 S::SERVICE_UNAVAILABLE,
                 "budget_too_small",
                 format!(
-                    "Box chose parts of {} bytes, more than the gateway's memory_budget_bytes ({}); nothing was stored",
-                    over.wanted, over.total
+                    "Box chose parts of {} bytes, more than one caller's share of the gateway's memory_budget_bytes ({} of {}, memory_budget_share_per_key); nothing was stored",
+                    over.wanted, over.share, over.total
                 ),
             ),
             // Spool space frees as the spooled uploads go on to Box: worth a retry later.

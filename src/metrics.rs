@@ -3,8 +3,8 @@
 //! Built once at start into a registry that is passed in (no global statics), so each test gets its
 //! own registry and can assert on it. Labels never carry file names, ids or secrets.
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct GatewayMetrics {
@@ -35,6 +35,9 @@ pub struct GatewayMetrics {
     pub buffered_bytes: IntGauge,
     /// The most bytes ever held at once since start: never above the budget.
     pub buffered_bytes_peak: IntGauge,
+    /// Bytes of file content held in memory now, by `key` (a key's name, with its links' bytes;
+    /// passthrough; anonymous): each key's are within its share of the budget.
+    pub buffered_bytes_by_key: IntGaugeVec,
     pub memory_budget_bytes: IntGauge,
     /// Bytes of spool files on disk (bodies of unknown size, tus chunks with a checksum), against
     /// `spool_max_total_bytes`.
@@ -55,7 +58,7 @@ pub struct GatewayMetrics {
     /// `Idempotency-Key` requests, by `outcome` (first|replayed|in_progress|mismatch|claim_lost).
     pub idempotent_requests: IntCounterVec,
     /// tus requests refused by the state's bounds or fencing, by `reason`
-    /// (storage_full|too_many_open_uploads|lock_lost).
+    /// (storage_full|too_many_pending_bytes|too_many_open_uploads|lock_lost).
     pub tus_refused: IntCounterVec,
     /// The bytes of every tus upload's unfinished part in the state store (shared by the replicas
     /// with Redis), as the sweeper last read it.
@@ -220,6 +223,13 @@ impl GatewayMetrics {
                 "gateway_buffered_bytes_peak",
                 "The most file bytes ever held in memory at once since start.",
             )?,
+            buffered_bytes_by_key: IntGaugeVec::new(
+                Opts::new(
+                    "gateway_buffered_bytes_by_key",
+                    "File bytes held in memory now, by the key whose uploads hold them (its links' included; passthrough; anonymous).",
+                ),
+                &["key"],
+            )?,
             memory_budget_bytes: IntGauge::new(
                 "gateway_memory_budget_bytes",
                 "The configured memory budget.",
@@ -273,7 +283,7 @@ impl GatewayMetrics {
             tus_refused: IntCounterVec::new(
                 Opts::new(
                     "gateway_tus_refused_total",
-                    "tus requests refused by the state store's bounds or fencing, by reason (storage_full|too_many_open_uploads|lock_lost).",
+                    "tus requests refused by the state store's bounds or fencing, by reason (storage_full|too_many_pending_bytes|too_many_open_uploads|lock_lost).",
                 ),
                 &["reason"],
             )?,
@@ -488,6 +498,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.uploads_in_flight.clone()))?;
         registry.register(Box::new(m.buffered_bytes.clone()))?;
         registry.register(Box::new(m.buffered_bytes_peak.clone()))?;
+        registry.register(Box::new(m.buffered_bytes_by_key.clone()))?;
         registry.register(Box::new(m.memory_budget_bytes.clone()))?;
         registry.register(Box::new(m.spool_bytes.clone()))?;
         registry.register(Box::new(m.sessions_aborted.clone()))?;

@@ -52,12 +52,14 @@ impl Application {
     pub fn build(settings: &ValidSettings) -> std::io::Result<Self> {
         let box_side = &settings.box_side;
         let memory = settings.memory;
-        if memory.budget_bytes < LARGEST_BOX_PART * settings.pipeline.part_concurrency as u64 {
+        if memory.share_bytes < LARGEST_BOX_PART * settings.pipeline.part_concurrency as u64 {
             tracing::warn!(
                 memory_budget_bytes = memory.budget_bytes,
-                "the memory budget holds fewer than part_concurrency parts of {LARGEST_BOX_PART} bytes \
-                 (Box's largest part size seen): large files will go up with fewer parts in flight, \
-                 and fail with 503 budget_too_small if Box picks a part larger than the budget"
+                share_bytes = memory.share_bytes,
+                "one caller's share of the memory budget holds fewer than part_concurrency parts of \
+                 {LARGEST_BOX_PART} bytes (Box's largest part size seen): large files will go up with \
+                 fewer parts in flight, and fail with 503 budget_too_small if Box picks a part larger \
+                 than the share"
             );
         }
         let registry = Registry::new();
@@ -147,6 +149,7 @@ impl Application {
             metrics.buffered_bytes.clone(),
             metrics.buffered_bytes_peak.clone(),
         )
+        .with_share(memory.share_bytes, metrics.buffered_bytes_by_key.clone())
         .with_max_wait(memory.wait);
         let mut pipeline = Pipeline::new(
             client,

@@ -11,7 +11,7 @@ use super::REALM;
 use crate::box_api::Principal;
 use crate::error::ApiError;
 use crate::metrics::GatewayMetrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Holder, Pipeline};
 
 /// 403 `link_not_allowed`: what an upload link's holder may not do.
 pub fn link_not_allowed(why: &str) -> ApiError {
@@ -94,6 +94,16 @@ impl Owner {
             _ => None,
         }
     }
+
+    /// What the owner's use of shared resources counts under, each account capped on its own (the
+    /// memory budget's share, the tus pending bytes per key): its own stored form, and for a link
+    /// also its key's, so one link is bounded and so are a key and all its links together.
+    pub fn accounts(&self) -> Vec<String> {
+        match self {
+            Self::Link { key, .. } => vec![self.to_string(), key.to_string()],
+            _ => vec![self.to_string()],
+        }
+    }
 }
 
 /// Who is uploading: what the handlers check and which principal the pipeline acts as. Made once per
@@ -127,6 +137,12 @@ impl Caller {
 
     pub fn owner(&self) -> &Owner {
         &self.owner
+    }
+
+    /// Who holds the caller's uploads' bytes in the memory budget: its owner's accounts, shown under
+    /// its key label.
+    pub fn holder(&self) -> Holder {
+        Holder::new(self.key_label.clone(), self.owner.accounts())
     }
 
     /// Pass-through: the Box user the caller's token acts as (Box's answer to `GET /users/me`, kept

@@ -77,6 +77,9 @@ pub struct Settings {
     pub part_concurrency: usize,
     /// File bytes the whole process may hold in memory, shared by all uploads.
     pub memory_budget_bytes: u64,
+    /// The most of `memory_budget_bytes` one caller may hold (a key with its links; one link; one
+    /// token's user; the anonymous caller), as a fraction in (0, 1]: the rest stays for the others.
+    pub memory_budget_share_per_key: f64,
     /// Files at least this big use a chunked session (Box's minimum is 20,000,000).
     pub chunked_threshold_bytes: u64,
     /// Refuse files above this size with 413 (0 = no limit of the gateway's own).
@@ -120,6 +123,9 @@ pub struct Settings {
     /// proxy's CA, the emulator's `tls/ca.pem`).
     #[serde(deserialize_with = "string_like")]
     pub box_ca_file: Option<String>,
+    /// How long a commit's `parts_mismatch` is taken for Box still digesting the last parts (seen
+    /// for a second or two after them); past it, a part is missing and the commit fails.
+    pub parts_mismatch_window_secs: u64,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to `<url>/v1/traces`). Unset: the
@@ -139,6 +145,9 @@ pub struct Settings {
     pub redis_ca_file: Option<String>,
     /// A tus upload not finished this long after its creation is aborted (its Box session too).
     pub tus_expiration_secs: u64,
+    /// A tus request's lock on its upload lives this long unless renewed (every third of it, while
+    /// the request runs): a replica that died mid-`PATCH` holds the upload at most this long.
+    pub tus_lock_ttl_secs: u64,
     /// How long an `Idempotency-Key`'s answer is kept for retries.
     pub idempotency_window_secs: u64,
     /// How long a claim on an `Idempotency-Key` lives unless the upload holding it extends it (it
@@ -146,6 +155,9 @@ pub struct Settings {
     pub idempotency_claim_secs: u64,
     /// The bytes of every tus upload's unfinished part, together, that the state store may hold.
     pub tus_max_pending_bytes: u64,
+    /// The bytes of unfinished parts one caller may keep in the state store (a key with its links;
+    /// one link; one token's user; the anonymous caller), within `tus_max_pending_bytes`.
+    pub tus_max_pending_bytes_per_key: u64,
     /// Open (not landed, not expired) tus uploads per API key (or per token, without a key).
     pub tus_max_open_uploads_per_key: usize,
     /// Where completion events are POSTed (`GATEWAY_WEBHOOK_URL`); an API key's own `webhook_url`
@@ -331,6 +343,9 @@ impl Default for Settings {
             allow_anonymous: false,
             part_concurrency: 4,
             memory_budget_bytes: 256 * 1024 * 1024,
+            // Half: one tenant, whatever it does, leaves the other half to everyone else; one caller
+            // alone still has 16 parts of 8 MiB in flight, or six direct uploads of 20 MB.
+            memory_budget_share_per_key: 0.5,
             chunked_threshold_bytes: 20_000_000,
             max_file_size_bytes: 0,
             spool_dir: String::new(),
@@ -354,17 +369,22 @@ impl Default for Settings {
             box_http_version: "http1".into(),
             box_ca_file: None,
             commit_timeout_secs: 600,
+            parts_mismatch_window_secs: 5,
             log_format: "auto".into(),
             otlp_endpoint: None,
             state_dir: "./gateway-state".into(),
             redis_url: None,
             redis_ca_file: None,
             tus_expiration_secs: 24 * 3600,
+            tus_lock_ttl_secs: 30,
             idempotency_window_secs: 24 * 3600,
             idempotency_claim_secs: 60,
             // 1 GiB: 16 uploads paused mid-part at Box's largest part (64 MiB), 128 at its usual
             // 8 MiB; an amount a Redis beside the gateway can spare without a dedicated instance.
             tus_max_pending_bytes: 1024 * 1024 * 1024,
+            // A quarter of the default cap: four tenants must fill the store before another's
+            // unfinished parts are refused (and a direct upload's last PATCH lands even then).
+            tus_max_pending_bytes_per_key: 256 * 1024 * 1024,
             tus_max_open_uploads_per_key: 100,
             webhook_url: None,
             webhook_secret: None,
@@ -516,6 +536,8 @@ mod tests {
             box_developer_token: Some(Secret::new("t")),
             allow_anonymous: true,
             memory_budget_bytes: 24 << 20,
+            // One caller's share must hold a direct upload (20 MB): the whole of this small budget.
+            memory_budget_share_per_key: 1.0,
             part_concurrency: 8,
             ..Settings::default()
         };

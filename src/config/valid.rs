@@ -86,6 +86,8 @@ pub struct AccessSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct MemorySettings {
     pub budget_bytes: u64,
+    /// The most of it one caller may hold (`memory_budget_share_per_key` of `budget_bytes`).
+    pub share_bytes: u64,
     /// How long an upload may wait for room before 503 `busy`.
     pub wait: Duration,
 }
@@ -124,11 +126,16 @@ pub struct StateSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct TusSettings {
     pub expiration: Duration,
+    /// A PATCH extends its lock every third of this while it runs; a replica that died mid-PATCH
+    /// holds the upload at most this long.
+    pub lock_ttl: Duration,
     /// The gateway's own largest file (`max_file_size_bytes`), advertised as `Tus-Max-Size`.
     pub max_size: Option<u64>,
     /// All unfinished parts in the state store together (0: every PATCH must end on a part
     /// boundary or at the end).
     pub max_pending_bytes: u64,
+    /// Of them, the most one caller's (a key's with its links', one link's) may take.
+    pub max_pending_bytes_per_key: u64,
     /// Open (not landed, not expired) uploads per owner.
     pub max_open_uploads_per_key: usize,
 }

@@ -365,26 +365,42 @@ impl Settings {
                 self.chunked_threshold_bytes
             ));
         }
-        at_least_one(problems, &[("commit_timeout_secs", self.commit_timeout_secs)]);
+        at_least_one(
+            problems,
+            &[
+                ("commit_timeout_secs", self.commit_timeout_secs),
+                ("parts_mismatch_window_secs", self.parts_mismatch_window_secs),
+            ],
+        );
         PipelineSettings {
             part_concurrency: self.part_concurrency,
             chunked_threshold_bytes: self.chunked_threshold_bytes,
             commit_timeout: Duration::from_secs(self.commit_timeout_secs),
+            parts_mismatch_window: Duration::from_secs(self.parts_mismatch_window_secs),
             max_file_size_bytes: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
         }
     }
 
     fn memory(&self, problems: &mut Problems) -> MemorySettings {
-        // A direct upload is held whole (its SHA-1 goes in a header), so it must fit the budget.
-        if self.memory_budget_bytes < self.chunked_threshold_bytes {
+        let share = self.memory_budget_share_per_key;
+        // NaN fails both comparisons.
+        if !(share > 0.0 && share <= 1.0) {
             problems.push(format!(
-                "memory_budget_bytes: {} is below chunked_threshold_bytes ({}); a direct upload is held whole in memory",
+                "memory_budget_share_per_key: {share} is not within (0, 1] (the fraction of memory_budget_bytes one caller may hold)"
+            ));
+        }
+        let share_bytes = (self.memory_budget_bytes as f64 * share.clamp(0.0, 1.0)) as u64;
+        // A direct upload is held whole (its SHA-1 goes in a header), so it must fit one share.
+        if share_bytes < self.chunked_threshold_bytes {
+            problems.push(format!(
+                "memory_budget_bytes: {} x memory_budget_share_per_key {share} = {share_bytes} is below chunked_threshold_bytes ({}); a direct upload is held whole in memory, within one caller's share",
                 self.memory_budget_bytes, self.chunked_threshold_bytes
             ));
         }
         at_least_one(problems, &[("budget_wait_secs", self.budget_wait_secs)]);
         MemorySettings {
             budget_bytes: self.memory_budget_bytes,
+            share_bytes,
             wait: Duration::from_secs(self.budget_wait_secs),
         }
     }
@@ -474,10 +490,13 @@ impl Settings {
         if self.tus_max_open_uploads_per_key == 0 {
             problems.push("tus_max_open_uploads_per_key: must be at least 1".into());
         }
+        at_least_one(problems, &[("tus_lock_ttl_secs", self.tus_lock_ttl_secs)]);
         TusSettings {
             expiration: Duration::from_secs(self.tus_expiration_secs),
+            lock_ttl: Duration::from_secs(self.tus_lock_ttl_secs),
             max_size: (self.max_file_size_bytes > 0).then_some(self.max_file_size_bytes),
             max_pending_bytes: self.tus_max_pending_bytes,
+            max_pending_bytes_per_key: self.tus_max_pending_bytes_per_key,
             max_open_uploads_per_key: self.tus_max_open_uploads_per_key,
         }
     }

@@ -25,6 +25,10 @@ pub struct FaultPlan {
     /// The same for upload calls (new sessions, direct uploads of files and versions).
     #[serde(default)]
     pub rate_uploads_per_minute: Option<u32>,
+    /// The window both limits count over, in seconds (None: Box's 60). A test runs Box's counts in
+    /// a shorter window, and a gateway paced to match, to show in seconds what takes Box minutes.
+    #[serde(default)]
+    pub rate_window_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

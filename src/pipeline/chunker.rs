@@ -116,18 +116,34 @@ where
 
     /// `next_part`, showing the part's bytes to `seen` in order as they arrive (a large chunk as it
     /// is, small ones in runs of their copies).
-    pub async fn next_part_seen(&mut self, len: usize, mut seen: impl FnMut(&[u8])) -> Result<Part, E> {
+    pub async fn next_part_seen(&mut self, len: usize, seen: impl FnMut(&[u8])) -> Result<Part, E> {
+        self.next_part_charged(len, seen, async |_| Ok::<(), E>(())).await
+    }
+
+    /// `next_part_seen`, each piece `charge`d as it joins the part, before the next one is read: the
+    /// memory budget's backpressure (`budget.rs`). What is read past the part's end (the rest of a
+    /// chunk that straddles it) is charged when it joins the next part.
+    pub async fn next_part_charged<X>(
+        &mut self,
+        len: usize,
+        mut seen: impl FnMut(&[u8]),
+        mut charge: impl AsyncFnMut(usize) -> Result<(), X>,
+    ) -> Result<Part, X>
+    where
+        E: Into<X>,
+    {
         let mut pieces = Vec::new();
         let mut copies = Copies::new();
         let mut filled = 0;
         while filled < len {
-            let Some(mut chunk) = self.next_chunk().await? else {
+            let Some(mut chunk) = self.next_chunk().await.map_err(Into::into)? else {
                 break;
             };
             let want = len - filled;
             if chunk.len() > want {
                 self.leftover = Some(chunk.split_off(want));
             }
+            charge(chunk.len()).await?;
             filled += chunk.len();
             if chunk.len() < COPY_BELOW_BYTES {
                 copies.push(&chunk, want, &mut pieces, &mut seen);

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use budget::{BudgetError, BudgetPermit, MemoryBudget, OverBudget};
+pub use budget::{BudgetError, BudgetPermit, Hold, Holder, MemoryBudget, OverBudget};
 pub use chunker::{Part, Rechunker};
 pub use fields::{
     check_values, AppliedFields, CheckedFields, FieldError, FileFields, MetadataValues, RawFields,
@@ -190,6 +190,10 @@ pub struct PipelineSettings {
     pub chunked_threshold_bytes: u64,
     /// How long a commit may keep answering 202 or a transient `parts_mismatch`.
     pub commit_timeout: Duration,
+    /// How long a commit's `parts_mismatch` is taken for Box still digesting the last parts (seen
+    /// for a second or two after them); past it, a part is missing and the commit fails with that
+    /// answer.
+    pub parts_mismatch_window: Duration,
     pub max_file_size_bytes: Option<u64>,
 }
 
@@ -198,6 +202,8 @@ pub struct PipelineSettings {
 pub struct Pipeline {
     client: BoxClient,
     budget: MemoryBudget,
+    /// Whose uploads these are, for the budget's shares (`held_by`).
+    holder: Holder,
     settings: Arc<PipelineSettings>,
     /// Upload by path: resolved folders and one resolution per path at a time (this process).
     paths: Arc<paths::PathResolver>,
@@ -274,6 +280,7 @@ impl Pipeline {
         Self {
             client,
             budget,
+            holder: Holder::gateway(),
             settings: Arc::new(settings),
             paths: Arc::new(paths::PathResolver::new(&path_settings)),
             schemas: Arc::new(fields::SchemaCache::new(
@@ -319,6 +326,17 @@ impl Pipeline {
             client: self.client.acting_as(principal),
             ..self.clone()
         }
+    }
+
+    /// The same pipeline, its uploads' bytes held by `holder` (the caller's owner) in the memory
+    /// budget's shares.
+    pub fn held_by(self, holder: Holder) -> Self {
+        Self { holder, ..self }
+    }
+
+    /// What one upload of this pipeline's holder holds of the memory budget while it reads.
+    pub fn hold(&self) -> Hold {
+        self.budget.hold(&self.holder)
     }
 
     /// The same pipeline for an upload the pacer admitted (`Pacer::reserve_upload_call`): its first upload call is
@@ -541,31 +559,59 @@ impl Pipeline {
         expected_sha1: Option<[u8; 20]>,
         body: &mut Rechunker<S>,
         fields: Option<CheckedFields>,
-        mut plan: ScanPlan,
+        plan: ScanPlan,
     ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
     {
-        // Started first: its connection to clamd is made while the body is read.
-        let mut scan = self.start_scan(&mut plan, upload.size)?;
         // The whole file is held so its SHA-1 can go in the request's header (and be re-sent on a
-        // retry); it is small (below the chunked threshold, at most 50 MB) and counted in the budget.
+        // retry); it is small (below the chunked threshold, at most 50 MB), and its bytes are taken
+        // from the budget as they arrive (within the caller's share: `reserve_unit`).
         let mut hasher = Sha1::new();
+        let mut hold = self.hold();
         let part = self
             .until_stopped(async {
-                let permit = self.budget.acquire(upload.size).await?;
-                let part = read_exact(body, upload.size, |c| hasher.update(c)).await?;
+                hold.reserve_unit(upload.size).await?;
+                let part = read_exact(body, upload.size, |c| hasher.update(c), &mut hold).await?;
                 expect_end(body, upload.size).await?;
-                Ok((permit, part))
+                Ok(part)
             })
-            .await;
-        let (permit, part) = part?;
-        let sha1: [u8; 20] = hasher.finalize().into();
+            .await?;
+        let file = WholeFile {
+            part,
+            permit: hold.take(),
+        };
+        self.upload_direct(
+            upload,
+            expected_sha1,
+            file,
+            hasher.finalize().into(),
+            fields,
+            plan,
+        )
+        .await
+    }
+
+    /// Sends a direct upload's whole file, held in memory, checks what Box made of it, then applies
+    /// its fields (if any). With a scan (`plan`), the bytes go to clamd first: a direct upload lands
+    /// at once, there is no commit to hold back, so nothing is sent before the verdict is clean.
+    async fn upload_direct(
+        &self,
+        upload: &NewUpload,
+        expected_sha1: Option<[u8; 20]>,
+        file: WholeFile,
+        sha1: [u8; 20],
+        fields: Option<CheckedFields>,
+        mut plan: ScanPlan,
+    ) -> Result<UploadOutcome, UploadError> {
         check_expected(expected_sha1, &sha1)?;
-        // Scanned before a byte is sent: a direct upload lands at once, there is no commit to hold.
+        let client = self.client.clone();
+        let u = upload.clone();
+        let WholeFile { part, permit } = file;
+        // Shared by the bytes' scan and their upload: given back once both are done with them.
         let permit = Arc::new(permit);
-        let verdict = match scan.take() {
+        let verdict = match self.start_scan(&mut plan, upload.size)? {
             Some(scan) => Some(
                 self.until_stopped(async { Ok(scan_all(scan, &part.chunks, &permit).await) })
                     .await?,
@@ -573,8 +619,6 @@ impl Pipeline {
             None => None,
         };
         let report = self.scan_report(plan, verdict)?;
-        let client = self.client.clone();
-        let u = upload.clone();
         // The permit goes with the bytes into the task that sends them: when the client leaves, this
         // future is dropped but the task runs on, and its bytes stay counted until it ends.
         let file = self
@@ -1028,9 +1072,9 @@ impl Pipeline {
 
     /// Reads the body into parts of exactly `part_size` bytes (the last may be shorter), hashing each
     /// into the whole file's SHA-1 and sending it, at most `part_concurrency` at once, until every
-    /// part is in Box. With a `scan`, each part's pieces are pushed to it after the part's upload
-    /// started; the part's budget permit is shared by both and goes back once Box and clamd have
-    /// the bytes, so the bound below holds for clamd's queue too (a slow clamd stops the reading).
+    /// part is in Box. With a `scan`, each part's pieces are pushed to it once the part's upload has
+    /// started; the part's budget permit is shared by both and goes back once Box and clamd have the
+    /// bytes, so the bound below holds for clamd's queue too (a slow clamd stops the reading).
     /// Returns clamd's verdict, waited for while the last parts go up.
     #[allow(clippy::too_many_arguments)]
     async fn send_parts<S, E>(
@@ -1051,20 +1095,23 @@ impl Pipeline {
         let part_size = session.part_size;
         let concurrency = self.settings.part_concurrency.max(1);
         let mut offset = 0;
+        let mut hold = self.hold();
         while offset < size {
-            // Per upload at most `part_concurrency` parts exist at once (filling or in flight), and each
-            // holds its bytes of the budget from before it is filled until Box (and clamd) have them.
+            // Per upload at most `part_concurrency` parts exist at once (filling or in flight); each
+            // holds its bytes of the budget from when they arrive until Box has answered for it (and
+            // clamd has taken them).
             while in_flight.len() >= concurrency {
                 parts.push(join(in_flight.join_next().await)?);
             }
             let len = part_size.min(size - offset);
-            let permit = Arc::new(self.budget.acquire(len).await?);
+            hold.reserve_unit(len).await?;
             // Hashed chunk by chunk as it arrives, while in cache; and the socket is read again
             // sooner than after one hashing burst per part (measured: 5 to 7 % less CPU, 20 % less
             // wall time, docs/benchmark.md "What made it cheaper").
-            let part = read_exact(body, len, |c| digests.update(c))
+            let part = read_exact(body, len, |c| digests.update(c), &mut hold)
                 .await
                 .map_err(|e| e.with_offset(offset))?;
+            let permit = Arc::new(hold.take());
             let part_sha1 = digests.finish_part();
             let pieces = scan.is_some().then(|| part.chunks.clone());
             in_flight.spawn_on(
@@ -1144,6 +1191,7 @@ impl Pipeline {
         let client = self.client.clone();
         let (session, upload, sha1, metrics) = (session.clone(), upload.clone(), *sha1, self.metrics.clone());
         let budget = self.settings.commit_timeout;
+        let mismatch_window = self.settings.parts_mismatch_window;
         self.on_rt(async move {
             // Also the bound of each attempt's wait for the pacer's room: a commit that cannot have
             // room in time fails at once (503 `box_rate_limited`) and the session is aborted.
@@ -1180,8 +1228,7 @@ impl Pipeline {
                     // Transient right after the last part; past a short window Box lacks a part,
                     // and retrying cannot bring it (a resumable upload moves back to the hole).
                     (Some("parts_mismatch"), _)
-                        if mismatch_since.get_or_insert_with(Instant::now).elapsed()
-                            < PARTS_MISMATCH_WINDOW =>
+                        if mismatch_since.get_or_insert_with(Instant::now).elapsed() < mismatch_window =>
                     {
                         "parts_mismatch"
                     }
@@ -1209,10 +1256,6 @@ impl Pipeline {
 }
 
 const MAX_RENAMES: u32 = 100;
-
-/// How long a commit's `parts_mismatch` is taken as Box still digesting the last parts (seen for a
-/// second or two after them); past it, a part is missing and the commit fails with that answer.
-pub const PARTS_MISMATCH_WINDOW: Duration = Duration::from_secs(5);
 
 fn join(
     done: Option<Result<Result<UploadPart, UploadError>, tokio::task::JoinError>>,
@@ -1285,21 +1328,19 @@ impl UploadError {
     }
 }
 
-/// Exactly `len` bytes from the body, each chunk shown to `seen` as it arrives, or `SizeMismatch`
-/// (with `received` counted within this read).
+/// Exactly `len` bytes from the body, each chunk shown to `seen` and charged to `hold` as it
+/// arrives, or `SizeMismatch` (with `received` counted within this read).
 async fn read_exact<S, E>(
     body: &mut Rechunker<S>,
     len: u64,
     seen: impl FnMut(&[u8]),
+    hold: &mut Hold,
 ) -> Result<Part, UploadError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Into<UploadError>,
 {
-    let part = body
-        .next_part_seen(len as usize, seen)
-        .await
-        .map_err(Into::into)?;
+    let part = read_charged(body, len, seen, hold).await?;
     if (part.len as u64) < len {
         return Err(UploadError::SizeMismatch {
             declared: len,
@@ -1308,6 +1349,47 @@ where
         });
     }
     Ok(part)
+}
+
+/// Bytes of a part charged at a time, at least: a piece that finds no budget charged for it takes
+/// this much (or what is left of its part), so a body in 1-byte HTTP chunks costs one charge per
+/// 64 KiB, not one per byte. What is charged ahead of the bytes is at most this per upload being
+/// read, and always within its part's reservation.
+const CHARGE_STEP_BYTES: u64 = 64 * 1024;
+
+/// Up to `len` bytes from the body (fewer when it ends first), charged to `hold` as they join the
+/// part (in steps of `CHARGE_STEP_BYTES`), before the next piece is read.
+async fn read_charged<S, E>(
+    body: &mut Rechunker<S>,
+    len: u64,
+    seen: impl FnMut(&[u8]),
+    hold: &mut Hold,
+) -> Result<Part, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<UploadError>,
+{
+    // `credit`: charged, not arrived yet; `left`: the part's bytes not arrived yet (a piece never
+    // passes it: the rechunker cuts pieces at the part's end).
+    let (mut credit, mut left) = (0u64, len);
+    body.next_part_charged(len as usize, seen, async |n| {
+        let n = n as u64;
+        if n > credit {
+            let step = (n - credit).max(CHARGE_STEP_BYTES).min(left - credit);
+            hold.charge(step).await.map_err(UploadError::from)?;
+            credit += step;
+        }
+        credit -= n;
+        left -= n;
+        Ok(())
+    })
+    .await
+}
+
+/// A direct upload's whole file, in memory, and its bytes' share of the budget.
+pub struct WholeFile {
+    part: Part,
+    permit: BudgetPermit,
 }
 
 /// The body must end where the declared size does.

@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{
-    CheckedFields, Gate, Pipeline, Prepared, Rechunker, ResumableSha1, Route, ScanPlan, SessionGuard,
-    TwinSha1, UploadError, UploadOutcome,
+    read_charged, CheckedFields, Gate, Hold, Pipeline, Prepared, Rechunker, ResumableSha1, Route, ScanPlan,
+    SessionGuard, TwinSha1, UploadError, UploadOutcome, WholeFile,
 };
 use crate::box_api::{NewUpload, UploadPart, UploadSession};
 
@@ -153,6 +154,24 @@ fn collect(
 }
 
 impl Pipeline {
+    /// What an append to `r` holds of the memory budget: the part it goes on filling (a direct
+    /// upload's whole file) reserved in the caller's share, and its unfinished part's `pending_len`
+    /// stored bytes paid for, so they are read back from the state store only within the budget.
+    pub async fn hold_for(&self, r: &Resumable, pending_len: u64) -> Result<Hold, UploadError> {
+        let size = r.upload.size;
+        let unit = match &r.session {
+            None => size,
+            Some(session) => {
+                let start = r.offset.saturating_sub(pending_len);
+                session.part_size.min(size.saturating_sub(start))
+            }
+        };
+        let mut hold = self.hold();
+        hold.reserve_unit(unit).await?;
+        hold.prepay(pending_len).await?;
+        Ok(hold)
+    }
+
     /// Appends `body` at `r.offset`. On success every byte of `body` is durable. On an error the
     /// upload is left at the first byte Box lacks (see `first_hole`): a part that failed, or was
     /// never sent, is where the client resumes; parts Box holds past it are remembered in `parts`
@@ -161,12 +180,17 @@ impl Pipeline {
     /// last part is sent only once the body is seen to end with it.
     /// At the drain's stop, the append stops reading, keeps what Box holds and fails with
     /// `ShuttingDown` (the session stays open: the client resumes, here or on another replica).
+    ///
+    /// Every byte read (`pending`'s included) is held in `hold` (`hold_for`) until it is in Box or the
+    /// append ends. A direct upload whose last byte came answers its whole file, to land from
+    /// memory (`complete`): its bytes need not be stored first, and `pending` is left as it was.
     pub async fn append<S, E>(
         &self,
         r: &mut Resumable,
         pending: &mut Bytes,
+        hold: &mut Hold,
         body: S,
-    ) -> Result<(), UploadError>
+    ) -> Result<Option<WholeFile>, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
@@ -176,14 +200,21 @@ impl Pipeline {
         let mut body = Rechunker::new(stream::iter([Ok(pending.clone())]).chain(body));
         let Some(session) = r.session.clone() else {
             // Direct: the whole file is held until its last byte (it is below the chunked threshold).
-            let _permit = self.budget.acquire(size).await?;
-            let part = body.next_part((size + 1) as usize).await.map_err(Into::into)?;
-            if part.len as u64 > size {
+            hold.reserve_unit(size).await?;
+            let part = read_charged(&mut body, size, |_| (), hold).await?;
+            if (part.len as u64) < size {
+                *pending = concat(&part.chunks);
+                r.offset = pending.len() as u64;
+                return Ok(None);
+            }
+            if !body.is_at_end().await.map_err(Into::<UploadError>::into)? {
                 return Err(too_long(size));
             }
-            *pending = concat(&part.chunks);
-            r.offset = pending.len() as u64;
-            return Ok(());
+            r.offset = size;
+            return Ok(Some(WholeFile {
+                part,
+                permit: hold.take(),
+            }));
         };
         let part_size = session.part_size;
         let concurrency = self.settings.part_concurrency.max(1);
@@ -220,15 +251,16 @@ impl Pipeline {
                     collect(Some(done), &mut held)?;
                 }
                 let len = part_size.min(size - offset);
-                let permit = self.budget.acquire(len).await?;
+                hold.reserve_unit(len).await?;
                 // Hashed as the chunks arrive, like a plain upload's; a part that does not fill (the
-                // request ends, or breaks off) leaves the chains as they were.
+                // request ends, or breaks off) leaves the chains as they were, and its bytes stay in
+                // the hold until the append ends (they are stored as the unfinished part).
                 let before = digests.clone();
-                let part = match body.next_part_seen(len as usize, |c| digests.update(c)).await {
+                let part = match read_charged(&mut body, len, |c| digests.update(c), hold).await {
                     Ok(part) if part.len as u64 == len => part,
                     short => {
                         digests = before;
-                        return Ok(concat(&short.map_err(Into::into)?.chunks));
+                        return Ok(concat(&short?.chunks));
                     }
                 };
                 // The last part goes to Box only once the body is known to end with it: Box's parts
@@ -237,10 +269,10 @@ impl Pipeline {
                     overran = true;
                     return Err(too_long(size));
                 }
+                let permit = std::sync::Arc::new(hold.take());
                 let part_sha1 = digests.finish_part();
                 chains.insert(offset + len, digests.clone().into_whole());
                 let known = r.parts.get(&offset).cloned();
-                let permit = std::sync::Arc::new(permit);
                 let upload = self.upload_part(session.clone(), size, offset, part, part_sha1, permit, known);
                 let at = offset;
                 in_flight.spawn_on(async move { (at, upload.await) }.in_current_span(), &self.rt);
@@ -287,7 +319,7 @@ impl Pipeline {
         if result.is_err() && reached == start {
             // Nothing of this append is in Box: the upload stays as it was, its stored unfinished
             // part included (it is still durable).
-            return result;
+            return result.map(|()| None);
         }
         r.sha1 = chains
             .get(&reached)
@@ -298,42 +330,53 @@ impl Pipeline {
             .extend(chains.into_iter().filter(|(at, _)| *at > 0 && *at <= reached));
         r.offset = reached + rest.len() as u64;
         *pending = rest;
-        result
+        result.map(|()| None)
     }
 
-    /// Lands a complete upload: the commit (with the whole file's SHA-1), or the direct upload of the
-    /// held bytes. A commit whose `parts_mismatch` outlasts `PARTS_MISMATCH_WINDOW` means Box lacks a
-    /// part: the session's parts are listed, `r` is moved back to the first hole (`rewind`) and the
-    /// answer is `Rewound` (the caller keeps the upload; the client resends from there). On another
-    /// error the caller aborts the session (`abort_resumable`).
-    pub async fn complete(&self, r: &mut Resumable, pending: Bytes) -> Result<UploadOutcome, UploadError> {
-        self.complete_with_fields(r, pending, None).await
+    /// Lands a complete upload: the commit (with the whole file's SHA-1), or the direct upload of its
+    /// whole file (`file`, as the append that brought its last byte answered it). A commit whose
+    /// `parts_mismatch` outlasts `parts_mismatch_window` means Box lacks a part: the session's parts
+    /// are listed, `r` is moved back to the first hole (`rewind`) and the answer is `Rewound` (the
+    /// caller keeps the upload; the client resends from there). On another error the caller aborts
+    /// the session (`abort_resumable`).
+    pub async fn complete(
+        &self,
+        r: &mut Resumable,
+        file: Option<WholeFile>,
+    ) -> Result<UploadOutcome, UploadError> {
+        self.complete_with_fields(r, file, None).await
     }
 
     /// `complete`, then the fields applied as a plain upload's are (`Prepared::with_fields`): the
     /// caller keeps them beside the upload between requests (`CheckedFields` is serializable).
     ///
-    /// A scanned upload: a direct-size one's bytes (all in `pending`) are scanned before its direct
+    /// A scanned upload: a direct-size one's whole file (`file`) is scanned before its direct
     /// upload; a chunked one (with a `gate`) must have been committed into the staging folder first
     /// (`commit_staged`, whose outcome the caller keeps), and lands now if clamd finds it clean.
     pub async fn complete_with_fields(
         &self,
         r: &mut Resumable,
-        pending: Bytes,
+        file: Option<WholeFile>,
         fields: Option<CheckedFields>,
     ) -> Result<UploadOutcome, UploadError> {
         let fields = fields.filter(|f| !f.is_empty());
         if r.session.is_none() {
-            let prepared = Prepared {
-                upload: r.upload.clone(),
-                expected_sha1: r.expected_sha1,
-                route: Route::Direct,
-                fields,
-                scan: r.scan,
-                gate: None,
-            };
+            let file = file.ok_or_else(|| {
+                UploadError::Internal("a direct upload was to land without its bytes".into())
+            })?;
+            let mut hasher = Sha1::new();
+            for chunk in file.part.chunks.iter() {
+                hasher.update(chunk);
+            }
             return self
-                .send(prepared, stream::iter([Ok::<_, UploadError>(pending)]))
+                .upload_direct(
+                    &r.upload,
+                    r.expected_sha1,
+                    file,
+                    hasher.finalize().into(),
+                    fields,
+                    r.scan,
+                )
                 .await;
         }
         if r.gate.is_some() {
@@ -357,13 +400,8 @@ impl Pipeline {
         if r.gate.as_ref().is_none_or(|g| g.staged_file_id.is_some()) {
             return Ok(());
         }
-        let staged = self
-            .commit_resumable(
-                r,
-                None,
-                crate::scan::ScanReport::skipped(super::Unscanned::Off.reason()),
-            )
-            .await?;
+        let unscanned = crate::scan::ScanReport::skipped(super::Unscanned::Off.reason());
+        let staged = self.commit_resumable(r, None, unscanned).await?;
         let id = staged
             .file
             .id()
@@ -376,9 +414,9 @@ impl Pipeline {
     }
 
     /// The commit of a complete chunked upload (its session's parts, with the whole file's SHA-1).
-    /// A commit whose `parts_mismatch` outlasts `PARTS_MISMATCH_WINDOW` means Box lacks a part: the
+    /// A commit whose `parts_mismatch` outlasts `parts_mismatch_window` means Box lacks a part: the
     /// session's parts are listed, `r` is moved back to the first hole (`rewind`) and the answer is
-    /// `Rewound`.
+    /// `Rewound` (the caller keeps the upload; the client resends from there).
     async fn commit_resumable(
         &self,
         r: &mut Resumable,

@@ -336,52 +336,52 @@ impl super::Pipeline {
     /// Lands a staged upload (committed into the staging folder: `commit_staged`): its file is
     /// streamed from Box through clamd and, when clean, moved where it goes (or copied into a new
     /// version), then its fields are applied there. Any other verdict, or a failure on the way,
-    /// deletes the staged file: nothing of the upload stays. In a task of its own, so a client that
-    /// leaves does not leave the decision half made.
+    /// deletes the staged file: nothing of the upload stays.
+    ///
+    /// It runs in the request's task (the copy into a version reads its body as a plain upload does,
+    /// which is not a task's work). If the request is dropped on the way, every step can be taken
+    /// again: the record still names the staged file, and the client's last PATCH sent again scans
+    /// it again and moves it where it already is (a move onto its own name is no conflict), or
+    /// deletes it.
     pub(super) async fn land_staged(
         &self,
         r: &Resumable,
         fields: Option<CheckedFields>,
     ) -> Result<UploadOutcome, UploadError> {
-        let (Some(gate), Some(session)) = (r.gate.clone(), r.session.clone()) else {
+        let (Some(gate), Some(session)) = (r.gate.as_ref(), r.session.as_ref()) else {
             return Err(UploadError::Internal("a staged upload without its gate".into()));
         };
-        let Some(staged) = gate.staged_file_id.clone() else {
+        let Some(staged) = gate.staged_file_id.as_deref() else {
             return Err(UploadError::Internal("a staged upload not committed yet".into()));
         };
-        let this = self.clone();
-        let r = r.clone();
-        self.on_rt(async move {
-            let sha1 = r.sha1.clone().finalize();
-            let landed = async {
-                this.scan_staged(&staged, r.upload.size, &sha1).await?;
-                this.move_staged(&r, &gate, &staged, &sha1).await
+        let sha1 = r.sha1.clone().finalize();
+        let landed = async {
+            self.scan_staged(staged, r.upload.size, &sha1).await?;
+            self.move_staged(r, gate, staged, &sha1).await
+        }
+        .await;
+        let (file, upload) = match landed {
+            Ok(landed) => landed,
+            Err(err) => {
+                self.delete_staged(staged).await;
+                return Err(err);
             }
-            .await;
-            let (file, upload) = match landed {
-                Ok(landed) => landed,
-                Err(err) => {
-                    this.delete_staged(&staged).await;
-                    return Err(err);
-                }
-            };
-            let outcome = UploadOutcome {
-                file: this.verified(&upload, file, &sha1).await?,
-                method: super::UploadMethod::Chunked,
-                size: r.upload.size,
-                sha1_hex: hex::encode(sha1),
-                part_size: Some(session.part_size),
-                parts: Some(r.upload.size.div_ceil(session.part_size)),
-                session_id: Some(session.id.clone()),
-                fields: None,
-                scan: ScanReport::clean(this.scan_gate.as_deref().and_then(|g| g.scanner.engine())),
-            };
-            match fields {
-                Some(fields) => this.finish_fields(&upload, outcome, &fields).await,
-                None => Ok(outcome),
-            }
-        })
-        .await?
+        };
+        let outcome = UploadOutcome {
+            file: self.verified(&upload, file, &sha1).await?,
+            method: super::UploadMethod::Chunked,
+            size: r.upload.size,
+            sha1_hex: hex::encode(sha1),
+            part_size: Some(session.part_size),
+            parts: Some(r.upload.size.div_ceil(session.part_size)),
+            session_id: Some(session.id.clone()),
+            fields: None,
+            scan: ScanReport::clean(self.scan_gate.as_deref().and_then(|g| g.scanner.engine())),
+        };
+        match fields {
+            Some(fields) => self.finish_fields(&upload, outcome, &fields).await,
+            None => Ok(outcome),
+        }
     }
 
     /// The staged file's bytes from Box through clamd; the bytes must be those committed (their
@@ -398,7 +398,13 @@ impl super::Pipeline {
         })?;
         let scanner = &gate.scanner;
         let mut scan = scanner.start(size).map_err(UploadError::Scan)?;
-        let permit = Arc::new(self.budget.acquire(scanner.queue_bytes().min(size)).await?);
+        // The bytes on their way to clamd: at most its queue (plus the piece being pushed), taken
+        // from the caller's share of the budget at once.
+        let queued = scanner.queue_bytes().min(size);
+        let mut hold = self.hold();
+        hold.reserve_unit(queued).await?;
+        hold.charge(queued).await?;
+        let permit = Arc::new(hold.take());
         let mut bytes = self
             .client
             .download_file(file_id, scanner.verdict_wait(size))

@@ -17,17 +17,18 @@
 //! 3. **The key's quotas** (`max_uploads_per_minute`, then `max_bytes_per_day` when the size is known).
 //! 4. **The Box pacer**: the principal's capacity for one upload call, waited for at most
 //!    `box_rate_wait_secs` (`Pacer::reserve_upload_call`).
-//! 5. **The memory budget**, taken by the pipeline for each part as it fills (`pipeline/budget.rs`),
-//!    after Box has accepted the destination: a 503 `busy` there aborts the session.
+//! 5. **The memory budget**, taken by the pipeline for the bytes of each part as they arrive, in the
+//!    caller's share (`pipeline/budget.rs`), after Box has accepted the destination: a 503 `busy`
+//!    there aborts the session.
 //! 6. The upload is **started** (its Box destination asked for, `start`, an upload by path's folders
 //!    resolved and the missing ones made first; or its file bytes began to come, a body of unknown
 //!    size being spooled) and tracked (`outcome.rs`): only from here on is a completion event
 //!    written. (Folders are made here, not in step 2: they are Box writes, which a refused upload
 //!    must not cost.)
 //!
-//! (Step 5 comes after Box was asked because the budget is taken per part, as bytes are read; issue
-//! 24's fair memory budget keeps that place.) A multipart form's head (at most 64 KiB) is read in step
-//! 2: its fields are parameters.
+//! (Step 5 comes after Box was asked because the budget is taken as bytes are read, and Box picks the
+//! part size; the fair budget of issue 24 keeps that place: nothing is taken for a declared size.) A
+//! multipart form's head (at most 64 KiB) is read in step 2: its fields are parameters.
 //!
 //! Nothing that costs (a quota, a pacer admission, a Box call, a store write, an event) happens before
 //! every cheap refusal has been made. What steps 2 to 4 took is held by a `Reservation`, a drop guard
@@ -167,6 +168,7 @@ pub async fn start(
     let pipeline = state
         .pipeline
         .acting_as(&caller.principal)
+        .held_by(caller.holder())
         .admitted(reservation.box_admission());
     reservation.reached_box();
     report.started();
@@ -256,6 +258,7 @@ impl Reservation {
             self.take_bytes(caller, size).await?;
         }
         let pace_key = caller.principal.pace_key();
+        let waiting = std::time::Instant::now();
         let admission = state
             .pacer
             .reserve_upload_call(&pace_key, caller.key_label())
@@ -264,6 +267,13 @@ impl Reservation {
                 tracing::warn!(key = %caller.key_label(), waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
                 ApiError::box_rate_limited(no.waited, no.retry_after)
             })?;
+        // On the request's span, so its log lines say where a paced upload's time went: past the
+        // pacer's burst, a client sending small files back to back waits 60 s /
+        // `box_rate_uploads_per_minute` here (272 ms at the default 220), with its request already
+        // in the socket and no Box call made yet; a packet capture of that shows an idle wire and
+        // invites a hunt for a Nagle or delayed-ACK stall that is not there (docs/benchmark.md,
+        // "Small files").
+        tracing::Span::current().record("box_rate_wait_ms", waiting.elapsed().as_millis() as u64);
         self.held.box_admission = Some((pace_key, admission));
         Ok(())
     }

@@ -123,7 +123,10 @@ pub async fn trace_request(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
     let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %loggable_path(req.path()),
-        key = tracing::field::Empty, trace_id = tracing::field::Empty);
+        key = tracing::field::Empty, trace_id = tracing::field::Empty,
+        // An upload's wait for its Box user's capacity (`admission.rs`): a client faster than
+        // `box_rate_uploads_per_minute` spends its time here, with its body unread in the socket.
+        box_rate_wait_ms = tracing::field::Empty);
     // Joined to the caller's trace (W3C `traceparent`) when traces are on; logs then carry its id.
     let parent = TraceContextPropagator::new().extract(&Headers(req.headers()));
     if parent.span().span_context().is_valid() {

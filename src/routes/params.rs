@@ -60,10 +60,10 @@ impl UploadParams {
             .map(|v| v.to_str().unwrap_or("?").to_owned());
         match self.size.as_ref().or(header.as_ref()) {
             None => Ok(None),
-            Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            Some(v) => byte_count(v).map(Some).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_size",
-                    format!("size {v:?} is not a whole number of bytes"),
+                    format!("size {v:?} is not a whole number of bytes below 2^63"),
                 )
             }),
         }
@@ -157,17 +157,24 @@ impl UploadParams {
     }
 }
 
+/// The most bytes a client's number may count: Box describes sizes as 64-bit signed integers (its
+/// OpenAPI: `file_size`, integer, int64), and sums of two counts (`Upload-Offset` + `Content-Length`)
+/// cannot wrap a u64.
+pub const MAX_BYTE_COUNT: u64 = i64::MAX as u64;
+
+/// A client's byte count: a whole number up to `MAX_BYTE_COUNT`.
+fn byte_count(text: &str) -> Option<u64> {
+    text.trim().parse().ok().filter(|n| *n <= MAX_BYTE_COUNT)
+}
+
 /// A header holding a byte count (`Content-Length`, `Upload-Length`, `Upload-Offset`); `code` when it
-/// is not a whole number.
+/// is not a whole number up to `MAX_BYTE_COUNT`.
 pub fn header_u64(headers: &HeaderMap, name: &str, code: &'static str) -> Result<Option<u64>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(code, format!("{name} is not a whole number of bytes"))),
+        Some(v) => v.to_str().ok().and_then(byte_count).map(Some).ok_or_else(|| {
+            ApiError::bad_request(code, format!("{name} is not a whole number of bytes below 2^63"))
+        }),
     }
 }
 
@@ -540,5 +547,24 @@ mod tests {
         };
         assert_eq!(bad.declared_size(&headers).unwrap_err().code, "invalid_size");
         assert_eq!(bad.on_conflict().unwrap_err().code, "invalid_on_conflict");
+        // Past what Box can describe (int64): refused, never wrapped in a sum later.
+        for (size, ok) in [
+            (MAX_BYTE_COUNT, true),
+            (MAX_BYTE_COUNT + 1, false),
+            (u64::MAX, false),
+        ] {
+            let p = UploadParams {
+                size: Some(size.to_string()),
+                ..Default::default()
+            };
+            assert_eq!(p.declared_size(&headers).is_ok(), ok, "{size}");
+            let mut h = HeaderMap::new();
+            h.insert("upload-offset".parse().unwrap(), size.into());
+            assert_eq!(
+                header_u64(&h, "Upload-Offset", "invalid_offset").is_ok(),
+                ok,
+                "{size}"
+            );
+        }
     }
 }

@@ -27,8 +27,11 @@ const EXPIRY: TableDefinition<&str, u64> = TableDefinition::new("expiry");
 const VALUE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("value_expiry");
 /// key -> an upload's unfinished part (no expiry of its own: it goes with its record).
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
-/// `pending_bytes` -> the sum of the lengths in `PENDING`.
+/// `pending_bytes` -> the sum of the lengths in `PENDING`; `pending_bytes:<account>` -> the sum of
+/// those counted under the account.
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+/// An unfinished part's key -> the accounts it counts under, one a line.
+const PENDING_ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("pending_accounts");
 /// `<owner>\0<upload id>` -> when that open upload expires (Unix seconds).
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
 /// An outbox entry as stored: created, due, expires (Unix ms), lane, source, value.
@@ -121,6 +124,7 @@ impl EmbeddedStore {
             txn.open_table(EXPIRY).map_err(err)?;
             txn.open_table(PENDING).map_err(err)?;
             txn.open_table(COUNTS).map_err(err)?;
+            txn.open_table(PENDING_ACCOUNTS).map_err(err)?;
             txn.open_table(OPEN).map_err(err)?;
             txn.open_table(LEGACY_OUTBOX).map_err(err)?;
             txn.open_table(LEGACY_OUTBOX_DUE).map_err(err)?;
@@ -323,20 +327,48 @@ impl StateStore for EmbeddedStore {
             if let Some(bytes) = &write.pending {
                 let mut pending = txn.open_table(PENDING)?;
                 let mut counts = txn.open_table(COUNTS)?;
-                let old = pending
-                    .get(write.pending_key.as_str())?
-                    .map_or(0, |v| v.value().len() as u64);
+                let mut accounts_of = txn.open_table(PENDING_ACCOUNTS)?;
+                let key = write.pending_key.as_str();
+                let old = pending.get(key)?.map_or(0, |v| v.value().len() as u64);
                 let total = counts.get(PENDING_BYTES)?.map_or(0, |v| v.value());
                 let new = bytes.len() as u64;
                 if new > old && total.saturating_sub(old) + new > write.max_pending_bytes {
                     return Ok(Fenced::Full);
                 }
+                // Those stored with the part; else (a new part, or one an older gateway stored) the
+                // writer's: a part is uncounted from the accounts it was counted under.
+                let accounts = match accounts_of.get(key)? {
+                    Some(stored) => stored.value().to_owned(),
+                    None => write.pending_accounts.join("\n"),
+                };
+                let account_counts: Vec<String> = accounts
+                    .lines()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| format!("{PENDING_BYTES}:{a}"))
+                    .collect();
+                let mut counted = Vec::with_capacity(account_counts.len());
+                for name in &account_counts {
+                    let count = counts.get(name.as_str())?.map_or(0, |v| v.value());
+                    if new > old && count.saturating_sub(old) + new > write.max_pending_bytes_per_account {
+                        return Ok(Fenced::AccountFull);
+                    }
+                    counted.push(count);
+                }
                 if bytes.is_empty() {
-                    pending.remove(write.pending_key.as_str())?;
+                    pending.remove(key)?;
+                    accounts_of.remove(key)?;
                 } else {
-                    pending.insert(write.pending_key.as_str(), bytes.as_ref())?;
+                    pending.insert(key, bytes.as_ref())?;
+                    accounts_of.insert(key, accounts.as_str())?;
                 }
                 counts.insert(PENDING_BYTES, total.saturating_sub(old) + new)?;
+                for (name, count) in account_counts.iter().zip(counted) {
+                    // A count back at zero is removed: an idle store keeps no row per account.
+                    match count.saturating_sub(old) + new {
+                        0 => counts.remove(name.as_str())?,
+                        n => counts.insert(name.as_str(), n)?,
+                    };
+                }
             }
             set_value(&txn, &write.key, write.value.as_deref(), write.ttl)?;
             txn.commit()?;
@@ -358,6 +390,15 @@ impl StateStore for EmbeddedStore {
             let txn = db.begin_read()?;
             let table = txn.open_table(COUNTS)?;
             Ok(table.get(PENDING_BYTES)?.map_or(0, |v| v.value()))
+        })
+    }
+
+    fn pending_bytes_of<'a>(&'a self, account: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        let name = format!("{PENDING_BYTES}:{account}");
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(COUNTS)?;
+            Ok(table.get(name.as_str())?.map_or(0, |v| v.value()))
         })
     }
 

@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | `tus:<id>` | a tus upload's record (JSON behind its length) | its expiry + an hour |
 //! | `tus:<id>:pending` | the upload's unfinished part (bytes) | it goes with its record |
+//! | `tus:<id>:pending:accounts` | the accounts the part counts under, one a line | it goes with the part |
 //! | `link-files:<link id>` | the uploads made through a link with `max_files` (an owner's set) | the link's expiry |
 //! | `link-revoked:<key name>:<link id>` | a link its key revoked | `upload_link_max_expiry_secs` |
 //! | `idem:<owner>:<digest>` | an `Idempotency-Key`'s fingerprint and kept answer | `idempotency_window_secs` |
@@ -15,12 +16,13 @@
 //! | `webhook-gone:<digest of the URL>` | a receiver that answered 410 | a day |
 //!
 //! Kept by the stores themselves: `lock:<key>` (a lock on `<key>`, Redis), `open:<owner>` (an owner's
-//! open tus uploads, scored by expiry), `expiry` (the sweeper's index), `pending-bytes`, and the
-//! outbox: `outbox:e:<event id>` (an event, its lane and source; `webhook_max_age_secs` + an hour),
-//! `outbox-lanes`, `outbox-due:<lane>`, `outbox-created`, `outbox-expiry` and `outbox-source:<key>`
-//! (indexes and counts, living as long as their newest event), and, until the delivery worker has
-//! moved them, an older gateway's `outbox`, `outbox-due` and `outbox-age` (no TTL). Owners are
-//! `Owner`'s stored form (`access/caller.rs`).
+//! open tus uploads, scored by expiry), `expiry` (the sweeper's index), `pending-bytes` and
+//! `pending-bytes:<account>` (the bytes of all unfinished parts, and of an account's: deleted at
+//! zero, no TTL, like the parts they count), and the outbox: `outbox:e:<event id>` (an event, its
+//! lane and source; `webhook_max_age_secs` + an hour), `outbox-lanes`, `outbox-due:<lane>`,
+//! `outbox-created`, `outbox-expiry` and `outbox-source:<key>` (indexes and counts, living as long as
+//! their newest event), and, until the delivery worker has moved them, an older gateway's `outbox`,
+//! `outbox-due` and `outbox-age` (no TTL). Owners are `Owner`'s stored form (`access/caller.rs`).
 
 /// A tus upload's record.
 pub fn tus_record(id: &str) -> String {
@@ -30,6 +32,11 @@ pub fn tus_record(id: &str) -> String {
 /// A tus upload's unfinished part, kept apart from its record.
 pub fn tus_pending(id: &str) -> String {
     format!("tus:{id}:pending")
+}
+
+/// The accounts an unfinished part (`tus_pending(..)`) counts under, kept beside it by the stores.
+pub fn pending_accounts(pending_key: &str) -> String {
+    format!("{pending_key}:accounts")
 }
 
 /// The set (an owner of `StateStore::open_upload`) of the uploads made through a link with `max_files`.

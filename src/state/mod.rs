@@ -13,8 +13,9 @@
 //!
 //! A tus upload's unfinished part (up to one Box part, or a direct upload's whole file) is kept apart
 //! from its small record, written only by a fenced write (`put_fenced`: atomic with the check that
-//! the writer still holds the upload's lock, and with the count of all unfinished parts' bytes, so
-//! that count stays right across crashes and replicas) and read only by a PATCH (`get_pending`). The
+//! the writer still holds the upload's lock, and with the counts of unfinished parts' bytes, of all
+//! and of each owner's accounts, so those counts stay right across crashes and replicas) and read
+//! only by a PATCH (`get_pending`). The
 //! open uploads of each owner are a set of ids with their expiry (`open_upload`): expired ids drop
 //! out of the count by themselves, so a crash or a missed cleanup never leaves it too high.
 pub mod clock;
@@ -63,6 +64,12 @@ pub struct FencedWrite {
     pub pending: Option<Bytes>,
     /// A part that grows may not take all unfinished parts together past this many bytes.
     pub max_pending_bytes: u64,
+    /// The accounts the part's bytes count under (`Owner::accounts`: its owner, and a link's key).
+    /// Kept beside the part when it is stored, so whoever removes it later (the sweeper, with a
+    /// record it cannot read) uncounts the same accounts.
+    pub pending_accounts: Vec<String>,
+    /// A part that grows may not take any of its accounts' unfinished parts past this many bytes.
+    pub max_pending_bytes_per_account: u64,
 }
 
 /// What a fenced write did.
@@ -73,6 +80,9 @@ pub enum Fenced {
     LockLost,
     /// The unfinished part would pass `max_pending_bytes`: nothing was written.
     Full,
+    /// The unfinished part would take one of its accounts past `max_pending_bytes_per_account`:
+    /// nothing was written.
+    AccountFull,
 }
 
 /// The lane of outbox entries written before the outbox had lanes (`StateStore::outbox_migrate`).
@@ -133,6 +143,8 @@ pub trait StateStore: Send + Sync + 'static {
     fn get_pending<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<Vec<u8>>>>;
     /// The bytes of every unfinished part in the store, together.
     fn pending_bytes(&self) -> BoxFuture<'_, StoreResult<u64>>;
+    /// The bytes of the unfinished parts that count under `account` (see `FencedWrite`).
+    fn pending_bytes_of<'a>(&'a self, account: &'a str) -> BoxFuture<'a, StoreResult<u64>>;
     /// Counts `id` among `owner`'s open uploads until `expires_at` (Unix seconds), unless the owner
     /// already has `max` open at `now`: whether it was counted (atomic).
     fn open_upload<'a>(
@@ -487,6 +499,8 @@ async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String)
         pending_key: k("rec:pending"),
         pending: pending.map(Bytes::from_static),
         max_pending_bytes: base + max,
+        pending_accounts: Vec::new(),
+        max_pending_bytes_per_account: u64::MAX,
     };
     let lock = store.lock(&k("rec"), hour).await.unwrap().expect("free");
     let saved = store.put_fenced(&lock, write(b"r1", Some(b"abcd"), 10)).await;
@@ -536,6 +550,48 @@ async fn check_fenced_writes(store: &dyn StateStore, k: &dyn Fn(&str) -> String)
     assert_eq!(store.get_pending(&k("rec:pending")).await.unwrap(), None);
     assert_eq!(store.pending_bytes().await.unwrap(), base);
     store.unlock(&lock).await.unwrap();
+    check_pending_accounts(store, k).await;
+}
+
+/// Each owner's accounts (a link and its key) are capped on their own, and uncounted by whoever
+/// removes the part, even without knowing its owner.
+async fn check_pending_accounts(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {
+    let hour = Duration::from_secs(3600);
+    let (link, key, other) = (k("link:key:l1"), k("key"), k("link:key:l2"));
+    let write = |rec: &str, pending: &'static [u8], accounts: &[&String]| FencedWrite {
+        key: k(rec),
+        value: Some(b"r".to_vec()),
+        ttl: hour,
+        pending_key: k(&format!("{rec}:pending")),
+        pending: Some(Bytes::from_static(pending)),
+        max_pending_bytes: u64::MAX,
+        pending_accounts: accounts.iter().map(|a| a.to_string()).collect(),
+        max_pending_bytes_per_account: 6,
+    };
+    let one = store.lock(&k("a1"), hour).await.unwrap().expect("free");
+    let two = store.lock(&k("a2"), hour).await.unwrap().expect("free");
+    let saved = store.put_fenced(&one, write("a1", b"abcd", &[&link, &key])).await;
+    assert_eq!(saved.unwrap(), Fenced::Saved);
+    assert_eq!(store.pending_bytes_of(&link).await.unwrap(), 4);
+    assert_eq!(store.pending_bytes_of(&key).await.unwrap(), 4);
+    // Another link of the same key: its own account has room, the key's has not.
+    let full = store.put_fenced(&two, write("a2", b"xyz", &[&other, &key])).await;
+    assert_eq!(full.unwrap(), Fenced::AccountFull);
+    assert_eq!(store.get_pending(&k("a2:pending")).await.unwrap(), None);
+    let fits = store.put_fenced(&two, write("a2", b"xy", &[&other, &key])).await;
+    assert_eq!(fits.unwrap(), Fenced::Saved);
+    assert_eq!(store.pending_bytes_of(&key).await.unwrap(), 6);
+    // Removed by a writer that does not know the owner: the stored accounts are uncounted.
+    let gone = store.put_fenced(&one, write("a1", b"", &[])).await;
+    assert_eq!(gone.unwrap(), Fenced::Saved);
+    assert_eq!(store.pending_bytes_of(&link).await.unwrap(), 0);
+    assert_eq!(store.pending_bytes_of(&key).await.unwrap(), 2);
+    let gone = store.put_fenced(&two, write("a2", b"", &[&other, &key])).await;
+    assert_eq!(gone.unwrap(), Fenced::Saved);
+    assert_eq!(store.pending_bytes_of(&key).await.unwrap(), 0);
+    for lock in [one, two] {
+        store.unlock(&lock).await.unwrap();
+    }
 }
 
 async fn check_open_uploads(store: &dyn StateStore, k: &dyn Fn(&str) -> String) {

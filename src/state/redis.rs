@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 use redis::aio::ConnectionManager;
 use redis::{cmd, Script};
 
+use super::keys::pending_accounts;
 use super::{
     new_token, Fenced, FencedWrite, Lock, OutboxAdd, OutboxAdded, StateStore, StoreError, StoreResult,
     OUTBOX_LEGACY_LANE,
@@ -25,6 +26,8 @@ use super::{
 const PREFIX: &str = "box-upload-gateway:";
 const EXPIRY: &str = "box-upload-gateway:expiry";
 const PENDING_BYTES: &str = "box-upload-gateway:pending-bytes";
+/// Before an account's name: the bytes of the unfinished parts counted under it.
+const PENDING_BYTES_OF: &str = "box-upload-gateway:pending-bytes:";
 /// The outbox: each entry a hash (`outbox:e:<id>`: value, lane, source) with its own time to live;
 /// the lanes that hold entries (a set); per lane, its ids by due time; all ids by creation time (the
 /// oldest's age) and by expiry (the count); per source, its ids by expiry (its count). Ids whose
@@ -141,19 +144,45 @@ const UNLOCK: &str =
     r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 const EXTEND: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 
-/// KEYS: lock, record, pending, pending-bytes. ARGV: token, record (or "" with ARGV[3] = "del"),
-/// ttl ms, record op, pending op (keep | set), pending bytes, max pending bytes.
-/// 0: the lock is lost; 1: saved; 2: the unfinished parts would pass the cap.
+/// KEYS: lock, record, pending, pending-bytes, the pending part's accounts. ARGV: token, record (or
+/// "" with ARGV[3] = "del"), ttl ms, record op, pending op (keep | set), pending bytes, max pending
+/// bytes, max pending bytes per account, the prefix of an account's count, the writer's accounts
+/// (one a line). 0: the lock is lost; 1: saved; 2: the unfinished parts would pass the cap; 3: one
+/// of the part's accounts would.
+///
+/// An account's count key is made here from the accounts stored with the part (a single Redis, as
+/// the locks assume): the part is uncounted from the accounts it was counted under, whoever removes it.
 const PUT_FENCED: &str = r#"
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[5] == "set" then
   local old = redis.call("STRLEN", KEYS[3])
   local new = string.len(ARGV[6])
   local total = tonumber(redis.call("GET", KEYS[4]) or "0")
-  if new > old and total - old + new > tonumber(ARGV[7]) then return 2 end
-  if new == 0 then redis.call("DEL", KEYS[3]) else redis.call("SET", KEYS[3], ARGV[6]) end
+  -- Those stored with the part; else (a new part, or one an older gateway stored) the writer's.
+  local accounts = redis.call("GET", KEYS[5]) or ARGV[10]
+  local counts = {}
+  for account in string.gmatch(accounts, "[^\n]+") do
+    table.insert(counts, ARGV[9] .. account)
+  end
+  if new > old then
+    if total - old + new > tonumber(ARGV[7]) then return 2 end
+    for _, count in ipairs(counts) do
+      if tonumber(redis.call("GET", count) or "0") - old + new > tonumber(ARGV[8]) then return 3 end
+    end
+  end
+  if new == 0 then
+    redis.call("DEL", KEYS[3], KEYS[5])
+  else
+    redis.call("SET", KEYS[3], ARGV[6])
+    redis.call("SET", KEYS[5], accounts)
+  end
   -- A count back at zero is removed, so an idle store holds no key at all.
-  if new ~= old and redis.call("INCRBY", KEYS[4], new - old) <= 0 then redis.call("DEL", KEYS[4]) end
+  if new ~= old then
+    if redis.call("INCRBY", KEYS[4], new - old) <= 0 then redis.call("DEL", KEYS[4]) end
+    for _, count in ipairs(counts) do
+      if redis.call("INCRBY", count, new - old) <= 0 then redis.call("DEL", count) end
+    end
+  end
 end
 if ARGV[4] == "del" then
   redis.call("DEL", KEYS[2])
@@ -482,6 +511,7 @@ impl StateStore for RedisStore {
                 .key(key(&write.key))
                 .key(key(&write.pending_key))
                 .key(PENDING_BYTES)
+                .key(key(&pending_accounts(&write.pending_key)))
                 .arg(&lock.token)
                 .arg(record)
                 .arg(ms(write.ttl))
@@ -489,12 +519,16 @@ impl StateStore for RedisStore {
                 .arg(pending_op)
                 .arg(pending.as_ref())
                 .arg(write.max_pending_bytes)
+                .arg(write.max_pending_bytes_per_account)
+                .arg(PENDING_BYTES_OF)
+                .arg(write.pending_accounts.join("\n"))
                 .invoke_async(&mut c)
                 .await
                 .map_err(err)?;
             Ok(match n {
                 1 => Fenced::Saved,
                 2 => Fenced::Full,
+                3 => Fenced::AccountFull,
                 _ => Fenced::LockLost,
             })
         }
@@ -510,6 +544,19 @@ impl StateStore for RedisStore {
             let mut c = self.conn().await?;
             let n: Option<i64> = cmd("GET")
                 .arg(PENDING_BYTES)
+                .query_async(&mut c)
+                .await
+                .map_err(err)?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        }
+        .boxed()
+    }
+
+    fn pending_bytes_of<'a>(&'a self, account: &'a str) -> BoxFuture<'a, StoreResult<u64>> {
+        async move {
+            let mut c = self.conn().await?;
+            let n: Option<i64> = cmd("GET")
+                .arg(format!("{PENDING_BYTES_OF}{account}"))
                 .query_async(&mut c)
                 .await
                 .map_err(err)?;

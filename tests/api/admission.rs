@@ -12,41 +12,24 @@ use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan, FaultRule};
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    inspect, make_file, secret, sha1_of_path, sha256_hex, spawn_app_with, Options, TestApp, PART,
-};
-use crate::tus::{metadata, TUS};
+use crate::support::tus_client::{creation, metadata, TUS};
+use crate::support::*;
 
 const TEAM: &str = "api_key_team";
 const ADMIN: &str = "api_key_admin";
 
 fn key(name: &str, secret_name: &str, max_uploads_per_minute: Option<u32>) -> ApiKeyConfig {
-    ApiKeyConfig {
-        name: name.into(),
-        sha256: sha256_hex(secret(secret_name)),
-        folders: vec!["0".into()],
-        path_root: None,
-        max_file_size_bytes: None,
-        as_user: None,
-        subject_type: None,
-        subject_id: None,
-        webhook_url: None,
-        webhook_secret: None,
-        webhook_secret_file: None,
-        max_uploads_per_minute,
-        max_bytes_per_day: None,
-        scan: None,
+    let key = ApiKey::new(name, secret(secret_name));
+    match max_uploads_per_minute {
+        Some(uploads) => key.max_uploads_per_minute(uploads),
+        None => key,
     }
+    .config()
 }
 
 /// A URL where nothing listens: events for it stay in the outbox, where the test counts them.
 fn dead_receiver() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("http://127.0.0.1:{port}/hooks")
+    format!("http://127.0.0.1:{}/hooks", free_port())
 }
 
 /// A gateway with `keys`, upload links, the Box pacer on (so admissions are counted) and completion
@@ -141,13 +124,8 @@ async fn put_as_team(app: &TestApp, name: &str, body: Vec<u8>) -> (u16, Value) {
 
 /// `POST /v1/tus/` with the team key: the upload's URL.
 async fn create_as_team(app: &TestApp, size: u64, name: &str) -> String {
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
+    let created = creation(&app.http, &app.address, size, &[("filename", name)])
         .header("X-API-Key", secret(TEAM))
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", metadata(&[("filename", name)]))
         .send()
         .await
         .unwrap();
@@ -174,15 +152,11 @@ async fn events_stored(app: &TestApp, kind: &str) -> f64 {
 
 /// Waits (bounded) until the delivery worker has read an outbox of exactly `depth` events.
 async fn assert_outbox_depth(app: &TestApp, depth: f64) {
-    let mut seen = -1.0;
-    for _ in 0..100 {
-        seen = app.metric("gateway_webhook_outbox_depth").await;
-        if seen == depth {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the outbox holds {seen} events, not {depth}");
+    let what = format!("an outbox of {depth} events");
+    eventually(&what, Duration::from_secs(10), || async move {
+        app.metric("gateway_webhook_outbox_depth").await == depth
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

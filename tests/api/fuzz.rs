@@ -12,7 +12,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[derive(Debug, Clone)]
 struct Case {

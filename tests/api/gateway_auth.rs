@@ -7,7 +7,7 @@ use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::{EmulatorConfig, EmulatorHandle, FaultPlan};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const CLIENT_ID: &str = "gateway-app-client-id";
 const ENTERPRISE: &str = "4242";
@@ -43,19 +43,6 @@ async fn ccg_app(dir: &Path, o: Options) -> TestApp {
     .await
 }
 
-async fn put(app: &TestApp, name: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut request = app
-        .http
-        .put(format!("{}/v1/folders/0/files/{name}", app.address))
-        .body(body);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn tokens_issued(app: &TestApp) -> u64 {
     app.emulator.inspect().counters.tokens_issued
 }
@@ -71,7 +58,7 @@ async fn client_credentials_upload_lands_with_one_token() {
     let (status, answer) = app
         .curl_upload(&app.folder_url("0"), file.path(), "ccg.bin", &[])
         .await;
-    let (small, _) = put(&app, "small.bin", vec![7; 1000], &[]).await;
+    let small = app.put_raw("small.bin", vec![7; 1000], &[]).await.status;
 
     // Assert: both landed with tokens of one grant; the start-up check and the uploads shared it
     assert_eq!(status, 201, "{answer}");
@@ -254,60 +241,20 @@ async fn passthrough_sends_the_callers_own_token() {
     assert_eq!(tokens_issued(&app), 0);
 }
 
-/// Two keys: `team` may write only into a folder of its own, up to 1 MiB, acting as user 777;
-/// `admin` may write into the root folder.
-fn keys_file(dir: &Path, team_folder: &str) -> PathBuf {
-    let path = dir.join("api-keys.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[keys]]\nname = \"team\"\nsha256 = \"{}\"\nfolders = [\"{team_folder}\"]\nmax_file_size_bytes = 1048576\nas_user = \"777\"\n\n\
-             [[keys]]\nname = \"admin\"\nsha256 = \"{}\"\nfolders = [\"0\"]\n",
-            sha256_hex(secret("api_key_team")),
-            sha256_hex(secret("api_key_admin")),
-        ),
-    )
-    .unwrap();
-    path
-}
-
-pub(crate) async fn keyed_app(dir: &Path) -> (TestApp, String) {
-    let keys = dir.to_owned();
-    let app = spawn_app_with(Options {
-        gateway: Some(Box::new(move |s: &mut Settings, emulator: &EmulatorHandle| {
-            let team_folder = emulator.create_folder("0", "team");
-            s.api_keys_file = Some(keys_file(&keys, &team_folder).display().to_string());
-            s.allow_anonymous = false;
-        })),
-        ..Options::default()
-    })
-    .await;
-    let team_folder = inspect(&app.emulator)["folders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "team")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (app, team_folder)
-}
-
 #[tokio::test]
 async fn api_keys_refuse_before_box_sees_a_byte() {
     // Arrange: a file in the root folder, uploaded by `admin`
     let dir = tempfile::tempdir().unwrap();
     let (app, team_folder) = keyed_app(dir.path()).await;
-    let (status, root_file) = put(
-        &app,
-        "root.bin",
-        vec![1; 100],
-        &[("X-API-Key", secret("api_key_admin"))],
-    )
-    .await;
-    assert_eq!(status, 201, "{root_file}");
-    let root_file_id = root_file["file"]["id"].as_str().unwrap().to_owned();
+    let root = app
+        .put_raw(
+            "root.bin",
+            vec![1; 100],
+            &[("X-API-Key", secret("api_key_admin"))],
+        )
+        .await;
+    assert_eq!(root.status, 201, "{}", root.json);
+    let root_file_id = root.json["file"]["id"].as_str().unwrap().to_owned();
     let before = app.emulator.inspect().counters;
     let team = ("X-API-Key", secret("api_key_team"));
     let url = |path: &str| format!("{}/v1{path}", app.address);
@@ -446,13 +393,10 @@ async fn a_key_uploads_into_its_folders_as_its_own_user() {
         .send()
         .await
         .unwrap();
-    let (admin, _) = put(
-        &app,
-        "root.bin",
-        vec![1; 10],
-        &[("X-API-Key", secret("api_key_admin"))],
-    )
-    .await;
+    let admin = app
+        .put_raw("root.bin", vec![1; 10], &[("X-API-Key", secret("api_key_admin"))])
+        .await
+        .status;
 
     // Assert: every Box call of `team` acted as user 777, none of `admin`'s did
     assert_eq!(version.status(), 201);
@@ -498,16 +442,14 @@ async fn a_token_that_expires_mid_upload_is_refreshed_once() {
     });
 
     // Act: once Box holds a part, every token it issued expires
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !sessions(&app.emulator)
-            .iter()
-            .any(|s| !s["parts"].as_array().unwrap().is_empty())
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("the upload sends parts", Duration::from_secs(20), || {
+        std::future::ready(
+            sessions(&app.emulator)
+                .iter()
+                .any(|s| !s["parts"].as_array().unwrap().is_empty()),
+        )
     })
-    .await
-    .expect("the upload sends parts");
+    .await;
     app.emulator.expire_issued_tokens();
     let (status, answer) = upload.await.unwrap();
 
@@ -530,7 +472,7 @@ async fn twenty_uploads_meeting_an_expired_token_cause_one_token_request() {
     // Arrange: a token in the cache, then revoked by Box
     let dir = tempfile::tempdir().unwrap();
     let app = ccg_app(dir.path(), Options::default()).await;
-    assert_eq!(put(&app, "warm.bin", vec![1; 10], &[]).await.0, 201);
+    assert_eq!(app.put_raw("warm.bin", vec![1; 10], &[]).await.status, 201);
     assert_eq!(tokens_issued(&app), 1);
     app.emulator.expire_issued_tokens();
 
@@ -538,9 +480,9 @@ async fn twenty_uploads_meeting_an_expired_token_cause_one_token_request() {
     let uploads = (0..20).map(|i| {
         let app = &app;
         async move {
-            put(app, &format!("f{i}.bin"), vec![i as u8; 1000 + i], &[])
+            app.put_raw(&format!("f{i}.bin"), vec![i as u8; 1000 + i], &[])
                 .await
-                .0
+                .status
         }
     });
     let statuses = futures_util::future::join_all(uploads).await;
@@ -570,8 +512,9 @@ async fn refused_credentials_fail_each_upload_with_502_box_auth_failed() {
     .await;
 
     // Act
-    let (first, answer) = put(&app, "a.bin", vec![1; 10], &[]).await;
-    let (second, _) = put(&app, "b.bin", vec![1; 10], &[]).await;
+    let first = app.put_raw("a.bin", vec![1; 10], &[]).await;
+    let second = app.put_raw("b.bin", vec![1; 10], &[]).await.status;
+    let (first, answer) = (first.status, first.json);
 
     // Assert: 502 box_auth_failed naming Box's code, and the refusal remembered (no request per upload)
     assert_eq!((first, second), (502, 502));
@@ -609,9 +552,10 @@ async fn a_subject_box_does_not_know_is_refused() {
     })
     .await;
 
-    let (status, answer) = put(&app, "a.bin", vec![1; 10], &[]).await;
+    let answer = app.put_raw("a.bin", vec![1; 10], &[]).await;
 
-    assert_eq!(status, 502);
+    assert_eq!(answer.status, 502);
+    let answer = answer.json;
     assert_eq!(answer["error"]["box"]["code"], "invalid_grant", "{answer}");
 }
 

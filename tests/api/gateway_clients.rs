@@ -2,7 +2,7 @@
 //! PUT, fields after the file, wrong sizes, non-ASCII names, client digests, new versions.
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn python_requests(
     mode: &str,
@@ -11,18 +11,9 @@ async fn python_requests(
     filename: &str,
     fields: &[&str],
 ) -> (u16, Value) {
-    let out = tokio::process::Command::new(crate::python::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/requests_upload.py"
-        ))
-        .args([mode, url, path.to_str().unwrap(), filename])
-        .args(fields)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = [[mode, url, path.to_str().unwrap(), filename].as_slice(), fields].concat();
+    let within = std::time::Duration::from_secs(120);
+    let v = crate::support::python::run_script("requests_upload.py", &args, &[], within).await;
     (v["status"].as_u64().unwrap() as u16, v)
 }
 

@@ -1,6 +1,6 @@
 //! `on_conflict=error|version|rename`, for direct and chunked uploads, with Box's conflict as an
 //! object (Box's web uploader's reading) and as an array (the documented form).
-use crate::helpers::*;
+use crate::support::*;
 
 async fn conflicts(conflicts_as_array: bool, size: u64) {
     let app = spawn_app_with(Options {

@@ -1,5 +1,5 @@
 //! Bad input gets a clear JSON error with a stable code; health and metrics answer.
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {

@@ -1,15 +1,10 @@
 //! Every fault of the emulator's plan is survived or reported, and no session is left open.
 use std::time::Duration;
 
-use box_upload_gateway::emulator::FaultPlan;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::*;
-
-fn plan(v: Value) -> FaultPlan {
-    serde_json::from_value(v).expect("a valid fault plan")
-}
+use crate::support::*;
 
 /// Uploads a chunked file through a fresh app with `faults`; returns the app and the answer.
 async fn chunked_upload_with(faults: Value) -> (TestApp, u16, Value, String) {
@@ -243,15 +238,11 @@ async fn client_disconnect_aborts_the_session() {
         .await
         .unwrap();
     // Wait (bounded) until Box has some parts, then vanish.
-    for _ in 0..100 {
-        if sessions(&app.emulator)
-            .first()
-            .is_some_and(|s| !s["parts"].as_array().unwrap().is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let has_parts = || {
+        let first = sessions(&app.emulator).first().cloned();
+        std::future::ready(first.is_some_and(|s| !s["parts"].as_array().unwrap().is_empty()))
+    };
+    holds_within(Duration::from_secs(2), has_parts).await;
     drop(socket);
     app.assert_no_open_session().await;
     assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
@@ -308,6 +299,10 @@ async fn many_concurrent_uploads_within_a_small_budget() {
     let app = spawn_app_with(Options {
         memory_budget_bytes: budget,
         part_concurrency: 4,
+        gateway: Some(Box::new(|s, _| {
+            // One caller (anonymous) alone: the whole budget is its share.
+            s.memory_budget_share_per_key = 1.0;
+        })),
         ..Options::default()
     })
     .await;

@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{make_file, spawn_app_with, spawn_replica, Options, PART};
-use crate::tus::{redis_options, RedisServer};
+use crate::support::redis_server::{redis_options, RedisServer};
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_the_same_key_gets_the_first_answer_even_from_another_replica() {
@@ -16,7 +16,7 @@ async fn a_retry_with_the_same_key_gets_the_first_answer_even_from_another_repli
     let put = |base: &str, key: &str| {
         let url = format!("{base}/v1/folders/0/files/retried.bin");
         let (path, key) = (file.path().display().to_string(), key.to_owned());
-        async move { crate::helpers::curl(&["-T", &path, "-H", &format!("Idempotency-Key: {key}"), &url]).await }
+        async move { curl(&["-T", &path, "-H", &format!("Idempotency-Key: {key}"), &url]).await }
     };
     // Act: the request, then its retry through the other replica, then another key.
     let (first_status, first) = put(&app.address, "order-42").await;
@@ -161,16 +161,11 @@ fn short_claims(redis_url: &str, claim_secs: u64) -> Options {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_claim_of_a_crashed_gateway_frees_itself_after_the_claim_time() {
-    use crate::gateway_process::{emulator_env, env_refs, Gateway};
+    use crate::support::process::{anonymous_env, env_refs, Gateway};
     // Arrange: a gateway process and an in-process replica sharing Redis, claims of 5 s.
     let redis = RedisServer::start().await;
     let app = spawn_app_with(short_claims(&redis.url, 5)).await;
-    let mut env = emulator_env(&app.emulator);
-    env.push((
-        "BOX_DEVELOPER_TOKEN",
-        box_upload_gateway::emulator::DEV_TOKEN.into(),
-    ));
-    env.push(("GATEWAY_ALLOW_ANONYMOUS", "true".into()));
+    let mut env = anonymous_env(&app.emulator);
     env.push(("GATEWAY_REDIS_URL", redis.url.clone()));
     env.push(("GATEWAY_IDEMPOTENCY_CLAIM_SECS", "5".into()));
     let doomed = Gateway::start(&env_refs(&env)).await;
@@ -198,18 +193,14 @@ async fn the_claim_of_a_crashed_gateway_frees_itself_after_the_claim_time() {
     // Act: the retry at once, then until it runs.
     let at_once = put(app.address.clone(), bytes.clone().into()).await.unwrap();
     let started = std::time::Instant::now();
-    let mut landed = None;
-    while started.elapsed() < Duration::from_secs(30) {
+    let retry = || async {
         let retry = put(app.address.clone(), bytes.clone().into()).await.unwrap();
-        if retry.status() != 409 {
-            landed = Some(retry);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        (retry.status() != 409).then_some(retry)
+    };
+    let every = Duration::from_millis(250);
+    let landed = eventually_every("the claim to free itself", Duration::from_secs(30), every, retry).await;
     // Assert: 409 while the dead claim lasted, then the upload ran (not 24 hours later).
     assert_eq!(at_once.status(), 409);
-    let landed = landed.expect("the claim freed itself");
     assert_eq!(landed.status(), 201);
     let answer: Value = landed.json().await.unwrap();
     app.assert_stored(&answer, &sha1, 3 * PART);
@@ -221,10 +212,9 @@ async fn a_client_that_leaves_while_its_upload_lands_gets_that_upload_on_retry()
     // Arrange: Box takes about 4 s to finish the commit (four 202s with Retry-After: 1), well
     // after the client (which gives up after 2 s, its body long sent) has left.
     let app = spawn_app_with(Options {
-        faults: serde_json::from_value(serde_json::json!({"rules": [
+        faults: plan(serde_json::json!({"rules": [
             {"endpoint": "commit", "times": 4, "action": {"type": "commit_accepted", "retry_after": 1}}
-        ]}))
-        .unwrap(),
+        ]})),
         ..Options::default()
     })
     .await;
@@ -243,20 +233,16 @@ async fn a_client_that_leaves_while_its_upload_lands_gets_that_upload_on_retry()
     let gave_up = put(Duration::from_secs(2)).await;
     assert!(gave_up.is_err(), "the client left before the answer");
     let during = put(Duration::from_secs(30)).await.unwrap();
-    let mut replayed = None;
-    for _ in 0..120 {
+    let retry = || async {
         let retry = put(Duration::from_secs(30)).await.unwrap();
-        if retry.status() != 409 {
-            replayed = Some(retry);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (retry.status() != 409).then_some(retry)
+    };
+    let every = Duration::from_millis(100);
+    let replayed = eventually_every("the first upload to end", Duration::from_secs(30), every, retry).await;
     // Assert: the retry waited for the first upload, then got its answer; one file, one session.
     assert_eq!(during.status(), 409);
     let during: Value = during.json().await.unwrap();
     assert_eq!(during["error"]["code"], "idempotency_key_in_use");
-    let replayed = replayed.expect("the first upload ended");
     assert_eq!(replayed.status(), 201);
     assert_eq!(replayed.headers()["idempotent-replayed"], "true");
     let answer: Value = replayed.json().await.unwrap();

@@ -5,7 +5,7 @@
 use box_upload_gateway::emulator::FaultPlan;
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const SIZE: u64 = PART * 6 + 11;
 

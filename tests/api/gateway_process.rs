@@ -1,14 +1,13 @@
 //! The real binary as a process: configuration errors, and no secret in anything it prints.
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use box_upload_gateway::emulator::{Emulator, EmulatorConfig, FaultPlan, SessionState};
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_box-upload-gateway");
+use crate::support::process::{anonymous_env, emulator_env, env_refs, small_parts, Gateway, BIN};
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_is_refused_naming_every_key() {
@@ -27,118 +26,13 @@ async fn bad_configuration_is_refused_naming_every_key() {
     }
 }
 
-/// The real binary, started with `env` only, its port read from its first JSON log lines.
-pub(crate) struct Gateway {
-    _state_dir: tempfile::TempDir,
-    child: tokio::process::Child,
-    stdout: BufReader<tokio::process::ChildStdout>,
-    pub(crate) logs: String,
-    port: u16,
-}
-
-impl Gateway {
-    pub(crate) async fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_with(&[], env).await
-    }
-
-    /// `serve` with more arguments (`--emulator`).
-    async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let state_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .env_clear()
-            .env("GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("GATEWAY_CHUNKED_THRESHOLD_BYTES", "1048576")
-            .env("GATEWAY_MEMORY_BUDGET_BYTES", "8388608")
-            .env("GATEWAY_LOG_FORMAT", "json")
-            // Each process its own embedded state store (redb allows one process per file), unless
-            // `env` names one.
-            .env("GATEWAY_STATE_DIR", state_dir.path())
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut logs = String::new();
-        let port = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let mut line = String::new();
-                assert!(
-                    stdout.read_line(&mut line).await.unwrap() > 0,
-                    "the gateway exited: {logs}"
-                );
-                logs.push_str(&line);
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(port) = v["port"].as_u64() {
-                        return port as u16;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("the gateway says where it listens");
-        box_upload_gateway::http_client::install_tls_provider();
-        Self {
-            _state_dir: state_dir,
-            child,
-            stdout,
-            logs,
-            port,
-        }
-    }
-
-    /// The process's id, to read its memory from /proc.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id().expect("the gateway is running")
-    }
-
-    pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Stops the process and returns everything it printed.
-    pub(crate) async fn finish(mut self) -> String {
-        self.child.start_kill().unwrap();
-        self.stdout.read_to_string(&mut self.logs).await.unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .await
-            .unwrap();
-        self.logs + &stderr
-    }
-}
-
-pub(crate) fn emulator_env(
-    emulator: &box_upload_gateway::emulator::EmulatorHandle,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("BOX_API_URL", emulator.api_url()),
-        ("BOX_UPLOAD_URL", emulator.upload_url()),
-        ("BOX_TOKEN_URL", emulator.token_url()),
-    ]
-}
-
-pub(crate) fn env_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_box_token_never_appears_in_logs_or_answers() {
     // Arrange: an emulator that accepts only our secret token, and the gateway binary using it.
-    let secret = crate::helpers::secret("developer_token");
+    let secret = secret("developer_token");
     let emulator = Emulator::spawn(EmulatorConfig {
         tokens: vec![secret.into()],
-        part_size: Some(256 * 1024),
-        min_chunked_size: 1024 * 1024,
-        ..EmulatorConfig::default()
+        ..small_parts()
     })
     .await
     .unwrap();
@@ -200,13 +94,10 @@ async fn the_box_token_never_appears_in_logs_or_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_tokens_secrets_and_keys_never_appear_in_debug_logs() {
     // Arrange: client credentials from a secret file, an API key, a Box that will revoke tokens
-    use crate::helpers::{secret, sha256_hex};
     let emulator = Emulator::spawn(EmulatorConfig {
         clients: vec![("process-client".into(), secret("ccg_client_secret").into())],
-        part_size: Some(256 * 1024),
-        min_chunked_size: 1024 * 1024,
         tokens: vec!["no-static-token-accepted".into()],
-        ..EmulatorConfig::default()
+        ..small_parts()
     })
     .await
     .unwrap();
@@ -214,14 +105,7 @@ async fn minted_tokens_secrets_and_keys_never_appear_in_debug_logs() {
     let secret_file = dir.path().join("client_secret");
     std::fs::write(&secret_file, secret("ccg_client_secret")).unwrap();
     let keys_file = dir.path().join("keys.toml");
-    std::fs::write(
-        &keys_file,
-        format!(
-            "[[keys]]\nname = \"ops\"\nsha256 = \"{}\"\nfolders = [\"0\"]\n",
-            sha256_hex(secret("api_key_team"))
-        ),
-    )
-    .unwrap();
+    write_keys_file(&keys_file, &[ApiKey::new("ops", secret("api_key_team"))]);
     let mut env = emulator_env(&emulator);
     env.extend([
         ("BOX_AUTH", "client_credentials".to_owned()),
@@ -287,7 +171,6 @@ async fn minted_tokens_secrets_and_keys_never_appear_in_debug_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_are_named_at_start() {
-    use crate::helpers::secret;
     let emulator = Emulator::spawn(EmulatorConfig::default()).await.unwrap();
     let mut env = emulator_env(&emulator);
     env.extend([
@@ -311,9 +194,7 @@ async fn refused_credentials_are_named_at_start() {
             return line;
         }
         loop {
-            let mut line = String::new();
-            assert!(gateway.stdout.read_line(&mut line).await.unwrap() > 0);
-            gateway.logs.push_str(&line);
+            let line = gateway.next_line().await.expect("the gateway is running");
             if refusal(&line) {
                 return line;
             }
@@ -365,81 +246,29 @@ fn start_paced_upload(
     (tokio::spawn(request), sha1)
 }
 
-/// Polls `/readyz` until it answers 200 (the first Box check is done), within a bounded wait.
-pub(crate) async fn wait_ready(http: &reqwest::Client, gateway: &Gateway) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let ready = http.get(gateway.url("/readyz")).send().await.unwrap();
-            if ready.status() == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the gateway becomes ready");
-}
-
-pub(crate) fn sigterm(gateway: &Gateway) {
-    let pid = gateway.child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Reads the rest of the gateway's output while waiting for it to exit, within `limit`.
-pub(crate) async fn wait_exit(
-    gateway: &mut Gateway,
-    limit: Duration,
-) -> (std::process::ExitStatus, Duration) {
-    let started = std::time::Instant::now();
-    let mut rest = String::new();
-    let status = tokio::time::timeout(limit, async {
-        gateway.stdout.read_to_string(&mut rest).await.unwrap();
-        gateway.child.wait().await.unwrap()
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the gateway did not exit within {limit:?}: {}", gateway.logs));
-    gateway.logs.push_str(&rest);
-    (status, started.elapsed())
-}
-
 /// SIGTERM during uploads: the one that can finish within the grace period lands whole; the one that
 /// cannot is stopped, answered 503 `draining` and its session aborted; a new upload gets 503
 /// `draining` with `Retry-After` and `/readyz` says draining; the emulator holds no open session; the
 /// process exits 0 within the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_uploads_in_flight_then_exits_0() {
-    let emulator = Emulator::spawn(EmulatorConfig {
-        part_size: Some(256 * 1024),
-        min_chunked_size: 1024 * 1024,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
-    let mut env = emulator_env(&emulator);
+    let emulator = Emulator::spawn(small_parts()).await.unwrap();
+    let mut env = anonymous_env(&emulator);
     env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.into(),
-        ),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
         ("GATEWAY_SHUTDOWN_GRACE_SECS", "3".into()),
         ("GATEWAY_READINESS_CHECK_INTERVAL_SECS", "1".into()),
         ("RUST_LOG", "info".into()),
     ]);
     let mut gateway = Gateway::start(&env_refs(&env)).await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &gateway).await;
+    gateway.wait_ready(&http).await;
 
     // Two uploads of 2 MiB (8 parts): one done in about 1.3 s, one that would take 8 s.
     let (quick, quick_sha1) =
         start_paced_upload(&http, &gateway, "quick.bin", 32, Duration::from_millis(40), 1);
     let (slow, _) = start_paced_upload(&http, &gateway, "slow.bin", 32, Duration::from_millis(250), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    sigterm(&gateway);
+    gateway.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let late = http
         .put(gateway.url("/v1/folders/0/files/late.bin"))
@@ -449,7 +278,7 @@ async fn sigterm_drains_uploads_in_flight_then_exits_0() {
         .unwrap();
     let readyz = http.get(gateway.url("/readyz")).send().await.unwrap();
     let healthz = http.get(gateway.url("/healthz")).send().await.unwrap();
-    let (status, after_sigterm) = wait_exit(&mut gateway, Duration::from_secs(10)).await;
+    let (status, after_sigterm) = gateway.wait_exit(Duration::from_secs(10)).await;
     let quick = quick.await.unwrap().expect("the quick upload is answered");
     let slow = slow.await.unwrap().expect("the stopped upload is answered");
 
@@ -519,13 +348,13 @@ async fn serve_emulator_keeps_the_emulator_up_until_drained() {
     )
     .await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &gateway).await;
+    gateway.wait_ready(&http).await;
 
     let (upload, sha1) =
         start_paced_upload(&http, &gateway, "in-flight.bin", 24, Duration::from_millis(60), 7);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sigterm(&gateway);
-    let (status, _) = wait_exit(&mut gateway, Duration::from_secs(10)).await;
+    gateway.sigterm();
+    let (status, _) = gateway.wait_exit(Duration::from_secs(10)).await;
     let upload = upload.await.unwrap().unwrap();
 
     assert_eq!(upload.status(), 201, "the emulator was still there after SIGTERM");
@@ -611,23 +440,9 @@ fn decode_spans(bodies: &[bytes::Bytes]) -> Vec<Exported> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_reach_a_collector_joined_to_the_callers_traceparent() {
     let (collector, bodies, collector_handle) = start_collector().await;
-    let emulator = Emulator::spawn(EmulatorConfig {
-        part_size: Some(256 * 1024),
-        min_chunked_size: 1024 * 1024,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
-    let mut env = emulator_env(&emulator);
-    env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.into(),
-        ),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
-        ("GATEWAY_OTLP_ENDPOINT", collector),
-        ("RUST_LOG", "info".into()),
-    ]);
+    let emulator = Emulator::spawn(small_parts()).await.unwrap();
+    let mut env = anonymous_env(&emulator);
+    env.extend([("GATEWAY_OTLP_ENDPOINT", collector), ("RUST_LOG", "info".into())]);
     let mut gateway = Gateway::start(&env_refs(&env)).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -640,8 +455,8 @@ async fn traces_reach_a_collector_joined_to_the_callers_traceparent() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 201);
-    sigterm(&gateway);
-    let (status, _) = wait_exit(&mut gateway, Duration::from_secs(10)).await;
+    gateway.sigterm();
+    let (status, _) = gateway.wait_exit(Duration::from_secs(10)).await;
     collector_handle.stop(false).await;
 
     assert!(status.success(), "{}", gateway.logs);

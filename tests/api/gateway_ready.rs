@@ -9,27 +9,22 @@ use box_upload_gateway::emulator::{
 };
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Polls `/readyz` (bounded) until it says `state`: `ready` (200), or a reason for not being ready
 /// (503); returns its body.
 async fn readyz_says(app: &TestApp, state: &str) -> Value {
-    let url = format!("{}/readyz", app.address);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let answer = app.http.get(&url).send().await.unwrap();
-            let status = answer.status();
-            let body: Value = answer.json().await.unwrap();
-            let says = body["reason"].as_str().or(body["status"].as_str()).unwrap();
-            assert_eq!(status == 200, says == "ready", "{status} {body}");
-            if says == state {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let url = &format!("{}/readyz", app.address);
+    let what = format!("/readyz to say {state}");
+    eventually(&what, Duration::from_secs(10), || async move {
+        let answer = app.http.get(url).send().await.unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap();
+        let says = body["reason"].as_str().or(body["status"].as_str()).unwrap();
+        assert_eq!(status == 200, says == "ready", "{status} {body}");
+        (says == state).then_some(body)
     })
     .await
-    .unwrap_or_else(|_| panic!("/readyz never said {state}"))
 }
 
 fn every_call_fails_with(status: u16) -> FaultPlan {
@@ -53,13 +48,11 @@ fn every_call_fails_with(status: u16) -> FaultPlan {
 
 /// Waits (bounded) until `gateway_box_reachable` says `value`.
 async fn reachable_says(app: &TestApp, value: f64) {
-    for _ in 0..200 {
-        if app.metric("gateway_box_reachable").await == value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gateway_box_reachable never said {value}");
+    let what = format!("gateway_box_reachable to say {value}");
+    eventually(&what, Duration::from_secs(10), || async move {
+        app.metric("gateway_box_reachable").await == value
+    })
+    .await
 }
 
 /// Box out of reach is every replica's problem: readiness stays (a Box outage must not empty the

@@ -1,5 +1,5 @@
 //! Every size boundary through curl multipart, checked byte for byte in the emulator.
-use crate::helpers::*;
+use crate::support::*;
 
 async fn upload_and_check(size: u64, expect_method: &str) {
     // Arrange

@@ -12,21 +12,19 @@ use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::{Emulator, EmulatorConfig, EmulatorHandle, DEV_TOKEN};
 use serde_json::{json, Value};
 
-use crate::gateway_process::{emulator_env, env_refs, Gateway};
-use crate::helpers::{inspect, raw_request, secret, sha256_hex, spawn_app_with, Options, TestApp, PART};
-use crate::tus::{metadata, redis_options, RedisServer, TUS};
+use crate::support::process::{emulator_env, env_refs, Gateway};
+use crate::support::redis_server::{redis_options, RedisServer};
+use crate::support::tus_client::{metadata, TUS};
+use crate::support::{
+    inspect, raw_request, secret, sha256_hex, spawn_app_with, ApiKey, Options, TestApp, PART,
+};
 
 /// Where links point (`public_base_url`, required with links on); the tests reach the page through
 /// their gateway's own address.
 const PUBLIC_BASE: &str = "https://uploads.example.test";
 
 fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
-    serde_json::from_value(json!({
-        "name": name,
-        "sha256": sha256_hex(secret(secret_name)),
-        "folders": [folder],
-    }))
-    .unwrap()
+    ApiKey::new(name, secret(secret_name)).folders(&[folder]).config()
 }
 
 /// Upload links on, for the keys `team` (folder 0) and `admin` (folder 4321); `change` for the rest.
@@ -239,7 +237,7 @@ async fn a_link_holder_gets_the_same_answers_for_a_name_that_exists_and_one_that
                 .emulator
                 .file_path(&file_id)
                 .expect("the emulator holds the link's file");
-            assert_eq!(crate::helpers::sha1_of_path(&path), sha1_hex(&bytes));
+            assert_eq!(crate::support::sha1_of_path(&path), sha1_hex(&bytes));
             for a in [&created, &patched, &headed] {
                 raw.push_str(&a.raw);
             }
@@ -284,7 +282,7 @@ async fn a_link_dies_when_its_keys_secret_is_rotated_under_the_same_name() {
     // secret (its sha256 changed), with the same link secret.
     let app = spawn_app_with(links_options(|_| {})).await;
     let (_, token) = link(&app.address, "api_key_team", 600).await;
-    let rotated = crate::helpers::spawn_replica(
+    let rotated = crate::support::spawn_replica(
         &app,
         links_options(|s| {
             s.api_keys = vec![key("team", "api_key_team_rotated", "0")];
@@ -751,7 +749,7 @@ async fn users_sharing_a_key_with_pass_through_do_not_share_their_tus_uploads() 
     );
     assert_eq!(own.status(), 204);
     let file_id = own.headers()["upload-box-file-id"].to_str().unwrap().to_owned();
-    crate::tus::assert_file(&app, &file_id, &sha1_hex(&bytes), size);
+    crate::support::assert_file(&app, &file_id, &sha1_hex(&bytes), size);
     let mut r = redis_conn(&redis).await;
     let stored: Vec<u8> = redis::cmd("GET")
         .arg(format!("box-upload-gateway:tus:{id}"))
@@ -764,11 +762,7 @@ async fn users_sharing_a_key_with_pass_through_do_not_share_their_tus_uploads() 
 
 /// A connection to the test's Redis, to read and change what the gateway stored.
 async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    redis.connection().await
 }
 
 /// A Redis-backed gateway with tus uploads expiring after `expiration_secs` (the sweeper runs every
@@ -796,7 +790,7 @@ async fn the_sweeper_expires_every_due_upload_in_one_round_and_looks_past_locked
         let made = futures_util::future::join_all(
             names
                 .iter()
-                .map(|name| crate::tus::create(&app.http, &app.address, 10, name)),
+                .map(|name| crate::support::tus_client::create(&app.http, &app.address, 10, name)),
         )
         .await;
         ids.extend(made.into_iter().map(|l| l.rsplit('/').next().unwrap().to_owned()));
@@ -830,15 +824,11 @@ async fn the_sweeper_expires_every_due_upload_in_one_round_and_looks_past_locked
     };
 
     // Act: wait for the sweeper's next round to begin.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while expired() == 0 {
-        assert!(Instant::now() < deadline, "no sweep within 15 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let swept = || std::future::ready(expired() > 0);
+    crate::support::eventually("a sweep", Duration::from_secs(15), swept).await;
     let first = Instant::now();
-    while expired() < 127 && first.elapsed() < Duration::from_secs(4) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let round = || std::future::ready(expired() >= 127);
+    crate::support::holds_within(Duration::from_secs(4), round).await;
 
     // Assert: 127 in that round, well before the next (5 s later); the locked three still due.
     eprintln!(
@@ -881,7 +871,7 @@ async fn a_tus_record_pointing_its_session_elsewhere_never_gets_the_box_token() 
         }
     });
     let size = 2 * 1024 * 1024;
-    let location = crate::tus::create(&app.http, &app.address, size, "tampered.bin").await;
+    let location = crate::support::tus_client::create(&app.http, &app.address, size, "tampered.bin").await;
     let id = location.rsplit('/').next().unwrap();
     let record_key = format!("box-upload-gateway:tus:{id}");
     let mut r = redis_conn(&redis).await;
@@ -917,7 +907,7 @@ async fn a_tus_record_pointing_its_session_elsewhere_never_gets_the_box_token() 
 
     // Act: a PATCH of a whole part (the gateway would upload it), then DELETE (it would abort).
     let url = format!("{}{location}", app.address);
-    let patched = crate::tus::patch(&app.http, &url, 0, vec![1u8; PART as usize], None).await;
+    let patched = crate::support::tus_client::patch(&app.http, &url, 0, vec![1u8; PART as usize], None).await;
     let patch_code = code_of(patched).await;
     let deleted = app
         .http
@@ -938,7 +928,7 @@ async fn a_tus_record_pointing_its_session_elsewhere_never_gets_the_box_token() 
         0,
         "the token went to the other host"
     );
-    let session = &crate::helpers::sessions(&app.emulator)[0];
+    let session = &crate::support::sessions(&app.emulator)[0];
     assert_eq!(session["parts"].as_array().unwrap().len(), 0, "{session}");
 }
 
@@ -1028,8 +1018,8 @@ async fn tls_proxy(
         .next()
         .unwrap()
         .to_owned();
-    let mut child = tokio::process::Command::new(crate::python::python())
-        .arg(crate::python::script("tls_proxy.py"))
+    let mut child = tokio::process::Command::new(crate::support::python::python())
+        .arg(crate::support::python::script("tls_proxy.py"))
         .arg(dir.join("server.pem"))
         .arg(dir.join("server.key"))
         .arg(redis_port)
@@ -1086,6 +1076,9 @@ async fn the_state_store_is_reached_over_tls_with_rediss_and_its_certificate_is_
     };
     let trusting_env = env_with(Some(&dir.path().join("ca.pem")));
     let untrusting_env = env_with(None);
+    // Before the first client: under nextest no earlier test in this process installed the provider
+    // reqwest needs (`rustls-no-provider`).
+    box_upload_gateway::http_client::install_tls_provider();
     let http = reqwest::Client::new();
 
     // Act

@@ -1,7 +1,8 @@
-//! One integration binary: every test talks HTTP to servers spawned on port 0.
+//! One integration binary: every test talks HTTP to servers spawned on port 0. What several files
+//! need is in `support/`.
 mod admission;
-mod clamd;
 mod emulator;
+mod fairness;
 mod fuzz;
 mod gateway_auth;
 mod gateway_clients;
@@ -13,7 +14,6 @@ mod gateway_lost_answers;
 mod gateway_process;
 mod gateway_ready;
 mod gateway_sizes;
-pub mod helpers;
 mod hostile;
 mod links_hardening;
 mod malware;
@@ -21,11 +21,12 @@ mod pacer_deadline;
 mod page;
 mod paths;
 mod pipeline;
-pub mod python;
 mod rate_limits;
 mod scan;
+mod small_files;
 mod soak;
 mod soak_tus;
+pub mod support;
 mod tls;
 mod tus;
 mod tus_honesty;

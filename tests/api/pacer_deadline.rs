@@ -5,21 +5,16 @@
 //! during such a pause ends on time with the upload's session aborted.
 use std::time::{Duration, Instant};
 
-use box_upload_gateway::emulator::{Emulator, EmulatorConfig, FaultPlan, SessionState};
+use box_upload_gateway::emulator::{Emulator, SessionState};
 use serde_json::{json, Value};
-use sha1::{Digest, Sha1};
 
-use crate::gateway_process::{emulator_env, env_refs, sigterm, wait_exit, wait_ready, Gateway};
-use crate::helpers::*;
-
-fn plan(v: Value) -> FaultPlan {
-    serde_json::from_value(v).expect("a valid fault plan")
-}
+use crate::support::process::{anonymous_env, env_refs, small_parts, Gateway};
+use crate::support::*;
 
 /// `size` seeded bytes and their SHA-1 (hex).
 fn data(size: u64, seed: u64) -> (Vec<u8>, String) {
-    let data: Vec<u8> = (0..size).map(|i| ((i * 31 + seed) % 251) as u8).collect();
-    let sha1 = hex::encode(Sha1::digest(&data));
+    let data = seeded_bytes(size, seed);
+    let sha1 = sha1_hex(&data);
     (data, sha1)
 }
 
@@ -179,24 +174,13 @@ async fn an_absurd_retry_after_fails_the_upload_in_time_and_the_user_uploads_aft
 /// client hears 503 `draining`, and the upload's session is aborted at once, not after the pause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_during_a_pause_ends_on_time_and_aborts_the_session() {
-    let emulator = Emulator::spawn(EmulatorConfig {
-        part_size: Some(PART),
-        min_chunked_size: THRESHOLD,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let emulator = Emulator::spawn(small_parts()).await.unwrap();
     emulator.set_faults(plan(json!({"rules": [{
         "endpoint": "upload_part", "nth": 2, "times": 1,
         "action": {"type": "status", "status": 429, "retry_after": 60}
     }]})));
-    let mut env = emulator_env(&emulator);
+    let mut env = anonymous_env(&emulator);
     env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.into(),
-        ),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
         ("GATEWAY_PART_CONCURRENCY", "8".into()),
         ("GATEWAY_SHUTDOWN_GRACE_SECS", "3".into()),
         ("GATEWAY_READINESS_CHECK_INTERVAL_SECS", "1".into()),
@@ -207,7 +191,7 @@ async fn a_drain_during_a_pause_ends_on_time_and_aborts_the_session() {
     ]);
     let mut gateway = Gateway::start(&env_refs(&env)).await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &gateway).await;
+    gateway.wait_ready(&http).await;
 
     // Five parts, all in flight at once: the whole body is read (the parts wait for the pause, not
     // the client), so the 503 leaves an idle connection the server's stop closes at once.
@@ -217,18 +201,13 @@ async fn a_drain_during_a_pause_ends_on_time_and_aborts_the_session() {
         async move { put(&http, url, body).await }
     });
     // The part met its 429: the principal is paused for 60 s, the upload's calls wait.
-    for _ in 0..200 {
-        if emulator.inspect().counters.faults_fired == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(emulator.inspect().counters.faults_fired, 1);
+    let fired = || std::future::ready(emulator.inspect().counters.faults_fired == 1);
+    eventually("the part's 429", Duration::from_secs(4), fired).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!upload.is_finished(), "the upload waits out the pause");
 
-    sigterm(&gateway);
-    let (status, after_sigterm) = wait_exit(&mut gateway, Duration::from_secs(20)).await;
+    gateway.sigterm();
+    let (status, after_sigterm) = gateway.wait_exit(Duration::from_secs(20)).await;
     let answer = upload.await.unwrap();
 
     assert!(status.success(), "exit status {status}: {}", gateway.logs);

@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use box_upload_gateway::access::ApiKeyConfig;
 use box_upload_gateway::box_api::Secret;
 use serde_json::{json, Value};
 
-use crate::helpers::*;
-use crate::tus::{metadata, TUS};
+use crate::support::tus_client::{creation, TUS};
+use crate::support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -19,23 +18,10 @@ const ADMIN_FOLDER: &str = "4321";
 /// test gateway's own address, with the link's token.
 const PUBLIC_BASE: &str = "https://uploads.example.test";
 
-fn key(name: &str, secret_name: &str, folder: &str) -> ApiKeyConfig {
-    ApiKeyConfig {
-        name: name.into(),
-        sha256: sha256_hex(secret(secret_name)),
-        folders: vec![folder.into()],
-        path_root: None,
-        max_file_size_bytes: Some(200_000_000),
-        as_user: None,
-        subject_type: None,
-        subject_id: None,
-        webhook_url: None,
-        webhook_secret: None,
-        webhook_secret_file: None,
-        max_uploads_per_minute: None,
-        max_bytes_per_day: None,
-        scan: None,
-    }
+fn key(name: &str, secret_name: &str, folder: &str) -> ApiKey {
+    ApiKey::new(name, secret(secret_name))
+        .folders(&[folder])
+        .max_file_size_bytes(200_000_000)
 }
 
 /// A gateway with two keys and upload links on; the page sends PATCHes of `chunk` bytes.
@@ -46,8 +32,8 @@ async fn links_app(chunk: u64) -> TestApp {
         gateway: Some(Box::new(move |s, _| {
             s.allow_anonymous = false;
             s.api_keys = vec![
-                key("team", "api_key_team", "0"),
-                key("admin", "api_key_admin", ADMIN_FOLDER),
+                key("team", "api_key_team", "0").config(),
+                key("admin", "api_key_admin", ADMIN_FOLDER).config(),
             ];
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
             s.public_base_url = Some(PUBLIC_BASE.into());
@@ -87,13 +73,8 @@ async fn tus_create(
     size: u64,
     pairs: &[(&str, &str)],
 ) -> (u16, String, Option<String>) {
-    let response = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
-        .header("Tus-Resumable", TUS)
+    let response = creation(&app.http, &app.address, size, pairs)
         .header("X-Upload-Link", token)
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", metadata(pairs))
         .send()
         .await
         .unwrap();
@@ -298,32 +279,15 @@ fn named_file(dir: &Path, name: &str, size: u64) -> (PathBuf, String) {
 }
 
 async fn drive_page(config: Value) -> Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(400),
-        tokio::process::Command::new(crate::python::python())
-            .arg(crate::python::script("upload_page.py"))
-            .arg(config.to_string())
-            .env("SE_OFFLINE", "true")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the browser run finishes within 400 s")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "upload_page.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (config, env) = (config.to_string(), [("SE_OFFLINE", "true")]);
+    crate::support::python::run_script("upload_page.py", &[&config], &env, Duration::from_secs(400)).await
 }
 
 fn landed(app: &TestApp, page_file: &Value, sha1: &str, size: u64) {
     assert_eq!(page_file["state"], "done", "{page_file}");
     let id = page_file["file_id"].as_str().unwrap();
     assert!(page_file["result"].as_str().unwrap().contains(id), "{page_file}");
-    crate::tus::assert_file(app, id, sha1, size);
+    assert_file(app, id, sha1, size);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,9 @@ use box_upload_gateway::emulator::{
 use serde_json::{json, Value};
 
 use crate::emulator::helpers::{invoice_template, rule, status};
-use crate::helpers::*;
-use crate::tus::{metadata, TUS};
+use crate::support::tus_client::{metadata, tuspy, TUS};
+use crate::support::webhook_receiver::{with_webhooks, Receiver};
+use crate::support::*;
 
 const METADATA: &str = r#"{"enterprise.invoiceData": {"amount": 1250.5, "vendor": "ACME", "dueDate": "2026-12-31T00:00:00Z", "status": "open", "regions": ["EU"]}}"#;
 const DESCRIPTION: &str = "December invoice from ACME";
@@ -442,8 +443,8 @@ async fn a_small_a_chunked_and_a_raw_upload_land_with_their_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tus_upload_by_path_lands_with_its_fields_and_its_event_names_the_path() {
     // Arrange: tuspy, the tus project's Python client, sends the file in three chunks.
-    let receiver = crate::webhooks::Receiver::started().await;
-    let app = app_with(crate::webhooks::with_webhooks(receiver.url(), Options::default())).await;
+    let receiver = Receiver::started().await;
+    let app = app_with(with_webhooks(receiver.url(), Options::default())).await;
     let size = THRESHOLD + 200_000;
     let (file, sha1) = make_file(size);
     let mut pairs = vec![("filename", "scan.pdf"), ("path", "Scans/2026 Q4")];
@@ -452,7 +453,7 @@ async fn a_tus_upload_by_path_lands_with_its_fields_and_its_event_names_the_path
         pairs.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
 
     // Act
-    let done = crate::tus::tuspy(
+    let done = tuspy(
         &[&app.address],
         file.path(),
         450_000,
@@ -727,10 +728,10 @@ async fn the_docs_curl_one_liner_lands_by_path_with_metadata_and_the_link_url_is
     })
     .await
     .unwrap();
-    let mut env = crate::gateway_process::emulator_env(&emulator);
+    let mut env = crate::support::process::emulator_env(&emulator);
     env.push(("BOX_DEVELOPER_TOKEN", token.into()));
     env.push(("GATEWAY_ALLOW_ANONYMOUS", "true".into()));
-    let gateway = crate::gateway_process::Gateway::start(&crate::gateway_process::env_refs(&env)).await;
+    let gateway = crate::support::process::Gateway::start(&crate::support::process::env_refs(&env)).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("inv-001.pdf"), b"%PDF-1.7 invoice").unwrap();
     let gw = gateway.url("");

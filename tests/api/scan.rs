@@ -1,4 +1,4 @@
-//! The scan module (`box_upload_gateway::scan`) against a real clamd (`clamd.rs`): verdicts as clamd
+//! The scan module (`box_upload_gateway::scan`) against a real clamd (`support/clamd.rs`): verdicts as clamd
 //! gives them, fail-closed errors when clamd stops, refuses or stalls, and the connection pool, with
 //! clamd's own log (the client port of each stream it scanned) as the ground truth.
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use box_upload_gateway::scan::{
 };
 use bytes::Bytes;
 
-use crate::clamd::{eicar, Clamd, ClamdOptions, SIGNATURE};
+use crate::support::clamd::{eicar, Clamd, ClamdOptions, SIGNATURE};
 
 const MIB: usize = 1024 * 1024;
 
@@ -496,7 +496,10 @@ async fn throughput() {
     let size = 200 * MIB;
     let data = Bytes::from(random(size, 7));
     for streams in [1usize, 4, 8] {
-        let (clamd_cpu, own_cpu) = (clamd.cpu_seconds(), crate::clamd::cpu_seconds("/proc/self/stat"));
+        let (clamd_cpu, own_cpu) = (
+            clamd.cpu_seconds(),
+            crate::support::clamd::cpu_seconds("/proc/self/stat"),
+        );
         let latency_before = metrics.scan_latency.get_sample_sum();
         let started = Instant::now();
         let tasks: Vec<_> = (0..streams)
@@ -536,7 +539,7 @@ async fn throughput() {
             latency,
             gb * 1000.0 / secs,
             (clamd.cpu_seconds() - clamd_cpu) / gb,
-            (crate::clamd::cpu_seconds("/proc/self/stat") - own_cpu) / gb,
+            (crate::support::clamd::cpu_seconds("/proc/self/stat") - own_cpu) / gb,
         );
     }
     let (rss, peak) = clamd.memory_kib();

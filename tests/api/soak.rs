@@ -11,10 +11,18 @@
 //! The gateway gets its tokens by client credentials, and every token the emulator issued expires every
 //! 300 ms, so uploads keep meeting 401s and refreshing.
 //!
+//! A stranger runs beside the ordinary clients (which upload with the key `soak`): the holder of an
+//! upload link of another key, running the attacks of issue 24 the whole time (slow senders of
+//! direct-size files, uploads sent but for their last bytes then paused, unfinished parts stored,
+//! PATCHes at a wrong offset). The ordinary clients' verdicts stay as they are: nothing lost, and no
+//! 503 `busy` (the stranger holds only what it sends, within its share of the budget). The summary
+//! line says what the stranger did and got.
+//!
 //! `SOAK_UPLOADS=5000` runs a longer soak, `SOAK_SEED=N` another fault plan and mix.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -26,10 +34,12 @@ use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const CONCURRENCY: usize = 16;
-const BUDGET: u64 = 4 * 1024 * 1024;
+/// The ordinary clients' share (one half) is the 4 MiB the soak ran with before the budget had
+/// shares; the stranger's is as much.
+const BUDGET: u64 = 8 * 1024 * 1024;
 const IDLE_SECS: u64 = 2;
 /// The soak's minimum-rate window (the default is 60 s): a trickler is refused after this much waiting.
 const RATE_WINDOW_SECS: u64 = 3;
@@ -63,10 +73,18 @@ async fn soak_under_random_faults() {
             s.box_subject_type = Some("enterprise".into());
             s.box_subject_id = Some(ENTERPRISE.into());
             s.client_rate_window_secs = RATE_WINDOW_SECS;
+            s.allow_anonymous = false;
+            s.api_keys = vec![
+                folder_zero_key("soak", ORDINARY),
+                folder_zero_key("partner", PARTNER),
+            ];
+            s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
+            s.public_base_url = Some("http://127.0.0.1".into());
         })),
         ..Options::default()
     })
     .await;
+    let token = link(&app).await;
     // Every token Box issued expires, again and again, while the uploads run.
     let expiries = AtomicUsize::new(0);
     let expire = async {
@@ -78,6 +96,12 @@ async fn soak_under_random_faults() {
     };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
+        .default_headers(
+            [("x-api-key", secret(ORDINARY).parse().unwrap())]
+                .into_iter()
+                .map(|(k, v)| (reqwest::header::HeaderName::from_static(k), v))
+                .collect(),
+        )
         .build()
         .unwrap();
     let started = Instant::now();
@@ -86,10 +110,18 @@ async fn soak_under_random_faults() {
         .map(|i| run(&app, &http, Upload::new(i, seed)))
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<Upload>>();
-    let done = tokio::select! {
-        done = uploading => done,
-        _ = expire => unreachable!("expires until the uploads are done"),
-    };
+    let ordinary_done = tokio::sync::Notify::new();
+    let (done, stranger) = tokio::join!(
+        async {
+            let done = tokio::select! {
+                done = uploading => done,
+                _ = expire => unreachable!("expires until the uploads are done"),
+            };
+            ordinary_done.notify_one();
+            done
+        },
+        stranger(&app, &token, &ordinary_done),
+    );
 
     let orphans = wait_for_sessions_to_close(&app).await;
     let seen = app.emulator.inspect();
@@ -117,11 +149,16 @@ async fn soak_under_random_faults() {
         of(Client::Trickles).count(),
         of(Client::Trickles).filter(too_slow).count(),
     );
+    let busy = done
+        .iter()
+        .filter(|u| matches!(&u.answer, Answer::Refused { status: 503, code } if code == "busy"))
+        .count();
     let summary = format!(
         "soak: {uploads} uploads ({CONCURRENCY} at a time, seed {seed}, {:.1} s); faults fired: {} ({}); \
          tokens expired {} times, {} issued; landed: {}, failed cleanly: {} ({}); lost: {}, corrupted: {}, \
          orphan sessions: {orphans}; buffered peak {peak} of {BUDGET} bytes; server panics: {panics}; \
-         hostile clients: {} in 1-7 byte chunks ({} landed), {} tricklers ({} got 408 client_too_slow)",
+         hostile clients: {} in 1-7 byte chunks ({} landed), {} tricklers ({} got 408 client_too_slow); \
+         ordinary uploads refused 503 busy: {busy}; {stranger}",
         started.elapsed().as_secs_f64(),
         seen.faults_fired.len(),
         fault_kinds(&seen),
@@ -148,6 +185,10 @@ async fn soak_under_random_faults() {
     }
     assert_eq!(orphans, 0, "{summary}");
     assert!(peak <= BUDGET, "{summary}");
+    // The stranger holds what it sends, within its share: it never made an ordinary client wait
+    // the whole budget_wait_secs.
+    assert_eq!(busy, 0, "{summary}");
+    assert!(stranger.attacked(), "{summary}");
     // A trickler is refused as too slow, unless a Box fault refused it first (before its body was read).
     for u in of(Client::Trickles) {
         let box_failure = matches!(
@@ -407,8 +448,9 @@ async fn run(app: &TestApp, http: &reqwest::Client, mut u: Upload) -> Upload {
         }
         Client::Trickles => {
             let head = format!(
-                "PUT /v1/folders/0/files/{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}",
+                "PUT /v1/folders/0/files/{} HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Length: {}",
                 u.name,
+                secret(ORDINARY),
                 u.data.len()
             );
             let pieces: Vec<Vec<u8>> = u.data.chunks(16).map(<[u8]>::to_vec).collect();
@@ -461,8 +503,9 @@ async fn half_sent(app: &TestApp, u: &Upload) -> Option<u16> {
         .await
         .ok()?;
     let head = format!(
-        "PUT /v1/folders/0/files/{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "PUT /v1/folders/0/files/{} HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n",
         u.name,
+        secret(ORDINARY),
         u.data.len()
     );
     let sent = u.data.len() * (u.sha1.as_bytes()[0] as usize % 9 + 1) / 10;
@@ -535,14 +578,11 @@ fn judge(app: &TestApp, seen: &Inspection, u: &Upload) -> Verdict {
 /// Aborts after failures run in the background (and meet faults too): waits for them, bounded.
 /// Returns how many sessions are still open.
 async fn wait_for_sessions_to_close(app: &TestApp) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let open = open_sessions(&app.emulator);
-        if open == 0 || Instant::now() > deadline {
-            return open;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    holds_within(Duration::from_secs(30), || {
+        std::future::ready(open_sessions(&app.emulator) == 0)
+    })
+    .await;
+    open_sessions(&app.emulator)
 }
 
 fn fault_kinds(seen: &Inspection) -> String {
@@ -566,6 +606,184 @@ fn describe(counts: &BTreeMap<String, usize>) -> String {
         .map(|(k, n)| format!("{k}: {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The ordinary clients' key, and the key whose upload link the stranger holds.
+const ORDINARY: &str = "api_key_team";
+const PARTNER: &str = "api_key_admin";
+
+/// An upload link of the key `partner`, for folder 0 and files up to the chunked threshold.
+async fn link(app: &TestApp) -> String {
+    upload_link(app, PARTNER, THRESHOLD).await
+}
+
+/// What the stranger did, and what it got: answers by status and code.
+#[derive(Default)]
+struct Stranger {
+    /// Slow senders of direct-size files (8 KiB, then 4 KiB a second).
+    slow: BTreeMap<String, usize>,
+    /// Uploads sent but for their last 1,000 bytes, then paused (again and again).
+    paused: BTreeMap<String, usize>,
+    /// Unfinished parts stored, and their bytes.
+    stored: (usize, u64),
+    /// PATCHes at a wrong offset.
+    wrong_offsets: BTreeMap<String, usize>,
+}
+
+impl Stranger {
+    fn attacked(&self) -> bool {
+        !self.slow.is_empty() && self.stored.0 > 0 && !self.wrong_offsets.is_empty()
+    }
+}
+
+impl std::fmt::Display for Stranger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stranger (one upload link): {} slow senders ({}), {} pauses near the end (answers: {}), {} unfinished parts stored ({} bytes), {} PATCHes at a wrong offset ({})",
+            self.slow.values().sum::<usize>(),
+            describe(&self.slow),
+            self.paused.get("sent").copied().unwrap_or(0),
+            describe(
+                &self
+                    .paused
+                    .iter()
+                    .filter(|(k, _)| *k != "sent")
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            ),
+            self.stored.0,
+            self.stored.1,
+            self.wrong_offsets.values().sum::<usize>(),
+            describe(&self.wrong_offsets),
+        )
+    }
+}
+
+/// The link holder's attacks, until the ordinary clients are `done` (each bounded by it).
+async fn stranger(app: &TestApp, token: &str, done: &tokio::sync::Notify) -> Stranger {
+    let size = THRESHOLD - 1;
+    let address = app.address.clone();
+    let tus_head = |path: &str, offset: u64, length: u64| {
+        format!(
+            "PATCH {path} HTTP/1.1\r\nHost: x\r\nX-Upload-Link: {token}\r\nTus-Resumable: 1.0.0\r\n\
+             Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {length}"
+        )
+    };
+    // Box faults refuse some creations (its preflight): a few tries each.
+    let create = |name: String| async move {
+        for _ in 0..5 {
+            let answer = app
+                .http
+                .post(format!("{}/v1/tus/", app.address))
+                .header("X-Upload-Link", token)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Length", size)
+                .header(
+                    "Upload-Metadata",
+                    crate::support::tus_client::metadata(&[("filename", &name)]),
+                )
+                .send()
+                .await;
+            if let Some(location) = answer.ok().and_then(|a| a.headers().get("location").cloned()) {
+                return location.to_str().ok().map(str::to_owned);
+            }
+        }
+        None
+    };
+    let answer_of =
+        |a: Option<RawAnswer>| a.map_or("none".to_owned(), |a| format!("{} {}", a.status, a.code()));
+    let mut report = Stranger::default();
+    // Unfinished parts, stored (one after the other: each holds its part in the link's share while
+    // it is read).
+    let mut stored = Vec::new();
+    for i in 0..6 {
+        let Some(path) = create(format!("stranger-stored-{i}.bin")).await else {
+            continue;
+        };
+        let head = tus_head(&path, 0, size / 2);
+        let body = [vec![b'u'; (size / 2) as usize]];
+        let answer = raw_request(&address, &head, body, Duration::ZERO, Duration::from_secs(60)).await;
+        if answer.is_some_and(|a| a.status == 204) {
+            report.stored.0 += 1;
+            report.stored.1 += size / 2;
+            stored.push(path);
+        }
+    }
+    // Slow senders: each holds what it sent; the files they promise fill the link's share but for
+    // one (the paused upload's), and the ordinary clients' share is their own.
+    let mut slow = Vec::new();
+    for i in 0..3 {
+        if let Some(path) = create(format!("stranger-slow-{i}.bin")).await {
+            let pieces =
+                std::iter::once(vec![b's'; 8 * 1024]).chain(std::iter::repeat_n(vec![b's'; 4096], 4096));
+            let head = tus_head(&path, 0, size);
+            let address = address.clone();
+            slow.push(tokio::spawn(async move {
+                raw_request(
+                    &address,
+                    &head,
+                    pieces,
+                    Duration::from_secs(1),
+                    Duration::from_secs(600),
+                )
+                .await
+            }));
+        }
+    }
+    let (paused, wrong_offsets) = (Mutex::new(BTreeMap::new()), Mutex::new(BTreeMap::new()));
+    let count = |map: &Mutex<BTreeMap<String, usize>>, answer: String| {
+        *map.lock().unwrap().entry(answer).or_insert(0) += 1;
+    };
+    let pausing = async {
+        let Some(path) = create("stranger-paused.bin".into()).await else {
+            return std::future::pending().await;
+        };
+        loop {
+            // All but the last 1,000 bytes, then nothing: cut by client_idle_timeout_secs. Counted
+            // as it starts (one still under way when the soak ends has no answer yet).
+            count(&paused, "sent".into());
+            let head = tus_head(&path, 0, size);
+            let answer = raw_request(
+                &address,
+                &head,
+                [vec![b'p'; (size - 1000) as usize]],
+                Duration::ZERO,
+                Duration::from_secs(60),
+            )
+            .await;
+            count(&paused, answer_of(answer));
+        }
+    };
+    let hammering = async {
+        if stored.is_empty() {
+            return std::future::pending().await;
+        }
+        for path in stored.iter().cycle() {
+            let head = tus_head(path, 0, 0);
+            let answer = raw_request(&address, &head, [], Duration::ZERO, Duration::from_secs(60)).await;
+            count(&wrong_offsets, answer_of(answer));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        () = done.notified() => {}
+        () = pausing => {}
+        () = hammering => {}
+    }
+    report.paused = paused.into_inner().unwrap();
+    report.wrong_offsets = wrong_offsets.into_inner().unwrap();
+    for sender in slow {
+        let answer = match sender.is_finished() {
+            true => answer_of(sender.await.unwrap()),
+            false => {
+                sender.abort();
+                "still sending".to_owned()
+            }
+        };
+        *report.slow.entry(answer).or_insert(0) += 1;
+    }
+    report
 }
 
 static SERVER_PANICS: AtomicUsize = AtomicUsize::new(0);

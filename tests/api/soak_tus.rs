@@ -6,6 +6,7 @@
 //! is left open, and once the clients terminated their landed uploads the store is empty.
 //!
 //! `SOAK_TUS_UPLOADS=N` runs more uploads, `SOAK_SEED=N` another fault plan and mix.
+use std::future::ready;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,93 +14,22 @@ use box_upload_gateway::emulator::{
     Emulator, EmulatorConfig, EmulatorHandle, Endpoint, FaultAction, FaultPlan, FaultRule, SessionState,
 };
 
-use crate::gateway_process::{emulator_env, env_refs, sigterm, wait_exit, Gateway};
-use crate::helpers::{env_or, make_file, PART};
-use crate::tus::{metadata, TUS};
+use crate::support::process::{anonymous_env, env_refs, small_parts, Gateway};
+use crate::support::redis_server::RedisServer;
+use crate::support::tus_client::{creation, TUS};
+use crate::support::*;
 
-/// A `redis-server` with an append-only file in `dir`, on a fixed port, so it can be restarted
-/// with its data.
-struct Redis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl Redis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        redis.run().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn run(&mut self) {
-        let child = tokio::process::Command::new(crate::python::redis_server())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not listen within 5 s");
-    }
-
-    /// SIGTERM (Redis flushes its AOF), a pause, and the same server again on the same data.
-    async fn restart(&mut self, down: Duration) {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .expect("redis stops")
-            .unwrap();
-        tokio::time::sleep(down).await;
-        self.run().await;
-    }
-
-    async fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap()
-    }
-}
+/// The upload lock's time to live here (the default is 30 s): a lock whose release Redis's restart
+/// swallowed holds its upload this long.
+const LOCK_TTL_SECS: u64 = 3;
+/// Uploads expire this long after their creation here (the default is a day).
+const EXPIRATION_SECS: u64 = 20;
+/// What the state store keeps past an upload's expiry at most: an owner's set of open uploads lives
+/// 60 s past the latest expiry in it (`OPEN_UPLOAD` in src/state/redis.rs). A creation refused after
+/// it took its open-upload slot gives the slot back, unless the store is down at that moment (Redis's
+/// restart here): then the slot stays "until its expiry" (routes/admission.rs, `give_back`), and the
+/// set with it until its own expiry.
+const OPEN_SET_SLACK_SECS: u64 = 60;
 
 /// The first byte of `name`'s session that Box lacks (its parts, walked from 0).
 fn box_holds(emulator: &EmulatorHandle, name: &str) -> u64 {
@@ -162,11 +92,7 @@ async fn client(
     // Create (retried: a replica may be restarting, Redis may be down).
     let path = loop {
         assert!(Instant::now() < deadline, "{name}: never created");
-        let answer = http
-            .post(format!("{}/v1/tus/", base()))
-            .header("Tus-Resumable", TUS)
-            .header("Upload-Length", size)
-            .header("Upload-Metadata", metadata(&[("filename", &name)]))
+        let answer = creation(&http, &base(), size, &[("filename", &name)])
             .send()
             .await;
         match answer {
@@ -246,7 +172,7 @@ async fn client(
     };
     // Landed: check the bytes, then terminate the upload so the store empties.
     let path_of = emulator.file_path(&file_id);
-    let exact = path_of.is_some_and(|p| crate::helpers::sha1_of_path(&p) == sha1);
+    let exact = path_of.is_some_and(|p| sha1_of_path(&p) == sha1);
     {
         let mut t = tally.lock().unwrap();
         t.landed += 1;
@@ -286,31 +212,26 @@ async fn soak_tus() {
         },
     };
     let emulator = Emulator::spawn(EmulatorConfig {
-        part_size: Some(PART),
-        min_chunked_size: 1024 * 1024,
         faults: FaultPlan {
             rules: vec![refuse(501, 0.04, seed), refuse(500, 0.04, seed + 1)],
             ..FaultPlan::default()
         },
-        ..EmulatorConfig::default()
+        ..small_parts()
     })
     .await
     .unwrap();
-    let mut redis = Redis::start().await;
-    let mut env = emulator_env(&emulator);
+    let mut redis = RedisServer::start_append_only().await;
+    let mut env = anonymous_env(&emulator);
     env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.into(),
-        ),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
         ("GATEWAY_SHUTDOWN_GRACE_SECS", "2".into()),
         ("GATEWAY_PART_CONCURRENCY", "2".into()),
+        ("GATEWAY_TUS_LOCK_TTL_SECS", LOCK_TTL_SECS.to_string()),
         // Short, so the records of creations whose answer the client never got (Redis went down
         // between the record and its schedule, a gateway stopped) are swept within the soak.
-        // Longer than a lock that Redis's restart kept from being released (30 s).
-        ("GATEWAY_TUS_EXPIRATION_SECS", "40".into()),
-        ("GATEWAY_REDIS_URL", redis.url()),
+        // Far longer than a lock that Redis's restart kept from being released, and than an
+        // upload takes.
+        ("GATEWAY_TUS_EXPIRATION_SECS", EXPIRATION_SECS.to_string()),
+        ("GATEWAY_REDIS_URL", redis.url.clone()),
         ("GATEWAY_BOX_RETRY_BASE_DELAY_MS", "10".into()),
         ("GATEWAY_BOX_RETRY_MAX_DELAY_MS", "200".into()),
         // Only the start line (the port) and the drain: the logs are read at the start and the end
@@ -338,16 +259,17 @@ async fn soak_tus() {
     // The restarts follow the uploads' progress, not a clock: on a fast machine every upload could
     // land before a timer fires, and the restarts would test nothing.
     let progress = |n: usize| async move {
-        while landed() < n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("uploads to land", Duration::from_secs(150), || {
+            ready(landed() >= n)
+        })
+        .await
     };
     let restarts = async {
         progress(uploads / 4).await;
         let before_gateway = landed();
         bases.lock().unwrap().retain(|b| *b != one.url(""));
-        sigterm(&one);
-        wait_exit(&mut one, Duration::from_secs(10)).await;
+        one.sigterm();
+        one.wait_exit(Duration::from_secs(10)).await;
         let one_again = Gateway::start(&env_refs(&env)).await;
         bases.lock().unwrap().push(one_again.url(""));
         progress(uploads / 2).await;
@@ -365,20 +287,20 @@ async fn soak_tus() {
         .iter()
         .filter(|s| s.state == SessionState::Open)
         .count();
+    let clients_done = started.elapsed();
     let left_at_end = redis.keys().await.len();
-    let mut keys = Vec::new();
-    for _ in 0..350 {
-        keys = redis.keys().await;
-        if keys.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The records whose creation answer was lost go at their expiry and the sweep after it; an
+    // open-upload slot a refused creation could not give back goes with its set, 60 s later.
+    let redis_ref = &redis;
+    let bound = Duration::from_secs(EXPIRATION_SECS + OPEN_SET_SLACK_SECS + 10);
+    holds_within(bound, || async move { redis_ref.keys().await.is_empty() }).await;
+    let keys = redis.keys().await;
     let left = keys.len();
     let t = std::mem::take(&mut *tally.lock().unwrap());
     let fired = seen.counters.faults_fired;
     eprintln!(
-        "soak: tus {} uploads (2 replicas, a gateway and a Redis restart, seed {seed}, {:.1?}): \
+        "soak: tus {} uploads (2 replicas, a gateway and a Redis restart, seed {seed}, {:.1?}, the clients \
+         done after {clients_done:.1?}): \
          {} landed, {} lost, {} corrupted, {} orphan sessions, {} keys left in the store \
          ({left_at_end} when the clients were done, the rest swept at expiry); \
          {} PATCHes ({} failed: {:?} by status), {} HEAD checks, slowest PATCH {:?}, {} offset violations, {fired} part faults",

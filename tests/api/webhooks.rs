@@ -3,227 +3,36 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use base64::Engine;
+use std::future::ready;
+
 use box_upload_gateway::box_api::Secret;
 use serde_json::Value;
 
-use crate::gateway_process::{emulator_env, env_refs, Gateway};
-use crate::helpers::{secret, spawn_app_with, spawn_replica, Options, TestApp};
-use crate::python::{python, script};
-use crate::tus::{redis_options, RedisServer};
+use crate::support::process::{anonymous_env, env_refs, small_parts, Gateway};
+use crate::support::redis_server::{redis_options, RedisServer};
+use crate::support::tus_client::{creation, patching, upload_whole};
+use crate::support::webhook_receiver::{assert_verified, secrets, with_webhooks, Receiver};
+use crate::support::*;
 
-/// Both secrets of a rotation sign; the receiver checks each on its own.
-fn secrets() -> String {
-    format!("{} {}", secret("webhook_secret"), secret("webhook_secret_next"))
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The receiver process; what it got is in its log file, one JSON line per request.
-pub(crate) struct Receiver {
-    port: u16,
-    log: std::path::PathBuf,
-    _dir: std::sync::Arc<tempfile::TempDir>,
-    child: Option<tokio::process::Child>,
-    /// What it answers a verified event.
-    status: u16,
-    /// The secrets it checks each request with, each on its own (`verified` has one entry each).
-    secrets: Vec<&'static str>,
-    /// Accepts a request that one secret verifies (not only one that all do).
-    accept_any: bool,
-}
-
-impl Receiver {
-    /// Where it will listen, not started yet (a receiver that is down); it checks the gateway's
-    /// secrets.
-    pub(crate) fn planned() -> Self {
-        Self::planned_with(&[secret("webhook_secret"), secret("webhook_secret_next")])
-    }
-
-    /// `planned`, checking with `secrets`.
-    pub(crate) fn planned_with(secrets: &[&'static str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self {
-            port: free_port(),
-            log: dir.path().join("events.jsonl"),
-            _dir: std::sync::Arc::new(dir),
-            child: None,
-            status: 204,
-            secrets: secrets.to_vec(),
-            accept_any: false,
-        }
-    }
-
-    pub(crate) async fn started() -> Self {
-        let mut r = Self::planned();
-        r.start().await;
-        r
-    }
-
-    /// A receiver that checks each request with every one of `secrets` and takes it when one of
-    /// them verifies (its log says which).
-    pub(crate) async fn started_checking(secrets: &[&'static str]) -> Self {
-        let mut r = Self::planned_with(secrets);
-        r.accept_any = true;
-        r.start().await;
-        r
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hooks", self.port)
-    }
-
-    pub(crate) async fn start(&mut self) {
-        use tokio::io::AsyncBufReadExt;
-        let mut command = tokio::process::Command::new(python());
-        command
-            .arg(script("webhook_receiver.py"))
-            .arg(self.port.to_string())
-            .arg(&self.log);
-        for s in &self.secrets {
-            command.args(["--secret", s]);
-        }
-        if self.accept_any {
-            command.args(["--accept", "any"]);
-        }
-        let mut child = command
-            .args(["--status", &self.status.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line))
-            .await
-            .expect("the receiver starts")
-            .unwrap();
-        assert_eq!(line.trim(), "listening");
-        self.child = Some(child);
-    }
-
-    pub(crate) fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Waits (generously) until `n` requests came in.
-    pub(crate) async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let got = self.received();
-            if got.len() >= n || tokio::time::Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-pub(crate) fn with_webhooks(url: String, o: Options) -> Options {
-    let previous = o.gateway;
-    Options {
-        gateway: Some(Box::new(move |s, e| {
-            if let Some(change) = previous {
-                change(s, e);
-            }
-            s.webhook_url = Some(url);
-            s.webhook_secret = Some(Secret::new(secrets()));
-            // Fast retries: the schedule is the same, only shorter.
-            s.webhook_min_backoff_ms = 100;
-            s.webhook_max_backoff_secs = 1;
-        })),
-        ..o
-    }
-}
-
-/// Every request the receiver got was signed by every secret it checks with, and is an event.
-pub(crate) fn assert_verified(got: &[Value]) {
-    for g in got {
-        let verified = g["verified"].as_array().unwrap();
-        assert!(verified.iter().all(|v| v == true), "{g}");
-        assert!(g["id"].as_str().unwrap().starts_with("msg_"), "{g}");
-        assert!(g["event"]["timestamp"].is_string(), "{g}");
-    }
-}
-
+/// A raw upload that lands, its request id `req-{name}`: the answer.
 async fn put(app_address: &str, name: &str, body: Vec<u8>) -> Value {
-    let answer = reqwest::Client::new()
-        .put(format!("{app_address}/v1/folders/0/files/{name}"))
-        .header("x-request-id", format!("req-{name}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 201);
-    answer.json().await.unwrap()
+    let request_id = format!("req-{name}");
+    let answer = put_raw(app_address, name, body, &[("x-request-id", &request_id)]).await;
+    assert_eq!(answer.status, 201);
+    answer.json
 }
 
-/// A tus upload in one PATCH; the Box file's id.
-async fn tus_upload(app: &TestApp, name: &str, body: Vec<u8>) -> (String, String) {
-    tus_upload_as(app, name, body, &[]).await
-}
-
-/// `tus_upload` with `headers` on both requests (an upload link's `X-Upload-Link`).
+/// A tus upload in one PATCH (request id `req-tus`), `headers` on both requests (an upload link's
+/// `X-Upload-Link`): the upload's id and the Box file's.
 async fn tus_upload_as(
     app: &TestApp,
     name: &str,
     body: Vec<u8>,
     headers: &[(&str, &str)],
 ) -> (String, String) {
-    let with = |mut r: reqwest::RequestBuilder| {
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        r
-    };
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let created = with(app.http.post(format!("{}/v1/tus/", app.address)))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", body.len().to_string())
-        .header(
-            "Upload-Metadata",
-            format!(
-                "filename {},folder_id {},note {}",
-                b64(name),
-                b64("0"),
-                b64("from tus")
-            ),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let location = created.headers()["location"].to_str().unwrap().to_owned();
-    let url = match location.starts_with("http") {
-        true => location,
-        false => format!("{}{location}", app.address),
-    };
-    let patched = with(app.http.patch(&url))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Offset", "0")
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("x-request-id", "req-tus")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patched.status(), 204);
-    let file_id = patched.headers()["upload-box-file-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let id = url.rsplit('/').next().unwrap().to_owned();
-    (id, file_id)
+    let pairs = [("filename", name), ("folder_id", "0"), ("note", "from tus")];
+    let headers = [headers, &[("x-request-id", "req-tus")]].concat();
+    upload_whole(app, &pairs, body, &headers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +44,7 @@ async fn one_signed_completed_event_per_upload_direct_chunked_and_tus() {
     // Act
     let direct = put(&app.address, "direct.bin", vec![1u8; 1000]).await;
     let chunked = put(&app.address, "chunked.bin", vec![2u8; 2 * 1024 * 1024 + 5]).await;
-    let (tus_id, tus_file) = tus_upload(&app, "tus.bin", vec![3u8; 3000]).await;
+    let (tus_id, tus_file) = tus_upload_as(&app, "tus.bin", vec![3u8; 3000], &[]).await;
     let got = receiver.wait_for(3, Duration::from_secs(60)).await;
     // Anything sent twice would come within this.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -319,27 +128,32 @@ async fn a_failed_upload_gives_upload_failed() {
     assert_eq!(event["data"]["request_id"], "req-bad");
 }
 
-/// The issue asks for 30 s of outage; 6 s show the same (several retries fail, then all arrive)
-/// at a fifth of the test's time.
+/// The receiver stays down until its events were retried 40 times in all (what the test asserts:
+/// retried again and again), about 26 s since a receiver that keeps failing is paused and probed one
+/// event at a time at the backoff's cap (1 s here); `WEBHOOK_OUTAGE_SECS=30` keeps it down at least
+/// the issue's 30 s as well. Then every event arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_arrives_after_the_receiver_was_down() {
     // Arrange: nothing listens at the receiver's address yet.
     let mut receiver = Receiver::planned();
     let app = spawn_app_with(with_webhooks(receiver.url(), Options::default())).await;
+    let down_at_least = Duration::from_secs(env_or("WEBHOOK_OUTAGE_SECS", 0));
 
     // Act
+    let down_since = tokio::time::Instant::now();
     let mut files = HashSet::new();
     for i in 0..4 {
         let answer = put(&app.address, &format!("down-{i}.bin"), vec![i as u8; 100]).await;
         files.insert(answer["file"]["id"].as_str().unwrap().to_owned());
     }
-    // The issue's outage: 30 s of refused connections, retried all along (backoff capped at 1 s).
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let retried = app
-        .metrics
-        .webhook_retried
-        .with_label_values(&["connection"])
-        .get();
+    // The outage: refused connections, retried all along (backoff capped at 1 s).
+    let retries = app.metrics.webhook_retried.with_label_values(&["connection"]);
+    eventually("40 retries of the events", Duration::from_secs(60), || {
+        ready(retries.get() >= 4 * 10)
+    })
+    .await;
+    tokio::time::sleep_until(down_since + down_at_least).await;
+    let retried = retries.get();
     receiver.start().await;
     let got = receiver.wait_for(4, Duration::from_secs(30)).await;
 
@@ -361,23 +175,13 @@ async fn every_event_arrives_after_the_receiver_was_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_answered_with_201_survives_a_kill_and_no_secret_is_logged() {
     // Arrange: the receiver is down, so the event is still in the outbox when the process dies.
-    let emulator =
-        box_upload_gateway::emulator::Emulator::spawn(box_upload_gateway::emulator::EmulatorConfig {
-            part_size: Some(256 * 1024),
-            min_chunked_size: 1024 * 1024,
-            ..Default::default()
-        })
+    let emulator = box_upload_gateway::emulator::Emulator::spawn(small_parts())
         .await
         .unwrap();
     let mut receiver = Receiver::planned();
     let state_dir = tempfile::tempdir().unwrap();
-    let mut env = emulator_env(&emulator);
+    let mut env = anonymous_env(&emulator);
     env.extend([
-        (
-            "BOX_DEVELOPER_TOKEN",
-            box_upload_gateway::emulator::DEV_TOKEN.to_owned(),
-        ),
-        ("GATEWAY_ALLOW_ANONYMOUS", "true".into()),
         ("GATEWAY_STATE_DIR", state_dir.path().display().to_string()),
         ("GATEWAY_WEBHOOK_URL", receiver.url()),
         ("GATEWAY_WEBHOOK_SECRET", secrets()),
@@ -442,17 +246,6 @@ async fn two_replicas_with_redis_deliver_each_event_once() {
     );
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_stops_the_urls_events() {
     // Arrange: a receiver that answers 410 Gone.
@@ -464,9 +257,12 @@ async fn a_410_stops_the_urls_events() {
 
     // Act
     put(&app.address, "gone-1.bin", vec![1u8; 10]).await;
-    wait_until("the 410", || gone.get() == 1).await;
+    eventually("the 410", Duration::from_secs(30), || ready(gone.get() == 1)).await;
     put(&app.address, "gone-2.bin", vec![2u8; 10]).await;
-    wait_until("the second event dropped", || gone.get() == 2).await;
+    eventually("the second event dropped", Duration::from_secs(30), || {
+        ready(gone.get() == 2)
+    })
+    .await;
 
     // Assert: the second event was never sent.
     let got = receiver.received();
@@ -492,7 +288,10 @@ async fn a_refused_event_is_retried_with_the_same_id_until_it_is_too_old() {
 
     // Act
     put(&app.address, "refused.bin", vec![1u8; 10]).await;
-    wait_until("the event to die", || expired.get() == 1).await;
+    eventually("the event to die", Duration::from_secs(30), || {
+        ready(expired.get() == 1)
+    })
+    .await;
 
     // Assert
     let got = receiver.received();
@@ -524,22 +323,16 @@ async fn team_app(
     more: Value,
     links: bool,
 ) -> TestApp {
-    let mut key = serde_json::json!({
-        "name": "team",
-        "sha256": crate::helpers::sha256_hex(secret("api_key_team")),
-        "folders": ["0"],
-        "webhook_url": team_receiver.url(),
-        "webhook_secret": secret("webhook_secret_team"),
-    });
-    key.as_object_mut()
-        .unwrap()
-        .extend(more.as_object().unwrap().clone());
+    let key = ApiKey::new("team", secret("api_key_team"))
+        .webhook_url(&team_receiver.url())
+        .webhook_secret(secret("webhook_secret_team"))
+        .merge(more);
     let mut o = with_webhooks(gateway_receiver.url(), Options::default());
     let change = o.gateway.take().unwrap();
     o.gateway = Some(Box::new(move |s, e| {
         change(s, e);
         s.allow_anonymous = false;
-        s.api_keys = vec![serde_json::from_value(key).unwrap()];
+        s.api_keys = vec![key.config()];
         if links {
             s.upload_link_secret = Some(Secret::new(secret("upload_link_secret")));
             s.public_base_url = Some("https://uploads.example.test".into());
@@ -591,14 +384,8 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     // Act: one upload through the link, then a second one past the key's quota.
     let link_header = [("X-Upload-Link", token.as_str())];
     let (_, file_id) = tus_upload_as(&app, "via-link.bin", vec![7u8; 64], &link_header).await;
-    let b64 = base64::engine::general_purpose::STANDARD.encode("second.bin");
-    let second = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
-        .header("Tus-Resumable", "1.0.0")
+    let second = creation(&app.http, &app.address, 64, &[("filename", "second.bin")])
         .header("X-Upload-Link", &token)
-        .header("Upload-Length", "64")
-        .header("Upload-Metadata", format!("filename {b64}"))
         .send()
         .await
         .unwrap();
@@ -639,6 +426,7 @@ async fn make_link(app: &TestApp, key: &str) -> String {
 
 /// The id of the link whose token this is (its claims, the token's first part, say it).
 fn link_id_of(token: &str) -> String {
+    use base64::Engine as _;
     let claims = token.split('.').next().unwrap();
     let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(claims)
@@ -668,34 +456,23 @@ async fn a_failed_upload_through_a_link_names_the_link() {
         .await
         .unwrap();
     assert_eq!(own.status(), 201);
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let created = app
-        .http
-        .post(format!("{}/v1/tus/", app.address))
-        .header("Tus-Resumable", "1.0.0")
+    let created = creation(&app.http, &app.address, 10, &[("filename", "refused.bin")])
         .header("X-Upload-Link", &token)
-        .header("Upload-Length", "10")
-        .header("Upload-Metadata", format!("filename {}", b64("refused.bin")))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let refuse_once = serde_json::json!({"rules": [{"endpoint": "direct_upload", "times": 1,
-        "action": {"type": "status", "status": 400, "code": "bad_request"}}]});
-    app.emulator
-        .set_faults(serde_json::from_value(refuse_once).unwrap());
+    app.emulator.set_faults(plan(
+        serde_json::json!({"rules": [{"endpoint": "direct_upload", "times": 1,
+        "action": {"type": "status", "status": 400, "code": "bad_request"}}]}),
+    ));
     let location = created.headers()["location"].to_str().unwrap().to_owned();
     let url = match location.starts_with("http") {
         true => location,
         false => format!("{}{location}", app.address),
     };
-    let patched = app
-        .http
-        .patch(&url)
-        .header("Tus-Resumable", "1.0.0")
+    let patched = patching(&app.http, &url, 0)
         .header("X-Upload-Link", &token)
-        .header("Upload-Offset", "0")
-        .header("Content-Type", "application/offset+octet-stream")
         .body(vec![2u8; 10])
         .send()
         .await

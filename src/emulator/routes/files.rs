@@ -297,28 +297,6 @@ fn parse_link(
     }))
 }
 
-/// A shared link as Box answers it in a file object (OpenAPI `File.shared_link`).
-pub fn shared_link_json(l: &SharedLink) -> Value {
-    let vanity_url = l.vanity_name.as_ref().map(|n| {
-        let base = l.url.rsplit_once("/s/").map_or(l.url.as_str(), |(b, _)| b);
-        format!("{base}/v/{n}")
-    });
-    json!({
-        "url": l.url,
-        "download_url": l.can_download.then_some(&l.download_url),
-        "vanity_url": vanity_url,
-        "vanity_name": l.vanity_name,
-        "access": l.access,
-        "effective_access": l.access,
-        "effective_permission": if l.can_download { "can_download" } else { "can_preview" },
-        "unshared_at": l.unshared_at,
-        "is_password_enabled": l.password_set,
-        "permissions": {"can_download": l.can_download, "can_preview": true, "can_edit": false},
-        "download_count": 0,
-        "preview_count": 0,
-    })
-}
-
 /// `If-Match` against the file's etag (`*` matches any file).
 fn check_if_match(req: &HttpRequest, f: &FileRec) -> Result<(), BoxApiError> {
     let Some(v) = header_str(req, "if-match") else {

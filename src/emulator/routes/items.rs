@@ -1,6 +1,6 @@
 //! Item JSON and the checks every create path shares: names, parents, conflicts, quota.
 use super::super::errors::BoxApiError;
-use super::super::state::{FileRec, FolderRec, Item, State};
+use super::super::state::{FileRec, FolderRec, Item, SharedLink, State};
 use super::super::Shared;
 use serde_json::{json, Value};
 
@@ -57,7 +57,29 @@ pub fn file_json(state: &State, f: &FileRec) -> Value {
         "item_status": "active",
         "trashed_at": null,
         "purged_at": null,
-        "shared_link": f.shared_link.as_ref().map(super::files::shared_link_json),
+        "shared_link": f.shared_link.as_ref().map(shared_link_json),
+    })
+}
+
+/// A shared link as Box answers it in a file object (OpenAPI `File.shared_link`).
+fn shared_link_json(l: &SharedLink) -> Value {
+    let vanity_url = l.vanity_name.as_ref().map(|n| {
+        let base = l.url.rsplit_once("/s/").map_or(l.url.as_str(), |(b, _)| b);
+        format!("{base}/v/{n}")
+    });
+    json!({
+        "url": l.url,
+        "download_url": l.can_download.then_some(&l.download_url),
+        "vanity_url": vanity_url,
+        "vanity_name": l.vanity_name,
+        "access": l.access,
+        "effective_access": l.access,
+        "effective_permission": if l.can_download { "can_download" } else { "can_preview" },
+        "unshared_at": l.unshared_at,
+        "is_password_enabled": l.password_set,
+        "permissions": {"can_download": l.can_download, "can_preview": true, "can_edit": false},
+        "download_count": 0,
+        "preview_count": 0,
     })
 }
 

@@ -172,7 +172,11 @@ pub async fn gate(
             p.delay_ms,
             p.bandwidth_bytes_per_sec,
             p.expire_tokens,
-            (p.rate_calls_per_minute, p.rate_uploads_per_minute),
+            RateLimits {
+                calls: p.rate_calls_per_minute,
+                uploads: p.rate_uploads_per_minute,
+                window: Duration::from_secs(p.rate_window_secs.unwrap_or(60).max(1)),
+            },
         )
     };
     if delay_ms > 0 {
@@ -282,19 +286,29 @@ fn check_auth(shared: &Shared, req: &HttpRequest, expire_all: bool) -> Result<()
     }
 }
 
+/// The fault plan's rate limits: calls and upload calls per window (Box: per minute).
+struct RateLimits {
+    calls: Option<u32>,
+    uploads: Option<u32>,
+    window: Duration,
+}
+
 /// Box's rate limits, per user: here per token and `As-User`, over any 60 s (a sliding window, the
-/// strictest reading of "per minute"). A refused call is not counted, so a client that waits out
-/// `Retry-After` gets through.
+/// strictest reading of "per minute"; a test may shorten the window). A refused call is not
+/// counted, so a client that waits out `Retry-After` gets through.
 fn check_rate(
     shared: &Shared,
     req: &HttpRequest,
     endpoint: Option<Endpoint>,
-    (calls, uploads): (Option<u32>, Option<u32>),
+    RateLimits {
+        calls,
+        uploads,
+        window: period,
+    }: RateLimits,
 ) -> Result<(), BoxApiError> {
     if calls.is_none() && uploads.is_none() {
         return Ok(());
     }
-    const WINDOW: Duration = Duration::from_secs(60);
     let who = format!(
         "{}\0{}",
         header_str(req, "authorization").unwrap_or_default(),
@@ -305,7 +319,7 @@ fn check_rate(
     let mut state = shared.lock();
     let windows = state.rate_windows.entry(who).or_default();
     for window in [&mut windows.calls, &mut windows.uploads] {
-        while window.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+        while window.front().is_some_and(|t| now.duration_since(*t) >= period) {
             window.pop_front();
         }
     }
@@ -316,7 +330,7 @@ fn check_rate(
             if window.len() >= limit as usize {
                 let frees = window
                     .get(window.len() - limit as usize)
-                    .map_or(Duration::ZERO, |t| WINDOW.saturating_sub(now.duration_since(*t)));
+                    .map_or(Duration::ZERO, |t| period.saturating_sub(now.duration_since(*t)));
                 retry_after = Some(retry_after.map_or(frees, |r: Duration| r.max(frees)));
             }
         }

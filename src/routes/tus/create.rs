@@ -18,7 +18,7 @@ use crate::pipeline::UploadRequest;
 use crate::routes::admission::{self, Cost};
 use crate::routes::outcome::{Source, UploadReport};
 use crate::routes::params::{
-    folder_path, header_u64, validate_id, validate_name, PathText, PathUpload, UploadParams,
+    content_length, folder_path, header_u64, validate_id, validate_name, PathText, PathUpload, UploadParams,
 };
 use crate::routes::AppState;
 use crate::state::now_secs;
@@ -58,11 +58,7 @@ pub(super) async fn create_upload(
     let mut response = HttpResponse::Created();
     response.insert_header((header::LOCATION, format!("/v1/tus/{id}")));
     // creation-with-upload: the body is the first chunk. An empty file is complete at once.
-    let with_body = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == OCTETS.as_bytes());
-    if with_body || size == 0 {
+    if with_body(req) || size == 0 {
         let lease = take_lock(state, &id).await?;
         let write = TusWrite {
             state,
@@ -70,12 +66,7 @@ pub(super) async fn create_upload(
             lock: lease.lock(),
             id: &id,
         };
-        let appended = while_locked(
-            state,
-            &lease,
-            append(req, payload, write, &mut record, Bytes::new(), &report),
-        )
-        .await;
+        let appended = while_locked(state, &lease, append(req, payload, write, &mut record, &report)).await;
         lease.release().await;
         match appended {
             Ok(()) => {}
@@ -95,6 +86,13 @@ pub(super) async fn create_upload(
     }
     progress(&mut response, &record);
     Ok(response.finish())
+}
+
+/// creation-with-upload: the request's body is the upload's first chunk.
+fn with_body(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == OCTETS.as_bytes())
 }
 
 /// Checks, admits and creates the upload: its record, saved. A refusal on the way gives back what
@@ -118,6 +116,13 @@ async fn create(
             "Upload-Length is required (Box needs the size first)",
         )
     })?;
+    // A first chunk longer than the whole file: refused before anything is created.
+    if let Some(len) = content_length(req.headers())?.filter(|len| with_body(req) && *len > size) {
+        return Err(ApiError::bad_request(
+            "size_mismatch",
+            format!("a first chunk of {len} bytes passes the upload's length ({size})"),
+        ));
+    }
     let raw_metadata = req
         .headers()
         .get("upload-metadata")

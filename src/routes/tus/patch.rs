@@ -5,11 +5,11 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use sha1::{Digest, Sha1};
 
 use super::protocol::{failed_answer, parse_checksum, progress, upload_id, OCTETS};
-use super::record::{load, load_record, save, take_lock, while_locked, Failure, Record};
+use super::record::{load_pending, load_record, save, take_lock, while_locked, Failure, Record};
 use crate::access::Caller;
 use crate::error::ApiError;
 use crate::pipeline::{spool, UploadError};
@@ -47,8 +47,9 @@ pub(super) async fn patch_upload(
     check_offset(offset, &record)?;
     let lease = take_lock(state, &id).await?;
     let result = while_locked(state, &lease, async {
-        // Again under the lock: another request may have moved the upload since.
-        let (mut record, pending) = load(state, &id, &caller).await?;
+        // Again under the lock: another request may have moved the upload since. Its unfinished part
+        // is read only after these checks, within the caller's share of the budget (`append`).
+        let mut record = load_record(state, &id, &caller).await?;
         if let Some(failure) = &record.failed {
             return Ok(Err(failed_answer(failure)));
         }
@@ -65,7 +66,7 @@ pub(super) async fn patch_upload(
                 lock: lease.lock(),
                 id: &id,
             };
-            append(req, payload, write, &mut record, pending, &report).await?;
+            append(req, payload, write, &mut record, &report).await?;
         }
         Ok(Ok(record))
     })
@@ -105,12 +106,15 @@ pub(super) struct TusWrite<'a> {
 /// Appends the request's body at the upload's offset (after checking its `Upload-Checksum`), keeps
 /// what is durable in the store, and lands the file when its last byte is in. `report` tells the
 /// upload's end when this request ends it (landed, failed for good); otherwise the upload goes on.
+///
+/// The upload's unfinished part is read back from the store only here, once the request was checked
+/// and within the caller's share of the memory budget. A direct-size upload whose last byte comes in
+/// this request lands from memory: its bytes are never stored, so a full store does not stop it.
 pub(super) async fn append(
     req: &HttpRequest,
     payload: web::Payload,
     write: TusWrite<'_>,
     record: &mut Record,
-    mut pending: Bytes,
     report: &UploadReport<'_>,
 ) -> Result<(), ApiError> {
     let TusWrite {
@@ -150,9 +154,22 @@ pub(super) async fn append(
     let body = client_body_until(payload, state, caller.link().map(|l| l.expires_at))
         .map_err(from_payload)
         .inspect_ok(move |chunk| received.inc_by(chunk.len() as u64));
-    let pipeline = state.pipeline.acting_as(&caller.principal);
-    let appended = match checksum {
-        None => pipeline.append(&mut record.resumable, &mut pending, body).await,
+    let pipeline = state
+        .pipeline
+        .acting_as(&caller.principal)
+        .held_by(caller.holder());
+    let failed = |e: UploadError| {
+        match e {
+        // Unlike a plain upload's, the session stays: the client resumes from HEAD's offset.
+        UploadError::ShuttingDown => ApiError::draining(
+            "the gateway is shutting down; what reached Box is kept: ask HEAD for the offset and resume (another replica takes it)",
+        ),
+        e => caller.box_error(ApiError::logged(e)),
+    }
+    };
+    let mut _spooled = None;
+    let body = match checksum {
+        None => body.boxed_local(),
         Some(want) => {
             // The chunk is checked whole before any of it goes to Box (whose parts cannot be taken
             // back): it is spooled to disk, not held in memory, while its SHA-1 is computed.
@@ -185,19 +202,31 @@ pub(super) async fn append(
                     "the chunk's SHA-1 differs from Upload-Checksum; it was dropped",
                 ));
             }
-            let body = spooled.stream().await.map_err(ApiError::logged)?;
-            pipeline.append(&mut record.resumable, &mut pending, body).await
+            let body = spooled.stream().await.map_err(ApiError::logged)?.boxed_local();
+            // Kept (the spool file and its place in the spool) until the append has read it.
+            _spooled = Some(spooled);
+            body
         }
     };
-    // What is durable is kept, whether the body came whole or not.
-    save(state, lock, id, record, &pending).await?;
-    appended.map_err(|e| match e {
-        // Unlike a plain upload's, the session stays: the client resumes from HEAD's offset.
-        UploadError::ShuttingDown => ApiError::draining(
-            "the gateway is shutting down; what reached Box is kept: ask HEAD for the offset and resume (another replica takes it)",
-        ),
-        e => caller.box_error(ApiError::logged(e)),
-    })?;
+    let mut hold = pipeline
+        .hold_for(&record.resumable, record.pending_len)
+        .await
+        .map_err(failed)?;
+    let mut pending = load_pending(state, id, record).await?;
+    let appended = pipeline
+        .append(&mut record.resumable, &mut pending, &mut hold, body)
+        .await;
+    let file = match appended {
+        Ok(Some(file)) => Some(file),
+        appended => {
+            // What is durable is kept, whether the body came whole or not.
+            save(state, lock, id, record, &pending).await?;
+            appended.map_err(failed)?;
+            None
+        }
+    };
+    // Whatever this request read is in Box, stored, or (a direct upload's whole file) in `file`.
+    drop((hold, pending));
     if !record.resumable.is_complete() {
         return Ok(());
     }
@@ -219,7 +248,7 @@ pub(super) async fn append(
     let completed = match committed {
         Ok(()) => {
             pipeline
-                .complete_with_fields(&mut record.resumable, pending, fields)
+                .complete_with_fields(&mut record.resumable, file, fields)
                 .await
         }
         Err(err) => Err(err),

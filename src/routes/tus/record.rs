@@ -7,16 +7,13 @@ use actix_web::http::StatusCode;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::access::Caller;
+use crate::access::{Caller, Owner};
 use crate::error::ApiError;
 use crate::pipeline::{CheckedFields, Resumable};
 use crate::routes::AppState;
 use crate::state::keys::{tus_pending, tus_record};
 use crate::state::{now_secs, Fenced, FencedWrite, Lease, LeaseLost, Lock};
 
-/// A PATCH extends its lock every third of this while it runs; a replica that died mid-PATCH
-/// holds the upload at most this long.
-const LOCK_TTL: Duration = Duration::from_secs(30);
 /// A record outlives its expiry by this much, so the sweeper still finds it to abort its session.
 const GRACE: Duration = Duration::from_secs(3600);
 /// `Retry-After` of 503 `tus_storage_full`: other uploads' parts fill and leave the store meanwhile.
@@ -172,9 +169,9 @@ pub(super) async fn load_record(state: &AppState, id: &str, caller: &Caller) -> 
     Ok(record)
 }
 
-/// The upload (checked as `load_record` does) and its unfinished part, read once.
-pub(super) async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<(Record, Bytes), ApiError> {
-    let mut record = load_record(state, id, caller).await?;
+/// The upload's unfinished part, read once: only by a PATCH whose checks passed, its bytes already
+/// taken from the memory budget (`Pipeline::hold_for`).
+pub(super) async fn load_pending(state: &AppState, id: &str, record: &mut Record) -> Result<Bytes, ApiError> {
     if record.pending_len > 0 && record.loaded_pending.is_empty() {
         let pending = state
             .store
@@ -191,13 +188,15 @@ pub(super) async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<
         }
         record.loaded_pending = pending;
     }
-    let pending = record.loaded_pending.clone();
-    Ok((record, pending))
+    Ok(record.loaded_pending.clone())
 }
 
+/// A write of the upload's record and unfinished part, the part counted under `owner`'s accounts
+/// (none known: the store uncounts a removed part from the accounts stored with it).
 fn fenced_write(
     state: &AppState,
     id: &str,
+    owner: Option<&str>,
     value: Option<Vec<u8>>,
     ttl: Duration,
     pending: Option<Bytes>,
@@ -209,13 +208,15 @@ fn fenced_write(
         pending_key: tus_pending(id),
         pending,
         max_pending_bytes: state.tus.max_pending_bytes,
+        pending_accounts: owner.map(|o| Owner::parse(o).accounts()).unwrap_or_default(),
+        max_pending_bytes_per_account: state.tus.max_pending_bytes_per_key,
     }
 }
 
 /// Saves the record and its unfinished part (only if it changed), while `lock` is held. When the
-/// part does not fit in `tus_max_pending_bytes`, it is dropped: the record is saved with its offset
-/// at the part's start (so HEAD never claims bytes the gateway does not hold) and the answer is 503
-/// `tus_storage_full`.
+/// part does not fit in `tus_max_pending_bytes` (503 `tus_storage_full`), or in the owner's
+/// `tus_max_pending_bytes_per_key` (429 `too_many_pending_bytes`), it is dropped: the record is saved
+/// with its offset at the part's start (so HEAD never claims bytes the gateway does not hold).
 pub(super) async fn save(
     state: &AppState,
     lock: &Lock,
@@ -230,44 +231,55 @@ pub(super) async fn save(
     let new_pending = (!unchanged).then(|| pending.clone());
     let before = (record.pending_len, record.resumable.offset);
     record.pending_len = pending.len() as u64;
-    let write = fenced_write(state, id, Some(encode(record)?), ttl, new_pending);
-    match state.store.put_fenced(lock, write).await? {
+    let owner = Some(record.owner.as_str());
+    let write = fenced_write(state, id, owner, Some(encode(record)?), ttl, new_pending);
+    let full = match state.store.put_fenced(lock, write).await? {
         Fenced::Saved => {
             record.loaded_pending = pending.clone();
             record.pending_inline = false;
-            Ok(())
+            return Ok(());
         }
         Fenced::LockLost => {
             (record.pending_len, record.resumable.offset) = before;
             state.metrics.tus_refused.with_label_values(&["lock_lost"]).inc();
-            Err(lock_lost())
+            return Err(lock_lost());
         }
-        Fenced::Full => {
-            state
-                .metrics
-                .tus_refused
-                .with_label_values(&["storage_full"])
-                .inc();
-            record.resumable.offset -= pending.len() as u64;
-            record.pending_len = 0;
-            let write = fenced_write(state, id, Some(encode(record)?), ttl, Some(Bytes::new()));
-            match state.store.put_fenced(lock, write).await? {
-                Fenced::LockLost => return Err(lock_lost()),
-                _ => record.loaded_pending = Bytes::new(),
-            }
-            Err(ApiError {
-                retry_after_secs: Some(STORAGE_FULL_RETRY_SECS),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "tus_storage_full",
-                    format!(
-                        "the gateway holds as many unfinished parts as it may (tus_max_pending_bytes); the bytes after offset {} were not kept: ask HEAD and send them again later",
-                        record.resumable.offset
-                    ),
-                )
-            })
-        }
+        full => full,
+    };
+    let reason = match full {
+        Fenced::Full => "storage_full",
+        _ => "too_many_pending_bytes",
+    };
+    state.metrics.tus_refused.with_label_values(&[reason]).inc();
+    record.resumable.offset -= pending.len() as u64;
+    record.pending_len = 0;
+    let write = fenced_write(state, id, owner, Some(encode(record)?), ttl, Some(Bytes::new()));
+    match state.store.put_fenced(lock, write).await? {
+        Fenced::LockLost => return Err(lock_lost()),
+        _ => record.loaded_pending = Bytes::new(),
     }
+    let offset = record.resumable.offset;
+    Err(match full {
+        Fenced::Full => ApiError {
+            retry_after_secs: Some(STORAGE_FULL_RETRY_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tus_storage_full",
+                format!(
+                    "the gateway holds as many unfinished parts as it may (tus_max_pending_bytes); the bytes after offset {offset} were not kept: ask HEAD and send them again later"
+                ),
+            )
+        },
+        // The caller's own unfinished parts fill its share: waiting does not help, finishing them does.
+        _ => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending_bytes",
+            format!(
+                "this caller's unfinished parts take all it may keep (tus_max_pending_bytes_per_key, {} bytes, its links' included); the bytes after offset {offset} were not kept: finish or DELETE another upload, or send whole parts, then send them again",
+                state.tus.max_pending_bytes_per_key
+            ),
+        ),
+    })
 }
 
 /// 409 `upload_locked`: this request lost the upload's lock, so another may be writing it.
@@ -287,7 +299,7 @@ pub(super) async fn forget(
     id: &str,
     owner: Option<&str>,
 ) -> Result<(), ApiError> {
-    let write = fenced_write(state, id, None, Duration::ZERO, Some(Bytes::new()));
+    let write = fenced_write(state, id, owner, None, Duration::ZERO, Some(Bytes::new()));
     if state.store.put_fenced(lock, write).await? == Fenced::LockLost {
         return Err(lock_lost());
     }
@@ -300,7 +312,7 @@ pub(super) async fn forget(
 /// The upload's lock: 409 `upload_locked` while another request holds it. Taken only for an upload
 /// whose owner was checked first (`load_record`), so a stranger can never hold an owner's upload.
 pub(super) async fn take_lock(state: &AppState, id: &str) -> Result<Lease, ApiError> {
-    Lease::take(&state.store, &tus_record(id), LOCK_TTL)
+    Lease::take(&state.store, &tus_record(id), state.tus.lock_ttl)
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -313,7 +325,7 @@ pub(super) async fn take_lock(state: &AppState, id: &str) -> Result<Lease, ApiEr
 
 /// The sweeper's lock on an upload: None while a request writes it (the next sweep takes it).
 pub(super) async fn try_lock(state: &AppState, id: &str) -> Result<Option<Lease>, ApiError> {
-    Ok(Lease::take(&state.store, &tus_record(id), LOCK_TTL).await?)
+    Ok(Lease::take(&state.store, &tus_record(id), state.tus.lock_ttl).await?)
 }
 
 /// Runs `work` while keeping the upload's lock alive; when the lock is lost (it expired, or another

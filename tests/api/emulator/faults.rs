@@ -18,7 +18,7 @@ fn plan(rules: Vec<FaultRule>) -> FaultPlan {
 #[tokio::test]
 async fn status_faults_answer_box_errors_with_retry_after() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 50);
+    let data = seeded_bytes(SIZE, 50);
     let s = emu.create_session("f.bin", SIZE).await;
     emu.handle.set_faults(plan(vec![FaultRule {
         times: Some(2),
@@ -84,7 +84,7 @@ async fn any_box_code_can_be_injected_on_its_endpoint() {
 #[tokio::test]
 async fn store_then_fail_keeps_the_part_and_answers_500() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 51);
+    let data = seeded_bytes(SIZE, 51);
     let s = emu.create_session("f.bin", SIZE).await;
     emu.handle
         .set_faults(plan(vec![rule(Endpoint::UploadPart, FaultAction::StoreThenFail)]));
@@ -113,7 +113,7 @@ async fn store_then_fail_keeps_the_part_and_answers_500() {
 #[tokio::test]
 async fn commit_accepted_answers_202_then_the_file() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 52);
+    let data = seeded_bytes(SIZE, 52);
     let s = emu.create_session("f.bin", SIZE).await;
     let parts = emu.put_all_parts(&s, &data).await;
     emu.handle.set_faults(plan(vec![FaultRule {
@@ -136,7 +136,7 @@ async fn commit_accepted_answers_202_then_the_file() {
 #[tokio::test]
 async fn a_transient_parts_mismatch_then_the_file() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 53);
+    let data = seeded_bytes(SIZE, 53);
     let s = emu.create_session("f.bin", SIZE).await;
     let parts = emu.put_all_parts(&s, &data).await;
     emu.handle
@@ -151,7 +151,7 @@ async fn a_transient_parts_mismatch_then_the_file() {
 #[tokio::test]
 async fn store_then_cut_and_store_then_fail_commit_but_lose_the_answer() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 56);
+    let data = seeded_bytes(SIZE, 56);
     let s = emu.create_session("lost.bin", SIZE).await;
     let parts = emu.put_all_parts(&s, &data).await;
     emu.handle
@@ -207,7 +207,7 @@ async fn store_then_cut_and_fail_on_direct_uploads() {
 #[tokio::test]
 async fn cut_connection_is_a_transport_error_not_a_response() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 54);
+    let data = seeded_bytes(SIZE, 54);
     let s = emu.create_session("f.bin", SIZE).await;
     emu.handle.set_faults(plan(vec![rule(
         Endpoint::UploadPart,
@@ -245,7 +245,7 @@ async fn cut_connection_on_a_direct_upload() {
         FaultAction::CutConnection { after_bytes: 0 },
     )]));
     let attributes = json!({"name": "cut.bin", "parent": {"id": "0"}}).to_string();
-    let data = bytes(500_000, 55);
+    let data = seeded_bytes(500_000, 55);
     let mut body = format!("--b\r\nContent-Disposition: form-data; name=\"attributes\"\r\n\r\n{attributes}\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n").into_bytes();
     body.extend_from_slice(&data);
     body.extend_from_slice(b"\r\n--b--\r\n");
@@ -278,7 +278,7 @@ async fn delay_and_bandwidth_slow_requests_down() {
     );
     assert!(t.elapsed() >= Duration::from_millis(150));
 
-    let data = bytes(SIZE, 56);
+    let data = seeded_bytes(SIZE, 56);
     let s = emu.create_session("slow.bin", SIZE).await;
     emu.handle.set_faults(FaultPlan {
         bandwidth_bytes_per_sec: Some(4 * MIB),
@@ -293,7 +293,7 @@ async fn delay_and_bandwidth_slow_requests_down() {
 #[tokio::test]
 async fn parallel_part_uploads_are_counted_and_the_mark_resets() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 57);
+    let data = seeded_bytes(SIZE, 57);
     let s = emu.create_session("par.bin", SIZE).await;
     emu.handle.set_faults(FaultPlan {
         bandwidth_bytes_per_sec: Some(4 * MIB),

@@ -1,9 +1,9 @@
 //! Spawning an emulator and speaking its protocol with reqwest, plus Box error-body assertions.
-use base64::Engine;
 use box_upload_gateway::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Inspection, DEV_TOKEN};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
-use sha1::{Digest, Sha1};
+
+pub use crate::support::files::{seeded_bytes, sha1_b64, sha1_hex};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -37,24 +37,6 @@ pub async fn spawn_with(config: EmulatorConfig) -> TestEmulator {
         handle,
         client: client(),
     }
-}
-
-/// Deterministic bytes that differ at every offset.
-pub fn bytes(n: u64, seed: u64) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n).map(|_| rng.u8(..)).collect()
-}
-
-pub fn sha1_raw(data: &[u8]) -> [u8; 20] {
-    Sha1::digest(data).into()
-}
-
-pub fn sha1_hex(data: &[u8]) -> String {
-    hex::encode(sha1_raw(data))
-}
-
-pub fn sha1_b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(sha1_raw(data))
 }
 
 impl TestEmulator {

@@ -7,7 +7,7 @@ const SIZE: u64 = 2_600_000;
 
 async fn uploaded() -> (TestEmulator, Value, Vec<u8>, Vec<Value>) {
     let emu = spawn().await;
-    let data = bytes(SIZE, 20);
+    let data = seeded_bytes(SIZE, 20);
     let s = emu.create_session("c.bin", SIZE).await;
     let parts = emu.put_all_parts(&s, &data).await;
     (emu, s, data, parts)
@@ -84,7 +84,7 @@ async fn the_parts_list_must_match_the_stored_parts() {
 #[tokio::test]
 async fn commit_needs_every_part_uploaded() {
     let emu = spawn().await;
-    let data = bytes(SIZE, 21);
+    let data = seeded_bytes(SIZE, 21);
     let s = emu.create_session("c.bin", SIZE).await;
     let first: Value = emu.put_part(&s, &data, 0, MIB).await.json().await.unwrap();
 
@@ -118,9 +118,9 @@ async fn part_sha1_may_be_null_or_absent_and_attributes_apply() {
 #[tokio::test]
 async fn if_match_and_if_none_match_are_412_when_they_fail() {
     let emu = spawn().await;
-    let first = emu.chunked_upload("v.bin", &bytes(SIZE, 22)).await;
+    let first = emu.chunked_upload("v.bin", &seeded_bytes(SIZE, 22)).await;
     let id = first["id"].as_str().unwrap();
-    let data = bytes(SIZE, 23);
+    let data = seeded_bytes(SIZE, 23);
     let s: Value = emu
         .post(&emu.upload(&format!("/files/{id}/upload_sessions")))
         .json(&json!({"file_size": SIZE}))
@@ -177,7 +177,7 @@ async fn a_repeated_commit_answers_the_same_file() {
 async fn parts_sent_backwards_and_in_parallel_still_fold_into_the_right_digest() {
     let emu = spawn().await;
     let size = 7 * MIB + 12_345;
-    let data = bytes(size, 24);
+    let data = seeded_bytes(size, 24);
     let s = emu.create_session("rev.bin", size).await;
     let mut parts = Vec::new();
     for i in (0..8).rev().step_by(2) {
@@ -211,7 +211,7 @@ async fn trust_digests_believes_the_headers_but_keeps_the_other_rules() {
         ..small_config()
     })
     .await;
-    let data = bytes(SIZE, 25);
+    let data = seeded_bytes(SIZE, 25);
     let s = emu.create_session("t.bin", SIZE).await;
     let claimed = sha1_b64(b"claimed");
     let range = format!("bytes 0-{}/{SIZE}", MIB - 1);
@@ -262,7 +262,7 @@ async fn discard_content_keeps_the_rules_but_not_the_bytes() {
         ..small_config()
     })
     .await;
-    let data = bytes(SIZE, 26);
+    let data = seeded_bytes(SIZE, 26);
     let s = emu.create_session("d.bin", SIZE).await;
     let mut parts = Vec::new();
     for (offset, len) in [(0, MIB), (MIB, MIB), (2 * MIB, SIZE - 2 * MIB)] {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn a_direct_upload_creates_the_file() {
     let emu = spawn().await;
-    let data = bytes(300_000, 40);
+    let data = seeded_bytes(300_000, 40);
     let attributes =
         json!({"name": "small.bin", "parent": {"id": "0"}, "content_created_at": "2024-05-06T07:08:09Z"})
             .to_string();

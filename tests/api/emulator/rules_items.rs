@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn get_file_and_download_answer_what_was_committed() {
     let emu = spawn().await;
-    let data = bytes(2_600_000, 30);
+    let data = seeded_bytes(2_600_000, 30);
     let file = emu.chunked_upload("d.bin", &data).await;
     let id = file["id"].as_str().unwrap();
 
@@ -160,13 +160,13 @@ async fn stop_closes_the_listener() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    for _ in 0..50 {
-        if fresh.get(&url).bearer_auth(DEV_TOKEN).send().await.is_err() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("the emulator still answered 1 s after its stop");
+    let (fresh, url) = (&fresh, &url);
+    crate::support::eventually(
+        "the emulator to refuse connections after its stop",
+        std::time::Duration::from_secs(2),
+        || async move { fresh.get(url).bearer_auth(DEV_TOKEN).send().await.is_err() },
+    )
+    .await;
 }
 
 #[tokio::test]

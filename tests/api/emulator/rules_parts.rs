@@ -8,7 +8,7 @@ const SIZE: u64 = 2_600_000; // parts of 1 MiB, 1 MiB, 502,848 bytes
 
 async fn setup() -> (TestEmulator, Value, Vec<u8>) {
     let emu = spawn().await;
-    let data = bytes(SIZE, 10);
+    let data = seeded_bytes(SIZE, 10);
     let s = emu.create_session("p.bin", SIZE).await;
     (emu, s, data)
 }

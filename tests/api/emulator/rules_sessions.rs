@@ -186,7 +186,7 @@ async fn storage_limit_is_enforced_before_any_byte() {
         ..small_config()
     })
     .await;
-    emu.chunked_upload("first.bin", &bytes(3_000_000, 1)).await;
+    emu.chunked_upload("first.bin", &seeded_bytes(3_000_000, 1)).await;
 
     seed_error(
         &emu,
@@ -202,7 +202,7 @@ async fn storage_limit_is_enforced_before_any_byte() {
 #[tokio::test]
 async fn name_conflict_names_the_existing_file_as_an_object() {
     let emu = spawn().await;
-    let file = emu.chunked_upload("same.bin", &bytes(3_000_000, 2)).await;
+    let file = emu.chunked_upload("same.bin", &seeded_bytes(3_000_000, 2)).await;
 
     let body = seed_error(
         &emu,
@@ -229,7 +229,7 @@ async fn name_conflict_as_array_with_the_flag() {
         ..small_config()
     })
     .await;
-    let file = emu.chunked_upload("same.bin", &bytes(3_000_000, 3)).await;
+    let file = emu.chunked_upload("same.bin", &seeded_bytes(3_000_000, 3)).await;
 
     let body = seed_error(
         &emu,
@@ -249,7 +249,7 @@ async fn expired_sessions_answer_410() {
         ..small_config()
     })
     .await;
-    let data = bytes(3_000_000, 4);
+    let data = seeded_bytes(3_000_000, 4);
     let s = emu.create_session("late.bin", data.len() as u64).await;
 
     let res = emu.put_part(&s, &data, 0, MIB).await;
@@ -269,9 +269,9 @@ async fn expired_sessions_answer_410() {
 #[tokio::test]
 async fn a_new_version_keeps_the_file_id_and_gets_a_new_version() {
     let emu = spawn().await;
-    let first = emu.chunked_upload("doc.bin", &bytes(3_000_000, 5)).await;
+    let first = emu.chunked_upload("doc.bin", &seeded_bytes(3_000_000, 5)).await;
     let id = first["id"].as_str().unwrap();
-    let data = bytes(2_700_000, 6);
+    let data = seeded_bytes(2_700_000, 6);
 
     let res = emu
         .post(&emu.upload(&format!("/files/{id}/upload_sessions")))

@@ -1,44 +1,16 @@
 //! The official Python SDK (box-sdk-gen), unmodified, against a spawned emulator with Box's defaults.
 use super::helpers::*;
-use crate::python::{python, script};
+use crate::support::python::run_script;
 use box_upload_gateway::emulator::{EmulatorConfig, DEV_CLIENT_ID, DEV_CLIENT_SECRET, DEV_TOKEN};
-use serde_json::Value;
-use std::process::Command;
-
-/// Runs one of tests/python's SDK scripts; its one line of JSON.
-async fn run_script(name: &'static str, args: Vec<String>) -> Value {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script(name))
-            .args(&args)
-            .output()
-            .expect("run python")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON line")
-}
+use std::time::Duration;
 
 #[tokio::test]
 async fn the_python_sdk_round_trips_through_the_emulator() {
     let emu = spawn_with(EmulatorConfig::default()).await;
     let base = emu.handle.base_url();
 
-    let report = run_script(
-        "sdk_roundtrip.py",
-        vec![
-            base,
-            DEV_TOKEN.into(),
-            DEV_CLIENT_ID.into(),
-            DEV_CLIENT_SECRET.into(),
-        ],
-    )
-    .await;
+    let args = [base.as_str(), DEV_TOKEN, DEV_CLIENT_ID, DEV_CLIENT_SECRET];
+    let report = run_script("sdk_roundtrip.py", &args, &[], Duration::from_secs(120)).await;
     let seen = emu.inspect();
     let big = seen
         .file(report["big_id"].as_str().unwrap())
@@ -101,16 +73,9 @@ async fn the_python_sdk_reads_back_the_fields_the_pipeline_applied() {
         .unwrap();
     let other_id = other.file.id().unwrap().to_owned();
 
-    let seen_by_sdk = run_script(
-        "sdk_fields.py",
-        vec![
-            emu.base_url(),
-            DEV_TOKEN.into(),
-            file_id.clone(),
-            other_id.clone(),
-        ],
-    )
-    .await;
+    let base = emu.base_url();
+    let args = [base.as_str(), DEV_TOKEN, &file_id, &other_id];
+    let seen_by_sdk = run_script("sdk_fields.py", &args, &[], Duration::from_secs(120)).await;
 
     let seen = emu.inspect();
     let file = seen.file(&file_id).unwrap();

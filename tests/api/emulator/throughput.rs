@@ -19,7 +19,7 @@ async fn part_uploads_throughput() {
         ..EmulatorConfig::default()
     })
     .await;
-    let data = Bytes::from(bytes(8 * MIB, 60));
+    let data = Bytes::from(seeded_bytes(8 * MIB, 60));
     let digest = format!("sha={}", sha1_b64(&data));
     let s = emu.create_session("bench.bin", size).await;
     let url = s["session_endpoints"]["upload_part"].as_str().unwrap().to_owned();

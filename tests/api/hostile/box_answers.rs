@@ -8,14 +8,9 @@ use box_upload_gateway::box_api::Secret;
 use box_upload_gateway::config::Settings;
 use box_upload_gateway::emulator::{EmulatorConfig, EmulatorHandle, FaultPlan};
 use serde_json::{json, Value};
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::*;
-
-fn plan(v: Value) -> FaultPlan {
-    serde_json::from_value(v).expect("a valid fault plan")
-}
+use crate::support::*;
 
 struct Answer {
     status: u16,
@@ -25,25 +20,13 @@ struct Answer {
 
 /// A raw `PUT` of `size` seeded bytes named `name` into folder 0; returns the answer and the SHA-1.
 async fn put(app: &TestApp, name: &str, size: u64, query: &str) -> (Answer, String) {
-    let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-    let sha1 = hex::encode(Sha1::digest(&data));
-    let response = app
-        .http
-        .put(format!("{}/{name}{query}", app.folder_url("0")))
-        .body(data)
-        .send()
-        .await
-        .expect("the gateway answers");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = response.json().await.unwrap_or(Value::Null);
+    let data = seeded_bytes(size, size);
+    let sha1 = sha1_hex(&data);
+    let answer = app.put_raw(&format!("{name}{query}"), data, &[]).await;
     let answer = Answer {
-        status,
-        retry_after,
-        body,
+        status: answer.status,
+        retry_after: answer.header("retry-after").map(str::to_owned),
+        body: answer.json,
     };
     (answer, sha1)
 }
@@ -72,12 +55,8 @@ async fn assert_clean(app: &TestApp, name: &str, a: &Answer) {
     }
     // Parts of the failed upload that were on the wire when it gave up may still reach the emulator
     // and would spend the next case's `nth: 1`: let them drain first.
-    for _ in 0..100 {
-        if app.emulator.inspect().counters.parts_in_flight == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let drained = || std::future::ready(app.emulator.inspect().counters.parts_in_flight == 0);
+    holds_within(Duration::from_secs(2), drained).await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     // The gateway still takes uploads.
     app.emulator.set_faults(FaultPlan::default());
@@ -356,12 +335,8 @@ async fn a_client_that_leaves_during_the_commit_does_not_race_it_with_an_abort()
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(&vec![3u8; size as usize]).await.unwrap();
     // Wait (bounded) until the commit is being polled, then vanish.
-    for _ in 0..200 {
-        if inspect(&app.emulator)["counters"]["commits_accepted_202"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let polled = || std::future::ready(inspect(&app.emulator)["counters"]["commits_accepted_202"] == 1);
+    holds_within(Duration::from_secs(2), polled).await;
     drop(socket);
     app.assert_no_open_session().await;
     let seen = app.emulator.inspect();
@@ -399,12 +374,10 @@ async fn a_session_created_after_the_client_left_is_aborted() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     drop(socket);
     // The session comes, and goes.
-    for _ in 0..100 {
-        if !sessions(&app.emulator).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    holds_within(Duration::from_secs(5), || {
+        std::future::ready(!sessions(&app.emulator).is_empty())
+    })
+    .await;
     assert_eq!(sessions(&app.emulator).len(), 1, "Box made the session");
     app.assert_no_open_session().await;
     assert_eq!(sessions(&app.emulator)[0]["state"], "aborted");

@@ -3,3 +3,5 @@
 mod box_answers;
 mod memory;
 mod slow_clients;
+
+pub(crate) use memory::status_bytes;

@@ -346,9 +346,11 @@ async fn a_resumable_upload_lands_with_its_fields() {
     let mut r = prepared.into_resumable();
     let mut pending = bytes::Bytes::new();
     let pieces = futures_util::stream::iter([Ok::<_, UploadError>(bytes::Bytes::from(body.clone()))]);
-    p.append(&mut r, &mut pending, pieces).await.unwrap();
+    let mut hold = p.hold_for(&r, 0).await.unwrap();
+    let whole = p.append(&mut r, &mut pending, &mut hold, pieces).await.unwrap();
+    drop(hold);
     let outcome = p
-        .complete_with_fields(&mut r, pending, Some(serde_json::from_str(&stored).unwrap()))
+        .complete_with_fields(&mut r, whole, Some(serde_json::from_str(&stored).unwrap()))
         .await
         .unwrap();
     let seen = emu.inspect();

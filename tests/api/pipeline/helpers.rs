@@ -77,6 +77,7 @@ impl Replica {
                 part_concurrency: 2,
                 chunked_threshold_bytes: CHUNKED_FROM,
                 commit_timeout: Duration::from_secs(30),
+                parts_mismatch_window: Duration::from_secs(5),
                 max_file_size_bytes: None,
             },
             metrics.clone(),

@@ -1,8 +1,9 @@
 //! A Python virtualenv with tests/python/requirements.txt, built once and reused across runs.
 //!
 //! Built under the target dir; a stamp file holding the requirements' SHA-1 skips the reinstall. A
-//! lock file serialises test processes (nextest runs each test in its own). A failure to build it
-//! fails the test: it never skips.
+//! lock file serialises test processes (nextest runs each test in its own; `.ci/run` builds the venv
+//! first, through the test below, so they do not queue on the lock). A failure to build it fails the
+//! test: it never skips.
 use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +41,40 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(name)
+}
+
+/// Runs tests/python/`name` with `args` and `env` in the venv, killed past `within`; its stdout, one
+/// JSON value. Panics, with its output, if it fails or says something else.
+pub async fn run_script(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let out = tokio::time::timeout(
+        within,
+        tokio::process::Command::new(python())
+            .arg(script(name))
+            .args(args)
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} finishes within {within:?}"))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn venv_dir() -> PathBuf {
@@ -109,4 +144,29 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every pinned requirement is installed at its pinned version, and pip finds nothing broken.
+#[test]
+fn the_venv_holds_every_pinned_requirement() {
+    let python = python();
+    let freeze = Command::new(&python)
+        .args(["-m", "pip", "freeze", "--disable-pip-version-check"])
+        .output()
+        .unwrap();
+    let installed = String::from_utf8_lossy(&freeze.stdout).to_lowercase();
+    let requirements = std::fs::read_to_string(REQUIREMENTS).unwrap();
+    for pin in requirements
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        // pip freeze writes names as the index spells them; `_` and `-` are one character to pip.
+        let pin = pin.to_lowercase().replace('_', "-");
+        assert!(
+            installed.lines().any(|l| l.replace('_', "-") == pin),
+            "{pin} not in the venv: {installed}"
+        );
+    }
+    run(Command::new(&python).args(["-m", "pip", "check", "--disable-pip-version-check"]));
 }

@@ -3,8 +3,6 @@
 //! signature for the EICAR test string, anywhere in a file), so nothing is downloaded. Stopped
 //! (SIGKILL) when dropped. Without clamd, `Clamd::start` prints `SKIPPED ... missing` and returns
 //! None: the test then passes without running.
-//!
-//! Self-contained (no other test module's helpers), so it can move into a shared support folder.
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,6 +10,8 @@ use std::time::{Duration, Instant};
 use box_upload_gateway::scan::ClamdAddress;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+
+use super::free_port;
 
 pub const CLAMD: &str = "/usr/sbin/clamd";
 /// The name clamd gives the test signature (it adds `.UNOFFICIAL` to names from unsigned databases).
@@ -262,14 +262,6 @@ impl Drop for Clamd {
         // A paused clamd dies of SIGKILL all the same (kill_on_drop).
         let _ = self.child.start_kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn ping(port: u16) -> bool {

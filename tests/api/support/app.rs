@@ -1,5 +1,6 @@
-//! One fresh gateway and one fresh emulator per test, both on loopback port 0.
-use std::io::Write;
+//! One fresh gateway and one fresh emulator per test, both on loopback port 0, and what a test asks
+//! of them (the metrics, what Box holds).
+use std::future::ready;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,10 @@ use box_upload_gateway::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Fau
 use box_upload_gateway::metrics::GatewayMetrics;
 use box_upload_gateway::startup::Application;
 use serde_json::Value;
-use sha1::{Digest, Sha1};
+
+use super::files::sha1_of_path;
+use super::http::{curl, put_raw_with, RawAnswer};
+use super::wait::holds_within;
 
 /// Small sizes keep the tests fast while exercising every boundary.
 pub const PART: u64 = 256 * 1024;
@@ -165,58 +169,6 @@ async fn start_gateway(emulator: &EmulatorHandle, o: Options) -> Replica {
     }
 }
 
-/// A knob of the longer runs (`SOAK_UPLOADS`, `FUZZ_HTTP_CASES`, ...): the variable, else `default`.
-pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A file of `size` pseudo-random bytes and its SHA-1 (hex).
-pub fn make_file(size: u64) -> (tempfile::NamedTempFile, String) {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    let mut hasher = Sha1::new();
-    let mut state = size.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut left = size;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        for b in buf[..n].chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            b.copy_from_slice(&state.to_le_bytes()[..b.len()]);
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
-    }
-    file.flush().unwrap();
-    (file, hex::encode(hasher.finalize()))
-}
-
-pub fn sha1_of_path(path: &Path) -> String {
-    let mut hasher = Sha1::new();
-    let mut f = std::fs::File::open(path).unwrap();
-    std::io::copy(&mut f, &mut hasher).unwrap();
-    hex::encode(hasher.finalize())
-}
-
-/// The status and JSON answer of a `curl` run (`-w` appends the status on the last line).
-pub async fn curl(args: &[&str]) -> (u16, Value) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .await
-        .expect("the tests need curl on the PATH (Debian: apt-get install curl)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let json = serde_json::from_str(body).unwrap_or(Value::Null);
-    (status.trim().parse().unwrap_or(0), json)
-}
-
 impl TestApp {
     pub fn folder_url(&self, folder_id: &str) -> String {
         format!("{}/v1/folders/{folder_id}/files", self.address)
@@ -282,16 +234,19 @@ impl TestApp {
 
     /// Waits (bounded) until no session is left open in the emulator.
     pub async fn assert_no_open_session(&self) {
-        for _ in 0..100 {
-            if open_sessions(&self.emulator) == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
+        let closed = holds_within(Duration::from_secs(5), || {
+            ready(open_sessions(&self.emulator) == 0)
+        });
+        assert!(
+            closed.await,
             "sessions left open: {:#?}",
             serde_json::to_value(self.emulator.inspect()).unwrap()["sessions"]
         );
+    }
+
+    /// `PUT /v1/folders/0/files/{name}` (`name` may carry a query) with `body` and `headers`.
+    pub async fn put_raw(&self, name: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> RawAnswer {
+        put_raw_with(&self.http, &self.address, name, body, headers).await
     }
 }
 
@@ -310,136 +265,24 @@ pub fn open_sessions(emulator: &EmulatorHandle) -> usize {
     sessions(emulator).iter().filter(|s| s["state"] == "open").count()
 }
 
-/// A secret from tests/secrets.txt: the CI scan of the suite's debug log looks for every one of them.
-pub fn secret(name: &str) -> &'static str {
-    include_str!("../secrets.txt")
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("tests/secrets.txt has no {name}"))
+/// The file Box holds under `id`: its size and SHA-1.
+pub fn assert_file(app: &TestApp, id: &str, sha1: &str, size: u64) {
+    let path = app.emulator.file_path(id).expect("the emulator has the file");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    assert_eq!(sha1_of_path(&path), sha1);
 }
 
-/// The hex SHA-256 of an API key, as the keys file stores it.
-pub fn sha256_hex(key: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
-
-/// What a `raw_request` got back.
-#[derive(Debug)]
-pub struct RawAnswer {
-    pub status: u16,
-    /// Header names in lower case.
-    pub headers: Vec<(String, String)>,
-    pub json: Value,
-}
-
-impl RawAnswer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+/// The one session of the emulator: committed, in exact parts of `part_size` (the last shorter).
+pub fn assert_exact_parts(app: &TestApp, size: u64, part_size: u64) {
+    let all = sessions(&app.emulator);
+    assert_eq!(all.len(), 1, "one Box session for the whole upload: {all:#?}");
+    let session = &all[0];
+    assert_eq!(session["state"], "committed", "{session}");
+    let parts = session["parts"].as_array().unwrap();
+    assert_eq!(parts.len() as u64, size.div_ceil(part_size));
+    for (i, part) in parts.iter().enumerate() {
+        let offset = i as u64 * part_size;
+        assert_eq!(part["offset"], offset);
+        assert_eq!(part["size"], part_size.min(size - offset), "{part}");
     }
-
-    pub fn code(&self) -> &str {
-        self.json["error"]["code"].as_str().unwrap_or_default()
-    }
-}
-
-/// One HTTP chunk of a `Transfer-Encoding: chunked` body (an empty `data` ends the body).
-pub fn http_chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// A raw HTTP/1.1 request on a connection of its own, for clients no library would be: `head` is the
-/// request line and headers (no blank line); the body goes as `pieces`, each written after `pause`.
-/// The answer is read meanwhile: once it comes (the gateway may answer before the body is whole) the
-/// sending stops. `None` when no answer came within `deadline`.
-pub async fn raw_request(
-    address: &str,
-    head: &str,
-    pieces: impl IntoIterator<Item = Vec<u8>>,
-    pause: Duration,
-    deadline: Duration,
-) -> Option<RawAnswer> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = address.trim_start_matches("http://");
-    let socket = tokio::net::TcpStream::connect(host).await.ok()?;
-    let (mut reader, mut writer) = socket.into_split();
-    let writing = async move {
-        if writer
-            .write_all(format!("{head}\r\n\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            return;
-        }
-        for piece in pieces {
-            tokio::time::sleep(pause).await;
-            if writer.write_all(&piece).await.is_err() {
-                return;
-            }
-        }
-        // Keep the connection open (a half-close could read as the end of the request).
-        std::future::pending::<()>().await;
-    };
-    let reading = async move {
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                let mut lines = head.split("\r\n");
-                let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-                let headers: Vec<(String, String)> = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                    .collect();
-                let length: usize = headers
-                    .iter()
-                    .find(|(n, _)| n == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + length {
-                    let json = serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap_or(Value::Null);
-                    return Some(RawAnswer {
-                        status,
-                        headers,
-                        json,
-                    });
-                }
-            }
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(deadline, async {
-        tokio::select! {
-            answer = reading => answer,
-            () = writing => None,
-        }
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// A client that declares `size` bytes and then sends `piece` bytes every `every`: far below any
-/// minimum rate, yet never idle for long. Its answer, or `None` within `deadline`.
-pub async fn trickle(
-    address: &str,
-    name: &str,
-    size: u64,
-    piece: usize,
-    every: Duration,
-    deadline: Duration,
-) -> Option<RawAnswer> {
-    let head = format!("PUT /v1/folders/0/files/{name} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {size}");
-    let pieces = (0..size / piece as u64).map(move |_| vec![b't'; piece]);
-    raw_request(address, &head, pieces, every, deadline).await
 }
