@@ -576,6 +576,53 @@ mod tests {
         ))
     }
 
+    /// The malware gate's verdicts: a limit clamd met is refused, but not called malware; no verdict
+    /// is 503 with `Retry-After` (fail closed), whatever its cause.
+    #[test]
+    fn scan_verdicts_map_to_documented_statuses() {
+        use crate::scan::{ErrorKind, ScanError, Verdict};
+        let found = |signature: &str| Verdict::Infected {
+            signature: signature.into(),
+        };
+        let cases = [
+            (found("Win.Test.EICAR_HDB-1"), 422, "malware_detected"),
+            (
+                found("Heuristics.Limits.Exceeded.MaxScanSize"),
+                422,
+                "scan_incomplete",
+            ),
+            (Verdict::TooLarge { size: 3, limit: 2 }, 413, "too_large_to_scan"),
+            (
+                Verdict::Error(ScanError::new(
+                    ErrorKind::SizeLimit,
+                    "INSTREAM size limit exceeded",
+                )),
+                503,
+                "scanner_unavailable",
+            ),
+            (
+                Verdict::Error(ScanError::new(ErrorKind::Timeout, "no verdict")),
+                503,
+                "scanner_unavailable",
+            ),
+        ];
+        for (verdict, want_status, want_code) in cases {
+            let e = ApiError::from(UploadError::Scan(verdict));
+            assert_eq!((e.status.as_u16(), e.code), (want_status, want_code));
+            assert_eq!(
+                e.retry_after_secs.is_some(),
+                want_code == "scanner_unavailable",
+                "{want_code}"
+            );
+        }
+        let named = ApiError::from(UploadError::Scan(found("Win.Test.EICAR_HDB-1")));
+        assert!(
+            named.message.contains("Win.Test.EICAR_HDB-1"),
+            "{}",
+            named.message
+        );
+    }
+
     #[test]
     fn box_codes_map_to_documented_statuses() {
         let cases = [
