@@ -439,11 +439,7 @@ impl Pipeline {
                 chunked = false;
                 continue;
             }
-            let Some(conflict) = err
-                .body()
-                .filter(|_| err.status() == Some(409))
-                .and_then(|b| b.conflict())
-            else {
+            let Some(conflict) = err.name_conflict() else {
                 return Err(err.into());
             };
             match (on_conflict, &original) {

@@ -319,11 +319,7 @@ impl super::Pipeline {
         let upload = request.upload.clone();
         let answer = self.on_rt(async move { client.preflight(&upload).await }).await?;
         let Err(err) = answer else { return Ok(()) };
-        match err
-            .body()
-            .filter(|_| err.status() == Some(409))
-            .and_then(|b| b.conflict())
-        {
+        match err.name_conflict() {
             Some(_) if request.on_conflict != OnConflict::Error => Ok(()),
             Some(conflict) => Err(UploadError::Conflict {
                 existing_id: conflict.id,
@@ -487,11 +483,7 @@ impl super::Pipeline {
                     continue;
                 }
             }
-            let Some(conflict) = err
-                .body()
-                .filter(|_| err.status() == Some(409))
-                .and_then(|b| b.conflict())
-            else {
+            let Some(conflict) = err.name_conflict() else {
                 return Err(err.into());
             };
             match gate.on_conflict {
