@@ -2,14 +2,19 @@
 //! says), and the drain on SIGTERM or SIGINT.
 //!
 //! The drain, in order (`Application::run_until_stopped`):
-//! 1. readiness turns false and new uploads are refused with 503 `draining` (`begin_upload` says no);
+//! 1. readiness turns false and new uploads are refused with 503 `draining` (`begin_upload` says no),
+//!    and so are those still waiting for Box capacity in their admission (`drain_begun`): they have
+//!    not started, another replica takes them at once, and their wait (up to `box_rate_wait_secs`)
+//!    would otherwise outlast the grace;
 //! 2. uploads in flight get until `shutdown_grace - abort_reserve(shutdown_grace)` to finish;
 //! 3. then `stop_uploads` fires: the pipeline stops reading bodies and sending parts, aborts each
 //!    remaining Box session (awaited) and the client is answered 503 `draining`; an upload whose
 //!    commit is already under way is let finish (Box may be creating the file). A tus PATCH stops the
 //!    same way but keeps its session and what Box confirmed (`Pipeline::append`): the client resumes
 //!    from HEAD, which is answered even while draining (`routes::middleware::drain_gate`);
-//! 4. at `shutdown_grace` the HTTP server stops, whatever is left, and the process exits 0.
+//! 4. at `shutdown_grace` the HTTP server stops, whatever is left, and the process exits 0 once what
+//!    the requests it dropped give back (an admission's open-upload slot, quotas) is done, within
+//!    `abort_reserve(shutdown_grace)` more (`hold`, `settle`).
 //!
 //! Background work that outlives uploads (the webhook delivery worker) stops at the end of the
 //! drain (`stop_background`), so the events of uploads that finished during the drain go out first
@@ -34,6 +39,8 @@ pub struct NotReady {
 
 pub struct Lifecycle {
     draining: AtomicBool,
+    /// Fires as the drain begins: what waits to start (an admission waiting for Box capacity) stops.
+    drain_begun: CancellationToken,
     in_flight: AtomicUsize,
     idle: Notify,
     stop_uploads: CancellationToken,
@@ -49,6 +56,7 @@ impl Default for Lifecycle {
     fn default() -> Self {
         Self {
             draining: AtomicBool::new(false),
+            drain_begun: CancellationToken::new(),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             stop_uploads: CancellationToken::new(),
@@ -82,12 +90,26 @@ impl Lifecycle {
         (!self.draining.load(Ordering::SeqCst)).then_some(flight)
     }
 
+    /// Counts in, draining or not, work that no request waits for but the process must finish
+    /// before it exits: what a dropped request gives back (`routes::admission::Reservation`). The
+    /// drain, and `settle` after the server's stop, wait for it.
+    pub fn hold(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Fires when the drain begins: an upload that has not started yet (still waiting for Box
+    /// capacity) is refused then, as a new one is, instead of holding the drain.
+    pub fn drain_begun(&self) -> CancellationToken {
+        self.drain_begun.clone()
     }
 
     /// Fires when uploads in flight must stop (the grace period is over): the pipeline's seam.
@@ -142,6 +164,7 @@ impl Lifecycle {
     /// Steps 1 to 3 of the drain; returns once no upload is in flight, or at `grace` at the latest.
     pub async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::SeqCst);
+        self.drain_begun.cancel();
         let started = tokio::time::Instant::now();
         let stop_at = started + grace - abort_reserve(grace);
         tracing::info!(
@@ -164,6 +187,12 @@ impl Lifecycle {
         }
         tracing::info!(secs = started.elapsed().as_secs_f64(), "drained");
         self.stop_background.cancel();
+    }
+
+    /// After the server's stop: waits up to `limit` for what the requests it dropped give back
+    /// (`hold`); whether all of it was done.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        self.wait_idle(tokio::time::Instant::now() + limit).await
     }
 
     /// Whether no upload was in flight by `deadline`.

@@ -277,6 +277,15 @@ impl Application {
         }
         self.lifecycle.drain(self.shutdown_grace).await;
         handle.stop(true).await;
+        // The stop dropped what was still running; their give-backs run on this runtime (an actix
+        // worker's ends with the stop) and are done before the process exits.
+        let reserve = lifecycle::abort_reserve(self.shutdown_grace);
+        if !self.lifecycle.settle(reserve).await {
+            tracing::warn!(
+                left = self.lifecycle.in_flight(),
+                "what stopped requests took (open-upload slots, quotas) was not all given back; it lapses at its expiry"
+            );
+        }
         server.await.map_err(std::io::Error::other)?
     }
 }

@@ -1239,6 +1239,13 @@ impl Pipeline {
         .await?
     }
 
+    /// The gateway's own runtime, for work that outlives the request that started it: a request's
+    /// actix worker has a runtime of its own, which ends with the server's stop (a task spawned
+    /// there then never runs).
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
     /// Runs a Box call on the shared multi-threaded runtime.
     async fn on_rt<T: Send + 'static>(
         &self,

@@ -16,7 +16,7 @@
 //!    per template not cached; 422 `invalid_metadata`), before any quota is spent or byte read.
 //! 3. **The key's quotas** (`max_uploads_per_minute`, then `max_bytes_per_day` when the size is known).
 //! 4. **The Box pacer**: the principal's capacity for one upload call, waited for at most
-//!    `box_rate_wait_secs` (`Pacer::reserve_upload_call`).
+//!    `box_rate_wait_secs` (`Pacer::reserve_upload_call`), and no longer than until a drain begins.
 //! 5. **The memory budget**, taken by the pipeline for the bytes of each part as they arrive, in the
 //!    caller's share (`pipeline/budget.rs`), after Box has accepted the destination: a 503 `busy`
 //!    there aborts the session.
@@ -41,9 +41,12 @@
 //! comes after the pacer, and a refusal there gives everything back.
 //!
 //! `settle` gives back at once, awaited, before the answer goes out (a client that retries at once
-//! finds its quota there); a reservation dropped unsettled (the client left, a panic) gives back in
-//! the background.
+//! finds its quota there); a reservation dropped unsettled (the client left, a panic, the server's
+//! stop at the end of a drain) gives back in the background, on the gateway's runtime, and the
+//! process does not exit before that is done (`Lifecycle::hold`). Step 4's wait ends when a drain
+//! begins (503 `draining`): an upload that has not started is refused then, as a new one is.
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{web, HttpMessage, HttpRequest};
 
@@ -259,14 +262,22 @@ impl Reservation {
         }
         let pace_key = caller.principal.pace_key();
         let waiting = std::time::Instant::now();
-        let admission = state
-            .pacer
-            .reserve_upload_call(&pace_key, caller.key_label())
-            .await
-            .map_err(|no| {
-                tracing::warn!(key = %caller.key_label(), waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
-                ApiError::box_rate_limited(no.waited, no.retry_after)
-            })?;
+        // Not past the drain's start: an upload still waiting here has not started, so it is refused
+        // as a new one is (another replica takes it at once) and `admit` gives back what it took.
+        // Its wait (up to `box_rate_wait_secs`) would otherwise outlast the grace, and the server's
+        // stop drop it unanswered.
+        let drain_begun = state.lifecycle.drain_begun();
+        let reserved = tokio::select! {
+            biased;
+            () = drain_begun.cancelled() => return Err(ApiError::draining(
+                "the gateway began shutting down while this upload waited for Box capacity; nothing was sent to Box: send it again (another replica takes it)",
+            )),
+            reserved = state.pacer.reserve_upload_call(&pace_key, caller.key_label()) => reserved,
+        };
+        let admission = reserved.map_err(|no| {
+            tracing::warn!(key = %caller.key_label(), waited = ?no.waited, "no Box capacity within box_rate_wait_secs: upload refused for now");
+            ApiError::box_rate_limited(no.waited, no.retry_after)
+        })?;
         // On the request's span, so its log lines say where a paced upload's time went: past the
         // pacer's burst, a client sending small files back to back waits 60 s /
         // `box_rate_uploads_per_minute` here (272 ms at the default 220), with its request already
@@ -350,7 +361,15 @@ impl Drop for Reservation {
             && held.session.is_none();
         if !empty {
             let state = self.state.clone();
-            tokio::spawn(async move { give_back(&state, held).await });
+            // On the gateway's runtime, and held by its lifecycle: a request the server's stop drops
+            // is dropped on its actix worker, whose runtime ends with it (a task spawned there never
+            // runs, and the owner's open-upload slot stayed taken until its set expired).
+            let hold = state.lifecycle.hold();
+            let runtime = state.pipeline.runtime().clone();
+            runtime.spawn(async move {
+                give_back(&state, held).await;
+                drop(hold);
+            });
         }
     }
 }
@@ -375,7 +394,8 @@ async fn give_back(state: &AppState, held: Held) {
         match state.store.close_upload(&owner, &id).await {
             Ok(()) => count("open_upload"),
             Err(err) => {
-                tracing::warn!(upload_id = %id, error = %err, "an upload never created stays counted as open until its expiry")
+                tracing::warn!(upload_id = %id, error = %err, "could not close an upload never created; asking the store again in the background");
+                close_later(state, owner, id);
             }
         }
     }
@@ -393,4 +413,43 @@ async fn give_back(state: &AppState, held: Held) {
             count("box_admission");
         }
     }
+}
+
+/// The waits between the background attempts to close an open-upload slot the store refused to
+/// close (Redis restarting, or failing over): about 8 s in all, then the slot lapses at the
+/// upload's expiry (`max_open_uploads_per_key` counts it until then).
+const CLOSE_RETRIES: [Duration; 5] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
+/// Closes `owner`'s slot for `id` in the background, on the gateway's runtime and held by its
+/// lifecycle (the process does not exit first): the refusal's answer does not wait for a store that
+/// is down, and its caller does not keep a slot for an upload that never existed.
+fn close_later(state: &AppState, owner: String, id: String) {
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    let hold = state.lifecycle.hold();
+    state.pipeline.runtime().spawn(async move {
+        for wait in CLOSE_RETRIES {
+            tokio::time::sleep(wait).await;
+            match store.close_upload(&owner, &id).await {
+                Ok(()) => {
+                    metrics
+                        .admission_given_back
+                        .with_label_values(&["open_upload"])
+                        .inc();
+                    tracing::info!(upload_id = %id, "closed the open-upload slot of an upload never created");
+                    drop(hold);
+                    return;
+                }
+                Err(err) => tracing::debug!(upload_id = %id, error = %err, "the store still refuses to close an open-upload slot"),
+            }
+        }
+        tracing::warn!(upload_id = %id, "an upload never created stays counted as open until its expiry");
+        drop(hold);
+    });
 }

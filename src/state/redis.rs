@@ -193,11 +193,13 @@ return 1
 "#;
 
 /// KEYS: the owner's set. ARGV: id, expires_at, now, max. 1: counted; 0: the owner is at the cap.
+/// The set outlives its latest member's expiry by 5 s (the replicas' clocks differ by less): a member
+/// no close could remove (the store was down when its upload ended) is gone with its upload.
 const OPEN_UPLOAD: &str = r#"
 redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", ARGV[3])
 if redis.call("ZCARD", KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
 redis.call("ZADD", KEYS[1], ARGV[2], ARGV[1])
-local ttl = (tonumber(ARGV[2]) - tonumber(ARGV[3]) + 60) * 1000
+local ttl = (tonumber(ARGV[2]) - tonumber(ARGV[3]) + 5) * 1000
 if redis.call("PTTL", KEYS[1]) < ttl then redis.call("PEXPIRE", KEYS[1], ttl) end
 return 1
 "#;

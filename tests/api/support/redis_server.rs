@@ -97,6 +97,34 @@ impl RedisServer {
         let mut conn = self.connection().await;
         redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap()
     }
+
+    /// Every key it holds, with its type, time to live and content: what a failed assertion on the
+    /// store's emptiness prints.
+    pub async fn describe(&self) -> Vec<String> {
+        let mut conn = self.connection().await;
+        let mut described = Vec::new();
+        for key in self.keys().await {
+            let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut conn).await.unwrap();
+            let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+            let content: redis::Value = match kind.as_str() {
+                "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await,
+                "zset" => {
+                    redis::cmd("ZRANGE")
+                        .arg(&key)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn)
+                        .await
+                }
+                "string" => redis::cmd("GET").arg(&key).query_async(&mut conn).await,
+                _ => Ok(redis::Value::Nil),
+            }
+            .unwrap();
+            described.push(format!("{key} ({kind}, ttl {ttl_ms} ms): {content:?}"));
+        }
+        described
+    }
 }
 
 /// A gateway whose state lives in the Redis at `url`.
