@@ -83,6 +83,11 @@ FULL = {
     "wire_concurrency": [1, 4, 8, 16, 32],
     "wire_rtt_ms": 50,
     "wire_bandwidth": 25_000_000,
+    # The malware gate (issue 26): 200 MB through a real clamd, with Box's latency as `throughput`'s.
+    "scan_bytes": 200_000_000,
+    "scan_concurrency": [4, 8],
+    "scan_runs": 4,
+    "scan_delay_ms": 300,
 }
 SMOKE = {
     "cpu_bytes": 48 * MIB,
@@ -123,6 +128,10 @@ SMOKE = {
     "wire_concurrency": [1, 4],
     "wire_rtt_ms": 5,
     "wire_bandwidth": 50_000_000,
+    "scan_bytes": 24_000_000,
+    "scan_concurrency": [4],
+    "scan_runs": 1,
+    "scan_delay_ms": 20,
 }
 
 
@@ -1311,6 +1320,208 @@ def render_rate_limits(rows):
     return out + [""]
 
 
+# ------------------------------------------------------------------------------------------ scan
+
+CLAMD = "/usr/sbin/clamd"
+# clamd.conf's settings that matter here, as deploy/base/clamd.conf sets them: every byte up to
+# ClamAV's own limit is looked at (clamd's default StreamMaxLength, 100 MiB, would refuse the 200 MB
+# stream), and no cache of clean files.
+CLAMD_DEPLOYED = {"StreamMaxLength": "2147483645", "MaxFileSize": "2147483645", "MaxScanSize": "4096M",
+                  "AlertExceedsMax": "yes", "MaxScanTime": "600000", "MaxThreads": "8", "DisableCache": "yes"}
+# clamd.conf options measured one at a time on top of the deployed ones (`scan` section, second table).
+CLAMD_VARIANTS = [
+    ("deploy/base/clamd.conf", {}),
+    ("DisableCache no (clamd's default: an MD5 of each file for its cache of clean files)", {"DisableCache": "no"}),
+    ("TemporaryDirectory on tmpfs", {"TemporaryDirectory": "/dev/shm"}),
+    ("Bytecode no", {"Bytecode": "no"}),
+    # Not for production: archives, documents and executables would no longer be unpacked or parsed,
+    # so real malware inside them would be missed. Measured to show what parsing costs on random data.
+    ("every parser off (detection loss: not deployable)",
+     {key: "no" for key in ("ScanPE", "ScanELF", "ScanOLE2", "ScanPDF", "ScanSWF", "ScanHTML", "ScanXMLDOCS",
+                            "ScanHWP3", "ScanArchive", "ScanMail", "Bytecode", "PhishingSignatures",
+                            "PhishingScanURLs", "HeuristicAlerts")}),
+]
+
+
+def eicar():
+    """The EICAR test string, assembled at run time (as tests/api/support/clamd.rs does)."""
+    return b"".join([b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$", b"EICAR-STANDARD-ANTIVIRUS-", b"TEST-FILE!$H+H*"])
+
+
+class Clamd:
+    """Debian's clamd on a loopback port with the tests' one-signature database (an `.ndb` body
+    signature for the EICAR string, anywhere in a file; nothing downloaded), deploy/base's limits,
+    and `options` on top."""
+
+    def __init__(self, logs, options=None):
+        self.dir = tempfile.mkdtemp(prefix="box-bench-clamd-")
+        os.makedirs(os.path.join(self.dir, "db"))
+        os.makedirs(os.path.join(self.dir, "tmp"))
+        with open(os.path.join(self.dir, "db", "gateway-test.ndb"), "w") as f:
+            f.write(f"Gateway.Test.EICAR:0:*:{eicar().hex()}\n")
+        self.port = free_port()
+        conf = {"Foreground": "yes", "TCPSocket": str(self.port), "TCPAddr": "127.0.0.1",
+                "DatabaseDirectory": os.path.join(self.dir, "db"),
+                # On disk, as the deployed emptyDir is by default.
+                "TemporaryDirectory": os.path.join(self.dir, "tmp"),
+                "LocalSocket": os.path.join(self.dir, "clamd.sock"), "LogFile": os.path.join(self.dir, "clamd.log"),
+                **CLAMD_DEPLOYED, **(options or {})}
+        self.conf = os.path.join(self.dir, "clamd.conf")
+        with open(self.conf, "w") as f:
+            f.writelines(f"{k} {v}\n" for k, v in conf.items())
+        self.out = open(os.path.join(logs, f"clamd-{self.port}.log"), "w")
+        self.proc = subprocess.Popen([CLAMD, "--config-file", self.conf], stdout=self.out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"clamd did not start: see {self.out.name}")
+            time.sleep(0.05)
+        self.address = f"tcp://127.0.0.1:{self.port}"
+
+    def ping(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(b"zPING\0")
+                return s.recv(16).startswith(b"PONG")
+        except OSError:
+            return False
+
+    def instream(self, chunks):
+        """One INSTREAM of `chunks`: (clamd's answer, seconds from the last byte to the answer)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=600) as s:
+            s.sendall(b"zINSTREAM\0")
+            for chunk in chunks:
+                for at in range(0, len(chunk), MIB):
+                    piece = chunk[at:at + MIB]
+                    s.sendall(len(piece).to_bytes(4, "big") + piece)
+            s.sendall(b"\0\0\0\0")
+            sent = time.monotonic()
+            answer = b""
+            while not answer.endswith(b"\0"):
+                got = s.recv(4096)
+                if not got:
+                    break
+                answer += got
+            return answer.rstrip(b"\0").decode(), time.monotonic() - sent
+
+    def stop(self):
+        stop(self.proc)
+        self.out.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def file_chunks(path):
+    with open(path, "rb") as f:
+        while chunk := f.read(16 * MIB):
+            yield chunk
+
+
+def measure_scan(ctx, _emulator, path, size):
+    """The malware gate's cost: the same upload with and without a scanner, by parts in flight, and
+    clamd's own time per option."""
+    if not os.path.exists(CLAMD):
+        log(f"SKIPPED scan: {CLAMD} is missing (Debian: apt-get install clamav-daemon)")
+        return {"skipped": f"{CLAMD} is missing"}
+    version = subprocess.run([CLAMD, "--version"], capture_output=True, text=True).stdout.strip()
+    result = {"bytes": size, "delay_ms": ctx.cfg["scan_delay_ms"], "clamd": version, "rows": [], "options": []}
+    # Several files: a scan's cost depends on the bytes (200 MB of random data: 2.0 s for most, 4.7 s
+    # for about one in four, the same with every parser off). Every row and option scans the same
+    # ones. With clamd's cache (off in deploy/base, on in one option's row) the same bytes twice would
+    # be answered from it in the time of their MD5, which real uploads, all different, never meet:
+    # each clamd here sees each file once, but for the rows' (which has no cache).
+    files = [path] + [random_file(os.path.dirname(path), size, f"scan-{n}.bin") for n in range(1, ctx.cfg["scan_runs"])]
+    emulator = Emulator(ctx.gateway, ctx.logs, delay_ms=ctx.cfg["scan_delay_ms"])
+    clamd = Clamd(ctx.logs)
+    try:
+        for c in ctx.cfg["scan_concurrency"]:
+            plain = Gateway(ctx.gateway, emulator, ctx.logs, part_concurrency=c)
+            scanned = Gateway(ctx.gateway, emulator, ctx.logs, part_concurrency=c,
+                              env={"GATEWAY_CLAMD_ADDRESS": clamd.address})
+            runs = {"off": [], "on": []}
+            try:
+                # Alternated, so whatever else the machine does weighs on both.
+                for each in files:
+                    for kind, gw in (("off", plain), ("on", scanned)):
+                        g0, k0 = cpu_seconds(gw.pid), cpu_seconds(clamd.proc.pid)
+                        lat0 = gw.metric("gateway_scan_latency_seconds_sum")
+                        wall, answer = raw_upload(raw_url(gw), each)
+                        check_landed(answer, size)
+                        scan = answer.get("scan", {})
+                        if (kind == "on") != (scan.get("verdict") == "clean"):
+                            raise SystemExit(f"scan {kind}: the answer says {scan}")
+                        runs[kind].append({"wall": wall, "gateway_cpu": cpu_seconds(gw.pid) - g0,
+                                           "clamd_cpu": cpu_seconds(clamd.proc.pid) - k0,
+                                           "verdict_wait": gw.metric("gateway_scan_latency_seconds_sum") - lat0,
+                                           "part_size": answer["upload"]["part_size"]})
+                        log(f"scan {kind}, {c} in flight: {runs[kind][-1]}")
+            finally:
+                plain.stop()
+                scanned.stop()
+            off, on = ({k: median(r[k] for r in rs) for k in rs[0]} for rs in (runs["off"], runs["on"]))
+            result["rows"].append({"part_concurrency": c, "off": off, "on": on, "runs": runs,
+                                   "speed_ratio": off["wall"] / on["wall"]})
+    finally:
+        clamd.stop()
+        emulator.stop()
+    # clamd alone, per option: the same files by INSTREAM straight from this script (a fresh clamd per
+    # option), and the test string in the middle of 1 MiB of random bytes (detection still works with
+    # the option).
+    probe = os.urandom(MIB // 2) + eicar() + os.urandom(MIB // 2)
+    for name, options in CLAMD_VARIANTS:
+        clamd = Clamd(ctx.logs, options)
+        try:
+            found, _ = clamd.instream([probe])
+            waits, cpus = [], []
+            for each in files:
+                k0 = cpu_seconds(clamd.proc.pid)
+                answer, wait = clamd.instream(file_chunks(each))
+                if not answer.endswith("OK"):
+                    raise SystemExit(f"clamd ({name}) answered {answer!r} for random bytes")
+                waits.append(wait)
+                cpus.append(cpu_seconds(clamd.proc.pid) - k0)
+            row = {"option": name, "settings": options, "verdict_wait": median(waits), "waits": waits,
+                   "clamd_cpu_per_gb": median(cpus) * 1e9 / size, "detects": found.endswith("FOUND")}
+            log(f"clamd {name}: {row}")
+            result["options"].append(row)
+        finally:
+            clamd.stop()
+    for each in files[1:]:  # the first is the section's own, which `main` removes
+        os.remove(each)
+    return result
+
+
+def render_scan(scan):
+    if "skipped" in scan:
+        return ["### The malware gate", "", f"Not measured: {scan['skipped']}.", ""]
+    out = ["### The malware gate: uploads with and without clamd", "",
+           f"A {fmt_size(scan['bytes'])} random file by `curl -T`, into an emulator slowed by {scan['delay_ms']} ms per "
+           f"request (as in the throughput section), through two gateways side by side: one without a scanner, one "
+           f"with `GATEWAY_CLAMD_ADDRESS` pointing at a real clamd ({scan['clamd']}) on loopback, with the tests' "
+           "one-signature database (an `.ndb` body signature; the full database was not measured) and "
+           "deploy/base/clamd.conf's settings (no cache of clean files). The same files for every row (a "
+           "scan's cost depends on the bytes), the runs alternating; medians of "
+           f"{len(scan['rows'][0]['runs']['on'])}. *Verdict wait*: `gateway_scan_latency_seconds`, from the last "
+           "byte written to clamd to its verdict, which the commit waits for. CPU: utime+stime from /proc.", "",
+           "| parts in flight | without: wall, MB/s | with clamd: wall, MB/s | **speed kept** | verdict wait "
+           "| gateway CPU-s without / with | clamd CPU-s |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in scan["rows"]:
+        off, on = row["off"], row["on"]
+        out.append(f"| {row['part_concurrency']} | {off['wall']:.2f} s, {scan['bytes'] / off['wall'] / 1e6:.0f} | "
+                   f"{on['wall']:.2f} s, {scan['bytes'] / on['wall'] / 1e6:.0f} | **{row['speed_ratio'] * 100:.0f} %** | "
+                   f"{on['verdict_wait']:.2f} s | {off['gateway_cpu']:.2f} / {on['gateway_cpu']:.2f} | "
+                   f"{on['clamd_cpu']:.2f} |")
+    out += ["", "clamd alone, one option at a time on top of deploy/base/clamd.conf: by INSTREAM "
+            "from the bench's own client, the same files, each once per clamd (no cache hit), "
+            "seconds from the last byte to clamd's answer and clamd's CPU per GB (medians); "
+            "*detects*: the EICAR string in the middle of 1 MiB of random bytes is still FOUND.", "",
+            "| clamd.conf | verdict wait | clamd CPU-s/GB | detects |", "| --- | --- | --- | --- |"]
+    for row in scan["options"]:
+        out.append(f"| {row['option']} | {row['verdict_wait']:.2f} s | {row['clamd_cpu_per_gb']:.1f} | "
+                   f"{'yes' if row['detects'] else '**no**'} |")
+    return out + [""]
+
+
 # The run, in order: (key, title, measure(ctx, emulator, file, size), the config key of the random file's
 # size in /dev/shm, or None when the section makes its own bodies).
 SECTIONS = [
@@ -1324,6 +1535,7 @@ SECTIONS = [
     ("hostile", "hostile clients", measure_hostile, None),
     ("abuse", "another key's uploads beside one tenant's attack", measure_abuse, None),
     ("ratelimits", "Box's rate limits, 1 and 2 replicas, pacer on and off", measure_rate_limits, None),
+    ("scan", "the malware gate: with and without clamd", measure_scan, "scan_bytes"),
 ]
 
 # ------------------------------------------------------------------------------------------- report
@@ -1383,6 +1595,8 @@ def report(r):
         out += render_abuse(r["abuse"])
     if r.get("ratelimits"):
         out += render_rate_limits(r["ratelimits"])
+    if r.get("scan"):
+        out += render_scan(r["scan"])
     return "\n".join(out) + "\n"
 
 

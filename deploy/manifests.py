@@ -7,6 +7,8 @@ kubernetes-validate has already checked each built-in object against its schema;
 kinds it has no schema for, so every kind here is either in BUILT_IN or checked below. The
 PrometheusRule's `spec` is written next to the input as INPUT.NAME.rules.yaml for `promtool check
 rules`, and so is every query of the Grafana dashboard (as recording rules: promtool parses them).
+A gateway whose GATEWAY_CLAMD_ADDRESS is on the pod's loopback needs its clamd sidecar there, with
+limits that pass no file unscanned as clean (`check_scanner`).
 Every metric an alert or a panel names must be in the catalog, src/metrics.rs.
 Exits 1 with every problem listed.
 """
@@ -107,15 +109,20 @@ def check_deployment(deploy, objects):
         if "configMap" in v and v["configMap"]["name"] not in config_maps:
             problem(f"Deployment {name}: volume {v['name']} names ConfigMap {v['configMap']['name']}, not rendered")
 
-    for c in pod["containers"]:
-        where = f"Deployment {name}, container {c['name']}"
+    for c in pod.get("initContainers", []) + pod["containers"]:
         csec = c.get("securityContext", {})
         if not (
             csec.get("readOnlyRootFilesystem") is True
             and csec.get("allowPrivilegeEscalation") is False
             and csec.get("capabilities", {}).get("drop") == ["ALL"]
         ):
-            problem(f"{where}: needs a read-only root filesystem, no privilege escalation, all capabilities dropped")
+            problem(
+                f"Deployment {name}, container {c['name']}: needs a read-only root filesystem, no privilege "
+                "escalation, all capabilities dropped"
+            )
+
+    for c in pod["containers"]:
+        where = f"Deployment {name}, container {c['name']}"
         ports = {p["name"] for p in c.get("ports", [])}
         for probe in ("livenessProbe", "readinessProbe"):
             if c.get(probe, {}).get("httpGet", {}).get("port") not in ports:
@@ -157,9 +164,100 @@ def check_deployment(deploy, objects):
         spool = settings.get("spool_dir")
         if spool not in mounts or "emptyDir" not in mounts[spool]:
             problem(f"{where}: spool_dir {spool!r} must be a mounted emptyDir (the root filesystem is read-only)")
+        check_scanner(where, env, pod, volumes, config_maps)
         emulator_dir = next((a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--emulator-data-dir=")), None)
         if "--emulator" in c.get("args", []) and not (emulator_dir or "").startswith(f"{spool}/"):
             problem(f"{where}: --emulator needs --emulator-data-dir=DIR on the spool volume")
+
+
+def clamav_size(value):
+    """A SIZE of clamd.conf(5): bytes, or with a K or M suffix."""
+    value = value.strip()
+    unit = {"k": 1024, "m": 1024 * 1024}.get(value[-1:].lower(), 1)
+    return int(value[:-1] if unit > 1 else value) * unit
+
+
+def clamav_config(container, volumes, config_maps):
+    """The clamd.conf or freshclam.conf a container's --config-file= names, as a dict (None when it is
+    no file of a mounted ConfigMap)."""
+    arg = next((a.split("=", 1)[1] for a in container.get("command", []) + container.get("args", [])
+                if a.startswith("--config-file=")), None)
+    if not arg:
+        return None
+    directory, file = arg.rsplit("/", 1)
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == directory), None)
+    config_map = config_maps.get(volumes.get(mount["name"], {}).get("configMap", {}).get("name")) if mount else None
+    if config_map is None or file not in config_map.get("data", {}):
+        return None
+    options = {}
+    for line in config_map["data"][file].splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            options[key] = value.strip()
+    options["__path__"] = arg
+    return options
+
+
+# libclamav looks at no byte past INT_MAX - 2 (a larger MaxFileSize is cut to it).
+CLAMAV_MAX_FILE_BYTES = 2**31 - 3
+
+
+def check_scanner(where, env, pod, volumes, config_maps):
+    """GATEWAY_CLAMD_ADDRESS on the pod's loopback: a clamd sidecar that listens there, starts before
+    the gateway and stops after it, and whose limits never pass a file unscanned as clean."""
+    address = env.get("GATEWAY_CLAMD_ADDRESS")
+    if not address:
+        return
+    loopback = re.fullmatch(r"tcp://(127\.0\.0\.1|localhost):(\d+)", address)
+    if not loopback:
+        return  # a clamd elsewhere: nothing in this pod to compare
+    port = loopback.group(2)
+    init = pod.get("initContainers", [])
+    clamd = next((c for c in init + pod["containers"] if c.get("command", [""])[0] == "clamd"), None)
+    if clamd is None:
+        problem(f"{where}: GATEWAY_CLAMD_ADDRESS {address} but no container of the pod runs clamd")
+        return
+    cwhere = f"container {clamd['name']}"
+    if clamd not in init or clamd.get("restartPolicy") != "Always" or "startupProbe" not in clamd:
+        problem(
+            f"{cwhere}: clamd must be a native sidecar (an init container with restartPolicy Always) with a "
+            "startupProbe, so the gateway starts once clamd answers and is stopped (drained) before it"
+        )
+    conf = clamav_config(clamd, volumes, config_maps)
+    if conf is None:
+        problem(f"{cwhere}: its --config-file= is no file of a mounted ConfigMap")
+        return
+    if conf.get("TCPSocket") != port or conf.get("TCPAddr") != "127.0.0.1":
+        problem(
+            f"{cwhere}: clamd listens on {conf.get('TCPAddr')}:{conf.get('TCPSocket')}, the gateway expects "
+            f"127.0.0.1:{port} (loopback only: clamd has no authentication)"
+        )
+    mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in clamd.get("volumeMounts", [])}
+    for key in ("DatabaseDirectory", "TemporaryDirectory"):
+        if "emptyDir" not in mounts.get(conf.get(key), {}):
+            problem(f"{cwhere}: {key} {conf.get(key)} must be a mounted emptyDir (the root filesystem is read-only)")
+    scan_max = int(env.get("GATEWAY_SCAN_MAX_BYTES", CLAMAV_MAX_FILE_BYTES))
+    if scan_max > CLAMAV_MAX_FILE_BYTES:
+        problem(f"{where}: GATEWAY_SCAN_MAX_BYTES {scan_max} is past what ClamAV looks at ({CLAMAV_MAX_FILE_BYTES})")
+    # clamd's defaults: past them a file is not (wholly) scanned.
+    for key, default in (("StreamMaxLength", "100M"), ("MaxFileSize", "100M")):
+        if clamav_size(conf.get(key, default)) < scan_max:
+            problem(f"{cwhere}: {key} {conf.get(key, default)} is below GATEWAY_SCAN_MAX_BYTES {scan_max}")
+    if conf.get("AlertExceedsMax") not in ("yes", "true", "1"):
+        problem(
+            f"{cwhere}: without AlertExceedsMax clamd answers OK for what it did not look at (past MaxFileSize, "
+            "MaxScanSize, MaxScanTime)"
+        )
+    freshclam = next((c for c in init + pod["containers"] if c.get("command", [""])[0] == "freshclam"), None)
+    fresh = clamav_config(freshclam, volumes, config_maps) if freshclam else None
+    if fresh is None:
+        problem(f"{where}: no freshclam (with a --config-file= from a ConfigMap) keeps clamd's database current")
+    elif fresh.get("DatabaseDirectory") != conf.get("DatabaseDirectory") or fresh.get("NotifyClamd") != conf["__path__"]:
+        problem(
+            f"container {freshclam['name']}: freshclam must update clamd's DatabaseDirectory and notify it "
+            f"(NotifyClamd {conf['__path__']})"
+        )
 
 
 def check_service_monitor(monitor, objects):

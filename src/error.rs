@@ -97,6 +97,10 @@ impl ApiError {
             (_, "busy" | "budget_too_small" | "insufficient_storage") => "gateway_busy",
             // Limits doing their work (Box's, a key's quota): told apart from failures too.
             (_, "box_rate_limited" | "rate_limited") => "rate_limited",
+            // The malware gate: a refused file is the gate working; its scanner's outage is alerted
+            // on by itself (BoxUploadGatewayScannerUnavailable), not as Box's errors.
+            (_, "malware_detected" | "scan_incomplete") => "malware",
+            (_, "scanner_unavailable") => "scanner_unavailable",
             _ => self.outcome_by_status(),
         }
     }
@@ -292,6 +296,7 @@ impl From<UploadError> for ApiError {
                     format!("the gateway's spool for bodies of unknown size is full (spool_max_total_bytes = {total}); send the size (`size`, Upload-Length or Content-Length) or try again later"),
                 )
             },
+            UploadError::Scan(verdict) => from_verdict(verdict),
             UploadError::Rewound { offset } => Self::new(
                 S::CONFLICT,
                 "upload_rewound",
@@ -331,6 +336,54 @@ impl From<UploadError> for ApiError {
                 )
             }
         }
+    }
+}
+
+/// `Retry-After` of 503 `scanner_unavailable`: about what a restarted clamd sidecar takes to load
+/// its database and answer again, and several pings of the readiness check.
+pub const SCANNER_RETRY_AFTER_SECS: u64 = 30;
+
+/// The malware gate's refusals (`pipeline/scanned.rs`): nothing of the file is in Box.
+fn from_verdict(verdict: crate::scan::Verdict) -> ApiError {
+    use crate::scan::Verdict;
+    use StatusCode as S;
+    match verdict {
+        // With AlertExceedsMax, clamd names a limit of its own it met (an archive nested too deep,
+        // more unpacked than MaxScanSize, a scan past MaxScanTime...) as a finding: the file was not
+        // looked at whole, and what was not seen may hide malware. Refused, but not called malware.
+        verdict @ Verdict::Infected { .. } if verdict.is_limits_exceeded() => {
+            let Verdict::Infected { signature } = verdict else { unreachable!() };
+            ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "scan_incomplete",
+                format!("the malware scanner could not look at the whole file ({signature}: a limit of ClamAV's, e.g. an archive nested too deep or too large unpacked); it is refused, and nothing was stored"),
+            )
+        }
+        Verdict::Infected { signature } => ApiError::new(
+            S::UNPROCESSABLE_ENTITY,
+            "malware_detected",
+            format!("the malware scanner found {signature} in the file; nothing was stored"),
+        ),
+        Verdict::TooLarge { size, limit } => ApiError::new(
+            S::PAYLOAD_TOO_LARGE,
+            "too_large_to_scan",
+            format!("the file ({size} bytes) is larger than the malware scanner looks at (scan_max_bytes = {limit}); nothing was stored"),
+        ),
+        // Fail closed: no verdict is no upload. The cause (clamd down, too slow, a refusal of its
+        // own) goes to the log, not to the client.
+        Verdict::Error(_) => ApiError {
+            retry_after_secs: Some(SCANNER_RETRY_AFTER_SECS),
+            ..ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "scanner_unavailable",
+                "the malware scanner gave no verdict on the file, so it was not stored: try again later",
+            )
+        },
+        Verdict::Clean => ApiError::new(
+            S::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the gateway failed; see its logs",
+        ),
     }
 }
 
@@ -521,6 +574,53 @@ mod tests {
                 retry_after: None,
             },
         ))
+    }
+
+    /// The malware gate's verdicts: a limit clamd met is refused, but not called malware; no verdict
+    /// is 503 with `Retry-After` (fail closed), whatever its cause.
+    #[test]
+    fn scan_verdicts_map_to_documented_statuses() {
+        use crate::scan::{ErrorKind, ScanError, Verdict};
+        let found = |signature: &str| Verdict::Infected {
+            signature: signature.into(),
+        };
+        let cases = [
+            (found("Win.Test.EICAR_HDB-1"), 422, "malware_detected"),
+            (
+                found("Heuristics.Limits.Exceeded.MaxScanSize"),
+                422,
+                "scan_incomplete",
+            ),
+            (Verdict::TooLarge { size: 3, limit: 2 }, 413, "too_large_to_scan"),
+            (
+                Verdict::Error(ScanError::new(
+                    ErrorKind::SizeLimit,
+                    "INSTREAM size limit exceeded",
+                )),
+                503,
+                "scanner_unavailable",
+            ),
+            (
+                Verdict::Error(ScanError::new(ErrorKind::Timeout, "no verdict")),
+                503,
+                "scanner_unavailable",
+            ),
+        ];
+        for (verdict, want_status, want_code) in cases {
+            let e = ApiError::from(UploadError::Scan(verdict));
+            assert_eq!((e.status.as_u16(), e.code), (want_status, want_code));
+            assert_eq!(
+                e.retry_after_secs.is_some(),
+                want_code == "scanner_unavailable",
+                "{want_code}"
+            );
+        }
+        let named = ApiError::from(UploadError::Scan(found("Win.Test.EICAR_HDB-1")));
+        assert!(
+            named.message.contains("Win.Test.EICAR_HDB-1"),
+            "{}",
+            named.message
+        );
     }
 
     #[test]

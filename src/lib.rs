@@ -1,6 +1,6 @@
 //! box-upload-gateway: streams plain HTTP uploads into Box upload sessions.
 //!
-//! `pipeline` and `box_api` are free of HTTP-server types; `routes` are thin actix-web handlers.
+//! `pipeline`, `scan` and `box_api` are free of HTTP-server types; `routes` are thin actix-web handlers.
 pub mod access;
 pub mod box_api;
 pub mod config;
@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod readiness;
 pub mod routes;
+pub mod scan;
 pub mod secret;
 pub mod startup;
 pub mod state;

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 /// Why the gateway is not ready; `None` in `Lifecycle::box_problem` means Box answered the last check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotReady {
-    /// Stable: `starting`, `draining`, `box_credentials_refused`. (Box out of reach is not one: see
+    /// Stable: `starting`, `draining`, `box_credentials_refused`, `scanner_unavailable`. (Box out of reach is not one: see
     /// `box_unreachable`.)
     pub reason: &'static str,
     pub message: String,
@@ -46,6 +46,8 @@ pub struct Lifecycle {
     stop_uploads: CancellationToken,
     /// What the last background check of Box found (`starting` until the first check is done).
     box_problem: Mutex<Option<NotReady>>,
+    /// What the last ping of this replica's own clamd found (`readiness::check_scanner`).
+    scanner_problem: Mutex<Option<NotReady>>,
     /// Fires once the drain is over: background workers (webhook delivery) stop.
     stop_background: CancellationToken,
 }
@@ -62,6 +64,7 @@ impl Default for Lifecycle {
                 reason: "starting",
                 message: "Box has not been checked yet".into(),
             })),
+            scanner_problem: Mutex::new(None),
             stop_background: CancellationToken::new(),
         }
     }
@@ -123,6 +126,11 @@ impl Lifecycle {
         *self.box_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
+    /// This replica's own clamd (a sidecar) answers, or not: every upload here would fail closed.
+    pub fn set_scanner_problem(&self, problem: Option<NotReady>) {
+        *self.scanner_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
     /// The background check could not reach Box: every replica sees the same, so readiness keeps the
     /// last verdict on the credentials; only `starting` ends (the replica serves, and its uploads get
     /// 503 `box_unavailable` with `Retry-After` until Box is back).
@@ -141,7 +149,13 @@ impl Lifecycle {
                 message: "the gateway is shutting down and takes no new uploads".into(),
             });
         }
-        match self.box_problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        let box_problem = self.box_problem.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let scanner_problem = self
+            .scanner_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match box_problem.or(scanner_problem) {
             Some(problem) => Err(problem),
             None => Ok(()),
         }

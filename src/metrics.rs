@@ -3,8 +3,8 @@
 //! Built once at start into a registry that is passed in (no global statics), so each test gets its
 //! own registry and can assert on it. Labels never carry file names, ids or secrets.
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct GatewayMetrics {
@@ -131,6 +131,24 @@ pub struct GatewayMetrics {
     /// Uploads whose fields (description, tags, shared link, metadata) could not be applied after the
     /// commit, by `what` was removed (file|version) and `outcome` of the removal (deleted|failed).
     pub fields_cleanups: IntCounterVec,
+    /// Scans of uploads by clamd (`scan/`), by `verdict` (clean|infected|error|too_large). Only
+    /// `clean` lets an upload land.
+    pub scans: IntCounterVec,
+    /// Seconds from an upload's last byte written to clamd to clamd's verdict (clean or infected):
+    /// what a commit waits for its scan. clamd scans a stream only once it has it whole, so this
+    /// grows with the file's size.
+    pub scan_latency: Histogram,
+    /// Scans that ended without a verdict, by `kind` (connect|busy|connection_lost|timeout|protocol|
+    /// size_limit|clamd_timeout|clamd_error|internal): `scan::ErrorKind`.
+    pub scan_errors: IntCounterVec,
+    /// Bytes written to clamd.
+    pub scan_bytes: IntCounter,
+    /// Connections to clamd carrying a scan now, against `gateway_scanner_connections_max`.
+    pub scanner_connections_in_use: IntGauge,
+    /// The scanner's pool size (0 while scanning is off).
+    pub scanner_connections_max: IntGauge,
+    /// 1 while clamd answered the last connection, PING or scan, 0 while it did not.
+    pub scanner_up: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -434,6 +452,40 @@ impl GatewayMetrics {
                 ),
                 &["what", "outcome"],
             )?,
+            scans: IntCounterVec::new(
+                Opts::new(
+                    "gateway_scans_total",
+                    "Uploads scanned by clamd, by verdict (clean|infected|error|too_large).",
+                ),
+                &["verdict"],
+            )?,
+            scan_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gateway_scan_latency_seconds",
+                    "Time from an upload's last byte written to clamd to its verdict (clean or infected).",
+                )
+                .buckets(exponential_buckets(0.001, 3.0, 13)?), // 1 ms .. ~9 min
+            )?,
+            scan_errors: IntCounterVec::new(
+                Opts::new(
+                    "gateway_scan_errors_total",
+                    "Scans that ended without a verdict, by kind (connect|busy|connection_lost|timeout|protocol|size_limit|clamd_timeout|clamd_error|internal).",
+                ),
+                &["kind"],
+            )?,
+            scan_bytes: IntCounter::new("gateway_scan_bytes_total", "Bytes written to clamd.")?,
+            scanner_connections_in_use: IntGauge::new(
+                "gateway_scanner_connections_in_use",
+                "Connections to clamd carrying a scan now.",
+            )?,
+            scanner_connections_max: IntGauge::new(
+                "gateway_scanner_connections_max",
+                "The most connections to clamd at once (0: scanning is off).",
+            )?,
+            scanner_up: IntGauge::new(
+                "gateway_scanner_up",
+                "1 when clamd answered the last connection, PING or scan, 0 when it did not.",
+            )?,
         };
         registry.register(Box::new(m.uploads.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -482,6 +534,13 @@ impl GatewayMetrics {
         registry.register(Box::new(m.path_cache.clone()))?;
         registry.register(Box::new(m.schema_cache.clone()))?;
         registry.register(Box::new(m.fields_cleanups.clone()))?;
+        registry.register(Box::new(m.scans.clone()))?;
+        registry.register(Box::new(m.scan_latency.clone()))?;
+        registry.register(Box::new(m.scan_errors.clone()))?;
+        registry.register(Box::new(m.scan_bytes.clone()))?;
+        registry.register(Box::new(m.scanner_connections_in_use.clone()))?;
+        registry.register(Box::new(m.scanner_connections_max.clone()))?;
+        registry.register(Box::new(m.scanner_up.clone()))?;
         Ok(m)
     }
 }

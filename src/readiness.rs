@@ -67,3 +67,44 @@ pub async fn check_box(
         tokio::time::sleep(every).await;
     }
 }
+
+/// The background ping of clamd (`Scanner::ping`, every `every`): it keeps `gateway_scanner_up`
+/// and the engine an upload's answer names (`VERSION`) current, and logs a change once.
+///
+/// A dead clamd fails every upload of the replicas that use it (fail closed: 503
+/// `scanner_unavailable`). When it is this replica's own (`local`: the pod's sidecar on loopback or
+/// a Unix socket), the replica is not ready meanwhile, so the Service sends uploads to pods whose
+/// clamd answers, and Kubernetes restarts the sidecar (its liveness probe). A clamd every replica
+/// shares (a Service address) is the same for all of them, like Box: it does not take them all out
+/// of the Service at once; uploads get 503 with `Retry-After` and `BoxUploadGatewayScannerUnavailable`
+/// fires.
+pub async fn check_scanner(
+    scanner: crate::scan::Scanner,
+    local: bool,
+    lifecycle: Arc<Lifecycle>,
+    every: Duration,
+) {
+    let mut was_up = None;
+    loop {
+        let result = scanner.ping().await;
+        let up = result.is_ok();
+        if was_up != Some(up) {
+            match &result {
+                Ok(()) => {
+                    tracing::info!(clamd = %scanner.address(), engine = scanner.engine().as_deref(), "clamd answers")
+                }
+                Err(err) => tracing::error!(clamd = %scanner.address(), error = %err, local,
+                    "clamd does not answer PING: every upload fails with 503 scanner_unavailable until it does"),
+            }
+        }
+        was_up = Some(up);
+        lifecycle.set_scanner_problem(match (&result, local) {
+            (Err(err), true) => Some(NotReady {
+                reason: "scanner_unavailable",
+                message: format!("this replica's clamd does not answer ({})", err.kind),
+            }),
+            _ => None,
+        });
+        tokio::time::sleep(every).await;
+    }
+}

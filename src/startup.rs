@@ -17,8 +17,9 @@ use crate::box_api::{
 use crate::config::{BoxAuth, ValidSettings};
 use crate::lifecycle::{self, Lifecycle};
 use crate::metrics::GatewayMetrics;
-use crate::pipeline::{MemoryBudget, Pipeline};
+use crate::pipeline::{MemoryBudget, Pipeline, ScanGate};
 use crate::routes::{self, tus, AppState};
+use crate::scan::Scanner;
 
 /// The largest part size Box has been seen to pick (box-api.md): 64 MiB.
 const LARGEST_BOX_PART: u64 = 64 * 1024 * 1024;
@@ -150,7 +151,7 @@ impl Application {
         )
         .with_share(memory.share_bytes, metrics.buffered_bytes_by_key.clone())
         .with_max_wait(memory.wait);
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             client,
             budget,
             settings.pipeline.clone(),
@@ -159,6 +160,26 @@ impl Application {
             lifecycle.stop_uploads(),
         )
         .with_path_settings(&settings.paths.caches);
+        if let Some(scan) = &settings.scan {
+            let scanner = Scanner::new(
+                scan.scanner.clone(),
+                metrics.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            tracing::info!(clamd = %scanner.address(), scan_max_bytes = scanner.max_bytes(),
+                oversize = ?scan.oversize, staging = ?scan.staging, "malware scanning on: uploads land only when clamd finds them clean");
+            tokio::spawn(crate::readiness::check_scanner(
+                scanner.clone(),
+                scan.scanner.address.is_local(),
+                lifecycle.clone(),
+                settings.server.readiness_check_interval,
+            ));
+            pipeline = pipeline.with_scan_gate(ScanGate {
+                scanner,
+                oversize: scan.oversize,
+                staging: scan.staging.clone(),
+            });
+        }
         let events = Arc::new(crate::events::Events::new(
             store.clone(),
             settings.webhooks.clone(),

@@ -125,6 +125,8 @@ pub struct Caller {
     pub(super) box_user_id: Option<Arc<str>>,
     /// An upload link's caller: what the link allows (it acts as the key that made it).
     pub(super) link: Option<Arc<LinkClaims>>,
+    /// Its key has `scan = false` (never true for a link's caller: a link's holder is a stranger).
+    pub(super) scan_exempt: bool,
 }
 
 impl Caller {
@@ -152,6 +154,12 @@ impl Caller {
     /// An upload link's caller: what its link allows.
     pub fn link(&self) -> Option<&LinkClaims> {
         self.link.as_deref()
+    }
+
+    /// Whether this caller's uploads skip the malware scan: its key says `scan = false` (a link's
+    /// uploads never do).
+    pub fn scan_exempt(&self) -> bool {
+        self.scan_exempt && self.link.is_none()
     }
 
     /// 403 `link_not_allowed` for a link's caller on a plain upload endpoint: a link's uploads go

@@ -65,6 +65,10 @@ pub struct ApiKeyConfig {
     /// The key's own quota of file bytes a day (a rolling day: the quota refills continuously).
     #[serde(default)]
     pub max_bytes_per_day: Option<u64>,
+    /// `false`: this key's uploads are not scanned for malware (a trusted internal producer); its
+    /// upload links' uploads still are. Absent: scanned (when `clamd_address` is set).
+    #[serde(default)]
+    pub scan: Option<bool>,
 }
 
 impl fmt::Debug for ApiKeyConfig {
@@ -84,6 +88,7 @@ impl fmt::Debug for ApiKeyConfig {
             .field("webhook_secret_file", &self.webhook_secret_file)
             .field("max_uploads_per_minute", &self.max_uploads_per_minute)
             .field("max_bytes_per_day", &self.max_bytes_per_day)
+            .field("scan", &self.scan)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +208,8 @@ pub(super) struct ApiKey {
     pub path_root: Option<Arc<str>>,
     pub max_file_size_bytes: Option<u64>,
     pub as_user: Option<String>,
+    /// `scan = false`: its own uploads skip the malware scan (its links' do not).
+    pub scan_exempt: bool,
     /// The key's own token provider (its own subject), else the gateway's.
     pub auth: Option<Arc<dyn TokenProvider>>,
 }
@@ -217,6 +224,7 @@ impl ApiKey {
             path_root: k.path_root.as_deref().map(Arc::from),
             max_file_size_bytes: k.max_file_size_bytes,
             as_user: k.as_user.clone().filter(|u| !u.is_empty()),
+            scan_exempt: k.scan == Some(false),
             auth: k.subject().map(mint),
         }
     }

@@ -275,6 +275,8 @@ impl Access {
             metrics: self.metrics.clone(),
             box_user_id: None,
             link: Some(Arc::new(claims)),
+            // A link's holder is a stranger: its uploads are scanned whatever its key says.
+            scan_exempt: false,
         })
     }
 

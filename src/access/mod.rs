@@ -227,6 +227,7 @@ impl Access {
             metrics: self.metrics.clone(),
             box_user_id: None,
             link: None,
+            scan_exempt: key.is_some_and(|k| k.scan_exempt),
         })
     }
 
@@ -300,6 +301,7 @@ mod tests {
             webhook_secret_file: None,
             max_uploads_per_minute: None,
             max_bytes_per_day: None,
+            scan: None,
         }
     }
 

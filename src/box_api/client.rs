@@ -770,6 +770,60 @@ impl BoxClient {
         .map(FileObject)
     }
 
+    /// `PUT {api}/files/{id}` with `parent` and `name`: the file moved into the folder under the name
+    /// (a staged upload landing once its scan was clean). 409 `item_name_in_use` when the name is
+    /// taken there (its conflict names the file). A lost answer is retried: moving a file where it
+    /// already is, under its own name, is no conflict.
+    #[tracing::instrument(name = "box.move_file", skip_all)]
+    pub async fn move_file(
+        &self,
+        file_id: &str,
+        folder_id: &str,
+        name: &str,
+    ) -> Result<FileObject, BoxError> {
+        let url = self.api_path(&["files", file_id], "move_file")?;
+        let body = json!({"parent": {"id": folder_id}, "name": name});
+        self.retried("move_file", |t| {
+            self.http
+                .client()
+                .put(url.clone())
+                .bearer_auth(t.expose())
+                .json(&body)
+        })
+        .await
+        .map(FileObject)
+    }
+
+    /// `GET {api}/files/{id}/content`: the file's bytes as they come (Box answers with a redirect to
+    /// a download host, which is followed; the token is not sent there, reqwest drops it across
+    /// hosts). The request is retried until the answer starts; the body is not: a stream that breaks
+    /// fails. `within` bounds the whole download (the client's per-call timeout is for parts).
+    #[tracing::instrument(name = "box.download_file", skip_all)]
+    pub async fn download_file(
+        &self,
+        file_id: &str,
+        within: std::time::Duration,
+    ) -> Result<impl futures_util::Stream<Item = Result<Bytes, BoxError>> + Send + Unpin + 'static, BoxError>
+    {
+        use futures_util::TryStreamExt;
+        let url = self.api_path(&["files", file_id, "content"], "download_file")?;
+        let response = self
+            .retry
+            .run(&self.metrics, |attempt| {
+                self.send("download_file", attempt.deadline, |t| {
+                    self.http
+                        .client()
+                        .get(url.clone())
+                        .bearer_auth(t.expose())
+                        .timeout(within)
+                })
+            })
+            .await?;
+        Ok(response
+            .bytes_stream()
+            .map_err(|e| BoxError::transport("download_file", e)))
+    }
+
     /// `DELETE {api}/files/{id}`: a file the gateway created, removed (to the trash) because it is
     /// not what was sent. Not retried after a lost answer blindly: a 404 then means it is gone.
     #[tracing::instrument(name = "box.delete_file", skip_all)]

@@ -90,6 +90,14 @@ impl BoxError {
         self.body().and_then(|b| b.code.as_deref())
     }
 
+    /// A 409 naming the item that holds the name (`context_info.conflicts`): a name conflict, which
+    /// `on_conflict` may resolve; None for any other answer.
+    pub fn name_conflict(&self) -> Option<super::types::Conflict> {
+        self.body()
+            .filter(|_| self.status() == Some(409))
+            .and_then(|b| b.conflict())
+    }
+
     pub fn request_id(&self) -> Option<&str> {
         self.body().and_then(|b| b.request_id.as_deref())
     }

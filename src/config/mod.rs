@@ -242,6 +242,37 @@ pub struct Settings {
     pub metadata_schema_cache_ttl_secs: u64,
     /// Template schemas kept per replica.
     pub metadata_schema_cache_max_entries: usize,
+    /// The malware scanner, clamd (`GATEWAY_CLAMD_ADDRESS`): `tcp://host:port` or
+    /// `unix:/path/to/clamd.ctl`. Set: every upload is scanned, and lands only when clean (except
+    /// the keys with `scan = false`). Unset: nothing is scanned.
+    #[serde(deserialize_with = "string_like")]
+    pub clamd_address: Option<String>,
+    /// Larger files are not scanned: at most ClamAV's own limit, 2 GiB - 3 (2147483645), past which
+    /// clamd reports a file clean unless told otherwise (Cisco-Talos/clamav#344).
+    pub scan_max_bytes: u64,
+    /// A file above `scan_max_bytes`: `refuse` (413 `too_large_to_scan`, before any byte when its
+    /// size is known) or `allow_unscanned` (it lands, and says `"scanned": false`).
+    pub scan_oversize: String,
+    /// The longest clamd may keep a scan waiting at one step (a free connection, each write, the
+    /// verdict after the last byte); past it the upload fails with 503 `scanner_unavailable`.
+    pub scan_timeout_secs: u64,
+    /// The verdict's wait grows with the file: `scan_timeout_secs` plus the file's size at this rate
+    /// (clamd scans a stream only once it has it whole). 0: `scan_timeout_secs` alone.
+    pub scan_min_bytes_per_sec: u64,
+    /// Connections to clamd at most, per replica: the scans that run at once (clamd's `MaxThreads`
+    /// at least this).
+    pub scan_max_connections: usize,
+    /// Bytes one scan may hold before the upload waits for clamd to take them (they stay counted in
+    /// the memory budget until clamd has them).
+    pub scan_queue_bytes: u64,
+    /// How long an idle connection to clamd is kept for the next scan (0: a connection per scan);
+    /// below clamd's `ReadTimeout`.
+    pub scan_connection_idle_secs: u64,
+    /// The folder chunked tus uploads are committed into to be scanned, before they move into their
+    /// own (`GATEWAY_SCAN_STAGING_FOLDER_ID`): one only the gateway's Box users may see. Unset: a
+    /// folder `box-upload-gateway-scan-staging` in the root of the Box user each upload acts as.
+    #[serde(deserialize_with = "string_like")]
+    pub scan_staging_folder_id: Option<String>,
 }
 
 /// `string_like` for a key that always has a value (its default fills it in).
@@ -403,6 +434,20 @@ impl Default for Settings {
             path_cache_max_entries: 10_000,
             metadata_schema_cache_ttl_secs: 300,
             metadata_schema_cache_max_entries: 1_000,
+            clamd_address: None,
+            scan_max_bytes: crate::scan::CLAMAV_MAX_FILE_BYTES,
+            scan_oversize: "refuse".into(),
+            // clamd answers a PING within milliseconds even while it scans: 30 s of silence at one
+            // step is a clamd that is gone or stuck.
+            scan_timeout_secs: 30,
+            // A quarter of what one core of clamd scans with the full database (phase 1 measured
+            // 60 MB/s with one signature): a busy clamd still answers in time.
+            scan_min_bytes_per_sec: 4_000_000,
+            scan_max_connections: 8,
+            // One part of Box's common size: clamd may fall one part behind the upload.
+            scan_queue_bytes: 8 * 1024 * 1024,
+            scan_connection_idle_secs: 30,
+            scan_staging_folder_id: None,
         }
     }
 }

@@ -9,7 +9,8 @@ use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, PacerSettings, RetryPolicy};
 use crate::events::WebhookSettings;
 use crate::http_client::BoxConnections;
-use crate::pipeline::{PathSettings, PipelineSettings};
+use crate::pipeline::{PathSettings, PipelineSettings, ScanOversize, Staging};
+use crate::scan::ScannerSettings;
 use crate::secret::{Secret, SecretSource};
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,16 @@ pub struct ValidSettings {
     pub links: LinkSettings,
     pub webhooks: WebhookSettings,
     pub paths: PathUploadSettings,
+    /// The malware gate; None: `clamd_address` unset, nothing is scanned.
+    pub scan: Option<ScanSettings>,
+}
+
+/// The malware gate: clamd, and what the gateway does around it.
+#[derive(Debug, Clone)]
+pub struct ScanSettings {
+    pub scanner: ScannerSettings,
+    pub oversize: ScanOversize,
+    pub staging: Staging,
 }
 
 /// Upload by path and the fields that land with a file.

@@ -11,7 +11,8 @@ use crate::access::ApiKeyConfig;
 use crate::box_api::{BoxUrls, Grant, JwtApp, PacerSettings, RetryPolicy, Subject, SubjectType};
 use crate::events::{ReceiverSettings, WebhookSettings};
 use crate::http_client::{BoxConnections, BoxHttpVersion};
-use crate::pipeline::{PathSettings, PipelineSettings};
+use crate::pipeline::{PathSettings, PipelineSettings, ScanOversize, Staging};
+use crate::scan::ScannerSettings;
 use crate::secret::SecretSource;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -47,6 +48,7 @@ impl Settings {
         let links = self.links(passthrough, p);
         let webhooks = self.webhooks(&access.api_keys, p);
         let paths = self.paths(p);
+        let scan = self.scan(p);
         self.telemetry(p);
         match (problems.is_empty(), server, box_side) {
             (true, Some(server), Some(box_side)) => Ok(ValidSettings {
@@ -63,6 +65,7 @@ impl Settings {
                 links,
                 webhooks,
                 paths,
+                scan,
             }),
             _ => Err(problems),
         }
@@ -798,6 +801,81 @@ impl Settings {
                 schema_cache_max_entries: self.metadata_schema_cache_max_entries,
             },
         }
+    }
+}
+
+impl Settings {
+    /// The malware gate: clamd's address and limits, the oversize policy, the staging folder.
+    fn scan(&self, problems: &mut Problems) -> Option<ScanSettings> {
+        use crate::scan::{ClamdAddress, CLAMAV_MAX_FILE_BYTES};
+        let address = self
+            .clamd_address
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty());
+        let oversize = ScanOversize::parse(&self.scan_oversize).unwrap_or_else(|| {
+            problems.push(format!(
+                "scan_oversize: {:?} is not refuse or allow_unscanned",
+                self.scan_oversize
+            ));
+            ScanOversize::Refuse
+        });
+        if !(1..=CLAMAV_MAX_FILE_BYTES).contains(&self.scan_max_bytes) {
+            problems.push(format!(
+                "scan_max_bytes: {} is not within 1..={CLAMAV_MAX_FILE_BYTES} (ClamAV looks at no more of a file: 2 GiB - 3)",
+                self.scan_max_bytes
+            ));
+        }
+        if !(1..=1024).contains(&self.scan_max_connections) {
+            problems.push(format!(
+                "scan_max_connections: {} is not within 1..=1024",
+                self.scan_max_connections
+            ));
+        }
+        // clamd closes a session silent past its ReadTimeout (120 s by default): an idle connection
+        // kept longer would meet a closed socket at its next PING.
+        if self.scan_connection_idle_secs >= 120 {
+            problems.push(format!(
+                "scan_connection_idle_secs: {} is not below clamd's ReadTimeout (120 s by default)",
+                self.scan_connection_idle_secs
+            ));
+        }
+        if !(64 * 1024..=u32::MAX as u64).contains(&self.scan_queue_bytes) {
+            problems.push(format!(
+                "scan_queue_bytes: {} is not within 65536..={}",
+                self.scan_queue_bytes,
+                u32::MAX
+            ));
+        }
+        at_least_one(problems, &[("scan_timeout_secs", self.scan_timeout_secs)]);
+        let staging = match self.scan_staging_folder_id.as_deref().map(str::trim) {
+            None | Some("") => Staging::PerUser,
+            Some(id) if id.bytes().all(|b| b.is_ascii_digit()) => Staging::Folder(id.to_owned()),
+            Some(id) => {
+                problems.push(format!("scan_staging_folder_id: {id:?} is not a Box folder id"));
+                Staging::PerUser
+            }
+        };
+        let address = match address?.parse::<ClamdAddress>() {
+            Ok(address) => address,
+            Err(e) => {
+                problems.push(e.to_string());
+                return None;
+            }
+        };
+        Some(ScanSettings {
+            scanner: ScannerSettings {
+                address,
+                max_connections: self.scan_max_connections,
+                timeout: Duration::from_secs(self.scan_timeout_secs),
+                min_scan_bytes_per_sec: self.scan_min_bytes_per_sec,
+                max_bytes: self.scan_max_bytes,
+                queue_bytes: self.scan_queue_bytes as usize,
+                idle: Duration::from_secs(self.scan_connection_idle_secs),
+            },
+            oversize,
+            staging,
+        })
     }
 }
 

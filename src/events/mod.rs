@@ -184,6 +184,11 @@ pub struct Completed {
     pub tus_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub upload_metadata: Option<HashMap<String, String>>,
+    /// Whether the file was scanned for malware (`{"scanned": true, "verdict": "clean", "engine"}`,
+    /// or `{"scanned": false, "reason"}`), as the upload's 201 says. None in events written before
+    /// the malware gate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scan: Option<crate::scan::ScanReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -13,6 +13,7 @@ mod hash;
 mod names;
 mod paths;
 mod resumable;
+mod scanned;
 mod spool;
 
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub use hash::{ResumableSha1, TwinSha1};
 pub use names::numbered_name;
 pub use paths::{CreatedFolder, FolderPath, PathError, PathSettings, ResolvedFolder};
 pub use resumable::Resumable;
+use scanned::scan_all;
+pub use scanned::{
+    Destination, Gate, ScanGate, ScanOversize, ScanPlan, Staging, Unscanned, STAGING_FOLDER_NAME,
+};
 pub use spool::{spool, SpoolSpace, Spooled};
 
 use crate::box_api::{
@@ -91,6 +96,8 @@ pub struct UploadOutcome {
     /// The fields applied after the commit (`Prepared::with_fields`), as Box answered them; they are
     /// in `file` too, where Box keeps them (`description`, `tags`, `shared_link`, `metadata`).
     pub fields: Option<AppliedFields>,
+    /// Whether it was scanned for malware, and by what (`scanned.rs`).
+    pub scan: crate::scan::ScanReport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +167,10 @@ pub enum UploadError {
     /// A folder path that cannot be resolved (`Pipeline::resolve_folder`).
     #[error(transparent)]
     Path(#[from] PathError),
+    /// The malware gate kept the file out: clamd found something (`Infected`), could not give a
+    /// verdict (`Error`), or the file is larger than it scans (`TooLarge`). Nothing of it is in Box.
+    #[error("the scan did not find the file clean: {0:?}")]
+    Scan(crate::scan::Verdict),
     /// The file landed but its fields could not be applied (after the retries): the file the upload
     /// created, or the version it added, was removed (`removed`), so nothing of the upload stays.
     #[error("the fields could not be applied to the file: {detail}")]
@@ -202,6 +213,8 @@ pub struct Pipeline {
     rt: Handle,
     /// Fires when the drain's grace period is over: uploads stop before their commit (`lifecycle.rs`).
     stop: CancellationToken,
+    /// The malware gate; None: nothing is scanned (`clamd_address` unset).
+    scan_gate: Option<Arc<ScanGate>>,
 }
 
 /// An upload whose destination Box has accepted (conflicts resolved), waiting for its bytes.
@@ -211,6 +224,10 @@ pub struct Prepared {
     route: Route,
     /// Applied after the commit; the upload fails (and leaves nothing) if they cannot be.
     fields: Option<CheckedFields>,
+    /// What is done about its malware scan (`with_scan`): not scanned unless told.
+    scan: ScanPlan,
+    /// A chunked resumable upload committed into the staging folder to be scanned: where it lands.
+    gate: Option<Gate>,
 }
 
 enum Route {
@@ -232,6 +249,11 @@ impl Prepared {
             fields: (!fields.is_empty()).then_some(fields),
             ..self
         }
+    }
+
+    /// The upload's malware scan, as its admission decided (`ScanGate::plan`).
+    pub fn with_scan(self, scan: ScanPlan) -> Self {
+        Self { scan, ..self }
     }
 }
 
@@ -268,7 +290,21 @@ impl Pipeline {
             metrics,
             rt,
             stop,
+            scan_gate: None,
         }
+    }
+
+    /// The same pipeline with the malware gate: uploads whose plan says so are scanned.
+    pub fn with_scan_gate(self, gate: ScanGate) -> Self {
+        Self {
+            scan_gate: Some(Arc::new(gate)),
+            ..self
+        }
+    }
+
+    /// The malware gate, when `clamd_address` is set.
+    pub fn scan_gate(&self) -> Option<&ScanGate> {
+        self.scan_gate.as_deref()
     }
 
     /// The same pipeline with other cache settings for uploads by path and metadata schemas (its
@@ -377,6 +413,8 @@ impl Pipeline {
                         expected_sha1,
                         route: Route::Chunked(guard),
                         fields: None,
+                        scan: ScanPlan::default(),
+                        gate: None,
                     });
                 }
                 Ok(None) => {
@@ -385,6 +423,8 @@ impl Pipeline {
                         expected_sha1,
                         route: Route::Direct,
                         fields: None,
+                        scan: ScanPlan::default(),
+                        gate: None,
                     })
                 }
                 Err(err) => err,
@@ -399,11 +439,7 @@ impl Pipeline {
                 chunked = false;
                 continue;
             }
-            let Some(conflict) = err
-                .body()
-                .filter(|_| err.status() == Some(409))
-                .and_then(|b| b.conflict())
-            else {
+            let Some(conflict) = err.name_conflict() else {
                 return Err(err.into());
             };
             match (on_conflict, &original) {
@@ -436,7 +472,8 @@ impl Pipeline {
     }
 
     /// Streams the body into Box. The body must hold exactly `upload.size` bytes; otherwise the
-    /// session is aborted and nothing lands.
+    /// session is aborted and nothing lands. With a scan (`with_scan`), the bytes go to clamd as they
+    /// go to Box, and the commit waits for clamd's verdict: only a clean one commits.
     pub async fn send<S, E>(&self, prepared: Prepared, body: S) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -447,18 +484,30 @@ impl Pipeline {
             expected_sha1,
             route,
             fields,
+            scan: mut plan,
+            gate: _,
         } = prepared;
         let mut body = Rechunker::new(body);
         match route {
-            Route::Direct => self.send_direct(&upload, expected_sha1, &mut body, fields).await,
+            Route::Direct => {
+                self.send_direct(&upload, expected_sha1, &mut body, fields, plan)
+                    .await
+            }
             Route::Chunked(guard) => {
+                let scan = match self.start_scan(&mut plan, upload.size) {
+                    Ok(scan) => scan,
+                    Err(err) => {
+                        guard.abort("scan").await;
+                        return Err(err);
+                    }
+                };
                 let mut parts = JoinSet::new();
                 let session = guard.session().clone();
                 let mut digests = TwinSha1::new();
                 let mut done = Vec::with_capacity(session.total_parts as usize);
-                // Until every part is in Box, a drain's stop ends the upload (its session is then
-                // aborted); once the commit is under way it is let finish, since Box may be
-                // creating the file.
+                // Until every part is in Box (and clamd's verdict is in), a drain's stop ends the
+                // upload (its session is then aborted); once the commit is under way it is let
+                // finish, since Box may be creating the file.
                 let sent = self
                     .until_stopped(self.send_parts(
                         &upload,
@@ -467,17 +516,22 @@ impl Pipeline {
                         &mut parts,
                         &mut digests,
                         &mut done,
+                        scan,
                     ))
                     .await;
-                if let Err(err) = sent {
-                    parts.shutdown().await;
-                    let reason = match err {
-                        UploadError::ShuttingDown => "shutdown",
-                        _ => "error",
-                    };
-                    guard.abort(reason).await;
-                    return Err(err);
-                }
+                let report = match sent.and_then(|verdict| self.scan_report(plan, verdict)) {
+                    Ok(report) => report,
+                    Err(err) => {
+                        parts.shutdown().await;
+                        let reason = match err {
+                            UploadError::ShuttingDown => "shutdown",
+                            UploadError::Scan(_) => "scan",
+                            _ => "error",
+                        };
+                        guard.abort(reason).await;
+                        return Err(err);
+                    }
+                };
                 // The guard goes with the commit into its task: see `finish_chunked`.
                 self.finish_chunked(
                     &upload,
@@ -487,6 +541,7 @@ impl Pipeline {
                     digests.finalize(),
                     done,
                     fields,
+                    report,
                 )
                 .await
                 .map(|(outcome, _)| outcome)
@@ -500,6 +555,7 @@ impl Pipeline {
         expected_sha1: Option<[u8; 20]>,
         body: &mut Rechunker<S>,
         fields: Option<CheckedFields>,
+        plan: ScanPlan,
     ) -> Result<UploadOutcome, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -522,12 +578,20 @@ impl Pipeline {
             part,
             permit: hold.take(),
         };
-        self.upload_direct(upload, expected_sha1, file, hasher.finalize().into(), fields)
-            .await
+        self.upload_direct(
+            upload,
+            expected_sha1,
+            file,
+            hasher.finalize().into(),
+            fields,
+            plan,
+        )
+        .await
     }
 
     /// Sends a direct upload's whole file, held in memory, checks what Box made of it, then applies
-    /// its fields (if any).
+    /// its fields (if any). With a scan (`plan`), the bytes go to clamd first: a direct upload lands
+    /// at once, there is no commit to hold back, so nothing is sent before the verdict is clean.
     async fn upload_direct(
         &self,
         upload: &NewUpload,
@@ -535,11 +599,22 @@ impl Pipeline {
         file: WholeFile,
         sha1: [u8; 20],
         fields: Option<CheckedFields>,
+        mut plan: ScanPlan,
     ) -> Result<UploadOutcome, UploadError> {
         check_expected(expected_sha1, &sha1)?;
         let client = self.client.clone();
         let u = upload.clone();
         let WholeFile { part, permit } = file;
+        // Shared by the bytes' scan and their upload: given back once both are done with them.
+        let permit = Arc::new(permit);
+        let verdict = match self.start_scan(&mut plan, upload.size)? {
+            Some(scan) => Some(
+                self.until_stopped(async { Ok(scan_all(scan, &part.chunks, &permit).await) })
+                    .await?,
+            ),
+            None => None,
+        };
+        let report = self.scan_report(plan, verdict)?;
         // The permit goes with the bytes into the task that sends them: when the client leaves, this
         // future is dropped but the task runs on, and its bytes stay counted until it ends.
         let file = self
@@ -558,6 +633,7 @@ impl Pipeline {
             parts: None,
             session_id: None,
             fields: None,
+            scan: report,
         };
         match fields {
             None => Ok(outcome),
@@ -592,6 +668,7 @@ impl Pipeline {
         sha1: [u8; 20],
         mut parts: Vec<UploadPart>,
         fields: Option<CheckedFields>,
+        scan: crate::scan::ScanReport,
     ) -> Result<(UploadOutcome, bool), UploadError> {
         let size = upload.size;
         let part_size = session.part_size;
@@ -632,6 +709,7 @@ impl Pipeline {
                 parts: Some(size.div_ceil(part_size)),
                 session_id: Some(session.id.clone()),
                 fields: None,
+                scan,
             };
             // In this task, so a client that leaves now does not stop them (or the removal).
             let outcome = match fields {
@@ -943,7 +1021,8 @@ impl Pipeline {
     }
 
     /// One part's upload with its retries, on the shared runtime (its digest, `sha1`, was taken while
-    /// it was read). The budget permit is released when Box has answered. `known`: a part Box already
+    /// it was read). Its hold of the budget permit is released when Box has answered (a scan holds
+    /// another until clamd has the bytes). `known`: a part Box already
     /// holds at this offset (a resumable upload's bytes sent again after a failed append): the same
     /// bytes are not sent again (parts are immutable: Box would answer 416).
     #[allow(clippy::too_many_arguments)]
@@ -954,7 +1033,7 @@ impl Pipeline {
         offset: u64,
         part: Part,
         sha1: [u8; 20],
-        permit: BudgetPermit,
+        permit: Arc<BudgetPermit>,
         known: Option<UploadPart>,
     ) -> impl std::future::Future<Output = Result<UploadPart, UploadError>> + Send + 'static {
         let client = self.client.clone();
@@ -989,7 +1068,11 @@ impl Pipeline {
 
     /// Reads the body into parts of exactly `part_size` bytes (the last may be shorter), hashing each
     /// into the whole file's SHA-1 and sending it, at most `part_concurrency` at once, until every
-    /// part is in Box.
+    /// part is in Box. With a `scan`, each part's pieces are pushed to it once the part's upload has
+    /// started; the part's budget permit is shared by both and goes back once Box and clamd have the
+    /// bytes, so the bound below holds for clamd's queue too (a slow clamd stops the reading).
+    /// Returns clamd's verdict, waited for while the last parts go up.
+    #[allow(clippy::too_many_arguments)]
     async fn send_parts<S, E>(
         &self,
         upload: &NewUpload,
@@ -998,7 +1081,8 @@ impl Pipeline {
         in_flight: &mut JoinSet<Result<UploadPart, UploadError>>,
         digests: &mut TwinSha1,
         parts: &mut Vec<UploadPart>,
-    ) -> Result<(), UploadError>
+        mut scan: Option<crate::scan::Scan>,
+    ) -> Result<Option<crate::scan::Verdict>, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<UploadError>,
@@ -1010,7 +1094,8 @@ impl Pipeline {
         let mut hold = self.hold();
         while offset < size {
             // Per upload at most `part_concurrency` parts exist at once (filling or in flight); each
-            // holds its bytes of the budget from when they arrive until Box has answered for it.
+            // holds its bytes of the budget from when they arrive until Box has answered for it (and
+            // clamd has taken them).
             while in_flight.len() >= concurrency {
                 parts.push(join(in_flight.join_next().await)?);
             }
@@ -1022,23 +1107,53 @@ impl Pipeline {
             let part = read_exact(body, len, |c| digests.update(c), &mut hold)
                 .await
                 .map_err(|e| e.with_offset(offset))?;
-            let permit = hold.take();
+            let permit = Arc::new(hold.take());
             let part_sha1 = digests.finish_part();
+            let pieces = scan.is_some().then(|| part.chunks.clone());
             in_flight.spawn_on(
-                self.upload_part(session.clone(), size, offset, part, part_sha1, permit, None)
-                    .in_current_span(),
+                self.upload_part(
+                    session.clone(),
+                    size,
+                    offset,
+                    part,
+                    part_sha1,
+                    permit.clone(),
+                    None,
+                )
+                .in_current_span(),
                 &self.rt,
             );
+            if let (Some(scan), Some(pieces)) = (scan.as_mut(), pieces) {
+                // The same `Bytes` as the part's upload: no copy.
+                for piece in pieces.iter() {
+                    scan.push(piece.clone(), permit.clone())
+                        .await
+                        .map_err(UploadError::Scan)?;
+                }
+            }
             offset += len;
             while let Some(done) = in_flight.try_join_next() {
                 parts.push(join(Some(done))?);
             }
         }
         expect_end(body, size).await?;
-        while let Some(done) = in_flight.join_next().await {
-            parts.push(join(Some(done))?);
-        }
-        Ok(())
+        // clamd scans once it has the last byte: its verdict and the last parts' answers are waited
+        // for together.
+        let verdict = async {
+            match scan {
+                Some(scan) => Some(scan.finish().await),
+                None => None,
+            }
+        };
+        let joined = async {
+            while let Some(done) = in_flight.join_next().await {
+                parts.push(join(Some(done))?);
+            }
+            Ok::<_, UploadError>(())
+        };
+        let (verdict, joined) = tokio::join!(verdict, joined);
+        joined?;
+        Ok(verdict)
     }
 
     /// `work`, unless the drain's stop comes first.

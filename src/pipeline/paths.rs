@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::box_api::{BoxClient, BoxError, FolderCreated, FolderError, PaceKey};
 use crate::metrics::GatewayMetrics;
@@ -24,7 +24,9 @@ use super::fields::make_room;
 /// percent-decoded, not empty, `.` or `..`, no `/`, `\` or control characters, ...). The resolver
 /// never joins them into one string to look anything up, and Box refuses such names itself
 /// (`item_name_invalid`): a segment only ever names a folder inside the one above it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Stored (a staged upload's destination, `scanned.rs`) as its list of segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct FolderPath {
     segments: Vec<String>,
 }

@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{
-    read_charged, CheckedFields, Hold, Pipeline, Prepared, Rechunker, ResumableSha1, Route, SessionGuard,
-    TwinSha1, UploadError, UploadOutcome, WholeFile,
+    read_charged, CheckedFields, Gate, Hold, Pipeline, Prepared, Rechunker, ResumableSha1, Route, ScanPlan,
+    SessionGuard, TwinSha1, UploadError, UploadOutcome, WholeFile,
 };
 use crate::box_api::{NewUpload, UploadPart, UploadSession};
 
@@ -39,6 +39,14 @@ pub struct Resumable {
     /// the upload can be moved back to a part Box turns out to lack (`rewind`). About 80 bytes a part.
     #[serde(default)]
     pub chains: BTreeMap<u64, ResumableSha1>,
+    /// What is done about its malware scan, decided at its creation (records older than the gate:
+    /// not scanned).
+    #[serde(default)]
+    pub scan: ScanPlan,
+    /// A chunked upload that is scanned: committed into the staging folder first, then landed where
+    /// it goes once clean (`scanned.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
 }
 
 impl Prepared {
@@ -58,6 +66,8 @@ impl Prepared {
             parts: BTreeMap::new(),
             sha1: ResumableSha1::default(),
             chains: BTreeMap::new(),
+            scan: self.scan,
+            gate: self.gate,
         }
     }
 }
@@ -259,7 +269,7 @@ impl Pipeline {
                     overran = true;
                     return Err(too_long(size));
                 }
-                let permit = hold.take();
+                let permit = std::sync::Arc::new(hold.take());
                 let part_sha1 = digests.finish_part();
                 chains.insert(offset + len, digests.clone().into_whole());
                 let known = r.parts.get(&offset).cloned();
@@ -339,6 +349,10 @@ impl Pipeline {
 
     /// `complete`, then the fields applied as a plain upload's are (`Prepared::with_fields`): the
     /// caller keeps them beside the upload between requests (`CheckedFields` is serializable).
+    ///
+    /// A scanned upload: a direct-size one's whole file (`file`) is scanned before its direct
+    /// upload; a chunked one (with a `gate`) must have been committed into the staging folder first
+    /// (`commit_staged`, whose outcome the caller keeps), and lands now if clamd finds it clean.
     pub async fn complete_with_fields(
         &self,
         r: &mut Resumable,
@@ -346,7 +360,7 @@ impl Pipeline {
         fields: Option<CheckedFields>,
     ) -> Result<UploadOutcome, UploadError> {
         let fields = fields.filter(|f| !f.is_empty());
-        let Some(session) = r.session.clone() else {
+        if r.session.is_none() {
             let file = file.ok_or_else(|| {
                 UploadError::Internal("a direct upload was to land without its bytes".into())
             })?;
@@ -355,13 +369,78 @@ impl Pipeline {
                 hasher.update(chunk);
             }
             return self
-                .upload_direct(&r.upload, r.expected_sha1, file, hasher.finalize().into(), fields)
+                .upload_direct(
+                    &r.upload,
+                    r.expected_sha1,
+                    file,
+                    hasher.finalize().into(),
+                    fields,
+                    r.scan,
+                )
                 .await;
+        }
+        if r.gate.is_some() {
+            let landed = self.land_staged(r, fields).await;
+            if landed.is_ok() {
+                // Landed: its file is no staged file any more, which nothing must delete.
+                if let Some(gate) = r.gate.as_mut() {
+                    gate.staged_file_id = None;
+                }
+            }
+            return landed;
+        }
+        let report = self.scan_report(r.scan, None)?;
+        self.commit_resumable(r, fields, report).await
+    }
+
+    /// A scanned chunked upload's commit into the staging folder (under its unique name): its file
+    /// there is kept in its `gate` (`staged_file_id`), for `complete_with_fields` to scan and land.
+    /// Nothing to do when it was committed already (its last request is sent again).
+    pub async fn commit_staged(&self, r: &mut Resumable) -> Result<(), UploadError> {
+        if r.gate.as_ref().is_none_or(|g| g.staged_file_id.is_some()) {
+            return Ok(());
+        }
+        let unscanned = crate::scan::ScanReport::skipped(super::Unscanned::Off.reason());
+        let staged = self.commit_resumable(r, None, unscanned).await?;
+        let id = staged
+            .file
+            .id()
+            .ok_or_else(|| UploadError::Internal("the staged file has no id".into()))?
+            .to_owned();
+        if let Some(gate) = r.gate.as_mut() {
+            gate.staged_file_id = Some(id);
+        }
+        Ok(())
+    }
+
+    /// The commit of a complete chunked upload (its session's parts, with the whole file's SHA-1).
+    /// A commit whose `parts_mismatch` outlasts `parts_mismatch_window` means Box lacks a part: the
+    /// session's parts are listed, `r` is moved back to the first hole (`rewind`) and the answer is
+    /// `Rewound` (the caller keeps the upload; the client resends from there).
+    async fn commit_resumable(
+        &self,
+        r: &mut Resumable,
+        fields: Option<CheckedFields>,
+        report: crate::scan::ScanReport,
+    ) -> Result<UploadOutcome, UploadError> {
+        let Some(session) = r.session.clone() else {
+            return Err(UploadError::Internal(
+                "a direct upload has no session to commit".into(),
+            ));
         };
         let parts = r.parts.values().cloned().collect();
         let sha1 = r.sha1.clone().finalize();
         match self
-            .finish_chunked(&r.upload, r.expected_sha1, &session, None, sha1, parts, fields)
+            .finish_chunked(
+                &r.upload,
+                r.expected_sha1,
+                &session,
+                None,
+                sha1,
+                parts,
+                fields,
+                report,
+            )
             .await
         {
             Ok((outcome, recovered)) => {
@@ -392,8 +471,12 @@ impl Pipeline {
         }
     }
 
-    /// Aborts the upload's Box session, if it has one (termination, expiry, a failed commit).
+    /// Aborts the upload's Box session, if it has one (termination, expiry, a failed commit), and
+    /// deletes its staged file if it was committed into the staging folder and never landed.
     pub async fn abort_resumable(&self, r: &Resumable, reason: &'static str) {
+        if let Some(staged) = r.gate.as_ref().and_then(|g| g.staged_file_id.as_deref()) {
+            self.delete_staged(staged).await;
+        }
         if let Some(session) = &r.session {
             SessionGuard::new(
                 self.client.clone(),
@@ -507,6 +590,8 @@ mod tests {
             parts,
             sha1: ResumableSha1::default(),
             chains,
+            scan: ScanPlan::default(),
+            gate: None,
         }
     }
 

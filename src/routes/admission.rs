@@ -6,8 +6,9 @@
 //!    so the `Idempotency-Key` middleware and the handler share it.
 //! 2. **Cheap local refusals**, which cost nothing: the route (a link's caller on a plain endpoint is
 //!    403 `link_not_allowed`, `plain_caller`), the parameters, the folder (or an upload by path's
-//!    root, `Caller::path_root`, and its path's syntax, `params::folder_path`), the size limits, the
-//!    names, the syntax of the fields that land with the file (`UploadParams::fields`); then, for tus
+//!    root, `Caller::path_root`, and its path's syntax, `params::folder_path`), the size limits (the
+//!    malware gate's too: `scan_plan`, 413 `too_large_to_scan` when the size is known), the names, the
+//!    syntax of the fields that land with the file (`UploadParams::fields`); then, for tus
 //!    creation, the owner's open-upload cap and its link's file slot (atomic counts in the store:
 //!    taken here, given back if a later gate refuses). **Box reads** come last in this step, once
 //!    every local check has passed: a new version's file (`Caller::check_file`, one read), then the
@@ -55,7 +56,8 @@ use crate::access::{Caller, LinkSlot, QuotaCost, QuotaTaken};
 use crate::box_api::{Admission, PaceKey};
 use crate::error::ApiError;
 use crate::pipeline::{
-    CheckedFields, FileFields, Pipeline, Prepared, ResolvedFolder, Resumable, UploadRequest,
+    CheckedFields, FileFields, Pipeline, Prepared, ResolvedFolder, Resumable, ScanPlan, Unscanned,
+    UploadError, UploadRequest,
 };
 use crate::routes::params::PathUpload;
 
@@ -77,6 +79,21 @@ pub async fn plain_caller(req: &HttpRequest, state: &AppState) -> Result<Arc<Cal
     let caller = caller(req, state).await?;
     caller.check_plain_upload()?;
     Ok(caller)
+}
+
+/// Step 2's malware-gate check, for an upload of `size` bytes (None: not known before its body; then
+/// again once it is): its scan's plan, or 413 `too_large_to_scan` past `scan_max_bytes` (unless
+/// `scan_oversize = "allow_unscanned"`), before any byte is read. `gateway_scans_total{verdict=
+/// "too_large"}` counts the files not scanned for their size, refused or let through.
+pub fn scan_plan(state: &AppState, caller: &Caller, size: Option<u64>) -> Result<ScanPlan, ApiError> {
+    let Some(gate) = state.pipeline.scan_gate() else {
+        return Ok(ScanPlan::Skip(Unscanned::Off));
+    };
+    let plan = gate.plan(caller.scan_exempt(), size);
+    if matches!(plan, Err(_) | Ok(ScanPlan::Skip(Unscanned::TooLarge { .. }))) {
+        state.metrics.scans.with_label_values(&["too_large"]).inc();
+    }
+    plan.map_err(|verdict| ApiError::from(UploadError::Scan(verdict)))
 }
 
 /// The last of step 2's Box reads: the fields' metadata checked against its templates' schemas, as
@@ -136,7 +153,11 @@ pub struct Started {
 /// upload's preflight) by the pipeline acting as the caller, its first upload call paid for by the
 /// admission; from here on its quotas are spent and its end writes an event. An upload by path has
 /// its path resolved first (missing folders made: Box calls that come after the quotas and the
-/// pacer, so a refused upload makes no folder; a file in the way is 409 `path_conflict`).
+/// pacer, so a refused upload makes no folder; a file in the way is 409 `path_conflict`). `scan`: its
+/// malware scan (`scan_plan`). A tus upload (`tus_id`) that is scanned and chunked goes into the
+/// staging folder instead (`Pipeline::prepare_resumable`): its path's folders are made only once it
+/// is clean.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     state: &AppState,
     caller: &Caller,
@@ -144,6 +165,8 @@ pub async fn start(
     report: &UploadReport<'_>,
     request: UploadRequest,
     by_path: Option<&PathUpload>,
+    scan: ScanPlan,
+    tus_id: Option<&str>,
 ) -> Result<Started, ApiError> {
     let pipeline = state
         .pipeline
@@ -152,12 +175,14 @@ pub async fn start(
         .admitted(reservation.box_admission());
     reservation.reached_box();
     report.started();
-    let prepared = match by_path {
-        None => pipeline.prepare(request).await.map(|p| (p, None)),
-        Some(at) => pipeline
-            .prepare_at_path(&at.root, &at.folder, at.create_folders, request)
+    let at_path = by_path.map(|at| (at.root.as_str(), &at.folder, at.create_folders));
+    let prepared = match (tus_id, at_path) {
+        (Some(id), at_path) => pipeline.prepare_resumable(request, at_path, scan, id).await,
+        (None, None) => pipeline.prepare(request).await.map(|p| (p.with_scan(scan), None)),
+        (None, Some((root, folder, create))) => pipeline
+            .prepare_at_path(root, folder, create, request)
             .await
-            .map(|(p, folder)| (p, Some(folder))),
+            .map(|(p, folder)| (p.with_scan(scan), Some(folder))),
     };
     let (prepared, folder) = prepared.map_err(|e| caller.box_error(ApiError::logged(e)))?;
     if let Some(folder) = &folder {

@@ -159,6 +159,7 @@ impl<'a> UploadReport<'a> {
             request_id: self.request_id.clone(),
             tus_id: tus_id.clone(),
             upload_metadata,
+            scan: Some(outcome.scan.clone()),
         });
         self.emit(event).await;
         let m = &self.state.metrics;
@@ -175,7 +176,7 @@ impl<'a> UploadReport<'a> {
             .observe(duration.as_secs_f64());
         tracing::info!(method, file_id = outcome.file.id(), size = outcome.size, sha1 = %outcome.sha1_hex,
             session_id = outcome.session_id, tus_id, duration_ms = duration.as_millis() as u64,
-            "upload landed in Box");
+            scanned = outcome.scan.scanned, "upload landed in Box");
     }
 
     /// The upload ended with `err`: counted; its event stored if it had started.

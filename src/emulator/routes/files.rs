@@ -75,9 +75,11 @@ pub const MAX_DESCRIPTION_CHARS: usize = 256;
 /// Box's limit on an item's tags (OpenAPI `File--Full.tags`, `maxItems`).
 pub const MAX_TAGS: usize = 100;
 
-/// `PUT /2.0/files/{id}`: description, tags, shared link and name, all or nothing, honouring
-/// `If-Match`. Fields Box has but the emulator does not keep (`parent`, `lock`, ...) are refused
-/// rather than ignored, so no test believes they were applied.
+/// `PUT /2.0/files/{id}`: description, tags, shared link, name and parent (a move), all or nothing,
+/// honouring `If-Match`. A move's name (the new one, or the file's own) must be free in the new
+/// folder: 409 `item_name_in_use` naming what is there, as a rename's; a missing folder is 404.
+/// Fields Box has but the emulator does not keep (`lock`, ...) are refused rather than ignored, so no
+/// test believes they were applied.
 pub async fn update(
     req: HttpRequest,
     path: web::Path<String>,
@@ -102,6 +104,7 @@ fn apply_update(req: &HttpRequest, shared: &Shared, file_id: &str, fields: &Map<
     let mut tags = None;
     let mut link = None;
     let mut name = None;
+    let mut parent = None;
     for (key, value) in fields {
         match key.as_str() {
             "description" => description = Some(parse_description(value)?),
@@ -112,10 +115,24 @@ fn apply_update(req: &HttpRequest, shared: &Shared, file_id: &str, fields: &Map<
                     .as_str()
                     .ok_or_else(|| BoxApiError::new(400, "item_name_invalid", "name must be a string"))?;
                 validate_name(n)?;
-                check_conflict(shared, &state, &f.parent_id, n, Some(file_id))?;
                 name = Some(n.to_owned());
             }
-            "parent" | "lock" | "disposition_at" | "permissions" | "collections" => {
+            "parent" => {
+                // `parent.user_id` moves a file into another user's root: not kept here.
+                let id = match value.as_object().map(|p| (p.get("id"), p.len())) {
+                    Some((Some(Value::String(id)), 1)) => id.clone(),
+                    _ => {
+                        return Err(BoxApiError::bad_request(
+                            "parent must be {\"id\": \"<folder id>\"}",
+                        ))
+                    }
+                };
+                if !state.folders.contains_key(&id) {
+                    return Err(super::items::missing_parent(&id));
+                }
+                parent = Some(id);
+            }
+            "lock" | "disposition_at" | "permissions" | "collections" => {
                 return Err(BoxApiError::bad_request(format!(
                     "{key} is a Box field the emulator does not implement"
                 )))
@@ -123,7 +140,16 @@ fn apply_update(req: &HttpRequest, shared: &Shared, file_id: &str, fields: &Map<
             other => return Err(BoxApiError::bad_request(format!("Unknown field {other}"))),
         }
     }
+    // The name it will have, in the folder it will be in: taken by another item is a conflict.
+    if name.is_some() || parent.is_some() {
+        let folder = parent.as_deref().unwrap_or(&f.parent_id);
+        let n = name.as_deref().unwrap_or(&f.name);
+        check_conflict(shared, &state, folder, n, Some(file_id))?;
+    }
     let f = state.files.get_mut(file_id).expect("looked up above");
+    if let Some(p) = parent {
+        f.parent_id = p;
+    }
     if let Some(d) = description {
         f.description = d;
     }

@@ -186,6 +186,7 @@ async fn create(
     report.set_path(by_path.as_ref().map(|p| p.folder.display()));
     caller.check_size(size)?;
     state.pipeline.check_size(size).map_err(ApiError::from)?;
+    let scan = admission::scan_plan(state, caller, Some(size))?;
     // A link's clash is always renamed (write-only: `Caller::on_conflict`).
     let on_conflict = caller.on_conflict(params.on_conflict()?)?;
     let request = UploadRequest {
@@ -213,8 +214,17 @@ async fn create(
     )
     .await?;
     let created = async {
-        let started =
-            admission::start(state, caller, &mut reservation, report, request, by_path.as_ref()).await?;
+        let started = admission::start(
+            state,
+            caller,
+            &mut reservation,
+            report,
+            request,
+            by_path.as_ref(),
+            scan,
+            Some(id),
+        )
+        .await?;
         let resumable = started.prepared.into_resumable();
         reservation.hold_session(started.pipeline.clone(), resumable.clone());
         let mut record = Record::new(caller, expires_at, raw_metadata, resumable);

@@ -1,6 +1,9 @@
 //! `HEAD /v1/tus/{id}` (where the upload stands) and `DELETE /v1/tus/{id}` (termination: its Box
 //! session aborted, its record forgotten). Both check the id and the owner first: a stranger's
 //! request is 404 and touches nothing.
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::protocol::{check_version, failed_answer, progress, upload_id};
@@ -10,11 +13,38 @@ use crate::routes::admission;
 use crate::routes::outcome::count_tus_end;
 use crate::routes::AppState;
 
+/// How long HEAD waits for an upload whose last byte is in to land or fail (its commit, its scan):
+/// it never answers the full offset of a file that is not in Box yet, which a tus client would
+/// take for success.
+const HEAD_WAIT: Duration = Duration::from_secs(20);
+/// How often HEAD looks at the record meanwhile.
+const HEAD_POLL: Duration = Duration::from_millis(200);
+/// `Retry-After` of HEAD's 503 `upload_completing`.
+const COMPLETING_RETRY_AFTER_SECS: u64 = 5;
+
 pub(super) async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
     let caller = admission::caller(req, state).await?;
+    let id = upload_id(req);
     // The record only: HEAD never reads the unfinished part.
-    let record = load_record(state, &upload_id(req), &caller).await?;
+    let mut record = load_record(state, &id, &caller).await?;
+    // Every byte is in but the upload has neither landed nor failed: its last PATCH is committing
+    // (and scanning) it. The answer waits for that, polling the record (any replica may decide).
+    let waited = Instant::now();
+    while record.resumable.is_complete() && record.file_id.is_none() && record.failed.is_none() {
+        if waited.elapsed() >= HEAD_WAIT {
+            return Err(ApiError {
+                retry_after_secs: Some(COMPLETING_RETRY_AFTER_SECS),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upload_completing",
+                    "every byte is in and the upload is being committed (and scanned); ask again after Retry-After",
+                )
+            });
+        }
+        tokio::time::sleep(HEAD_POLL).await;
+        record = load_record(state, &id, &caller).await?;
+    }
     if let Some(failure) = &record.failed {
         return Ok(failed_answer(failure));
     }

@@ -123,7 +123,12 @@ pub(super) async fn append(
         lock,
         id,
     } = write;
-    report.set_target(&record.resumable.upload.target);
+    // A staged upload's failure names where it was going, not the staging folder.
+    let target = match &record.resumable.gate {
+        Some(gate) => gate.reported_target(),
+        None => record.resumable.upload.target.clone(),
+    };
+    report.set_target(&target);
     report.set_path(record.path.clone());
     report.set_method(record.resumable.method());
     if let Ok(metadata) = super::protocol::parse_metadata(&record.metadata) {
@@ -227,15 +232,34 @@ pub(super) async fn append(
     }
     report.received().set(record.resumable.offset);
     let fields = record.fields.clone();
-    match pipeline
-        .complete_with_fields(&mut record.resumable, file, fields)
-        .await
-    {
+    // A scanned chunked upload is committed into the staging folder first, and its staged file kept
+    // in the record before the scan: its last request sent again lands it without a second commit.
+    let staged = |r: &Record| {
+        r.resumable
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.staged_file_id.is_some())
+    };
+    let staged_before = staged(record);
+    let committed = pipeline.commit_staged(&mut record.resumable).await;
+    if committed.is_ok() && !staged_before && staged(record) {
+        save(state, lock, id, record, &Bytes::new()).await?;
+    }
+    let completed = match committed {
+        Ok(()) => {
+            pipeline
+                .complete_with_fields(&mut record.resumable, file, fields)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    match completed {
         Ok(outcome) => {
             // The event is stored before the record says landed: a crash in between still tells
             // (the file is in Box), where the other order could lose the event.
             report.landed(&outcome).await;
             record.file_id = outcome.file.id().map(str::to_owned);
+            record.scan = Some(outcome.scan.clone());
             save(state, lock, id, record, &Bytes::new()).await?;
             // Landed: no longer counted among the owner's open uploads (HEAD still finds it).
             if let Err(err) = state.store.close_upload(&record.owner, id).await {

@@ -16,6 +16,9 @@ pub(super) const OCTETS: &str = "application/offset+octet-stream";
 /// The answer header naming the Box file once the upload landed (documented in openapi.yaml).
 pub const BOX_FILE_ID: &str = "Upload-Box-File-Id";
 
+/// The answer header saying whether the landed file was scanned for malware (`scan_header`).
+pub const SCAN: &str = "Upload-Scan";
+
 /// The header naming the cause of a failed upload's 410 (HEAD has no body to carry it).
 pub const FAILURE_CODE: &str = "Upload-Failure-Code";
 
@@ -136,6 +139,18 @@ pub(super) fn progress(response: &mut actix_web::HttpResponseBuilder, record: &R
         .insert_header(("Upload-Expires", http_date(record.expires_at)));
     if let Some(file_id) = &record.file_id {
         response.insert_header((BOX_FILE_ID, file_id.as_str()));
+    }
+    if let Some(scan) = &record.scan {
+        response.insert_header((SCAN, scan_header(scan)));
+    }
+}
+
+/// `Upload-Scan` of a landed upload: `clean` (clamd found it so), or `unscanned; reason=<why>`
+/// (`scanning_off`, `key_exempt`, `too_large`): the tus form of the 201's `scan`.
+fn scan_header(scan: &crate::scan::ScanReport) -> String {
+    match (scan.scanned, &scan.verdict, &scan.reason) {
+        (true, Some(verdict), _) => verdict.clone(),
+        (_, _, reason) => format!("unscanned; reason={}", reason.as_deref().unwrap_or("unknown")),
     }
 }
 

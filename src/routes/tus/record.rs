@@ -59,6 +59,10 @@ pub(super) struct Record {
     /// An upload by path: its folder path below the caller's root, for the completion event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Once landed: whether it was scanned for malware (HEAD and the last PATCH say it in
+    /// `Upload-Scan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::scan::ScanReport>,
 }
 
 /// Why an upload failed for good: the answer its last PATCH got.
@@ -86,6 +90,7 @@ impl Record {
             failed: None,
             fields: None,
             path: None,
+            scan: None,
         }
     }
 }
@@ -372,15 +377,38 @@ mod tests {
                 parts: Default::default(),
                 sha1: Default::default(),
                 chains: Default::default(),
+                scan: crate::pipeline::ScanPlan::Scan,
+                gate: Some(crate::pipeline::Gate {
+                    destination: crate::pipeline::Destination::Path {
+                        root: "0".into(),
+                        folder: crate::pipeline::FolderPath::new(vec!["Scans".into(), "2026".into()]),
+                        create: true,
+                        name: "a".into(),
+                    },
+                    on_conflict: crate::pipeline::OnConflict::Rename,
+                    staged_file_id: Some("77".into()),
+                }),
             },
             file_id: None,
             failed: None,
             fields: None,
             path: Some("Scans/2026".into()),
+            scan: None,
         };
         let (back, inline) = decode(encode(&record).unwrap()).unwrap();
         assert_eq!((back.owner.as_str(), back.resumable.offset), ("k", 3));
         assert_eq!(back.path.as_deref(), Some("Scans/2026"));
+        // A staged upload keeps where it lands and its staged file across replicas.
+        let gate = back.resumable.gate.as_ref().unwrap();
+        assert_eq!(gate.staged_file_id.as_deref(), Some("77"));
+        assert_eq!(
+            gate.reported_target(),
+            Target::NewFile {
+                folder_id: "0".into(),
+                name: "a".into()
+            }
+        );
+        assert_eq!(back.resumable.scan, crate::pipeline::ScanPlan::Scan);
         assert!(inline.is_empty(), "the unfinished part is stored apart");
         // A record of the previous layout, its unfinished part inline, is still read.
         let mut old = encode(&record).unwrap();

@@ -251,7 +251,8 @@ async fn answer(
                     "parts": outcome.parts,
                     "session_id": outcome.session_id,
                     "duration_ms": report.elapsed().as_millis() as u64,
-                }
+                },
+                "scan": outcome.scan,
             });
             if let Some(fields) = &outcome.fields {
                 body["fields"] = json!(fields);
@@ -386,6 +387,7 @@ impl Upload {
             }
             Size::Unknown => None,
         };
+        let mut scan = admission::scan_plan(state, caller, known_size)?;
         report.set_target(&target);
         report.set_path(by_path.as_ref().map(|p| p.folder.display()));
         match (&target, &by_path) {
@@ -424,6 +426,7 @@ impl Upload {
                         other => other.map_err(ApiError::logged)?,
                     };
                     state.pipeline.check_size(spooled.size).map_err(ApiError::from)?;
+                    scan = admission::scan_plan(state, caller, Some(spooled.size))?;
                     reservation.take_bytes(caller, spooled.size).await?;
                     let body = spooled.stream().await.map_err(ApiError::logged)?.boxed_local();
                     (spooled.size, false, body, Some(spooled))
@@ -442,9 +445,17 @@ impl Upload {
             // The upload's span (a child of the request's): the Box calls below are its children.
             let span = tracing::info_span!("upload", size, method = tracing::field::Empty);
             async {
-                let started =
-                    admission::start(state, caller, &mut reservation, report, request, by_path.as_ref())
-                        .await?;
+                let started = admission::start(
+                    state,
+                    caller,
+                    &mut reservation,
+                    report,
+                    request,
+                    by_path.as_ref(),
+                    scan,
+                    None,
+                )
+                .await?;
                 tracing::Span::current().record("method", started.prepared.method().as_str());
                 let prepared = started.prepared.with_fields(fields);
                 let outcome = started.pipeline.send(prepared, body).await.map_err(|mut err| {

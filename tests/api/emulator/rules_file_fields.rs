@@ -1,5 +1,5 @@
-//! `PUT /2.0/files/{id}` (description, tags, shared link), `GET /2.0/files/{id}?fields=`, and the
-//! deletion of files and versions, with their faults.
+//! `PUT /2.0/files/{id}` (description, tags, shared link, a move), `GET /2.0/files/{id}?fields=`, and
+//! the deletion of files and versions, with their faults.
 use super::helpers::*;
 use box_upload_gateway::emulator::{Endpoint, FaultAction, FaultPlan};
 use serde_json::{json, Value};
@@ -132,6 +132,70 @@ async fn updates_that_box_refuses_change_nothing() {
             kept.name.as_str()
         ),
         (256, 0, "x.pdf")
+    );
+}
+
+/// A move (`parent`, with or without a new `name`) keeps the file's id and bytes; the name must be free
+/// in the folder it goes to (409 `item_name_in_use` naming what is there, and nothing moves), and the
+/// folder must exist (404).
+#[tokio::test]
+async fn a_file_moves_into_a_folder_only_where_its_name_is_free() {
+    let emu = spawn().await;
+    let staging = emu.handle.create_folder("0", "staging");
+    let target = emu.handle.create_folder("0", "target");
+    let id = emu.small_file(&staging, "upload-1").await;
+    let taken = emu.small_file(&target, "report.pdf").await;
+    let put = |body: Value| emu.put(&file_url(&emu, &id)).json(&body).send();
+
+    let clash = put(json!({"parent": {"id": target}, "name": "REPORT.pdf"}))
+        .await
+        .unwrap();
+    let body = assert_box_error(clash, 409, "item_name_in_use").await;
+    assert_eq!(body["context_info"]["conflicts"]["id"], taken.as_str());
+    assert_box_error(
+        put(json!({"parent": {"id": "999999"}})).await.unwrap(),
+        404,
+        "invalid_parameter",
+    )
+    .await;
+    assert_box_error(
+        put(json!({"parent": {"id": target, "user_id": "5"}}))
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    let unmoved = emu.inspect();
+    assert_eq!(
+        (
+            unmoved.file(&id).unwrap().parent_id.as_str(),
+            unmoved.file(&id).unwrap().name.as_str()
+        ),
+        (staging.as_str(), "upload-1")
+    );
+
+    let moved: Value = put(json!({"parent": {"id": target}, "name": "report (1).pdf"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (moved["id"].as_str(), moved["parent"]["id"].as_str()),
+        (Some(id.as_str()), Some(target.as_str()))
+    );
+    assert_eq!(moved["name"], "report (1).pdf");
+    // Moving it where it is, under its own name, is no conflict (a retried move).
+    let again = put(json!({"parent": {"id": target}, "name": "report (1).pdf"}))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let seen = emu.inspect();
+    let file = seen.file(&id).unwrap();
+    assert_eq!(
+        (file.parent_id.as_str(), file.version_count),
+        (target.as_str(), 1)
     );
 }
 

@@ -1,7 +1,8 @@
 //! What several test files need, one copy each: the app and its options, the gateway as a process,
 //! Redis, a tus client, API keys, HTTP helpers, files, fault plans, polling, the Python venv, a
-//! webhook receiver.
+//! webhook receiver, clamd.
 pub mod app;
+pub mod clamd;
 pub mod faults;
 pub mod files;
 pub mod http;
