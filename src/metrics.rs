@@ -53,7 +53,8 @@ pub struct GatewayMetrics {
     /// Uploads refused by the gateway's access rules, by `key` (`none` when no valid key came) and
     /// `code` (unauthenticated|forbidden_folder|file_too_large).
     pub access_refused: IntCounterVec,
-    /// Resumable (tus) uploads, by `event` (created|completed|failed|terminated|expired) and `key`.
+    /// Resumable (tus) uploads, by `event` (created|completed|failed|terminated|expired|rewound|
+    /// scan_deferred: its landing met no scanner verdict and waits, kept whole) and `key`.
     pub tus_uploads: IntCounterVec,
     /// `Idempotency-Key` requests, by `outcome` (first|replayed|in_progress|mismatch|claim_lost).
     pub idempotent_requests: IntCounterVec,
@@ -269,7 +270,7 @@ impl GatewayMetrics {
             tus_uploads: IntCounterVec::new(
                 Opts::new(
                     "gateway_tus_uploads_total",
-                    "Resumable (tus) uploads, by event (created|completed|failed|terminated|expired|rewound) and API key name.",
+                    "Resumable (tus) uploads, by event (created|completed|failed|terminated|expired|rewound|scan_deferred) and API key name.",
                 ),
                 &["event", "key"],
             )?,

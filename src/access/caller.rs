@@ -107,7 +107,9 @@ impl Owner {
 }
 
 /// Who is uploading: what the handlers check and which principal the pipeline acts as. Made once per
-/// request (`Access::authenticate_checked`).
+/// request (`Access::authenticate_checked`); cloned only for work that outlives its request (HEAD's
+/// landing of a stuck tus upload).
+#[derive(Clone)]
 pub struct Caller {
     /// The key's name, `passthrough` or `anonymous`: the `key` label of metrics, and the logs'.
     pub(super) key_label: Arc<str>,

@@ -1314,6 +1314,12 @@ impl From<BudgetError> for UploadError {
 }
 
 impl UploadError {
+    /// The scanner gave no verdict (clamd down, busy, past its deadline, an error of its own): the
+    /// file is neither clean nor infected, and its scan may be tried again later.
+    pub fn is_scanner_unavailable(&self) -> bool {
+        matches!(self, Self::Scan(crate::scan::Verdict::Error(_)))
+    }
+
     /// A short body seen while filling the part at `offset`.
     fn with_offset(self, offset: u64) -> Self {
         match self {
@@ -1393,6 +1399,14 @@ where
 pub struct WholeFile {
     part: Part,
     permit: BudgetPermit,
+}
+
+impl WholeFile {
+    /// Its bytes, shared (no copy): what a resumable upload keeps in the store when its landing must
+    /// wait (`UploadError::is_scanner_unavailable`).
+    pub fn pieces(&self) -> Arc<[Bytes]> {
+        self.part.chunks.clone()
+    }
 }
 
 /// The body must end where the declared size does.

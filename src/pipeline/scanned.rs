@@ -17,7 +17,9 @@
 //!   file, whose commit carries the SHA-1 of the bytes clamd found clean (`expected_sha1`): Box
 //!   refuses the commit if other bytes came.
 //!
-//! Fail closed: anything other than clamd's clean verdict keeps the file out of Box.
+//! Fail closed: anything other than clamd's clean verdict keeps the file out of Box. A resumable
+//! upload that met no verdict (clamd down, busy, past its deadline) is kept whole (its staged file,
+//! or a direct-size one's bytes in the store) and lands when its scan is tried again and is clean.
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -331,8 +333,9 @@ impl super::Pipeline {
 
     /// Lands a staged upload (committed into the staging folder: `commit_staged`): its file is
     /// streamed from Box through clamd and, when clean, moved where it goes (or copied into a new
-    /// version), then its fields are applied there. Any other verdict, or a failure on the way,
-    /// deletes the staged file: nothing of the upload stays.
+    /// version), then its fields are applied there. Malware, an incomplete scan, or a failure on the
+    /// way deletes the staged file: nothing of the upload stays. No verdict at all
+    /// (`UploadError::is_scanner_unavailable`) keeps it, to be scanned again later.
     ///
     /// It runs in the request's task (the copy into a version reads its body as a plain upload does,
     /// which is not a task's work). If the request is dropped on the way, every step can be taken
@@ -358,6 +361,9 @@ impl super::Pipeline {
         .await;
         let (file, upload) = match landed {
             Ok(landed) => landed,
+            // No verdict (clamd down, busy, past its deadline): the staged file is kept, seen by no
+            // one, for the scan to be tried again (the last PATCH sent again, or HEAD).
+            Err(err) if err.is_scanner_unavailable() => return Err(err),
             Err(err) => {
                 self.delete_staged(staged).await;
                 return Err(err);

@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use tracing::Instrument;
 
+use super::complete::{awaits_landing, land_stuck};
 use super::protocol::{check_version, failed_answer, progress, upload_id};
-use super::record::{forget, load_record, take_lock, while_locked};
+use super::record::{forget, load_record, take_lock, try_lock, while_locked};
 use crate::error::ApiError;
 use crate::routes::admission;
 use crate::routes::outcome::count_tus_end;
@@ -15,35 +17,67 @@ use crate::routes::AppState;
 
 /// How long HEAD waits for an upload whose last byte is in to land or fail (its commit, its scan):
 /// it never answers the full offset of a file that is not in Box yet, which a tus client would
-/// take for success.
+/// take for success. Past it, 503 `upload_completing`; the landing goes on meanwhile (it runs in a
+/// task of its own, `complete::land_stuck`, or in the request that holds the lock). A file whose
+/// scan takes longer (a big one: clamd reads some 100 MB/s) is answered by a later HEAD.
 const HEAD_WAIT: Duration = Duration::from_secs(20);
 /// How often HEAD looks at the record meanwhile.
 const HEAD_POLL: Duration = Duration::from_millis(200);
 /// `Retry-After` of HEAD's 503 `upload_completing`.
 const COMPLETING_RETRY_AFTER_SECS: u64 = 5;
 
-pub(super) async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+pub(super) async fn head_upload(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     check_version(req)?;
     let caller = admission::caller(req, state).await?;
     let id = upload_id(req);
-    // The record only: HEAD never reads the unfinished part.
+    // The record only: HEAD never reads an unfinished part (its landing of a complete direct-size
+    // upload reads that upload's whole file, as the last PATCH would).
     let mut record = load_record(state, &id, &caller).await?;
-    // Every byte is in but the upload has neither landed nor failed: its last PATCH is committing
-    // (and scanning) it. The answer waits for that, polling the record (any replica may decide).
+    // Every byte is in but the upload has neither landed nor failed. While a request lands it (it
+    // holds the lock: the last PATCH, on any replica), HEAD waits for that, polling the record.
+    // When none does (its last PATCH met no scanner verdict, or the replica landing it died after
+    // the staged commit; its lock is free, or expires), HEAD lands it, once per HEAD: tus clients
+    // ask HEAD, they never send the last PATCH again.
     let waited = Instant::now();
-    while record.resumable.is_complete() && record.file_id.is_none() && record.failed.is_none() {
-        if waited.elapsed() >= HEAD_WAIT {
-            return Err(ApiError {
-                retry_after_secs: Some(COMPLETING_RETRY_AFTER_SECS),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upload_completing",
-                    "every byte is in and the upload is being committed (and scanned); ask again after Retry-After",
-                )
-            });
+    let mut landing = None;
+    let mut tried = false;
+    while awaits_landing(&record) {
+        if !tried {
+            // Without waiting: a lock held means a request is landing it.
+            if let Some(lease) = try_lock(state, &id).await? {
+                tried = true;
+                let task = land_stuck(state.clone(), caller.clone(), req.clone(), id.clone(), lease);
+                landing = Some(actix_web::rt::spawn(task.instrument(tracing::Span::current())));
+            }
         }
-        tokio::time::sleep(HEAD_POLL).await;
+        let left = HEAD_WAIT.saturating_sub(waited.elapsed());
+        if left.is_zero() {
+            return Err(completing());
+        }
+        let nap = left.min(HEAD_POLL);
+        let ended = match landing.as_mut() {
+            Some(task) => tokio::time::timeout(nap, task).await.ok(),
+            None => {
+                tokio::time::sleep(nap).await;
+                None
+            }
+        };
         record = load_record(state, &id, &caller).await?;
+        if let Some(ended) = ended {
+            landing = None;
+            match ended {
+                // Still undecided after HEAD's own landing: its answer says why (503
+                // `scanner_unavailable` when clamd still gives no verdict; the upload is kept).
+                Ok(Err(err)) if awaits_landing(&record) => return Err(err),
+                Ok(_) => {}
+                Err(join) => {
+                    tracing::error!(upload_id = %id, error = %join, "HEAD's landing of a tus upload failed")
+                }
+            }
+        }
     }
     if let Some(failure) = &record.failed {
         return Ok(failed_answer(failure));
@@ -57,6 +91,18 @@ pub(super) async fn head_upload(req: &HttpRequest, state: &AppState) -> Result<H
     }
     progress(&mut response, &record);
     Ok(response.finish())
+}
+
+/// 503 `upload_completing`: HEAD stopped waiting for a landing that goes on.
+fn completing() -> ApiError {
+    ApiError {
+        retry_after_secs: Some(COMPLETING_RETRY_AFTER_SECS),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upload_completing",
+            "every byte is in and the upload is being committed (and scanned); ask again after Retry-After",
+        )
+    }
 }
 
 pub(super) async fn delete_upload(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {

@@ -17,6 +17,7 @@
 //! the owner and the expiry were checked: another caller's request is 404 and takes no lock. Every
 //! write is fenced by that lock (the store checks the lock's token atomically with the write), and a
 //! request that loses its lock stops: a stale PATCH can never move the offset backwards.
+mod complete;
 mod create;
 mod head_delete;
 mod patch;
@@ -48,7 +49,20 @@ pub async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
 }
 
 pub async fn head(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    protocol::answer(head_delete::head_upload(&req, &state).await)
+    match head_delete::head_upload(&req, &state).await {
+        Ok(response) => protocol::answer(Ok(response)),
+        // A HEAD answer has no body: its error's code goes in a header, so a client can tell a
+        // scanner that is down (`scanner_unavailable`) from a landing under way (`upload_completing`).
+        Err(err) => {
+            let code = actix_web::http::header::HeaderValue::from_static(err.code);
+            let mut response = protocol::answer(Err(err));
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(protocol::ERROR_CODE),
+                code,
+            );
+            response
+        }
+    }
 }
 
 pub async fn patch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {

@@ -4,12 +4,11 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use sha1::{Digest, Sha1};
 
 use super::protocol::{failed_answer, parse_checksum, progress, upload_id, OCTETS};
-use super::record::{load_pending, load_record, save, take_lock, while_locked, Failure, Record};
+use super::record::{load_pending, load_record, save, take_lock, while_locked, Record};
 use crate::access::Caller;
 use crate::error::ApiError;
 use crate::pipeline::{spool, UploadError};
@@ -96,6 +95,7 @@ fn check_offset(offset: u64, record: &Record) -> Result<(), ApiError> {
 }
 
 /// Where an append writes: the upload, its owner, and the lock its writes are fenced by.
+#[derive(Clone, Copy)]
 pub(super) struct TusWrite<'a> {
     pub state: &'a AppState,
     pub caller: &'a Caller,
@@ -104,7 +104,8 @@ pub(super) struct TusWrite<'a> {
 }
 
 /// Appends the request's body at the upload's offset (after checking its `Upload-Checksum`), keeps
-/// what is durable in the store, and lands the file when its last byte is in. `report` tells the
+/// what is durable in the store, and lands the file when its last byte is in (`complete::land`; an
+/// empty PATCH at the full offset lands one that waits for the scanner). `report` tells the
 /// upload's end when this request ends it (landed, failed for good); otherwise the upload goes on.
 ///
 /// The upload's unfinished part is read back from the store only here, once the request was checked
@@ -123,17 +124,7 @@ pub(super) async fn append(
         lock,
         id,
     } = write;
-    // A staged upload's failure names where it was going, not the staging folder.
-    let target = match &record.resumable.gate {
-        Some(gate) => gate.reported_target(),
-        None => record.resumable.upload.target.clone(),
-    };
-    report.set_target(&target);
-    report.set_path(record.path.clone());
-    report.set_method(record.resumable.method());
-    if let Ok(metadata) = super::protocol::parse_metadata(&record.metadata) {
-        report.set_upload_metadata(metadata);
-    }
+    super::complete::describe(report, record);
     let size = record.resumable.upload.size;
     let offset = record.resumable.offset;
     let checksum = parse_checksum(req.headers())?;
@@ -230,79 +221,5 @@ pub(super) async fn append(
     if !record.resumable.is_complete() {
         return Ok(());
     }
-    report.received().set(record.resumable.offset);
-    let fields = record.fields.clone();
-    // A scanned chunked upload is committed into the staging folder first, and its staged file kept
-    // in the record before the scan: its last request sent again lands it without a second commit.
-    let staged = |r: &Record| {
-        r.resumable
-            .gate
-            .as_ref()
-            .is_some_and(|g| g.staged_file_id.is_some())
-    };
-    let staged_before = staged(record);
-    let committed = pipeline.commit_staged(&mut record.resumable).await;
-    if committed.is_ok() && !staged_before && staged(record) {
-        save(state, lock, id, record, &Bytes::new()).await?;
-    }
-    let completed = match committed {
-        Ok(()) => {
-            pipeline
-                .complete_with_fields(&mut record.resumable, file, fields)
-                .await
-        }
-        Err(err) => Err(err),
-    };
-    match completed {
-        Ok(outcome) => {
-            // The event is stored before the record says landed: a crash in between still tells
-            // (the file is in Box), where the other order could lose the event.
-            report.landed(&outcome).await;
-            record.file_id = outcome.file.id().map(str::to_owned);
-            record.scan = Some(outcome.scan.clone());
-            save(state, lock, id, record, &Bytes::new()).await?;
-            // Landed: no longer counted among the owner's open uploads (HEAD still finds it).
-            if let Err(err) = state.store.close_upload(&record.owner, id).await {
-                tracing::warn!(upload_id = %id, error = %err, "a landed upload stays counted as open until it expires");
-            }
-            state
-                .metrics
-                .tus_uploads
-                .with_label_values(&["completed", caller.key_label()])
-                .inc();
-            Ok(())
-        }
-        // Box lacks parts: the upload was moved back to the first hole, and goes on from there.
-        Err(err @ UploadError::Rewound { .. }) => {
-            save(state, lock, id, record, &Bytes::new()).await?;
-            state
-                .metrics
-                .tus_uploads
-                .with_label_values(&["rewound", caller.key_label()])
-                .inc();
-            Err(ApiError::logged(err))
-        }
-        // Nothing half-done stays in Box: the session is aborted. The record stays, saying so, for
-        // HEAD and PATCH on any replica (never a full offset without a file), until DELETE or expiry.
-        Err(err) => {
-            pipeline.abort_resumable(&record.resumable, "error").await;
-            let err = caller.box_error(ApiError::logged(err));
-            record.failed = Some(Failure {
-                code: err.code.to_owned(),
-                message: err.message.clone(),
-            });
-            report.failed(&err).await;
-            save(state, lock, id, record, &Bytes::new()).await?;
-            // Failed: no longer counted among the owner's open uploads (HEAD still answers it).
-            if let Err(err) = state.store.close_upload(&record.owner, id).await {
-                tracing::warn!(upload_id = %id, error = %err, "a failed upload stays counted as open until it expires");
-            }
-            state
-                .metrics
-                .tus_uploads
-                .with_label_values(&["failed", caller.key_label()])
-                .inc();
-            Err(err)
-        }
-    }
+    super::complete::land(write, record, file, report).await
 }

@@ -19,6 +19,10 @@ pub const BOX_FILE_ID: &str = "Upload-Box-File-Id";
 /// The answer header saying whether the landed file was scanned for malware (`scan_header`).
 pub const SCAN: &str = "Upload-Scan";
 
+/// HEAD's error answers carry their error's code here (a HEAD answer has no body): e.g.
+/// `scanner_unavailable`, `upload_completing`.
+pub const ERROR_CODE: &str = "upload-error-code";
+
 /// The header naming the cause of a failed upload's 410 (HEAD has no body to carry it).
 pub const FAILURE_CODE: &str = "Upload-Failure-Code";
 
