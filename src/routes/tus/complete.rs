@@ -9,8 +9,7 @@
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 
-use super::patch::TusWrite;
-use super::record::{internal, load_pending, load_record, save, while_locked, Failure, Record};
+use super::record::{internal, load_pending, load_record, save, while_locked, Failure, Record, TusWrite};
 use crate::access::Caller;
 use crate::error::ApiError;
 use crate::pipeline::{UploadError, WholeFile};

@@ -8,9 +8,9 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
-use super::patch::{append, TusWrite};
+use super::patch::append;
 use super::protocol::{check_version, parse_metadata, progress, OCTETS};
-use super::record::{save, take_lock, while_locked, Record};
+use super::record::{save, take_lock, while_locked, Record, TusWrite};
 use crate::access::Caller;
 use crate::box_api::{NewUpload, Target};
 use crate::error::ApiError;

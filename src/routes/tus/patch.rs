@@ -8,8 +8,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use sha1::{Digest, Sha1};
 
 use super::protocol::{failed_answer, parse_checksum, progress, upload_id, OCTETS};
-use super::record::{load_pending, load_record, save, take_lock, while_locked, Record};
-use crate::access::Caller;
+use super::record::{load_pending, load_record, save, take_lock, while_locked, Record, TusWrite};
 use crate::error::ApiError;
 use crate::pipeline::{spool, UploadError};
 use crate::routes::admission;
@@ -17,7 +16,6 @@ use crate::routes::client_body::{client_body_until, from_payload};
 use crate::routes::outcome::{Source, UploadReport};
 use crate::routes::params::{content_length, header_u64};
 use crate::routes::AppState;
-use crate::state::Lock;
 
 pub(super) async fn patch_upload(
     req: &HttpRequest,
@@ -92,15 +90,6 @@ fn check_offset(offset: u64, record: &Record) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// Where an append writes: the upload, its owner, and the lock its writes are fenced by.
-#[derive(Clone, Copy)]
-pub(super) struct TusWrite<'a> {
-    pub state: &'a AppState,
-    pub caller: &'a Caller,
-    pub lock: &'a Lock,
-    pub id: &'a str,
 }
 
 /// Appends the request's body at the upload's offset (after checking its `Upload-Checksum`), keeps

@@ -65,6 +65,15 @@ pub(super) struct Record {
     pub scan: Option<crate::scan::ScanReport>,
 }
 
+/// Where an append writes: the upload, its owner, and the lock its writes are fenced by.
+#[derive(Clone, Copy)]
+pub(super) struct TusWrite<'a> {
+    pub state: &'a AppState,
+    pub caller: &'a Caller,
+    pub lock: &'a Lock,
+    pub id: &'a str,
+}
+
 /// Why an upload failed for good: the answer its last PATCH got.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Failure {
