@@ -339,9 +339,9 @@ impl super::Pipeline {
     ///
     /// It runs in the request's task (the copy into a version reads its body as a plain upload does,
     /// which is not a task's work). If the request is dropped on the way, every step can be taken
-    /// again: the record still names the staged file, and the client's last PATCH sent again scans
-    /// it again and moves it where it already is (a move onto its own name is no conflict), or
-    /// deletes it.
+    /// again: the record still names the staged file, and the next landing (HEAD, or the last PATCH
+    /// sent again: `routes/tus/complete.rs`) scans it again and moves it where it already is (a move
+    /// onto its own name is no conflict), or deletes it.
     pub(super) async fn land_staged(
         &self,
         r: &Resumable,

@@ -9,10 +9,15 @@
 //! The upload's state (Box session, offset, the whole file's SHA-1 state, its owner, expiry, the
 //! landed file's id) is one small record in the state store (`record.rs`), so a restarted gateway or
 //! another replica takes the next request; the bytes of the part not yet full are stored apart, read
-//! only by a PATCH, never by HEAD, and counted against `tus_max_pending_bytes`. Each owner has at most
-//! `tus_max_open_uploads_per_key` uploads open. Expired uploads are swept (`sweep.rs`).
+//! only by a PATCH (or by HEAD's landing of a complete one), and counted against
+//! `tus_max_pending_bytes`. Each owner has at most `tus_max_open_uploads_per_key` uploads open.
+//! Expired uploads are swept (`sweep.rs`).
 //!
-//! A lock per upload, held for the whole of a PATCH or DELETE, keeps two requests (on any replicas)
+//! An upload whose every byte is in lands once (`complete.rs`): by its last PATCH or, when no request
+//! is landing it (no scanner verdict yet, or its replica died mid-landing), by HEAD, holding the lock
+//! as a PATCH does.
+//!
+//! A lock per upload, held for the whole of a PATCH, a DELETE or a landing, keeps two requests (on any replicas)
 //! from writing the same upload: the second gets 409 `upload_locked`. It is taken only once the id,
 //! the owner and the expiry were checked: another caller's request is 404 and takes no lock. Every
 //! write is fenced by that lock (the store checks the lock's token atomically with the write), and a
