@@ -19,7 +19,7 @@ use crate::routes::AppState;
 /// it never answers the full offset of a file that is not in Box yet, which a tus client would
 /// take for success. Past it, 503 `upload_completing`; the landing goes on meanwhile (it runs in a
 /// task of its own, `complete::land_stuck`, or in the request that holds the lock). A file whose
-/// scan takes longer (a big one: clamd reads some 100 MB/s) is answered by a later HEAD.
+/// scan takes longer (clamd needs about 12 s per GB, operations.md) is answered by a later HEAD.
 const HEAD_WAIT: Duration = Duration::from_secs(20);
 /// How often HEAD looks at the record meanwhile.
 const HEAD_POLL: Duration = Duration::from_millis(200);
