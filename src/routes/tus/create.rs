@@ -5,7 +5,7 @@
 //! land with the file (`description`, `tags`, `shared_link`, `metadata`), checked here and kept in the
 //! record until the last PATCH applies them.
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
 
 use super::patch::append;
@@ -80,6 +80,15 @@ pub(super) async fn create_upload(
                     && !record.resumable.is_complete() =>
             {
                 tracing::info!(upload_id = %id, code = err.code, "the first chunk did not fully go in");
+            }
+            // The whole file came and waits for the scanner, kept: the answer is the error (no
+            // success before the file lands) with the upload's Location, where HEAD lands it later.
+            Err(err) if super::complete::awaits_landing(&record) => {
+                let mut refused = err.error_response();
+                if let Ok(location) = header::HeaderValue::from_str(&format!("/v1/tus/{id}")) {
+                    refused.headers_mut().insert(header::LOCATION, location);
+                }
+                return Ok(refused);
             }
             Err(err) => return Err(err),
         }
