@@ -120,7 +120,8 @@ pub(super) async fn land(
                 save(state, lock, id, record, &joined(&pieces)).await?;
             }
             count(state, caller, "scan_deferred");
-            let err = ApiError::logged(err);
+            // Logged above at warn: the upload did not fail.
+            let err = ApiError::from(err);
             Err(ApiError {
                 message: "the malware scanner gave no verdict on the file; every byte is kept and nothing was stored in its folder: ask HEAD after Retry-After, which lands it once the scanner answers".into(),
                 ..err
