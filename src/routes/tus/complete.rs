@@ -48,12 +48,7 @@ pub(super) async fn land(
     file: Option<WholeFile>,
     report: &UploadReport<'_>,
 ) -> Result<(), ApiError> {
-    let TusWrite {
-        state,
-        caller,
-        lock,
-        id,
-    } = write;
+    let (state, caller, lock, id) = (write.state, write.caller, write.lock, write.id);
     let pipeline = state
         .pipeline
         .acting_as(&caller.principal)
