@@ -50,6 +50,13 @@ pub(super) async fn head_upload(
             if let Some(lease) = try_lock(state, &id).await? {
                 tried = true;
                 let task = land_stuck(state.clone(), caller.clone(), req.clone(), id.clone(), lease);
+                // Counted by the lifecycle: a drain lets a landing under way finish within its grace.
+                let hold = state.lifecycle.hold();
+                let task = async move {
+                    let landed = task.await;
+                    drop(hold);
+                    landed
+                };
                 landing = Some(actix_web::rt::spawn(task.instrument(tracing::Span::current())));
             }
         }
