@@ -11,6 +11,7 @@ use box_upload_gateway::scan::{
 use bytes::Bytes;
 
 use crate::support::clamd::{eicar, Clamd, ClamdOptions, SIGNATURE};
+use crate::support::eventually;
 
 const MIB: usize = 1024 * 1024;
 
@@ -155,11 +156,13 @@ async fn a_clean_file_is_clean_and_clamd_keeps_nothing() {
 
     assert_eq!(verdict, Verdict::Clean);
     assert_eq!(clamd.wait_for_scans(1).await[0].1, "OK");
-    assert_eq!(
-        clamd.temporary_files(),
-        0,
-        "clamd deletes each stream's file after its scan"
-    );
+    // clamd answers, then deletes the stream's file: a moment later, not before.
+    eventually(
+        "clamd deletes each stream's file after its scan",
+        Duration::from_secs(5),
+        || async { clamd.temporary_files() == 0 },
+    )
+    .await;
     assert_eq!(scans(&metrics, "clean"), 1);
     assert_eq!(metrics.scan_bytes.get(), data.len() as u64);
     assert_eq!(metrics.scanner_connections_in_use.get(), 0);
