@@ -300,10 +300,11 @@ async fn an_expired_upload_has_its_session_aborted() {
     )
     .await;
     assert_eq!(head(&app.http, &url).await.status(), 404);
-    assert_eq!(
-        app.metric_with("gateway_tus_uploads_total", &["expired"]).await,
-        1.0
-    );
+    // The sweeper counts the expiry after it aborted the session: a moment later.
+    eventually("the expiry counted", Duration::from_secs(5), || async {
+        app.metric_with("gateway_tus_uploads_total", &["expired"]).await == 1.0
+    })
+    .await;
 }
 
 /// Sends a PATCH's headers for `declared` bytes, only `sent` of them, and cuts the connection.
