@@ -205,11 +205,13 @@ async fn a_client_faster_than_the_pacer_waits_for_box_capacity_and_the_log_says_
             "waited more than one interval\n{table}"
         );
     }
-    // The wait is where a paced upload's time goes: without it, it is as quick as the others.
+    // The wait is where a paced upload's time goes: without it, it is about as quick as the others
+    // (the stall this guards against was a whole interval; a loaded machine's wake-up after a wait
+    // costs a few ms, 10-15 ms against 4 ms uploads in one suite run, hence the tenth of an interval).
     let unpaced_ms = median(unpaced.iter().map(|(ms, _)| *ms).collect());
     let paced_rest_ms = median(paced.iter().map(|(ms, w)| ms - w).collect());
     assert!(
-        paced_rest_ms <= 3.0 * unpaced_ms,
+        paced_rest_ms <= 3.0 * unpaced_ms + interval_ms / 10.0,
         "paced uploads lost time outside the pacer\n{table}"
     );
     for file in run.uploads.iter() {
