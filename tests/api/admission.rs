@@ -58,24 +58,7 @@ async fn link(app: &TestApp, secret_name: &str, extra: Value) -> String {
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    let answer: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("X-API-Key", secret(secret_name))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["url"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned()
+    link_token(app, secret(secret_name), body).await
 }
 
 /// A multipart form with one file part: its Content-Type and body.

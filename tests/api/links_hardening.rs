@@ -16,7 +16,7 @@ use crate::support::process::{emulator_env, env_refs, Gateway};
 use crate::support::redis_server::{redis_options, RedisServer};
 use crate::support::tus_client::{metadata, TUS};
 use crate::support::{
-    inspect, raw_request, secret, sha256_hex, spawn_app_with, ApiKey, Options, TestApp, PART,
+    inspect, raw_request, secret, sha256_hex, spawn_app_with, user_token, ApiKey, Options, TestApp, PART,
 };
 
 /// Where links point (`public_base_url`, required with links on); the tests reach the page through
@@ -672,31 +672,11 @@ async fn users_sharing_a_key_with_pass_through_do_not_share_their_tus_uploads() 
         s.api_keys = vec![key("team", "api_key_team", "0")];
     }));
     let app = spawn_app_with(options).await;
-    let token_for = |user: &'static str| {
-        let (http, url) = (
-            app.http.clone(),
-            format!("{}/oauth2/token", app.emulator.base_url()),
-        );
-        async move {
-            let answer: Value = http
-                .post(url)
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", box_upload_gateway::emulator::DEV_CLIENT_ID),
-                    ("client_secret", box_upload_gateway::emulator::DEV_CLIENT_SECRET),
-                    ("box_subject_type", "user"),
-                    ("box_subject_id", user),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["access_token"].as_str().unwrap().to_owned()
-        }
-    };
-    let (seven, seven_again, eight) = (token_for("7").await, token_for("7").await, token_for("8").await);
+    let (seven, seven_again, eight) = (
+        user_token(&app, "7").await,
+        user_token(&app, "7").await,
+        user_token(&app, "8").await,
+    );
     let size = 3 * PART;
     let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let created = app

@@ -44,23 +44,6 @@ async fn links_app(chunk: u64) -> TestApp {
     .await
 }
 
-pub(crate) async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, Value) {
-    let mut request = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .json(&body);
-    if let Some(k) = api_key {
-        request = request.header("X-API-Key", k);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-pub(crate) fn token_of(url: &str) -> &str {
-    url.rsplit('/').next().unwrap()
-}
-
 /// The page of the link `url` on the test's gateway.
 fn page_url(app: &TestApp, url: &str) -> String {
     format!("{}/upload/{}", app.address, token_of(url))

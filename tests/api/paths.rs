@@ -673,8 +673,8 @@ async fn an_upload_link_may_not_upload_by_path_nor_set_fields() {
     })
     .await;
     let body = json!({"folder_id": "0", "expires_in_secs": 600});
-    let (_, link) = crate::page::make_link(&app, Some(secret("api_key_team")), body).await;
-    let token = crate::page::token_of(link["url"].as_str().unwrap()).to_owned();
+    let (_, link) = make_link(&app, Some(secret("api_key_team")), body).await;
+    let token = token_of(link["url"].as_str().unwrap()).to_owned();
     let tus_create = |pairs: Vec<(&'static str, &'static str)>| {
         let (app, token) = (&app, token.clone());
         async move {

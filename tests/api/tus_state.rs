@@ -199,31 +199,11 @@ async fn a_pass_through_upload_is_its_box_users_so_a_refreshed_token_resumes_it(
         ..Options::default()
     })
     .await;
-    let token_for = |user: &'static str| {
-        let (http, url) = (
-            app.http.clone(),
-            format!("{}/oauth2/token", app.emulator.base_url()),
-        );
-        async move {
-            let answer: Value = http
-                .post(url)
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", box_upload_gateway::emulator::DEV_CLIENT_ID),
-                    ("client_secret", box_upload_gateway::emulator::DEV_CLIENT_SECRET),
-                    ("box_subject_type", "user"),
-                    ("box_subject_id", user),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["access_token"].as_str().unwrap().to_owned()
-        }
-    };
-    let (first, refreshed, other_user) = (token_for("7").await, token_for("7").await, token_for("8").await);
+    let (first, refreshed, other_user) = (
+        user_token(&app, "7").await,
+        user_token(&app, "7").await,
+        user_token(&app, "8").await,
+    );
     assert_ne!(first, refreshed);
     let size = 3 * PART;
     let (file, sha1) = make_file(size);

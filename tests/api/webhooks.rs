@@ -378,7 +378,12 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     let key = secret("api_key_team");
     let quota = serde_json::json!({"max_uploads_per_minute": 1});
     let app = team_app(&gateway_receiver, &team_receiver, quota, true).await;
-    let token = make_link(&app, key).await;
+    let token = link_token(
+        &app,
+        key,
+        serde_json::json!({"folder_id": "0", "expires_in_secs": 600}),
+    )
+    .await;
     let link_id = link_id_of(&token);
 
     // Act: one upload through the link, then a second one past the key's quota.
@@ -407,23 +412,6 @@ async fn an_upload_through_a_link_is_the_keys_event_and_quota() {
     assert_eq!(second_body["error"]["code"], "rate_limited", "{second_body}");
 }
 
-/// A link to folder 0 made by the API key `key`: its token.
-async fn make_link(app: &TestApp, key: &str) -> String {
-    let link: Value = app
-        .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("x-api-key", key)
-        .json(&serde_json::json!({"folder_id": "0", "expires_in_secs": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = link["url"].as_str().unwrap();
-    url.rsplit('/').next().unwrap().to_owned()
-}
-
 /// The id of the link whose token this is (its claims, the token's first part, say it).
 fn link_id_of(token: &str) -> String {
     use base64::Engine as _;
@@ -444,7 +432,12 @@ async fn a_failed_upload_through_a_link_names_the_link() {
     let team_receiver = Receiver::started_checking(&[secret("webhook_secret_team")]).await;
     let key = secret("api_key_team");
     let app = team_app(&gateway_receiver, &team_receiver, serde_json::json!({}), true).await;
-    let token = make_link(&app, key).await;
+    let token = link_token(
+        &app,
+        key,
+        serde_json::json!({"folder_id": "0", "expires_in_secs": 600}),
+    )
+    .await;
 
     // Act: the key's own upload, then one through the link that Box refuses.
     let own = app

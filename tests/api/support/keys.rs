@@ -137,26 +137,62 @@ pub fn folder_zero_key(name: &str, secret_name: &str) -> ApiKeyConfig {
     ApiKey::new(name, secret(secret_name)).config()
 }
 
+/// POST /v1/upload-links with `body`, with the API key `api_key` (the secret itself) or none: the
+/// status and the answer.
+pub async fn make_link(app: &TestApp, api_key: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = app
+        .http
+        .post(format!("{}/v1/upload-links", app.address))
+        .json(&body);
+    if let Some(k) = api_key {
+        request = request.header("X-API-Key", k);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A link's token: the last segment of its URL.
+pub fn token_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+/// The token of a link made with the API key `api_key` (the secret itself) and `body`.
+pub async fn link_token(app: &TestApp, api_key: &str, body: Value) -> String {
+    let (status, answer) = make_link(app, Some(api_key), body).await;
+    assert_eq!(status, 201, "a link: {answer}");
+    token_of(answer["url"].as_str().unwrap()).to_owned()
+}
+
 /// An upload link for folder 0, made by the key whose secret is `secret_name`, for files up to
 /// `max_file_size_bytes`: its token.
 pub async fn upload_link(app: &TestApp, secret_name: &str, max_file_size_bytes: u64) -> String {
+    let body = json!({
+        "folder_id": "0",
+        "expires_in_secs": 3600,
+        "max_file_size_bytes": max_file_size_bytes,
+    });
+    link_token(app, secret(secret_name), body).await
+}
+
+/// A Box access token the emulator mints for its user `user` (client credentials with a user
+/// subject), as a pass-through caller would hold.
+pub async fn user_token(app: &TestApp, user: &str) -> String {
     let answer: Value = app
         .http
-        .post(format!("{}/v1/upload-links", app.address))
-        .header("X-API-Key", secret(secret_name))
-        .json(&json!({
-            "folder_id": "0",
-            "expires_in_secs": 3600,
-            "max_file_size_bytes": max_file_size_bytes,
-        }))
+        .post(format!("{}/oauth2/token", app.emulator.base_url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", box_upload_gateway::emulator::DEV_CLIENT_ID),
+            ("client_secret", box_upload_gateway::emulator::DEV_CLIENT_SECRET),
+            ("box_subject_type", "user"),
+            ("box_subject_id", user),
+        ])
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let url = answer["url"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a link: {answer}"));
-    url.rsplit('/').next().unwrap().to_owned()
+    answer["access_token"].as_str().unwrap().to_owned()
 }
