@@ -146,6 +146,9 @@ pub struct Counters {
     /// `DELETE /2.0/files/{id}` that removed a file.
     #[serde(default)]
     pub files_deleted: u64,
+    /// `GET /2.0/files/{id}/content` that served a file's bytes.
+    #[serde(default)]
+    pub downloads: u64,
     /// `DELETE /2.0/files/{id}/versions/{version_id}` that removed a version.
     #[serde(default)]
     pub versions_deleted: u64,

@@ -399,6 +399,13 @@ impl super::Pipeline {
             )))
         })?;
         let scanner = &gate.scanner;
+        // clamd takes a connection first, before Box is asked for the file: while it is down, each
+        // HEAD of an upload waiting for its scan (its owner may be a link's stranger, asking in a
+        // loop) costs a refused local connection, not a download through the Box user's pacer.
+        scanner
+            .reachable()
+            .await
+            .map_err(|e| UploadError::Scan(Verdict::Error(e)))?;
         let mut scan = scanner.start(size).map_err(UploadError::Scan)?;
         // The bytes on their way to clamd: at most its queue (plus the piece being pushed), taken
         // from the caller's share of the budget at once.

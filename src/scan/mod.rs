@@ -373,6 +373,19 @@ impl Scanner {
         result
     }
 
+    /// Whether clamd takes a connection, within the scan timeout: what a caller checks before it
+    /// fetches bytes to scan from elsewhere (a stopped clamd refuses at once; nothing is sent).
+    pub async fn reachable(&self) -> Result<(), ScanError> {
+        let address = self.inner.pool.address().clone();
+        match timeout(self.inner.settings.timeout, Conn::open_plain(&address)).await {
+            Ok(connected) => connected.map(drop),
+            Err(_) => Err(ScanError::new(
+                ErrorKind::Timeout,
+                format!("clamd at {address} took no connection in time"),
+            )),
+        }
+    }
+
     /// One command outside a session (clamd answers it, then closes the connection), within the
     /// scan timeout: the answer's text.
     async fn ask(&self, command: &'static [u8], name: &'static str) -> Result<Vec<u8>, ScanError> {

@@ -320,14 +320,16 @@ fn check_if_match(req: &HttpRequest, f: &FileRec) -> Result<(), BoxApiError> {
 pub async fn download(req: HttpRequest, path: web::Path<String>, shared: web::Data<Shared>) -> Reply {
     gate(&shared, &req, None, true).await?;
     let file_path = {
-        let state = shared.lock();
-        state
+        let mut state = shared.lock();
+        let file_path = state
             .files
             .get(path.as_str())
             .ok_or_else(|| not_found(&path))?
             .current()
             .path
-            .clone()
+            .clone();
+        state.counters.downloads += 1;
+        file_path
     };
     let file = tokio::fs::File::open(&file_path)
         .await
